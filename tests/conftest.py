@@ -92,15 +92,26 @@ def postgres_server() -> Iterator[dict[str, Any]]:
         shutil.chown(datadir, "postgres", "postgres")
     port = free_port()
     subprocess.run(
-        _as_postgres_user([str(bindir / "initdb"), "-D", str(datadir / "data"), "-A", "trust", "-U", "postgres"]),
+        _as_postgres_user(
+            [str(bindir / "initdb"), "-D", str(datadir / "data"), "-A", "trust", "-U", "postgres"]
+        ),
         check=True,
         capture_output=True,
     )
     options = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
     subprocess.run(
         _as_postgres_user(
-            [str(bindir / "pg_ctl"), "-D", str(datadir / "data"), "-o", options, "-l", str(datadir / "log"),
-             "-w", "start"]
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(datadir / "data"),
+                "-o",
+                options,
+                "-l",
+                str(datadir / "log"),
+                "-w",
+                "start",
+            ]
         ),
         check=True,
         capture_output=True,

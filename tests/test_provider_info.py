@@ -9,9 +9,9 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import airflow
 import jsonschema
 
-import airflow
 from airflow_provider_fbca.get_provider_info import get_provider_info
 
 SCHEMA = Path(airflow.__file__).parent / "provider_info.schema.json"
@@ -22,7 +22,11 @@ def test_provider_info_validates_against_airflow_schema() -> None:
 
 
 def test_entry_point_returns_the_provider_info() -> None:
-    (entry,) = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("airflow_provider_fbca")]
+    (entry,) = [
+        e
+        for e in entry_points(group="apache_airflow_provider")
+        if e.value.startswith("airflow_provider_fbca")
+    ]
     info = entry.load()()
     assert info["package-name"] == "airflow-provider-fbca"
 
