@@ -1,0 +1,313 @@
+"""One sync run, from chunks of warehouse rows to a report: stage, plan, guard, upload, record.
+
+Plain Python: the Airflow operator hands it the rows, a state store and the Graph API hook.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE, SessionResult, UploadSession
+from airflow_provider_fbca.sync.plan import (
+    RowStager,
+    SyncMode,
+    SyncPlan,
+    SyncPlanError,
+    addition_pages,
+    build_plan,
+    check_duplicates,
+    check_removal_guard,
+    count_removals,
+    load_defaults,
+    record_tracked_rows,
+    removal_pages,
+    removal_schemas,
+)
+from airflow_provider_fbca.sync.report import SyncReport
+from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore
+
+log = logging.getLogger(__name__)
+
+MISSING_KEY_REASON = "extern_id.missing"
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off", ""})
+
+
+class AudienceClient(Protocol):
+    """The part of FacebookCustomAudiencesHook a sync uses."""
+
+    def add_users(
+        self, audience_id: str, schema: Any, data: Any, session: Any = None, **kwargs: Any
+    ) -> dict: ...
+
+    def remove_users(
+        self, audience_id: str, schema: Any, data: Any, session: Any = None, **kwargs: Any
+    ) -> dict: ...
+
+    def replace_users(
+        self, audience_id: str, schema: Any, data: Any, session: Any = None, **kwargs: Any
+    ) -> dict: ...
+
+
+class RowPreparerLike(Protocol):
+    """The part of identifiers.RowPreparer a sync uses."""
+
+    schema: Sequence[str]
+
+    def prepare_rows(self, rows: Sequence[Sequence[Any]]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """How one run syncs.
+
+    :param audience_id: the customer-file audience to sync into.
+    :param sync_key: names the sync in the state table (ad account + audience).
+    :param mode: mirror, upsert or delete.
+    :param has_membership: each row's last value is its membership flag.
+    :param dry_run: plan and report; send nothing, change no state.
+    :param full_refresh: replace the audience with the model (usersreplace) and rebuild the state.
+    :param max_removal_fraction: the removal guard's threshold; None turns it off.
+    :param batch_size: rows per request (at most 10,000).
+    :param app_ids: sent with APPUID schemas.
+    :param page_ids: sent with PAGEUID schemas.
+    """
+
+    audience_id: str
+    sync_key: str
+    mode: SyncMode = SyncMode.MIRROR
+    has_membership: bool = False
+    dry_run: bool = False
+    full_refresh: bool = False
+    max_removal_fraction: float | None = 0.5
+    batch_size: int = MAX_BATCH_SIZE
+    app_ids: Sequence[str] | None = None
+    page_ids: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, not {self.batch_size}.")
+        if self.full_refresh and self.mode is not SyncMode.MIRROR:
+            raise ValueError(
+                "full_refresh replaces the audience with the model: it needs sync_mode='mirror'."
+            )
+        if self.max_removal_fraction is not None and not 0 <= self.max_removal_fraction <= 1:
+            raise ValueError("max_removal_fraction must be between 0 and 1, or None to turn the guard off.")
+
+    @property
+    def adds_enabled(self) -> bool:
+        return self.mode is not SyncMode.DELETE or self.has_membership
+
+
+def parse_membership(value: Any) -> bool:
+    """Read a membership cell: booleans, numbers and the usual words; NULL means not a member.
+
+    :raises ValueError: on a value that is neither true nor false, rather than guess.
+    """
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"A membership cell holds {text[:20]!r}; expected a boolean, 0/1, true/false or yes/no.")
+
+
+class SyncRun:
+    """Runs one sync: build with the pieces, then call :meth:`run`.
+
+    :param store: the state store (its tables are created on first use).
+    :param client: the Graph API hook (or anything with add/remove/replace_users).
+    :param preparer: turns raw identifier values into wire rows (identifiers.RowPreparer).
+    :param options: the run's options.
+    """
+
+    def __init__(
+        self, store: StateStore, client: AudienceClient, preparer: RowPreparerLike, options: SyncOptions
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.preparer = preparer
+        self.options = options
+        self.stager = RowStager(preparer.schema)
+        self.schema = list(preparer.schema)
+        self.report = SyncReport(
+            audience_id=options.audience_id,
+            mode=options.mode.value,
+            match_keys=self.schema,
+            dry_run=options.dry_run,
+            full_refresh=options.full_refresh,
+        )
+
+    def run(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> SyncReport:
+        """Sync the model given as chunks of rows (identifier values in mapping order, then membership).
+
+        :raises SyncPlanError: duplicates, the removal guard, or an empty full refresh; nothing was sent.
+        """
+        self.store.ensure_tables()
+        stage = StageTable(self.store)
+        stage.create()
+        try:
+            for chunk in chunks:
+                stage.load(self._stage_chunk(chunk))
+            self.store.commit()
+            stage.index()
+            check_duplicates(self.store, stage)
+            plan = build_plan(
+                self.store,
+                stage,
+                self.options.sync_key,
+                self.options.mode,
+                adds_enabled=self.options.adds_enabled,
+                full_refresh=self.options.full_refresh,
+            )
+            self.report.plan = plan
+            log.info("Plan: %s", _describe(plan))
+            check_removal_guard(plan, self.options.max_removal_fraction)
+            if not self.options.dry_run:
+                self._send(stage, plan)
+        finally:
+            stage.drop()
+        return self.report
+
+    # -- staging --------------------------------------------------------------------------------------
+
+    def _stage_chunk(self, chunk: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        has_membership = self.options.has_membership
+        values = [row[:-1] for row in chunk] if has_membership else chunk
+        prepared = self.preparer.prepare_rows(values)
+        self.report.rows_read += len(chunk)
+        self.report.rejected += len(prepared.rejected)
+        self.report.rejected_by_reason.update(prepared.rejected_by_reason)
+        self.report.dropped_values.update(prepared.dropped)
+        staged: list[tuple[Any, ...]] = []
+        key_index = self.stager.key_index
+        for wire_row, source_index in zip(prepared.rows, prepared.kept, strict=True):
+            if not wire_row[key_index]:
+                self.report.rejected += 1
+                self.report.rejected_by_reason[MISSING_KEY_REASON] += 1
+                continue
+            member = parse_membership(chunk[source_index][-1]) if has_membership else True
+            row = self.stager.stage(wire_row, member)
+            staged.append(
+                (
+                    row.row_key,
+                    row.fingerprint,
+                    row.id_digest,
+                    row.key_schema,
+                    row.identifiers,
+                    row.member,
+                    *load_defaults(row.member, self.options.adds_enabled),
+                )
+            )
+        return staged
+
+    # -- sending --------------------------------------------------------------------------------------
+
+    def _send(self, stage: StageTable, plan: SyncPlan) -> None:
+        if self.options.full_refresh:
+            self._replace(stage, plan)
+            return
+        # Removals first: an updated person loses the old identifiers before getting the new ones.
+        for key_schema in removal_schemas(self.store, stage):
+            self._remove(stage, key_schema)
+        if plan.to_add:
+            self._add(stage, plan)
+        if plan.to_record:
+            record_tracked_rows(self.store, stage, self.options.sync_key)
+
+    def _new_session(self, kind: str, total: int, send: Any, acknowledge: Any) -> UploadSession[Any]:
+        session_id = self.store.new_session_id(self.options.sync_key, kind)
+        return UploadSession(session_id, kind, total, send, acknowledge)
+
+    def _extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.options.app_ids:
+            extra["app_ids"] = list(self.options.app_ids)
+        if self.options.page_ids:
+            extra["page_ids"] = list(self.options.page_ids)
+        return extra
+
+    def _remove(self, stage: StageTable, key_schema: str) -> None:
+        schema = key_schema.split(",")
+        sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
+
+        def send(page: list[tuple[str, str]], session: dict[str, Any]) -> dict[str, Any]:
+            data = [json.loads(identifiers) for _, identifiers in page]
+            return self.client.remove_users(audience_id, schema, data, session=session, **extra)
+
+        def acknowledge(page: list[tuple[str, str]]) -> None:
+            self.store.delete_keys(sync_key, (row_key for row_key, _ in page))
+
+        total = count_removals(self.store, stage, key_schema)
+        session = self._new_session("remove", total, send, acknowledge)
+        self._finish(session.run(removal_pages(self.store, stage, key_schema, self.options.batch_size)))
+
+    def _add(self, stage: StageTable, plan: SyncPlan) -> None:
+        sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
+
+        def send(page: list[StagedRow], session: dict[str, Any]) -> dict[str, Any]:
+            data = [json.loads(row.identifiers) for row in page]
+            return self.client.add_users(audience_id, self.schema, data, session=session, **extra)
+
+        def acknowledge(page: list[StagedRow]) -> None:
+            self.store.upsert(sync_key, page)
+
+        session = self._new_session("add", plan.to_add, send, acknowledge)
+        self._finish(session.run(addition_pages(self.store, stage, self.options.batch_size)))
+
+    def _replace(self, stage: StageTable, plan: SyncPlan) -> None:
+        if not plan.to_add:
+            raise SyncPlanError(
+                "full_refresh would replace the audience with an empty model; usersreplace cannot send "
+                "zero rows. Run a mirror sync without full_refresh to remove everyone, if that is intended."
+            )
+        sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
+        cleared = False
+
+        def send(page: list[StagedRow], session: dict[str, Any]) -> dict[str, Any]:
+            data = [json.loads(row.identifiers) for row in page]
+            return self.client.replace_users(audience_id, self.schema, data, session=session, **extra)
+
+        def acknowledge(page: list[StagedRow]) -> None:
+            # The first acknowledged batch starts the replacement: from then on the old state is void.
+            nonlocal cleared
+            if not cleared:
+                self.store.clear(sync_key)
+                cleared = True
+            self.store.upsert(sync_key, page)
+
+        session = self._new_session("replace", plan.to_add, send, acknowledge)
+        self._finish(session.run(addition_pages(self.store, stage, self.options.batch_size)))
+
+    def _finish(self, result: SessionResult) -> None:
+        self.report.sessions.append(result)
+        log.info(
+            "Session %s (%s): %d rows in %d batch(es), Meta received %d, %d invalid entries",
+            result.session_id,
+            result.kind,
+            result.rows,
+            result.batches,
+            result.num_received,
+            result.num_invalid_entries,
+        )
+
+
+def _describe(plan: SyncPlan) -> str:
+    return (
+        f"{plan.new_rows} new, {plan.updated} updated ({plan.updated_identifiers} with new identifiers), "
+        f"{plan.unchanged} unchanged, {plan.non_members} non-members, {plan.gone} gone; "
+        f"sending {plan.to_add} additions and {plan.to_remove} removals"
+        + (" (full refresh)" if plan.full_refresh else "")
+    )

@@ -1,0 +1,324 @@
+"""Diff planning: the run's prepared model against the stored state, under a sync mode.
+
+Every model row falls into one category:
+
+- **new**: not in the state (or only tracked by an earlier delete-mode run, never sent);
+- **updated**: in the state with another fingerprint; when its identifiers changed (not just its
+  LOOKALIKE_VALUE) it is first removed with its previous identifiers, then added with the new ones;
+- **unchanged**: same fingerprint as in the state: nothing is sent;
+- **non-member**: its membership column is false: removed when the state has it;
+- **gone**: in the state, no longer in the model.
+
+What is sent for each category depends on the mode (see :class:`SyncMode`). The classification is SQL run
+by the state database on the stage table, so it streams whatever the size of the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, utc_now
+
+EXTERN_ID = "EXTERN_ID"
+LOOKALIKE_VALUE = "LOOKALIKE_VALUE"
+DUPLICATE_SAMPLE_SIZE = 5
+
+
+class SyncMode(str, Enum):
+    """What a run sends.
+
+    - ``mirror``: new and updated rows are added, gone rows removed: the audience follows the model.
+    - ``upsert``: new and updated rows are added; nothing that left the model is removed.
+    - ``delete``: gone rows are removed; nothing is added (new rows are only tracked, so that they can be
+      removed once they leave the model).
+
+    With a membership column, a true value adds the row and a false value removes it, in every mode.
+    """
+
+    MIRROR = "mirror"
+    UPSERT = "upsert"
+    DELETE = "delete"
+
+
+class SyncPlanError(ValueError):
+    """A run refused before anything was sent."""
+
+
+class DuplicateKeysError(SyncPlanError):
+    """Two or more model rows share an EXTERN_ID."""
+
+
+class RemovalGuardError(SyncPlanError):
+    """A run would remove a larger share of the synced rows than allowed."""
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class RowStager:
+    """Turns prepared wire rows into stage rows: key, fingerprint, identifier digest, identifiers.
+
+    :param schema: the wire schema (Meta's key names, EXTERN_ID among them).
+    :raises ValueError: when the schema has no EXTERN_ID, the row key of the state.
+    """
+
+    def __init__(self, schema: Sequence[str]) -> None:
+        self.schema = tuple(schema)
+        if EXTERN_ID not in self.schema:
+            raise ValueError("The mapping needs an EXTERN_ID column: it is the row key of the sync state.")
+        self.key_index = self.schema.index(EXTERN_ID)
+        self.key_schema = ",".join(self.schema)
+        # LOOKALIKE_VALUE is not an identifier: a new value is re-sent without removing the person first.
+        self.value_index = self.schema.index(LOOKALIKE_VALUE) if LOOKALIKE_VALUE in self.schema else None
+
+    def stage(self, wire_row: Sequence[str], member: bool) -> StagedRow:
+        identifiers = json.dumps(list(wire_row), ensure_ascii=False, separators=(",", ":"))
+        fingerprint = _digest(f"{self.key_schema}\n{identifiers}")
+        if self.value_index is None:
+            id_digest = fingerprint
+        else:
+            ids_only = [value for index, value in enumerate(wire_row) if index != self.value_index]
+            id_digest = _digest(f"{self.key_schema}\n{json.dumps(ids_only, ensure_ascii=False)}")
+        return StagedRow(
+            row_key=wire_row[self.key_index],
+            fingerprint=fingerprint,
+            id_digest=id_digest,
+            key_schema=self.key_schema,
+            identifiers=identifiers,
+            member=1 if member else 0,
+        )
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """Counts of what a run found and what it will send.
+
+    Categories (``new_rows`` ... ``gone``) describe the model against the state; actions (``to_add``,
+    ``to_remove``, ``to_record``) what the mode makes of them.
+    """
+
+    mode: SyncMode
+    full_refresh: bool
+    state_rows: int
+    new_rows: int
+    updated: int
+    updated_identifiers: int
+    unchanged: int
+    non_members: int
+    non_members_in_state: int
+    gone: int
+    to_add: int
+    to_remove: int
+    to_record: int
+    removals: int
+    """Rows leaving the audience (gone or non-member), not counting updates removed then re-added."""
+    updates_sent: int
+    """Rows already in the audience sent again (updated; in a full refresh, every known row)."""
+    skipped_by_mode: int
+    """Changes the mode does not send: new and updated rows in delete mode, gone rows in upsert mode."""
+
+    @property
+    def added(self) -> int:
+        """Rows sent as new members."""
+        return self.to_add - self.updates_sent
+
+    @property
+    def nothing_to_send(self) -> bool:
+        return self.to_add == 0 and self.to_remove == 0
+
+
+def _flag(value: bool) -> int:
+    return 1 if value else 0
+
+
+def build_plan(
+    store: StateStore,
+    stage: StageTable,
+    sync_key: str,
+    mode: SyncMode,
+    *,
+    adds_enabled: bool,
+    full_refresh: bool = False,
+) -> SyncPlan:
+    """Join the loaded stage with the state and mark each row's actions.
+
+    The stage must be loaded with ``to_add`` / ``to_record`` set as if no row were in the state (see
+    :func:`load_defaults`) and indexed by key. Inserts the gone rows into the stage.
+
+    :param adds_enabled: whether member rows are sent (not in plain delete mode).
+    :param full_refresh: every member row is sent (usersreplace); nothing is removed row by row.
+    """
+    adds, full = _flag(adds_enabled), _flag(full_refresh)
+    remove_gone = _flag(mode in (SyncMode.MIRROR, SyncMode.DELETE) and not full_refresh)
+    t = stage.name
+    store.execute(
+        f"UPDATE {t} SET in_state = 1, old_fingerprint = s.fingerprint, old_id_digest = s.id_digest,"
+        " old_key_schema = s.key_schema, old_identifiers = s.identifiers, old_member = s.member,"
+        f" to_add = CASE WHEN {t}.member = 1 AND {adds} = 1"
+        f"  AND ({full} = 1 OR s.member = 0 OR s.fingerprint <> {t}.fingerprint) THEN 1 ELSE 0 END,"
+        f" to_remove = CASE WHEN {full} = 0 AND ({t}.member = 0"
+        f"  OR ({t}.member = 1 AND {adds} = 1 AND s.member = 1 AND s.id_digest <> {t}.id_digest))"
+        "  THEN 1 ELSE 0 END,"
+        f" to_record = CASE WHEN {t}.member = 1 AND {adds} = 0 AND s.member = 0"
+        f"  AND s.fingerprint <> {t}.fingerprint THEN 1 ELSE 0 END"
+        f" FROM {store.table} AS s WHERE s.sync_key = ? AND s.row_key = {t}.row_key",
+        (sync_key,),
+    ).close()
+    store.execute(
+        f"INSERT INTO {t} (row_key, member, in_state, old_fingerprint, old_id_digest, old_key_schema,"
+        " old_identifiers, old_member, to_add, to_remove, to_record)"
+        " SELECT s.row_key, NULL, 1, s.fingerprint, s.id_digest, s.key_schema, s.identifiers, s.member,"
+        f" 0, {remove_gone}, 0 FROM {store.table} AS s WHERE s.sync_key = ?"
+        f" AND NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.row_key = s.row_key)",
+        (sync_key,),
+    ).close()
+    store.commit()
+    stage.index_actions()
+    return _count(store, stage, mode, full_refresh)
+
+
+def load_defaults(member: int, adds_enabled: bool) -> tuple[int, int]:
+    """``(to_add, to_record)`` of a stage row before the join, as if the row were new."""
+    return (member & _flag(adds_enabled), member & _flag(not adds_enabled))
+
+
+def _count(store: StateStore, stage: StageTable, mode: SyncMode, full_refresh: bool) -> SyncPlan:
+    known = "member = 1 AND in_state = 1 AND old_member = 1"
+    leaving = "in_state = 1 AND (member IS NULL OR member = 0)"
+    full = _flag(full_refresh)
+    conditions = {
+        "state_rows": "in_state = 1",
+        "new_rows": "member = 1 AND (in_state = 0 OR old_member = 0)",
+        "updated": f"{known} AND fingerprint <> old_fingerprint",
+        "updated_identifiers": f"{known} AND id_digest <> old_id_digest",
+        "unchanged": f"{known} AND fingerprint = old_fingerprint",
+        "non_members": "member = 0",
+        "non_members_in_state": "member = 0 AND in_state = 1",
+        "gone": "member IS NULL",
+        "to_add": "to_add = 1",
+        "to_remove": "to_remove = 1",
+        "to_record": "to_record = 1",
+        # A full refresh removes what it does not send, through usersreplace.
+        "removals": f"(to_remove = 1 OR {full} = 1) AND {leaving}",
+        "updates_sent": f"to_add = 1 AND {known}",
+        "skipped_by_mode": f"{full} = 0 AND ((member = 1 AND to_add = 0 AND NOT ({known}"
+        " AND fingerprint = old_fingerprint)) OR (member IS NULL AND to_remove = 0))",
+    }
+    sums = ", ".join(f"COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0)" for cond in conditions.values())
+    row = store.fetch_one(f"SELECT {sums} FROM {stage.name}")
+    counts = dict(zip(conditions, (int(value) for value in row), strict=True))
+    return SyncPlan(mode=mode, full_refresh=full_refresh, **counts)
+
+
+def find_duplicates(store: StateStore, stage: StageTable) -> tuple[int, list[str]]:
+    """``(number of duplicated keys, a few of them)`` among the loaded model rows."""
+    duplicated = (
+        f"SELECT row_key FROM {stage.name} WHERE member IS NOT NULL GROUP BY row_key HAVING COUNT(*) > 1"
+    )
+    count = int(store.fetch_one(f"SELECT COUNT(*) FROM ({duplicated}) AS d")[0])
+    sample = [
+        row[0] for row in store.fetch_all(f"{duplicated} ORDER BY row_key LIMIT {DUPLICATE_SAMPLE_SIZE}")
+    ]
+    return count, sample
+
+
+def check_duplicates(store: StateStore, stage: StageTable) -> None:
+    """Fail before anything is sent when two model rows share an EXTERN_ID.
+
+    The sample names row keys (EXTERN_IDs: the user's own record ids, sent unhashed to Meta), never PII.
+    """
+    count, sample = find_duplicates(store, stage)
+    if count:
+        raise DuplicateKeysError(
+            f"{count} EXTERN_ID value(s) appear on more than one row of the model, e.g. "
+            f"{', '.join(repr(key) for key in sample)}. Each row must have its own EXTERN_ID: it is the key "
+            "that tells which row to update or remove next time. Deduplicate the query (for example with "
+            "DISTINCT ON / GROUP BY the id column). Nothing was sent."
+        )
+
+
+def check_removal_guard(plan: SyncPlan, max_removal_fraction: float | None) -> None:
+    """Fail before anything is sent when a run would remove too large a share of the synced rows.
+
+    :param max_removal_fraction: the largest allowed share (0..1) of the state's rows; None turns the
+        guard off.
+    """
+    if max_removal_fraction is None or plan.state_rows == 0 or plan.removals == 0:
+        return
+    share = plan.removals / plan.state_rows
+    if share > max_removal_fraction:
+        raise RemovalGuardError(
+            f"This {plan.mode.value} run would remove {plan.removals} of the {plan.state_rows} rows synced "
+            f"so far ({share:.0%}), more than max_removal_fraction={max_removal_fraction}. Nothing was sent. "
+            "This guard stops an upstream job that returned nothing, or too little, from emptying the "
+            "audience. Check the model's query; if the removal is intended, rerun with a higher "
+            "max_removal_fraction (or None to turn the guard off)."
+        )
+
+
+def removal_schemas(store: StateStore, stage: StageTable) -> list[str]:
+    """The distinct stored schemas of the rows to remove: one upload session per schema."""
+    rows = store.fetch_all(
+        f"SELECT DISTINCT old_key_schema FROM {stage.name} WHERE to_remove = 1 ORDER BY old_key_schema"
+    )
+    return [row[0] for row in rows]
+
+
+def count_removals(store: StateStore, stage: StageTable, key_schema: str) -> int:
+    return int(
+        store.fetch_one(
+            f"SELECT COUNT(*) FROM {stage.name} WHERE to_remove = 1 AND old_key_schema = ?", (key_schema,)
+        )[0]
+    )
+
+
+def removal_pages(
+    store: StateStore, stage: StageTable, key_schema: str, page_size: int
+) -> Iterator[list[tuple[str, str]]]:
+    """Pages of ``(row_key, stored identifiers JSON)`` to remove, for one stored schema."""
+    last = ""
+    while True:
+        page = store.fetch_all(
+            f"SELECT row_key, old_identifiers FROM {stage.name} WHERE to_remove = 1 AND old_key_schema = ?"
+            f" AND row_key > ? ORDER BY row_key LIMIT {int(page_size)}",
+            (key_schema, last),
+        )
+        if not page:
+            return
+        yield page
+        last = page[-1][0]
+
+
+def addition_pages(store: StateStore, stage: StageTable, page_size: int) -> Iterator[list[StagedRow]]:
+    """Pages of stage rows to add, in key order."""
+    last = ""
+    while True:
+        page = store.fetch_all(
+            f"SELECT row_key, fingerprint, id_digest, key_schema, identifiers, member FROM {stage.name}"
+            f" WHERE to_add = 1 AND row_key > ? ORDER BY row_key LIMIT {int(page_size)}",
+            (last,),
+        )
+        if not page:
+            return
+        yield [StagedRow(*row) for row in page]
+        last = page[-1][0]
+
+
+def record_tracked_rows(store: StateStore, stage: StageTable, sync_key: str) -> None:
+    """Delete mode: remember new rows (as never sent) so they can be removed once they leave the model."""
+    store.execute(
+        f"INSERT INTO {store.table} (sync_key, row_key, fingerprint, id_digest, key_schema, identifiers,"
+        " member, synced_at)"
+        f" SELECT ?, row_key, fingerprint, id_digest, key_schema, identifiers, 0, ? FROM {stage.name}"
+        " WHERE to_record = 1"
+        " ON CONFLICT (sync_key, row_key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+        " id_digest = excluded.id_digest, key_schema = excluded.key_schema,"
+        " identifiers = excluded.identifiers, member = excluded.member, synced_at = excluded.synced_at",
+        (sync_key, utc_now()),
+    ).close()
+    store.commit()

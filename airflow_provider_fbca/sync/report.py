@@ -1,0 +1,82 @@
+"""The report of one sync run: returned by the operator (so XCom holds it) and logged as a table.
+
+It holds counts, reasons, key names and session ids only: never an identifier value, never a token.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airflow_provider_fbca.sync.batches import SessionResult
+from airflow_provider_fbca.sync.plan import SyncPlan
+
+
+@dataclass
+class SyncReport:
+    """What a run read, planned and sent."""
+
+    audience_id: str
+    mode: str
+    match_keys: list[str]
+    dry_run: bool = False
+    full_refresh: bool = False
+    rows_read: int = 0
+    rejected: int = 0
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)
+    dropped_values: Counter[str] = field(default_factory=Counter)
+    plan: SyncPlan | None = None
+    sessions: list[SessionResult] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-serializable report (the operator's return value)."""
+        plan = self.plan
+        return {
+            "audience_id": self.audience_id,
+            "mode": self.mode,
+            "full_refresh": self.full_refresh,
+            "dry_run": self.dry_run,
+            "match_keys": list(self.match_keys),
+            "rows_read": self.rows_read,
+            "added": plan.added if plan else 0,
+            "updated": plan.updated if plan else 0,
+            "updated_identifiers": plan.updated_identifiers if plan else 0,
+            "removed": plan.removals if plan else 0,
+            "unchanged": plan.unchanged if plan else 0,
+            "non_members": plan.non_members if plan else 0,
+            "skipped_by_mode": plan.skipped_by_mode if plan else 0,
+            "rejected": self.rejected,
+            "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
+            "dropped_values_by_reason": dict(sorted(self.dropped_values.items())),
+            "rows_sent": sum(session.rows for session in self.sessions),
+            "session_ids": [session.session_id for session in self.sessions],
+            "sessions": [asdict(session) for session in self.sessions],
+            "num_received": sum(session.num_received for session in self.sessions),
+            "num_invalid_entries": sum(session.num_invalid_entries for session in self.sessions),
+        }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Render a report dict as an aligned two-column table for the task log."""
+    lines: list[tuple[str, str]] = []
+    for name, value in report.items():
+        if name == "sessions":
+            for session in value:
+                lines.append(
+                    (
+                        f"session {session['session_id']}",
+                        f"{session['kind']}: {session['rows']} rows in {session['batches']} batch(es), "
+                        f"received {session['num_received']}, invalid {session['num_invalid_entries']}",
+                    )
+                )
+        elif isinstance(value, dict):
+            lines.append((name, ", ".join(f"{key}: {count}" for key, count in value.items()) or "-"))
+        elif isinstance(value, list):
+            lines.append((name, ", ".join(str(item) for item in value) or "-"))
+        else:
+            lines.append((name, str(value)))
+    width = max(len(name) for name, _ in lines)
+    rule = "-" * (width + 2) + "+" + "-" * 40
+    body = [f" {name.ljust(width)} | {value}" for name, value in lines]
+    return "\n".join([rule, *body, rule])

@@ -1,0 +1,320 @@
+"""The sync state table and the per-run stage table, over any DB-API connection (SQLite, PostgreSQL).
+
+The state table holds, per sync (ad account + audience) and per row key (the EXTERN_ID as sent), what the
+last run left in the audience: a fingerprint of the prepared row, a digest of its identifiers, and the
+prepared identifiers themselves (SHA-256 hashes, plus the unhashed keys Meta takes as they are: EXTERN_ID,
+MADID, APPUID, PAGEUID), so that the row can be removed later with exactly what was added. It never holds
+raw PII. It lives in the state connection, so any worker can run the next sync.
+
+The stage table is a temporary table of this run's prepared model. The diff is a join between the two, done
+by the database, so memory does not grow with the model.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+_SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: PostgreSQL truncates longer identifiers; refuse them rather than collide silently.
+MAX_NAME_LENGTH = 63
+SESSIONS_SUFFIX = "_sessions"
+
+# The columns a stage row is loaded with, in order (see StagedRow).
+STAGE_LOAD_COLUMNS = (
+    "row_key",
+    "fingerprint",
+    "id_digest",
+    "key_schema",
+    "identifiers",
+    "member",
+    "to_add",
+    "to_record",
+)
+
+
+def quote_table_name(name: str, suffix: str = "") -> str:
+    """Validate a table name (``table`` or ``schema.table``) and return it double-quoted for SQL.
+
+    :param name: the table name as configured by the user.
+    :param suffix: appended to the table part before validation (e.g. ``_sessions``).
+    :raises ValueError: when a part is not a plain SQL identifier or is too long.
+    """
+    parts = name.split(".")
+    if len(parts) > 2:
+        raise ValueError(f"State table name {name!r} has more than one dot; use 'table' or 'schema.table'.")
+    parts[-1] += suffix
+    for part in parts:
+        if not _SQL_NAME.match(part) or len(part) > MAX_NAME_LENGTH:
+            raise ValueError(
+                f"State table name {name!r} is not a plain SQL identifier (letters, digits and underscores, "
+                f"not starting with a digit, at most {MAX_NAME_LENGTH - len(suffix)} characters)."
+            )
+    return ".".join(f'"{part}"' for part in parts)
+
+
+@dataclass(frozen=True)
+class StagedRow:
+    """One prepared model row as the stage table stores it.
+
+    :param row_key: the EXTERN_ID as sent to Meta.
+    :param fingerprint: digest of the whole prepared row (schema, identifiers and LOOKALIKE_VALUE).
+    :param id_digest: digest of the identifiers only; differs from the stored one when the person must
+        first be removed with their previous identifiers.
+    :param key_schema: the wire schema, comma-joined (e.g. ``EXTERN_ID,EMAIL,PHONE``).
+    :param identifiers: the wire row as a JSON list (hashes and unhashed ids only).
+    :param member: 1 when the row belongs in the audience, 0 when its membership column says it does not.
+    """
+
+    row_key: str
+    fingerprint: str
+    id_digest: str
+    key_schema: str
+    identifiers: str
+    member: int
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class StateStore:
+    """The state table and its companion sessions table on one DB-API connection.
+
+    Each method that changes the state commits, so what Meta acknowledged is never lost.
+
+    :param conn: an open DB-API connection (sqlite3, psycopg, ...).
+    :param table: the state table name, ``table`` or ``schema.table``; validated, then quoted.
+    :param placeholder: the driver's parameter marker: ``?`` (SQLite) or ``%s`` (PostgreSQL).
+    """
+
+    def __init__(self, conn: Any, table: str, placeholder: str = "?") -> None:
+        if placeholder not in ("?", "%s"):
+            raise ValueError(f"Unsupported parameter placeholder {placeholder!r}; expected '?' or '%s'.")
+        self.conn = conn
+        self.table_name = table
+        self.table = quote_table_name(table)
+        self.sessions_table = quote_table_name(table, SESSIONS_SUFFIX)
+        self.placeholder = placeholder
+        self.is_sqlite = type(conn).__module__.startswith("sqlite3")
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    def sql(self, statement: str) -> str:
+        """Rewrite the ``?`` markers of one of our statements into the driver's placeholder."""
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        cursor = self.conn.cursor()
+        cursor.execute(self.sql(statement), tuple(params))
+        return cursor
+
+    def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if rows:
+            cursor = self.conn.cursor()
+            cursor.executemany(self.sql(statement), rows)
+            cursor.close()
+
+    def fetch_one(self, statement: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+        cursor = self.execute(statement, params)
+        row = cursor.fetchone()
+        cursor.close()
+        return tuple(row) if row is not None else ()
+
+    def fetch_all(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cursor = self.execute(statement, params)
+        rows = [tuple(row) for row in cursor.fetchall()]
+        cursor.close()
+        return rows
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    # -- schema ---------------------------------------------------------------------------------------
+
+    def ensure_tables(self) -> None:
+        """Create the state and sessions tables on first use."""
+        self.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} ("
+            " sync_key VARCHAR(255) NOT NULL,"
+            " row_key TEXT NOT NULL,"
+            " fingerprint VARCHAR(64) NOT NULL,"
+            " id_digest VARCHAR(64) NOT NULL,"
+            " key_schema TEXT NOT NULL,"
+            " identifiers TEXT NOT NULL,"
+            " member INTEGER NOT NULL,"
+            " synced_at VARCHAR(40) NOT NULL,"
+            " PRIMARY KEY (sync_key, row_key))"
+        ).close()
+        self.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.sessions_table} ("
+            " session_id BIGINT NOT NULL PRIMARY KEY,"
+            " sync_key VARCHAR(255) NOT NULL,"
+            " kind VARCHAR(20) NOT NULL,"
+            " started_at VARCHAR(40) NOT NULL)"
+        ).close()
+        self.commit()
+
+    # -- state rows -----------------------------------------------------------------------------------
+
+    def count(self, sync_key: str) -> int:
+        """How many rows the state holds for a sync."""
+        return int(self.fetch_one(f"SELECT COUNT(*) FROM {self.table} WHERE sync_key = ?", (sync_key,))[0])
+
+    def delete_keys(self, sync_key: str, row_keys: Iterable[str]) -> None:
+        """Forget rows whose removal Meta acknowledged."""
+        self.executemany(
+            f"DELETE FROM {self.table} WHERE sync_key = ? AND row_key = ?",
+            ((sync_key, key) for key in row_keys),
+        )
+        self.commit()
+
+    def clear(self, sync_key: str) -> None:
+        """Forget every row of a sync (a full refresh replaced the audience)."""
+        self.execute(f"DELETE FROM {self.table} WHERE sync_key = ?", (sync_key,)).close()
+        self.commit()
+
+    def upsert(self, sync_key: str, rows: Iterable[StagedRow], member: int | None = None) -> None:
+        """Record rows whose upload Meta acknowledged (or that delete mode only tracks).
+
+        :param member: overrides the rows' member flag (0 for rows tracked but never sent).
+        """
+        now = utc_now()
+        self.executemany(
+            f"INSERT INTO {self.table} (sync_key, row_key, fingerprint, id_digest, key_schema, identifiers,"
+            " member, synced_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (sync_key, row_key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+            " id_digest = excluded.id_digest, key_schema = excluded.key_schema,"
+            " identifiers = excluded.identifiers, member = excluded.member, synced_at = excluded.synced_at",
+            (
+                (
+                    sync_key,
+                    row.row_key,
+                    row.fingerprint,
+                    row.id_digest,
+                    row.key_schema,
+                    row.identifiers,
+                    row.member if member is None else member,
+                    now,
+                )
+                for row in rows
+            ),
+        )
+        self.commit()
+
+    def iter_rows(self, sync_key: str, page_size: int = 10_000) -> Iterator[tuple[str, str, str, int]]:
+        """Yield ``(row_key, key_schema, identifiers_json, member)`` of a sync, page by page."""
+        last = ""
+        while True:
+            page = self.fetch_all(
+                f"SELECT row_key, key_schema, identifiers, member FROM {self.table}"
+                f" WHERE sync_key = ? AND row_key > ? ORDER BY row_key LIMIT {int(page_size)}",
+                (sync_key, last),
+            )
+            yield from page
+            if len(page) < page_size:
+                return
+            last = page[-1][0]
+
+    # -- upload sessions ------------------------------------------------------------------------------
+
+    def new_session_id(self, sync_key: str, kind: str) -> int:
+        """Draw a fresh upload session id, record it, and return it.
+
+        Meta wants a positive int64 unique within the ad account; a retried run must never reuse a
+        session that an earlier attempt opened or closed, so every id drawn is recorded.
+        """
+        while True:
+            session_id = secrets.randbits(62) or 1
+            if not self.fetch_one(f"SELECT 1 FROM {self.sessions_table} WHERE session_id = ?", (session_id,)):
+                break
+        self.execute(
+            f"INSERT INTO {self.sessions_table} (session_id, sync_key, kind, started_at) VALUES (?, ?, ?, ?)",
+            (session_id, sync_key, kind, utc_now()),
+        ).close()
+        self.commit()
+        return session_id
+
+    def session_ids(self, sync_key: str) -> list[int]:
+        """Every session id recorded for a sync, oldest first."""
+        rows = self.fetch_all(
+            f"SELECT session_id FROM {self.sessions_table} WHERE sync_key = ? ORDER BY started_at, session_id",
+            (sync_key,),
+        )
+        return [int(row[0]) for row in rows]
+
+
+class StageTable:
+    """A temporary table holding this run's prepared model, joined with the state by :mod:`.plan`.
+
+    Temporary tables live as long as the connection and survive commits on SQLite and PostgreSQL.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.name = f"fbca_stage_{secrets.token_hex(6)}"
+
+    def create(self) -> None:
+        self.store.execute(
+            f"CREATE TEMPORARY TABLE {self.name} ("
+            " row_key TEXT NOT NULL,"
+            " fingerprint VARCHAR(64),"
+            " id_digest VARCHAR(64),"
+            " key_schema TEXT,"
+            " identifiers TEXT,"
+            " member INTEGER,"  # NULL: a row of the state that left the model (gone)
+            " in_state INTEGER NOT NULL DEFAULT 0,"
+            " old_fingerprint VARCHAR(64),"
+            " old_id_digest VARCHAR(64),"
+            " old_key_schema TEXT,"
+            " old_identifiers TEXT,"
+            " old_member INTEGER,"
+            " to_add INTEGER NOT NULL DEFAULT 0,"
+            " to_remove INTEGER NOT NULL DEFAULT 0,"
+            " to_record INTEGER NOT NULL DEFAULT 0)"
+        ).close()
+        self.store.commit()
+
+    def load(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Append rows shaped like :data:`STAGE_LOAD_COLUMNS` (one chunk at a time)."""
+        rows = list(rows)
+        if not rows:
+            return
+        columns = ", ".join(STAGE_LOAD_COLUMNS)
+        cursor = self.store.conn.cursor()
+        if hasattr(cursor, "copy"):  # psycopg 3: COPY is an order of magnitude faster than INSERTs
+            with cursor.copy(f"COPY {self.name} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            markers = ", ".join("?" for _ in STAGE_LOAD_COLUMNS)
+            cursor.executemany(
+                self.store.sql(f"INSERT INTO {self.name} ({columns}) VALUES ({markers})"), rows
+            )
+        cursor.close()
+
+    def index(self) -> None:
+        """Index the loaded rows by key (before the duplicate check and the join)."""
+        self.store.execute(f"CREATE INDEX {self.name}_key ON {self.name} (row_key)").close()
+        self.store.commit()
+
+    def index_actions(self) -> None:
+        """Index the planned actions so that each upload page is a range scan."""
+        self.store.execute(f"CREATE INDEX {self.name}_add ON {self.name} (to_add, row_key)").close()
+        self.store.execute(
+            f"CREATE INDEX {self.name}_remove ON {self.name} (to_remove, old_key_schema, row_key)"
+        ).close()
+        self.store.commit()
+
+    def drop(self) -> None:
+        try:
+            self.store.conn.rollback()
+            self.store.execute(f"DROP TABLE IF EXISTS {self.name}").close()
+            self.store.commit()
+        except Exception:  # best effort: the table is temporary and goes with the connection anyway
+            pass
