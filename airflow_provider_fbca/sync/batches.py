@@ -22,7 +22,7 @@ class SessionResult:
 
     :param kind: ``add``, ``remove`` or ``replace``.
     :param num_received: Meta's running ``num_received`` after the last batch.
-    :param num_invalid_entries: the sum of each batch's ``num_invalid_entries``.
+    :param num_invalid_entries: Meta's running ``num_invalid_entries`` after the last batch.
     """
 
     session_id: int
@@ -67,7 +67,8 @@ class UploadSession(Generic[Row]):
             result.batches += 1
             result.rows += len(page)
             result.num_received = _as_int(response.get("num_received"), result.rows)
-            result.num_invalid_entries += _as_int(response.get("num_invalid_entries"), 0)
+            # Both counters are running totals of the session (as Meta documents num_received).
+            result.num_invalid_entries = _as_int(response.get("num_invalid_entries"), 0)
         return result
 
 

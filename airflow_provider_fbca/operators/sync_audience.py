@@ -1,0 +1,255 @@
+"""SyncAudienceOperator: rows of a SQL query into a Meta customer-file Custom Audience.
+
+A thin Airflow shell around :mod:`airflow_provider_fbca.sync`: it resolves the connections and the
+audience, streams the query's rows in chunks, and logs and returns the sync's report.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator, Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.sql.hooks.sql import DbApiHook
+from airflow.sdk import BaseHook, BaseOperator
+
+from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
+from airflow_provider_fbca.identifiers import RowPreparer
+from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
+from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
+from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
+from airflow_provider_fbca.sync.report import format_report
+from airflow_provider_fbca.sync.state import StateStore, quote_table_name
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+DEFAULT_STATE_TABLE = "fbca_sync_state"
+DEFAULT_FETCH_SIZE = 10_000
+
+
+class SyncAudienceOperator(BaseOperator):
+    """
+    Sync the rows of a SQL query into a Meta customer-file Custom Audience.
+
+    Each run diffs the query's rows against the state the previous run left (a table in the state
+    connection) and sends only what changed, in upload sessions of at most 10,000 rows per request.
+
+    :param sql: the query (or a ``.sql`` file) returning one row per person. Templated.
+    :param mapping: match key (Meta's name or an alias, e.g. ``email``) -> column of the query.
+        ``EXTERN_ID`` (alias ``external_id``) is required: it is the row key of the sync.
+    :param sql_conn_id: any common-sql connection (SQLite, PostgreSQL, ...) to run ``sql`` on.
+    :param facebook_conn_id: the Facebook Custom Audiences connection.
+    :param ad_account_id: the ad account (``act_123`` or ``123``); overrides the connection's. Templated.
+    :param audience_id: the audience to sync into. Templated.
+    :param audience_name: or its name, looked up in the ad account (all pages). Templated.
+    :param create_audience: create the audience named ``audience_name`` when it does not exist.
+    :param audience_description: the description of a created audience. Templated.
+    :param customer_file_source: the ``customer_file_source`` of a created audience.
+    :param is_value_based: create a value-based audience (the mapping then needs ``LOOKALIKE_VALUE``).
+    :param sync_mode: ``mirror`` (default: add new and updated rows, remove rows that left the model),
+        ``upsert`` (add only) or ``delete`` (remove only).
+    :param default_country: ISO country of rows without a country column (phones, ZIPs and states).
+    :param membership_column: a boolean column: true adds the row, false removes it, in any mode.
+    :param state_conn_id: the connection holding the state table (default: ``sql_conn_id``).
+    :param state_table: the state table, ``table`` or ``schema.table`` (created on first use).
+    :param dry_run: compute and log the plan; send nothing and change no state.
+    :param full_refresh: mirror mode only: replace the audience with the model (usersreplace) and
+        rebuild the state. For a first sync into an audience that already has members, or to repair drift.
+    :param max_removal_fraction: fail before sending when a run would remove more than this share of the
+        synced rows (default 0.5); None turns the guard off.
+    :param batch_size: rows per upload request (at most 10,000).
+    :param fetch_size: rows fetched from the query per chunk.
+    :param app_ids: app ids, needed with an APPUID column.
+    :param page_ids: page ids, needed with a PAGEUID column.
+    """
+
+    template_fields: Sequence[str] = (
+        "sql",
+        "audience_id",
+        "audience_name",
+        "audience_description",
+        "ad_account_id",
+    )
+    template_ext: Sequence[str] = (".sql",)
+    template_fields_renderers = {"sql": "sql"}
+    ui_color = "#e7f0fe"
+
+    def __init__(
+        self,
+        *,
+        sql: str,
+        mapping: Mapping[str, str],
+        sql_conn_id: str,
+        facebook_conn_id: str = FacebookCustomAudiencesHook.default_conn_name,
+        ad_account_id: str | None = None,
+        audience_id: str | None = None,
+        audience_name: str | None = None,
+        create_audience: bool = False,
+        audience_description: str | None = None,
+        customer_file_source: str = "BOTH_USER_AND_PARTNER_PROVIDED",
+        is_value_based: bool = False,
+        sync_mode: str = "mirror",
+        default_country: str | None = None,
+        membership_column: str | None = None,
+        state_conn_id: str | None = None,
+        state_table: str = DEFAULT_STATE_TABLE,
+        dry_run: bool = False,
+        full_refresh: bool = False,
+        max_removal_fraction: float | None = 0.5,
+        batch_size: int = MAX_BATCH_SIZE,
+        fetch_size: int = DEFAULT_FETCH_SIZE,
+        app_ids: Sequence[str] | None = None,
+        page_ids: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not audience_id and not audience_name:
+            raise ValueError("Give audience_id or audience_name.")
+        quote_table_name(state_table)  # fail at parse time on a bad name
+        self.sql = sql
+        self.mapping = dict(mapping)
+        self.sql_conn_id = sql_conn_id
+        self.facebook_conn_id = facebook_conn_id
+        self.ad_account_id = ad_account_id
+        self.audience_id = audience_id
+        self.audience_name = audience_name
+        self.create_audience = create_audience
+        self.audience_description = audience_description
+        self.customer_file_source = customer_file_source
+        self.is_value_based = is_value_based
+        self.sync_mode = SyncMode(sync_mode)
+        self.default_country = default_country
+        self.membership_column = membership_column
+        self.state_conn_id = state_conn_id or sql_conn_id
+        self.state_table = state_table
+        self.dry_run = dry_run
+        self.full_refresh = full_refresh
+        self.max_removal_fraction = max_removal_fraction
+        self.batch_size = batch_size
+        self.fetch_size = fetch_size
+        self.app_ids = app_ids
+        self.page_ids = page_ids
+        # Validate the mapping and options now, so a DAG with a typo fails to parse, not at 3 a.m.
+        self._key_names = list(RowPreparer(list(self.mapping), default_country=default_country).schema)
+        if EXTERN_ID not in self._key_names:
+            raise ValueError(
+                "The mapping needs EXTERN_ID (alias external_id): the sync keys its state on it, "
+                "as Meta and Segment recommend."
+            )
+        SyncOptions(
+            audience_id="-",
+            sync_key="-",
+            mode=self.sync_mode,
+            full_refresh=full_refresh,
+            max_removal_fraction=max_removal_fraction,
+            batch_size=batch_size,
+        )
+
+    @cached_property
+    def hook(self) -> FacebookCustomAudiencesHook:
+        """The Graph API hook (one per task run)."""
+        return FacebookCustomAudiencesHook(self.facebook_conn_id, ad_account_id=self.ad_account_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        sends_values = LOOKALIKE_VALUE in self._key_names
+        audience_id = self._resolve_audience(sends_values)
+        account = self.hook.ad_account_id
+        preparer = RowPreparer(list(self.mapping), default_country=self.default_country)
+        options = SyncOptions(
+            audience_id=audience_id or f"(new) {self.audience_name}",
+            sync_key=f"{account}:{audience_id}" if audience_id else f"{account}:new:{self.audience_name}",
+            mode=self.sync_mode,
+            has_membership=self.membership_column is not None,
+            dry_run=self.dry_run,
+            full_refresh=self.full_refresh,
+            max_removal_fraction=self.max_removal_fraction,
+            batch_size=self.batch_size,
+            app_ids=self.app_ids,
+            page_ids=self.page_ids,
+        )
+        state_hook = self._sql_hook(self.state_conn_id)
+        state_conn = state_hook.get_conn()
+        try:
+            store = StateStore(state_conn, self.state_table, state_hook.placeholder)
+            report = SyncRun(store, self.hook, preparer, options).run(self._read_chunks())
+        finally:
+            state_conn.close()
+        result = report.as_dict()
+        result["audience_id"] = audience_id
+        result["ad_account_id"] = account
+        self.log.info("Sync report for audience %s:\n%s", audience_id, format_report(result))
+        return result
+
+    # -- the audience ---------------------------------------------------------------------------------
+
+    def _resolve_audience(self, sends_values: bool) -> str | None:
+        """The audience id to sync into, found or created, after checking it can take the sync."""
+        if self.audience_id:
+            audience = self.hook.get_audience(str(self.audience_id), fields=AUDIENCE_FIELDS)
+        else:
+            audience = self.hook.find_audience(str(self.audience_name), fields=AUDIENCE_FIELDS)
+            if audience is None:
+                return self._create_audience()
+        check_audience(audience, sends_values=sends_values)
+        return str(audience["id"])
+
+    def _create_audience(self) -> str | None:
+        if not self.create_audience:
+            raise ValueError(
+                f"No audience named {self.audience_name!r} in ad account {self.hook.ad_account_id}. "
+                "Set create_audience=True to create it, or give its audience_id."
+            )
+        if self.dry_run:
+            self.log.info("Dry run: audience %r does not exist and would be created", self.audience_name)
+            return None
+        return self.hook.create_audience(
+            str(self.audience_name),
+            description=self.audience_description,
+            customer_file_source=self.customer_file_source,
+            is_value_based=self.is_value_based,
+        )
+
+    # -- the rows -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _sql_hook(conn_id: str) -> DbApiHook:
+        hook = BaseHook.get_connection(conn_id).get_hook()
+        if not isinstance(hook, DbApiHook):
+            raise TypeError(
+                f"Connection {conn_id!r} is not a SQL connection (its hook is {type(hook).__name__})."
+            )
+        return hook
+
+    def _read_chunks(self) -> Iterator[list[tuple[Any, ...]]]:
+        """Run the query and yield its rows in chunks: mapped columns in mapping order, then membership.
+
+        PostgreSQL (psycopg) streams through a server-side cursor; other drivers through ``fetchmany``.
+        """
+        conn = self._sql_hook(self.sql_conn_id).get_conn()
+        try:
+            streaming = type(conn).__module__.startswith("psycopg")
+            cursor = conn.cursor(name="fbca_sync_source") if streaming else conn.cursor()
+            try:
+                cursor.execute(self.sql)
+                pick = self._column_picker([column[0] for column in cursor.description or ()])
+                while rows := cursor.fetchmany(self.fetch_size):
+                    yield [pick(row) for row in rows]
+            finally:
+                cursor.close()
+        finally:
+            conn.close()
+
+    def _column_picker(self, columns: list[str]) -> operator.itemgetter:
+        wanted = list(self.mapping.values())
+        if self.membership_column is not None:
+            wanted.append(self.membership_column)
+        position = {name.lower(): index for index, name in enumerate(columns)}
+        missing = [name for name in wanted if name.lower() not in position]
+        if missing:
+            raise ValueError(f"The query returns no column {missing}; it returns {columns}.")
+        indices = [position[name.lower()] for name in wanted]
+        # itemgetter with one index returns a bare value: keep rows as tuples.
+        return operator.itemgetter(*indices) if len(indices) > 1 else (lambda row: (row[indices[0]],))

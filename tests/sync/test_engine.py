@@ -1,0 +1,210 @@
+"""The sync engine's planning over real SQLite / PostgreSQL state, with a recording audience client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun, parse_membership
+from airflow_provider_fbca.sync.plan import DuplicateKeysError, RemovalGuardError, SyncMode, SyncPlanError
+from airflow_provider_fbca.sync.state import StateStore
+from tests.sync.conftest import PassThroughPreparer, RecordingAudience
+
+SCHEMA = ("EXTERN_ID", "EMAIL")
+
+
+def model(*keys: str, email: str = "h") -> list[tuple[str, ...]]:
+    return [(key, f"{email}-{key}") for key in keys]
+
+
+def sync(
+    store: StateStore,
+    audience: RecordingAudience,
+    rows: list[tuple[Any, ...]],
+    schema: tuple[str, ...] = SCHEMA,
+    chunk: int = 3,
+    **options: Any,
+) -> dict[str, Any]:
+    options.setdefault("mode", SyncMode.MIRROR)
+    run = SyncRun(store, audience, PassThroughPreparer(schema), SyncOptions("42", "act_1:42", **options))
+    return run.run([rows[i : i + chunk] for i in range(0, len(rows), chunk)]).as_dict()
+
+
+def stored(store: StateStore) -> dict[str, tuple[str, int]]:
+    return {key: (ids, member) for key, _, ids, member in store.iter_rows("act_1:42")}
+
+
+def test_mirror_over_runs_follows_the_model(store: StateStore) -> None:
+    audience = RecordingAudience()
+    first = sync(store, audience, model("a", "b", "c", "d"))
+    assert (first["added"], first["removed"], len(first["session_ids"])) == (4, 0, 1)
+    assert set(audience.members) == {"a", "b", "c", "d"}
+
+    changed = [*model("a", "b"), ("c", "new-mail"), *model("e")]
+    second = sync(store, audience, changed)
+    assert (second["added"], second["updated"], second["removed"], second["unchanged"]) == (1, 1, 1, 2)
+    assert audience.members == {row[0]: row for row in changed}
+    # Removals (the gone row and the old identifiers of the updated one) go before additions.
+    kinds = [call[0] for call in audience.calls[-2:]]
+    assert kinds == ["remove", "add"]
+    assert audience.calls[-2][2] == 2
+    assert set(stored(store)) == {"a", "b", "c", "e"}
+
+
+def test_nothing_is_sent_when_nothing_changed(store: StateStore) -> None:
+    audience = RecordingAudience()
+    sync(store, audience, model("a", "b", "c"))
+    calls = len(audience.calls)
+    report = sync(store, audience, model("a", "b", "c"))
+    assert len(audience.calls) == calls
+    assert (report["unchanged"], report["session_ids"], report["rows_sent"]) == (3, [], 0)
+
+
+def test_upsert_never_removes_and_delete_never_adds(store: StateStore) -> None:
+    audience = RecordingAudience()
+    sync(store, audience, model("a", "b", "c"), mode=SyncMode.UPSERT)
+    report = sync(store, audience, model("a", "d"), mode=SyncMode.UPSERT)
+    assert (report["added"], report["removed"], report["skipped_by_mode"]) == (1, 0, 2)
+    assert set(audience.members) == {"a", "b", "c", "d"}
+
+    report = sync(store, audience, model("a", "b", "x"), mode=SyncMode.DELETE, max_removal_fraction=None)
+    assert (report["added"], report["removed"]) == (0, 2)
+    assert set(audience.members) == {"a", "b"}
+    # x is only tracked: it was never sent, so a later mirror run adds it.
+    assert stored(store)["x"][1] == 0
+    report = sync(store, audience, model("a", "b", "x"))
+    assert report["added"] == 1 and set(audience.members) == {"a", "b", "x"}
+
+
+def test_membership_column_adds_true_and_removes_false_in_any_mode(store: StateStore) -> None:
+    audience = RecordingAudience()
+    rows = [("a", "h-a", True), ("b", "h-b", "yes"), ("c", "h-c", 0)]
+    report = sync(store, audience, rows, mode=SyncMode.DELETE, has_membership=True)
+    assert (report["added"], report["non_members"]) == (2, 1)
+    assert set(audience.members) == {"a", "b"}
+    rows = [("a", "h-a", "false"), ("b", "h-b", 1), ("c", "h-c", "true")]
+    report = sync(store, audience, rows, mode=SyncMode.UPSERT, has_membership=True)
+    assert (report["added"], report["removed"]) == (1, 1)
+    assert set(audience.members) == {"b", "c"}
+    assert set(stored(store)) == {"b", "c"}
+
+
+def test_membership_values_are_parsed_strictly() -> None:
+    assert [parse_membership(v) for v in (True, 1, "Yes", " t ", None, 0, "no", "", b"true")] == [
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+    with pytest.raises(ValueError, match="membership"):
+        parse_membership("maybe")
+
+
+def test_duplicates_fail_before_anything_is_sent(store: StateStore) -> None:
+    audience = RecordingAudience()
+    with pytest.raises(DuplicateKeysError, match=r"2 EXTERN_ID value\(s\).*'a', 'b'") as raised:
+        sync(store, audience, [*model("a", "b", "c"), *model("a", "b", email="other")])
+    assert audience.calls == []
+    assert "other" not in str(raised.value)  # names keys, never identifier values
+    assert store.count("act_1:42") == 0
+
+
+def test_guard_stops_a_run_that_would_empty_the_audience(store: StateStore) -> None:
+    audience = RecordingAudience()
+    sync(store, audience, model("a", "b", "c", "d"))
+    calls = len(audience.calls)
+    with pytest.raises(RemovalGuardError, match=r"remove 4 of the 4 rows.*max_removal_fraction=0.5"):
+        sync(store, audience, [])
+    with pytest.raises(RemovalGuardError, match="remove 3 of the 4"):
+        sync(store, audience, model("a"), mode=SyncMode.DELETE)
+    assert len(audience.calls) == calls and store.count("act_1:42") == 4
+    report = sync(store, audience, model("a", "b"))  # half is allowed
+    assert report["removed"] == 2
+    report = sync(store, audience, [], max_removal_fraction=None)
+    assert report["removed"] == 2 and audience.members == {}
+
+
+def test_dry_run_sends_nothing_and_keeps_the_state(store: StateStore) -> None:
+    audience = RecordingAudience()
+    sync(store, audience, model("a", "b"))
+    before = stored(store)
+    report = sync(store, audience, model("b", "c"), dry_run=True)
+    assert (report["dry_run"], report["added"], report["removed"], report["session_ids"]) == (True, 1, 1, [])
+    assert stored(store) == before and len(audience.calls) == 1
+
+
+def test_value_change_is_resent_without_removal(store: StateStore) -> None:
+    audience = RecordingAudience()
+    schema = ("EXTERN_ID", "EMAIL", "LOOKALIKE_VALUE")
+    sync(store, audience, [("a", "h-a", "10"), ("b", "h-b", "20")], schema=schema)
+    report = sync(store, audience, [("a", "h-a", "15"), ("b", "h-b", "20")], schema=schema)
+    assert (report["updated"], report["updated_identifiers"]) == (1, 0)
+    assert audience.calls[-1][0] == "add" and audience.members["a"][2] == "15"
+
+
+def test_batches_stay_within_the_size_and_sessions_are_numbered(store: StateStore) -> None:
+    audience = RecordingAudience()
+    keys = [f"k{i:03}" for i in range(25)]
+    report = sync(store, audience, model(*keys), chunk=7, batch_size=10)
+    sessions = [call[3] for call in audience.calls]
+    assert [call[2] for call in audience.calls] == [10, 10, 5]
+    assert [s["batch_seq"] for s in sessions] == [1, 2, 3]
+    assert [s["last_batch_flag"] for s in sessions] == [False, False, True]
+    assert {s["session_id"] for s in sessions} == set(report["session_ids"])
+    assert {s["estimated_num_total"] for s in sessions} == {25}
+
+
+def test_each_run_draws_fresh_recorded_session_ids(store: StateStore) -> None:
+    audience = RecordingAudience()
+    first = sync(store, audience, model("a", "b"))
+    second = sync(store, audience, model("a", "c"))
+    assert len(set(first["session_ids"] + second["session_ids"])) == 3
+    assert store.session_ids("act_1:42") and set(store.session_ids("act_1:42")) == set(
+        first["session_ids"] + second["session_ids"]
+    )
+
+
+def test_failure_mid_run_keeps_acknowledged_batches_only(store: StateStore) -> None:
+    audience = RecordingAudience()
+    original_add = audience.add_users
+
+    def add_then_fail(*args: Any, **kwargs: Any) -> dict:
+        if len(audience.calls) == 2:
+            raise ConnectionError("killed")
+        return original_add(*args, **kwargs)
+
+    audience.add_users = add_then_fail  # type: ignore[method-assign]
+    keys = [f"k{i:02}" for i in range(25)]
+    with pytest.raises(ConnectionError):
+        sync(store, audience, model(*keys), batch_size=10)
+    assert store.count("act_1:42") == 20 and len(audience.members) == 20
+    audience.add_users = original_add  # type: ignore[method-assign]
+    retry = sync(store, audience, model(*keys), batch_size=10)
+    assert (retry["added"], retry["unchanged"], retry["rows_sent"]) == (5, 20, 5)
+    assert set(audience.members) == set(keys) == set(stored(store))
+
+
+def test_full_refresh_replaces_and_rebuilds_the_state(store: StateStore) -> None:
+    audience = RecordingAudience()
+    sync(store, audience, model("a", "b", "c"))
+    audience.members["stranger"] = ("stranger", "x")  # drift: someone the state does not know
+    report = sync(store, audience, model("a", "b", "d"), full_refresh=True)
+    assert [call[0] for call in audience.calls[-1:]] == ["replace"]
+    assert (report["rows_sent"], report["removed"], report["added"]) == (3, 1, 1)
+    assert set(audience.members) == {"a", "b", "d"} == set(stored(store))
+    with pytest.raises(ValueError, match="mirror"):
+        SyncOptions("42", "k", mode=SyncMode.UPSERT, full_refresh=True)
+    with pytest.raises(SyncPlanError, match="empty model"):
+        sync(store, audience, [], full_refresh=True, max_removal_fraction=None)
+
+
+def test_rows_without_extern_id_are_rejected(store: StateStore) -> None:
+    audience = RecordingAudience()
+    report = sync(store, audience, [("", "h"), ("a", "h-a")])
+    assert report["rejected_by_reason"] == {"extern_id.missing": 1} and set(audience.members) == {"a"}

@@ -1,0 +1,35 @@
+"""The state table's name handling and contents."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from airflow_provider_fbca.sync.state import StateStore, quote_table_name
+
+
+@pytest.mark.parametrize(
+    ("name", "quoted"),
+    [("fbca_sync_state", '"fbca_sync_state"'), ("analytics.sync_state", '"analytics"."sync_state"')],
+)
+def test_table_names_are_quoted(name: str, quoted: str) -> None:
+    assert quote_table_name(name) == quoted
+
+
+@pytest.mark.parametrize("name", ['x"; DROP TABLE users; --', "a.b.c", "1abc", "", "a b", "x" * 64])
+def test_unsafe_table_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="State table name"):
+        StateStore(sqlite3.connect(":memory:"), name)
+
+
+def test_tables_are_created_once_and_hold_no_raw_values(store: StateStore) -> None:
+    from tests.sync.conftest import RecordingAudience
+    from tests.sync.test_engine import sync  # the same helper the engine tests use
+
+    store.ensure_tables()
+    store.ensure_tables()
+    sync(store, RecordingAudience(), [("cust-1", "a" * 64)])
+    [(key, schema, identifiers, member)] = list(store.iter_rows("act_1:42"))
+    assert (key, schema, identifiers, member) == ("cust-1", "EXTERN_ID,EMAIL", f'["cust-1","{"a" * 64}"]', 1)
+    assert store.count("other-sync") == 0
