@@ -1,0 +1,87 @@
+"""``python -m airflow_provider_fbca.sandbox``: serve the sandbox until interrupted.
+
+The first line of stdout is the base URL (``http://127.0.0.1:PORT``), flushed at once, so a parent
+process can read it and go.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from airflow_provider_fbca.sandbox.server import (
+    DEFAULT_ACCESS_TOKEN,
+    DEFAULT_AD_ACCOUNT_ID,
+    DEFAULT_APP_ID,
+    DEFAULT_APP_SECRET,
+    DEFAULT_POPULATION,
+    DEFAULT_SEED,
+    Sandbox,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_provider_fbca.sandbox",
+        description="Serve a local Marketing API sandbox (customer-file Custom Audiences).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
+    parser.add_argument("--access-token", default=DEFAULT_ACCESS_TOKEN, help="the token the sandbox accepts")
+    parser.add_argument("--app-id", default=DEFAULT_APP_ID, help="the app id")
+    parser.add_argument(
+        "--app-secret", default=DEFAULT_APP_SECRET, help='the app secret ("" turns appsecret_proof off)'
+    )
+    parser.add_argument("--ad-account-id", default=DEFAULT_AD_ACCOUNT_ID, help="the ad account, act_<digits>")
+    parser.add_argument("--population", type=int, default=DEFAULT_POPULATION, help="people to match against")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the population's seed")
+    parser.add_argument(
+        "--processing-delay", type=float, default=0.0, help="seconds a closed session stays processing"
+    )
+    parser.add_argument("--state-file", default=None, help="JSON file that keeps the state across restarts")
+    parser.add_argument("--rate-limit-budget", type=int, default=None, help="calls per ad account and hour")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Run the sandbox until SIGINT or SIGTERM; save the state file on the way out.
+
+    :param argv: the arguments (default: ``sys.argv[1:]``).
+    """
+    args = build_parser().parse_args(argv)
+    sandbox = Sandbox(
+        host=args.host,
+        port=args.port,
+        access_token=args.access_token,
+        app_id=args.app_id,
+        app_secret=args.app_secret or None,
+        ad_account_id=args.ad_account_id,
+        population=args.population,
+        seed=args.seed,
+        processing_delay_s=args.processing_delay,
+        state_file=args.state_file,
+    )
+    if args.rate_limit_budget is not None:
+        sandbox.set_rate_limit(args.rate_limit_budget)
+    sandbox.start()
+    print(sandbox.url, flush=True)
+    stopping = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    while not stopping.wait(0.5):
+        pass
+    sandbox.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

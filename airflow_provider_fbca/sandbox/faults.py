@@ -1,0 +1,179 @@
+"""Fault injection: rules that make chosen requests fail, hang up or slow down.
+
+``POST /_sandbox/faults`` with ``{"faults": [rule, ...]}`` appends rules; ``DELETE /_sandbox/faults``
+clears them. A rule has an optional ``method``, an optional ``path`` (a regex searched in the URL path),
+``times`` (default 1) and exactly one action:
+
+- ``error``: a Graph error object, answered in Meta's envelope with ``http_status`` (default 400);
+- ``disconnect: true``: close the connection without answering and without processing the request;
+- ``disconnect: "after"``: process the request, then close without answering (a lost response);
+- ``delay_s``: wait that many seconds, then answer normally.
+
+For each request the first rule that matches and has ``times`` left applies and spends one.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_fbca.sandbox.errors import new_fbtrace_id
+
+
+class FaultRuleError(ValueError):
+    """A fault rule that cannot be understood."""
+
+
+@dataclass
+class FaultRule:
+    """
+    One fault rule.
+
+    :param kind: ``error``, ``disconnect``, ``disconnect_after`` or ``delay``.
+    :param method: the HTTP method it applies to (any when None).
+    :param path: a regex searched in the URL path (any path when None).
+    :param times: how many more requests it applies to.
+    :param error: the Graph error object, for ``error``.
+    :param http_status: the status of an ``error`` answer.
+    :param delay_s: the delay, for ``delay``.
+    """
+
+    kind: str
+    method: str | None = None
+    path: re.Pattern[str] | None = None
+    times: int = 1
+    error: dict[str, Any] | None = None
+    http_status: int = 400
+    delay_s: float = 0.0
+
+    @classmethod
+    def from_json(cls, raw: Any) -> FaultRule:
+        """
+        Build a rule from its JSON form, refusing ambiguous or malformed rules.
+
+        :param raw: the rule as posted.
+        """
+        if not isinstance(raw, dict):
+            raise FaultRuleError("a fault rule must be an object")
+        actions = [name for name in ("error", "disconnect", "delay_s") if raw.get(name) not in (None, False)]
+        if len(actions) != 1:
+            raise FaultRuleError("a fault rule needs exactly one of error, disconnect, delay_s")
+        times = raw.get("times", 1)
+        if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+            raise FaultRuleError("times must be a positive integer")
+        rule = cls(
+            kind=actions[0], times=times, method=_method(raw.get("method")), path=_path(raw.get("path"))
+        )
+        if rule.kind == "error":
+            rule.error, rule.http_status = _error(raw["error"]), int(raw.get("http_status", 400))
+        elif rule.kind == "disconnect":
+            if raw["disconnect"] not in (True, "after", "before"):
+                raise FaultRuleError('disconnect must be true or "after"')
+            rule.kind = "disconnect_after" if raw["disconnect"] == "after" else "disconnect"
+        else:
+            rule.kind, rule.delay_s = "delay", float(raw["delay_s"])
+        return rule
+
+    def matches(self, method: str, path: str) -> bool:
+        """
+        Tell whether the rule applies to a request.
+
+        :param method: the request's method (after a ``method=`` override).
+        :param path: the URL path.
+        """
+        if self.times < 1:
+            return False
+        if self.method is not None and self.method != method:
+            return False
+        return self.path is None or self.path.search(path) is not None
+
+    def error_body(self) -> dict[str, Any]:
+        """The envelope of an ``error`` rule, with a trace id like Meta's."""
+        assert self.error is not None
+        return {"error": {**self.error, "fbtrace_id": self.error.get("fbtrace_id") or new_fbtrace_id()}}
+
+    def describe(self) -> dict[str, Any]:
+        """The rule as JSON, for ``GET /_sandbox/faults``."""
+        rule: dict[str, Any] = {"kind": self.kind, "times": self.times}
+        if self.method:
+            rule["method"] = self.method
+        if self.path is not None:
+            rule["path"] = self.path.pattern
+        if self.error is not None:
+            rule["error"], rule["http_status"] = self.error, self.http_status
+        if self.kind == "delay":
+            rule["delay_s"] = self.delay_s
+        return rule
+
+
+class FaultInjector:
+    """The sandbox's fault rules, safe to use from the server's threads."""
+
+    def __init__(self) -> None:
+        self._rules: list[FaultRule] = []
+        self._lock = threading.Lock()
+
+    def add(self, raw_rules: Any) -> int:
+        """
+        Append rules given in their JSON form; return how many rules are now active.
+
+        :param raw_rules: a list of rules.
+        """
+        if not isinstance(raw_rules, list):
+            raise FaultRuleError('post {"faults": [rule, ...]}')
+        rules = [FaultRule.from_json(raw) for raw in raw_rules]
+        with self._lock:
+            self._rules.extend(rules)
+            return len(self._rules)
+
+    def clear(self) -> None:
+        """Drop every rule."""
+        with self._lock:
+            self._rules.clear()
+
+    def take(self, method: str, path: str) -> FaultRule | None:
+        """
+        Return the first rule that applies to a request, spending one of its ``times``.
+
+        :param method: the request's method.
+        :param path: the URL path.
+        """
+        with self._lock:
+            for rule in self._rules:
+                if rule.matches(method, path):
+                    rule.times -= 1
+                    self._rules = [r for r in self._rules if r.times > 0]
+                    return rule
+        return None
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The active rules, as JSON."""
+        with self._lock:
+            return [rule.describe() for rule in self._rules]
+
+
+def _method(raw: Any) -> str | None:
+    if raw in (None, ""):
+        return None
+    if not isinstance(raw, str):
+        raise FaultRuleError("method must be a string")
+    return raw.upper()
+
+
+def _path(raw: Any) -> re.Pattern[str] | None:
+    if raw in (None, ""):
+        return None
+    try:
+        return re.compile(str(raw))
+    except re.error as exc:
+        raise FaultRuleError(f"path is not a valid regex: {exc}") from None
+
+
+def _error(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict) or "code" not in raw:
+        raise FaultRuleError("error must be a Graph error object with at least a code")
+    error = {"message": raw.get("message", "An unexpected error has occurred."), "type": "OAuthException"}
+    error.update(raw)
+    return error

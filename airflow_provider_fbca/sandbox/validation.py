@@ -1,0 +1,284 @@
+"""The ``payload`` and ``session`` parameters of ``/users`` and ``/usersreplace``, checked as Meta checks them.
+
+Meta refuses a request whose payload is malformed (unknown schema keys, rows of the wrong length, more
+than 10,000 rows, APPUID without ``app_ids``...) with error 100, but only *counts* values of hashed keys
+that are not SHA-256 digests (``num_invalid_entries`` and ``invalid_entry_samples``).
+
+The hot path is one ``"\\x1f".join`` and one compiled-regex match per row: the joined text is both the
+proof that the row is well formed and the member's stored form (see :mod:`.members`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_fbca.sandbox.errors import invalid_parameter, missing_parameter
+
+MAX_ROWS_PER_REQUEST = 10_000
+MAX_INVALID_SAMPLES = 100
+SEPARATOR = "\x1f"
+
+HASHED_KEYS = frozenset(
+    {"EMAIL", "PHONE", "GEN", "DOBY", "DOBM", "DOBD", "LN", "FN", "FI", "CT", "ST", "ZIP", "COUNTRY"}
+)
+PLAIN_KEYS = frozenset(
+    {
+        "EXTERN_ID",
+        "MADID",
+        "APPUID",
+        "PAGEUID",
+        "LOOKALIKE_VALUE",
+        "DATA_PROCESSING_OPTIONS",
+        "DATA_PROCESSING_OPTIONS_COUNTRY",
+        "DATA_PROCESSING_OPTIONS_STATE",
+    }
+)
+MULTI_KEYS = HASHED_KEYS | PLAIN_KEYS
+# Legacy single-key schema names and the multi-key name their values are stored under.
+LEGACY_KEYS = {
+    "EMAIL_SHA256": "EMAIL",
+    "PHONE_SHA256": "PHONE",
+    "MOBILE_ADVERTISER_ID": "MADID",
+    "UID": "APPUID",
+}
+# Keys that identify a person on their own: a removal row deletes members sharing one of these.
+STRONG_KEYS = ("EXTERN_ID", "EMAIL", "PHONE", "MADID", "APPUID", "PAGEUID")
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+@dataclass
+class SessionParam:
+    """The ``session`` parameter of an upload."""
+
+    session_id: str | None = None
+    batch_seq: int | None = None
+    last_batch_flag: bool = False
+    estimated_num_total: int | None = None
+
+
+@dataclass
+class Upload:
+    """A validated payload: the canonical schema and the rows, each already joined for storage."""
+
+    schema: tuple[str, ...]
+    joined_rows: list[str]
+    app_ids: list[str] = field(default_factory=list)
+    page_ids: list[str] = field(default_factory=list)
+    num_invalid_entries: int = 0
+    invalid_entry_samples: dict[str, str] = field(default_factory=dict)
+
+
+def decode_json_param(name: str, value: Any) -> Any:
+    """
+    Return a parameter that may arrive as a JSON string (form bodies) or as an object (JSON bodies).
+
+    :param name: the parameter's name, for the error message.
+    :param value: the raw value.
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise invalid_parameter(f"param {name} must be a JSON object") from None
+
+
+def parse_session(raw: Any) -> SessionParam | None:
+    """
+    Parse the ``session`` parameter (``None`` when absent).
+
+    :param raw: the parameter as received.
+    """
+    if raw is None or raw == "":
+        return None
+    value = decode_json_param("session", raw)
+    if not isinstance(value, dict):
+        raise invalid_parameter("param session must be a JSON object")
+    session_id = value.get("session_id")
+    if session_id is not None and not _is_positive_int(session_id):
+        raise invalid_parameter("param session[session_id] must be a positive 64-bit integer")
+    batch_seq = value.get("batch_seq")
+    if batch_seq is not None and not _is_positive_int(batch_seq):
+        raise invalid_parameter("param session[batch_seq] must be a positive integer")
+    estimated = value.get("estimated_num_total")
+    return SessionParam(
+        session_id=str(int(session_id)) if session_id is not None else None,
+        batch_seq=int(batch_seq) if batch_seq is not None else None,
+        last_batch_flag=_is_true(value.get("last_batch_flag", False)),
+        estimated_num_total=int(estimated) if _is_positive_int(estimated) else None,
+    )
+
+
+def parse_payload(raw: Any, *, app_ids: Any = None, page_ids: Any = None) -> Upload:
+    """
+    Validate the ``payload`` parameter of an upload.
+
+    :param raw: the parameter as received (a JSON string or an object).
+    :param app_ids: the top-level ``app_ids`` parameter, if any (the payload may carry it too).
+    :param page_ids: the top-level ``page_ids`` parameter, if any.
+    """
+    if raw is None or raw == "":
+        raise missing_parameter("payload")
+    payload = decode_json_param("payload", raw)
+    if not isinstance(payload, dict):
+        raise invalid_parameter("param payload must be a JSON object")
+    schema, single = _parse_schema(payload.get("schema"))
+    data = payload.get("data")
+    if data is None:
+        raise missing_parameter("payload[data]")
+    if not isinstance(data, list):
+        raise invalid_parameter("param payload[data] must be an array")
+    if len(data) > MAX_ROWS_PER_REQUEST:
+        raise invalid_parameter(
+            f"Too many rows in payload[data]: {len(data)}; at most {MAX_ROWS_PER_REQUEST} are allowed in "
+            "one request",
+            user_title="Too Many Users In One Request",
+            user_msg=f"Send at most {MAX_ROWS_PER_REQUEST} users per request.",
+        )
+    upload = Upload(
+        schema=schema,
+        joined_rows=[],
+        app_ids=_id_list("app_ids", payload.get("app_ids", app_ids)),
+        page_ids=_id_list("page_ids", payload.get("page_ids", page_ids)),
+    )
+    if "APPUID" in schema and not upload.app_ids:
+        raise invalid_parameter("app_ids is required when the schema contains APPUID (or UID)")
+    if "PAGEUID" in schema and not upload.page_ids:
+        raise invalid_parameter("page_ids is required when the schema contains PAGEUID")
+    _validate_rows(upload, [[row] if single and not isinstance(row, list) else row for row in data])
+    return upload
+
+
+def _parse_schema(raw: Any) -> tuple[tuple[str, ...], bool]:
+    """Return the canonical schema and whether it was given as a single string."""
+    if raw is None or raw == "" or raw == []:
+        raise missing_parameter("payload[schema]")
+    single = isinstance(raw, str)
+    keys = [raw] if single else raw
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        raise invalid_parameter("param payload[schema] must be a string or an array of strings")
+    canonical = []
+    for position, key in enumerate(keys):
+        name = LEGACY_KEYS.get(key, key) if single else key
+        if name not in MULTI_KEYS:
+            allowed = ", ".join(sorted(MULTI_KEYS | (set(LEGACY_KEYS) if single else set())))
+            raise invalid_parameter(
+                f"param payload[schema][{position}] must be one of the following values: {allowed}",
+                user_title="Invalid Schema Key",
+                user_msg=f"{key} is not a supported customer data key.",
+            )
+        canonical.append(name)
+    if len(set(canonical)) != len(canonical):
+        raise invalid_parameter("param payload[schema] must not repeat a key")
+    return tuple(canonical), single
+
+
+def _validate_rows(upload: Upload, rows: list[Any]) -> None:
+    """Join every row, count invalid hashed values, refuse rows of the wrong shape."""
+    width = len(upload.schema)
+    pattern = row_pattern(upload.schema)
+    join = SEPARATOR.join
+    append = upload.joined_rows.append
+    for number, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != width:
+            size = len(row) if isinstance(row, list) else 1
+            raise invalid_parameter(
+                f"Invalid data at payload[data][{number}]: the row has {size} values but the schema has "
+                f"{width} keys",
+                user_title="Data Doesn't Match Schema",
+                user_msg="Every row of payload[data] must have one value per key of payload[schema].",
+            )
+        try:
+            joined = join(row)
+        except TypeError:
+            joined = None
+        if joined is None or pattern.fullmatch(joined) is None:
+            joined = _join_slowly(upload, row)
+        append(joined)
+
+
+def _join_slowly(upload: Upload, row: list[Any]) -> str:
+    """Join a row the fast path refused: typed values, bad hashes, separators inside values."""
+    values = []
+    invalid = False
+    for key, value in zip(upload.schema, row, strict=True):
+        text = _as_text(key, value)
+        if key in HASHED_KEYS and text and not _SHA256_HEX.fullmatch(text):
+            invalid = True
+            _sample(upload, text, f"{key} is not a SHA-256 hash (64 lowercase hexadecimal characters)")
+        elif key == "LOOKALIKE_VALUE" and not _NUMBER.fullmatch(text):
+            invalid = True
+            _sample(upload, text, "LOOKALIKE_VALUE must be a non-negative number")
+        values.append(text.replace(SEPARATOR, " "))
+    if invalid:
+        upload.num_invalid_entries += 1
+    return SEPARATOR.join(values)
+
+
+def _as_text(key: str, value: Any) -> str:
+    """Return a cell as text (numbers and lists arrive typed in JSON bodies)."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if isinstance(value, float) else str(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _sample(upload: Upload, value: str, reason: str) -> None:
+    if len(upload.invalid_entry_samples) < MAX_INVALID_SAMPLES:
+        upload.invalid_entry_samples[value[:100]] = reason
+
+
+_ROW_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+
+def row_pattern(schema: tuple[str, ...]) -> re.Pattern[str]:
+    """
+    Return the regex a joined row of ``schema`` fully matches when every value is well formed.
+
+    :param schema: the canonical schema.
+    """
+    pattern = _ROW_PATTERNS.get(schema)
+    if pattern is None:
+        parts = []
+        for key in schema:
+            if key in HASHED_KEYS:
+                parts.append("(?:[0-9a-f]{64})?")
+            elif key == "LOOKALIKE_VALUE":
+                parts.append(r"\d+(?:\.\d+)?")
+            else:
+                parts.append("[^\x1f]*")
+        pattern = _ROW_PATTERNS[schema] = re.compile("\x1f".join(parts))
+    return pattern
+
+
+def _id_list(name: str, raw: Any) -> list[str]:
+    if raw is None or raw == "":
+        return []
+    value = decode_json_param(name, raw) if isinstance(raw, str) and raw.startswith("[") else raw
+    if isinstance(value, (str, int)):
+        value = [value]
+    if not isinstance(value, list):
+        raise invalid_parameter(f"param {name} must be an array of ids")
+    return [str(item) for item in value]
+
+
+def _is_positive_int(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value > 0
+    return isinstance(value, str) and value.isdigit() and int(value) > 0
+
+
+def _is_true(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "1"))
