@@ -1,0 +1,107 @@
+"""Trigger that waits, in the triggerer, until Meta has processed an audience's upload sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_fbca.upload_summary import build_summary, parse_session_ids, poll_upload
+
+DEFAULT_CONN_ID = "facebook_custom_audiences_default"
+
+
+class AudienceUploadTrigger(BaseTrigger):
+    """
+    Poll ``GET /{audience_id}/sessions`` until every listed session has finished processing.
+
+    Yields exactly one :class:`~airflow.triggers.base.TriggerEvent`, a dict with ``status``
+    (``"success"``, ``"failure"`` or ``"timeout"``), a readable ``message`` and the ``summary`` (see
+    :func:`airflow_provider_fbca.upload_summary.build_summary`; without the audience's facts on a
+    timeout, ``None`` when Meta could not be read). Thresholds are the sensor's business: the trigger
+    only reports what Meta says.
+
+    The hook is synchronous (``requests``), so each poll runs in a worker thread and the triggerer's
+    event loop never blocks.
+
+    :param audience_id: the Custom Audience.
+    :param session_ids: the upload sessions to confirm.
+    :param facebook_conn_id: the Facebook Custom Audiences connection.
+    :param poke_interval: seconds between polls.
+    :param deadline: when to give up, as a Unix timestamp. Absolute, so a trigger that the triggerer
+        restarts keeps the original timeout instead of starting a new one.
+    """
+
+    def __init__(
+        self,
+        audience_id: str,
+        session_ids: Sequence[str | int],
+        deadline: float,
+        facebook_conn_id: str = DEFAULT_CONN_ID,
+        poke_interval: float = 60.0,
+    ) -> None:
+        super().__init__()
+        self.audience_id = str(audience_id)
+        self.session_ids = parse_session_ids(list(session_ids))
+        self.deadline = float(deadline)
+        self.facebook_conn_id = facebook_conn_id
+        self.poke_interval = float(poke_interval)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Class path and the JSON-able arguments that rebuild this trigger."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "audience_id": self.audience_id,
+                "session_ids": list(self.session_ids),
+                "deadline": self.deadline,
+                "facebook_conn_id": self.facebook_conn_id,
+                "poke_interval": self.poke_interval,
+            },
+        )
+
+    def _make_hook(self) -> Any:
+        from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
+
+        return FacebookCustomAudiencesHook(facebook_conn_id=self.facebook_conn_id)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll until the sessions are finished or failed, or the deadline passes; yield one event."""
+        try:
+            event = await self._wait()
+        except Exception as exc:
+            # The hook has already retried what Meta calls transient; what is left (an expired token,
+            # a deleted audience, ...) will not cure itself, so tell the task instead of crashing.
+            event = {
+                "status": "failure",
+                "message": f"Could not read the upload sessions of audience {self.audience_id}: "
+                f"{type(exc).__name__}: {exc}",
+                "summary": None,
+            }
+        yield TriggerEvent(event)
+
+    async def _wait(self) -> dict[str, Any]:
+        known: dict[str, Mapping[str, Any]] = {}
+        hook = await asyncio.to_thread(self._make_hook)
+        while True:
+            check, summary = await asyncio.to_thread(
+                poll_upload, hook, self.audience_id, self.session_ids, known
+            )
+            if summary is not None and summary["status"] == "finished":
+                message = f"All {len(self.session_ids)} sessions of audience {self.audience_id} finished"
+                return {"status": "success", "message": message, "summary": summary}
+            if summary is not None:
+                return {
+                    "status": "failure",
+                    "message": f"Upload failed: {check.waiting_message()}",
+                    "summary": summary,
+                }
+            remaining = self.deadline - time.time()
+            if remaining <= 0:
+                message = f"Timed out: {check.waiting_message()}"
+                return {"status": "timeout", "message": message, "summary": build_summary(check, None)}
+            self.log.info("%s; next check in %.0f s", check.waiting_message(), self.poke_interval)
+            await asyncio.sleep(min(self.poke_interval, remaining))
