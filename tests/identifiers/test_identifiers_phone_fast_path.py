@@ -1,0 +1,102 @@
+"""
+The PHONE fast path must agree with phonenumbers on every region's numbers, in every common writing.
+
+``_phone_fast`` re-implements the steps of ``phonenumbers.parse`` + ``is_possible_number`` for digits
+and separators; ``_phone_reference`` calls phonenumbers itself. Both are fed the example numbers of
+every region phonenumbers knows, written nationally, internationally, with "00", with a trunk "(0)",
+without "+", with a digit too many or too few, parsed with the right, a wrong, or no country.
+"""
+
+from __future__ import annotations
+
+import phonenumbers
+import pytest
+from phonenumbers import PhoneNumberFormat, PhoneNumberType
+
+from airflow_provider_fbca import identifiers
+from airflow_provider_fbca.identifiers import Dropped
+
+TYPES = (PhoneNumberType.FIXED_LINE, PhoneNumberType.MOBILE, PhoneNumberType.TOLL_FREE)
+
+
+def writings(region: str) -> list[str]:
+    """Ways people write the region's example numbers, plus near misses."""
+    texts = []
+    for number_type in TYPES:
+        example = phonenumbers.example_number_for_type(region, number_type)
+        if example is None:
+            continue
+        national = phonenumbers.format_number(example, PhoneNumberFormat.NATIONAL)
+        international = phonenumbers.format_number(example, PhoneNumberFormat.INTERNATIONAL)
+        e164 = phonenumbers.format_number(example, PhoneNumberFormat.E164)
+        code = str(example.country_code)
+        nsn = phonenumbers.national_significant_number(example)
+        texts += [
+            national,
+            international,
+            e164,
+            e164[1:],  # calling code without "+"
+            "00" + e164[1:],
+            f"+{code} (0){nsn}",  # trunk written after the calling code
+            f"+{code} 0{nsn}",
+            f"0{nsn}",
+            nsn,
+            nsn[:-1],  # a digit short
+            nsn + "7",  # a digit too many
+            e164 + "07",
+            national.replace(" ", "."),
+            national.replace(" ", "/"),
+        ]
+    return texts
+
+
+def outcome(result: str | Dropped) -> str:
+    return result.reason if isinstance(result, Dropped) else result
+
+
+def fast_or_none(text: str, region: str | None) -> str | Dropped | None:
+    """What the fast path decides alone (None: it hands the number to phonenumbers)."""
+    has_plus = text[0] == "+"
+    digits = (text[1:] if has_plus else text).translate(identifiers._PHONE_SEPARATORS)
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    if not has_plus and text.startswith("00") and digits[2:3] in "123456789":
+        has_plus, digits = True, digits[2:]
+    return identifiers._phone_fast(digits, has_plus, region)
+
+
+@pytest.mark.parametrize("other_region", [None, "US", "GB"])
+def test_fast_path_agrees_with_phonenumbers_for_every_region(other_region: str | None) -> None:
+    decided = disagreements = 0
+    samples = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for text in writings(region):
+            for country in (region, other_region):
+                fast = fast_or_none(text, country)
+                if fast is None:
+                    continue
+                decided += 1
+                reference = identifiers._phone_reference(text, country)
+                if outcome(fast) != outcome(reference):
+                    disagreements += 1
+                    samples.append((text, country, outcome(fast), outcome(reference)))
+    assert disagreements == 0, samples[:20]
+    # The fast path must actually carry the load, not hand everything to phonenumbers.
+    assert decided > 5000
+
+
+def test_fast_path_decides_the_common_shapes_itself() -> None:
+    for text, region in [
+        ("(650) 555-1212", "US"),
+        ("+1 650 555 1212", None),
+        ("07700 900123", "GB"),
+        ("+44 (0)20 7946 0958", None),
+        ("0044 20 7946 0958", None),
+        ("01 42 68 53 00", "FR"),
+    ]:
+        assert fast_or_none(text, region) is not None, text
+
+
+def test_national_number_without_country_is_not_guessed() -> None:
+    # "6505551212" could be read as Singapore (+65) 05551212; without a country it is dropped.
+    assert identifiers.normalize_with_reason("PHONE", "6505551212") == ("", "phone.no_country_code")
