@@ -5,7 +5,6 @@ Plain Python: the Airflow operator hands it the rows, a state store and the Grap
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from airflow_provider_fbca.sync.plan import (
     removal_schemas,
 )
 from airflow_provider_fbca.sync.report import SyncReport
-from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore
+from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, decode_identifiers
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +243,7 @@ class SyncRun:
         sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
 
         def send(page: list[tuple[str, str]], session: dict[str, Any]) -> dict[str, Any]:
-            data = [json.loads(identifiers) for _, identifiers in page]
+            data = [decode_identifiers(identifiers) for _, identifiers in page]
             return self.client.remove_users(audience_id, schema, data, session=session, **extra)
 
         def acknowledge(page: list[tuple[str, str]]) -> None:
@@ -258,7 +257,7 @@ class SyncRun:
         sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
 
         def send(page: list[StagedRow], session: dict[str, Any]) -> dict[str, Any]:
-            data = [json.loads(row.identifiers) for row in page]
+            data = [decode_identifiers(row.identifiers) for row in page]
             return self.client.add_users(audience_id, self.schema, data, session=session, **extra)
 
         def acknowledge(page: list[StagedRow]) -> None:
@@ -277,7 +276,7 @@ class SyncRun:
         cleared = False
 
         def send(page: list[StagedRow], session: dict[str, Any]) -> dict[str, Any]:
-            data = [json.loads(row.identifiers) for row in page]
+            data = [decode_identifiers(row.identifiers) for row in page]
             return self.client.replace_users(audience_id, self.schema, data, session=session, **extra)
 
         def acknowledge(page: list[StagedRow]) -> None:

@@ -16,12 +16,11 @@ by the state database on the stage table, so it streams whatever the size of the
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, utc_now
+from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, encode_identifiers, utc_now
 
 EXTERN_ID = "EXTERN_ID"
 LOOKALIKE_VALUE = "LOOKALIKE_VALUE"
@@ -77,13 +76,13 @@ class RowStager:
         self.value_index = self.schema.index(LOOKALIKE_VALUE) if LOOKALIKE_VALUE in self.schema else None
 
     def stage(self, wire_row: Sequence[str], member: bool) -> StagedRow:
-        identifiers = json.dumps(list(wire_row), ensure_ascii=False, separators=(",", ":"))
+        identifiers = encode_identifiers(wire_row)
         fingerprint = _digest(f"{self.key_schema}\n{identifiers}")
         if self.value_index is None:
             id_digest = fingerprint
         else:
             ids_only = [value for index, value in enumerate(wire_row) if index != self.value_index]
-            id_digest = _digest(f"{self.key_schema}\n{json.dumps(ids_only, ensure_ascii=False)}")
+            id_digest = _digest(f"{self.key_schema}\n{encode_identifiers(ids_only)}")
         return StagedRow(
             row_key=wire_row[self.key_index],
             fingerprint=fingerprint,

@@ -12,6 +12,7 @@ by the database, so memory does not grow with the model.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
@@ -66,7 +67,7 @@ class StagedRow:
     :param id_digest: digest of the identifiers only; differs from the stored one when the person must
         first be removed with their previous identifiers.
     :param key_schema: the wire schema, comma-joined (e.g. ``EXTERN_ID,EMAIL,PHONE``).
-    :param identifiers: the wire row as a JSON list (hashes and unhashed ids only).
+    :param identifiers: the wire row, as :func:`encode_identifiers` stores it (hashes and unhashed ids).
     :param member: 1 when the row belongs in the audience, 0 when its membership column says it does not.
     """
 
@@ -76,6 +77,24 @@ class StagedRow:
     key_schema: str
     identifiers: str
     member: int
+
+
+_SEPARATOR = "\x1f"  # ASCII unit separator: never in a hash, an id or a number
+_JSON_MARK = "\x1e"  # prefix of the rare rows stored as JSON because a value holds the separator
+
+
+def encode_identifiers(values: Sequence[str]) -> str:
+    """Store a wire row compactly; splitting it back is several times faster than JSON."""
+    if any(_SEPARATOR in value for value in values) or (values and values[0].startswith(_JSON_MARK)):
+        return _JSON_MARK + json.dumps(list(values), ensure_ascii=False)
+    return _SEPARATOR.join(values)
+
+
+def decode_identifiers(text: str) -> list[str]:
+    """The wire row stored by :func:`encode_identifiers`."""
+    if text.startswith(_JSON_MARK):
+        return json.loads(text[1:])
+    return text.split(_SEPARATOR)
 
 
 def utc_now() -> str:

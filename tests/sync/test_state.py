@@ -6,7 +6,12 @@ import sqlite3
 
 import pytest
 
-from airflow_provider_fbca.sync.state import StateStore, quote_table_name
+from airflow_provider_fbca.sync.state import (
+    StateStore,
+    decode_identifiers,
+    encode_identifiers,
+    quote_table_name,
+)
 
 
 @pytest.mark.parametrize(
@@ -31,5 +36,10 @@ def test_tables_are_created_once_and_hold_no_raw_values(store: StateStore) -> No
     store.ensure_tables()
     sync(store, RecordingAudience(), [("cust-1", "a" * 64)])
     [(key, schema, identifiers, member)] = list(store.iter_rows("act_1:42"))
-    assert (key, schema, identifiers, member) == ("cust-1", "EXTERN_ID,EMAIL", f'["cust-1","{"a" * 64}"]', 1)
+    assert (key, schema, identifiers, member) == ("cust-1", "EXTERN_ID,EMAIL", f"cust-1\x1f{'a' * 64}", 1)
     assert store.count("other-sync") == 0
+
+
+@pytest.mark.parametrize("values", [["a", "b" * 64], ["x\x1fy", ""], ["\x1estart", "z"], ["only"]])
+def test_identifiers_round_trip(values: list[str]) -> None:
+    assert decode_identifiers(encode_identifiers(values)) == values

@@ -1,0 +1,74 @@
+"""A warehouse table of customers in SQLite or the suite's PostgreSQL, rewritten between sync runs."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import set_connection
+
+COLUMNS = ("id", "email", "first_name", "country", "ltv", "is_member")
+
+
+def customer(index: int, email: str | None = None, ltv: float = 1.0, member: bool = True) -> tuple[Any, ...]:
+    return (f"cust-{index:05d}", email or f"Person.{index}@Example.com ", f"Name{index}", "US", ltv, member)
+
+
+class Warehouse:
+    """One customers table; :meth:`write` replaces its rows, as a model's query result would change."""
+
+    def __init__(self, kind: str, conn_id: str, connect: Any, table: str, placeholder: str) -> None:
+        self.kind, self.conn_id, self._connect = kind, conn_id, connect
+        self.table, self.placeholder = table, placeholder
+        self.sql = f"SELECT id, email, first_name, country, ltv, is_member FROM {table}"
+
+    def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        conn = self._connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(f"DROP TABLE IF EXISTS {self.table}")
+            cursor.execute(
+                f"CREATE TABLE {self.table} (id TEXT, email TEXT, first_name TEXT, country TEXT,"
+                " ltv DOUBLE PRECISION, is_member BOOLEAN)"
+            )
+            marks = ", ".join([self.placeholder] * len(COLUMNS))
+            cursor.executemany(f"INSERT INTO {self.table} VALUES ({marks})", list(rows))
+            conn.commit()
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def sqlite_warehouse(sqlite_conn_id: str, tmp_path: Path) -> Warehouse:
+    return Warehouse(
+        "sqlite", sqlite_conn_id, lambda: sqlite3.connect(tmp_path / "warehouse.db"), "customers", "?"
+    )
+
+
+@pytest.fixture
+def postgres_warehouse(postgres_conn_id: str, postgres_server: dict[str, Any]) -> Warehouse:
+    import psycopg
+
+    def connect() -> Any:
+        return psycopg.connect(
+            host=postgres_server["host"],
+            port=postgres_server["port"],
+            user=postgres_server["user"],
+            dbname=postgres_server["dbname"],
+        )
+
+    return Warehouse("postgres", postgres_conn_id, connect, f"customers_{uuid.uuid4().hex[:8]}", "%s")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def warehouse(request: pytest.FixtureRequest) -> Warehouse:
+    """The customers table on SQLite, then on the real PostgreSQL server."""
+    return request.getfixturevalue(f"{request.param}_warehouse")
+
+
+__all__ = ["COLUMNS", "Warehouse", "customer", "set_connection"]
