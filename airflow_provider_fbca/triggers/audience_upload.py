@@ -103,5 +103,5 @@ class AudienceUploadTrigger(BaseTrigger):
             if remaining <= 0:
                 message = f"Timed out: {check.waiting_message()}"
                 return {"status": "timeout", "message": message, "summary": build_summary(check, None)}
-            self.log.info("%s; next check in %.0f s", check.waiting_message(), self.poke_interval)
+            self.log.info("%s; next check in %.1f s", check.waiting_message(), self.poke_interval)
             await asyncio.sleep(min(self.poke_interval, remaining))

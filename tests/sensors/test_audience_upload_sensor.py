@@ -13,10 +13,10 @@ from airflow.sdk.exceptions import (
     AirflowSkipException,
     TaskDeferred,
 )
-from conftest import PROCESSING_DELAY_S, known_emails, unknown_emails, upload
 
 from airflow_provider_fbca.sensors.audience_upload import AudienceUploadSensor
 from airflow_provider_fbca.triggers.audience_upload import AudienceUploadTrigger
+from tests.sensors.conftest import PROCESSING_DELAY_S, known_emails, unknown_emails, upload
 
 
 def make_sensor(audience_id: str, session_ids: Any, **kwargs: Any) -> AudienceUploadSensor:
