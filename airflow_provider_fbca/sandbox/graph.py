@@ -72,7 +72,7 @@ ACCOUNT_FIELDS = (
     "user_tos_accepted",
 )
 
-Matcher = Callable[[tuple[str, ...], list[str]], int]
+Matcher = Callable[[tuple[str, ...], list[list[str]]], int]
 
 
 @dataclass
@@ -470,9 +470,9 @@ class GraphApi:
         upload, session = self._parse_upload(call, audience, adding=not remove)
         record = self._session_record(audience, session, kind="users")
         if remove:
-            audience.members.remove(upload.schema, upload.joined_rows)
+            audience.members.remove(upload.schema, upload.rows)
         else:
-            audience.members.add(upload.schema, upload.joined_rows)
+            audience.members.add(upload.schema, upload.rows, upload.joined_rows)
             audience.schemas_seen.add(upload.schema)
         self._account_upload(audience, record, upload, closes=session is None or session.last_batch_flag)
         return _upload_response(audience, record, upload)
@@ -489,7 +489,7 @@ class GraphApi:
             raise missing_parameter("session[batch_seq]")
         run = self._replace_run(audience, session, upload)
         record = self._session_record(audience, session, kind="replace")
-        run.staged.add(upload.schema, upload.joined_rows)
+        run.staged.add(upload.schema, upload.rows, upload.joined_rows)
         audience.schemas_seen.add(upload.schema)
         self._account_upload(audience, record, upload, closes=session.last_batch_flag)
         if session.last_batch_flag:
@@ -575,7 +575,7 @@ class GraphApi:
         now = self.state.now()
         record.num_received += len(upload.joined_rows)
         record.num_invalid_entries += upload.num_invalid_entries
-        record.num_matched += self.matcher(upload.schema, upload.joined_rows)
+        record.num_matched += self.matcher(upload.schema, upload.rows)
         record.closed_at = now if closes else None
         audience.time_content_updated = int(now)
 

@@ -8,7 +8,7 @@ not the identifier's text), which keeps the index small; every hit is checked ag
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from airflow_provider_fbca.sandbox.validation import SEPARATOR, STRONG_KEYS
 
@@ -31,48 +31,49 @@ class MemberStore:
     def __len__(self) -> int:
         return len(self._members)
 
-    def add(self, schema: tuple[str, ...], joined_rows: Iterable[str]) -> int:
+    def add(self, schema: tuple[str, ...], rows: list[list[str]], joined_rows: list[str]) -> int:
         """
         Store each row unless an identical member exists; return how many were new.
 
         :param schema: the canonical schema of the rows.
-        :param joined_rows: the rows, each joined by the separator (see :mod:`.validation`).
+        :param rows: the rows as lists of text.
+        :param joined_rows: the same rows joined by the separator (see :mod:`.validation`).
         """
         prefix = self._schema_prefix(schema)
-        strong = _strong_columns(schema)
         members = self._members
-        added = 0
-        for joined in joined_rows:
-            member = prefix + joined.encode()
-            if member in members:
-                continue
-            members[member] = None
-            added += 1
-            if strong:
-                values = joined.split(SEPARATOR)
-                for position, key in strong:
-                    if values[position]:
-                        self._link(hash((key, values[position])), member)
-        return added
+        fresh: dict[bytes, list[str]] = {}
+        for member, row in zip(map(prefix.__add__, map(str.encode, joined_rows)), rows, strict=True):
+            if member not in members:
+                fresh.setdefault(member, row)
+        members.update(dict.fromkeys(fresh))
+        for position, key in _strong_columns(schema):
+            self._index_column(
+                key, [(row[position], member) for member, row in fresh.items() if row[position]]
+            )
+        return len(fresh)
 
-    def remove(self, schema: tuple[str, ...], joined_rows: Iterable[str]) -> int:
+    def _index_column(self, key: str, pairs: list[tuple[str, bytes]]) -> None:
+        """Index one strong column of new members: in one C-level update when no token is taken yet."""
+        tokens = [hash((key, value)) for value, _ in pairs]
+        if len(set(tokens)) == len(tokens) and self._index.keys().isdisjoint(tokens):
+            self._index.update(zip(tokens, [member for _, member in pairs], strict=True))
+            return
+        for token, (_, member) in zip(tokens, pairs, strict=True):
+            self._link(token, member)
+
+    def remove(self, schema: tuple[str, ...], rows: list[list[str]]) -> int:
         """
         Delete every member sharing a non-empty strong identifier with a row; return how many went.
 
         :param schema: the canonical schema of the removal rows.
-        :param joined_rows: the removal rows, joined.
+        :param rows: the removal rows as lists of text.
         """
         strong = _strong_columns(schema)
         removed = 0
-        if not strong:
-            return 0
-        for joined in joined_rows:
-            values = joined.split(SEPARATOR)
+        for row in rows:
             for position, key in strong:
-                value = values[position]
-                if not value:
-                    continue
-                entry = self._index.get(hash((key, value)))
+                value = row[position]
+                entry = self._index.get(hash((key, value))) if value else None
                 if entry is None:
                     continue
                 for member in [entry] if isinstance(entry, bytes) else list(entry):

@@ -17,6 +17,7 @@ from airflow_provider_fbca.sandbox.state import (
     Token,
     UploadSession,
 )
+from airflow_provider_fbca.sandbox.validation import SEPARATOR
 
 FORMAT_VERSION = 1
 
@@ -126,5 +127,6 @@ def _dump_members(store: MemberStore) -> list[dict[str, Any]]:
 def _load_members(groups: list[dict[str, Any]]) -> MemberStore:
     store = MemberStore()
     for group in groups:
-        store.add(tuple(group["schema"]), group["rows"])
+        joined_rows = group["rows"]
+        store.add(tuple(group["schema"]), [joined.split(SEPARATOR) for joined in joined_rows], joined_rows)
     return store

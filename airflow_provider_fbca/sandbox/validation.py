@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 from airflow_provider_fbca.sandbox.errors import invalid_parameter, missing_parameter
@@ -63,10 +66,11 @@ class SessionParam:
 
 @dataclass
 class Upload:
-    """A validated payload: the canonical schema and the rows, each already joined for storage."""
+    """A validated payload: the canonical schema and the rows, as lists of text and joined for storage."""
 
     schema: tuple[str, ...]
-    joined_rows: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    joined_rows: list[str] = field(default_factory=list)
     app_ids: list[str] = field(default_factory=list)
     page_ids: list[str] = field(default_factory=list)
     num_invalid_entries: int = 0
@@ -142,7 +146,6 @@ def parse_payload(raw: Any, *, app_ids: Any = None, page_ids: Any = None) -> Upl
         )
     upload = Upload(
         schema=schema,
-        joined_rows=[],
         app_ids=_id_list("app_ids", payload.get("app_ids", app_ids)),
         page_ids=_id_list("page_ids", payload.get("page_ids", page_ids)),
     )
@@ -179,11 +182,21 @@ def _parse_schema(raw: Any) -> tuple[tuple[str, ...], bool]:
 
 
 def _validate_rows(upload: Upload, rows: list[Any]) -> None:
-    """Join every row, count invalid hashed values, refuse rows of the wrong shape."""
-    width = len(upload.schema)
-    pattern = row_pattern(upload.schema)
-    join = SEPARATOR.join
-    append = upload.joined_rows.append
+    """Check the rows' shape, count invalid values, and keep the rows both as lists and joined."""
+    _check_shapes(rows, len(upload.schema))
+    joined = _join_clean_batch(upload.schema, rows)
+    if joined is None:
+        pattern = row_pattern(upload.schema)
+        rows = [_clean_row(upload, row, pattern) for row in rows]
+        joined = list(map(SEPARATOR.join, rows))
+    upload.rows = rows
+    upload.joined_rows = joined
+
+
+def _check_shapes(rows: list[Any], width: int) -> None:
+    """Refuse the first row that is not a list of one value per schema key."""
+    if not rows or (set(map(type, rows)) == {list} and set(map(len, rows)) == {width}):
+        return
     for number, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != width:
             size = len(row) if isinstance(row, list) else 1
@@ -193,17 +206,51 @@ def _validate_rows(upload: Upload, rows: list[Any]) -> None:
                 user_title="Data Doesn't Match Schema",
                 user_msg="Every row of payload[data] must have one value per key of payload[schema].",
             )
-        try:
-            joined = join(row)
-        except TypeError:
-            joined = None
-        if joined is None or pattern.fullmatch(joined) is None:
-            joined = _join_slowly(upload, row)
-        append(joined)
 
 
-def _join_slowly(upload: Upload, row: list[Any]) -> str:
-    """Join a row the fast path refused: typed values, bad hashes, separators inside values."""
+def _join_clean_batch(schema: tuple[str, ...], rows: list[list[Any]]) -> list[str] | None:
+    """
+    Join every row when the whole batch is well formed, checking it with a few C-level passes.
+
+    Return None when any value needs a closer look (a bad hash, a typed value, a separator inside a
+    value, a bad LOOKALIKE_VALUE): the caller then goes row by row.
+    """
+    hashed = [i for i, key in enumerate(schema) if key in HASHED_KEYS]
+    plain = [i for i, key in enumerate(schema) if key not in HASHED_KEYS]
+    try:
+        joined = list(map(SEPARATOR.join, rows))
+        if hashed:
+            values = list(chain.from_iterable(map(_getter(hashed), rows)))
+            if not set(map(len, values)) <= {0, 64}:
+                return None
+            digits = "".join(values)
+            if len(bytes.fromhex(digits)) * 2 != len(digits) or any(c in digits for c in "ABCDEF"):
+                return None
+    except (TypeError, ValueError):
+        return None
+    for position in plain:
+        column = [row[position] for row in rows]
+        if any(SEPARATOR in value for value in column):
+            return None
+        if schema[position] == "LOOKALIKE_VALUE" and not all(map(_NUMBER.fullmatch, column)):
+            return None
+    return joined
+
+
+def _getter(positions: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    if len(positions) == 1:
+        position = positions[0]
+        return lambda row: (row[position],)
+    return itemgetter(*positions)
+
+
+def _clean_row(upload: Upload, row: list[Any], pattern: re.Pattern[str]) -> list[str]:
+    """Check one row of a batch that needed a closer look; return its values as text."""
+    try:
+        if pattern.fullmatch(SEPARATOR.join(row)):
+            return row
+    except TypeError:
+        pass
     values = []
     invalid = False
     for key, value in zip(upload.schema, row, strict=True):
@@ -217,7 +264,7 @@ def _join_slowly(upload: Upload, row: list[Any]) -> str:
         values.append(text.replace(SEPARATOR, " "))
     if invalid:
         upload.num_invalid_entries += 1
-    return SEPARATOR.join(values)
+    return values
 
 
 def _as_text(key: str, value: Any) -> str:
