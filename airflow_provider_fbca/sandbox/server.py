@@ -128,7 +128,12 @@ class Sandbox:
         if self._server is not None:
             return self
         self._server = _Server((self.host, self.port), _Handler, self)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fbca-sandbox", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fbca-sandbox",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
