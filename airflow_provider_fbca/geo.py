@@ -395,6 +395,10 @@ US_STATE_ALIASES: dict[str, str] = {
     "U.S. Virgin Islands": "VI",
 }
 
+#: Countries whose postal codes are USPS ZIP codes: the US and its territories with their own ISO codes
+#: (Puerto Rico's start with "00", which a numeric column loses).
+US_ZIP_COUNTRIES: frozenset[str] = frozenset({"US", "PR", "GU", "VI", "AS", "MP", "UM"})
+
 #: Countries whose postcodes follow the UK format (the Crown Dependencies use it too).
 UK_POSTCODE_COUNTRIES: frozenset[str] = frozenset({"GB", "GG", "JE", "IM"})
 

@@ -69,9 +69,9 @@ class Dropped:
         return f"Dropped({self.reason!r})"
 
 
-#: What a normalizer returns: the normalized text ("" when the value is missing) or why it was dropped.
-Normalized = "str | Dropped"
-Normalizer = Callable[[object, "str | None"], "str | Dropped"]
+#: ``(value, country) -> str | Dropped``: the normalized text ("" when the value is missing) or why it
+#: was dropped; ``country`` is an upper-case ISO alpha-2 code or None. Cell preparers share the shape.
+Normalizer = Callable[[object, str | None], str | Dropped]
 
 _HEX_DIGITS = "0123456789abcdefABCDEF"
 
@@ -407,7 +407,7 @@ def _normalize_zip(value: object, country: str | None) -> str | Dropped:
     if _is_sha256_hex(text):
         return text.lower()
     compact = "".join(text.split())
-    if country == "US":
+    if country in geo.US_ZIP_COUNTRIES:
         return _us_zip(compact)
     if country in geo.UK_POSTCODE_COUNTRIES:
         return _uk_postcode(compact)
@@ -588,27 +588,33 @@ def _compile_or_none(pattern: str | None) -> re.Pattern[str] | None:
     return re.compile(pattern) if pattern else None
 
 
-def _region_plans() -> dict[str, _PhonePlan]:
-    plans = {}
-    for region in phonenumbers.SUPPORTED_REGIONS:
-        metadata = PhoneMetadata.metadata_for_region(region, None)
-        if metadata is not None:
-            plans[region] = _PhonePlan(metadata)
-    return plans
+class _LazyPlans(dict):
+    """Plans compiled on first use: compiling all 245 regions up front would cost every DAG parse."""
+
+    def __init__(self, load: Callable[[str], _PhonePlan | None]) -> None:
+        super().__init__()
+        self._load = load
+
+    def __missing__(self, key: str) -> _PhonePlan | None:
+        plan = self[key] = self._load(key)
+        return plan
 
 
-def _calling_code_plans() -> dict[str, _PhonePlan]:
-    """For each calling code, the plan phonenumbers checks lengths against (the code's main region)."""
-    plans = {}
-    for code, regions in COUNTRY_CODE_TO_REGION_CODE.items():
-        metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, regions[0])
-        if metadata is not None:
-            plans[str(code)] = _PhonePlan(metadata)
-    return plans
+def _load_region_plan(region: str) -> _PhonePlan | None:
+    metadata = PhoneMetadata.metadata_for_region(region, None)
+    return _PhonePlan(metadata) if metadata is not None else None
 
 
-_PHONE_REGIONS = _region_plans()
-_PHONE_CALLING_CODES = _calling_code_plans()
+def _load_calling_code_plan(calling_code: str) -> _PhonePlan | None:
+    """The plan phonenumbers checks a calling code's numbers against: its main region's."""
+    code = int(calling_code)
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, COUNTRY_CODE_TO_REGION_CODE[code][0])
+    return _PhonePlan(metadata) if metadata is not None else None
+
+
+_PHONE_REGIONS = _LazyPlans(_load_region_plan)
+_PHONE_CALLING_CODES = _LazyPlans(_load_calling_code_plan)
+_CALLING_CODES = frozenset(str(code) for code in COUNTRY_CODE_TO_REGION_CODE)
 
 
 def _split_calling_code(digits: str) -> tuple[str, str] | None:
@@ -616,7 +622,7 @@ def _split_calling_code(digits: str) -> tuple[str, str] | None:
     if digits[0] == "0":
         return None
     for size in (1, 2, 3):
-        if digits[:size] in _PHONE_CALLING_CODES:
+        if digits[:size] in _CALLING_CODES:
             return digits[:size], digits[size:]
     return None
 
@@ -633,15 +639,26 @@ def _normalize_phone(value: object, country: str | None) -> str | Dropped:
         return _missing_or(text, _PHONE_INVALID)
     if _is_sha256_hex(text):  # before any digit is stripped
         return text.lower()
-    has_plus = text[0] == "+"
-    digits = (text[1:] if has_plus else text).translate(_PHONE_SEPARATORS)
-    if digits.isascii() and digits.isdigit():
-        if not has_plus and text.startswith("00") and digits[2:3] in "123456789":
-            has_plus, digits = True, digits[2:]
-        result = _phone_fast(digits, has_plus, country)
+    simple = _phone_digits(text)
+    if simple is not None:
+        result = _phone_fast(*simple, country)
         if result is not None:
             return result
     return _phone_reference(text, country)
+
+
+def _phone_digits(text: str) -> tuple[str, bool] | None:
+    """
+    For a number written with digits and separators only: its digits, and whether they start with the
+    calling code (after "+" or an international "00"). None for any other writing.
+    """
+    has_plus = text[0] == "+"
+    digits = (text[1:] if has_plus else text).translate(_PHONE_SEPARATORS)
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    if not has_plus and text.startswith("00") and "1" <= digits[2:3] <= "9":
+        return digits[2:], True
+    return digits, has_plus
 
 
 def _phone_fast(digits: str, has_plus: bool, region: str | None) -> str | Dropped | None:
@@ -663,7 +680,7 @@ def _phone_fast(digits: str, has_plus: bool, region: str | None) -> str | Droppe
     else:
         if region is None:
             return _PHONE_NO_COUNTRY_CODE
-        region_plan = _PHONE_REGIONS.get(region)
+        region_plan = _PHONE_REGIONS[region]
         if region_plan is None or region_plan.transforms_prefix:
             return None
         if region_plan.international_prefix is not None and region_plan.international_prefix.match(digits):
@@ -677,7 +694,8 @@ def _phone_fast(digits: str, has_plus: bool, region: str | None) -> str | Droppe
                 region_plan.length_result(digits) == ValidationResult.TOO_LONG
             ):
                 national, plan = potential, _PHONE_CALLING_CODES[calling_code]
-    if plan.transforms_prefix:
+    main_plan = _PHONE_CALLING_CODES[calling_code]
+    if plan is None or main_plan is None or plan.transforms_prefix:
         return None
     if len(national) < _MIN_NATIONAL_LENGTH:
         return _PHONE_INVALID
@@ -686,7 +704,7 @@ def _phone_fast(digits: str, has_plus: bool, region: str | None) -> str | Droppe
         national = potential
     if len(national) > _MAX_NATIONAL_LENGTH:
         return _PHONE_INVALID
-    if _PHONE_CALLING_CODES[calling_code].length_result(national) != ValidationResult.IS_POSSIBLE:
+    if main_plan.length_result(national) != ValidationResult.IS_POSSIBLE:
         return _PHONE_INVALID
     if not national.strip("0"):
         return _PHONE_INVALID
@@ -911,7 +929,8 @@ MATCH_KEYS: tuple[MatchKey, ...] = (
         hashed=True,
         strong=False,
         rule=(
-            "Lowercase, no spaces. US: first five digits, leading zeros restored. UK: outward code + "
+            "Lowercase, no spaces. US (and PR, GU, VI, AS, MP): first five digits, leading zeros restored. "
+            "UK: outward code + "
             "first digit of the inward code (`SW1A 1AA` -> `sw1a1`). Elsewhere: as written."
         ),
         normalizer=_normalize_zip,
@@ -1055,48 +1074,53 @@ def _to_wire(normalized: str) -> str:
 
 # Values of the repetitive keys (names, places, dates) are prepared once per batch preparer and then
 # looked up; the caches are emptied when they reach this size, so memory stays bounded on any data.
-_CACHE_LIMIT = 1 << 16
+_CACHE_LIMIT = 1 << 14
 _MISSING = object()
 
-CellPreparer = Callable[[object, "str | None"], "str | Dropped"]
 
-
-def _cell_preparer(spec: MatchKey) -> CellPreparer:
+def _wire_preparer(spec: MatchKey) -> Normalizer:
     """``(value, region) -> wire value | Dropped`` for one key: normalized, hashed if the key is hashed."""
     normalizer = spec.normalizer
     if not spec.hashed:
-        prepare_cell = normalizer
-    else:
+        return normalizer
 
-        def prepare_cell(value: object, region: str | None) -> str | Dropped:
-            normalized = normalizer(value, region)
-            if normalized.__class__ is Dropped or not normalized:
-                return normalized
-            if len(normalized) == 64 and not normalized.strip(_HEX_DIGITS):
-                return normalized  # already a digest (lowercased by the normalizer)
-            return hashlib.sha256(normalized.encode()).hexdigest()
+    def prepare_cell(value: object, region: str | None) -> str | Dropped:
+        normalized = normalizer(value, region)
+        if normalized.__class__ is Dropped or not normalized:
+            return normalized
+        if len(normalized) == 64 and not normalized.strip(_HEX_DIGITS):
+            return normalized  # already a digest (lowercased by the normalizer)
+        return hashlib.sha256(normalized.encode()).hexdigest()
 
-    return _cached(prepare_cell, spec.uses_country) if spec.repetitive else prepare_cell
+    return prepare_cell
 
 
-def _cached(prepare_cell: CellPreparer, uses_country: bool) -> CellPreparer:
-    """``prepare_cell`` behind a bounded cache keyed by the value (and the region, if it matters)."""
-    caches: dict[str | None, dict[object, str | Dropped]] = {}
+def _cached_by_region(prepare_cell: Normalizer) -> Normalizer:
+    """``prepare_cell`` behind one bounded cache per region (for PHONE-like keys that depend on it)."""
+    by_region: dict[str | None, Callable[[object], str | Dropped]] = {}
 
     def cached(value: object, region: str | None) -> str | Dropped:
-        if not uses_country:
-            region = None
-        cache = caches.get(region)
-        if cache is None:
-            cache = caches[region] = {}
+        memoized = by_region.get(region)
+        if memoized is None:
+            memoized = by_region[region] = _memoize(lambda value: prepare_cell(value, region))
+        return memoized(value)
+
+    return cached
+
+
+def _memoize(compute: Callable[[object], object]) -> Callable[[object], object]:
+    """``compute`` behind a dict of at most ``_CACHE_LIMIT`` values (emptied when full)."""
+    cache: dict[object, object] = {}
+
+    def cached(value: object) -> object:
         try:
             result = cache.get(value, _MISSING)
-        except TypeError:  # an unhashable value (e.g. an array column): prepare it uncached
-            return prepare_cell(value, region)
+        except TypeError:  # an unhashable value (e.g. an array column): computed, not cached
+            return compute(value)
         if result is _MISSING:
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
-            result = cache[value] = prepare_cell(value, region)
+            result = cache[value] = compute(value)
         return result
 
     return cached
@@ -1104,33 +1128,16 @@ def _cached(prepare_cell: CellPreparer, uses_country: bool) -> CellPreparer:
 
 def _country_cell() -> Callable[[object], tuple[str | Dropped, str | None]]:
     """COUNTRY's cell preparer, which also returns the row's region (upper-case alpha-2) for PHONE, ZIP, ST."""
-    prepare_country = _cell_preparer(match_key("COUNTRY"))
 
     def country_cell(value: object) -> tuple[str | Dropped, str | None]:
-        wire = prepare_country(value, None)
-        if wire.__class__ is Dropped or not wire:
-            return wire, None
-        text = _clean(value)
-        return wire, (_country_code(text) if text else None)
+        normalized = _normalize_country(value, None)
+        if normalized.__class__ is Dropped or not normalized:
+            return normalized, None
+        if _is_sha256_hex(normalized):  # a hashed country cannot tell PHONE which calling code to use
+            return normalized, None
+        return _sha256_hex(normalized), normalized.upper()
 
-    return _cached_pairs(country_cell)
-
-
-def _cached_pairs(compute: Callable[[object], tuple]) -> Callable[[object], tuple]:
-    cache: dict[object, tuple] = {}
-
-    def cached(value: object) -> tuple:
-        try:
-            result = cache.get(value)
-        except TypeError:
-            return compute(value)
-        if result is None:
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()
-            result = cache[value] = compute(value)
-        return result
-
-    return cached
+    return _memoize(country_cell)
 
 
 _ISO_DATE = re.compile(r"([0-9]{4})(?:([-/.])([0-9]{1,2})\2([0-9]{1,2})|([0-9]{2})([0-9]{2}))(?:[T ].*)?")
@@ -1157,9 +1164,9 @@ def _date_of_birth_parts(value: object) -> tuple[object, object, object] | Dropp
     return born.year, born.month, born.day
 
 
-def _date_of_birth_cell() -> Callable[[object, str | None], tuple[str | Dropped, ...]]:
+def _date_of_birth_cell() -> Callable[[object], tuple[str | Dropped, ...]]:
     """The date_of_birth pseudo-key's cell preparer: wire values for DOBY, DOBM and DOBD."""
-    parts_preparers = tuple(_cell_preparer(match_key(name)) for name in _DATE_OF_BIRTH_KEYS)
+    parts_preparers = tuple(_wire_preparer(match_key(name)) for name in _DATE_OF_BIRTH_KEYS)
 
     def date_of_birth_cell(value: object) -> tuple[str | Dropped, ...]:
         parts = _date_of_birth_parts(value)
@@ -1167,8 +1174,7 @@ def _date_of_birth_cell() -> Callable[[object, str | None], tuple[str | Dropped,
             return parts, "", ""
         return tuple(prepare(part, None) for prepare, part in zip(parts_preparers, parts, strict=True))
 
-    cached = _cached_pairs(date_of_birth_cell)
-    return lambda value, region: cached(value)
+    return _memoize(date_of_birth_cell)
 
 
 @dataclass
@@ -1192,10 +1198,15 @@ class PreparedBatch:
 
 @dataclass(frozen=True)
 class _Column:
-    """One input column: its cell preparer and the wire keys it fills."""
+    """
+    One input column: its cell preparer and the wire keys it fills.
+
+    :param takes_region: whether the preparer is called ``(value, region)`` rather than ``(value)``.
+    """
 
     wire_keys: tuple[str, ...]
     preparer: Callable
+    takes_region: bool = False
     is_country: bool = False
     is_identifier: bool = True
 
@@ -1254,7 +1265,12 @@ def _column(key: str) -> _Column:
     spec = match_key(key)
     if spec.name == "COUNTRY":
         return _Column((spec.name,), _country_cell(), is_country=True)
-    return _Column((spec.name,), _cell_preparer(spec), is_identifier=spec.identifier)
+    prepare_cell = _wire_preparer(spec)
+    if not spec.repetitive:
+        return _Column((spec.name,), prepare_cell, takes_region=True, is_identifier=spec.identifier)
+    if spec.uses_country:
+        return _Column((spec.name,), _cached_by_region(prepare_cell), takes_region=True)
+    return _Column((spec.name,), _memoize(lambda value: prepare_cell(value, None)))
 
 
 def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
@@ -1275,10 +1291,9 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
         if column.is_country:
             body.append(f"{names[0]}, region = cell_{position}(row[{position}])")
             body.append("if region is None: region = default_region")
-        elif len(names) == 1:
-            body.append(f"{names[0]} = cell_{position}(row[{position}], region)")
         else:
-            body.append(f"{', '.join(names)} = cell_{position}(row[{position}], region)")
+            arguments = f"row[{position}], region" if column.takes_region else f"row[{position}]"
+            body.append(f"{', '.join(names)} = cell_{position}({arguments})")
         for name in names:
             body += [f"if {name}.__class__ is Dropped:", f"    drop({name}.reason)", f"    {name} = ''"]
         outputs.update(zip(column.wire_keys, names, strict=True))

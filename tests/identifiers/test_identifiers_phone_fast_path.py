@@ -56,13 +56,8 @@ def outcome(result: str | Dropped) -> str:
 
 def fast_or_none(text: str, region: str | None) -> str | Dropped | None:
     """What the fast path decides alone (None: it hands the number to phonenumbers)."""
-    has_plus = text[0] == "+"
-    digits = (text[1:] if has_plus else text).translate(identifiers._PHONE_SEPARATORS)
-    if not (digits.isascii() and digits.isdigit()):
-        return None
-    if not has_plus and text.startswith("00") and digits[2:3] in "123456789":
-        has_plus, digits = True, digits[2:]
-    return identifiers._phone_fast(digits, has_plus, region)
+    simple = identifiers._phone_digits(text)
+    return None if simple is None else identifiers._phone_fast(*simple, region)
 
 
 @pytest.mark.parametrize("other_region", [None, "US", "GB"])

@@ -451,3 +451,7 @@ def test_typed_values_from_database_drivers() -> None:
     assert normalize("EXTERN_ID", datetime(2024, 5, 1, 12, 0)) == "2024-05-01T12:00:00"
     assert normalize("FN", memoryview("Zoë".encode())) == "zoë"
     assert normalize_with_reason("EXTERN_ID", float("inf")) == ("", "extern_id.invalid")
+
+
+def test_us_territories_use_us_zip_codes() -> None:
+    check([(901, "PR", "00901"), ("00901-1234", "PR", "00901"), (96910, "GU", "96910")], "ZIP")
