@@ -1,0 +1,145 @@
+"""Fault rules of each kind, usage headers, and the rate-limit lockout."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import requests
+from sandbox_support import Graph, assert_graph_error
+
+from airflow_provider_fbca.sandbox import ManualClock, Sandbox
+
+
+def post_faults(sb: Sandbox, *rules: dict[str, object]) -> requests.Response:
+    return requests.post(f"{sb.url}/_sandbox/faults", json={"faults": list(rules)}, timeout=10)
+
+
+def test_error_rule_answers_meta_envelope_times_then_stops(
+    sb: Sandbox, graph: Graph, audience_id: str
+) -> None:
+    rule = {
+        "method": "POST",
+        "path": r"/users$",
+        "times": 2,
+        "error": {"message": "(#2) Service temporarily unavailable", "code": 2, "is_transient": True},
+        "http_status": 503,
+    }
+    assert post_faults(sb, rule).json()["data"][0]["times"] == 2
+    assert graph.get(audience_id).status_code == 200, "another method is not affected"
+    for _ in range(2):
+        response = graph.upload(audience_id, "EXTERN_ID", ["1"])
+        error = assert_graph_error(response, 2, status=503)
+        assert error["is_transient"] is True
+    assert graph.upload(audience_id, "EXTERN_ID", ["1"]).status_code == 200
+    assert sb.members(audience_id) == [{"EXTERN_ID": "1"}], "failed requests were not processed"
+    assert [entry.get("fault") for entry in sb.requests()[-3:]] == ["error", "error", None]
+
+
+def test_first_matching_rule_applies(sb: Sandbox, graph: Graph, audience_id: str) -> None:
+    post_faults(
+        sb,
+        {"path": "/sessions", "error": {"code": 1, "message": "An unknown error occurred"}},
+        {"error": {"code": 17, "message": "(#17) User request limit reached"}},
+    )
+    assert_graph_error(graph.get(audience_id), 17)
+    assert_graph_error(graph.get(f"{audience_id}/sessions"), 1)
+    assert graph.get(audience_id).status_code == 200
+
+
+def test_disconnect_before_processing(sb: Sandbox, graph: Graph, audience_id: str) -> None:
+    post_faults(sb, {"path": "/users", "disconnect": True})
+    with pytest.raises(requests.ConnectionError):
+        graph.upload(audience_id, "EXTERN_ID", ["1"])
+    assert sb.members(audience_id) == []
+    assert graph.upload(audience_id, "EXTERN_ID", ["1"]).status_code == 200
+
+
+def test_disconnect_after_processing_loses_only_the_response(
+    sb: Sandbox, graph: Graph, audience_id: str
+) -> None:
+    post_faults(sb, {"method": "POST", "path": "/users", "disconnect": "after"})
+    with pytest.raises(requests.ConnectionError):
+        graph.upload(audience_id, "EXTERN_ID", ["1"])
+    assert sb.members(audience_id) == [{"EXTERN_ID": "1"}]
+    retry = graph.upload(audience_id, "EXTERN_ID", ["1"])
+    assert retry.status_code == 200 and sb.members(audience_id) == [{"EXTERN_ID": "1"}], "a retry is harmless"
+
+
+def test_delay_then_normal_answer(sb: Sandbox, graph: Graph, audience_id: str) -> None:
+    post_faults(sb, {"method": "GET", "delay_s": 0.3})
+    started = time.monotonic()
+    response = graph.get(audience_id)
+    assert time.monotonic() - started >= 0.3
+    assert response.status_code == 200
+    with pytest.raises(requests.Timeout):
+        post_faults(sb, {"method": "GET", "delay_s": 1})
+        graph.http.get(graph.url(audience_id), params=graph.auth, timeout=0.2)
+
+
+def test_clearing_and_refusing_rules(sb: Sandbox, graph: Graph, audience_id: str) -> None:
+    post_faults(sb, {"error": {"code": 2}}, {"disconnect": True, "times": 3})
+    assert len(requests.get(f"{sb.url}/_sandbox/faults", timeout=10).json()["data"]) == 2
+    assert requests.delete(f"{sb.url}/_sandbox/faults", timeout=10).json() == {"data": []}
+    assert graph.get(audience_id).status_code == 200
+    assert post_faults(sb, {"times": 1}).status_code == 400, "a rule needs an action"
+    assert post_faults(sb, {"error": {"code": 2}, "delay_s": 1}).status_code == 400, "only one action"
+    assert post_faults(sb, {"path": "(", "disconnect": True}).status_code == 400
+    assert post_faults(sb, {"error": {"code": 2}, "times": 0}).status_code == 400
+
+
+def test_usage_headers_on_every_graph_answer(sb: Sandbox, graph: Graph, audience_id: str) -> None:
+    sb.set_rate_limit(10)
+    response = graph.get(audience_id)
+    digits = sb.ad_account_id.removeprefix("act_")
+    buc = json.loads(response.headers["X-Business-Use-Case-Usage"])
+    [usage] = buc[digits]
+    assert usage["type"] == "custom_audience"
+    assert usage["call_count"] == 10 and usage["estimated_time_to_regain_access"] == 0
+    account = json.loads(response.headers["X-Ad-Account-Usage"])
+    assert account["acc_id_util_pct"] == 10.0 and account["reset_time_duration"] == 3600
+    assert json.loads(response.headers["X-App-Usage"])["call_count"] == 10
+    graph.get(audience_id)
+    assert json.loads(graph.get(audience_id).headers["X-App-Usage"])["call_count"] == 30
+
+
+def test_lockout_past_the_budget_until_access_is_regained(
+    sb: Sandbox, clock: ManualClock, graph: Graph, audience_id: str
+) -> None:
+    sb.set_rate_limit(3, window_s=3600, lockout_s=600)
+    for _ in range(3):
+        assert graph.get(audience_id).status_code == 200
+    refused = graph.get(audience_id)
+    error = assert_graph_error(refused, 80003, 2446079)
+    assert error["is_transient"] is True
+    [usage] = json.loads(refused.headers["X-Business-Use-Case-Usage"]).values()
+    assert usage[0]["estimated_time_to_regain_access"] == 10, "minutes, as Meta counts them"
+    assert usage[0]["call_count"] == 100
+    clock.advance(300)
+    still = graph.upload(audience_id, "EXTERN_ID", ["1"])
+    assert_graph_error(still, 80003, 2446079)
+    assert (
+        json.loads(still.headers["X-Business-Use-Case-Usage"])[sb.ad_account_id[4:]][0][
+            "estimated_time_to_regain_access"
+        ]
+        == 5
+    )
+    clock.advance(301)
+    assert graph.upload(audience_id, "EXTERN_ID", ["1"]).status_code == 200
+    assert sb.members(audience_id) == [{"EXTERN_ID": "1"}]
+
+
+def test_lockout_error_code_is_configurable(sb: Sandbox, graph: Graph, audience_id: str) -> None:
+    response = requests.post(
+        f"{sb.url}/_sandbox/rate_limit", json={"budget": 1, "lockout_s": 60, "error_code": 613}, timeout=10
+    )
+    assert response.json() == {"success": True}
+    graph.get(audience_id)
+    assert_graph_error(graph.get(audience_id), 613)
+
+
+def test_clock_can_be_moved_over_http(sb: Sandbox, clock: ManualClock) -> None:
+    before = clock()
+    requests.post(f"{sb.url}/_sandbox/clock", json={"advance_s": 90}, timeout=10)
+    assert clock() == before + 90
