@@ -108,7 +108,10 @@ def _as_text(value: object) -> str | None:
     if isinstance(value, str):
         return str(value)
     if isinstance(value, int):
-        return str(int(value))
+        try:
+            return str(int(value))
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            return None
     if isinstance(value, float):
         if math.isnan(value):
             return ""
@@ -294,6 +297,8 @@ def _two_digit_number(text: str, upper: int, invalid: Dropped, out_of_range: Dro
     """A number 1..``upper`` as two zero-padded digits ("7" and "07" give "07")."""
     if not (text.isascii() and text.isdigit()):
         return invalid
+    if len(text.lstrip("0")) > 2:
+        return out_of_range
     number = int(text)
     if not 1 <= number <= upper:
         return out_of_range

@@ -208,3 +208,46 @@ def test_a_preparer_is_reusable_across_batches() -> None:
     assert second.rejected == [1]
     assert second.dropped == {"gen.unknown": 1}
     assert first.dropped == {}
+
+
+def test_garbage_of_every_type_never_raises() -> None:
+    import random
+    import uuid
+
+    rng = random.Random(5)
+    alphabet = "aZ09 +-().,/@#x\t\n\u00a0\u200bé정\u0663\uff10\ufeff\x00'\"" + "".join(
+        map(chr, range(0x2000, 0x2010))
+    )
+
+    def garbage() -> object:
+        kind = rng.randrange(10)
+        if kind == 0:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        if kind == 1:
+            return rng.choice([None, "", float("nan"), float("inf"), -0.0, True, 10**30, 10**5000, -5])
+        if kind == 2:
+            return rng.choice([Decimal("NaN"), Decimal("-Infinity"), Decimal("1E+5000"), Decimal("0.000")])
+        if kind == 3:
+            return bytes(rng.randrange(256) for _ in range(rng.randrange(0, 12)))
+        if kind == 4:
+            return rng.choice(
+                [date(1, 1, 1), datetime(9999, 12, 31, 23, 59), uuid.UUID(int=rng.getrandbits(128))]
+            )
+        if kind == 5:
+            return rng.choice([["a", 1], {"k": "v"}, object(), (1, 2)])
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(60, 70)))
+
+    all_keys = [
+        "external_id", "email", "phone", "gender", "birth_year", "birth_month", "birth_day", "last_name",
+        "first_name", "first_initial", "city", "state", "zip", "country", "mobile_advertiser_id",
+        "app_user_id", "page_user_id", "value",
+    ]  # fmt: skip
+    for keys in (all_keys, ["email", "dob", "country"]):
+        rows = [[garbage() for _ in keys] for _ in range(300)]
+        for default_country in (None, "US", "GB"):
+            preparer = RowPreparer(keys, default_country=default_country)
+            batch = preparer.prepare_rows(rows)
+            assert len(batch.kept) + len(batch.rejected) == len(rows)
+            for row in batch.rows:
+                assert len(row) == len(preparer.schema)
+                assert all(isinstance(cell, str) for cell in row)
