@@ -8,7 +8,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import (
     AirflowException,
@@ -30,7 +30,6 @@ from airflow_provider_fbca.upload_summary import (
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-    from airflow.sdk.bases.sensor import PokeReturnValue
 
 # How long past the trigger's own deadline Airflow's deferral timeout cuts in: only a backstop, the
 # trigger's timeout event (which names the sessions) should always come first.
@@ -110,8 +109,6 @@ class AudienceUploadSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         """Succeed, carrying the summary to XCom, once every session is finished."""
-        from airflow.sdk.bases.sensor import PokeReturnValue
-
         summary = self._poll()
         if summary is None:
             return False
@@ -119,6 +116,10 @@ class AudienceUploadSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         """Poke (or reschedule) like any sensor, or defer to the trigger unless already done."""
+        try:
+            parse_session_ids(self.session_ids)  # a bad template result fails now, not at every poke
+        except ValueError as exc:
+            raise AirflowFailException(f"Task {self.task_id}: {exc}") from exc
         if self.deferrable:
             return self._execute_deferrable()
         try:

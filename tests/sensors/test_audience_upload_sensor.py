@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -223,3 +226,24 @@ def _first_event(trigger: AudienceUploadTrigger) -> dict[str, Any]:
     import asyncio
 
     return asyncio.run(trigger.run().__anext__()).payload
+
+
+def test_session_ids_that_render_to_nonsense_fail_at_once_without_retries(fb_conn_id: str) -> None:
+    # e.g. the sync task pushed no report: xcom_pull renders "None"
+    with pytest.raises(AirflowFailException, match=r"confirm_upload: 'None' is not a session id"):
+        make_sensor("42", "None").execute({})
+
+
+def test_templated_fields_and_the_deferrable_default_come_from_airflow_config() -> None:
+    assert AudienceUploadSensor.template_fields == ("audience_id", "session_ids")
+    assert AudienceUploadSensor(task_id="t", audience_id=1, session_ids=[1]).deferrable is False  # unset here
+    # The default is read from [operators] default_deferrable when the module is imported.
+    script = (
+        "from airflow_provider_fbca.sensors.audience_upload import AudienceUploadSensor as S;"
+        "print(S(task_id='t', audience_id=1, session_ids=[1]).deferrable)"
+    )
+    env = {**os.environ, "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "True"
