@@ -32,6 +32,8 @@ CUSTOMER_COLUMNS = (
 )
 #: The Engage-style segment the membership example syncs.
 DEMO_SEGMENT = "high_intent"
+#: Share of customers who signed up in the last seven days.
+RECENT_SIGNUP_SHARE = 0.08
 #: Share of customers who agree to marketing.
 CONSENT_SHARE = 0.8
 
@@ -83,7 +85,10 @@ def _days_ago(days: int) -> str:
 
 
 def _customer_record(row: Mapping[str, Any], rng: random.Random) -> tuple[Any, ...]:
-    signed_up_on = _days_ago(rng.randrange(1, 3 * 365))
+    # A growing business: about one customer in twelve signed up in the last week.
+    signed_up_on = _days_ago(
+        rng.randrange(0, 7) if rng.random() < RECENT_SIGNUP_SHARE else rng.randrange(7, 3 * 365)
+    )
     consent = int(rng.random() < CONSENT_SHARE)
     return (*(_cell(row.get(column)) for column in CUSTOMER_COLUMNS), signed_up_on, consent)
 

@@ -1,0 +1,87 @@
+"""Helpers of the example DAG and demo tests: a warehouse's customers, DAG runs and their XCom, members."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_DAGS = REPO_ROOT / "example_dags"
+SCRIPTS = REPO_ROOT / "scripts"
+# The demo's helpers (warehouse, Airflow commands, XCom) are the tests' helpers too.
+sys.path.insert(0, str(SCRIPTS))
+
+import demo  # noqa: E402
+from demo_warehouse import build_warehouse  # noqa: E402
+
+__all__ = ["build_warehouse", "demo"]
+
+#: Small on purpose: the runs check behaviour, not speed.
+WAREHOUSE_CUSTOMERS = 240
+MATCH_SHARE = 0.6
+#: A small population keeps the sandbox and the generator quick.
+POPULATION = 5_000
+POPULATION_SEED = 7
+
+
+def generate(count: int, *, seed: int) -> list[dict[str, Any]]:
+    """Messy customers, ``MATCH_SHARE`` of them in the test sandbox's population."""
+    from airflow_provider_fbca.sandbox import generate_customers
+
+    return generate_customers(
+        count, match_share=MATCH_SHARE, seed=seed, population=POPULATION, population_seed=POPULATION_SEED
+    )
+
+
+def is_in_population(row: Mapping[str, Any]) -> bool:
+    """Outsiders' external ids are ``CUST-X<seed>-<n>``; people of the population are ``CUST-<n>``."""
+    return not str(row["external_id"]).startswith("CUST-X")
+
+
+@dataclass
+class DagRunResult:
+    """The XCom of a DAG run's two tasks."""
+
+    sync: dict[str, Any]
+    upload: dict[str, Any]
+
+
+class DagRunner:
+    """Runs example DAGs with ``airflow dags test`` against a warehouse and a sandbox."""
+
+    def __init__(self, home: Path, warehouse: Path, sandbox: Any) -> None:
+        self.home = home
+        self.sandbox = sandbox
+        credentials = {
+            "access_token": sandbox.access_token,
+            "app_id": sandbox.app_id,
+            "app_secret": sandbox.app_secret,
+            "ad_account_id": sandbox.ad_account_id,
+        }
+        self.env = {
+            **demo.airflow_env(home),
+            **demo.connection_env(warehouse, sandbox.url, credentials),
+        }
+
+    def run(self, dag_id: str) -> DagRunResult:
+        log = self.home / f"{dag_id}.log"
+        demo.run_airflow(["dags", "test", dag_id], self.env, log, timeout_s=300)
+        metadata = self.home / "airflow.db"
+        return DagRunResult(
+            sync=demo.latest_xcom(metadata, dag_id, demo.SYNC_TASK_ID),
+            upload=demo.latest_xcom(metadata, dag_id, demo.SENSOR_TASK_ID),
+        )
+
+    def members(self, audience_id: str) -> list[dict[str, str]]:
+        """The audience's members in the sandbox, as uploaded (hashed where Meta hashes)."""
+        answer = requests.get(f"{self.sandbox.url}/_sandbox/audiences/{audience_id}/members", timeout=10)
+        answer.raise_for_status()
+        return answer.json()["data"]
+
+    def member_keys(self, audience_id: str) -> set[str]:
+        return {member["EXTERN_ID"] for member in self.members(audience_id)}
