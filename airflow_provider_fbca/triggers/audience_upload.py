@@ -84,8 +84,14 @@ class AudienceUploadTrigger(BaseTrigger):
         yield TriggerEvent(event)
 
     async def _wait(self) -> dict[str, Any]:
-        known: dict[str, Mapping[str, Any]] = {}
         hook = await asyncio.to_thread(self._make_hook)
+        try:
+            return await self._poll_until_done(hook)
+        finally:
+            hook.close()  # the triggerer lives long: give the HTTP connections back
+
+    async def _poll_until_done(self, hook: Any) -> dict[str, Any]:
+        known: dict[str, Mapping[str, Any]] = {}
         while True:
             check, summary = await asyncio.to_thread(
                 poll_upload, hook, self.audience_id, self.session_ids, known
@@ -94,11 +100,8 @@ class AudienceUploadTrigger(BaseTrigger):
                 message = f"All {len(self.session_ids)} sessions of audience {self.audience_id} finished"
                 return {"status": "success", "message": message, "summary": summary}
             if summary is not None:
-                return {
-                    "status": "failure",
-                    "message": f"Upload failed: {check.waiting_message()}",
-                    "summary": summary,
-                }
+                message = f"Upload failed: {check.waiting_message()}"
+                return {"status": "failure", "message": message, "summary": summary}
             remaining = self.deadline - time.time()
             if remaining <= 0:
                 message = f"Timed out: {check.waiting_message()}"
