@@ -1,0 +1,113 @@
+"""The command line (URL on the first line of stdout) and the state file that survives restarts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+from sandbox_support import Graph, sha256
+
+from airflow_provider_fbca.sandbox import (
+    DEFAULT_ACCESS_TOKEN,
+    DEFAULT_AD_ACCOUNT_ID,
+    DEFAULT_APP_SECRET,
+    Sandbox,
+)
+from airflow_provider_fbca.sandbox import appsecret_proof as proof_of
+
+
+@contextmanager
+def sandbox_process(*args: str) -> Iterator[str]:
+    """Run ``python -m airflow_provider_fbca.sandbox``; yield its URL; stop it with SIGTERM."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "airflow_provider_fbca.sandbox", "--port", "0", "--population", "50", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        assert process.stderr is not None
+        assert "Traceback" not in process.stderr.read()
+
+
+def test_cli_prints_the_url_first_and_serves(tmp_path: Path) -> None:
+    token = "cli-token"
+    with sandbox_process("--access-token", token, "--ad-account-id", "act_42", "--app-secret", "") as url:
+        response = requests.get(
+            f"{url}/v25.0/act_42", params={"access_token": token, "fields": "name"}, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["id"] == "act_42"
+
+
+def test_state_file_keeps_audiences_members_and_sessions_across_restarts(tmp_path: Path) -> None:
+    state_file = tmp_path / "sandbox-state.json"
+    auth = {
+        "access_token": DEFAULT_ACCESS_TOKEN,
+        "appsecret_proof": proof_of(DEFAULT_APP_SECRET, DEFAULT_ACCESS_TOKEN),
+    }
+    payload = {"schema": ["EXTERN_ID", "EMAIL"], "data": [["1", sha256("a@example.com")], ["2", ""]]}
+    with sandbox_process("--state-file", str(state_file)) as url:
+        created = requests.post(
+            f"{url}/v26.0/{DEFAULT_AD_ACCOUNT_ID}/customaudiences",
+            data={**auth, "name": "Kept", "customer_file_source": "USER_PROVIDED_ONLY"},
+            timeout=10,
+        ).json()
+        audience_id = created["id"]
+        session = {"session_id": 7, "batch_seq": 1, "last_batch_flag": True}
+        upload = requests.post(
+            f"{url}/v26.0/{audience_id}/users",
+            data={**auth, "payload": json.dumps(payload), "session": json.dumps(session)},
+            timeout=10,
+        )
+        assert upload.status_code == 200
+    assert state_file.exists()
+    with sandbox_process("--state-file", str(state_file)) as url:
+        members = requests.get(f"{url}/_sandbox/audiences/{audience_id}/members", timeout=10).json()["data"]
+        assert members == [dict(zip(payload["schema"], row, strict=True)) for row in payload["data"]]
+        sessions = requests.get(f"{url}/v26.0/{audience_id}/sessions", params=auth, timeout=10).json()["data"]
+        assert [(s["session_id"], s["num_received"], s["stage"]) for s in sessions] == [
+            ("7", "2", "finished")
+        ]
+        another = requests.post(
+            f"{url}/v26.0/{DEFAULT_AD_ACCOUNT_ID}/customaudiences",
+            data={**auth, "name": "New", "customer_file_source": "USER_PROVIDED_ONLY"},
+            timeout=10,
+        ).json()
+        assert another["id"] != audience_id
+
+
+def test_state_file_in_python_keeps_a_running_replace(tmp_path: Path) -> None:
+    state_file = tmp_path / "state.json"
+    with Sandbox(state_file=state_file, population=0) as sb:
+        graph = Graph(sb)
+        audience_id = graph.create_audience("Replaced")
+        graph.upload(audience_id, "EXTERN_ID", ["old"])
+        session = {"session_id": 3, "batch_seq": 1, "last_batch_flag": False}
+        assert (
+            graph.upload(audience_id, "EXTERN_ID", ["new"], edge="usersreplace", session=session).status_code
+            == 200
+        )
+    with Sandbox(state_file=state_file, population=0) as sb:
+        graph = Graph(sb)
+        assert graph.get(audience_id, fields="operation_status").json()["operation_status"]["code"] == 414
+        assert sb.members(audience_id) == [{"EXTERN_ID": "old"}]
+        last = {"session_id": 3, "batch_seq": 2, "last_batch_flag": True}
+        assert (
+            graph.upload(audience_id, "EXTERN_ID", ["newer"], edge="usersreplace", session=last).status_code
+            == 200
+        )
+        assert sb.members(audience_id) == [{"EXTERN_ID": "new"}, {"EXTERN_ID": "newer"}]
