@@ -36,7 +36,10 @@ from airflow_provider_fbca import geo
 
 __all__ = [
     "DATE_OF_BIRTH",
+    "DROP_REASONS",
     "MATCH_KEYS",
+    "ROW_NO_IDENTIFIER",
+    "ROW_NO_VALUE",
     "Dropped",
     "MatchKey",
     "PreparedBatch",
@@ -777,6 +780,40 @@ _LOOKALIKE_VALUE_INVALID = Dropped("lookalike_value.invalid")
 _LOOKALIKE_VALUE_NEGATIVE = Dropped("lookalike_value.negative")
 _DOB_INVALID = Dropped("dob.invalid")
 
+#: Every reason a value can be dropped for: the keys of :attr:`PreparedBatch.dropped`.
+DROP_REASONS: tuple[str, ...] = tuple(
+    dropped.reason
+    for dropped in (
+        _EXTERN_ID_INVALID,
+        _EMAIL_INVALID,
+        _PHONE_INVALID,
+        _PHONE_NO_COUNTRY_CODE,
+        _GEN_UNKNOWN,
+        _DOBY_INVALID,
+        _DOBY_OUT_OF_RANGE,
+        _DOBM_INVALID,
+        _DOBM_OUT_OF_RANGE,
+        _DOBD_INVALID,
+        _DOBD_OUT_OF_RANGE,
+        _DOB_INVALID,
+        _LN_INVALID,
+        _FN_INVALID,
+        _FI_INVALID,
+        _CT_INVALID,
+        _ST_UNKNOWN,
+        _ZIP_INVALID,
+        _COUNTRY_UNKNOWN,
+        _MADID_INVALID,
+        _APPUID_INVALID,
+        _PAGEUID_INVALID,
+        _LOOKALIKE_VALUE_INVALID,
+        _LOOKALIKE_VALUE_NEGATIVE,
+    )
+)
+#: Why a whole row is rejected: the keys of :attr:`PreparedBatch.rejected_by_reason`.
+ROW_NO_IDENTIFIER = "row.no_identifier"
+ROW_NO_VALUE = "row.no_value"
+
 
 # ---------------------------------------------------------------------------------------------------
 # THE table of match keys
@@ -1311,14 +1348,14 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
     body += [
         f"if not ({' or '.join(identifiers) or 'False'}):",
         "    rejected_append(index)",
-        "    reject('row.no_identifier')",
+        f"    reject({ROW_NO_IDENTIFIER!r})",
         "    continue",
     ]
     if "LOOKALIKE_VALUE" in outputs:
         body += [
             f"if not {outputs['LOOKALIKE_VALUE']}:",
             "    rejected_append(index)",
-            "    reject('row.no_value')",
+            f"    reject({ROW_NO_VALUE!r})",
             "    continue",
         ]
     wire_row = ", ".join(outputs[key] for column in columns for key in column.wire_keys)
@@ -1368,9 +1405,9 @@ sent as the lowercase hex SHA-256 of the UTF-8 normalized value.
 _REFERENCE_OUTRO = """\
 The row's COUNTRY (when mapped and recognized) decides PHONE, ZIP and ST; otherwise the sync's
 `default_country`. A value that is not usable is dropped (sent as `""`) and counted by reason
-(`email.invalid`, `phone.no_country_code`, `gen.unknown`, `country.unknown`, `dobm.out_of_range`, ...);
-one bad value never fails a batch. A row is rejected (`row.no_identifier`) when no key but EXTERN_ID
-and LOOKALIKE_VALUE survived, and (`row.no_value`) when LOOKALIKE_VALUE is mapped but unusable.
+(the sync's report lists them); one bad value never fails a batch. A row is rejected
+(`row.no_identifier`) when no key but EXTERN_ID and LOOKALIKE_VALUE survived, and (`row.no_value`) when
+LOOKALIKE_VALUE is mapped but unusable. The reasons a value is dropped for: {reasons}.
 
 Regenerate this section with `python -m airflow_provider_fbca.identifiers --update-readme`.
 
@@ -1410,7 +1447,7 @@ def mapping_reference_markdown() -> str:
         "One date (a `date`, or text `YYYY-MM-DD`, `YYYY/MM/DD`, `YYYYMMDD`) fills the three keys; "
         "day-first and month-first texts are not guessed. |"
     )
-    lines += ["", _REFERENCE_OUTRO]
+    lines += ["", _REFERENCE_OUTRO.format(reasons=", ".join(f"`{reason}`" for reason in DROP_REASONS))]
     return "\n".join(lines)
 
 

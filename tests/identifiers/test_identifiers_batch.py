@@ -8,7 +8,15 @@ from decimal import Decimal
 
 import pytest
 
-from airflow_provider_fbca.identifiers import PreparedBatch, RowPreparer, prepare, prepare_rows
+from airflow_provider_fbca.identifiers import (
+    DROP_REASONS,
+    ROW_NO_IDENTIFIER,
+    ROW_NO_VALUE,
+    PreparedBatch,
+    RowPreparer,
+    prepare,
+    prepare_rows,
+)
 
 
 def sha256(text: str) -> str:
@@ -248,6 +256,8 @@ def test_garbage_of_every_type_never_raises() -> None:
             preparer = RowPreparer(keys, default_country=default_country)
             batch = preparer.prepare_rows(rows)
             assert len(batch.kept) + len(batch.rejected) == len(rows)
+            assert set(batch.dropped) <= set(DROP_REASONS)
+            assert set(batch.rejected_by_reason) <= {ROW_NO_IDENTIFIER, ROW_NO_VALUE}
             for row in batch.rows:
                 assert len(row) == len(preparer.schema)
                 assert all(isinstance(cell, str) for cell in row)
