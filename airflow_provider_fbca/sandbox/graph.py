@@ -442,7 +442,7 @@ class GraphApi:
             params.get("payload"), app_ids=params.get("app_ids"), page_ids=params.get("page_ids")
         )
         session = parse_session(params.get("session"))
-        call.rows = len(upload.joined_rows)
+        call.rows = len(upload.rows)
         has_value = "LOOKALIKE_VALUE" in upload.schema
         if has_value and not audience.is_value_based:
             raise invalid_parameter(
@@ -472,7 +472,7 @@ class GraphApi:
         if remove:
             audience.members.remove(upload.schema, upload.rows)
         else:
-            audience.members.add(upload.schema, upload.rows, upload.joined_rows)
+            audience.members.add(upload.schema, upload.rows, upload.packable)
             audience.schemas_seen.add(upload.schema)
         self._account_upload(audience, record, upload, closes=session is None or session.last_batch_flag)
         return _upload_response(audience, record, upload)
@@ -489,7 +489,7 @@ class GraphApi:
             raise missing_parameter("session[batch_seq]")
         run = self._replace_run(audience, session, upload)
         record = self._session_record(audience, session, kind="replace")
-        run.staged.add(upload.schema, upload.rows, upload.joined_rows)
+        run.staged.add(upload.schema, upload.rows, upload.packable)
         audience.schemas_seen.add(upload.schema)
         self._account_upload(audience, record, upload, closes=session.last_batch_flag)
         if session.last_batch_flag:
@@ -573,7 +573,7 @@ class GraphApi:
         self, audience: Audience, record: UploadSession, upload: Upload, *, closes: bool
     ) -> None:
         now = self.state.now()
-        record.num_received += len(upload.joined_rows)
+        record.num_received += len(upload.rows)
         record.num_invalid_entries += upload.num_invalid_entries
         record.num_matched += self.matcher(upload.schema, upload.rows)
         record.closed_at = now if closes else None

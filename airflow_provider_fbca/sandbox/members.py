@@ -1,19 +1,83 @@
 """The members of one audience, stored compactly and indexed by their strong identifiers.
 
-A member is one ``bytes`` object: the id of its schema, ``\\x1e``, then its values joined by ``\\x1f``
-(exactly as uploaded). Identical uploads map to the same bytes, so adding a person twice changes
-nothing. Removals find members through an index keyed by the *hash* of each strong identifier (an int,
-not the identifier's text), which keeps the index small; every hit is checked against the member itself.
+A member is one ``bytes`` object: its schema's id and ``\\x1e``, then either
+
+- ``P``, one presence byte per hashed key, the present SHA-256 digests in binary (32 bytes each, half
+  their hex), then the unhashed values (EXTERN_ID, MADID, ...) joined by ``\\x1f``; or
+- ``T`` and every value as text joined by ``\\x1f``, for a row holding a value that is not a digest.
+
+A row's bytes depend only on its content, so adding the same person twice changes nothing. Removals
+find members through an index keyed by the *hash* of each strong identifier (an int, not the
+identifier's text), which keeps the index small; every hit is checked against the member itself.
+A batch is packed with C-level ``map`` calls only: no Python loop per row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import repeat
 
-from airflow_provider_fbca.sandbox.validation import SEPARATOR, STRONG_KEYS
+from airflow_provider_fbca.sandbox.validation import (
+    HASHED_KEYS,
+    SEPARATOR,
+    STRONG_KEYS,
+    column_getter,
+    is_packable,
+)
 
 _SCHEMA_END = b"\x1e"
+_PACKED, _TEXT = b"P", b"T"
+_DIGEST_SIZE = 32
 _Entry = bytes | list[bytes]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How members of one schema are packed."""
+
+    schema: tuple[str, ...]
+    prefix: bytes
+    hashed: tuple[int, ...]
+    plain: tuple[int, ...]
+    strong: tuple[tuple[int, str], ...]
+
+    @classmethod
+    def build(cls, schema: tuple[str, ...], schema_id: int) -> _Layout:
+        return cls(
+            schema=schema,
+            prefix=str(schema_id).encode() + _SCHEMA_END,
+            hashed=tuple(i for i, key in enumerate(schema) if key in HASHED_KEYS),
+            plain=tuple(i for i, key in enumerate(schema) if key not in HASHED_KEYS),
+            strong=tuple((i, key) for i, key in enumerate(schema) if key in STRONG_KEYS),
+        )
+
+    def pack(self, rows: list[list[str]]) -> list[bytes]:
+        """Pack rows whose hashed values are all digests or "" (C-level maps only)."""
+        hashed = list(map(column_getter(self.hashed), rows))
+        presence = map(bytes, map(map, repeat(bool), hashed))
+        digests = map(bytes.fromhex, map("".join, hashed))
+        plain = map(str.encode, map(SEPARATOR.join, map(column_getter(self.plain), rows)))
+        return list(map(b"".join, zip(repeat(self.prefix + _PACKED), presence, digests, plain)))
+
+    def as_text(self, row: list[str]) -> bytes:
+        return self.prefix + _TEXT + SEPARATOR.join(row).encode()
+
+    def unpack(self, body: bytes) -> dict[str, str]:
+        """Return the member's values by key (``body`` is what follows the schema id)."""
+        if body[:1] == _TEXT:
+            return dict(zip(self.schema, body[1:].decode().split(SEPARATOR), strict=True))
+        values: dict[int, str] = {}
+        offset = 1 + len(self.hashed)
+        for position, present in zip(self.hashed, body[1:offset], strict=True):
+            if present:
+                values[position] = body[offset : offset + _DIGEST_SIZE].hex()
+                offset += _DIGEST_SIZE
+            else:
+                values[position] = ""
+        plain_values = body[offset:].decode().split(SEPARATOR) if self.plain else []
+        values.update(zip(self.plain, plain_values, strict=True))
+        return {key: values[i] for i, key in enumerate(self.schema)}
 
 
 class MemberStore:
@@ -23,43 +87,34 @@ class MemberStore:
         self._reset()
 
     def _reset(self) -> None:
-        self._schemas: list[tuple[str, ...]] = []
-        self._schema_ids: dict[tuple[str, ...], int] = {}
+        self._layouts: list[_Layout] = []
+        self._layout_ids: dict[tuple[str, ...], int] = {}
         self._members: dict[bytes, None] = {}
         self._index: dict[int, _Entry] = {}
 
     def __len__(self) -> int:
         return len(self._members)
 
-    def add(self, schema: tuple[str, ...], rows: list[list[str]], joined_rows: list[str]) -> int:
+    def add(self, schema: tuple[str, ...], rows: list[list[str]], packable: list[bool] | None = None) -> int:
         """
         Store each row unless an identical member exists; return how many were new.
 
         :param schema: the canonical schema of the rows.
         :param rows: the rows as lists of text.
-        :param joined_rows: the same rows joined by the separator (see :mod:`.validation`).
+        :param packable: per row, whether its hashed values are all digests or "" (None: all are).
         """
-        prefix = self._schema_prefix(schema)
+        layout = self._layout(schema)
         members = self._members
         fresh: dict[bytes, list[str]] = {}
-        for member, row in zip(map(prefix.__add__, map(str.encode, joined_rows)), rows, strict=True):
+        for member, row in zip(_encode(layout, rows, packable), rows, strict=True):
             if member not in members:
                 fresh.setdefault(member, row)
         members.update(dict.fromkeys(fresh))
-        for position, key in _strong_columns(schema):
+        for position, key in layout.strong:
             self._index_column(
                 key, [(row[position], member) for member, row in fresh.items() if row[position]]
             )
         return len(fresh)
-
-    def _index_column(self, key: str, pairs: list[tuple[str, bytes]]) -> None:
-        """Index one strong column of new members: in one C-level update when no token is taken yet."""
-        tokens = [hash((key, value)) for value, _ in pairs]
-        if len(set(tokens)) == len(tokens) and self._index.keys().isdisjoint(tokens):
-            self._index.update(zip(tokens, [member for _, member in pairs], strict=True))
-            return
-        for token, (_, member) in zip(tokens, pairs, strict=True):
-            self._link(token, member)
 
     def remove(self, schema: tuple[str, ...], rows: list[list[str]]) -> int:
         """
@@ -68,7 +123,7 @@ class MemberStore:
         :param schema: the canonical schema of the removal rows.
         :param rows: the removal rows as lists of text.
         """
-        strong = _strong_columns(schema)
+        strong = self._layout(schema).strong
         removed = 0
         for row in rows:
             for position, key in strong:
@@ -91,24 +146,41 @@ class MemberStore:
         for member in self._members:
             yield self._decode(member)
 
-    def groups(self) -> list[tuple[tuple[str, ...], list[str]]]:
-        """Return the members grouped by schema, each row joined (what :meth:`add` takes back)."""
-        grouped: dict[int, list[str]] = {}
-        for member in self._members:
-            schema_id, _, joined = member.partition(_SCHEMA_END)
-            grouped.setdefault(int(schema_id), []).append(joined.decode())
-        return [(self._schemas[schema_id], rows) for schema_id, rows in grouped.items()]
+    def groups(self) -> list[tuple[tuple[str, ...], list[list[str]]]]:
+        """Return the members grouped by schema, as rows of values (what :meth:`add` takes back)."""
+        grouped: dict[tuple[str, ...], list[list[str]]] = {}
+        for values in self.rows():
+            grouped.setdefault(tuple(values), []).append(list(values.values()))
+        return list(grouped.items())
 
-    def _schema_prefix(self, schema: tuple[str, ...]) -> bytes:
-        schema_id = self._schema_ids.get(schema)
-        if schema_id is None:
-            schema_id = self._schema_ids[schema] = len(self._schemas)
-            self._schemas.append(schema)
-        return str(schema_id).encode() + _SCHEMA_END
+    def add_rows(self, schema: tuple[str, ...], rows: list[list[str]]) -> int:
+        """
+        Store rows that were not validated by this process (a state file), checking each one's form.
+
+        :param schema: the canonical schema.
+        :param rows: the rows as lists of text.
+        """
+        return self.add(schema, rows, [is_packable(schema, row) for row in rows])
+
+    def _layout(self, schema: tuple[str, ...]) -> _Layout:
+        layout_id = self._layout_ids.get(schema)
+        if layout_id is None:
+            layout_id = self._layout_ids[schema] = len(self._layouts)
+            self._layouts.append(_Layout.build(schema, layout_id))
+        return self._layouts[layout_id]
 
     def _decode(self, member: bytes) -> dict[str, str]:
-        schema_id, _, joined = member.partition(_SCHEMA_END)
-        return dict(zip(self._schemas[int(schema_id)], joined.decode().split(SEPARATOR), strict=True))
+        layout_id, _, body = member.partition(_SCHEMA_END)
+        return self._layouts[int(layout_id)].unpack(body)
+
+    def _index_column(self, key: str, pairs: list[tuple[str, bytes]]) -> None:
+        """Index one strong column of new members: in one C-level update when no token is taken yet."""
+        tokens = [hash((key, value)) for value, _ in pairs]
+        if len(set(tokens)) == len(tokens) and self._index.keys().isdisjoint(tokens):
+            self._index.update(zip(tokens, [member for _, member in pairs], strict=True))
+            return
+        for token, (_, member) in zip(tokens, pairs, strict=True):
+            self._link(token, member)
 
     def _link(self, token: int, member: bytes) -> None:
         entry = self._index.get(token)
@@ -139,11 +211,10 @@ class MemberStore:
                 self._unlink(hash((key, value)), member)
 
 
-_STRONG_COLUMNS: dict[tuple[str, ...], list[tuple[int, str]]] = {}
-
-
-def _strong_columns(schema: tuple[str, ...]) -> list[tuple[int, str]]:
-    columns = _STRONG_COLUMNS.get(schema)
-    if columns is None:
-        columns = _STRONG_COLUMNS[schema] = [(i, key) for i, key in enumerate(schema) if key in STRONG_KEYS]
-    return columns
+def _encode(layout: _Layout, rows: list[list[str]], packable: list[bool] | None) -> list[bytes]:
+    """Encode rows: packed in one go when all are packable, else row by row as each allows."""
+    if packable is None:
+        return layout.pack(rows)
+    return [
+        layout.pack([row])[0] if ok else layout.as_text(row) for row, ok in zip(rows, packable, strict=True)
+    ]

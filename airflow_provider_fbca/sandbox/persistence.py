@@ -17,7 +17,6 @@ from airflow_provider_fbca.sandbox.state import (
     Token,
     UploadSession,
 )
-from airflow_provider_fbca.sandbox.validation import SEPARATOR
 
 FORMAT_VERSION = 1
 
@@ -127,6 +126,5 @@ def _dump_members(store: MemberStore) -> list[dict[str, Any]]:
 def _load_members(groups: list[dict[str, Any]]) -> MemberStore:
     store = MemberStore()
     for group in groups:
-        joined_rows = group["rows"]
-        store.add(tuple(group["schema"]), [joined.split(SEPARATOR) for joined in joined_rows], joined_rows)
+        store.add_rows(tuple(group["schema"]), group["rows"])
     return store

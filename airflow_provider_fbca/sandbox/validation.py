@@ -4,8 +4,8 @@ Meta refuses a request whose payload is malformed (unknown schema keys, rows of 
 than 10,000 rows, APPUID without ``app_ids``...) with error 100, but only *counts* values of hashed keys
 that are not SHA-256 digests (``num_invalid_entries`` and ``invalid_entry_samples``).
 
-The hot path is one ``"\\x1f".join`` and one compiled-regex match per row: the joined text is both the
-proof that the row is well formed and the member's stored form (see :mod:`.members`).
+The hot path checks a whole batch with a few C-level passes (``bytes.fromhex`` over every hashed value
+at once, for instance) and only looks at rows one by one when something is off.
 """
 
 from __future__ import annotations
@@ -66,11 +66,16 @@ class SessionParam:
 
 @dataclass
 class Upload:
-    """A validated payload: the canonical schema and the rows, as lists of text and joined for storage."""
+    """
+    A validated payload: the canonical schema and the rows as lists of text.
+
+    ``packable`` tells, row by row, whether every hashed value is a SHA-256 digest or "" (so the row
+    can be stored in binary); None means every row is.
+    """
 
     schema: tuple[str, ...]
     rows: list[list[str]] = field(default_factory=list)
-    joined_rows: list[str] = field(default_factory=list)
+    packable: list[bool] | None = None
     app_ids: list[str] = field(default_factory=list)
     page_ids: list[str] = field(default_factory=list)
     num_invalid_entries: int = 0
@@ -182,15 +187,15 @@ def _parse_schema(raw: Any) -> tuple[tuple[str, ...], bool]:
 
 
 def _validate_rows(upload: Upload, rows: list[Any]) -> None:
-    """Check the rows' shape, count invalid values, and keep the rows both as lists and joined."""
+    """Check the rows' shape, count invalid values, and keep the rows as lists of text."""
     _check_shapes(rows, len(upload.schema))
-    joined = _join_clean_batch(upload.schema, rows)
-    if joined is None:
-        pattern = row_pattern(upload.schema)
-        rows = [_clean_row(upload, row, pattern) for row in rows]
-        joined = list(map(SEPARATOR.join, rows))
-    upload.rows = rows
-    upload.joined_rows = joined
+    if _batch_is_clean(upload.schema, rows):
+        upload.rows = rows
+        return
+    pattern = row_pattern(upload.schema)
+    checked = [_clean_row(upload, row, pattern) for row in rows]
+    upload.rows = [values for values, _ in checked]
+    upload.packable = [packable for _, packable in checked]
 
 
 def _check_shapes(rows: list[Any], width: int) -> None:
@@ -208,63 +213,87 @@ def _check_shapes(rows: list[Any], width: int) -> None:
             )
 
 
-def _join_clean_batch(schema: tuple[str, ...], rows: list[list[Any]]) -> list[str] | None:
+def _batch_is_clean(schema: tuple[str, ...], rows: list[list[Any]]) -> bool:
     """
-    Join every row when the whole batch is well formed, checking it with a few C-level passes.
+    Tell, with a few C-level passes over the whole batch, whether every value is well formed.
 
-    Return None when any value needs a closer look (a bad hash, a typed value, a separator inside a
-    value, a bad LOOKALIKE_VALUE): the caller then goes row by row.
+    False when any value needs a closer look (a bad hash, a typed value, a separator inside a value, a
+    bad LOOKALIKE_VALUE): the caller then goes row by row.
     """
+    if not set(map(type, chain.from_iterable(rows))) <= {str}:
+        return False
     hashed = [i for i, key in enumerate(schema) if key in HASHED_KEYS]
-    plain = [i for i, key in enumerate(schema) if key not in HASHED_KEYS]
-    try:
-        joined = list(map(SEPARATOR.join, rows))
-        if hashed:
-            values = list(chain.from_iterable(map(_getter(hashed), rows)))
-            if not set(map(len, values)) <= {0, 64}:
-                return None
-            digits = "".join(values)
-            if len(bytes.fromhex(digits)) * 2 != len(digits) or any(c in digits for c in "ABCDEF"):
-                return None
-    except (TypeError, ValueError):
-        return None
-    for position in plain:
+    if hashed and rows:
+        values = list(chain.from_iterable(map(column_getter(hashed), rows)))
+        if not set(map(len, values)) <= {0, 64}:
+            return False
+        digits = "".join(values)
+        try:
+            if len(bytes.fromhex(digits)) * 2 != len(digits):  # fromhex skips whitespace
+                return False
+        except ValueError:
+            return False
+        if any(c in digits for c in "ABCDEF"):
+            return False
+    for position, key in enumerate(schema):
+        if key in HASHED_KEYS:
+            continue
         column = [row[position] for row in rows]
         if any(SEPARATOR in value for value in column):
-            return None
-        if schema[position] == "LOOKALIKE_VALUE" and not all(map(_NUMBER.fullmatch, column)):
-            return None
-    return joined
+            return False
+        if key == "LOOKALIKE_VALUE" and not all(map(_NUMBER.fullmatch, column)):
+            return False
+    return True
 
 
-def _getter(positions: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
+def column_getter(positions: tuple[int, ...] | list[int]) -> Callable[[list[Any]], Any]:
+    """
+    Return a C-level function giving a row's values at ``positions`` (a sequence, for any count).
+
+    :param positions: the columns.
+    """
     if len(positions) == 1:
-        position = positions[0]
-        return lambda row: (row[position],)
+        return itemgetter(slice(positions[0], positions[0] + 1))
+    if not positions:
+        return itemgetter(slice(0, 0))
     return itemgetter(*positions)
 
 
-def _clean_row(upload: Upload, row: list[Any], pattern: re.Pattern[str]) -> list[str]:
-    """Check one row of a batch that needed a closer look; return its values as text."""
+def _clean_row(upload: Upload, row: list[Any], pattern: re.Pattern[str]) -> tuple[list[str], bool]:
+    """Check one row of a batch that needed a closer look; return its values as text, and if packable."""
     try:
         if pattern.fullmatch(SEPARATOR.join(row)):
-            return row
+            return row, True
     except TypeError:
         pass
     values = []
-    invalid = False
+    bad_hash = bad_value = False
     for key, value in zip(upload.schema, row, strict=True):
         text = _as_text(key, value)
         if key in HASHED_KEYS and text and not _SHA256_HEX.fullmatch(text):
-            invalid = True
+            bad_hash = True
             _sample(upload, text, f"{key} is not a SHA-256 hash (64 lowercase hexadecimal characters)")
         elif key == "LOOKALIKE_VALUE" and not _NUMBER.fullmatch(text):
-            invalid = True
+            bad_value = True
             _sample(upload, text, "LOOKALIKE_VALUE must be a non-negative number")
         values.append(text.replace(SEPARATOR, " "))
-    if invalid:
+    if bad_hash or bad_value:
         upload.num_invalid_entries += 1
-    return values
+    return values, not bad_hash
+
+
+def is_packable(schema: tuple[str, ...], row: list[str]) -> bool:
+    """
+    Tell whether every hashed value of a row is a SHA-256 digest or "" (the row then packs to binary).
+
+    :param schema: the canonical schema.
+    :param row: the row's values.
+    """
+    return all(
+        not value or _SHA256_HEX.fullmatch(value)
+        for key, value in zip(schema, row, strict=True)
+        if key in HASHED_KEYS
+    )
 
 
 def _as_text(key: str, value: Any) -> str:

@@ -1,0 +1,68 @@
+"""The compact member store: rows come back exactly as stored, whatever form they were packed in."""
+
+from __future__ import annotations
+
+from sandbox_support import sha256
+
+from airflow_provider_fbca.sandbox.members import MemberStore
+
+SCHEMA = ("EXTERN_ID", "EMAIL", "PHONE", "FN", "MADID")
+
+
+def test_rows_round_trip_in_binary_and_text_form() -> None:
+    packed = ["c-1", sha256("a@example.com"), "", sha256("ann"), "ab-12"]
+    with_bad_hash = ["c-2", "A@EXAMPLE.COM", sha256("15551234567"), "", ""]
+    store = MemberStore()
+    assert store.add(SCHEMA, [packed, with_bad_hash], [True, False]) == 2
+    assert store.add(SCHEMA, [packed], None) == 0, "the same row packs to the same bytes"
+    assert store.add_rows(SCHEMA, [with_bad_hash]) == 0
+    assert list(store.rows()) == [
+        dict(zip(SCHEMA, packed, strict=True)),
+        dict(zip(SCHEMA, with_bad_hash, strict=True)),
+    ]
+    copy = MemberStore()
+    for schema, rows in store.groups():
+        copy.add_rows(schema, rows)
+    assert list(copy.rows()) == list(store.rows())
+
+
+def test_binary_form_halves_the_digests() -> None:
+    store = MemberStore()
+    store.add(("EMAIL", "PHONE"), [[sha256("a"), sha256("b")]])
+    [member] = store._members
+    assert len(member) < 2 * 32 + 10
+
+
+def test_schemas_without_hashed_or_without_plain_keys() -> None:
+    store = MemberStore()
+    store.add(("EXTERN_ID",), [["x"], [""]])
+    store.add(("EMAIL",), [[sha256("a")], [""]])
+    assert list(store.rows()) == [
+        {"EXTERN_ID": "x"},
+        {"EXTERN_ID": ""},
+        {"EMAIL": sha256("a")},
+        {"EMAIL": ""},
+    ]
+
+
+def test_removal_by_any_shared_strong_identifier_in_either_form() -> None:
+    store = MemberStore()
+    rows = [[f"c-{n}", sha256(f"{n}@example.com"), "", sha256("ann"), f"madid-{n}"] for n in range(5)]
+    store.add(SCHEMA, rows)
+    store.add(SCHEMA, [["c-9", "not-a-hash", "", "", ""]], [False])
+    assert store.remove(("EMAIL",), [[sha256("1@example.com")]]) == 1
+    assert store.remove(("MADID",), [["madid-2"]]) == 1
+    assert store.remove(("EXTERN_ID", "FN"), [["c-9", sha256("ann")]]) == 1, "FN is weak: only c-9 goes"
+    assert store.remove(("FN",), [[sha256("ann")]]) == 0
+    assert [m["EXTERN_ID"] for m in store.rows()] == ["c-0", "c-3", "c-4"]
+    assert store.remove(("EXTERN_ID",), [["c-0"], ["c-0"], ["c-404"]]) == 1
+    assert len(store) == 2
+
+
+def test_members_sharing_an_identifier_are_all_removed() -> None:
+    store = MemberStore()
+    shared = sha256("family@example.com")
+    store.add(("EXTERN_ID", "EMAIL"), [["a", shared], ["b", shared]])
+    store.add(("EXTERN_ID", "EMAIL"), [["c", shared]])
+    assert store.remove(("EMAIL",), [[shared]]) == 3
+    assert len(store) == 0
