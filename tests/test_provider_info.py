@@ -53,4 +53,4 @@ def test_airflow_cli_lists_the_provider_and_its_connection_type() -> None:
     hooks = json.loads(_airflow("providers", "hooks", "--output", "json"))
     (ours,) = [h for h in hooks if h["connection_type"] == "facebook_custom_audiences"]
     assert ours["class"].endswith("FacebookCustomAudiencesHook")
-    assert ours["package"] == "airflow-provider-fbca"
+    assert ours["package_name"] == "airflow-provider-fbca"
