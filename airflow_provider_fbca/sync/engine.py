@@ -141,6 +141,7 @@ class SyncRun:
         self.options = options
         self.stager = RowStager(preparer.schema)
         self.schema = list(preparer.schema)
+        self.state_empty = True
         self.report = SyncReport(
             audience_id=options.audience_id,
             mode=options.mode.value,
@@ -155,6 +156,7 @@ class SyncRun:
         :raises SyncPlanError: duplicates, the removal guard, or an empty full refresh; nothing was sent.
         """
         self.store.ensure_tables()
+        self.state_empty = self.store.count(self.options.sync_key) == 0
         stage = StageTable(self.store)
         stage.create()
         try:
@@ -169,6 +171,7 @@ class SyncRun:
                 self.options.sync_key,
                 self.options.mode,
                 adds_enabled=self.options.adds_enabled,
+                state_empty=self.state_empty,
                 full_refresh=self.options.full_refresh,
             )
             self.report.plan = plan
@@ -207,7 +210,7 @@ class SyncRun:
                     row.key_schema,
                     row.identifiers,
                     row.member,
-                    *load_defaults(row.member, self.options.adds_enabled),
+                    *load_defaults(row.member, self.options.adds_enabled, self.state_empty),
                 )
             )
         return staged

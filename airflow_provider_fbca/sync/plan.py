@@ -142,48 +142,77 @@ def build_plan(
     mode: SyncMode,
     *,
     adds_enabled: bool,
+    state_empty: bool,
     full_refresh: bool = False,
 ) -> SyncPlan:
     """Join the loaded stage with the state and mark each row's actions.
 
-    The stage must be loaded with ``to_add`` / ``to_record`` set as if no row were in the state (see
-    :func:`load_defaults`) and indexed by key. Inserts the gone rows into the stage.
+    The stage must be loaded with :func:`load_defaults` (for the same ``state_empty``) and indexed by
+    key. Only rows that differ from the state are written (new, changed, non-member rows and the gone
+    rows, which are inserted), so a run where little changed writes little.
 
     :param adds_enabled: whether member rows are sent (not in plain delete mode).
+    :param state_empty: the state held no row of this sync when the stage was loaded.
     :param full_refresh: every member row is sent (usersreplace); nothing is removed row by row.
     """
-    adds, full = _flag(adds_enabled), _flag(full_refresh)
-    remove_gone = _flag(mode in (SyncMode.MIRROR, SyncMode.DELETE) and not full_refresh)
-    t = stage.name
-    store.execute(
-        f"UPDATE {t} SET in_state = 1, old_fingerprint = s.fingerprint, old_id_digest = s.id_digest,"
-        " old_key_schema = s.key_schema, old_identifiers = s.identifiers, old_member = s.member,"
-        f" to_add = CASE WHEN {t}.member = 1 AND {adds} = 1"
-        f"  AND ({full} = 1 OR s.member = 0 OR s.fingerprint <> {t}.fingerprint) THEN 1 ELSE 0 END,"
-        f" to_remove = CASE WHEN {full} = 0 AND ({t}.member = 0"
-        f"  OR ({t}.member = 1 AND {adds} = 1 AND s.member = 1 AND s.id_digest <> {t}.id_digest))"
-        "  THEN 1 ELSE 0 END,"
-        f" to_record = CASE WHEN {t}.member = 1 AND {adds} = 0 AND s.member = 0"
-        f"  AND s.fingerprint <> {t}.fingerprint THEN 1 ELSE 0 END"
-        f" FROM {store.table} AS s WHERE s.sync_key = ? AND s.row_key = {t}.row_key",
-        (sync_key,),
-    ).close()
-    store.execute(
-        f"INSERT INTO {t} (row_key, member, in_state, old_fingerprint, old_id_digest, old_key_schema,"
-        " old_identifiers, old_member, to_add, to_remove, to_record)"
-        " SELECT s.row_key, NULL, 1, s.fingerprint, s.id_digest, s.key_schema, s.identifiers, s.member,"
-        f" 0, {remove_gone}, 0 FROM {store.table} AS s WHERE s.sync_key = ?"
-        f" AND NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.row_key = s.row_key)",
-        (sync_key,),
-    ).close()
-    store.commit()
+    if not state_empty:
+        _mark_differences(store, stage, sync_key, adds_enabled)
+        remove_gone = _flag(mode in (SyncMode.MIRROR, SyncMode.DELETE) and not full_refresh)
+        t = stage.name
+        store.execute(
+            f"INSERT INTO {t} (row_key, member, in_state, old_fingerprint, old_id_digest, old_key_schema,"
+            " old_identifiers, old_member, to_add, to_remove, to_record)"
+            " SELECT s.row_key, NULL, 1, s.fingerprint, s.id_digest, s.key_schema, s.identifiers, s.member,"
+            f" 0, {remove_gone}, 0 FROM {store.table} AS s WHERE s.sync_key = ?"
+            f" AND NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.row_key = s.row_key)",
+            (sync_key,),
+        ).close()
+        if full_refresh:  # usersreplace sends every member row, removes the rest
+            store.execute(
+                f"UPDATE {t} SET to_add = member, to_remove = 0, to_record = 0 WHERE member IS NOT NULL"
+            ).close()
+        store.commit()
     stage.index_actions()
     return _count(store, stage, mode, full_refresh)
 
 
-def load_defaults(member: int, adds_enabled: bool) -> tuple[int, int]:
-    """``(to_add, to_record)`` of a stage row before the join, as if the row were new."""
-    return (member & _flag(adds_enabled), member & _flag(not adds_enabled))
+def _mark_differences(store: StateStore, stage: StageTable, sync_key: str, adds_enabled: bool) -> None:
+    """Mark the stage rows that are new, changed, or (non-)members unlike in the state."""
+    adds, t = _flag(adds_enabled), stage.name
+    store.execute(
+        f"UPDATE {t} SET old_fingerprint = s.fingerprint, old_id_digest = s.id_digest,"
+        " old_key_schema = s.key_schema, old_identifiers = s.identifiers, old_member = s.member,"
+        f" changed = CASE WHEN s.fingerprint <> {t}.fingerprint THEN 1 ELSE 0 END,"
+        f" ids_changed = CASE WHEN s.id_digest <> {t}.id_digest THEN 1 ELSE 0 END,"
+        f" to_add = CASE WHEN {t}.member = 1 AND {adds} = 1"
+        f"  AND (s.member = 0 OR s.fingerprint <> {t}.fingerprint) THEN 1 ELSE 0 END,"
+        f" to_remove = CASE WHEN {t}.member = 0"
+        f"  OR ({t}.member = 1 AND {adds} = 1 AND s.member = 1 AND s.id_digest <> {t}.id_digest)"
+        "  THEN 1 ELSE 0 END,"
+        f" to_record = CASE WHEN {t}.member = 1 AND {adds} = 0 AND s.member = 0"
+        f"  AND s.fingerprint <> {t}.fingerprint THEN 1 ELSE 0 END"
+        f" FROM {store.table} AS s WHERE s.sync_key = ? AND s.row_key = {t}.row_key"
+        f" AND (s.fingerprint <> {t}.fingerprint OR s.member = 0 OR {t}.member = 0)",
+        (sync_key,),
+    ).close()
+    store.execute(
+        f"UPDATE {t} SET in_state = 0, old_member = NULL,"
+        f" to_add = CASE WHEN member = 1 AND {adds} = 1 THEN 1 ELSE 0 END,"
+        f" to_record = CASE WHEN member = 1 AND {adds} = 0 THEN 1 ELSE 0 END"
+        f" WHERE NOT EXISTS (SELECT 1 FROM {store.table} AS s WHERE s.sync_key = ? AND s.row_key = {t}.row_key)",
+        (sync_key,),
+    ).close()
+
+
+def load_defaults(member: int, adds_enabled: bool, state_empty: bool) -> tuple[int, int | None, int, int]:
+    """``(in_state, old_member, to_add, to_record)`` of a stage row before the join.
+
+    With an empty state every row is new. Otherwise every row is presumed unchanged, and the join
+    rewrites only those that are not: writing a million unchanged rows would cost more than the diff.
+    """
+    if state_empty:
+        return (0, None, member & _flag(adds_enabled), member & _flag(not adds_enabled))
+    return (1, 1, 0, 0)
 
 
 def _count(store: StateStore, stage: StageTable, mode: SyncMode, full_refresh: bool) -> SyncPlan:
@@ -193,9 +222,9 @@ def _count(store: StateStore, stage: StageTable, mode: SyncMode, full_refresh: b
     conditions = {
         "state_rows": "in_state = 1",
         "new_rows": "member = 1 AND (in_state = 0 OR old_member = 0)",
-        "updated": f"{known} AND fingerprint <> old_fingerprint",
-        "updated_identifiers": f"{known} AND id_digest <> old_id_digest",
-        "unchanged": f"{known} AND fingerprint = old_fingerprint",
+        "updated": f"{known} AND changed = 1",
+        "updated_identifiers": f"{known} AND ids_changed = 1",
+        "unchanged": f"{known} AND changed = 0",
         "non_members": "member = 0",
         "non_members_in_state": "member = 0 AND in_state = 1",
         "gone": "member IS NULL",
@@ -205,8 +234,8 @@ def _count(store: StateStore, stage: StageTable, mode: SyncMode, full_refresh: b
         # A full refresh removes what it does not send, through usersreplace.
         "removals": f"(to_remove = 1 OR {full} = 1) AND {leaving}",
         "updates_sent": f"to_add = 1 AND {known}",
-        "skipped_by_mode": f"{full} = 0 AND ((member = 1 AND to_add = 0 AND NOT ({known}"
-        " AND fingerprint = old_fingerprint)) OR (member IS NULL AND to_remove = 0))",
+        "skipped_by_mode": f"{full} = 0 AND ((member = 1 AND to_add = 0 AND NOT ({known} AND changed = 0))"
+        " OR (member IS NULL AND to_remove = 0))",
     }
     sums = ", ".join(f"COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0)" for cond in conditions.values())
     row = store.fetch_one(f"SELECT {sums} FROM {stage.name}")

@@ -34,6 +34,8 @@ STAGE_LOAD_COLUMNS = (
     "key_schema",
     "identifiers",
     "member",
+    "in_state",
+    "old_member",
     "to_add",
     "to_record",
 )
@@ -298,6 +300,8 @@ class StageTable:
             " old_key_schema TEXT,"
             " old_identifiers TEXT,"
             " old_member INTEGER,"
+            " changed INTEGER NOT NULL DEFAULT 0,"  # the fingerprint differs from the stored one
+            " ids_changed INTEGER NOT NULL DEFAULT 0,"  # so do the identifiers (not just the value)
             " to_add INTEGER NOT NULL DEFAULT 0,"
             " to_remove INTEGER NOT NULL DEFAULT 0,"
             " to_record INTEGER NOT NULL DEFAULT 0)"
@@ -329,9 +333,10 @@ class StageTable:
 
     def index_actions(self) -> None:
         """Index the planned actions so that each upload page is a range scan."""
-        self.store.execute(f"CREATE INDEX {self.name}_add ON {self.name} (to_add, row_key)").close()
+        # Partial indexes: an incremental run indexes only the few rows it sends.
+        self.store.execute(f"CREATE INDEX {self.name}_add ON {self.name} (row_key) WHERE to_add = 1").close()
         self.store.execute(
-            f"CREATE INDEX {self.name}_remove ON {self.name} (to_remove, old_key_schema, row_key)"
+            f"CREATE INDEX {self.name}_remove ON {self.name} (old_key_schema, row_key) WHERE to_remove = 1"
         ).close()
         self.store.commit()
 
