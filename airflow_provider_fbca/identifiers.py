@@ -874,8 +874,8 @@ MATCH_KEYS: tuple[MatchKey, ...] = (
         strong=True,
         rule=(
             "Digits only with the calling code, no `+`, no leading zeros; a national number gets the "
-            "row's (or default) country's calling code; `00` prefix and trunk `(0)` removed; impossible "
-            "numbers (too short, too long, all zeros) dropped."
+            "row's (or default) country's calling code, and is dropped without one; `00` prefix and trunk "
+            "`(0)` removed; impossible numbers (too short, too long, all zeros) dropped."
         ),
         normalizer=_normalize_phone,
         uses_country=True,
