@@ -369,6 +369,11 @@ def make_customers(settings: DemoSettings) -> tuple[list[dict[str, Any]], list[d
     return rows[: settings.customers], rows[settings.customers :]
 
 
+def in_population(row: Mapping[str, Any]) -> bool:
+    """Whether a generated customer is a person of the sandbox's population (outsiders are CUST-X...)."""
+    return not str(row["external_id"]).startswith("CUST-X")
+
+
 def run_demo(settings: DemoSettings, workdir: Path) -> list[RunReport]:
     """Everything of the demo but the printing of the reports and the cleanup of ``workdir``."""
     home = workdir / "airflow-home"
@@ -382,8 +387,9 @@ def run_demo(settings: DemoSettings, workdir: Path) -> list[RunReport]:
     warehouse = workdir / "warehouse.db"
     initial, arrivals = make_customers(settings)
     build_warehouse(warehouse, initial, seed=settings.seed)
+    known = sum(1 for row in initial if in_population(row))
     _say(
-        f"-- warehouse {warehouse}: {len(initial):,} customers, about {settings.match_share:.0%} of them "
+        f"-- warehouse {warehouse}: {len(initial):,} customers, {known:,} ({known / len(initial):.1%}) of them "
         "in the sandbox's population"
     )
 

@@ -13,11 +13,11 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import ParamValidationError
 from airflow.sdk.execution_time import macros
+from example_dag_support import EXAMPLE_DAGS
 
 from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
 from airflow_provider_fbca.sensors.audience_upload import AudienceUploadSensor
 
-EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 EXPECTED_DAGS = {
     "fbca_mirror_customers": "mirror",
     "fbca_upsert_recent_signups": "upsert",
