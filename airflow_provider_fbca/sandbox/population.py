@@ -16,7 +16,7 @@ import threading
 import unicodedata
 from dataclasses import dataclass
 from datetime import date
-from functools import cached_property
+from functools import cached_property, lru_cache
 from operator import add, itemgetter
 
 # (display name, gender)
@@ -275,8 +275,8 @@ class Person:
 
     def match_keys(self) -> tuple[str, str, str]:
         """The SHA-256 of the e-mail, of the phone, and FN+LN+ZIP hashes concatenated."""
-        names = sha256(normalize_name(self.first_name)) + sha256(normalize_name(self.last_name))
-        return sha256(self.email), sha256(self.phone), names + sha256(self.normalized_zip)
+        names = _hashed_name(self.first_name) + _hashed_name(self.last_name)
+        return sha256(self.email), sha256(self.phone), names + _hashed_zip(self.normalized_zip)
 
 
 def sha256(text: str) -> str:
@@ -288,6 +288,17 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@lru_cache(maxsize=1024)
+def _hashed_name(name: str) -> str:
+    return sha256(normalize_name(name))
+
+
+@lru_cache(maxsize=65536)
+def _hashed_zip(zip_code: str) -> str:
+    return sha256(zip_code)
+
+
+@lru_cache(maxsize=1024)
 def normalize_name(name: str) -> str:
     """
     Meta's FN/LN rule: NFC, lowercase, letters of any script only.
@@ -297,6 +308,7 @@ def normalize_name(name: str) -> str:
     return "".join(ch for ch in unicodedata.normalize("NFC", name).lower() if ch.isalpha())
 
 
+@lru_cache(maxsize=1024)
 def ascii_letters(name: str) -> str:
     """
     Fold a name to ASCII letters, for e-mail addresses (``Zoë O'Brien`` -> ``zoe``, ``obrien``).
@@ -415,6 +427,10 @@ class Population:
                 )
                 self._indexes[key] = index  # type: ignore[assignment]
             return index  # type: ignore[return-value]
+
+    def warm_up(self) -> None:
+        """Build the match index now (it is shared, and otherwise built by the first upload)."""
+        _ = self._index
 
     def contains(self, person: Person) -> bool:
         """

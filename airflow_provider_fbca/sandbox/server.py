@@ -137,6 +137,8 @@ class Sandbox:
             daemon=True,
         )
         self._thread.start()
+        # Build the population's match index meanwhile, so the first upload does not wait for it.
+        threading.Thread(target=self.population.warm_up, name="fbca-sandbox-population", daemon=True).start()
         return self
 
     def stop(self) -> None:
