@@ -19,140 +19,35 @@ from datetime import date
 from functools import cached_property, lru_cache
 from operator import add, itemgetter
 
-# (display name, gender)
-FIRST_NAMES = (
-    *(
-        (name, "f")
-        for name in (
-            "Mary",
-            "Patricia",
-            "Jennifer",
-            "Linda",
-            "Elizabeth",
-            "Barbara",
-            "Susan",
-            "Jessica",
-            "Sarah",
-            "Karen",
-            "Lisa",
-            "Nancy",
-            "Betty",
-            "Sandra",
-            "Ashley",
-            "Emily",
-            "Olivia",
-            "Emma",
-            "Sophia",
-            "Amelia",
-            "Grace",
-            "Chloé",
-            "Zoë",
-            "Renée",
-            "Siân",
-            "Ana-María",
-            "Aoife",
-            "Priya",
-            "Mei",
-            "Fatima",
-        )
-    ),
-    *(
-        (name, "m")
-        for name in (
-            "James",
-            "Robert",
-            "John",
-            "Michael",
-            "David",
-            "William",
-            "Richard",
-            "Joseph",
-            "Thomas",
-            "Charles",
-            "Daniel",
-            "Matthew",
-            "Anthony",
-            "Mark",
-            "Steven",
-            "Oliver",
-            "George",
-            "Harry",
-            "Jack",
-            "Noah",
-            "José",
-            "André",
-            "Björn",
-            "Seán",
-            "Jean-Luc",
-            "Raj",
-            "Wei",
-            "Omar",
-            "Kwame",
-            "Mateo",
-        )
-    ),
+
+def _words(text: str) -> tuple[str, ...]:
+    """The words of a text: the tables below read as prose, not one quoted item a line."""
+    return tuple(text.split())
+
+
+_FEMALE_NAMES = _words(
+    """
+    Mary Patricia Jennifer Linda Elizabeth Barbara Susan Jessica Sarah Karen Lisa Nancy Betty Sandra Ashley
+    Emily Olivia Emma Sophia Amelia Grace Chloé Zoë Renée Siân Ana-María Aoife Priya Mei Fatima
+    """
 )
-LAST_NAMES = (
-    "Smith",
-    "Johnson",
-    "Williams",
-    "Brown",
-    "Jones",
-    "Garcia",
-    "Miller",
-    "Davis",
-    "Rodriguez",
-    "Martinez",
-    "Hernandez",
-    "Lopez",
-    "Wilson",
-    "Anderson",
-    "Thomas",
-    "Taylor",
-    "Moore",
-    "Jackson",
-    "Martin",
-    "Lee",
-    "Thompson",
-    "White",
-    "Harris",
-    "Clark",
-    "Lewis",
-    "Robinson",
-    "Walker",
-    "Young",
-    "Allen",
-    "King",
-    "Wright",
-    "Scott",
-    "Green",
-    "Baker",
-    "Adams",
-    "Nelson",
-    "Hill",
-    "Campbell",
-    "Mitchell",
-    "Roberts",
-    "O'Brien",
-    "O'Connor",
-    "D'Angelo",
-    "Smith-Jones",
-    "MacDonald",
-    "McKenzie",
-    "García",
-    "Müller",
-    "Nguyen",
-    "Núñez",
-    "Łukasik",
-    "Øvergård",
-    "Kowalski",
-    "Patel",
-    "Chen",
-    "Evans",
-    "Hughes",
-    "Murphy",
-    "Kelly",
-    "Byrne",
+_MALE_NAMES = _words(
+    """
+    James Robert John Michael David William Richard Joseph Thomas Charles Daniel Matthew Anthony Mark Steven
+    Oliver George Harry Jack Noah José André Björn Seán Jean-Luc Raj Wei Omar Kwame Mateo
+    """
+)
+# (display name, gender)
+FIRST_NAMES = tuple((name, "f") for name in _FEMALE_NAMES) + tuple((name, "m") for name in _MALE_NAMES)
+# Apostrophes, hyphens and letters beyond ASCII on purpose: Meta's FN/LN rules keep letters of any script.
+LAST_NAMES = _words(
+    """
+    Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez Wilson Anderson
+    Thomas Taylor Moore Jackson Martin Lee Thompson White Harris Clark Lewis Robinson Walker Young Allen King
+    Wright Scott Green Baker Adams Nelson Hill Campbell Mitchell Roberts O'Brien O'Connor D'Angelo Smith-Jones
+    MacDonald McKenzie García Müller Nguyen Núñez Łukasik Øvergård Kowalski Patel Chen Evans Hughes Murphy
+    Kelly Byrne
+    """
 )
 # (city, state code, state name, first ZIP); several ZIPs start with 0, which warehouses lose.
 US_PLACES = (
@@ -187,32 +82,8 @@ US_PLACES = (
     ("Sioux Falls", "SD", "South Dakota", 57104),
     ("Fargo", "ND", "North Dakota", 58102),
 )
-US_AREA_CODES = (
-    "650",
-    "415",
-    "213",
-    "206",
-    "503",
-    "303",
-    "512",
-    "713",
-    "312",
-    "212",
-    "718",
-    "617",
-    "401",
-    "860",
-    "973",
-    "207",
-    "802",
-    "305",
-    "404",
-    "704",
-    "202",
-    "612",
-    "801",
-    "602",
-    "615",
+US_AREA_CODES = _words(
+    "650 415 213 206 503 303 512 713 312 212 718 617 401 860 973 207 802 305 404 704 202 612 801 602 615"
 )
 # (city, region, outward codes of the postcode)
 GB_PLACES = (

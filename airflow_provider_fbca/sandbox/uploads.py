@@ -1,0 +1,224 @@
+"""Uploads: ``/users`` (add, remove), ``/usersreplace`` with Meta's session rules, ``/sessions``.
+
+usersreplace, as Meta documents it: ``batch_seq`` 1 starts a session (and sets ``operation_status``
+414), ``last_batch_flag`` ends it and swaps the members; batches later than 90 minutes after the first
+are refused (2650/1870158) and the audience keeps what arrived in time (status 415); ``/users`` is
+refused while a replace runs (2650/1870145).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from airflow_provider_fbca.sandbox import errors
+from airflow_provider_fbca.sandbox.errors import invalid_parameter, missing_parameter
+from airflow_provider_fbca.sandbox.state import (
+    REPLACE_WINDOW_S,
+    Audience,
+    ReplaceRun,
+    SandboxState,
+    UploadSession,
+)
+from airflow_provider_fbca.sandbox.validation import SessionParam, Upload, parse_payload, parse_session
+
+Matcher = Callable[[tuple[str, ...], list[list[str]]], int]
+
+
+class Uploads:
+    """
+    The upload endpoints of an audience.
+
+    :param state: the sandbox's state (callers hold its lock).
+    :param matcher: counts the rows of an upload that match a person of the population.
+    """
+
+    def __init__(self, state: SandboxState, matcher: Matcher) -> None:
+        self.state = state
+        self.matcher = matcher
+
+    def _parse_upload(
+        self, params: dict[str, Any], audience: Audience, *, adding: bool
+    ) -> tuple[Upload, SessionParam | None]:
+        upload = parse_payload(
+            params.get("payload"), app_ids=params.get("app_ids"), page_ids=params.get("page_ids")
+        )
+        session = parse_session(params.get("session"))
+        has_value = "LOOKALIKE_VALUE" in upload.schema
+        if has_value and not audience.is_value_based:
+            raise invalid_parameter(
+                "LOOKALIKE_VALUE can only be uploaded to a value-based custom audience (is_value_based)",
+                user_title="Value Not Supported",
+                user_msg="Create the audience with is_value_based=true to upload customer values.",
+            )
+        if adding and audience.is_value_based and not has_value:
+            raise invalid_parameter(
+                "LOOKALIKE_VALUE is required in the schema of a value-based custom audience",
+                user_title="Missing Customer Value",
+                user_msg="Every user added to a value-based audience needs a LOOKALIKE_VALUE.",
+            )
+        return upload, session
+
+    def users(
+        self, audience: Audience, params: dict[str, Any], *, remove: bool
+    ) -> tuple[dict[str, Any], int]:
+        """
+        ``POST`` / ``DELETE /{audience_id}/users``: add or remove members; answer and row count.
+
+        :param audience: the audience.
+        :param params: the request's parameters.
+        :param remove: True for a removal.
+        """
+        if audience.flagged:
+            raise errors.audience_flagged()
+        if audience.replace is not None:
+            raise errors.replace_error(
+                1870145,
+                "Audience Update In Progress",
+                "A replace of this audience's users is in progress; wait until it finishes.",
+            )
+        upload, session = self._parse_upload(params, audience, adding=not remove)
+        record = self._session_record(audience, session, kind="users")
+        if remove:
+            audience.members.remove(upload.schema, upload.rows)
+        else:
+            audience.members.add(upload.schema, upload.rows, upload.packable)
+            audience.schemas_seen.add(upload.schema)
+        self._account_upload(audience, record, upload, closes=session is None or session.last_batch_flag)
+        return _upload_response(audience, record, upload), len(upload.rows)
+
+    def replace(self, audience: Audience, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """
+        ``POST /{audience_id}/usersreplace``: one batch of a replace session; answer and row count.
+
+        :param audience: the audience.
+        :param params: the request's parameters.
+        """
+        if audience.flagged:
+            raise errors.audience_flagged()
+        upload, session = self._parse_upload(params, audience, adding=True)
+        if session is None:
+            raise missing_parameter("session")
+        if session.session_id is None:
+            raise missing_parameter("session[session_id]")
+        if session.batch_seq is None:
+            raise missing_parameter("session[batch_seq]")
+        run = self._replace_run(audience, session, upload)
+        record = self._session_record(audience, session, kind="replace")
+        run.staged.add(upload.schema, upload.rows, upload.packable)
+        audience.schemas_seen.add(upload.schema)
+        self._account_upload(audience, record, upload, closes=session.last_batch_flag)
+        if session.last_batch_flag:
+            self._finish_replace(audience, outcome="finished")
+        return _upload_response(audience, record, upload), len(upload.rows)
+
+    def _replace_run(self, audience: Audience, session: SessionParam, upload: Upload) -> ReplaceRun:
+        """Start a replace (batch 1) or find the running one this batch belongs to, by Meta's rules."""
+        run = audience.replace
+        session_id = session.session_id
+        assert session_id is not None
+        if session.batch_seq == 1:
+            if run is not None:
+                raise errors.replace_error(
+                    1870145,
+                    "Audience Update In Progress",
+                    "Another replace session is running for this audience; batch_seq 1 starts a new one "
+                    "only after it finished.",
+                )
+            if session_id in audience.replace_outcomes or session_id in audience.sessions:
+                raise errors.replace_error(
+                    1870159, "Replace Session Finished", "This session was already used; start a new one."
+                )
+            run = ReplaceRun(session_id=session_id, started_at=self.state.now(), schema=upload.schema)
+            audience.replace = run
+            return run
+        if run is None or run.session_id != session_id:
+            outcome = audience.replace_outcomes.get(session_id)
+            if outcome == "expired":
+                raise errors.replace_error(
+                    1870158,
+                    "Replace Session Timed Out",
+                    "This batch came more than 90 minutes after the session's first batch and was "
+                    "discarded. The audience now holds what was received in time; add more with /users.",
+                )
+            if outcome == "finished":
+                raise errors.replace_error(
+                    1870159,
+                    "Replace Session Finished",
+                    "This session already received its last batch (last_batch_flag); start a new session.",
+                )
+            raise errors.replace_error(
+                1870147,
+                "Replace Session Not Started",
+                "The first batch of a replace session must have batch_seq 1.",
+            )
+        if upload.schema != run.schema:
+            raise invalid_parameter("Every batch of a replace session must use the same schema")
+        return run
+
+    def expire_replace(self, audience: Audience) -> None:
+        """
+        End a replace whose 90-minute window has passed: the audience keeps what arrived in time.
+
+        :param audience: the audience.
+        """
+        run = audience.replace
+        if run is not None and self.state.now() > run.started_at + REPLACE_WINDOW_S:
+            self._finish_replace(audience, outcome="expired")
+
+    def _finish_replace(self, audience: Audience, *, outcome: str) -> None:
+        run = audience.replace
+        assert run is not None
+        audience.members = run.staged
+        audience.replace = None
+        audience.replace_failed = outcome != "finished"
+        audience.replace_outcomes[run.session_id] = outcome
+        audience.time_content_updated = int(self.state.now())
+        record = audience.sessions.get(run.session_id)
+        if record is not None and record.closed_at is None:
+            record.closed_at = run.started_at + REPLACE_WINDOW_S
+
+    def _session_record(
+        self, audience: Audience, session: SessionParam | None, *, kind: str
+    ) -> UploadSession:
+        session_id = session.session_id if session and session.session_id else self.state.new_session_id()
+        record = audience.sessions.get(session_id)
+        if record is None:
+            record = UploadSession(session_id=session_id, kind=kind, start_time=self.state.now())
+            audience.sessions[session_id] = record
+        if session and session.estimated_num_total:
+            record.estimated_num_total = session.estimated_num_total
+        return record
+
+    def _account_upload(
+        self, audience: Audience, record: UploadSession, upload: Upload, *, closes: bool
+    ) -> None:
+        now = self.state.now()
+        record.num_received += len(upload.rows)
+        record.num_invalid_entries += upload.num_invalid_entries
+        record.num_matched += self.matcher(upload.schema, upload.rows)
+        record.closed_at = now if closes else None
+        audience.time_content_updated = int(now)
+
+    def sessions(self, audience: Audience, session_id: Any) -> dict[str, Any]:
+        """
+        ``GET /{audience_id}/sessions``: the upload sessions, newest first, optionally one of them.
+
+        :param audience: the audience.
+        :param session_id: the ``session_id`` parameter, if any.
+        """
+        now, delay = self.state.now(), self.state.processing_delay_s
+        records = sorted(audience.sessions.values(), key=lambda r: r.start_time, reverse=True)
+        if session_id not in (None, ""):
+            records = [r for r in records if r.session_id == str(session_id)]
+        return {"data": [r.view(now, delay) for r in records]}
+
+
+def _upload_response(audience: Audience, record: UploadSession, upload: Upload) -> dict[str, Any]:
+    return {
+        "audience_id": audience.id,
+        "session_id": record.session_id,
+        "num_received": record.num_received,
+        "num_invalid_entries": record.num_invalid_entries,
+        "invalid_entry_samples": upload.invalid_entry_samples,
+    }
