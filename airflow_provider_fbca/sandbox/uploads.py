@@ -208,7 +208,8 @@ class Uploads:
         :param session_id: the ``session_id`` parameter, if any.
         """
         now, delay = self.state.now(), self.state.processing_delay_s
-        records = sorted(audience.sessions.values(), key=lambda r: r.start_time, reverse=True)
+        # Newest first; sessions started in the same second keep their order of creation, reversed.
+        records = sorted(reversed(audience.sessions.values()), key=lambda r: r.start_time, reverse=True)
         if session_id not in (None, ""):
             records = [r for r in records if r.session_id == str(session_id)]
         return {"data": [r.view(now, delay) for r in records]}

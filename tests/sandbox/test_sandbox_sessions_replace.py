@@ -66,6 +66,9 @@ def test_sessions_newest_first_and_filtered(clock: ManualClock, graph: Graph, au
     assert [s["session_id"] for s in sessions(graph, audience_id)] == ["33", "32", "31"]
     assert [s["session_id"] for s in sessions(graph, audience_id, session_id=32)] == ["32"]
     assert sessions(graph, audience_id, session_id=99) == []
+    for session_id in (34, 35):  # started in the same second: still newest first
+        graph.upload(audience_id, "EXTERN_ID", [str(session_id)], session=batch(session_id, 1, last=True))
+    assert [s["session_id"] for s in sessions(graph, audience_id)][:3] == ["35", "34", "33"]
 
 
 def test_upload_without_session_gets_a_session_from_meta(graph: Graph, audience_id: str) -> None:
