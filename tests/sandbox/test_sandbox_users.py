@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -113,6 +114,19 @@ def test_json_and_multipart_bodies(sb: Sandbox, graph: Graph, audience_id: str) 
     )
     assert multipart.status_code == 200, multipart.text
     assert [m["EXTERN_ID"] for m in sb.members(audience_id)] == ["j", "m"]
+
+
+def test_chunked_body(sb: Sandbox, graph: Graph, audience_id: str) -> None:
+    body = urlencode({**graph.auth, "payload": json.dumps({"schema": "EXTERN_ID", "data": ["streamed"]})})
+    chunks = (body[i : i + 50].encode() for i in range(0, len(body), 50))
+    response = requests.post(
+        graph.url(f"{audience_id}/users"),
+        data=chunks,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    assert sb.members(audience_id) == [{"EXTERN_ID": "streamed"}]
 
 
 def test_single_key_schemas_flat_or_wrapped(sb: Sandbox, graph: Graph, audience_id: str) -> None:
