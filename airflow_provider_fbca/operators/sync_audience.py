@@ -169,12 +169,14 @@ class SyncAudienceOperator(BaseOperator):
             batch_size=self.batch_size,
             app_ids=self.app_ids,
             page_ids=self.page_ids,
+            source_key_index=self._key_names_by_column().index(EXTERN_ID),
         )
         state_hook = self._sql_hook(self.state_conn_id)
         state_conn = state_hook.get_conn()
         try:
             store = StateStore(state_conn, self.state_table, state_hook.placeholder)
-            report = SyncRun(store, self.hook, preparer, options).run(self._read_chunks())
+            run = SyncRun(store, self.hook, preparer, options, digest_seed=f"country={self.default_country}")
+            report = run.run(self._read_chunks())
         finally:
             state_conn.close()
         result = report.as_dict()
@@ -182,6 +184,10 @@ class SyncAudienceOperator(BaseOperator):
         result["ad_account_id"] = account
         self.log.info("Sync report for audience %s:\n%s", audience_id, format_report(result))
         return result
+
+    def _key_names_by_column(self) -> list[str]:
+        """Meta's key name of each mapped column (``date_of_birth`` stands for its three keys)."""
+        return [RowPreparer([key]).schema[0] for key in self.mapping]
 
     # -- the audience ---------------------------------------------------------------------------------
 

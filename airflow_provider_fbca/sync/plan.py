@@ -20,7 +20,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, encode_identifiers, utc_now
+from airflow_provider_fbca.sync.state import (
+    UPSERT_CLAUSE,
+    StagedRow,
+    StageTable,
+    StateStore,
+    encode_identifiers,
+    utc_now,
+)
 
 EXTERN_ID = "EXTERN_ID"
 LOOKALIKE_VALUE = "LOOKALIKE_VALUE"
@@ -182,6 +189,11 @@ def _mark_differences(store: StateStore, stage: StageTable, sync_key: str, adds_
     store.execute(
         f"UPDATE {t} SET old_fingerprint = s.fingerprint, old_id_digest = s.id_digest,"
         " old_key_schema = s.key_schema, old_identifiers = s.identifiers, old_member = s.member,"
+        # A row whose source cells did not change was not prepared again: it is what the state holds.
+        f" fingerprint = COALESCE({t}.fingerprint, s.fingerprint), id_digest = COALESCE({t}.id_digest, s.id_digest),"
+        f" key_schema = COALESCE({t}.key_schema, s.key_schema),"
+        f" identifiers = COALESCE({t}.identifiers, s.identifiers),"
+        f" source_digest = COALESCE({t}.source_digest, s.source_digest),"
         f" changed = CASE WHEN s.fingerprint <> {t}.fingerprint THEN 1 ELSE 0 END,"
         f" ids_changed = CASE WHEN s.id_digest <> {t}.id_digest THEN 1 ELSE 0 END,"
         f" to_add = CASE WHEN {t}.member = 1 AND {adds} = 1"
@@ -327,7 +339,8 @@ def addition_pages(store: StateStore, stage: StageTable, page_size: int) -> Iter
     last = ""
     while True:
         page = store.fetch_all(
-            f"SELECT row_key, fingerprint, id_digest, key_schema, identifiers, member FROM {stage.name}"
+            "SELECT row_key, fingerprint, id_digest, key_schema, identifiers, member, source_digest"
+            f" FROM {stage.name}"
             f" WHERE to_add = 1 AND row_key > ? ORDER BY row_key LIMIT {int(page_size)}",
             (last,),
         )
@@ -341,12 +354,9 @@ def record_tracked_rows(store: StateStore, stage: StageTable, sync_key: str) -> 
     """Delete mode: remember new rows (as never sent) so they can be removed once they leave the model."""
     store.execute(
         f"INSERT INTO {store.table} (sync_key, row_key, fingerprint, id_digest, key_schema, identifiers,"
-        " member, synced_at)"
-        f" SELECT ?, row_key, fingerprint, id_digest, key_schema, identifiers, 0, ? FROM {stage.name}"
-        " WHERE to_record = 1"
-        " ON CONFLICT (sync_key, row_key) DO UPDATE SET fingerprint = excluded.fingerprint,"
-        " id_digest = excluded.id_digest, key_schema = excluded.key_schema,"
-        " identifiers = excluded.identifiers, member = excluded.member, synced_at = excluded.synced_at",
+        " member, source_digest, synced_at)"
+        " SELECT ?, row_key, fingerprint, id_digest, key_schema, identifiers, 0, source_digest, ?"
+        f" FROM {stage.name} WHERE to_record = 1 {UPSERT_CLAUSE}",
         (sync_key, utc_now()),
     ).close()
     store.commit()

@@ -23,6 +23,7 @@ class SyncReport:
     dry_run: bool = False
     full_refresh: bool = False
     rows_read: int = 0
+    rows_prepared: int = 0
     rejected: int = 0
     rejected_by_reason: Counter[str] = field(default_factory=Counter)
     dropped_values: Counter[str] = field(default_factory=Counter)
@@ -39,6 +40,7 @@ class SyncReport:
             "dry_run": self.dry_run,
             "match_keys": list(self.match_keys),
             "rows_read": self.rows_read,
+            "rows_prepared": self.rows_prepared,
             "added": plan.added if plan else 0,
             "updated": plan.updated if plan else 0,
             "updated_identifiers": plan.updated_identifiers if plan else 0,

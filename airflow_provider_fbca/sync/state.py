@@ -25,6 +25,12 @@ _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_NAME_LENGTH = 63
 SESSIONS_SUFFIX = "_sessions"
 SQLITE_CACHE_KIB = 64 * 1024
+#: How an insert into the state table overwrites the row of the same key (SQLite and PostgreSQL alike).
+UPSERT_CLAUSE = (
+    "ON CONFLICT (sync_key, row_key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+    " id_digest = excluded.id_digest, key_schema = excluded.key_schema, identifiers = excluded.identifiers,"
+    " member = excluded.member, source_digest = excluded.source_digest, synced_at = excluded.synced_at"
+)
 
 # The columns a stage row is loaded with, in order (see StagedRow).
 STAGE_LOAD_COLUMNS = (
@@ -38,6 +44,7 @@ STAGE_LOAD_COLUMNS = (
     "old_member",
     "to_add",
     "to_record",
+    "source_digest",
 )
 
 
@@ -72,6 +79,8 @@ class StagedRow:
     :param key_schema: the wire schema, comma-joined (e.g. ``EXTERN_ID,EMAIL,PHONE``).
     :param identifiers: the wire row, as :func:`encode_identifiers` stores it (hashes and unhashed ids).
     :param member: 1 when the row belongs in the audience, 0 when its membership column says it does not.
+    :param source_digest: a 64-bit digest of the raw source cells: the next run skips preparing a row
+        whose raw cells did not change.
     """
 
     row_key: str
@@ -80,6 +89,7 @@ class StagedRow:
     key_schema: str
     identifiers: str
     member: int
+    source_digest: int | None = None
 
 
 _SEPARATOR = "\x1f"  # ASCII unit separator: never in a hash, an id or a number
@@ -174,9 +184,12 @@ class StateStore:
             " key_schema TEXT NOT NULL,"
             " identifiers TEXT NOT NULL,"
             " member INTEGER NOT NULL,"
+            " source_digest BIGINT,"
             " synced_at VARCHAR(40) NOT NULL,"
             " PRIMARY KEY (sync_key, row_key))"
         ).close()
+        index = quote_table_name(self.table_name, "_digest").split(".")[-1]
+        self.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {self.table} (sync_key, source_digest)").close()
         self.execute(
             f"CREATE TABLE IF NOT EXISTS {self.sessions_table} ("
             " session_id BIGINT NOT NULL PRIMARY KEY,"
@@ -205,18 +218,12 @@ class StateStore:
         self.execute(f"DELETE FROM {self.table} WHERE sync_key = ?", (sync_key,)).close()
         self.commit()
 
-    def upsert(self, sync_key: str, rows: Iterable[StagedRow], member: int | None = None) -> None:
-        """Record rows whose upload Meta acknowledged (or that delete mode only tracks).
-
-        :param member: overrides the rows' member flag (0 for rows tracked but never sent).
-        """
+    def upsert(self, sync_key: str, rows: Iterable[StagedRow]) -> None:
+        """Record rows whose upload Meta acknowledged."""
         now = utc_now()
         self.executemany(
             f"INSERT INTO {self.table} (sync_key, row_key, fingerprint, id_digest, key_schema, identifiers,"
-            " member, synced_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (sync_key, row_key) DO UPDATE SET fingerprint = excluded.fingerprint,"
-            " id_digest = excluded.id_digest, key_schema = excluded.key_schema,"
-            " identifiers = excluded.identifiers, member = excluded.member, synced_at = excluded.synced_at",
+            f" member, source_digest, synced_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {UPSERT_CLAUSE}",
             (
                 (
                     sync_key,
@@ -225,13 +232,30 @@ class StateStore:
                     row.id_digest,
                     row.key_schema,
                     row.identifiers,
-                    row.member if member is None else member,
+                    row.member,
+                    row.source_digest,
                     now,
                 )
                 for row in rows
             ),
         )
         self.commit()
+
+    def source_digests(self, sync_key: str, page_size: int = 100_000) -> Iterator[int]:
+        """Yield the source digests of a sync in ascending order, page by page (bounded memory)."""
+        last, operator = -(2**63), ">="  # the smallest int64: the first page starts at it
+        while True:
+            page = self.fetch_all(
+                f"SELECT source_digest FROM {self.table} WHERE sync_key = ? AND source_digest {operator} ?"
+                f" ORDER BY source_digest LIMIT {int(page_size)}",
+                (sync_key, last),
+            )
+            for (digest,) in page:
+                yield int(digest)
+            if len(page) < page_size:
+                return
+            operator = ">"
+            last = int(page[-1][0])
 
     def iter_rows(self, sync_key: str, page_size: int = 10_000) -> Iterator[tuple[str, str, str, int]]:
         """Yield ``(row_key, key_schema, identifiers_json, member)`` of a sync, page by page."""
@@ -304,7 +328,8 @@ class StageTable:
             " ids_changed INTEGER NOT NULL DEFAULT 0,"  # so do the identifiers (not just the value)
             " to_add INTEGER NOT NULL DEFAULT 0,"
             " to_remove INTEGER NOT NULL DEFAULT 0,"
-            " to_record INTEGER NOT NULL DEFAULT 0)"
+            " to_record INTEGER NOT NULL DEFAULT 0,"
+            " source_digest BIGINT)"
         ).close()
         self.store.commit()
 

@@ -27,6 +27,7 @@ def sync(
     **options: Any,
 ) -> dict[str, Any]:
     options.setdefault("mode", SyncMode.MIRROR)
+    options.setdefault("source_key_index", 0)  # unchanged source rows are not prepared again
     run = SyncRun(store, audience, PassThroughPreparer(schema), SyncOptions("42", "act_1:42", **options))
     return run.run([rows[i : i + chunk] for i in range(0, len(rows), chunk)]).as_dict()
 
@@ -208,3 +209,20 @@ def test_rows_without_extern_id_are_rejected(store: StateStore) -> None:
     audience = RecordingAudience()
     report = sync(store, audience, [("", "h"), ("a", "h-a")])
     assert report["rejected_by_reason"] == {"extern_id.missing": 1} and set(audience.members) == {"a"}
+
+
+@pytest.mark.parametrize("source_key_index", [0, None])
+def test_unchanged_source_rows_are_not_prepared_again(
+    store: StateStore, source_key_index: int | None
+) -> None:
+    audience = RecordingAudience()
+    sync(store, audience, model("a", "b", "c"), source_key_index=source_key_index)
+    rows = [*model("a", "b"), ("c", "changed")]
+    report = sync(store, audience, rows, source_key_index=source_key_index)
+    assert report["rows_prepared"] == (1 if source_key_index == 0 else 3)
+    assert (report["updated"], report["unchanged"]) == (1, 2)
+    assert audience.members == {row[0]: row for row in rows}
+    # A tracked-only row (delete mode) whose cells did not change is still sent once mirror mode wants it.
+    sync(store, audience, [*rows, ("d", "h-d")], mode=SyncMode.DELETE, source_key_index=source_key_index)
+    report = sync(store, audience, [*rows, ("d", "h-d")], source_key_index=source_key_index)
+    assert report["added"] == 1 and audience.members["d"] == ("d", "h-d")

@@ -43,3 +43,15 @@ def test_tables_are_created_once_and_hold_no_raw_values(store: StateStore) -> No
 @pytest.mark.parametrize("values", [["a", "b" * 64], ["x\x1fy", ""], ["\x1estart", "z"], ["only"]])
 def test_identifiers_round_trip(values: list[str]) -> None:
     assert decode_identifiers(encode_identifiers(values)) == values
+
+
+def test_source_digests_come_sorted_across_pages(store: StateStore) -> None:
+    from airflow_provider_fbca.sync.state import StagedRow
+
+    store.ensure_tables()
+    digests = [2**63 - 1, -(2**63), 5, -7, 0]
+    store.upsert(
+        "s",
+        [StagedRow(f"k{i}", "f", "d", "EXTERN_ID", f"k{i}", 1, digest) for i, digest in enumerate(digests)],
+    )
+    assert list(store.source_digests("s", page_size=2)) == sorted(digests)
