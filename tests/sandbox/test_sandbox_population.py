@@ -150,6 +150,23 @@ def test_every_population_row_keeps_a_usable_email_or_phone() -> None:
             assert email or phone, row
 
 
+def test_every_rendering_normalizes_back_to_the_person() -> None:
+    """Each usable phone, and names + ZIP, of a population row normalize to that person's own keys."""
+    population = Population(SMALL_POPULATION, 7)
+    junk_phones = {None, "123", "000-000-0000", "n/a"}
+    for row in customers(1500, seed=21):
+        if not is_population_row(row):
+            continue
+        person = population.person(int(row["external_id"].removeprefix("CUST-")))
+        email_key, phone_key, names_key = person.match_keys()
+        _, email, phone, first, last, zip_code, _ = normalize_row(row)
+        assert email in (email_key, ""), row
+        if row["phone"] not in junk_phones:
+            assert phone == phone_key, row
+        if row["first_name"] is not None and row["zip"] is not None:
+            assert first + last + zip_code == names_key, row
+
+
 def upload_and_count_matches(graph: Graph, rows: list[list[str]], session_id: int) -> dict[str, str]:
     audience_id = graph.create_audience(f"match {session_id}")
     session = {"session_id": session_id, "batch_seq": 1, "last_batch_flag": True}
