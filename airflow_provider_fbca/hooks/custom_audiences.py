@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import time
@@ -60,6 +61,9 @@ SESSION_FIELDS = (
 _SESSION_INT_FIELDS = frozenset(SESSION_FIELDS) - {"stage"}
 _AUTH_PARAMS = frozenset({"access_token", "appsecret_proof"})
 _URL_IN_TEXT = re.compile(r"(?:with url: |https?://)\S+")
+_CREDENTIAL_IN_QUERY = re.compile(
+    r"((?:access_token|input_token|client_secret|fb_exchange_token)=)[^&\s\"']+"
+)
 _REPLACE_FINISHED_SUBCODE = 1870159
 _PAGE_SIZE = 50
 
@@ -147,6 +151,33 @@ def _connect_failed(exc: requests.RequestException) -> bool:
     return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
 
 
+class _CredentialsInUrlsFilter(logging.Filter):
+    """
+    Blank credential values in the URLs urllib3 logs at DEBUG level.
+
+    ``/debug_token`` takes the token it inspects in the query string, as Meta documents it; urllib3's
+    debug line for that request would otherwise print it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _CREDENTIAL_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = _CREDENTIAL_IN_QUERY.sub(r"\1***", record.msg)
+        return True
+
+
+def _install_url_filter() -> None:
+    urllib3_log = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _CredentialsInUrlsFilter) for f in urllib3_log.filters):
+        urllib3_log.addFilter(_CredentialsInUrlsFilter())
+
+
+_install_url_filter()
+
+
 class FacebookCustomAudiencesHook(BaseHook):
     """
     Talk to Meta's Marketing API about customer-file Custom Audiences.
@@ -207,9 +238,9 @@ class FacebookCustomAudiencesHook(BaseHook):
         self.usage_threshold_percent = usage_threshold_percent
         self.max_usage_pause_s = max_usage_pause_s
         self.timeout = timeout
-        self.sleep = sleep or time.sleep
-        self.clock = clock or time.monotonic
-        self.rng = rng or random.Random()
+        self.sleep = sleep if sleep is not None else time.sleep
+        self.clock = clock if clock is not None else time.monotonic
+        self.rng = rng if rng is not None else random.Random()
         self._resume_at = 0.0
         self._session: requests.Session | None = None
 
@@ -273,7 +304,7 @@ class FacebookCustomAudiencesHook(BaseHook):
     # Transport: one call, its retries and its throttling
 
     def _redact(self, text: str) -> str:
-        """Remove every credential, and any URL, from text bound for a message or a log line."""
+        """Remove every credential from text bound for a message or a log line."""
         credentials = self.__dict__.get("credentials")
         if credentials is not None:
             for secret in (
@@ -284,7 +315,7 @@ class FacebookCustomAudiencesHook(BaseHook):
             ):
                 if secret:
                     text = text.replace(secret, "***")
-        return _URL_IN_TEXT.sub("<url>", text)
+        return text
 
     def _send(
         self,
@@ -409,7 +440,8 @@ class FacebookCustomAudiencesHook(BaseHook):
             usage, threshold_percent=self.usage_threshold_percent, max_pause_s=self.max_usage_pause_s
         )
         if pause > 0 and response.ok:
-            self._resume_at = self.clock() + pause
+            # A pause longer than a retry may wait is not taken: the call fails and raises instead.
+            self._resume_at = self.clock() + min(pause, self.max_retry_wait_s)
         return usage
 
     def _answer(
@@ -427,9 +459,11 @@ class FacebookCustomAudiencesHook(BaseHook):
             and body.get("success") is not False
         ):
             return body, None
-        if isinstance(body, dict) and "error" in body:
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
             # Meta's messages should not echo credentials; make sure before they reach a log.
-            body = json.loads(self._redact(json.dumps(body)))
+            body = {
+                "error": {k: self._redact(v) if isinstance(v, str) else v for k, v in body["error"].items()}
+            }
         retry_after = usage.regain_access_s or (usage.reset_s if usage.max_percent >= 100 else 0.0)
         error = build_graph_error(
             body,
@@ -441,7 +475,8 @@ class FacebookCustomAudiencesHook(BaseHook):
         return {}, error
 
     def _transport_error(self, exc: requests.RequestException, request: str) -> GraphTransientError:
-        reason = self._redact(str(exc.args[0]) if exc.args else type(exc).__name__)
+        # requests names the URL in its messages; the query of some calls is not for logs.
+        reason = _URL_IN_TEXT.sub("<url>", self._redact(str(exc.args[0]) if exc.args else type(exc).__name__))
         return GraphTransientError(
             f"No answer from the Graph API ({type(exc).__name__}: {reason})",
             is_transient=True,

@@ -7,6 +7,7 @@ no I/O, no Airflow hook. Meta answers almost every failure with HTTP 400, so the
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from airflow_provider_fbca.exceptions import (
@@ -216,5 +217,20 @@ def build_graph_error(
         "request": request,
     }
     if cls is GraphRateLimitError:
-        kwargs["retry_after_s"] = retry_after_s
+        kwargs["retry_after_s"] = retry_after_s or _regain_access_s(fields)
     return cls(message, **kwargs)
+
+
+def _regain_access_s(fields: dict[str, Any]) -> float | None:
+    """The lockout some rate-limit errors state in ``error_data`` (minutes, like the usage header)."""
+    data = fields.get("error_data")
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return None
+    minutes = data.get("estimated_time_to_regain_access") if isinstance(data, dict) else None
+    try:
+        return float(minutes) * 60.0 if minutes else None
+    except (TypeError, ValueError):
+        return None

@@ -151,3 +151,10 @@ def test_errors_survive_pickling_with_their_attributes():
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is GraphRateLimitError
     assert (copy.code, copy.subcode, copy.retry_after_s, str(copy)) == (80003, 2446079, 60.0, str(error))
+
+
+def test_lockout_stated_in_error_data_when_headers_are_silent():
+    body = graph_error(80003, 2446079, error_data='{"estimated_time_to_regain_access": 5}')
+    assert build_graph_error(body, http_status=400).retry_after_s == 300.0
+    header_wins = build_graph_error(body, http_status=400, retry_after_s=120.0)
+    assert header_wins.retry_after_s == 120.0

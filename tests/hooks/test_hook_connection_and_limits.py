@@ -1,0 +1,268 @@
+"""test_connection (in Python and through Airflow's CLI), rate-limit lockouts and throttling, and secrecy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_fbca.exceptions import GraphAPIError, GraphAuthError
+from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
+from airflow_provider_fbca.hooks.graph_connection import appsecret_proof
+from airflow_provider_fbca.sandbox import Sandbox
+from airflow_provider_fbca.sandbox.state import ManualClock
+
+CONN_ID = "facebook_custom_audiences_default"
+AIRFLOW_BIN = Path(sys.executable).parent / "airflow"
+
+
+def connection(sb: Any, **overrides: Any) -> dict[str, Any]:
+    extra = {"ad_account_id": sb.ad_account_id, "app_id": sb.app_id, "app_secret": sb.app_secret}
+    conn = {
+        "conn_type": "facebook_custom_audiences",
+        "host": sb.url,
+        "password": sb.access_token,
+        "extra": extra,
+    }
+    conn.update(overrides)
+    return conn
+
+
+def connect(monkeypatch: pytest.MonkeyPatch, sb: Any, **overrides: Any) -> str:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(connection(sb, **overrides)))
+    return CONN_ID
+
+
+class FakeTime:
+    """``sleep`` and ``clock`` for the hook that move the sandbox's manual clock: lockouts pass at once."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.clock.advance(seconds)
+
+
+# -- test_connection ---------------------------------------------------------------------------------
+
+
+def test_connection_ok(fb_conn_id):
+    ok, message = FacebookCustomAudiencesHook(fb_conn_id).test_connection()
+    assert ok is True, message
+    assert "expires never" in message
+    assert "ads_management granted" in message
+    assert "terms accepted" in message
+
+
+def test_connection_names_the_expiry_date(monkeypatch, sandbox):
+    sandbox.add_token("sixty-day-token-abcdef", expires_at=sandbox.clock() + 86400 * 30)
+    ok, message = FacebookCustomAudiencesHook(
+        connect(monkeypatch, sandbox, password="sixty-day-token-abcdef")
+    ).test_connection()
+    assert ok is True, message
+    assert "expires 20" in message and "UTC" in message
+
+
+@pytest.mark.parametrize(
+    ("token_kwargs", "reason"),
+    [({"expires_at": 1_000_000_000.0}, "expired"), ({"valid": False}, "invalidated"), (None, "Cannot parse")],
+    ids=["expired", "invalidated", "unknown"],
+)
+def test_connection_fails_with_the_reason(monkeypatch, sandbox, token_kwargs, reason):
+    token = "a-token-that-fails-0123456789"
+    if token_kwargs is not None:
+        sandbox.add_token(token, **token_kwargs)
+    ok, message = FacebookCustomAudiencesHook(connect(monkeypatch, sandbox, password=token)).test_connection()
+    assert ok is False
+    assert reason in message
+    assert "invalid" in message.lower()
+    assert token not in message
+
+
+def test_connection_fails_without_ads_management(monkeypatch, sandbox):
+    sandbox.add_token("reader-token-0123456789", scopes=["ads_read"])
+    ok, message = FacebookCustomAudiencesHook(
+        connect(monkeypatch, sandbox, password="reader-token-0123456789")
+    ).test_connection()
+    assert ok is False
+    assert "lacks the ads_management permission" in message
+
+
+def test_connection_fails_without_terms(monkeypatch, sandbox, fb_conn_id):
+    sandbox.set_terms_accepted(sandbox.ad_account_id, False)
+    ok, message = FacebookCustomAudiencesHook(fb_conn_id).test_connection()
+    assert ok is False
+    assert f"customaudiences/tos/?act={sandbox.ad_account_id.removeprefix('act_')}" in message
+
+
+def test_connection_fails_on_a_bad_app_secret(monkeypatch, sandbox):
+    extra = {
+        "ad_account_id": sandbox.ad_account_id,
+        "app_id": sandbox.app_id,
+        "app_secret": "not-the-secret-123",
+    }
+    ok, message = FacebookCustomAudiencesHook(connect(monkeypatch, sandbox, extra=extra)).test_connection()
+    assert ok is False
+    assert "not-the-secret-123" not in message
+
+
+def test_connection_refuses_plain_http_off_loopback(monkeypatch, sandbox):
+    ok, message = FacebookCustomAudiencesHook(
+        connect(monkeypatch, sandbox, host="http://example.com")
+    ).test_connection()
+    assert ok is False
+    assert "unencrypted" in message
+
+
+def _airflow_cli(conn: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(conn),
+    }
+    return subprocess.run(
+        [str(AIRFLOW_BIN), "connections", "test", CONN_ID],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_airflow_cli_connections_test(sandbox, tmp_path):
+    sandbox.add_token("cli-expired-token-abcdef", expires_at=1_000_000_000.0)
+    good = _airflow_cli(connection(sandbox), tmp_path)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "Connection success!" in good.stdout
+    bad = _airflow_cli(connection(sandbox, password="cli-expired-token-abcdef"), tmp_path)
+    assert bad.returncode == 1
+    assert "Connection failed!" in bad.stdout
+    assert "expired" in bad.stdout
+    for output in (good.stdout, good.stderr, bad.stdout, bad.stderr):
+        assert sandbox.access_token not in output
+        assert "cli-expired-token-abcdef" not in output
+        assert sandbox.app_secret not in output
+
+
+# -- rate limits -------------------------------------------------------------------------------------
+
+
+def _spend_budget(sb: Any, calls: int) -> None:
+    """Another client of the same ad account (another worker, another tool) uses up the budget."""
+    proof = appsecret_proof(sb.access_token, sb.app_secret)
+    for _ in range(calls):
+        requests.get(
+            f"{sb.url}/v26.0/{sb.ad_account_id}",
+            params={"fields": "id", "appsecret_proof": proof},
+            headers={"Authorization": f"Bearer {sb.access_token}"},
+            timeout=10,
+        )
+
+
+def test_80003_lockout_is_waited_out_as_the_header_says(monkeypatch):
+    clock = ManualClock()
+    with Sandbox(clock=clock, rate_limit_budget=5, rate_limit_lockout_s=19 * 60) as sb:
+        fake = FakeTime(clock)
+        hook = FacebookCustomAudiencesHook(connect(monkeypatch, sb), sleep=fake.sleep, clock=clock)
+        _spend_budget(sb, 6)  # the sixth call trips the lockout
+        audiences = list(hook.list_audiences())
+    assert audiences == []
+    lockouts = [s for s in fake.sleeps if s >= 60]
+    assert len(lockouts) == 1
+    assert 19 * 60 <= lockouts[0] <= 19 * 60 * 1.25
+    codes = [r.get("error_code") for r in sb.requests()]
+    assert codes.count(80003) == 2  # the other client's, and the hook's one attempt before waiting
+
+
+def test_calls_slow_down_as_the_budget_fills(monkeypatch):
+    clock = ManualClock()
+    with Sandbox(clock=clock, rate_limit_budget=8, rate_limit_window_s=600) as sb:
+        fake = FakeTime(clock)
+        hook = FacebookCustomAudiencesHook(
+            connect(monkeypatch, sb),
+            sleep=fake.sleep,
+            clock=clock,
+            usage_threshold_percent=50,
+            max_usage_pause_s=40,
+        )
+        for _ in range(10):
+            hook.check_terms_accepted()
+    # Up to half the budget nothing waits; above, pauses grow with the usage (62%, 75%, 87%); at 100%
+    # the hook waits for the window to reset instead of running into the lockout.
+    assert len(fake.sleeps) == 4, fake.sleeps
+    growing, reset = fake.sleeps[:3], fake.sleeps[3]
+    assert growing == sorted(growing) and 0 < growing[0] < growing[2] < 40
+    assert 500 < reset <= 600
+    assert 80003 not in [r.get("error_code") for r in sb.requests()]
+    assert len(sb.requests()) == 10
+
+
+# -- secrets -------------------------------------------------------------------------------------------
+
+
+def test_no_secret_in_any_log_line_output_or_error(monkeypatch, sandbox, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    secrets = [sandbox.access_token, sandbox.app_secret, f"{sandbox.app_id}|{sandbox.app_secret}"]
+    conn_id = connect(monkeypatch, sandbox)
+    errors: list[str] = []
+    with FacebookCustomAudiencesHook(conn_id, sleep=lambda s: None) as hook:
+        hook.test_connection()
+        audience_id = hook.create_audience("Secrets")
+        requests.post(
+            f"{sandbox.url}/_sandbox/faults",
+            json={
+                "faults": [{"path": "/users$", "disconnect": True}, {"path": "/users$", "error": {"code": 2}}]
+            },
+            timeout=10,
+        )
+        data = [[hashlib.sha256(b"x").hexdigest()]]
+        hook.add_users(audience_id, ["EMAIL"], data)
+        hook.remove_users(audience_id, ["EMAIL"], data)
+        hook.get_sessions(audience_id)
+        hook.exchange_token(sandbox.access_token)
+        for call in (
+            lambda: hook.get_audience("404"),
+            lambda: hook.add_users(audience_id, ["NOPE"], [["x"]]),
+        ):
+            with pytest.raises(GraphAPIError) as raised:
+                call()
+            errors.append(str(raised.value))
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(connection(sandbox, password="unknown-token-123456"))
+    )
+    with pytest.raises(GraphAuthError) as raised:
+        FacebookCustomAudiencesHook(conn_id).get_audience("1")
+    errors.append(str(raised.value))
+    errors.append(FacebookCustomAudiencesHook(conn_id).test_connection()[1])
+
+    captured = capsys.readouterr()
+    logged = caplog.text + "".join(repr(record.args) for record in caplog.records)
+    assert "retry 1 of 5" in captured.out  # the hook's own lines (Airflow logs them through structlog)
+    assert "debug_token" in caplog.text  # urllib3's lines, query strings included
+    for secret in [*secrets, "unknown-token-123456"]:
+        assert secret not in logged
+        assert secret not in captured.out + captured.err
+        for error in errors:
+            assert secret not in error
+
+
+def test_token_and_secret_registered_with_airflow_masker(fb_conn_id, sandbox):
+    from airflow.sdk._shared.secrets_masker import redact
+
+    FacebookCustomAudiencesHook(fb_conn_id).credentials  # noqa: B018  (reading them registers them)
+    text = f"token={sandbox.access_token} secret={sandbox.app_secret}"
+    redacted = redact(text)
+    assert sandbox.access_token not in redacted
+    assert sandbox.app_secret not in redacted
