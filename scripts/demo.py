@@ -143,19 +143,19 @@ def _drain(stream: IO[bytes], log: Path) -> None:
 def _first_line(process: subprocess.Popen[bytes], timeout_s: float) -> str:
     """The first stdout line of a child, or an error if it exits or stays silent."""
     assert process.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
     line = b""
     deadline = time.monotonic() + timeout_s
-    while not line.endswith(b"\n"):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the sandbox printed no URL within {timeout_s} s")
-        if selector.select(timeout=0.2):
-            byte = os.read(process.stdout.fileno(), 1)
-            if not byte:
-                raise RuntimeError(f"the sandbox exited with {process.wait()} before printing its URL")
-            line += byte
-    selector.close()
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the sandbox printed no URL within {timeout_s} s")
+            if selector.select(timeout=0.2):
+                # Unbuffered, byte by byte: nothing past the first line is taken from the pipe here.
+                byte = os.read(process.stdout.fileno(), 1)
+                if not byte:
+                    raise RuntimeError(f"the sandbox exited with {process.wait()} before printing its URL")
+                line += byte
     return line.decode().strip()
 
 
