@@ -440,7 +440,7 @@ class FacebookCustomAudiencesHook(BaseHook):
             usage, threshold_percent=self.usage_threshold_percent, max_pause_s=self.max_usage_pause_s
         )
         if pause > 0 and response.ok:
-            # A pause longer than a retry may wait is not taken: the call fails and raises instead.
+            # Capped like a retry wait: past that, the next call may fail and hand over to Airflow's retry.
             self._resume_at = self.clock() + min(pause, self.max_retry_wait_s)
         return usage
 
