@@ -188,8 +188,7 @@ class StateStore:
             " synced_at VARCHAR(40) NOT NULL,"
             " PRIMARY KEY (sync_key, row_key))"
         ).close()
-        index = quote_table_name(self.table_name, "_digest").split(".")[-1]
-        self.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {self.table} (sync_key, source_digest)").close()
+        self.execute(f"CREATE INDEX IF NOT EXISTS {self._digest_index()} (sync_key, source_digest)").close()
         self.execute(
             f"CREATE TABLE IF NOT EXISTS {self.sessions_table} ("
             " session_id BIGINT NOT NULL PRIMARY KEY,"
@@ -198,6 +197,13 @@ class StateStore:
             " started_at VARCHAR(40) NOT NULL)"
         ).close()
         self.commit()
+
+    def _digest_index(self) -> str:
+        """``<index> ON <table>`` for the source-digest index, in the dialect's spelling."""
+        index = quote_table_name(self.table_name, "_digest")
+        if self.is_sqlite:  # SQLite qualifies the index with the schema, never the table
+            return f"{index} ON {self.table.split('.')[-1]}"
+        return f"{index.split('.')[-1]} ON {self.table}"
 
     # -- state rows -----------------------------------------------------------------------------------
 

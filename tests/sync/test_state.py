@@ -55,3 +55,19 @@ def test_source_digests_come_sorted_across_pages(store: StateStore) -> None:
         [StagedRow(f"k{i}", "f", "d", "EXTERN_ID", f"k{i}", 1, digest) for i, digest in enumerate(digests)],
     )
     assert list(store.source_digests("s", page_size=2)) == sorted(digests)
+
+
+def test_a_schema_qualified_state_table_works(store: StateStore) -> None:
+    from tests.sync.conftest import RecordingAudience
+    from tests.sync.test_engine import sync
+
+    if store.is_sqlite:
+        store.conn.execute("ATTACH ':memory:' AS analytics")
+    else:
+        store.execute("CREATE SCHEMA IF NOT EXISTS analytics").close()
+        store.commit()
+    qualified = StateStore(store.conn, f"analytics.{store.table_name}", store.placeholder)
+    audience = RecordingAudience()
+    sync(qualified, audience, [("a", "h-a"), ("b", "h-b")])
+    report = sync(qualified, audience, [("a", "h-a")])
+    assert (report["removed"], report["unchanged"], qualified.count("act_1:42")) == (1, 1, 1)
