@@ -43,8 +43,41 @@ ACCOUNT_FIELDS = (
     "name",
     "account_status",
     "currency",
+    "timezone_name",
     "tos_accepted",
     "user_tos_accepted",
+)
+# Real fields the sandbox has no value for: Graph leaves fields without a value out of its answer, so
+# asking for them is not an error (as it would be for a field the node does not have).
+UNVALUED_AUDIENCE_FIELDS = frozenset(
+    [
+        "audience_labels",
+        "data_source_types",
+        "delete_time",
+        "excluded_custom_audiences",
+        "external_event_source",
+        "fields_violating_integrity_policy",
+        "household_audience",
+        "included_custom_audiences",
+        "is_eligible_for_sac_campaigns",
+        "is_household",
+        "lookalike_audience_ids",
+        "lookalike_spec",
+        "origin_audience_id",
+        "owner_business",
+        "page_deletion_marked_delete_time",
+        "permission_for_actions",
+        "pixel_id",
+        "rule",
+        "rule_aggregation",
+        "seed_audience",
+        "sharing_status",
+        "subscription_info",
+        "usage_restriction",
+    ]
+)
+UNVALUED_ACCOUNT_FIELDS = frozenset(
+    ["business", "owner", "capabilities", "funding_source", "spend_cap", "amount_spent"]
 )
 
 
@@ -55,7 +88,9 @@ def account_view(account: AdAccount, fields_param: Any) -> dict[str, Any]:
     :param account: the ad account.
     :param fields_param: the ``fields`` parameter.
     """
-    fields = _fields(fields_param, ACCOUNT_FIELDS, "AdAccount", default=("id",))
+    fields = _fields(
+        fields_param, ACCOUNT_FIELDS, "AdAccount", default=("id",), unvalued=UNVALUED_ACCOUNT_FIELDS
+    )
     tos = {"custom_audience_tos": 1} if account.terms_accepted else {}
     values = {
         "id": f"act_{account.digits}",
@@ -63,10 +98,11 @@ def account_view(account: AdAccount, fields_param: Any) -> dict[str, Any]:
         "name": account.name,
         "account_status": 1,
         "currency": "USD",
+        "timezone_name": "America/Los_Angeles",
         "tos_accepted": tos,
         "user_tos_accepted": tos,
     }
-    return {name: values[name] for name in fields}
+    return {name: values[name] for name in fields if name in values}
 
 
 def create_audience(state: SandboxState, account: AdAccount, params: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +190,13 @@ def list_audiences(
     :param params: the request's parameters (``fields``, ``limit``, ``after``, ``before``, ``filtering``).
     :param link_base: the URL of this edge, for the paging links.
     """
-    fields = _fields(params.get("fields"), AUDIENCE_FIELDS, "CustomAudience", default=("id",))
+    fields = _fields(
+        params.get("fields"),
+        AUDIENCE_FIELDS,
+        "CustomAudience",
+        default=("id",),
+        unvalued=UNVALUED_AUDIENCE_FIELDS,
+    )
     limit = _positive_int(params.get("limit"), "limit", DEFAULT_PAGE_SIZE)
     audiences = sorted(
         (a for a in state.audiences.values() if a.account_digits == account.digits),
@@ -200,7 +242,13 @@ def audience_view(
     :param fields: already-parsed fields (overrides ``fields_param``).
     """
     if fields is None:
-        fields = _fields(fields_param, AUDIENCE_FIELDS, "CustomAudience", default=("id",))
+        fields = _fields(
+            fields_param,
+            AUDIENCE_FIELDS,
+            "CustomAudience",
+            default=("id",),
+            unvalued=UNVALUED_AUDIENCE_FIELDS,
+        )
     lower, upper = audience.approximate_bounds()
     values: dict[str, Callable[[], Any]] = {
         "id": lambda: audience.id,
@@ -222,19 +270,31 @@ def audience_view(
         "opt_out_link": lambda: audience.opt_out_link,
     }
     # Graph leaves out fields that have no value.
-    return {name: value for name in fields if (value := values[name]()) is not None}
+    return {name: value for name in fields if name in values and (value := values[name]()) is not None}
 
 
-def _fields(raw: Any, known: tuple[str, ...], node_type: str, *, default: tuple[str, ...]) -> tuple[str, ...]:
+def _fields(
+    raw: Any,
+    known: tuple[str, ...],
+    node_type: str,
+    *,
+    default: tuple[str, ...],
+    unvalued: frozenset[str] = frozenset(),
+) -> tuple[str, ...]:
+    """Parse ``fields=a,b{c,d},e`` (sub-field selections are accepted and ignored); refuse unknown ones."""
     if raw in (None, ""):
         return default
-    names = raw if isinstance(raw, list) else str(raw).split(",")
+    text = ",".join(map(str, raw)) if isinstance(raw, list) else str(raw)
+    while "{" in text:
+        stripped = re.sub(r"\{[^{}]*\}", "", text)
+        if stripped == text:
+            break
+        text = stripped
     fields = []
-    for name in names:
-        name = re.sub(r"\{.*\}", "", str(name)).strip()
+    for name in (part.strip() for part in text.split(",")):
         if not name:
             continue
-        if name not in known:
+        if name not in known and name not in unvalued:
             raise invalid_parameter(f"Tried accessing nonexisting field ({name}) on node type ({node_type})")
         if name not in fields:
             fields.append(name)

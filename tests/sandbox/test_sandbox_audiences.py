@@ -27,6 +27,12 @@ def test_create_read_update_delete(graph: Graph) -> None:
     }
     assert graph.post(audience_id, name="Top VIPs", description="renamed").json() == {"success": True}
     assert graph.get(audience_id, fields="name,description").json()["name"] == "Top VIPs"
+    nested = graph.get(audience_id, fields="operation_status{code,description},delete_time,name").json()
+    assert nested == {
+        "operation_status": {"code": 200, "description": "Normal"},
+        "name": "Top VIPs",
+        "id": audience_id,
+    }, "sub-field selections are accepted; a real field without a value is left out"
     assert graph.delete(audience_id).json() == {"success": True}
     assert_graph_error(graph.get(audience_id), 100, 33)
 
