@@ -266,3 +266,18 @@ def test_token_and_secret_registered_with_airflow_masker(fb_conn_id, sandbox):
     redacted = redact(text)
     assert sandbox.access_token not in redacted
     assert sandbox.app_secret not in redacted
+
+
+def test_connection_fails_on_an_unknown_ad_account(monkeypatch, sandbox):
+    extra = {"ad_account_id": "act_555", "app_id": sandbox.app_id, "app_secret": sandbox.app_secret}
+    ok, message = FacebookCustomAudiencesHook(connect(monkeypatch, sandbox, extra=extra)).test_connection()
+    assert ok is False
+    assert "act_555" in message
+    assert "assigned to the ad account" in message
+
+
+def test_connection_without_an_ad_account_checks_the_token_only(monkeypatch, sandbox):
+    extra = {"app_id": sandbox.app_id, "app_secret": sandbox.app_secret}
+    ok, message = FacebookCustomAudiencesHook(connect(monkeypatch, sandbox, extra=extra)).test_connection()
+    assert ok is True
+    assert "no ad account configured" in message
