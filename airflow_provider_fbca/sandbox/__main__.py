@@ -7,6 +7,7 @@ process can read it and go.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import signal
 import sys
 import threading
@@ -47,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def main(argv: list[str] | None = None) -> int:
     """
     Run the sandbox until SIGINT or SIGTERM; save the state file on the way out.
@@ -68,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.rate_limit_budget is not None:
         sandbox.set_rate_limit(args.rate_limit_budget)
+    if not _is_loopback(args.host):
+        print(
+            f"warning: serving on {args.host}, beyond loopback, with well-known credentials", file=sys.stderr
+        )
     sandbox.start()
     print(sandbox.url, flush=True)
     stopping = threading.Event()

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus, urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from airflow_provider_fbca.sandbox import persistence
 from airflow_provider_fbca.sandbox.errors import GraphError, invalid_parameter
@@ -369,7 +369,7 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/_sandbox"):
             self._inspection(sandbox, url.path, body)
             return
-        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        query = parse_form(url.query)
         try:
             body_params = self._body_params(body)
         except GraphError as error:
