@@ -269,7 +269,7 @@ def _clean_row(upload: Upload, row: list[Any], pattern: re.Pattern[str]) -> tupl
     values = []
     bad_hash = bad_value = False
     for key, value in zip(upload.schema, row, strict=True):
-        text = _as_text(key, value)
+        text = _as_text(value)
         if key in HASHED_KEYS and text and not _SHA256_HEX.fullmatch(text):
             bad_hash = True
             _sample(upload, text, f"{key} is not a SHA-256 hash (64 lowercase hexadecimal characters)")
@@ -296,7 +296,7 @@ def is_packable(schema: tuple[str, ...], row: list[str]) -> bool:
     )
 
 
-def _as_text(key: str, value: Any) -> str:
+def _as_text(value: Any) -> str:
     """Return a cell as text (numbers and lists arrive typed in JSON bodies)."""
     if isinstance(value, str):
         return value
