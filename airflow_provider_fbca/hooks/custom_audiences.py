@@ -21,6 +21,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from airflow_provider_fbca.exceptions import (
     GraphAPIError,
     GraphAudienceUpdateError,
+    GraphAuthError,
     GraphRateLimitError,
     GraphTransientError,
 )
@@ -798,16 +799,23 @@ class FacebookCustomAudiencesHook(BaseHook):
         """
         What Meta knows of the connection's token (``/debug_token``): validity, scopes, expiry.
 
-        Inspected with the app token (``app_id|app_secret``) when both are set, else with itself.
+        Inspected with the app token (``app_id|app_secret``) when both are set, else with itself. If Meta
+        refuses the app token (a wrong app id or secret), the token inspects itself, so that the error
+        names the real culprit (for a wrong secret: the appsecret_proof) rather than the token.
         """
         credentials = self.credentials
-        answer = self._call(
-            "GET",
-            "debug_token",
-            params={"input_token": credentials.access_token},
-            access_token=credentials.app_access_token,
-        )
-        return answer.get("data") or {}
+        params = {"input_token": credentials.access_token}
+        if credentials.app_access_token:
+            try:
+                return (
+                    self._call(
+                        "GET", "debug_token", params=params, access_token=credentials.app_access_token
+                    ).get("data")
+                    or {}
+                )
+            except GraphAuthError:
+                self.log.info("Meta refused the app token (app_id|app_secret); the token inspects itself")
+        return self._call("GET", "debug_token", params=params).get("data") or {}
 
     def exchange_token(self, short_lived_token: str) -> dict[str, Any]:
         """

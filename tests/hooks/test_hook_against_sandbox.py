@@ -21,7 +21,6 @@ from airflow_provider_fbca.exceptions import (
 )
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 
-CONN_ID = "facebook_custom_audiences_default"
 SCHEMA = ["EXTERN_ID", "EMAIL", "PHONE"]
 
 
@@ -35,35 +34,8 @@ def rows(count: int, start: int = 0) -> list[list[str]]:
     ]
 
 
-def connect(monkeypatch: pytest.MonkeyPatch, sb: Any, conn_id: str = CONN_ID, **overrides: Any) -> str:
-    """Point an Airflow connection (AIRFLOW_CONN_* env) at a sandbox; ``extra`` keys set to None are dropped."""
-    extra = {"ad_account_id": sb.ad_account_id, "app_id": sb.app_id, "app_secret": sb.app_secret}
-    extra.update(overrides.pop("extra", {}))
-    conn = {
-        "conn_type": "facebook_custom_audiences",
-        "host": sb.url,
-        "password": sb.access_token,
-        "extra": {k: v for k, v in extra.items() if v is not None},
-    }
-    conn.update(overrides)
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
-    return conn_id
-
-
-class Sleeps(list):
-    """A fake ``sleep`` that records how long the hook wanted to wait."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
 @pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
-
-
-@pytest.fixture
-def hook(fb_conn_id: str, sleeps: Sleeps) -> Iterator[FacebookCustomAudiencesHook]:
+def hook(fb_conn_id: str, sleeps: list[float]) -> Iterator[FacebookCustomAudiencesHook]:
     with FacebookCustomAudiencesHook(fb_conn_id, sleep=sleeps) as hook:
         yield hook
 
@@ -244,8 +216,8 @@ def test_appsecret_proof_on_every_call_and_token_never_in_a_url(hook, sandbox):
         assert "access_token" not in request["body_params"], request
 
 
-def test_missing_app_secret_fails_as_meta_says(monkeypatch, sandbox, sleeps):
-    conn_id = connect(monkeypatch, sandbox, extra={"app_secret": None})
+def test_missing_app_secret_fails_as_meta_says(connect, sandbox, sleeps):
+    conn_id = connect(sandbox, extra={"app_secret": None})
     with (
         FacebookCustomAudiencesHook(conn_id, sleep=sleeps) as hook,
         pytest.raises(GraphInvalidRequestError) as raised,
@@ -273,7 +245,7 @@ def test_facebook_social_connection_is_reused(monkeypatch, sandbox):
         assert hook.find_audience(hook.get_audience(hook.create_audience("Reused"))["name"]) is not None
 
 
-def test_hook_overrides_and_registration(monkeypatch, sandbox, fb_conn_id):
+def test_hook_overrides_and_registration(sandbox, fb_conn_id):
     from airflow.sdk import BaseHook
 
     hook = BaseHook.get_hook(fb_conn_id)
@@ -309,9 +281,9 @@ def test_terms_not_accepted(hook, sandbox, sleeps):
     assert sleeps == []
 
 
-def test_token_without_ads_management(monkeypatch, sandbox, sleeps):
+def test_token_without_ads_management(connect, sandbox, sleeps):
     sandbox.add_token("reader-token-0123456789", scopes=["ads_read"])
-    conn_id = connect(monkeypatch, sandbox, password="reader-token-0123456789")
+    conn_id = connect(sandbox, password="reader-token-0123456789")
     with (
         FacebookCustomAudiencesHook(conn_id, sleep=sleeps) as hook,
         pytest.raises(GraphPermissionError) as raised,
@@ -326,11 +298,11 @@ def test_token_without_ads_management(monkeypatch, sandbox, sleeps):
     ("token_kwargs", "subcode"),
     [({"expires_at": 1_000_000_000.0}, 463), ({"valid": False}, 460), (None, 467)],
 )
-def test_bad_tokens(monkeypatch, sandbox, sleeps, token_kwargs, subcode):
+def test_bad_tokens(connect, sandbox, sleeps, token_kwargs, subcode):
     token = f"bad-token-{subcode}-abcdefgh"
     if token_kwargs is not None:
         sandbox.add_token(token, **token_kwargs)
-    conn_id = connect(monkeypatch, sandbox, password=token)
+    conn_id = connect(sandbox, password=token)
     with FacebookCustomAudiencesHook(conn_id, sleep=sleeps) as hook, pytest.raises(GraphAuthError) as raised:
         list(hook.list_audiences())
     assert (raised.value.code, raised.value.subcode) == (190, subcode)
@@ -339,8 +311,8 @@ def test_bad_tokens(monkeypatch, sandbox, sleeps, token_kwargs, subcode):
     assert sleeps == []
 
 
-def test_retired_api_version(monkeypatch, sandbox, sleeps):
-    conn_id = connect(monkeypatch, sandbox, extra={"api_version": "v19.0"})
+def test_retired_api_version(connect, sandbox, sleeps):
+    conn_id = connect(sandbox, extra={"api_version": "v19.0"})
     with (
         FacebookCustomAudiencesHook(conn_id, sleep=sleeps) as hook,
         pytest.raises(GraphInvalidRequestError) as raised,
@@ -405,8 +377,8 @@ def test_non_retryable_errors_raise_at_once(hook, sandbox, sleeps, error, expect
     ],
     ids=["code2", "code1-500", "code17", "disconnect", "lost-response", "timeout"],
 )
-def test_retries_through_failures_to_success(monkeypatch, sandbox, sleeps, fault):
-    conn_id = connect(monkeypatch, sandbox)
+def test_retries_through_failures_to_success(connect, sandbox, sleeps, fault):
+    conn_id = connect(sandbox)
     with FacebookCustomAudiencesHook(conn_id, sleep=sleeps, timeout=(5.0, 0.5)) as hook:
         audience_id = hook.create_audience("Retried")
         add_faults(sandbox, {"method": "POST", "path": "/users$", "times": 2, **fault})
@@ -419,8 +391,8 @@ def test_retries_through_failures_to_success(monkeypatch, sandbox, sleeps, fault
     assert sorted(m["EXTERN_ID"] for m in sandbox.members(audience_id)) == ["id-0", "id-1", "id-2"]
 
 
-def test_backoff_grows_between_transient_retries(monkeypatch, sandbox, sleeps):
-    conn_id = connect(monkeypatch, sandbox)
+def test_backoff_grows_between_transient_retries(connect, sandbox, sleeps):
+    conn_id = connect(sandbox)
     with FacebookCustomAudiencesHook(conn_id, sleep=sleeps, retry_backoff_s=2.0) as hook:
         add_faults(
             sandbox, {"path": "customaudiences", "times": 3, "error": {"code": 2, "is_transient": True}}
@@ -431,8 +403,8 @@ def test_backoff_grows_between_transient_retries(monkeypatch, sandbox, sleeps):
         assert floor <= wait <= floor * 1.25
 
 
-def test_transient_errors_give_up_after_max_retries(monkeypatch, sandbox, sleeps):
-    conn_id = connect(monkeypatch, sandbox)
+def test_transient_errors_give_up_after_max_retries(connect, sandbox, sleeps):
+    conn_id = connect(sandbox)
     with FacebookCustomAudiencesHook(conn_id, sleep=sleeps, max_retries=2) as hook:
         add_faults(sandbox, {"path": "customaudiences", "times": 5, "disconnect": True})
         with pytest.raises(GraphTransientError) as raised:
@@ -442,8 +414,8 @@ def test_transient_errors_give_up_after_max_retries(monkeypatch, sandbox, sleeps
     assert "http://" not in str(raised.value)
 
 
-def test_rate_limit_gives_up_with_retry_after(monkeypatch, sandbox, sleeps):
-    conn_id = connect(monkeypatch, sandbox)
+def test_rate_limit_gives_up_with_retry_after(connect, sandbox, sleeps):
+    conn_id = connect(sandbox)
     error = {
         "code": 80003,
         "error_subcode": 2446079,
@@ -458,8 +430,8 @@ def test_rate_limit_gives_up_with_retry_after(monkeypatch, sandbox, sleeps):
     assert sleeps and sleeps[0] >= 7 * 60
 
 
-def test_lockout_longer_than_allowed_raises_at_once(monkeypatch, sandbox, sleeps):
-    conn_id = connect(monkeypatch, sandbox)
+def test_lockout_longer_than_allowed_raises_at_once(connect, sandbox, sleeps):
+    conn_id = connect(sandbox)
     error = {
         "code": 80003,
         "message": "too many calls",

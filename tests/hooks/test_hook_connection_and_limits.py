@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import subprocess
@@ -22,23 +21,6 @@ from airflow_provider_fbca.sandbox.state import ManualClock
 
 CONN_ID = "facebook_custom_audiences_default"
 AIRFLOW_BIN = Path(sys.executable).parent / "airflow"
-
-
-def connection(sb: Any, **overrides: Any) -> dict[str, Any]:
-    extra = {"ad_account_id": sb.ad_account_id, "app_id": sb.app_id, "app_secret": sb.app_secret}
-    conn = {
-        "conn_type": "facebook_custom_audiences",
-        "host": sb.url,
-        "password": sb.access_token,
-        "extra": extra,
-    }
-    conn.update(overrides)
-    return conn
-
-
-def connect(monkeypatch: pytest.MonkeyPatch, sb: Any, **overrides: Any) -> str:
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(connection(sb, **overrides)))
-    return CONN_ID
 
 
 class FakeTime:
@@ -64,10 +46,10 @@ def test_connection_ok(fb_conn_id):
     assert "terms accepted" in message
 
 
-def test_connection_names_the_expiry_date(monkeypatch, sandbox):
+def test_connection_names_the_expiry_date(connect, sandbox):
     sandbox.add_token("sixty-day-token-abcdef", expires_at=sandbox.clock() + 86400 * 30)
     ok, message = FacebookCustomAudiencesHook(
-        connect(monkeypatch, sandbox, password="sixty-day-token-abcdef")
+        connect(sandbox, password="sixty-day-token-abcdef")
     ).test_connection()
     assert ok is True, message
     assert "expires 20" in message and "UTC" in message
@@ -78,59 +60,59 @@ def test_connection_names_the_expiry_date(monkeypatch, sandbox):
     [({"expires_at": 1_000_000_000.0}, "expired"), ({"valid": False}, "invalidated"), (None, "Cannot parse")],
     ids=["expired", "invalidated", "unknown"],
 )
-def test_connection_fails_with_the_reason(monkeypatch, sandbox, token_kwargs, reason):
+def test_connection_fails_with_the_reason(connect, sandbox, token_kwargs, reason):
     token = "a-token-that-fails-0123456789"
     if token_kwargs is not None:
         sandbox.add_token(token, **token_kwargs)
-    ok, message = FacebookCustomAudiencesHook(connect(monkeypatch, sandbox, password=token)).test_connection()
+    ok, message = FacebookCustomAudiencesHook(connect(sandbox, password=token)).test_connection()
     assert ok is False
     assert reason in message
     assert "invalid" in message.lower()
     assert token not in message
 
 
-def test_connection_fails_without_ads_management(monkeypatch, sandbox):
+def test_connection_fails_without_ads_management(connect, sandbox):
     sandbox.add_token("reader-token-0123456789", scopes=["ads_read"])
     ok, message = FacebookCustomAudiencesHook(
-        connect(monkeypatch, sandbox, password="reader-token-0123456789")
+        connect(sandbox, password="reader-token-0123456789")
     ).test_connection()
     assert ok is False
     assert "lacks the ads_management permission" in message
 
 
-def test_connection_fails_without_terms(monkeypatch, sandbox, fb_conn_id):
+def test_connection_fails_without_terms(sandbox, fb_conn_id):
     sandbox.set_terms_accepted(sandbox.ad_account_id, False)
     ok, message = FacebookCustomAudiencesHook(fb_conn_id).test_connection()
     assert ok is False
     assert f"customaudiences/tos/?act={sandbox.ad_account_id.removeprefix('act_')}" in message
 
 
-def test_connection_fails_on_a_bad_app_secret(monkeypatch, sandbox):
+def test_connection_fails_on_a_bad_app_secret(connect, sandbox):
     extra = {
         "ad_account_id": sandbox.ad_account_id,
         "app_id": sandbox.app_id,
         "app_secret": "not-the-secret-123",
     }
-    ok, message = FacebookCustomAudiencesHook(connect(monkeypatch, sandbox, extra=extra)).test_connection()
+    ok, message = FacebookCustomAudiencesHook(connect(sandbox, extra=extra)).test_connection()
     assert ok is False
+    assert "appsecret_proof" in message
+    assert "Set app_secret" in message  # the secret is named as the culprit, not the token
     assert "not-the-secret-123" not in message
 
 
-def test_connection_refuses_plain_http_off_loopback(monkeypatch, sandbox):
-    ok, message = FacebookCustomAudiencesHook(
-        connect(monkeypatch, sandbox, host="http://example.com")
-    ).test_connection()
+def test_connection_refuses_plain_http_off_loopback(connect, sandbox):
+    ok, message = FacebookCustomAudiencesHook(connect(sandbox, host="http://example.com")).test_connection()
     assert ok is False
     assert "unencrypted" in message
 
 
-def _airflow_cli(conn: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _airflow_cli(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``airflow connections test`` in its own process, with the connection from the environment."""
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(tmp_path),
         "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(conn),
     }
     return subprocess.run(
         [str(AIRFLOW_BIN), "connections", "test", CONN_ID],
@@ -141,12 +123,14 @@ def _airflow_cli(conn: dict[str, Any], tmp_path: Path) -> subprocess.CompletedPr
     )
 
 
-def test_airflow_cli_connections_test(sandbox, tmp_path):
+def test_airflow_cli_connections_test(connect, sandbox, tmp_path):
     sandbox.add_token("cli-expired-token-abcdef", expires_at=1_000_000_000.0)
-    good = _airflow_cli(connection(sandbox), tmp_path)
+    connect(sandbox)
+    good = _airflow_cli(tmp_path)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "Connection success!" in good.stdout
-    bad = _airflow_cli(connection(sandbox, password="cli-expired-token-abcdef"), tmp_path)
+    connect(sandbox, password="cli-expired-token-abcdef")
+    bad = _airflow_cli(tmp_path)
     assert bad.returncode == 1
     assert "Connection failed!" in bad.stdout
     assert "expired" in bad.stdout
@@ -171,11 +155,11 @@ def _spend_budget(sb: Any, calls: int) -> None:
         )
 
 
-def test_80003_lockout_is_waited_out_as_the_header_says(monkeypatch):
+def test_80003_lockout_is_waited_out_as_the_header_says(connect):
     clock = ManualClock()
     with Sandbox(clock=clock, rate_limit_budget=5, rate_limit_lockout_s=19 * 60) as sb:
         fake = FakeTime(clock)
-        hook = FacebookCustomAudiencesHook(connect(monkeypatch, sb), sleep=fake.sleep, clock=clock)
+        hook = FacebookCustomAudiencesHook(connect(sb), sleep=fake.sleep, clock=clock)
         _spend_budget(sb, 6)  # the sixth call trips the lockout
         audiences = list(hook.list_audiences())
     assert audiences == []
@@ -186,12 +170,12 @@ def test_80003_lockout_is_waited_out_as_the_header_says(monkeypatch):
     assert codes.count(80003) == 2  # the other client's, and the hook's one attempt before waiting
 
 
-def test_calls_slow_down_as_the_budget_fills(monkeypatch):
+def test_calls_slow_down_as_the_budget_fills(connect):
     clock = ManualClock()
     with Sandbox(clock=clock, rate_limit_budget=8, rate_limit_window_s=600) as sb:
         fake = FakeTime(clock)
         hook = FacebookCustomAudiencesHook(
-            connect(monkeypatch, sb),
+            connect(sb),
             sleep=fake.sleep,
             clock=clock,
             usage_threshold_percent=50,
@@ -212,10 +196,10 @@ def test_calls_slow_down_as_the_budget_fills(monkeypatch):
 # -- secrets -------------------------------------------------------------------------------------------
 
 
-def test_no_secret_in_any_log_line_output_or_error(monkeypatch, sandbox, caplog, capsys):
+def test_no_secret_in_any_log_line_output_or_error(connect, sandbox, caplog, capsys):
     caplog.set_level(logging.DEBUG)
     secrets = [sandbox.access_token, sandbox.app_secret, f"{sandbox.app_id}|{sandbox.app_secret}"]
-    conn_id = connect(monkeypatch, sandbox)
+    conn_id = connect(sandbox)
     errors: list[str] = []
     with FacebookCustomAudiencesHook(conn_id, sleep=lambda s: None) as hook:
         hook.test_connection()
@@ -239,9 +223,7 @@ def test_no_secret_in_any_log_line_output_or_error(monkeypatch, sandbox, caplog,
             with pytest.raises(GraphAPIError) as raised:
                 call()
             errors.append(str(raised.value))
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(connection(sandbox, password="unknown-token-123456"))
-    )
+    connect(sandbox, password="unknown-token-123456")
     with pytest.raises(GraphAuthError) as raised:
         FacebookCustomAudiencesHook(conn_id).get_audience("1")
     errors.append(str(raised.value))
@@ -268,16 +250,18 @@ def test_token_and_secret_registered_with_airflow_masker(fb_conn_id, sandbox):
     assert sandbox.app_secret not in redacted
 
 
-def test_connection_fails_on_an_unknown_ad_account(monkeypatch, sandbox):
-    extra = {"ad_account_id": "act_555", "app_id": sandbox.app_id, "app_secret": sandbox.app_secret}
-    ok, message = FacebookCustomAudiencesHook(connect(monkeypatch, sandbox, extra=extra)).test_connection()
+def test_connection_fails_on_an_unknown_ad_account(connect, sandbox):
+    ok, message = FacebookCustomAudiencesHook(
+        connect(sandbox, extra={"ad_account_id": "act_555"})
+    ).test_connection()
     assert ok is False
     assert "act_555" in message
     assert "assigned to the ad account" in message
 
 
-def test_connection_without_an_ad_account_checks_the_token_only(monkeypatch, sandbox):
-    extra = {"app_id": sandbox.app_id, "app_secret": sandbox.app_secret}
-    ok, message = FacebookCustomAudiencesHook(connect(monkeypatch, sandbox, extra=extra)).test_connection()
+def test_connection_without_an_ad_account_checks_the_token_only(connect, sandbox):
+    hook = FacebookCustomAudiencesHook(connect(sandbox, extra={"ad_account_id": None}))
+    assert hook.ad_account_id is None
+    ok, message = hook.test_connection()
     assert ok is True
     assert "no ad account configured" in message
