@@ -468,3 +468,15 @@ def test_lost_answers_to_replace_batches_are_recovered_not_resent(hook, sandbox)
     assert last["session_id"] == "31"
     assert sorted(m["EXTERN_ID"] for m in sandbox.members(audience_id)) == ["id-0", "id-1", "id-2", "id-3"]
     assert len([r for r in graph_requests(sandbox, "usersreplace")]) == 3  # batch 1 once, batch 2 twice
+
+
+def test_refused_connection_is_retried_even_for_creates(connect, sandbox, sleeps):
+    # Nothing listens on a stopped sandbox's port: the request never left, so even a create may be resent.
+    conn_id = connect(sandbox)
+    sandbox.stop()
+    hook = FacebookCustomAudiencesHook(conn_id, sleep=sleeps, max_retries=2)
+    with pytest.raises(GraphTransientError) as raised:
+        hook.create_audience("Nobody home")
+    assert len(sleeps) == 2
+    assert "may or may not exist" not in str(raised.value)
+    assert "Check the network path" in raised.value.remedy
