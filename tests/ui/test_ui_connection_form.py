@@ -45,15 +45,19 @@ EXTRA_FIELDS = {
 }
 
 
+def _skip_or_fail(message: str) -> None:
+    """Skip where the browser cannot run; in CI the browser test must run, so fail there."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def _chromium_path() -> str:
-    """Debian's Chromium, or skip (fail in CI: there the browser test must run)."""
+    """Debian's Chromium (Playwright drives it: no browser download)."""
     found = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     if found is None:
-        message = "Chromium not found (make test installs Debian's chromium when run as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+        _skip_or_fail("Chromium not found (make test installs Debian's chromium when run as root)")
+    return str(found)
 
 
 def _free_port() -> int:
@@ -91,7 +95,13 @@ def _wait_until_healthy(base_url: str, server: subprocess.Popen[bytes], log: Pat
 
 
 @pytest.fixture(scope="module")
-def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def chromium() -> str:
+    """The browser's path, checked before anything else starts."""
+    return _chromium_path()
+
+
+@pytest.fixture(scope="module")
+def api_server(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``airflow api-server`` on loopback and a free port, with a freshly migrated SQLite database."""
     home = tmp_path_factory.mktemp("airflow-ui-home")
     env = _airflow_env(home)
@@ -122,12 +132,14 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def page(api_server: str) -> Iterator[Any]:
+def page(chromium: str, api_server: str) -> Iterator[Any]:
     """A Chromium page (Playwright, driving Debian's browser: no browser download)."""
-    executable = _chromium_path()
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _skip_or_fail("Playwright is not installed (it comes with the project's test extras)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100}, base_url=api_server)
             page.set_default_timeout(20_000)
