@@ -7,6 +7,7 @@ nothing: the retry plans again from the state and sends only what was not acknow
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -37,39 +38,59 @@ class SessionResult:
 class UploadSession(Generic[Row]):
     """One upload session: sends pages in order and acknowledges each one Meta accepted.
 
+    One batch is in flight while the next page is read from the stage and encoded, so the database
+    work of the run overlaps Meta's (or the sandbox's) processing; batches still go one at a time and in
+    order, and each is acknowledged only once Meta accepted it.
+
     :param session_id: the session's id (positive int64, fresh for each run).
     :param kind: ``add``, ``remove`` or ``replace``, for the report.
     :param total: the number of rows the pages hold: it sets ``estimated_num_total`` and tells which batch
         carries ``last_batch_flag``.
-    :param send: sends one page with its ``session`` object and returns Meta's response.
+    :param encode: turns a page into the request's ``data`` rows.
+    :param send: sends one batch's ``data`` with its ``session`` object and returns Meta's response.
     :param acknowledge: called with each page once Meta accepted it (updates the state).
     """
 
     session_id: int
     kind: str
     total: int
-    send: Callable[[list[Row], dict[str, Any]], dict[str, Any]]
+    encode: Callable[[list[Row]], list[Any]]
+    send: Callable[[list[Any], dict[str, Any]], dict[str, Any]]
     acknowledge: Callable[[list[Row]], None]
 
     def run(self, pages: Iterable[list[Row]]) -> SessionResult:
         result = SessionResult(self.session_id, self.kind)
-        for page in pages:
-            if len(page) > MAX_BATCH_SIZE:
-                raise ValueError(f"A batch holds {len(page)} rows; Meta takes at most {MAX_BATCH_SIZE}.")
-            session = {
-                "session_id": self.session_id,
-                "batch_seq": result.batches + 1,
-                "last_batch_flag": result.rows + len(page) >= self.total,
-                "estimated_num_total": self.total,
-            }
-            response = self.send(page, session)
-            self.acknowledge(page)
-            result.batches += 1
-            result.rows += len(page)
-            result.num_received = _as_int(response.get("num_received"), result.rows)
-            # Both counters are running totals of the session (as Meta documents num_received).
-            result.num_invalid_entries = _as_int(response.get("num_invalid_entries"), 0)
+        queued_batches = queued_rows = 0
+        in_flight: tuple[Future[dict[str, Any]], list[Row]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbca-upload") as sender:
+            for page in pages:
+                if len(page) > MAX_BATCH_SIZE:
+                    raise ValueError(f"A batch holds {len(page)} rows; Meta takes at most {MAX_BATCH_SIZE}.")
+                queued_batches += 1
+                queued_rows += len(page)
+                session = {
+                    "session_id": self.session_id,
+                    "batch_seq": queued_batches,
+                    "last_batch_flag": queued_rows >= self.total,
+                    "estimated_num_total": self.total,
+                }
+                data = self.encode(page)
+                if in_flight is not None:
+                    self._settle(*in_flight, result)
+                in_flight = (sender.submit(self.send, data, session), page)
+            if in_flight is not None:
+                self._settle(*in_flight, result)
         return result
+
+    def _settle(self, answer: Future[dict[str, Any]], page: list[Row], result: SessionResult) -> None:
+        """Wait for a batch's answer (raising its error), then acknowledge it."""
+        response = answer.result()
+        self.acknowledge(page)
+        result.batches += 1
+        result.rows += len(page)
+        result.num_received = _as_int(response.get("num_received"), result.rows)
+        # Both counters are running totals of the session (as Meta documents num_received).
+        result.num_invalid_entries = _as_int(response.get("num_invalid_entries"), 0)
 
 
 def _as_int(value: Any, default: int) -> int:

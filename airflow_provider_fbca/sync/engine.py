@@ -282,9 +282,11 @@ class SyncRun:
         if plan.to_record:
             record_tracked_rows(self.store, stage, self.options.sync_key)
 
-    def _new_session(self, kind: str, total: int, send: Any, acknowledge: Any) -> UploadSession[Any]:
+    def _new_session(
+        self, kind: str, total: int, encode: Any, send: Any, acknowledge: Any
+    ) -> UploadSession[Any]:
         session_id = self.store.new_session_id(self.options.sync_key, kind)
-        return UploadSession(session_id, kind, total, send, acknowledge)
+        return UploadSession(session_id, kind, total, encode, send, acknowledge)
 
     def _extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -298,28 +300,29 @@ class SyncRun:
         schema = key_schema.split(",")
         sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
 
-        def send(page: list[tuple[str, str]], session: dict[str, Any]) -> dict[str, Any]:
-            data = [decode_identifiers(identifiers) for _, identifiers in page]
+        def encode(page: list[tuple[str, str]]) -> list[list[str]]:
+            return [decode_identifiers(identifiers) for _, identifiers in page]
+
+        def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
             return self.client.remove_users(audience_id, schema, data, session=session, **extra)
 
         def acknowledge(page: list[tuple[str, str]]) -> None:
             self.store.delete_keys(sync_key, (row_key for row_key, _ in page))
 
         total = count_removals(self.store, stage, key_schema)
-        session = self._new_session("remove", total, send, acknowledge)
+        session = self._new_session("remove", total, encode, send, acknowledge)
         self._finish(session.run(removal_pages(self.store, stage, key_schema, self.options.batch_size)))
 
     def _add(self, stage: StageTable, plan: SyncPlan) -> None:
         sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
 
-        def send(page: list[StagedRow], session: dict[str, Any]) -> dict[str, Any]:
-            data = [decode_identifiers(row.identifiers) for row in page]
+        def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
             return self.client.add_users(audience_id, self.schema, data, session=session, **extra)
 
         def acknowledge(page: list[StagedRow]) -> None:
             self.store.upsert(sync_key, page)
 
-        session = self._new_session("add", plan.to_add, send, acknowledge)
+        session = self._new_session("add", plan.to_add, _encode_staged, send, acknowledge)
         self._finish(session.run(addition_pages(self.store, stage, self.options.batch_size)))
 
     def _replace(self, stage: StageTable, plan: SyncPlan) -> None:
@@ -331,8 +334,7 @@ class SyncRun:
         sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
         cleared = False
 
-        def send(page: list[StagedRow], session: dict[str, Any]) -> dict[str, Any]:
-            data = [decode_identifiers(row.identifiers) for row in page]
+        def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
             return self.client.replace_users(audience_id, self.schema, data, session=session, **extra)
 
         def acknowledge(page: list[StagedRow]) -> None:
@@ -343,7 +345,7 @@ class SyncRun:
                 cleared = True
             self.store.upsert(sync_key, page)
 
-        session = self._new_session("replace", plan.to_add, send, acknowledge)
+        session = self._new_session("replace", plan.to_add, _encode_staged, send, acknowledge)
         self._finish(session.run(addition_pages(self.store, stage, self.options.batch_size)))
 
     def _finish(self, result: SessionResult) -> None:
@@ -357,6 +359,10 @@ class SyncRun:
             result.num_received,
             result.num_invalid_entries,
         )
+
+
+def _encode_staged(page: list[StagedRow]) -> list[list[str]]:
+    return [decode_identifiers(row.identifiers) for row in page]
 
 
 def _contains(sorted_values: array[int], value: int) -> bool:

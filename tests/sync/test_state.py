@@ -54,7 +54,7 @@ def test_source_digests_come_sorted_across_pages(store: StateStore) -> None:
         "s",
         [StagedRow(f"k{i}", "f", "d", "EXTERN_ID", f"k{i}", 1, digest) for i, digest in enumerate(digests)],
     )
-    assert list(store.source_digests("s", page_size=2)) == sorted(digests)
+    assert list(store.source_digests("s", fetch_size=2)) == sorted(digests)
 
 
 def test_a_schema_qualified_state_table_works(store: StateStore) -> None:
