@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -80,9 +80,9 @@ class RunReport:
     sync: dict[str, Any]
     upload: dict[str, Any]
     seconds: float
+    sensor_seconds: float | None = None
     evolution: Evolution | None = None
     warehouse_rows: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,6 +248,18 @@ def latest_xcom(metadata_db: Path, dag_id: str, task_id: str) -> Any:
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
+def latest_duration(metadata_db: Path, dag_id: str, task_id: str) -> float | None:
+    """How long a task of the DAG's latest run took (a deferred sensor: including its wait)."""
+    with contextlib.closing(sqlite3.connect(metadata_db)) as db:
+        row = db.execute(
+            "SELECT ti.duration FROM task_instance AS ti JOIN dag_run AS run"
+            " ON run.dag_id = ti.dag_id AND run.run_id = ti.run_id"
+            " WHERE ti.dag_id = ? AND ti.task_id = ? ORDER BY run.id DESC LIMIT 1",
+            (dag_id, task_id),
+        ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def run_mirror_dag(env: Mapping[str, str], home: Path, title: str) -> RunReport:
     """``airflow dags test`` the mirror DAG once; read the sync's and the sensor's XCom."""
     started = time.monotonic()
@@ -258,6 +270,7 @@ def run_mirror_dag(env: Mapping[str, str], home: Path, title: str) -> RunReport:
         sync=latest_xcom(metadata_db, MIRROR_DAG_ID, SYNC_TASK_ID),
         upload=latest_xcom(metadata_db, MIRROR_DAG_ID, SENSOR_TASK_ID),
         seconds=time.monotonic() - started,
+        sensor_seconds=latest_duration(metadata_db, MIRROR_DAG_ID, SENSOR_TASK_ID),
     )
 
 
@@ -315,6 +328,10 @@ def format_report(report: RunReport) -> str:
     lines += _reason_lines("dropped values by reason:", sync.get("dropped_values_by_reason") or {})
     lines.append(f"   sessions:                  {len(sync.get('session_ids') or [])}")
     lines += _session_lines(sync, upload)
+    if report.sensor_seconds is not None:
+        lines.append(
+            f"   sensor:                    waited {report.sensor_seconds:.1f} s for Meta to process"
+        )
     lines.append(
         f"   match rate (sensor):       {_percent(total.get('match_rate'))} of "
         f"{_count(total.get('num_received'))} rows received; {_count(total.get('num_invalid_entries'))} invalid"
@@ -331,6 +348,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
     return {
         "title": report.title,
         "seconds": round(report.seconds, 1),
+        "sensor_seconds": report.sensor_seconds,
         "warehouse_rows": report.warehouse_rows,
         "evolution": None if evolution is None else evolution.__dict__,
         "sync": report.sync,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -83,6 +84,8 @@ def test_first_run_adds_everyone_and_meta_matches_the_population_share(demo_resu
     # Every customer drawn from the population matches when the identifiers are normalized right.
     assert added["num_matched"] == _population_count(initial_keys)
     assert first["upload"]["total"]["match_rate"] == pytest.approx(0.6, abs=0.05)
+    # The sandbox takes 2 s to process a session: the sensor confirmed it only after waiting.
+    assert first["sensor_seconds"] >= 1.5
 
 
 def test_second_run_sends_only_the_changes(demo_result: dict[str, Any]) -> None:
@@ -145,3 +148,26 @@ def test_ctrl_c_stops_the_sandbox_and_removes_the_temporary_files() -> None:
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/_sandbox/requests", timeout=5)
     assert not home.parent.exists()
+
+
+def test_a_failed_run_stops_the_sandbox_and_keeps_the_logs(tmp_path: Path) -> None:
+    # Too few known people for the mirror DAG's min_match_rate (0.3): the sensor fails the run.
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "demo.py"), "--customers", "200", "--match-share", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = _read_until(process, r"-- sandbox at (\S+) ", 120).group(1)
+        kept = Path(_read_until(process, r"-- logs kept in (\S+)", 300).group(1))
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/_sandbox/requests", timeout=5)
+    log = (kept / "airflow-home" / "dags-test.log").read_text()
+    assert "is below min_match_rate" in log
+    shutil.rmtree(kept)
