@@ -160,6 +160,9 @@ class SyncRun:
         self.schema = list(preparer.schema)
         self.state_empty = True
         self.known_digests: array[int] | None = None
+        self.seen = bytearray()  # per known digest: did a model row of this run have it
+        self.seen_count = 0
+        self.seen_duplicate_keys: list[str] = []
         self.key_normalizer = key_normalizer or _default_key_normalizer
         self.digest_seed = f"{self.schema!r}|{options.has_membership}|{digest_seed}|"
         self.report = SyncReport(
@@ -185,7 +188,17 @@ class SyncRun:
                 stage.load(self._stage_chunk(chunk))
             self.store.commit()
             stage.index()
-            check_duplicates(self.store, stage)
+            if self.known_digests is not None:
+                stage.load_unseen(
+                    d for d, seen in zip(self.known_digests, self.seen, strict=True) if not seen
+                )
+            check_duplicates(
+                self.store,
+                stage,
+                self.options.sync_key,
+                seen_keys=self.seen_duplicate_keys,
+                adds_enabled=self.options.adds_enabled,
+            )
             plan = build_plan(
                 self.store,
                 stage,
@@ -194,6 +207,7 @@ class SyncRun:
                 adds_enabled=self.options.adds_enabled,
                 state_empty=self.state_empty,
                 full_refresh=self.options.full_refresh,
+                seen=None if self.known_digests is None else self.seen_count,
             )
             self.report.plan = plan
             log.info("Plan: %s", _describe(plan))
@@ -207,21 +221,27 @@ class SyncRun:
     # -- staging --------------------------------------------------------------------------------------
 
     def _stage_chunk(self, chunk: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        """Stage one chunk of source rows; only rows whose source cells changed are prepared."""
+        """Stage one chunk of source rows; only rows whose source cells changed are prepared and staged.
+
+        A row whose cells are exactly those the state recorded for a row is unchanged: it is only counted
+        (and marked seen, so that it is neither gone nor a duplicate).
+        """
         has_membership = self.options.has_membership
         self.report.rows_read += len(chunk)
         digests = [self._source_digest(row) for row in chunk]
         staged: list[tuple[Any, ...]] = []
         fresh: list[int] = []  # indices of the rows to prepare
+        known, seen = self.known_digests, self.seen
         for index, digest in enumerate(digests):
-            if self.known_digests is None or not _contains(self.known_digests, digest):
+            position = -1 if known is None else _position(known, digest)
+            if position < 0:
                 fresh.append(index)
-                continue
-            # Same cells as when the state recorded this row: it prepares to what the state holds.
-            row = chunk[index]
-            member = parse_membership(row[-1]) if has_membership else True
-            key = self.key_normalizer(row[self.options.source_key_index])
-            staged.append((key, None, None, None, None, int(member), 1, 1, 0, 0, digest))
+            elif seen[position]:  # the very same cells twice: the same key twice
+                key = self.key_normalizer(chunk[index][self.options.source_key_index])
+                self.seen_duplicate_keys.append(key)
+            else:
+                seen[position] = 1
+                self.seen_count += 1
         if not fresh:
             return staged
         values = [chunk[i][:-1] if has_membership else chunk[i] for i in fresh]
@@ -266,7 +286,9 @@ class SyncRun:
         """
         if self.state_empty or self.options.full_refresh or self.options.source_key_index is None:
             return
-        self.known_digests = array("q", self.store.source_digests(self.options.sync_key))
+        members_only = self.options.adds_enabled  # a tracked-only row must be prepared to be sent
+        self.known_digests = array("q", self.store.source_digests(self.options.sync_key, members_only))
+        self.seen = bytearray(len(self.known_digests))
 
     # -- sending --------------------------------------------------------------------------------------
 
@@ -365,9 +387,10 @@ def _encode_staged(page: list[StagedRow]) -> list[list[str]]:
     return [decode_identifiers(row.identifiers) for row in page]
 
 
-def _contains(sorted_values: array[int], value: int) -> bool:
+def _position(sorted_values: array[int], value: int) -> int:
+    """The index of ``value`` in a sorted array, or -1."""
     position = bisect_left(sorted_values, value)
-    return position < len(sorted_values) and sorted_values[position] == value
+    return position if position < len(sorted_values) and sorted_values[position] == value else -1
 
 
 def _default_key_normalizer(value: Any) -> str:

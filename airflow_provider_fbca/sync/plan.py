@@ -26,6 +26,7 @@ from airflow_provider_fbca.sync.state import (
     StageTable,
     StateStore,
     encode_identifiers,
+    known_rows_filter,
     utc_now,
 )
 
@@ -151,6 +152,7 @@ def build_plan(
     adds_enabled: bool,
     state_empty: bool,
     full_refresh: bool = False,
+    seen: int | None = None,
 ) -> SyncPlan:
     """Join the loaded stage with the state and mark each row's actions.
 
@@ -161,6 +163,8 @@ def build_plan(
     :param adds_enabled: whether member rows are sent (not in plain delete mode).
     :param state_empty: the state held no row of this sync when the stage was loaded.
     :param full_refresh: every member row is sent (usersreplace); nothing is removed row by row.
+    :param seen: when the run skipped the rows whose source cells did not change (see
+        :func:`unchanged_source_filter`), how many it skipped: they are unchanged and not in the stage.
     """
     if not state_empty:
         _mark_differences(store, stage, sync_key, adds_enabled)
@@ -171,7 +175,8 @@ def build_plan(
             " old_identifiers, old_member, to_add, to_remove, to_record)"
             " SELECT s.row_key, NULL, 1, s.fingerprint, s.id_digest, s.key_schema, s.identifiers, s.member,"
             f" 0, {remove_gone}, 0 FROM {store.table} AS s WHERE s.sync_key = ?"
-            f" AND NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.row_key = s.row_key)",
+            f" AND NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.row_key = s.row_key)"
+            + ("" if seen is None else f" AND NOT ({seen_state_rows(stage, adds_enabled)})"),
             (sync_key,),
         ).close()
         if full_refresh:  # usersreplace sends every member row, removes the rest
@@ -180,7 +185,7 @@ def build_plan(
             ).close()
         store.commit()
     stage.index_actions()
-    return _count(store, stage, mode, full_refresh)
+    return _count(store, stage, mode, full_refresh, seen or 0)
 
 
 def _mark_differences(store: StateStore, stage: StageTable, sync_key: str, adds_enabled: bool) -> None:
@@ -227,7 +232,15 @@ def load_defaults(member: int, adds_enabled: bool, state_empty: bool) -> tuple[i
     return (1, 1, 0, 0)
 
 
-def _count(store: StateStore, stage: StageTable, mode: SyncMode, full_refresh: bool) -> SyncPlan:
+def seen_state_rows(stage: StageTable, adds_enabled: bool) -> str:
+    """SQL condition on state rows ``s``: a model row of this run had exactly its source cells."""
+    return (
+        f"s.source_digest IS NOT NULL AND {known_rows_filter(adds_enabled, 's.member')}"
+        f" AND s.source_digest NOT IN (SELECT source_digest FROM {stage.unseen})"
+    )
+
+
+def _count(store: StateStore, stage: StageTable, mode: SyncMode, full_refresh: bool, seen: int) -> SyncPlan:
     known = "member = 1 AND in_state = 1 AND old_member = 1"
     leaving = "in_state = 1 AND (member IS NULL OR member = 0)"
     full = _flag(full_refresh)
@@ -252,27 +265,50 @@ def _count(store: StateStore, stage: StageTable, mode: SyncMode, full_refresh: b
     sums = ", ".join(f"COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0)" for cond in conditions.values())
     row = store.fetch_one(f"SELECT {sums} FROM {stage.name}")
     counts = dict(zip(conditions, (int(value) for value in row), strict=True))
+    # Rows skipped because their source cells did not change are unchanged rows of the state.
+    counts["state_rows"] += seen
+    counts["unchanged"] += seen
     return SyncPlan(mode=mode, full_refresh=full_refresh, **counts)
 
 
-def find_duplicates(store: StateStore, stage: StageTable) -> tuple[int, list[str]]:
-    """``(number of duplicated keys, a few of them)`` among the loaded model rows."""
-    duplicated = (
-        f"SELECT row_key FROM {stage.name} WHERE member IS NOT NULL GROUP BY row_key HAVING COUNT(*) > 1"
-    )
-    count = int(store.fetch_one(f"SELECT COUNT(*) FROM ({duplicated}) AS d")[0])
-    sample = [
-        row[0] for row in store.fetch_all(f"{duplicated} ORDER BY row_key LIMIT {DUPLICATE_SAMPLE_SIZE}")
-    ]
-    return count, sample
+def find_duplicates(
+    store: StateStore,
+    stage: StageTable,
+    sync_key: str,
+    *,
+    seen_keys: Sequence[str] = (),
+    adds_enabled: bool = True,
+) -> tuple[int, list[str]]:
+    """``(number of duplicated keys, a few of them)`` among the model rows.
+
+    :param seen_keys: keys of rows skipped as unchanged that repeated another skipped row.
+    :param adds_enabled: as for :func:`build_plan`; with ``seen_keys``, the run skipped unchanged rows, so
+        a staged row whose key belongs to a state row whose cells were seen is a duplicate too.
+    """
+    staged = f"SELECT row_key FROM {stage.name} WHERE member IS NOT NULL GROUP BY row_key HAVING COUNT(*) > 1"
+    keys = {row[0] for row in store.fetch_all(staged)} | set(seen_keys)
+    if stage.unseen_loaded:
+        clashing = (
+            f"SELECT t.row_key FROM {stage.name} AS t JOIN {store.table} AS s"
+            f" ON s.sync_key = ? AND s.row_key = t.row_key WHERE {seen_state_rows(stage, adds_enabled)}"
+        )
+        keys |= {row[0] for row in store.fetch_all(clashing, (sync_key,))}
+    return len(keys), sorted(keys)[:DUPLICATE_SAMPLE_SIZE]
 
 
-def check_duplicates(store: StateStore, stage: StageTable) -> None:
+def check_duplicates(
+    store: StateStore,
+    stage: StageTable,
+    sync_key: str = "",
+    *,
+    seen_keys: Sequence[str] = (),
+    adds_enabled: bool = True,
+) -> None:
     """Fail before anything is sent when two model rows share an EXTERN_ID.
 
     The sample names row keys (EXTERN_IDs: the user's own record ids, sent unhashed to Meta), never PII.
     """
-    count, sample = find_duplicates(store, stage)
+    count, sample = find_duplicates(store, stage, sync_key, seen_keys=seen_keys, adds_enabled=adds_enabled)
     if count:
         raise DuplicateKeysError(
             f"{count} EXTERN_ID value(s) appear on more than one row of the model, e.g. "

@@ -108,6 +108,11 @@ def decode_identifiers(text: str) -> list[str]:
     return text.split(_SEPARATOR)
 
 
+def known_rows_filter(members_only: bool, member_column: str) -> str:
+    """Which state rows a run knows by source digest (and so never stages when they did not change)."""
+    return f"{member_column} = 1" if members_only else "1 = 1"
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -237,11 +242,13 @@ class StateStore:
         )
         self.commit()
 
-    def source_digests(self, sync_key: str, fetch_size: int = 100_000) -> Iterator[int]:
+    def source_digests(self, sync_key: str, members_only: bool, fetch_size: int = 100_000) -> Iterator[int]:
         """Yield the source digests of a sync in ascending order, streamed (bounded memory).
 
         One sorted scan, not an index: an index over random digests would slow every acknowledged
         batch's insert far more than this sort costs once per run.
+
+        :param members_only: only rows sent as members (a tracked-only row must be prepared to be sent).
         """
         server_side = type(self.conn).__module__.startswith("psycopg")
         cursor = self.conn.cursor(name="fbca_source_digests") if server_side else self.conn.cursor()
@@ -249,7 +256,7 @@ class StateStore:
             cursor.execute(
                 self.sql(
                     f"SELECT source_digest FROM {self.table} WHERE sync_key = ? AND source_digest IS NOT NULL"
-                    " ORDER BY source_digest"
+                    f" AND {known_rows_filter(members_only, 'member')} ORDER BY source_digest"
                 ),
                 (sync_key,),
             )
@@ -311,6 +318,7 @@ class StageTable:
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self.name = f"fbca_stage_{secrets.token_hex(6)}"
+        self.unseen_loaded = False
 
     def create(self) -> None:
         self.store.execute(
@@ -368,9 +376,29 @@ class StageTable:
         ).close()
         self.store.commit()
 
+    @property
+    def unseen(self) -> str:
+        """The temporary table of the known source digests this run did not see."""
+        return f"{self.name}_unseen"
+
+    def load_unseen(self, digests: Iterable[int]) -> None:
+        """Record the known source digests no model row had (rows changed or gone)."""
+        self.store.execute(f"CREATE TEMPORARY TABLE {self.unseen} (source_digest BIGINT NOT NULL)").close()
+        batch: list[tuple[int]] = []
+        for digest in digests:
+            batch.append((digest,))
+            if len(batch) == 10_000:
+                self.store.executemany(f"INSERT INTO {self.unseen} (source_digest) VALUES (?)", batch)
+                batch = []
+        self.store.executemany(f"INSERT INTO {self.unseen} (source_digest) VALUES (?)", batch)
+        self.store.execute(f"CREATE INDEX {self.unseen}_digest ON {self.unseen} (source_digest)").close()
+        self.store.commit()
+        self.unseen_loaded = True
+
     def drop(self) -> None:
         try:
             self.store.conn.rollback()
+            self.store.execute(f"DROP TABLE IF EXISTS {self.unseen}").close()
             self.store.execute(f"DROP TABLE IF EXISTS {self.name}").close()
             self.store.commit()
         except Exception:  # best effort: the table is temporary and goes with the connection anyway

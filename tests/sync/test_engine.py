@@ -226,3 +226,18 @@ def test_unchanged_source_rows_are_not_prepared_again(
     sync(store, audience, [*rows, ("d", "h-d")], mode=SyncMode.DELETE, source_key_index=source_key_index)
     report = sync(store, audience, [*rows, ("d", "h-d")], source_key_index=source_key_index)
     assert report["added"] == 1 and audience.members["d"] == ("d", "h-d")
+
+
+def test_duplicates_among_rows_skipped_as_unchanged_are_refused(store: StateStore) -> None:
+    audience = RecordingAudience()
+    sync(store, audience, model("a", "b", "c"))
+    calls = len(audience.calls)
+    # The same unchanged row twice: neither copy is prepared, yet the key repeats.
+    with pytest.raises(DuplicateKeysError, match=r"1 EXTERN_ID value\(s\).*'b'"):
+        sync(store, audience, [*model("a", "b", "c"), *model("b")])
+    # An unchanged row and a changed one with the same key.
+    with pytest.raises(DuplicateKeysError, match=r"1 EXTERN_ID value\(s\).*'c'"):
+        sync(store, audience, [*model("a", "b", "c"), ("c", "other")])
+    assert len(audience.calls) == calls
+    report = sync(store, audience, model("a", "b", "c"))
+    assert (report["unchanged"], report["rows_prepared"], report["session_ids"]) == (3, 0, [])

@@ -54,7 +54,9 @@ def test_source_digests_come_sorted_across_pages(store: StateStore) -> None:
         "s",
         [StagedRow(f"k{i}", "f", "d", "EXTERN_ID", f"k{i}", 1, digest) for i, digest in enumerate(digests)],
     )
-    assert list(store.source_digests("s", fetch_size=2)) == sorted(digests)
+    store.upsert("s", [StagedRow("tracked", "f", "d", "EXTERN_ID", "tracked", 0, 42)])
+    assert list(store.source_digests("s", members_only=True, fetch_size=2)) == sorted(digests)
+    assert list(store.source_digests("s", members_only=False, fetch_size=2)) == sorted([*digests, 42])
 
 
 def test_a_schema_qualified_state_table_works(store: StateStore) -> None:
