@@ -10,7 +10,8 @@ Every model row falls into one category:
 - **gone**: in the state, no longer in the model.
 
 What is sent for each category depends on the mode (see :class:`SyncMode`). The classification is SQL run
-by the state database on the stage table, so it streams whatever the size of the model.
+by the state database on the stage table, so it streams whatever the size of the model. Rows whose source
+cells did not change since the state recorded them are not even staged: the engine only counts them.
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ def build_plan(
     :param state_empty: the state held no row of this sync when the stage was loaded.
     :param full_refresh: every member row is sent (usersreplace); nothing is removed row by row.
     :param seen: when the run skipped the rows whose source cells did not change (see
-        :func:`unchanged_source_filter`), how many it skipped: they are unchanged and not in the stage.
+        :meth:`SyncRun._stage_chunk <airflow_provider_fbca.sync.engine.SyncRun>`), how many it skipped:
+        they are unchanged and not in the stage; the stage's ``unseen`` table must then be loaded.
     """
     if not state_empty:
         _mark_differences(store, stage, sync_key, adds_enabled)
@@ -194,11 +196,6 @@ def _mark_differences(store: StateStore, stage: StageTable, sync_key: str, adds_
     store.execute(
         f"UPDATE {t} SET old_fingerprint = s.fingerprint, old_id_digest = s.id_digest,"
         " old_key_schema = s.key_schema, old_identifiers = s.identifiers, old_member = s.member,"
-        # A row whose source cells did not change was not prepared again: it is what the state holds.
-        f" fingerprint = COALESCE({t}.fingerprint, s.fingerprint), id_digest = COALESCE({t}.id_digest, s.id_digest),"
-        f" key_schema = COALESCE({t}.key_schema, s.key_schema),"
-        f" identifiers = COALESCE({t}.identifiers, s.identifiers),"
-        f" source_digest = COALESCE({t}.source_digest, s.source_digest),"
         f" changed = CASE WHEN s.fingerprint <> {t}.fingerprint THEN 1 ELSE 0 END,"
         f" ids_changed = CASE WHEN s.id_digest <> {t}.id_digest THEN 1 ELSE 0 END,"
         f" to_add = CASE WHEN {t}.member = 1 AND {adds} = 1"
