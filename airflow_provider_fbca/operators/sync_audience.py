@@ -239,7 +239,8 @@ class SyncAudienceOperator(BaseOperator):
             streaming = type(conn).__module__.startswith("psycopg")
             cursor = conn.cursor(name="fbca_sync_source") if streaming else conn.cursor()
             try:
-                cursor.execute(self.sql)
+                # A trailing semicolon (as .sql files often have) breaks PostgreSQL's DECLARE ... CURSOR FOR.
+                cursor.execute(self.sql.strip().rstrip(";").rstrip())
                 pick = self._column_picker([column[0] for column in cursor.description or ()])
                 while rows := cursor.fetchmany(self.fetch_size):
                     yield [pick(row) for row in rows]

@@ -25,7 +25,7 @@ class Warehouse:
     def __init__(self, kind: str, conn_id: str, connect: Any, table: str, placeholder: str) -> None:
         self.kind, self.conn_id, self._connect = kind, conn_id, connect
         self.table, self.placeholder = table, placeholder
-        self.sql = f"SELECT id, email, first_name, country, ltv, is_member FROM {table}"
+        self.sql = f"SELECT id, email, first_name, country, ltv, is_member\nFROM {table};\n"
 
     def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
         conn = self._connect()
