@@ -250,7 +250,10 @@ class SyncRun:
         self.report.rejected += len(prepared.rejected)
         self.report.rejected_by_reason.update(prepared.rejected_by_reason)
         self.report.dropped_values.update(prepared.dropped)
-        key_index = self.stager.key_index
+        key_index, stage = self.stager.key_index, self.stager.stage
+        defaults = {
+            member: load_defaults(member, self.options.adds_enabled, self.state_empty) for member in (0, 1)
+        }
         for wire_row, prepared_index in zip(prepared.rows, prepared.kept, strict=True):
             if not wire_row[key_index]:
                 self.report.rejected += 1
@@ -258,19 +261,8 @@ class SyncRun:
                 continue
             source_index = fresh[prepared_index]
             member = parse_membership(chunk[source_index][-1]) if has_membership else True
-            row = self.stager.stage(wire_row, member)
-            staged.append(
-                (
-                    row.row_key,
-                    row.fingerprint,
-                    row.id_digest,
-                    row.key_schema,
-                    row.identifiers,
-                    row.member,
-                    *load_defaults(row.member, self.options.adds_enabled, self.state_empty),
-                    digests[source_index],
-                )
-            )
+            row = stage(wire_row, member)
+            staged.append((*row[:6], *defaults[row.member], digests[source_index]))
         return staged
 
     def _source_digest(self, row: Sequence[Any]) -> int:

@@ -96,9 +96,11 @@ _JSON_MARK = "\x1e"  # prefix of the rare rows stored as JSON because a value ho
 
 def encode_identifiers(values: Sequence[str]) -> str:
     """Store a wire row compactly; splitting it back is several times faster than JSON."""
-    if any(_SEPARATOR in value for value in values) or (values and values[0].startswith(_JSON_MARK)):
+    joined = _SEPARATOR.join(values)
+    # One count instead of a scan per value: the hot path of staging a million rows.
+    if joined.count(_SEPARATOR) != len(values) - 1 or joined.startswith(_JSON_MARK):
         return _JSON_MARK + json.dumps(list(values), ensure_ascii=False)
-    return _SEPARATOR.join(values)
+    return joined
 
 
 def decode_identifiers(text: str) -> list[str]:
