@@ -193,10 +193,12 @@ class Uploads:
     def _account_upload(
         self, audience: Audience, record: UploadSession, upload: Upload, *, closes: bool
     ) -> None:
-        now = self.state.now()
         record.num_received += len(upload.rows)
         record.num_invalid_entries += upload.num_invalid_entries
         record.num_matched += self.matcher(upload.schema, upload.rows)
+        # Read the clock after matching: the processing delay starts once the batch is processed, so
+        # a slow first match (building the population index) cannot eat the delay a sensor waits for.
+        now = self.state.now()
         record.closed_at = now if closes else None
         audience.time_content_updated = int(now)
 
