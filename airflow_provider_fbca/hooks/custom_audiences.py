@@ -657,7 +657,12 @@ class FacebookCustomAudiencesHook(BaseHook):
         body: dict[str, Any] = {"payload": payload}
         if session is not None:
             body["session"] = normalize_session(session)
-        answer = self._call(method, f"{audience_id}/{edge}", body=body, recover_lost_response=recover)
+        verb = method
+        if method == "DELETE":
+            # Meta documents removals as DELETE with a form body or as POST with method=DELETE; only the
+            # latter is documented together with a JSON body, so removals travel that way.
+            verb, body["method"] = "POST", "DELETE"
+        answer = self._call(verb, f"{audience_id}/{edge}", body=body, recover_lost_response=recover)
         self.log.info(
             "%s %d rows %s audience %s%s: received %s, invalid %s",
             "Removed" if method == "DELETE" else "Sent",
@@ -706,7 +711,7 @@ class FacebookCustomAudiencesHook(BaseHook):
         page_ids: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """
-        Remove people from an audience (DELETE ``/{audience_id}/users``, rows in the body, never the URL).
+        Remove people from an audience (``/{audience_id}/users`` as POST with ``method=DELETE``, rows in the body).
 
         ``EXTERN_ID`` alone is a valid schema, so people can be removed without sending PII again.
         Parameters and answer as :meth:`add_users`.
