@@ -778,16 +778,19 @@ class FacebookCustomAudiencesHook(BaseHook):
 
         return recover
 
-    def get_sessions(self, audience_id: str, session_id: int | str | None = None) -> list[dict[str, Any]]:
+    def get_sessions(
+        self, audience_id: str, session_id: int | str | None = None, page_size: int = _PAGE_SIZE
+    ) -> list[dict[str, Any]]:
         """
-        The audience's upload sessions (all pages), counters and times as ints.
+        The audience's upload sessions, newest first, across every page; counters and times as ints.
 
         ``num_matched`` is -1 while Meta is still matching.
 
         :param audience_id: the audience's id.
         :param session_id: only this session.
+        :param page_size: sessions per page (``limit``).
         """
-        params: dict[str, Any] = {"fields": ",".join(SESSION_FIELDS), "limit": _PAGE_SIZE}
+        params: dict[str, Any] = {"fields": ",".join(SESSION_FIELDS), "limit": page_size}
         if session_id is not None:
             params["session_id"] = int(session_id)
         sessions = []

@@ -5,18 +5,16 @@ Fields that follow from the members (size bounds, statuses) are computed by :cla
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
 
 from airflow_provider_fbca.sandbox import errors
 from airflow_provider_fbca.sandbox.errors import invalid_parameter, missing_parameter
+from airflow_provider_fbca.sandbox.paging import cursor_page
 from airflow_provider_fbca.sandbox.state import AdAccount, Audience, SandboxState
 from airflow_provider_fbca.sandbox.validation import decode_json_param
 
-DEFAULT_PAGE_SIZE = 25
 CUSTOMER_FILE_SOURCES = ("USER_PROVIDED_ONLY", "PARTNER_PROVIDED_ONLY", "BOTH_USER_AND_PARTNER_PROVIDED")
 AUDIENCE_FIELDS = (
     "id",
@@ -197,38 +195,17 @@ def list_audiences(
         default=("id",),
         unvalued=UNVALUED_AUDIENCE_FIELDS,
     )
-    limit = _positive_int(params.get("limit"), "limit", DEFAULT_PAGE_SIZE)
     audiences = sorted(
         (a for a in state.audiences.values() if a.account_digits == account.digits),
         key=lambda a: -a.created_seq,
     )
-    audiences = _filtered(audiences, params.get("filtering"))
-    start = 0
-    if params.get("after"):
-        after_seq = _decode_cursor(params["after"])
-        start = next((i for i, a in enumerate(audiences) if a.created_seq < after_seq), len(audiences))
-    elif params.get("before"):
-        before_seq = _decode_cursor(params["before"])
-        end = next((i for i, a in enumerate(audiences) if a.created_seq <= before_seq), len(audiences))
-        start = max(0, end - limit)
-    page = audiences[start : start + limit]
-    body: dict[str, Any] = {"data": [audience_view(a, None, fields=fields) for a in page]}
-    if not page:
-        return body
-    cursors = {
-        "before": _encode_cursor(page[0].created_seq),
-        "after": _encode_cursor(page[-1].created_seq),
-    }
-    paging: dict[str, Any] = {"cursors": cursors}
-    link_params = {
-        k: v for k, v in params.items() if k not in ("access_token", "appsecret_proof", "after", "before")
-    }
-    if start + limit < len(audiences):
-        paging["next"] = f"{link_base}?{urlencode({**link_params, 'after': cursors['after']})}"
-    if start > 0:
-        paging["previous"] = f"{link_base}?{urlencode({**link_params, 'before': cursors['before']})}"
-    body["paging"] = paging
-    return body
+    return cursor_page(
+        _filtered(audiences, params.get("filtering")),
+        params,
+        link_base,
+        position=lambda audience: audience.created_seq,
+        view=lambda audience: audience_view(audience, None, fields=fields),
+    )
 
 
 def audience_view(
@@ -348,30 +325,6 @@ def _compare(actual: Any, operator: str, value: Any) -> bool:
         values = {str(v) for v in (value if isinstance(value, list) else [value])}
         return (str(actual) in values) == (operator == "IN")
     raise invalid_parameter(f"Filtering operator {operator} is invalid")
-
-
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: Any) -> int:
-    try:
-        text = base64.urlsafe_b64decode(str(cursor) + "=" * (-len(str(cursor)) % 4)).decode()
-        return int(text.removeprefix("seq:"))
-    except ValueError:
-        raise invalid_parameter("param after/before is not a valid cursor") from None
-
-
-def _positive_int(raw: Any, name: str, default: int) -> int:
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise invalid_parameter(f"param {name} must be a positive integer") from None
-    if value <= 0:
-        raise invalid_parameter(f"param {name} must be a positive integer")
-    return value
 
 
 def _retention_days(raw: Any) -> int | None:

@@ -191,7 +191,8 @@ class GraphApi:
             body, call.rows = self.uploads.replace(audience, params)
             return body
         if edges == ["sessions"] and method == "GET":
-            return self.uploads.sessions(audience, params.get("session_id"))
+            link_base = f"{call.request.base_url}/{call.version}/{audience.id}/sessions"
+            return self.uploads.sessions(audience, params, link_base)
         raise errors.unknown_path("/" + "/".join(edges))
 
     @staticmethod

@@ -13,6 +13,7 @@ from typing import Any
 
 from airflow_provider_fbca.sandbox import errors
 from airflow_provider_fbca.sandbox.errors import invalid_parameter, missing_parameter
+from airflow_provider_fbca.sandbox.paging import cursor_page
 from airflow_provider_fbca.sandbox.state import (
     REPLACE_WINDOW_S,
     Audience,
@@ -202,19 +203,30 @@ class Uploads:
         record.closed_at = now if closes else None
         audience.time_content_updated = int(now)
 
-    def sessions(self, audience: Audience, session_id: Any) -> dict[str, Any]:
+    def sessions(self, audience: Audience, params: dict[str, Any], link_base: str) -> dict[str, Any]:
         """
-        ``GET /{audience_id}/sessions``: the upload sessions, newest first, optionally one of them.
+        ``GET /{audience_id}/sessions``: one page of the upload sessions, newest first.
+
+        Paged like every Graph edge (``limit``, default 25; ``after`` / ``before``; ``paging.next`` absent
+        on the last page); ``session_id`` filters before paging.
 
         :param audience: the audience.
-        :param session_id: the ``session_id`` parameter, if any.
+        :param params: the request's parameters (``session_id``, ``limit``, ``after``, ``before``).
+        :param link_base: the URL of this edge, for the paging links.
         """
         now, delay = self.state.now(), self.state.processing_delay_s
-        # Newest first; sessions started in the same second keep their order of creation, reversed.
-        records = sorted(reversed(audience.sessions.values()), key=lambda r: r.start_time, reverse=True)
+        # Numbered in order of creation: the number orders them (newest first) and makes their cursor.
+        numbered = list(enumerate(audience.sessions.values()))[::-1]
+        session_id = params.get("session_id")
         if session_id not in (None, ""):
-            records = [r for r in records if r.session_id == str(session_id)]
-        return {"data": [r.view(now, delay) for r in records]}
+            numbered = [(n, record) for n, record in numbered if record.session_id == str(session_id)]
+        return cursor_page(
+            numbered,
+            params,
+            link_base,
+            position=lambda item: item[0],
+            view=lambda item: item[1].view(now, delay),
+        )
 
 
 def _upload_response(audience: Audience, record: UploadSession, upload: Upload) -> dict[str, Any]:

@@ -186,6 +186,20 @@ def test_sessions_come_back_typed(hook):
         assert isinstance(only[0][field], int), field
 
 
+def test_get_sessions_follows_every_page(hook, sandbox):
+    audience_id = hook.create_audience("Many sessions")
+    for session_id in range(1, 8):
+        session = {"session_id": session_id, "batch_seq": 1, "last_batch_flag": True}
+        hook.add_users(audience_id, SCHEMA, rows(1, session_id), session=session)
+    before = len(graph_requests(sandbox, "/sessions"))
+
+    sessions = hook.get_sessions(audience_id, page_size=2)
+
+    assert [s["session_id"] for s in sessions] == [7, 6, 5, 4, 3, 2, 1], "every session once, newest first"
+    assert len(graph_requests(sandbox, "/sessions")) - before == 4, "four pages of at most two"
+    assert [s["session_id"] for s in hook.get_sessions(audience_id)] == [7, 6, 5, 4, 3, 2, 1]
+
+
 @pytest.mark.parametrize(
     "session",
     [

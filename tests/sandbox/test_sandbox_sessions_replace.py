@@ -71,6 +71,37 @@ def test_sessions_newest_first_and_filtered(clock: ManualClock, graph: Graph, au
     assert [s["session_id"] for s in sessions(graph, audience_id)][:3] == ["35", "34", "33"]
 
 
+def test_sessions_are_paged_like_every_edge(sb: Sandbox, graph: Graph, audience_id: str) -> None:
+    for session_id in range(1, 28):
+        graph.upload(audience_id, "EXTERN_ID", [str(session_id)], session=batch(session_id, 1, last=True))
+    pages = []
+    response = graph.get(f"{audience_id}/sessions")
+    while True:
+        body = response.json()
+        pages.append([s["session_id"] for s in body["data"]])
+        next_url = body["paging"].get("next")
+        if next_url is None:
+            break
+        assert sb.access_token not in next_url, "the next link carries no token"
+        response = graph.http.get(next_url, params=graph.auth, timeout=10)
+    assert [len(page) for page in pages] == [25, 2], "default page size 25, no next on the last page"
+    assert [sid for page in pages for sid in page] == [str(n) for n in range(27, 0, -1)]
+
+    first = graph.get(f"{audience_id}/sessions", limit=10).json()
+    second = graph.get(f"{audience_id}/sessions", limit=10, after=first["paging"]["cursors"]["after"]).json()
+    assert [s["session_id"] for s in second["data"]] == [str(n) for n in range(17, 7, -1)]
+    back = graph.get(f"{audience_id}/sessions", limit=10, before=second["paging"]["cursors"]["before"])
+    assert back.json()["data"] == first["data"]
+    assert "previous" not in first["paging"] and "previous" in second["paging"]
+    # A session uploaded between two pages neither shifts nor repeats the next page.
+    graph.upload(audience_id, "EXTERN_ID", ["new"], session=batch(28, 1, last=True))
+    again = graph.get(f"{audience_id}/sessions", limit=10, after=first["paging"]["cursors"]["after"])
+    assert again.json()["data"] == second["data"]
+    filtered = graph.get(f"{audience_id}/sessions", session_id=5, limit=1).json()
+    assert [s["session_id"] for s in filtered["data"]] == ["5"] and "next" not in filtered["paging"]
+    assert_graph_error(graph.get(f"{audience_id}/sessions", limit=0), 100)
+
+
 def test_upload_without_session_gets_a_session_from_meta(graph: Graph, audience_id: str) -> None:
     body = graph.upload(audience_id, "EXTERN_ID", ["1"]).json()
     assert body["session_id"].isdigit()
