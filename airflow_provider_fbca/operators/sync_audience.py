@@ -19,6 +19,7 @@ from airflow_provider_fbca.identifiers import RowPreparer
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
 from airflow_provider_fbca.sync.report import format_report
 from airflow_provider_fbca.sync.state import StateStore, quote_table_name
@@ -64,6 +65,9 @@ class SyncAudienceOperator(BaseOperator):
     :param fetch_size: rows fetched from the query per chunk.
     :param app_ids: app ids, needed with an APPUID column.
     :param page_ids: page ids, needed with a PAGEUID column.
+    :param lease_minutes: one run of a sync at a time: a run holds the sync's lease (a row of
+        ``<state_table>_locks``), renewed as it goes; another run finding it live fails at once. A crashed
+        run's lease expires this many minutes after its last renewal (default 30).
     """
 
     template_fields: Sequence[str] = (
@@ -103,6 +107,7 @@ class SyncAudienceOperator(BaseOperator):
         fetch_size: int = DEFAULT_FETCH_SIZE,
         app_ids: Sequence[str] | None = None,
         page_ids: Sequence[str] | None = None,
+        lease_minutes: float = DEFAULT_LEASE_MINUTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -132,6 +137,7 @@ class SyncAudienceOperator(BaseOperator):
         self.fetch_size = fetch_size
         self.app_ids = app_ids
         self.page_ids = page_ids
+        self.lease_minutes = lease_minutes
         # Validate the mapping and options now, so a DAG with a typo fails to parse, not at 3 a.m.
         self._key_names = list(RowPreparer(list(self.mapping), default_country=default_country).schema)
         if EXTERN_ID not in self._key_names:
@@ -146,6 +152,7 @@ class SyncAudienceOperator(BaseOperator):
             full_refresh=full_refresh,
             max_removal_fraction=max_removal_fraction,
             batch_size=batch_size,
+            lease_minutes=lease_minutes,
         )
 
     @cached_property
@@ -170,12 +177,20 @@ class SyncAudienceOperator(BaseOperator):
             app_ids=self.app_ids,
             page_ids=self.page_ids,
             source_key_index=self._key_names_by_column().index(EXTERN_ID),
+            lease_minutes=self.lease_minutes,
         )
         state_hook = self._sql_hook(self.state_conn_id)
         state_conn = state_hook.get_conn()
         try:
             store = StateStore(state_conn, self.state_table, state_hook.placeholder)
-            run = SyncRun(store, self.hook, preparer, options, digest_seed=f"country={self.default_country}")
+            run = SyncRun(
+                store,
+                self.hook,
+                preparer,
+                options,
+                digest_seed=f"country={self.default_country}",
+                holder=_lease_holder(context),
+            )
             report = run.run(self._read_chunks())
         finally:
             state_conn.close()
@@ -260,3 +275,13 @@ class SyncAudienceOperator(BaseOperator):
         indices = [position[name.lower()] for name in wanted]
         # itemgetter with one index returns a bare value: keep rows as tuples.
         return operator.itemgetter(*indices) if len(indices) > 1 else (lambda row: (row[indices[0]],))
+
+
+def _lease_holder(context: Mapping[str, Any]) -> str:
+    """Name the task try running the sync, for the message of a concurrent run the lease refuses."""
+    ti = context.get("ti")
+    if ti is None:  # executed outside a task run (tests, scripts)
+        return "a run outside Airflow"
+    names = ("dag_id", "task_id", "run_id", "try_number")
+    dag_id, task_id, run_id, try_number = (getattr(ti, name, "?") for name in names)
+    return f"task {dag_id}.{task_id} of run {run_id}, try {try_number}"

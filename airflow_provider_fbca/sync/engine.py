@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE, SessionResult, UploadSession
+from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease
 from airflow_provider_fbca.sync.plan import (
     RowStager,
     SyncMode,
@@ -79,6 +81,8 @@ class SyncOptions:
     :param page_ids: sent with PAGEUID schemas.
     :param source_key_index: the position of the EXTERN_ID cell in the source rows; turns on skipping the
         preparation of rows whose source cells did not change since the state recorded them.
+    :param lease_minutes: how long the sync's lease lives after each renewal; a crashed run's lease lets
+        the next run in after this long.
     """
 
     audience_id: str
@@ -92,8 +96,11 @@ class SyncOptions:
     app_ids: Sequence[str] | None = None
     page_ids: Sequence[str] | None = None
     source_key_index: int | None = None
+    lease_minutes: float = DEFAULT_LEASE_MINUTES
 
     def __post_init__(self) -> None:
+        if not self.lease_minutes > 0:
+            raise ValueError(f"lease_minutes must be positive, not {self.lease_minutes}.")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, not {self.batch_size}.")
         if self.full_refresh and self.mode is not SyncMode.MIRROR:
@@ -140,6 +147,8 @@ class SyncRun:
         module's EXTERN_ID rule); used for rows that are not prepared again.
     :param digest_seed: whatever else changes preparation (e.g. the default country), so that a change
         of it makes every row prepared again.
+    :param holder: who this run is (DAG, task, try), shown to a concurrent run its lease refuses.
+    :param clock: the time in seconds since the epoch, for the lease (tests inject one).
     """
 
     def __init__(
@@ -151,6 +160,8 @@ class SyncRun:
         *,
         key_normalizer: Callable[[Any], str] | None = None,
         digest_seed: str = "",
+        holder: str = "",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.client = client
@@ -172,13 +183,29 @@ class SyncRun:
             dry_run=options.dry_run,
             full_refresh=options.full_refresh,
         )
+        self.lease = SyncLease(
+            store,
+            options.sync_key,
+            describe=f"audience {options.audience_id} (sync_key {options.sync_key})",
+            lease_minutes=options.lease_minutes,
+            holder=holder,
+            clock=clock,
+        )
 
     def run(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> SyncReport:
         """Sync the model given as chunks of rows (identifier values in mapping order, then membership).
 
+        Dry runs take the sync's lease too: they read the state, which a concurrent run is changing.
+
+        :raises SyncLeaseHeldError: another run of the sync holds its lease; nothing was read or sent.
+        :raises SyncLeaseLostError: this run's lease expired and was taken over; it stopped sending.
         :raises SyncPlanError: duplicates, the removal guard, or an empty full refresh; nothing was sent.
         """
         self.store.ensure_tables()
+        with self.lease:
+            return self._run(chunks)
+
+    def _run(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> SyncReport:
         self.state_empty = self.store.count(self.options.sync_key) == 0
         self._load_known_digests()
         stage = StageTable(self.store)
@@ -186,6 +213,7 @@ class SyncRun:
         try:
             for chunk in chunks:
                 stage.load(self._stage_chunk(chunk))
+                self.lease.keep_alive()
             self.store.commit()
             stage.index()
             if self.known_digests is not None:
@@ -213,6 +241,7 @@ class SyncRun:
             log.info("Plan: %s", _describe(plan))
             check_removal_guard(plan, self.options.max_removal_fraction)
             if not self.options.dry_run:
+                self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
                 self._send(stage, plan)
         finally:
             stage.drop()
@@ -294,13 +323,19 @@ class SyncRun:
         if plan.to_add:
             self._add(stage, plan)
         if plan.to_record:
+            self.lease.keep_alive()
             record_tracked_rows(self.store, stage, self.options.sync_key)
 
     def _new_session(
         self, kind: str, total: int, encode: Any, send: Any, acknowledge: Any
     ) -> UploadSession[Any]:
         session_id = self.store.new_session_id(self.options.sync_key, kind)
-        return UploadSession(session_id, kind, total, encode, send, acknowledge)
+
+        def acknowledge_and_renew(page: Any) -> None:
+            acknowledge(page)  # record what Meta accepted first, even if the lease turns out lost
+            self.lease.keep_alive()
+
+        return UploadSession(session_id, kind, total, encode, send, acknowledge_and_renew)
 
     def _extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}

@@ -23,6 +23,7 @@ _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: PostgreSQL truncates longer identifiers; refuse them rather than collide silently.
 MAX_NAME_LENGTH = 63
 SESSIONS_SUFFIX = "_sessions"
+LOCKS_SUFFIX = "_locks"
 SQLITE_CACHE_KIB = 64 * 1024
 #: How an insert into the state table overwrites the row of the same key (SQLite and PostgreSQL alike).
 UPSERT_CLAUSE = (
@@ -119,8 +120,23 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class LeaseRecord(NamedTuple):
+    """The lease row of a sync, as another run reads it to explain a refusal.
+
+    :param owner: the random token of the run holding the lease.
+    :param holder: who that run is (DAG, task, try, host): no PII, shown in the refusal.
+    :param acquired_at: when it took the lease (ISO 8601, UTC).
+    :param expires_at: when the lease lapses unless renewed (seconds since the epoch).
+    """
+
+    owner: str
+    holder: str
+    acquired_at: str
+    expires_at: float
+
+
 class StateStore:
-    """The state table and its companion sessions table on one DB-API connection.
+    """The state table and its companion sessions and locks tables on one DB-API connection.
 
     Each method that changes the state commits, so what Meta acknowledged is never lost.
 
@@ -136,6 +152,7 @@ class StateStore:
         self.table_name = table
         self.table = quote_table_name(table)
         self.sessions_table = quote_table_name(table, SESSIONS_SUFFIX)
+        self.locks_table = quote_table_name(table, LOCKS_SUFFIX)
         self.placeholder = placeholder
         self.is_sqlite = type(conn).__module__.startswith("sqlite3")
         if self.is_sqlite:
@@ -179,7 +196,7 @@ class StateStore:
     # -- schema ---------------------------------------------------------------------------------------
 
     def ensure_tables(self) -> None:
-        """Create the state and sessions tables on first use."""
+        """Create the state, sessions and locks tables on first use (an older state gains the locks)."""
         self.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             " sync_key VARCHAR(255) NOT NULL,"
@@ -199,6 +216,14 @@ class StateStore:
             " sync_key VARCHAR(255) NOT NULL,"
             " kind VARCHAR(20) NOT NULL,"
             " started_at VARCHAR(40) NOT NULL)"
+        ).close()
+        self.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.locks_table} ("
+            " sync_key VARCHAR(255) NOT NULL PRIMARY KEY,"
+            " owner VARCHAR(64) NOT NULL,"
+            " holder VARCHAR(255) NOT NULL,"
+            " acquired_at VARCHAR(40) NOT NULL,"
+            " expires_at DOUBLE PRECISION NOT NULL)"
         ).close()
         self.commit()
 
@@ -309,6 +334,65 @@ class StateStore:
             (sync_key,),
         )
         return [int(row[0]) for row in rows]
+
+    # -- the lease of a sync (one run at a time) -------------------------------------------------------
+
+    def acquire_lease(self, sync_key: str, owner: str, holder: str, now: float, expires_at: float) -> bool:
+        """Take the lease of a sync unless another owner holds a live one; True when taken.
+
+        Two statements, each atomic on its own: an insert that does nothing when the row exists, then an
+        update that succeeds only for the owner itself or over an expired lease. Concurrent takers are
+        serialized by the row (PostgreSQL re-checks the condition after a concurrent update commits) or by
+        the database lock (SQLite), so at most one of them sees its update count.
+
+        :param owner: the taker's random token.
+        :param holder: who the taker is, shown to the runs it refuses.
+        :param now: the current time (seconds since the epoch); a lease expiring at or before it is dead.
+        :param expires_at: when the taken lease lapses unless renewed.
+        """
+        acquired_at = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
+        holder = holder[:255]
+        self.execute(
+            f"INSERT INTO {self.locks_table} (sync_key, owner, holder, acquired_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (sync_key) DO NOTHING",
+            (sync_key, owner, holder, acquired_at, expires_at),
+        ).close()
+        cursor = self.execute(
+            f"UPDATE {self.locks_table} SET owner = ?, holder = ?, acquired_at = ?, expires_at = ?"
+            " WHERE sync_key = ? AND (owner = ? OR expires_at <= ?)",
+            (owner, holder, acquired_at, expires_at, sync_key, owner, now),
+        )
+        taken = cursor.rowcount == 1
+        cursor.close()
+        self.commit()
+        return taken
+
+    def renew_lease(self, sync_key: str, owner: str, expires_at: float) -> bool:
+        """Push the lease's expiry to ``expires_at``; False when the owner no longer holds it."""
+        cursor = self.execute(
+            f"UPDATE {self.locks_table} SET expires_at = ? WHERE sync_key = ? AND owner = ?",
+            (expires_at, sync_key, owner),
+        )
+        renewed = cursor.rowcount == 1
+        cursor.close()
+        self.commit()
+        return renewed
+
+    def release_lease(self, sync_key: str, owner: str) -> None:
+        """Drop the lease if the owner still holds it (never another run's)."""
+        self.execute(
+            f"DELETE FROM {self.locks_table} WHERE sync_key = ? AND owner = ?", (sync_key, owner)
+        ).close()
+        self.commit()
+
+    def lease(self, sync_key: str) -> LeaseRecord | None:
+        """The lease row of a sync, live or expired, or None."""
+        row = self.fetch_one(
+            f"SELECT owner, holder, acquired_at, expires_at FROM {self.locks_table} WHERE sync_key = ?",
+            (sync_key,),
+        )
+        self.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
+        return LeaseRecord(str(row[0]), str(row[1]), str(row[2]), float(row[3])) if row else None
 
 
 class StageTable:

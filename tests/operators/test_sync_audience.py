@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -13,6 +15,7 @@ from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiences
 from airflow_provider_fbca.identifiers import prepare
 from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
 from airflow_provider_fbca.sync.audience import AudienceNotSyncableError
+from airflow_provider_fbca.sync.lease import SyncLeaseHeldError
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, RemovalGuardError
 from airflow_provider_fbca.sync.state import decode_identifiers
 from tests.operators.conftest import Warehouse, customer
@@ -63,6 +66,29 @@ def state_rows(warehouse: Warehouse, state_table: str) -> dict[str, str]:
         return dict(cursor.fetchall())
     finally:
         conn.close()
+
+
+def lease_rows(warehouse: Warehouse, state_table: str) -> list[tuple[str, str]]:
+    """``(sync_key, holder)`` of the leases held in the state database (none once runs are over)."""
+    conn = warehouse._connect()
+    try:
+        cursor = conn.cursor()
+        cursor.execute(f"SELECT sync_key, holder FROM {state_table}_locks")
+        return [tuple(row) for row in cursor.fetchall()]
+    finally:
+        conn.close()
+
+
+def wait_for_lease(warehouse: Warehouse, state_table: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if lease_rows(warehouse, state_table):
+                return
+        except Exception:  # the locks table is not created yet
+            pass
+        time.sleep(0.05)
+    raise AssertionError("The first run never took the lease.")
 
 
 def logged(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> str:
@@ -275,6 +301,8 @@ def test_a_run_killed_half_way_is_completed_by_the_retry(
     audience_id = FacebookCustomAudiencesHook(fb_conn_id).find_audience("Big")["id"]
     assert len(sandbox.members(audience_id)) == 10_000 == len(state_rows(warehouse, state_table))
 
+    assert lease_rows(warehouse, state_table) == []  # the failed run released its lease: the retry runs
+
     retry = run(make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id))
     assert (retry["added"], retry["unchanged"], retry["rows_sent"]) == (15_000, 10_000, 15_000)
     assert [s["batches"] for s in retry["sessions"]] == [2]
@@ -283,6 +311,38 @@ def test_a_run_killed_half_way_is_completed_by_the_retry(
     stored = state_rows(warehouse, state_table)
     assert set(stored) == set(got)
     assert all(got[key]["EMAIL"] in decode_identifiers(stored[key]) for key in list(got)[:100])
+
+
+def test_a_second_run_is_refused_while_the_first_is_sending(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    rows = [customer(i) for i in range(20)]
+    warehouse.write(rows)
+    audience_id = FacebookCustomAudiencesHook(fb_conn_id).create_audience("Customers")
+    # The first run's upload hangs for two seconds: long enough for a manual trigger to collide with it.
+    faults = [{"method": "POST", "path": "/users", "delay_s": 2}]
+    requests.post(f"{sandbox.url}/_sandbox/faults", json={"faults": faults}, timeout=10).raise_for_status()
+    outcome: dict[str, Any] = {}
+    first = make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id)
+    thread = threading.Thread(target=lambda: outcome.update(report=run(first)))
+    thread.start()
+    try:
+        wait_for_lease(warehouse, state_table)
+        second = make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id, lease_minutes=45)
+        with pytest.raises(SyncLeaseHeldError) as refused:
+            run(second)
+    finally:
+        thread.join(timeout=60)
+    message = str(refused.value)
+    account = FacebookCustomAudiencesHook(fb_conn_id).ad_account_id
+    assert f"audience {audience_id} (sync_key {account}:{audience_id})" in message
+    assert "a run outside Airflow on host" in message and "expires by itself" in message
+    assert "example.com" not in message.lower() and "cust-" not in message
+    assert outcome["report"]["added"] == 20 and set(members(sandbox, audience_id)) == set(expected(rows))
+    assert len(user_uploads(sandbox)) == 1  # the refused run sent nothing
+    assert lease_rows(warehouse, state_table) == []  # released after success
+    again = run(make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id))
+    assert (again["unchanged"], again["session_ids"]) == (20, [])
 
 
 def test_template_fields_and_the_logged_report(
@@ -324,3 +384,5 @@ def test_template_fields_and_the_logged_report(
         SyncAudienceOperator(task_id="t", sql="x", sql_conn_id="c", audience_id="1", mapping={"email": "e"})
     with pytest.raises(ValueError, match="State table name"):
         make_operator(sqlite_warehouse, fb_conn_id, "bad name; --")
+    with pytest.raises(ValueError, match="lease_minutes must be positive"):
+        make_operator(sqlite_warehouse, fb_conn_id, state_table, lease_minutes=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,17 +53,33 @@ class PassThroughPreparer:
 
 
 class RecordingAudience:
-    """Keeps members by EXTERN_ID (the first column) and records every call's kind, size and session."""
+    """Keeps members by EXTERN_ID (the first column) and records every call's kind, size and session.
+
+    ``before_add``, when set, runs before each addition (in the upload thread): it may stall (move an
+    injected clock) or fail it.
+    """
 
     def __init__(self) -> None:
         self.members: dict[str, tuple[str, ...]] = {}
         self.calls: list[tuple[str, list[str], int, dict[str, Any]]] = []
+        self.before_add: Callable[[], None] | None = None
+
+    def kill_after(self, calls: int | None) -> None:
+        """Fail every addition once ``calls`` calls were made (a killed worker); None heals it."""
+
+        def fail() -> None:
+            if calls is not None and len(self.calls) >= calls:
+                raise ConnectionError("killed")
+
+        self.before_add = fail
 
     def _record(self, kind: str, schema: Sequence[str], data: Sequence[Sequence[str]], session: Any) -> dict:
         self.calls.append((kind, list(schema), len(data), dict(session)))
         return {"num_received": len(data), "num_invalid_entries": 0}
 
     def add_users(self, audience_id: str, schema: Any, data: Any, session: Any = None, **_: Any) -> dict:
+        if self.before_add is not None:
+            self.before_add()
         self.members.update((row[0], tuple(row)) for row in data)
         return self._record("add", schema, data, session)
 

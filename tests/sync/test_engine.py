@@ -173,19 +173,12 @@ def test_each_run_draws_fresh_recorded_session_ids(store: StateStore) -> None:
 
 def test_failure_mid_run_keeps_acknowledged_batches_only(store: StateStore) -> None:
     audience = RecordingAudience()
-    original_add = audience.add_users
-
-    def add_then_fail(*args: Any, **kwargs: Any) -> dict:
-        if len(audience.calls) == 2:
-            raise ConnectionError("killed")
-        return original_add(*args, **kwargs)
-
-    audience.add_users = add_then_fail  # type: ignore[method-assign]
+    audience.kill_after(2)
     keys = [f"k{i:02}" for i in range(25)]
     with pytest.raises(ConnectionError):
         sync(store, audience, model(*keys), batch_size=10)
     assert store.count("act_1:42") == 20 and len(audience.members) == 20
-    audience.add_users = original_add  # type: ignore[method-assign]
+    audience.kill_after(None)
     retry = sync(store, audience, model(*keys), batch_size=10)
     assert (retry["added"], retry["unchanged"], retry["rows_sent"]) == (5, 20, 5)
     assert set(audience.members) == set(keys) == set(stored(store))

@@ -1,0 +1,190 @@
+"""One run of a sync at a time: the lease in the state database, on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.lease import SyncLeaseHeldError, SyncLeaseLostError
+from airflow_provider_fbca.sync.plan import SyncMode
+from airflow_provider_fbca.sync.state import StateStore
+from tests.sync.conftest import PassThroughPreparer, RecordingAudience
+from tests.sync.test_engine import SCHEMA, model
+
+SYNC_KEY = "act_1:42"
+T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+MINUTE = 60.0
+
+
+class Clock:
+    """An injected clock that tests move by hand."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sync_run(
+    store: StateStore, audience: RecordingAudience, clock: Clock, lease_minutes: float = 30, **options: Any
+) -> SyncRun:
+    options.setdefault("mode", SyncMode.MIRROR)
+    sync_options = SyncOptions("42", SYNC_KEY, lease_minutes=lease_minutes, **options)
+    return SyncRun(store, audience, PassThroughPreparer(SCHEMA), sync_options, holder="test run", clock=clock)
+
+
+def chunks_of(rows: list[tuple[str, ...]], read: list[int]) -> Iterator[list[tuple[str, ...]]]:
+    """The model in chunks of 3, counting the chunks read (a refused run must read none)."""
+    for start in range(0, len(rows), 3):
+        read.append(start)
+        yield rows[start : start + 3]
+
+
+def hold_lease(store: StateStore, owner: str, now: float, minutes: float = 30) -> None:
+    """Another run's lease, taken through the StateStore API."""
+    store.ensure_tables()
+    assert store.acquire_lease(
+        SYNC_KEY, owner, "task dag.sync of run manual__1, try 1", now, now + minutes * 60
+    )
+
+
+def connect_again(store: StateStore) -> StateStore:
+    """The same state table through a new connection, as another worker would see it.
+
+    The connection may be used from another thread (the audience client runs in the upload thread).
+    """
+    if store.is_sqlite:
+        path = next(file for _, name, file in store.fetch_all("PRAGMA database_list") if name == "main")
+        conn: Any = sqlite3.connect(path, check_same_thread=False)
+    else:
+        import psycopg
+
+        info = store.conn.info
+        conn = psycopg.connect(host=info.host, port=info.port, user=info.user, dbname=info.dbname)
+    return StateStore(conn, store.table_name, store.placeholder)
+
+
+@pytest.fixture
+def other_store(store: StateStore) -> Iterator[StateStore]:
+    other = connect_again(store)
+    yield other
+    other.conn.close()
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_second_run_is_refused_while_a_lease_is_held(
+    store: StateStore, other_store: StateStore, dry_run: bool
+) -> None:
+    hold_lease(other_store, "first-run", T0)
+    audience, read = RecordingAudience(), []
+    run = sync_run(store, audience, Clock(T0 + 10 * MINUTE), dry_run=dry_run)
+    with pytest.raises(SyncLeaseHeldError) as refused:
+        run.run(chunks_of(model("a", "b"), read))
+    message = str(refused.value)
+    assert "audience 42 (sync_key act_1:42)" in message
+    assert "task dag.sync of run manual__1, try 1" in message
+    assert "until 2027-01-15 08:30:00 UTC (in about 20 min)" in message
+    assert "Wait for that run to finish" in message and "expires by itself" in message
+    assert (read, audience.calls, store.count(SYNC_KEY)) == ([], [], 0)  # nothing read, sent or written
+    assert other_store.lease(SYNC_KEY).owner == "first-run"  # the refused run left the lease alone
+
+
+def test_the_lease_is_released_after_success_and_after_a_failure(
+    store: StateStore, other_store: StateStore
+) -> None:
+    audience, clock = RecordingAudience(), Clock()
+    sync_run(store, audience, clock).run(chunks_of(model("a", "b"), []))
+    assert other_store.lease(SYNC_KEY) is None
+
+    audience.kill_after(2)
+    keys = ["a", "b", *(f"k{i:02}" for i in range(6))]
+    with pytest.raises(ConnectionError):
+        sync_run(store, audience, clock, batch_size=2).run(chunks_of(model(*keys), []))
+    assert other_store.lease(SYNC_KEY) is None
+    audience.kill_after(None)
+    retry = sync_run(store, audience, clock, batch_size=2).run(chunks_of(model(*keys), [])).as_dict()
+    assert (retry["added"], retry["unchanged"]) == (4, 4) and other_store.lease(SYNC_KEY) is None
+
+
+def test_an_expired_lease_is_taken_over(store: StateStore, other_store: StateStore) -> None:
+    hold_lease(other_store, "crashed-run", T0, minutes=30)
+    audience = RecordingAudience()
+    with pytest.raises(SyncLeaseHeldError, match="in about 1 min"):
+        sync_run(store, audience, Clock(T0 + 29 * MINUTE)).run(chunks_of(model("a"), []))
+    report = sync_run(store, audience, Clock(T0 + 30 * MINUTE)).run(chunks_of(model("a"), [])).as_dict()
+    assert report["added"] == 1 and set(audience.members) == {"a"}
+    assert other_store.lease(SYNC_KEY) is None
+    # The crashed run, back from the dead, cannot renew or release what it no longer holds.
+    assert not other_store.renew_lease(SYNC_KEY, "crashed-run", T0 + 90 * MINUTE)
+
+
+def test_a_long_run_renews_its_lease_as_batches_are_acknowledged(
+    store: StateStore, other_store: StateStore
+) -> None:
+    """Each batch takes 20 minutes of a 30-minute lease: renewals keep every other taker out."""
+    audience, clock = RecordingAudience(), Clock()
+    refusals: list[bool] = []
+
+    def slow_batch() -> None:
+        clock.now += 20 * MINUTE
+        refusals.append(not other_store.acquire_lease(SYNC_KEY, "intruder", "b", clock.now, clock.now + 1800))
+
+    audience.before_add = slow_batch
+    keys = [f"k{i:02}" for i in range(8)]
+    report = sync_run(store, audience, clock, batch_size=2).run(chunks_of(model(*keys), [])).as_dict()
+    assert report["added"] == 8 and refusals == [True, True, True, True]
+    assert clock.now == T0 + 80 * MINUTE and other_store.lease(SYNC_KEY) is None
+
+
+def test_a_run_whose_lease_was_taken_over_stops_sending(store: StateStore, other_store: StateStore) -> None:
+    """A run stalled past its lease (the batch took 40 minutes) finds the lease taken and stops."""
+    audience, clock = RecordingAudience(), Clock()
+
+    def stalled_batch() -> None:
+        clock.now += 40 * MINUTE
+        assert other_store.acquire_lease(SYNC_KEY, "next-run", "b", clock.now, clock.now + 1800)
+
+    audience.before_add = stalled_batch
+    keys = [f"k{i:02}" for i in range(6)]
+    with pytest.raises(SyncLeaseLostError, match=r"lost its lease.*lease_minutes=30"):
+        sync_run(store, audience, clock, batch_size=2).run(chunks_of(model(*keys), []))
+    # The stalled batch was accepted by Meta, so it is recorded; the next one was never sent.
+    assert (len(audience.calls), store.count(SYNC_KEY)) == (1, 2)
+    assert other_store.lease(SYNC_KEY).owner == "next-run"  # the loser did not release the winner's lease
+
+
+def race_for_the_lease(stores: list[StateStore], now: float) -> list[str]:
+    """Every store tries to take the lease at the same instant; the owners that got it."""
+    barrier, won = threading.Barrier(len(stores)), []
+
+    def take(index: int) -> None:
+        barrier.wait()
+        owner = f"racer-{index}-{now}"
+        if stores[index].acquire_lease(SYNC_KEY, owner, "racer", now, now + 30 * MINUTE):
+            won.append(owner)
+
+    threads = [threading.Thread(target=take, args=(index,)) for index in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return won
+
+
+def test_concurrent_takers_get_the_lease_once(store: StateStore) -> None:
+    """Runs on separate connections racing for a free, then an expired lease: exactly one wins each."""
+    store.ensure_tables()
+    stores = [connect_again(store) for _ in range(3)]
+    try:
+        for now in (T0, T0 + 31 * MINUTE):
+            won = race_for_the_lease(stores, now)
+            assert len(won) == 1 and store.lease(SYNC_KEY).owner == won[0]
+    finally:
+        for other in stores:
+            other.conn.close()
