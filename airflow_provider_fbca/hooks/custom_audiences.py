@@ -67,6 +67,18 @@ _CREDENTIAL_IN_QUERY = re.compile(
 )
 _REPLACE_FINISHED_SUBCODE = 1870159
 _PAGE_SIZE = 50
+# What an invalid sample Meta echoes back looks like, never what it is: a column mapped as pre-hashed
+# that holds raw e-mails would otherwise bring those e-mails back into return values, XCom and logs.
+# The first pattern that matches the whole sample names its shape.
+_SAMPLE_SHAPES = (
+    (re.compile(r""), "empty"),
+    (re.compile(r"[0-9a-f]{64}"), "a SHA-256 hex digest"),
+    (re.compile(r"[0-9a-fA-F]{64}"), "a SHA-256 hex digest in upper case"),
+    (re.compile(r"[0-9\s()+./-]+"), "digits, not a hash"),
+    (re.compile(r"[0-9a-fA-F]+"), "hexadecimal but not 64 characters"),
+    (re.compile(r"[^@\s]+@[^@\s]+"), "an e-mail address, not hashed"),
+)
+_OTHER_SHAPE = "text, not a hash"
 
 
 def _as_fields(fields: str | Sequence[str]) -> str:
@@ -102,6 +114,42 @@ def normalize_session(session: Mapping[str, Any]) -> dict[str, Any]:
     if session.get("estimated_num_total") is not None:
         normalized["estimated_num_total"] = int(session["estimated_num_total"])
     return normalized
+
+
+def describe_invalid_entry_samples(samples: Any, schema: str | Sequence[str]) -> Any:
+    """
+    Meta's ``invalid_entry_samples`` in the same shape, with each sample replaced by what it looks like.
+
+    Meta echoes back some of the values it found invalid. Those are whatever the client sent, raw PII
+    when a column mapped as pre-hashed holds e-mails, so no sample is kept: each becomes a fixed
+    description of its shape (``"a SHA-256 hex digest in upper case"``, ``"an e-mail address, not
+    hashed"``, ...), prefixed with the schema key Meta's reason names (or the schema's only key).
+    Meta's reason text itself is not kept either.
+
+    :param samples: the answer's ``invalid_entry_samples``: a map of sample to reason (the reference),
+        or a list of samples (the guide).
+    :param schema: the upload's schema.
+    :return: ``{"sample 1": "EMAIL: an e-mail address, not hashed", ...}`` for a map, a list
+        of such descriptions for a list, ``{}`` for anything else.
+    """
+    keys = [schema] if isinstance(schema, str) else list(schema)
+    if isinstance(samples, Mapping):
+        return {
+            f"sample {number}": _describe_sample(sample, reason, keys)
+            for number, (sample, reason) in enumerate(samples.items(), start=1)
+        }
+    if isinstance(samples, list):
+        return [_describe_sample(sample, "", keys) for sample in samples]
+    return {}
+
+
+def _describe_sample(sample: Any, reason: Any, keys: Sequence[str]) -> str:
+    text = "" if sample is None else str(sample)
+    shape = next((label for pattern, label in _SAMPLE_SHAPES if pattern.fullmatch(text)), _OTHER_SHAPE)
+    named = [key for key in keys if re.search(rf"\b{re.escape(key)}\b", str(reason or ""))]
+    if not named and len(keys) == 1:
+        named = list(keys)
+    return f"{'/'.join(named)}: {shape}" if named else shape
 
 
 def build_upload_payload(
@@ -663,6 +711,9 @@ class FacebookCustomAudiencesHook(BaseHook):
             # latter is documented together with a JSON body, so removals travel that way.
             verb, body["method"] = "POST", "DELETE"
         answer = self._call(verb, f"{audience_id}/{edge}", body=body, recover_lost_response=recover)
+        if "invalid_entry_samples" in answer:
+            samples = describe_invalid_entry_samples(answer["invalid_entry_samples"], payload["schema"])
+            answer = {**answer, "invalid_entry_samples": samples}
         self.log.info(
             "%s %d rows %s audience %s%s: received %s, invalid %s",
             "Removed" if method == "DELETE" else "Sent",
@@ -696,7 +747,10 @@ class FacebookCustomAudiencesHook(BaseHook):
         :param app_ids: app ids, needed with ``APPUID``.
         :param page_ids: page ids, needed with ``PAGEUID``.
         :return: Meta's answer: ``audience_id``, ``session_id``, ``num_received``, ``num_invalid_entries``,
-            ``invalid_entry_samples``.
+            ``invalid_entry_samples``. Meta's samples are invalid values as the client sent them (raw PII
+            when a column mapped as hashed holds e-mails), so each is replaced by what it looks like
+            (:func:`describe_invalid_entry_samples`): ``{"sample 1": "EMAIL: an e-mail address, not
+            hashed"}``. The count and the shape stay Meta's; no sample value is returned or logged.
         """
         payload = build_upload_payload(schema, data, app_ids, page_ids)
         return self._upload("POST", "users", str(audience_id), payload, session)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,10 @@ from airflow_provider_fbca.exceptions import (
     GraphTermsNotAcceptedError,
     GraphTransientError,
 )
-from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
+from airflow_provider_fbca.hooks.custom_audiences import (
+    FacebookCustomAudiencesHook,
+    describe_invalid_entry_samples,
+)
 
 SCHEMA = ["EXTERN_ID", "EMAIL", "PHONE"]
 
@@ -131,6 +135,60 @@ def test_malformed_uploads_are_refused_before_sending(hook, sandbox, schema, dat
     with pytest.raises(ValueError, match=match):
         hook.add_users(audience_id, schema, data)
     assert len(sandbox.requests()) == sent_before
+
+
+def test_invalid_entry_samples_never_carry_the_values_sent(hook, sandbox, caplog):
+    caplog.set_level(logging.DEBUG)
+    good = sha("ok@example.com")
+    data = [
+        ["id-1", "Jane.Doe@example.com", sha("15550001")],  # raw e-mail in a column mapped as hashed
+        ["id-2", good.upper(), sha("15550002")],
+        ["id-3", good, "+1 650 555 0003"],
+        ["id-4", good, sha("15550004")],
+    ]
+    audience_id = hook.create_audience("Samples")
+
+    answer = hook.add_users(audience_id, SCHEMA, data)
+
+    assert answer["num_received"] == 4 and answer["num_invalid_entries"] == 3
+    assert answer["invalid_entry_samples"] == {
+        "sample 1": "EMAIL: an e-mail address, not hashed",
+        "sample 2": "EMAIL: a SHA-256 hex digest in upper case",
+        "sample 3": "PHONE: digits, not a hash",
+    }
+    removed = hook.remove_users(audience_id, "EMAIL", ["Jane.Doe@example.com"])
+    assert removed["invalid_entry_samples"] == {"sample 1": "EMAIL: an e-mail address, not hashed"}
+    sent = json.dumps([answer, removed]) + caplog.text
+    for raw in ("Jane.Doe@example.com", good.upper(), "+1 650 555 0003"):
+        assert raw not in sent
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        (
+            ["a@b.example", "12345", "abc123", "Ms. Jane"],
+            [
+                "EMAIL: an e-mail address, not hashed",
+                "EMAIL: digits, not a hash",
+                "EMAIL: hexadecimal but not 64 characters",
+                "EMAIL: text, not a hash",
+            ],
+        ),
+        ({"": "empty value"}, {"sample 1": "EMAIL: empty"}),
+        (None, {}),
+    ],
+)
+def test_samples_in_either_documented_shape_are_described(samples, expected):
+    assert describe_invalid_entry_samples(samples, "EMAIL") == expected
+
+
+def test_a_sample_whose_reason_names_no_key_of_a_multi_key_schema_gets_no_key():
+    samples = {"Jane Doe": "Invalid value", "Doe": "LN is not a SHA-256 hash"}
+    assert describe_invalid_entry_samples(samples, ["FN", "LN"]) == {
+        "sample 1": "text, not a hash",
+        "sample 2": "LN: text, not a hash",
+    }
 
 
 def test_remove_sends_rows_in_the_body_as_post_with_method_delete(hook, sandbox):
