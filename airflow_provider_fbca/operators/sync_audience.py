@@ -284,4 +284,6 @@ def _lease_holder(context: Mapping[str, Any]) -> str:
         return "a run outside Airflow"
     names = ("dag_id", "task_id", "run_id", "try_number")
     dag_id, task_id, run_id, try_number = (getattr(ti, name, "?") for name in names)
-    return f"task {dag_id}.{task_id} of run {run_id}, try {try_number}"
+    map_index = getattr(ti, "map_index", -1)
+    mapped = f"[{map_index}]" if isinstance(map_index, int) and map_index >= 0 else ""
+    return f"task {dag_id}.{task_id}{mapped} of run {run_id}, try {try_number}"

@@ -103,12 +103,12 @@ class SyncLease:
             return f"Another run of the sync of {self.describe} was holding its lease; run again."
         minutes = max(0, round((record.expires_at - now) / 60))
         return (
-            f"Another run of the sync of {self.describe} holds its lease ({record.holder}, since "
-            f"{record.acquired_at}) until {_utc(record.expires_at)} (in about {minutes} min); nothing was "
-            "read or sent. Wait for that run to finish and run again. If it is truly dead (a killed "
-            "worker), its lease expires by itself at that time, renewed while it runs (lease_minutes="
-            f"{self.duration_s / 60:g}); to release it now, delete the row sync_key = '{self.sync_key}' "
-            f"from {self.store.locks_table}."
+            f"Another run of the sync of {self.describe} is in progress: it holds the sync's lease until "
+            f"{_utc(record.expires_at)} (about {minutes} min from now), taken at {record.acquired_at} by "
+            f"{record.holder}. This run read and sent nothing. Wait for that run to finish, then run again. "
+            "A live run renews its lease as it goes; if that run is truly dead (a killed worker), its lease "
+            f"lapses by itself at the time above (lease_minutes={self.duration_s / 60:g}), or delete its row "
+            f"(sync_key = '{self.sync_key}') from {self.store.locks_table} to release it now."
         )
 
     def keep_alive(self, force: bool = False) -> None:

@@ -336,7 +336,7 @@ def test_a_second_run_is_refused_while_the_first_is_sending(
     message = str(refused.value)
     account = FacebookCustomAudiencesHook(fb_conn_id).ad_account_id
     assert f"audience {audience_id} (sync_key {account}:{audience_id})" in message
-    assert "a run outside Airflow on host" in message and "expires by itself" in message
+    assert "by a run outside Airflow on host" in message and "lapses by itself" in message
     assert "example.com" not in message.lower() and "cust-" not in message
     assert outcome["report"]["added"] == 20 and set(members(sandbox, audience_id)) == set(expected(rows))
     assert len(user_uploads(sandbox)) == 1  # the refused run sent nothing

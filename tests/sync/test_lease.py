@@ -89,8 +89,8 @@ def test_a_second_run_is_refused_while_a_lease_is_held(
     message = str(refused.value)
     assert "audience 42 (sync_key act_1:42)" in message
     assert "task dag.sync of run manual__1, try 1" in message
-    assert "until 2027-01-15 08:30:00 UTC (in about 20 min)" in message
-    assert "Wait for that run to finish" in message and "expires by itself" in message
+    assert "until 2027-01-15 08:30:00 UTC (about 20 min from now)" in message
+    assert "Wait for that run to finish" in message and "lapses by itself" in message
     assert (read, audience.calls, store.count(SYNC_KEY)) == ([], [], 0)  # nothing read, sent or written
     assert other_store.lease(SYNC_KEY).owner == "first-run"  # the refused run left the lease alone
 
@@ -115,7 +115,7 @@ def test_the_lease_is_released_after_success_and_after_a_failure(
 def test_an_expired_lease_is_taken_over(store: StateStore, other_store: StateStore) -> None:
     hold_lease(other_store, "crashed-run", T0, minutes=30)
     audience = RecordingAudience()
-    with pytest.raises(SyncLeaseHeldError, match="in about 1 min"):
+    with pytest.raises(SyncLeaseHeldError, match="about 1 min from now"):
         sync_run(store, audience, Clock(T0 + 29 * MINUTE)).run(chunks_of(model("a"), []))
     report = sync_run(store, audience, Clock(T0 + 30 * MINUTE)).run(chunks_of(model("a"), [])).as_dict()
     assert report["added"] == 1 and set(audience.members) == {"a"}
