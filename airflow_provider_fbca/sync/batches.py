@@ -7,12 +7,15 @@ nothing: the retry plans again from the state and sends only what was not acknow
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 #: Meta's limit of rows per request, for /users and /usersreplace alike.
 MAX_BATCH_SIZE = 10_000
+#: How often (seconds) the heartbeat runs while a batch is in flight: a request can wait out a long
+#: rate-limit lockout in the hook's retries, and the run must keep its lease meanwhile.
+HEARTBEAT_S = 10.0
 
 Row = TypeVar("Row")
 
@@ -49,6 +52,9 @@ class UploadSession(Generic[Row]):
     :param encode: turns a page into the request's ``data`` rows.
     :param send: sends one batch's ``data`` with its ``session`` object and returns Meta's response.
     :param acknowledge: called with each page once Meta accepted it (updates the state).
+    :param heartbeat: called every ``heartbeat_s`` seconds while a batch is in flight, in the caller's
+        thread (so it may use the state connection): keeps the run's lease alive.
+    :param heartbeat_s: the period of the heartbeat.
     """
 
     session_id: int
@@ -57,6 +63,8 @@ class UploadSession(Generic[Row]):
     encode: Callable[[list[Row]], list[Any]]
     send: Callable[[list[Any], dict[str, Any]], dict[str, Any]]
     acknowledge: Callable[[list[Row]], None]
+    heartbeat: Callable[[], None] | None = None
+    heartbeat_s: float = HEARTBEAT_S
 
     def run(self, pages: Iterable[list[Row]]) -> SessionResult:
         result = SessionResult(self.session_id, self.kind)
@@ -84,6 +92,8 @@ class UploadSession(Generic[Row]):
 
     def _settle(self, answer: Future[dict[str, Any]], page: list[Row], result: SessionResult) -> None:
         """Wait for a batch's answer (raising its error), then acknowledge it."""
+        while self.heartbeat is not None and not wait([answer], timeout=self.heartbeat_s).done:
+            self.heartbeat()
         response = answer.result()
         self.acknowledge(page)
         result.batches += 1

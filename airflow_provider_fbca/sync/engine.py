@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE, SessionResult, UploadSession
+from airflow_provider_fbca.sync.batches import HEARTBEAT_S, MAX_BATCH_SIZE, SessionResult, UploadSession
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease
 from airflow_provider_fbca.sync.plan import (
     RowStager,
@@ -191,6 +191,7 @@ class SyncRun:
             holder=holder,
             clock=clock,
         )
+        self.heartbeat_s = HEARTBEAT_S  # how often the lease is looked after while a batch is in flight
 
     def run(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> SyncReport:
         """Sync the model given as chunks of rows (identifier values in mapping order, then membership).
@@ -335,7 +336,16 @@ class SyncRun:
             acknowledge(page)  # record what Meta accepted first, even if the lease turns out lost
             self.lease.keep_alive()
 
-        return UploadSession(session_id, kind, total, encode, send, acknowledge_and_renew)
+        return UploadSession(
+            session_id,
+            kind,
+            total,
+            encode,
+            send,
+            acknowledge_and_renew,
+            heartbeat=self.lease.keep_alive,
+            heartbeat_s=self.heartbeat_s,
+        )
 
     def _extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}

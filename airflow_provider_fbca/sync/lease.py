@@ -3,7 +3,9 @@
 Two runs of the same sync (a manual trigger while the scheduled run is still going, a zombie task whose
 retry started) would plan from the same state, send the same rows and interleave their state writes. So a
 run takes the sync's lease (a row of ``<state_table>_locks``) before it reads anything, renews it as it
-goes, and releases it at the end, whether it succeeded or failed. A run that finds a live lease fails at
+goes (after each staged chunk and each acknowledged batch, and every few seconds while a batch is in
+flight, as the hook may be waiting out a rate-limit lockout), and releases it at the end, whether it
+succeeded or failed. A run that finds a live lease fails at
 once. A crashed run cannot release its lease: the lease expires by itself ``lease_minutes`` after its last
 renewal, and the next run takes it over.
 
@@ -112,7 +114,7 @@ class SyncLease:
         )
 
     def keep_alive(self, force: bool = False) -> None:
-        """Renew the lease when due (called per staged chunk and per acknowledged batch).
+        """Renew the lease when due (per staged chunk, per acknowledged batch, while a batch is in flight).
 
         :param force: renew now, e.g. right before the first upload, so a run that lost its lease while
             staging never sends.
@@ -126,7 +128,7 @@ class SyncLease:
                 f"This run of the sync of {self.describe} lost its lease: it was not renewed for "
                 f"lease_minutes={self.duration_s / 60:g} and another run took it over. Stopped before "
                 "sending more; what Meta acknowledged is recorded. Raise lease_minutes if a single step "
-                "of a run (a chunk of the query, an upload request) can take that long."
+                "of a run other than an upload (fetching a chunk of the query, planning) can take that long."
             )
         self.renewed_at = now
 

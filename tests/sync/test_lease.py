@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,6 +71,11 @@ def connect_again(store: StateStore) -> StateStore:
     return StateStore(conn, store.table_name, store.placeholder)
 
 
+def intruder_takes_lease(other_store: StateStore, clock: Clock) -> bool:
+    """Another run tries to take the lease at the injected clock's time."""
+    return other_store.acquire_lease(SYNC_KEY, "intruder", "another run", clock.now, clock.now + 30 * MINUTE)
+
+
 @pytest.fixture
 def other_store(store: StateStore) -> Iterator[StateStore]:
     other = connect_again(store)
@@ -133,7 +139,7 @@ def test_a_long_run_renews_its_lease_as_batches_are_acknowledged(
 
     def slow_batch() -> None:
         clock.now += 20 * MINUTE
-        refusals.append(not other_store.acquire_lease(SYNC_KEY, "intruder", "b", clock.now, clock.now + 1800))
+        refusals.append(not intruder_takes_lease(other_store, clock))
 
     audience.before_add = slow_batch
     keys = [f"k{i:02}" for i in range(8)]
@@ -142,13 +148,34 @@ def test_a_long_run_renews_its_lease_as_batches_are_acknowledged(
     assert clock.now == T0 + 80 * MINUTE and other_store.lease(SYNC_KEY) is None
 
 
+def test_the_lease_is_kept_while_one_request_waits_out_a_long_lockout(
+    store: StateStore, other_store: StateStore
+) -> None:
+    """One request stalls 50 minutes (the hook waiting out a rate-limit lockout) of a 30-minute lease."""
+    audience, clock = RecordingAudience(), Clock()
+    takeovers: list[bool] = []
+
+    def lockout() -> None:
+        for _ in range(5):
+            clock.now += 10 * MINUTE
+            time.sleep(0.1)  # real time for the caller's heartbeats
+        takeovers.append(intruder_takes_lease(other_store, clock))
+
+    audience.before_add = lockout
+    run = sync_run(store, audience, clock)
+    run.heartbeat_s = 0.02
+    report = run.run(chunks_of(model("a", "b"), [])).as_dict()
+    assert report["added"] == 2 and takeovers == [False]
+    assert other_store.lease(SYNC_KEY) is None
+
+
 def test_a_run_whose_lease_was_taken_over_stops_sending(store: StateStore, other_store: StateStore) -> None:
     """A run stalled past its lease (the batch took 40 minutes) finds the lease taken and stops."""
     audience, clock = RecordingAudience(), Clock()
 
     def stalled_batch() -> None:
         clock.now += 40 * MINUTE
-        assert other_store.acquire_lease(SYNC_KEY, "next-run", "b", clock.now, clock.now + 1800)
+        assert intruder_takes_lease(other_store, clock)
 
     audience.before_add = stalled_batch
     keys = [f"k{i:02}" for i in range(6)]
@@ -156,7 +183,7 @@ def test_a_run_whose_lease_was_taken_over_stops_sending(store: StateStore, other
         sync_run(store, audience, clock, batch_size=2).run(chunks_of(model(*keys), []))
     # The stalled batch was accepted by Meta, so it is recorded; the next one was never sent.
     assert (len(audience.calls), store.count(SYNC_KEY)) == (1, 2)
-    assert other_store.lease(SYNC_KEY).owner == "next-run"  # the loser did not release the winner's lease
+    assert other_store.lease(SYNC_KEY).owner == "intruder"  # the loser did not release the winner's lease
 
 
 def race_for_the_lease(stores: list[StateStore], now: float) -> list[str]:
