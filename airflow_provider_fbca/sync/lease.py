@@ -5,9 +5,8 @@ retry started) would plan from the same state, send the same rows and interleave
 run takes the sync's lease (a row of ``<state_table>_locks``) before it reads anything, renews it as it
 goes (after each staged chunk and each acknowledged batch, and every few seconds while a batch is in
 flight, as the hook may be waiting out a rate-limit lockout), and releases it at the end, whether it
-succeeded or failed. A run that finds a live lease fails at
-once. A crashed run cannot release its lease: the lease expires by itself ``lease_minutes`` after its last
-renewal, and the next run takes it over.
+succeeded or failed. A run that finds a live lease fails at once. A crashed run cannot release its lease:
+the lease expires by itself ``lease_minutes`` after its last renewal, and the next run takes it over.
 
 Only DB-API statements (an insert and conditional updates) are used, so it works the same on SQLite and
 PostgreSQL, with no advisory locks. Expiry is judged by the workers' clocks, which must agree to well within
@@ -29,8 +28,8 @@ from airflow_provider_fbca.sync.state import StateStore
 
 log = logging.getLogger(__name__)
 
-#: How long a lease lives without renewal: longer than any single step of a run (one staged chunk, one
-#: upload request), short enough that a crashed run's retry is not held up for long.
+#: How long a lease lives without renewal: longer than any step of a run between two renewals (fetching
+#: one chunk of the query, planning), short enough that a crashed run's retry is not held up for long.
 DEFAULT_LEASE_MINUTES = 30.0
 #: A renewal at most this often (and at least three times per lease duration): one small committed
 #: update, so it costs nothing next to the chunk or batch that triggers it.

@@ -4,7 +4,9 @@ The state table holds, per sync (ad account + audience) and per row key (the EXT
 last run left in the audience: a fingerprint of the prepared row, a digest of its identifiers, and the
 prepared identifiers themselves (SHA-256 hashes, plus the unhashed keys Meta takes as they are: EXTERN_ID,
 MADID, APPUID, PAGEUID), so that the row can be removed later with exactly what was added. It never holds
-raw PII. It lives in the state connection, so any worker can run the next sync.
+raw PII. It lives in the state connection, so any worker can run the next sync. Two companion tables:
+``<table>_sessions`` records every upload session id drawn, ``<table>_locks`` the lease of each sync
+that a run holds (see :mod:`.lease`).
 
 The stage table is a temporary table of this run's prepared model. The diff is a join between the two, done
 by the database, so memory does not grow with the model.
