@@ -52,8 +52,12 @@ class SyncReport:
             "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
             "dropped_values_by_reason": dict(sorted(self.dropped_values.items())),
             "rows_sent": sum(session.rows for session in self.sessions),
-            "session_ids": [session.session_id for session in self.sessions],
-            "sessions": [asdict(session) for session in self.sessions],
+            # Strings, as Meta writes them: 19-digit ids exceed JavaScript's 2**53, so Airflow's UI
+            # would show a rounded, wrong id for an int in XCom.
+            "session_ids": [str(session.session_id) for session in self.sessions],
+            "sessions": [
+                {**asdict(session), "session_id": str(session.session_id)} for session in self.sessions
+            ],
             "num_received": sum(session.num_received for session in self.sessions),
             "num_invalid_entries": sum(session.num_invalid_entries for session in self.sessions),
         }
