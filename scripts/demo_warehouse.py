@@ -16,20 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Columns of the generator's rows, as stored in the ``customers`` table.
-CUSTOMER_COLUMNS = (
-    "external_id",
-    "email",
-    "phone",
-    "first_name",
-    "last_name",
-    "city",
-    "state",
-    "zip",
-    "country",
-    "date_of_birth",
-    "gender",
-)
+from airflow_provider_fbca.sandbox import CUSTOMER_COLUMNS
+
 #: The Engage-style segment the membership example syncs.
 DEMO_SEGMENT = "high_intent"
 #: Share of customers who signed up in the last seven days.

@@ -7,7 +7,7 @@ It checks requests with its own rules (Meta's, as documented) and never imports 
 
 from __future__ import annotations
 
-from airflow_provider_fbca.sandbox.customers import generate_customers
+from airflow_provider_fbca.sandbox.customers import CUSTOMER_COLUMNS, generate_customers
 from airflow_provider_fbca.sandbox.graph import LATEST_VERSION, SERVED_VERSIONS, appsecret_proof
 from airflow_provider_fbca.sandbox.server import (
     DEFAULT_ACCESS_TOKEN,
@@ -21,6 +21,7 @@ from airflow_provider_fbca.sandbox.server import (
 from airflow_provider_fbca.sandbox.state import ManualClock
 
 __all__ = [
+    "CUSTOMER_COLUMNS",
     "DEFAULT_ACCESS_TOKEN",
     "DEFAULT_AD_ACCOUNT_ID",
     "DEFAULT_APP_ID",

@@ -42,6 +42,20 @@ from typing import Any
 
 from airflow_provider_fbca.sandbox.population import Person, Population, make_person
 
+#: The columns of every generated row, in order (the demo's warehouse table has these columns).
+CUSTOMER_COLUMNS = (
+    "external_id",
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "city",
+    "state",
+    "zip",
+    "country",
+    "date_of_birth",
+    "gender",
+)
 _US_COUNTRY = ("US", "us", "USA", "United States", "United States of America")
 _GB_COUNTRY = ("GB", "gb", "GBR", "United Kingdom")
 _GENDER = {

@@ -17,7 +17,7 @@ import phonenumbers
 import pytest
 from sandbox_support import SMALL_POPULATION, Graph, sha256
 
-from airflow_provider_fbca.sandbox import Sandbox, generate_customers
+from airflow_provider_fbca.sandbox import CUSTOMER_COLUMNS, Sandbox, generate_customers
 from airflow_provider_fbca.sandbox.population import Population
 
 COUNTRIES = {
@@ -78,19 +78,7 @@ def test_customers_are_reproducible_and_drawn_in_the_asked_share() -> None:
     assert rows != customers(200, seed=6)
     assert sum(map(is_population_row, rows)) == 120
     assert len({row["external_id"] for row in rows}) == 200
-    assert set(rows[0]) == {
-        "external_id",
-        "email",
-        "phone",
-        "first_name",
-        "last_name",
-        "city",
-        "state",
-        "zip",
-        "country",
-        "date_of_birth",
-        "gender",
-    }
+    assert all(tuple(row) == CUSTOMER_COLUMNS for row in rows)
     assert sum(map(is_population_row, customers(10, match_share=0.0))) == 0
     assert sum(map(is_population_row, customers(10, match_share=1.0))) == 10
 
