@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -48,6 +49,12 @@ class SessionsClient(Protocol):
     def get_sessions(self, audience_id: str, session_id: str | None = None) -> list[dict[str, Any]]: ...
 
     def get_audience(self, audience_id: str, fields: Sequence[str]) -> dict[str, Any]: ...
+
+
+class DeadlineClient(SessionsClient, Protocol):
+    """A client whose waits can be kept within a deadline (the hook's ``limit_waits``)."""
+
+    def limit_waits(self, seconds: float) -> AbstractContextManager[Any]: ...
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,6 +308,68 @@ def poll_upload(
         return check, None
     audience = client.get_audience(audience_id, fields=list(AUDIENCE_FIELDS))
     return check, build_summary(check, audience)
+
+
+class UploadDeadlineError(Exception):
+    """
+    A poll gave up before its deadline: a retry (of a rate limit, say) would have waited past it.
+
+    ``str()`` names the sessions as the last complete poll left them, and why the poll gave up.
+
+    :param message: the message.
+    :param check: the sessions read by the last complete poll (those never read are left out).
+    """
+
+    def __init__(self, message: str, check: UploadCheck) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+def poll_upload_before_deadline(
+    client: DeadlineClient,
+    audience_id: str,
+    session_ids: Sequence[str],
+    known: dict[str, Mapping[str, Any]],
+    seconds_left: float,
+) -> tuple[UploadCheck, dict[str, Any] | None]:
+    """
+    :func:`poll_upload`, with every wait of the client kept within the time left to the deadline.
+
+    The client's retries may wait long (a rate-limit lockout lasts up to an hour); a poll that cannot
+    finish before the deadline raises :class:`UploadDeadlineError` at once instead of answering late.
+
+    :param client: the hook (anything with ``get_sessions``, ``get_audience`` and ``limit_waits``).
+    :param audience_id: the audience.
+    :param session_ids: the ids to confirm.
+    :param known: the cache of sessions by id that every poll updates (:func:`poll_upload`).
+    :param seconds_left: the time left to the deadline.
+    """
+    with client.limit_waits(seconds_left) as limit:
+        try:
+            return poll_upload(client, audience_id, session_ids, known)
+        except Exception as error:
+            if not limit.reached:
+                raise
+            raise _deadline_error(audience_id, session_ids, known, error) from error
+
+
+def _deadline_error(
+    audience_id: str, session_ids: Sequence[str], known: Mapping[str, Mapping[str, Any]], error: Exception
+) -> UploadDeadlineError:
+    """The error of a poll that gave up: the sessions as the last complete poll saw them, and why."""
+    read = [sid for sid in session_ids if sid in known]
+    unread = [sid for sid in session_ids if sid not in known]
+    check = check_sessions(audience_id, read, [known[sid] for sid in read])
+    if not unread:
+        sessions = check.waiting_message()
+    elif read and check.status != "finished":
+        sessions = f"{check.waiting_message()}; not read yet: {', '.join(unread)}"
+    else:
+        sessions = f"Audience {audience_id} sessions not read yet: {', '.join(unread)}"
+    code = getattr(error, "code", None)
+    cause = type(error).__name__ + (f" (code {code})" if code is not None else "")
+    message = f"{sessions}. The last poll failed with {cause} and its retry would end past the deadline"
+    return UploadDeadlineError(message, check)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
@@ -200,6 +202,25 @@ def _connect_failed(exc: requests.RequestException) -> bool:
     return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
 
 
+@dataclass
+class WaitLimit:
+    """
+    A deadline for the waits of the calls made within :meth:`FacebookCustomAudiencesHook.limit_waits`.
+
+    :param give_up_at: the deadline, on the hook's ``clock``.
+    :param refused_wait_s: set when the hook gave up a retry because its wait would have run past the
+        deadline: how long that wait would have been.
+    """
+
+    give_up_at: float
+    refused_wait_s: float | None = None
+
+    @property
+    def reached(self) -> bool:
+        """Whether a call gave up because of this deadline (its error was raised instead of waited out)."""
+        return self.refused_wait_s is not None
+
+
 class _CredentialsInUrlsFilter(logging.Filter):
     """
     Blank credential values in the URLs urllib3 logs at DEBUG level.
@@ -235,7 +256,8 @@ class FacebookCustomAudiencesHook(BaseHook):
     connection has an app secret, ``appsecret_proof``. Failures become the typed errors of
     :mod:`airflow_provider_fbca.exceptions`, classified by Meta's error code. Rate limits and transient
     failures are retried with exponential backoff and jitter, waiting as long as Meta's usage headers
-    ask, and calls slow down on their own as a usage budget fills up.
+    ask, and calls slow down on their own as a usage budget fills up. A caller with a deadline of its
+    own wraps its calls in :meth:`limit_waits`, so that no wait runs past it.
 
     :param facebook_conn_id: a ``facebook_custom_audiences`` connection (or a ``facebook_social`` one).
     :param ad_account_id: an ad account (``act_123`` or ``123``) that overrides the connection's.
@@ -291,6 +313,7 @@ class FacebookCustomAudiencesHook(BaseHook):
         self.clock = clock if clock is not None else time.monotonic
         self.rng = rng if rng is not None else random.Random()
         self._resume_at = 0.0
+        self._wait_limit: WaitLimit | None = None
         self._session: requests.Session | None = None
 
     # ----------------------------------------------------------------------------------------------
@@ -348,6 +371,36 @@ class FacebookCustomAudiencesHook(BaseHook):
         if not account:
             raise ValueError("No ad account: set ad_account_id in the connection's extra or pass one.")
         return normalize_ad_account_id(account)
+
+    @contextmanager
+    def limit_waits(self, seconds: float) -> Iterator[WaitLimit]:
+        """
+        Within the block, no wait runs past ``seconds`` from now.
+
+        A retry whose wait (a rate-limit lockout, a backoff) would end past that deadline is not taken:
+        the call raises its error at once and the yielded :class:`WaitLimit` says so (``reached``). A
+        pause the usage headers ask for is cut short at the deadline. Callers with a deadline of their
+        own (a sensor's timeout) use it so that a rate limit cannot make them give up late. Nested blocks
+        keep the earlier deadline.
+
+        :param seconds: the time left to the caller's deadline (0 or less: no wait at all).
+        """
+        give_up_at = self.clock() + max(seconds, 0.0)
+        outer = self._wait_limit
+        if outer is not None:
+            give_up_at = min(give_up_at, outer.give_up_at)
+        limit = WaitLimit(give_up_at=give_up_at)
+        self._wait_limit = limit
+        try:
+            yield limit
+        finally:
+            self._wait_limit = outer
+
+    def _time_left(self) -> float:
+        """Seconds to the deadline of :meth:`limit_waits`; infinite outside such a block."""
+        if self._wait_limit is None:
+            return float("inf")
+        return max(self._wait_limit.give_up_at - self.clock(), 0.0)
 
     # ----------------------------------------------------------------------------------------------
     # Transport: one call, its retries and its throttling
@@ -458,6 +511,17 @@ class FacebookCustomAudiencesHook(BaseHook):
                 "%s: Meta asks to wait %.0f s, longer than max_retry_wait_s; giving up", request, wait
             )
             raise error
+        time_left = self._time_left()
+        if wait > time_left and self._wait_limit is not None:
+            self._wait_limit.refused_wait_s = wait
+            self.log.warning(
+                "%s failed (%s); the retry would wait %.0f s, past the caller's deadline in %.0f s; giving up",
+                request,
+                _short(error),
+                wait,
+                time_left,
+            )
+            raise error
         self.log.warning(
             "%s failed (%s); retry %d of %d in %.1f s",
             request,
@@ -477,7 +541,9 @@ class FacebookCustomAudiencesHook(BaseHook):
 
     def _wait_for_budget(self) -> None:
         if self._resume_at:
-            wait = self._resume_at - self.clock()
+            # Cut short at the caller's deadline: the call then goes ahead, and if Meta refuses it the
+            # retry wait is refused too, so the caller hears of it in time.
+            wait = min(self._resume_at - self.clock(), self._time_left())
             self._resume_at = 0.0
             if wait > 0:
                 self.log.info("Usage budget nearly spent; pausing %.1f s before the next call", wait)

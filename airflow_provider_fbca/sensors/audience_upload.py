@@ -21,8 +21,9 @@ from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiences
 from airflow_provider_fbca.triggers.audience_upload import AudienceUploadTrigger
 from airflow_provider_fbca.upload_summary import (
     UploadCheck,
+    UploadDeadlineError,
     parse_session_ids,
-    poll_upload,
+    poll_upload_before_deadline,
     render_table,
     threshold_breaches,
     validate_rate,
@@ -59,7 +60,9 @@ class AudienceUploadSensor(BaseSensorOperator):
         ``[operators] default_deferrable``.
     :param poke_interval: seconds between checks (default 60).
     :param timeout: seconds before giving up (Airflow's sensor default when not given); the error
-        names the sessions still processing or never listed.
+        names the sessions still processing or never listed. The hook's retry waits are kept within
+        it: a check that a rate-limit lockout would carry past the timeout gives up at once, with
+        :class:`AirflowSensorTimeout`, instead of failing late.
     """
 
     template_fields: Sequence[str] = ("audience_id", "session_ids")
@@ -86,6 +89,8 @@ class AudienceUploadSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self._known_sessions: dict[str, Mapping[str, Any]] = {}
         self._last_check: UploadCheck | None = None
+        self._deadline: float | None = None  # Unix time; set by execute
+        self._gave_up_at_deadline = False
 
     @cached_property
     def hook(self) -> FacebookCustomAudiencesHook:
@@ -99,9 +104,15 @@ class AudienceUploadSensor(BaseSensorOperator):
 
     def _poll(self) -> dict[str, Any] | None:
         """Check once; the summary when nothing is left to wait for, else ``None``."""
-        check, summary = poll_upload(
-            self.hook, str(self.audience_id), self._session_ids, self._known_sessions
-        )
+        seconds_left = float("inf") if self._deadline is None else self._deadline - time.time()
+        try:
+            check, summary = poll_upload_before_deadline(
+                self.hook, str(self.audience_id), self._session_ids, self._known_sessions, seconds_left
+            )
+        except UploadDeadlineError as gave_up:
+            self._gave_up_at_deadline = True
+            timed_out = AirflowSkipException if self.soft_fail else AirflowSensorTimeout
+            raise timed_out(f"Timed out: {gave_up}") from gave_up
         self._last_check = check
         if summary is None:
             self.log.info("Waiting: %s", check.waiting_message())
@@ -120,26 +131,36 @@ class AudienceUploadSensor(BaseSensorOperator):
             parse_session_ids(self.session_ids)  # a bad template result fails now, not at every poke
         except ValueError as exc:
             raise AirflowFailException(f"Task {self.task_id}: {exc}") from exc
+        self._deadline = self._started_at(context) + self.timeout
         if self.deferrable:
             return self._execute_deferrable()
         try:
             return super().execute(context)
         except (AirflowSensorTimeout, AirflowSkipException) as exc:
             waiting = self._last_check is not None and self._last_check.status == "waiting"
-            if not waiting:
+            if not waiting or self._gave_up_at_deadline:
                 raise
             # Airflow's own timeout message says how long, not what is stuck: name the sessions.
             raise type(exc)(f"{exc} {self._last_check.waiting_message()}") from exc
+
+    def _started_at(self, context: Context) -> float:
+        """When the wait began (Unix time): in reschedule mode, at the first try, as Airflow counts it."""
+        if self.reschedule and not self.deferrable:
+            first_try = context["ti"].get_first_reschedule_date(context)
+            if first_try is not None:
+                return first_try.timestamp()
+        return time.time()
 
     def _execute_deferrable(self) -> Any:
         summary = self._poll()
         if summary is not None:
             return self._conclude(summary)
+        assert self._deadline is not None
         self.defer(
             trigger=AudienceUploadTrigger(
                 audience_id=str(self.audience_id),
                 session_ids=self._session_ids,
-                deadline=time.time() + self.timeout,
+                deadline=self._deadline,
                 facebook_conn_id=self.facebook_conn_id,
                 poke_interval=self.poke_interval,
             ),

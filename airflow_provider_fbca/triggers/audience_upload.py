@@ -9,7 +9,13 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_fbca.upload_summary import build_summary, parse_session_ids, poll_upload
+from airflow_provider_fbca.upload_summary import (
+    UploadCheck,
+    UploadDeadlineError,
+    build_summary,
+    parse_session_ids,
+    poll_upload_before_deadline,
+)
 
 DEFAULT_CONN_ID = "facebook_custom_audiences_default"
 
@@ -25,7 +31,9 @@ class AudienceUploadTrigger(BaseTrigger):
     only reports what Meta says.
 
     The hook is synchronous (``requests``), so each poll runs in a worker thread and the triggerer's
-    event loop never blocks.
+    event loop never blocks. The hook's retry waits are kept within the deadline: a poll whose retry
+    would wait past it (a rate-limit lockout, say) gives up at once and the trigger reports ``timeout``,
+    naming the sessions as the last complete poll saw them, instead of firing late.
 
     :param audience_id: the Custom Audience.
     :param session_ids: the upload sessions to confirm.
@@ -93,9 +101,15 @@ class AudienceUploadTrigger(BaseTrigger):
     async def _poll_until_done(self, hook: Any) -> dict[str, Any]:
         known: dict[str, Mapping[str, Any]] = {}
         while True:
-            check, summary = await asyncio.to_thread(
-                poll_upload, hook, self.audience_id, self.session_ids, known
-            )
+            try:
+                check, summary = await asyncio.to_thread(self._poll_once, hook, known)
+            except UploadDeadlineError as gave_up:
+                message = f"Timed out: {gave_up}"
+                return {
+                    "status": "timeout",
+                    "message": message,
+                    "summary": build_summary(gave_up.check, None),
+                }
             if summary is not None and summary["status"] == "finished":
                 message = f"All {len(self.session_ids)} sessions of audience {self.audience_id} finished"
                 return {"status": "success", "message": message, "summary": summary}
@@ -108,3 +122,10 @@ class AudienceUploadTrigger(BaseTrigger):
                 return {"status": "timeout", "message": message, "summary": build_summary(check, None)}
             self.log.info("%s; next check in %.1f s", check.waiting_message(), self.poke_interval)
             await asyncio.sleep(min(self.poke_interval, remaining))
+
+    def _poll_once(
+        self, hook: Any, known: dict[str, Mapping[str, Any]]
+    ) -> tuple[UploadCheck, dict[str, Any] | None]:
+        """One poll, in the worker thread; the time left is measured there, just before the calls."""
+        seconds_left = self.deadline - time.time()
+        return poll_upload_before_deadline(hook, self.audience_id, self.session_ids, known, seconds_left)

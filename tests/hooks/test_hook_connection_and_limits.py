@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_fbca.exceptions import GraphAPIError, GraphAuthError
+from airflow_provider_fbca.exceptions import GraphAPIError, GraphAuthError, GraphRateLimitError
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 from airflow_provider_fbca.hooks.graph_connection import appsecret_proof
 from airflow_provider_fbca.sandbox import Sandbox
@@ -168,6 +168,23 @@ def test_80003_lockout_is_waited_out_as_the_header_says(connect):
     assert 19 * 60 <= lockouts[0] <= 19 * 60 * 1.25
     codes = [r.get("error_code") for r in sb.requests()]
     assert codes.count(80003) == 2  # the other client's, and the hook's one attempt before waiting
+
+
+def test_waits_are_kept_within_the_callers_deadline(connect):
+    clock = ManualClock()
+    with Sandbox(clock=clock, rate_limit_budget=5, rate_limit_lockout_s=19 * 60) as sb:
+        fake = FakeTime(clock)
+        hook = FacebookCustomAudiencesHook(connect(sb), sleep=fake.sleep, clock=clock)
+        _spend_budget(sb, 4)
+        hook.check_terms_accepted()  # usage 100 %: the next call would pause until the hourly reset
+        with hook.limit_waits(300) as limit, pytest.raises(GraphRateLimitError) as raised:
+            hook.check_terms_accepted()  # past the budget: locked out for 19 minutes
+        assert fake.sleeps == [300], "the usage pause is cut short at the deadline"
+        assert raised.value.code == 80003 and limit.reached
+        assert limit.refused_wait_s is not None and limit.refused_wait_s >= 19 * 60
+
+        assert hook.check_terms_accepted() is True, "outside the block the lockout is waited out"
+    assert fake.sleeps[1] >= 19 * 60 - 300
 
 
 def test_calls_slow_down_as_the_budget_fills(connect):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,3 +62,15 @@ def upload(
     """Send one batch of e-mails in its own session; ``last=False`` leaves the session open for good."""
     session = {"session_id": session_id, "batch_seq": 1, "last_batch_flag": last}
     return hook.add_users(audience_id, "EMAIL", emails, session=session)
+
+
+def short_sleep(seconds: float) -> None:
+    """
+    The hook's ``sleep`` in deadline tests: a wait of more than a few seconds fails the poll at once.
+
+    Without it, a hook that ignored the deadline would sleep for the hour of a rate-limit pause in a
+    worker thread, and the test would hang instead of failing.
+    """
+    if seconds > 5:
+        raise AssertionError(f"the hook wanted to wait {seconds:.0f} s")
+    time.sleep(seconds)

@@ -17,9 +17,10 @@ from airflow.sdk.exceptions import (
     TaskDeferred,
 )
 
+from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 from airflow_provider_fbca.sensors.audience_upload import AudienceUploadSensor
 from airflow_provider_fbca.triggers.audience_upload import AudienceUploadTrigger
-from tests.sensors.conftest import PROCESSING_DELAY_S, known_emails, unknown_emails, upload
+from tests.sensors.conftest import PROCESSING_DELAY_S, known_emails, short_sleep, unknown_emails, upload
 
 
 def make_sensor(audience_id: str, session_ids: Any, **kwargs: Any) -> AudienceUploadSensor:
@@ -139,6 +140,31 @@ def test_soft_fail_turns_the_timeout_into_a_skip_that_still_names_the_session(
     upload(hook, audience_id, 601, known_emails(sandbox, 3), last=False)
     with pytest.raises(AirflowSkipException, match=r"still processing: 601"):
         make_sensor(audience_id, [601], timeout=1, soft_fail=True).execute({})
+
+
+@pytest.mark.parametrize("soft_fail", [False, True])
+def test_a_rate_limit_near_the_timeout_gives_up_on_time_naming_the_session(
+    sandbox: Any, hook: Any, audience_id: str, soft_fail: bool
+) -> None:
+    upload(hook, audience_id, 611, known_emails(sandbox, 3), last=False)
+    # The first poke spends the whole budget (usage 100 %: a pause until the hourly reset); the next
+    # call is locked out for ten minutes (80003 with the BUC header).
+    sandbox.set_rate_limit(1, lockout_s=600)
+    started = time.monotonic()
+
+    sensor = make_sensor(audience_id, [611], timeout=1.5, soft_fail=soft_fail)
+    sensor.hook = FacebookCustomAudiencesHook(sensor.facebook_conn_id, sleep=short_sleep)
+
+    expected = AirflowSkipException if soft_fail else AirflowSensorTimeout
+    with pytest.raises(expected) as raised:
+        sensor.execute({})
+
+    assert 1.0 <= time.monotonic() - started < 4
+    assert str(raised.value) == (
+        f"Timed out: Audience {audience_id} sessions still processing: 611. The last poll failed with "
+        "GraphRateLimitError (code 80003) and its retry would end past the deadline"
+    )
+    assert [r.get("error_code") for r in sandbox.requests()][-1] == 80003
 
 
 def test_graph_errors_fail_the_poke_so_airflow_retries_apply(fb_conn_id: str) -> None:

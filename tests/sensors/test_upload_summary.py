@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from airflow_provider_fbca.upload_summary import (
+    UploadDeadlineError,
     build_summary,
     check_sessions,
     parse_session_ids,
     poll_upload,
+    poll_upload_before_deadline,
     render_table,
     session_state,
     threshold_breaches,
@@ -227,3 +232,42 @@ def test_poll_upload_reads_finished_sessions_once_and_the_audience_only_at_the_e
     assert check.status == "finished" and summary is not None
     assert summary["audience"]["approximate_count_upper_bound"] == 1200
     assert client.session_requests == ["1", "2", "2"]  # session 1 was finished: not asked again
+
+
+class RateLimitedClient(FakeClient):
+    """A client whose reads of one session fail; within a deadline shorter than a minute, because a
+    retry would wait past it (the hook's ``limit_waits`` then says ``reached``)."""
+
+    def __init__(self, sessions: list[dict[str, str]], failing: str) -> None:
+        super().__init__(sessions)
+        self.failing = failing
+        self.limit: Any = None
+
+    @contextmanager
+    def limit_waits(self, seconds: float) -> Iterator[Any]:
+        self.limit = SimpleNamespace(seconds=seconds, reached=False)
+        yield self.limit
+        self.limit = None
+
+    def get_sessions(self, audience_id: str, session_id: str | None = None) -> list[dict[str, Any]]:
+        if session_id == self.failing:
+            self.limit.reached = self.limit.seconds < 60
+            raise RuntimeError("rate limited")
+        return super().get_sessions(audience_id, session_id)
+
+
+def test_a_poll_that_gives_up_at_the_deadline_names_what_it_knew_and_what_it_never_read() -> None:
+    client = RateLimitedClient([meta_session(1, done=False), meta_session(2)], failing="2")
+    known: dict[str, Any] = {}
+    poll_upload_before_deadline(client, "42", ["1"], known, seconds_left=3600)
+    with pytest.raises(RuntimeError):  # a failure that is not about the deadline goes through as it is
+        poll_upload_before_deadline(client, "42", ["1", "2"], known, seconds_left=3600)
+
+    with pytest.raises(UploadDeadlineError) as raised:
+        poll_upload_before_deadline(client, "42", ["1", "2"], known, seconds_left=5)
+
+    assert str(raised.value) == (
+        "Audience 42 sessions still processing: 1; not read yet: 2. "
+        "The last poll failed with RuntimeError and its retry would end past the deadline"
+    )
+    assert [row["session_id"] for row in raised.value.check.sessions] == ["1"]

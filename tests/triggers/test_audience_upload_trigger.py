@@ -11,8 +11,9 @@ import pytest
 import requests
 from airflow.sdk.module_loading import import_string
 
+from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 from airflow_provider_fbca.triggers.audience_upload import AudienceUploadTrigger
-from tests.sensors.conftest import known_emails, unknown_emails, upload
+from tests.sensors.conftest import known_emails, short_sleep, unknown_emails, upload
 
 
 def make_trigger(
@@ -29,6 +30,13 @@ def make_trigger(
 
 async def all_events(trigger: AudienceUploadTrigger) -> list[dict[str, Any]]:
     return [event.payload async for event in trigger.run()]
+
+
+class ShortSleepTrigger(AudienceUploadTrigger):
+    """The trigger, with a hook that fails instead of waiting long (see ``short_sleep``)."""
+
+    def _make_hook(self) -> FacebookCustomAudiencesHook:
+        return FacebookCustomAudiencesHook(facebook_conn_id=self.facebook_conn_id, sleep=short_sleep)
 
 
 def test_serialize_round_trip_rebuilds_an_identical_trigger() -> None:
@@ -130,6 +138,44 @@ def test_polling_does_not_block_the_event_loop(sandbox: Any, hook: Any, audience
     assert event["status"] == "success"
     assert elapsed >= 0.8  # at least two slow polls (processing, then finished) were waited for...
     assert ticks >= elapsed / 0.02 * 0.5  # ...while the loop kept ticking
+
+
+def test_a_rate_limit_near_the_deadline_times_out_on_time(sandbox: Any, hook: Any, audience_id: str) -> None:
+    upload(hook, audience_id, 841, known_emails(sandbox, 3), last=False)  # stays processing
+    # The first poll spends the account's whole budget (usage 100 %: the hook would pause for the
+    # window's reset, an hour); the next call is locked out for ten minutes (80003, BUC header).
+    sandbox.set_rate_limit(1, lockout_s=600)
+    started = time.monotonic()
+
+    trigger = ShortSleepTrigger(audience_id, [841], deadline=time.time() + 1.5, poke_interval=0.2)
+    event = asyncio.run(trigger.run().__anext__()).payload
+
+    elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 4, elapsed
+    assert event["status"] == "timeout"
+    assert event["message"] == (
+        f"Timed out: Audience {audience_id} sessions still processing: 841. The last poll failed with "
+        "GraphRateLimitError (code 80003) and its retry would end past the deadline"
+    )
+    assert [row["state"] for row in event["summary"]["sessions"]] == ["processing"]
+    assert [r.get("error_code") for r in sandbox.requests()][-1] == 80003
+
+
+def test_a_lockout_longer_than_the_time_left_ends_the_wait_at_once(
+    sandbox: Any, hook: Any, audience_id: str
+) -> None:
+    upload(hook, audience_id, 851, known_emails(sandbox, 3))
+    sandbox.set_rate_limit(0, lockout_s=600)  # locked out from the first poll on
+    started = time.monotonic()
+
+    trigger = ShortSleepTrigger(audience_id, [851], deadline=time.time() + 30, poke_interval=0.2)
+    event = asyncio.run(trigger.run().__anext__()).payload
+
+    assert time.monotonic() - started < 5, "a ten-minute lockout cannot end before the deadline"
+    assert event["status"] == "timeout"
+    assert event["message"].startswith(f"Timed out: Audience {audience_id} sessions not read yet: 851.")
+    assert "GraphRateLimitError (code 80003)" in event["message"]
+    assert event["summary"]["sessions"] == []
 
 
 @pytest.mark.parametrize("session_ids", [["abc"], [0]])
