@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -165,6 +167,20 @@ def test_a_rate_limit_near_the_timeout_gives_up_on_time_naming_the_session(
         "GraphRateLimitError (code 80003) and its retry would end past the deadline"
     )
     assert [r.get("error_code") for r in sandbox.requests()][-1] == 80003
+
+
+def test_in_reschedule_mode_the_deadline_counts_from_the_first_try(
+    sandbox: Any, hook: Any, audience_id: str
+) -> None:
+    upload(hook, audience_id, 621, known_emails(sandbox, 3), last=False)
+    sandbox.set_rate_limit(0, lockout_s=30)  # a one-minute lockout: shorter than the timeout...
+    sensor = make_sensor(audience_id, [621], timeout=100, mode="reschedule")
+    sensor.hook = FacebookCustomAudiencesHook(sensor.facebook_conn_id, sleep=short_sleep)
+    first_try = datetime.now(timezone.utc) - timedelta(seconds=99)  # ...but not than what is left of it
+    ti = SimpleNamespace(get_first_reschedule_date=lambda context: first_try)
+
+    with pytest.raises(AirflowSensorTimeout, match=r"not read yet: 621\. .*code 80003"):
+        sensor.execute({"ti": ti})
 
 
 def test_graph_errors_fail_the_poke_so_airflow_retries_apply(fb_conn_id: str) -> None:
