@@ -65,7 +65,7 @@ _SESSION_INT_FIELDS = frozenset(SESSION_FIELDS) - {"stage"}
 _AUTH_PARAMS = frozenset({"access_token", "appsecret_proof"})
 _URL_IN_TEXT = re.compile(r"(?:with url: |https?://)\S+")
 _CREDENTIAL_IN_QUERY = re.compile(
-    r"((?:access_token|input_token|client_secret|fb_exchange_token)=)[^&\s\"']+"
+    r"((?:access_token|appsecret_proof|input_token|client_secret|fb_exchange_token)=)[^&\s\"']+"
 )
 _REPLACE_FINISHED_SUBCODE = 1870159
 _PAGE_SIZE = 50
@@ -225,8 +225,8 @@ class _CredentialsInUrlsFilter(logging.Filter):
     """
     Blank credential values in the URLs urllib3 logs at DEBUG level.
 
-    ``/debug_token`` takes the token it inspects in the query string, as Meta documents it; urllib3's
-    debug line for that request would otherwise print it.
+    ``/debug_token`` takes the token it inspects in the query string, as Meta documents it, and every
+    call carries ``appsecret_proof`` there; urllib3's debug line for a request would otherwise print them.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
