@@ -132,10 +132,6 @@ class SyncPlan:
         """Rows sent as new members."""
         return self.to_add - self.updates_sent
 
-    @property
-    def nothing_to_send(self) -> bool:
-        return self.to_add == 0 and self.to_remove == 0
-
 
 def _flag(value: bool) -> int:
     return 1 if value else 0
