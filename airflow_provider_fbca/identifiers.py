@@ -1286,6 +1286,18 @@ class RowPreparer:
         """The default country as lowercase ISO alpha-2 (how COUNTRY is sent), or None."""
         return self._default_region.lower() if self._default_region else None
 
+    def column_of(self, key_name: str) -> int:
+        """
+        The index of the input column that fills Meta key ``key_name`` (``date_of_birth`` fills three).
+
+        :param key_name: a Meta key name as in :attr:`schema`, e.g. ``"EXTERN_ID"``.
+        :raises ValueError: when no column fills that key.
+        """
+        for index, column in enumerate(self._columns):
+            if key_name in column.wire_keys:
+                return index
+        raise ValueError(f"No column is mapped to {key_name}.")
+
     def prepare_rows(self, rows: Iterable[Sequence[object]]) -> PreparedBatch:
         """
         Wire rows for ``rows``, with the counts of values dropped and rows rejected.

@@ -176,7 +176,7 @@ class SyncAudienceOperator(BaseOperator):
             batch_size=self.batch_size,
             app_ids=self.app_ids,
             page_ids=self.page_ids,
-            source_key_index=self._key_names_by_column().index(EXTERN_ID),
+            source_key_index=preparer.column_of(EXTERN_ID),
             lease_minutes=self.lease_minutes,
         )
         state_hook = self._sql_hook(self.state_conn_id)
@@ -199,10 +199,6 @@ class SyncAudienceOperator(BaseOperator):
         result["ad_account_id"] = account
         self.log.info("Sync report for audience %s:\n%s", audience_id, format_report(result))
         return result
-
-    def _key_names_by_column(self) -> list[str]:
-        """Meta's key name of each mapped column (``date_of_birth`` stands for its three keys)."""
-        return [RowPreparer([key]).schema[0] for key in self.mapping]
 
     # -- the audience ---------------------------------------------------------------------------------
 

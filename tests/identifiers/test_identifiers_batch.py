@@ -28,6 +28,14 @@ def test_schema_is_meta_names_in_column_order_with_date_of_birth_expanded() -> N
     assert preparer.schema == ("EXTERN_ID", "EMAIL", "DOBY", "DOBM", "DOBD", "ZIP", "COUNTRY")
 
 
+def test_column_of_counts_input_columns_not_wire_keys() -> None:
+    preparer = RowPreparer(["Email", "dob", "postal_code", "external_id"])
+    assert preparer.column_of("EXTERN_ID") == 3  # the schema's index would be 5
+    assert preparer.column_of("DOBM") == 1
+    with pytest.raises(ValueError, match="PHONE"):
+        preparer.column_of("PHONE")
+
+
 def test_wire_rows_equal_prepare_value_by_value() -> None:
     keys = ["EXTERN_ID", "EMAIL", "PHONE", "FN", "LN", "CT", "ST", "ZIP", "COUNTRY", "GEN", "DOBY", "MADID"]
     row = [
