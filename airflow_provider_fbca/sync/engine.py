@@ -172,7 +172,6 @@ class SyncRun:
         self.state_empty = True
         self.known_digests: array[int] | None = None
         self.seen = bytearray()  # per known digest: did a model row of this run have it
-        self.seen_count = 0
         self.seen_duplicate_keys: list[str] = []
         self.key_normalizer = key_normalizer or _default_key_normalizer
         self.digest_seed = f"{self.schema!r}|{options.has_membership}|{digest_seed}|"
@@ -236,7 +235,7 @@ class SyncRun:
                 adds_enabled=self.options.adds_enabled,
                 state_empty=self.state_empty,
                 full_refresh=self.options.full_refresh,
-                seen=None if self.known_digests is None else self.seen_count,
+                seen=None if self.known_digests is None else self.seen.count(1),
             )
             self.report.plan = plan
             log.info("Plan: %s", _describe(plan))
@@ -271,7 +270,6 @@ class SyncRun:
                 self.seen_duplicate_keys.append(key)
             else:
                 seen[position] = 1
-                self.seen_count += 1
         if not fresh:
             return staged
         values = [chunk[i][:-1] if has_membership else chunk[i] for i in fresh]
