@@ -133,7 +133,11 @@ def parse_membership(value: Any) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise ValueError(f"A membership cell holds {text[:20]!r}; expected a boolean, 0/1, true/false or yes/no.")
+    # Described, not quoted: a membership_column set to the wrong column would put its PII in the log.
+    raise ValueError(
+        f"A membership cell holds a {len(text)}-character text that is neither true nor false; expected a "
+        "boolean, 0/1, true/false or yes/no. Check that membership_column names the membership column."
+    )
 
 
 class SyncRun:

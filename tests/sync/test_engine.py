@@ -107,6 +107,13 @@ def test_membership_values_are_parsed_strictly() -> None:
         parse_membership("maybe")
 
 
+def test_an_unreadable_membership_cell_is_described_not_echoed() -> None:
+    # A membership_column set to the wrong column would otherwise put its values (e-mails) in the log.
+    with pytest.raises(ValueError, match="membership") as raised:
+        parse_membership("mary.major@example.com")
+    assert "mary" not in str(raised.value)
+
+
 def test_duplicates_fail_before_anything_is_sent(store: StateStore) -> None:
     audience = RecordingAudience()
     with pytest.raises(DuplicateKeysError, match=r"2 EXTERN_ID value\(s\).*'a', 'b'") as raised:
