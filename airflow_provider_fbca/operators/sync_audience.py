@@ -22,7 +22,7 @@ from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
 from airflow_provider_fbca.sync.report import format_report
-from airflow_provider_fbca.sync.state import StateStore, quote_table_name
+from airflow_provider_fbca.sync.state import StateStore, quote_table_name, streaming_cursor
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -247,8 +247,7 @@ class SyncAudienceOperator(BaseOperator):
         """
         conn = self._sql_hook(self.sql_conn_id).get_conn()
         try:
-            streaming = type(conn).__module__.startswith("psycopg")
-            cursor = conn.cursor(name="fbca_sync_source") if streaming else conn.cursor()
+            cursor = streaming_cursor(conn, "fbca_sync_source")
             try:
                 # A trailing semicolon (as .sql files often have) breaks PostgreSQL's DECLARE ... CURSOR FOR.
                 cursor.execute(self.sql.strip().rstrip(";").rstrip())

@@ -118,6 +118,15 @@ def known_rows_filter(members_only: bool, member_column: str) -> str:
     return f"{member_column} = 1" if members_only else "1 = 1"
 
 
+def streaming_cursor(conn: Any, name: str) -> Any:
+    """A cursor whose ``fetchmany`` streams a large result: server-side (named) on psycopg, else plain.
+
+    :param conn: an open DB-API connection.
+    :param name: the server-side cursor's name (unique among the connection's open cursors).
+    """
+    return conn.cursor(name=name) if type(conn).__module__.startswith("psycopg") else conn.cursor()
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -279,8 +288,7 @@ class StateStore:
 
         :param members_only: only rows sent as members (a tracked-only row must be prepared to be sent).
         """
-        server_side = type(self.conn).__module__.startswith("psycopg")
-        cursor = self.conn.cursor(name="fbca_source_digests") if server_side else self.conn.cursor()
+        cursor = streaming_cursor(self.conn, "fbca_source_digests")
         try:
             cursor.execute(
                 self.sql(
