@@ -100,9 +100,9 @@ class Sandbox:
         self.population = Population(population, seed)
         self.lock = threading.RLock()
         self.read_timeout_s = read_timeout_s
-        self.state = SandboxState(
-            clock=self.clock, processing_delay_s=processing_delay_s, removal_floor=removal_floor
-        )
+        self.state = SandboxState(clock=self.clock)
+        self.set_processing_delay(processing_delay_s)
+        self.set_removal_floor(removal_floor)
         self.meter = UsageMeter(rate_limit_budget, rate_limit_window_s, rate_limit_lockout_s)
         self.meter.configure(error_code=rate_limit_error_code)
         self.score = AccountScore(access_tier)

@@ -220,7 +220,7 @@ class Audience:
         if size < SMALL_AUDIENCE_SIZE:
             return SMALL_AUDIENCE_SIZE, SMALL_AUDIENCE_SIZE
         step = 10 ** (len(str(size)) - 2)
-        centre = round(size / step) * step
+        centre = (size + step // 2) // step * step
         return max(SMALL_AUDIENCE_SIZE, centre - step), centre + step
 
     def data_source(self) -> dict[str, Any]:

@@ -215,7 +215,7 @@ def _check_payload_ldu(payload: dict[str, Any]) -> None:
     """Refuse payload-level LDU fields (``data_processing_options``...) outside their documented values."""
     for key, allowed in LDU_FIELDS.items():
         name = key.lower()
-        if name in payload and _ldu_text(decode_json_param(name, payload[name])) not in allowed:
+        if name in payload and _ldu_text(payload[name]) not in allowed:
             raise _ldu_error(f"payload[{name}]", allowed)
 
 

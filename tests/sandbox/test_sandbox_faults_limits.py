@@ -143,3 +143,46 @@ def test_clock_can_be_moved_over_http(sb: Sandbox, clock: ManualClock) -> None:
     before = clock()
     requests.post(f"{sb.url}/_sandbox/clock", json={"advance_s": 90}, timeout=10)
     assert clock() == before + 90
+
+
+def test_development_tier_score_reads_1_writes_3_max_60_over_300_s(clock: ManualClock) -> None:
+    with Sandbox(clock=clock, population=0, access_tier="development_access") as sb:
+        graph = Graph(sb)
+        audience_id = graph.create_audience()  # 3
+        for _ in range(18):  # 54 more: 57
+            assert graph.post(audience_id, description="x").status_code == 200
+        last = graph.get(audience_id)  # 58
+        usage = json.loads(last.headers["X-Ad-Account-Usage"])
+        assert usage == {
+            "acc_id_util_pct": 96.67,
+            "reset_time_duration": 300,
+            "ads_api_access_tier": "development_access",
+        }
+        graph.get(audience_id)  # 59
+        graph.get(audience_id)  # 60: at the maximum, still served
+        error = assert_graph_error(graph.post(audience_id, description="x"), 17, 2446079)
+        assert error["error_data"] == {"estimated_time_to_regain_access": 5}, "blocked 300 s on the dev tier"
+        assert error["is_transient"] is True
+        clock.advance(240)
+        assert_graph_error(graph.get(audience_id), 17, 2446079)
+        clock.advance(60)
+        assert graph.get(audience_id).status_code == 200, "unblocked, and the old calls have decayed"
+
+
+def test_standard_tier_score_max_9000_blocks_60_s(
+    sb: Sandbox, clock: ManualClock, graph: Graph, audience_id: str
+) -> None:
+    sb.set_rate_limit(access_tier="standard_access")
+    for _ in range(3000):
+        sb.score.record(sb.ad_account_id[4:], clock(), write=True)
+    error = assert_graph_error(graph.get(audience_id), 17, 2446079)
+    assert error["error_data"] == {"estimated_time_to_regain_access": 1}
+    clock.advance(60)
+    assert_graph_error(graph.get(audience_id), 17, 2446079)  # still 9000 within the last 300 s: blocked again
+    clock.advance(300)
+    assert graph.get(audience_id).status_code == 200
+    sb.set_rate_limit(access_tier="off")
+    assert (
+        json.loads(graph.get(audience_id).headers["X-Ad-Account-Usage"])["ads_api_access_tier"]
+        == "standard_access"
+    )
