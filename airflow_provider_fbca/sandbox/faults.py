@@ -25,7 +25,6 @@ from typing import Any
 
 from airflow_provider_fbca.sandbox.errors import new_fbtrace_id
 
-
 MAX_DELAY_S = 600.0
 MAX_PATH_PATTERN = 200
 _REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT)
@@ -199,18 +198,21 @@ def _is_unbounded(parsed: Any, *, inside_repeat: bool) -> bool:
         if op in (sre_constants.GROUPREF, sre_constants.GROUPREF_EXISTS):
             return True
         if op in _REPEATS:
-            _, high, body = arg
-            if inside_repeat or _is_unbounded(body, inside_repeat=high > 1):
-                return True
-        elif op == sre_constants.SUBPATTERN:
-            if _is_unbounded(arg[-1], inside_repeat=inside_repeat):
+            children, nested = [arg[2]], inside_repeat or arg[1] > 1
+            if inside_repeat:
                 return True
         elif op == sre_constants.BRANCH:
-            if inside_repeat or any(_is_unbounded(branch, inside_repeat=inside_repeat) for branch in arg[1]):
+            if inside_repeat:
                 return True
+            children, nested = list(arg[1]), inside_repeat
+        elif op == sre_constants.SUBPATTERN:
+            children, nested = [arg[-1]], inside_repeat
         elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
-            if _is_unbounded(arg[1], inside_repeat=inside_repeat):
-                return True
+            children, nested = [arg[1]], inside_repeat
+        else:
+            continue
+        if any(_is_unbounded(child, inside_repeat=nested) for child in children):
+            return True
     return False
 
 
