@@ -109,7 +109,7 @@ LONDON_LANDLINE_PERCENT = 30
 
 # The combinations of keys a row is matched on, tried in this order. Meta matches on each strong key
 # alone and on names with place or birth date ("multi-key matching"); it does not publish its exact
-# combinations, so these are the ones its customer-file guide describes.
+# combinations, so these are the sandbox's choice among the keys its customer-file guide lists.
 MATCH_RULES: tuple[tuple[str, ...], ...] = (
     ("EMAIL",),
     ("PHONE",),
