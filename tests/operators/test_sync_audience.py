@@ -384,5 +384,5 @@ def test_template_fields_and_the_logged_report(
         SyncAudienceOperator(task_id="t", sql="x", sql_conn_id="c", audience_id="1", mapping={"email": "e"})
     with pytest.raises(ValueError, match="State table name"):
         make_operator(sqlite_warehouse, fb_conn_id, "bad name; --")
-    with pytest.raises(ValueError, match="lease_minutes must be positive"):
+    with pytest.raises(ValueError, match="lease_minutes must be at least 1"):
         make_operator(sqlite_warehouse, fb_conn_id, state_table, lease_minutes=0)

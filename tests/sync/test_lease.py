@@ -169,8 +169,14 @@ def test_the_lease_is_kept_while_one_request_waits_out_a_long_lockout(
     assert other_store.lease(SYNC_KEY) is None
 
 
-def test_a_run_whose_lease_was_taken_over_stops_sending(store: StateStore, other_store: StateStore) -> None:
-    """A run stalled past its lease (the batch took 40 minutes) finds the lease taken and stops."""
+def test_a_run_whose_lease_was_taken_over_stops_before_its_next_write(
+    store: StateStore, other_store: StateStore
+) -> None:
+    """A run stalled past its lease (the batch took 40 minutes) finds the lease taken and stops.
+
+    The fence refuses even the write recording the stalled batch: the run that took over owns the state
+    now, and plans (and sends again) from what it finds there.
+    """
     audience, clock = RecordingAudience(), Clock()
 
     def stalled_batch() -> None:
@@ -179,10 +185,10 @@ def test_a_run_whose_lease_was_taken_over_stops_sending(store: StateStore, other
 
     audience.before_add = stalled_batch
     keys = [f"k{i:02}" for i in range(6)]
-    with pytest.raises(SyncLeaseLostError, match=r"lost its lease.*lease_minutes=30"):
+    with pytest.raises(SyncLeaseLostError, match=r"lost its lease.*Stopped before writing to the state"):
         sync_run(store, audience, clock, batch_size=2).run(chunks_of(model(*keys), []))
-    # The stalled batch was accepted by Meta, so it is recorded; the next one was never sent.
-    assert (len(audience.calls), store.count(SYNC_KEY)) == (1, 2)
+    # The next batch was never sent, and nothing was written after the takeover.
+    assert (len(audience.calls), store.count(SYNC_KEY), other_store.count(SYNC_KEY)) == (1, 0, 0)
     assert other_store.lease(SYNC_KEY).owner == "intruder"  # the loser did not release the winner's lease
 
 
