@@ -65,6 +65,12 @@ def postgres_warehouse(postgres_conn_id: str, postgres_server: dict[str, Any]) -
     return Warehouse("postgres", postgres_conn_id, connect, f"customers_{uuid.uuid4().hex[:8]}", "%s")
 
 
+@pytest.fixture
+def state_table() -> str:
+    # One state table per test: PostgreSQL is shared by the whole session.
+    return f"state_{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def warehouse(request: pytest.FixtureRequest) -> Warehouse:
     """The customers table on SQLite, then on the real PostgreSQL server."""

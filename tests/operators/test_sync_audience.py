@@ -39,12 +39,6 @@ def make_operator(
     )
 
 
-@pytest.fixture
-def state_table() -> str:
-    # One state table per test: PostgreSQL is shared by the whole session.
-    return f"state_{uuid.uuid4().hex[:8]}"
-
-
 def members(sandbox: Any, audience_id: str) -> dict[str, dict[str, str]]:
     return {member["EXTERN_ID"]: member for member in sandbox.members(audience_id)}
 
