@@ -247,3 +247,18 @@ def test_on_kill_releases_the_lease_and_the_killed_run_writes_nothing_more(
     assert (
         set(members(sandbox, audience_id)) == set(expected(rows)) == set(state_rows(warehouse, state_table))
     )
+
+
+def test_a_cell_quoted_by_a_postgresql_error_is_redacted(
+    postgres_warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    """A cast failing mid-fetch: PostgreSQL's message quotes the cell ("invalid input syntax ...")."""
+    postgres_warehouse.write([customer(i) for i in range(3)])
+    operator = make_operator(postgres_warehouse, fb_conn_id, state_table, mapping={**MAPPING, "zip": "zip"})
+    operator.sql = f"SELECT id, email, first_name, country, CAST(email AS INTEGER) AS zip FROM {postgres_warehouse.table}"
+    with pytest.raises(
+        ModelReadError, match=r"after row 0 \(InvalidTextRepresentation: .*<\d+ characters>"
+    ) as failed:
+        run(operator)
+    assert "person" not in str(failed.value).lower() and failed.value.__cause__ is None
+    assert audience_creations(sandbox) == [] and user_uploads(sandbox) == []
