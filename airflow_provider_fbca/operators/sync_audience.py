@@ -7,6 +7,7 @@ audience, streams the query's rows in chunks, and logs and returns the sync's re
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -201,7 +202,9 @@ class SyncAudienceOperator(BaseOperator):
                 # removal guard): a failed run leaves no empty audience behind.
                 create_audience=None if audience_id else self._create_audience,
             )
-            report = self._sync_run.run(self._read_chunks(source_hook))
+            # closing: a run failing mid-read closes the warehouse connection now, in this thread.
+            with closing(self._read_chunks(source_hook)) as chunks:
+                report = self._sync_run.run(chunks)
         finally:
             state_conn.close()
         result = report.as_dict()

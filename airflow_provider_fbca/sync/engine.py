@@ -32,11 +32,11 @@ from airflow_provider_fbca.sync.plan import (
     removal_schemas,
 )
 from airflow_provider_fbca.sync.report import SyncReport
+from airflow_provider_fbca.sync.row_key import PERSONAL, refuse_personal_key, row_key_problem
 from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, decode_identifiers
 
 log = logging.getLogger(__name__)
 
-MISSING_KEY_REASON = "extern_id.missing"
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off", ""})
 
@@ -295,12 +295,15 @@ class SyncRun:
         defaults = {
             member: load_defaults(member, self.options.adds_enabled, self.state_empty) for member in (0, 1)
         }
+        first_row = self.report.rows_read - len(chunk) + 1
         for wire_row, prepared_index in zip(prepared.rows, prepared.kept, strict=True):
-            if not wire_row[key_index]:
-                self.report.rejected += 1
-                self.report.rejected_by_reason[MISSING_KEY_REASON] += 1
-                continue
             source_index = fresh[prepared_index]
+            if problem := row_key_problem(wire_row[key_index]):
+                if problem in PERSONAL:
+                    raise refuse_personal_key(problem, first_row + source_index)
+                self.report.rejected += 1
+                self.report.rejected_by_reason[problem] += 1
+                continue
             member = parse_membership(chunk[source_index][-1]) if has_membership else True
             row = stage(wire_row, member)
             staged.append((*row[:6], *defaults[row.member], digests[source_index]))

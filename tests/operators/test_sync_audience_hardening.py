@@ -16,6 +16,7 @@ from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
 from airflow_provider_fbca.sync.audience import AudienceNotSyncableError
 from airflow_provider_fbca.sync.lease import SyncLeaseHeldError, SyncLeaseLostError
 from airflow_provider_fbca.sync.plan import DuplicateKeysError
+from airflow_provider_fbca.sync.row_key import PersonalRowKeyError
 from airflow_provider_fbca.sync.source import ModelReadError
 from airflow_provider_fbca.sync.state import StateStore
 from tests.operators.conftest import Warehouse, customer
@@ -262,3 +263,46 @@ def test_a_cell_quoted_by_a_postgresql_error_is_redacted(
         run(operator)
     assert "person" not in str(failed.value).lower() and failed.value.__cause__ is None
     assert audience_creations(sandbox) == [] and user_uploads(sandbox) == []
+
+
+# -- EXTERN_ID ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [
+        ("Jose.Sanchez@Example.com", "an e-mail address"),
+        ("+1 (415) 555-0100", "an international phone number"),
+    ],
+)
+def test_an_extern_id_holding_personal_data_is_refused(
+    sqlite_warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str, key: str, kind: str
+) -> None:
+    sqlite_warehouse.write([customer(1), customer(2), (key, *customer(3)[1:])])
+    with pytest.raises(
+        PersonalRowKeyError, match=f"Row 3 of the query has an EXTERN_ID that is {kind}"
+    ) as refused:
+        run(make_operator(sqlite_warehouse, fb_conn_id, state_table))
+    assert "map external_id to a customer id column, or hash the value in SQL" in str(refused.value)
+    assert "sanchez" not in str(refused.value).lower() and "555" not in str(refused.value)
+    assert audience_creations(sandbox) == [] and user_uploads(sandbox) == []
+
+
+@pytest.mark.parametrize("state", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_unstorable_extern_ids_reject_their_rows_only(
+    sqlite_warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str, state: str, request: Any
+) -> None:
+    """A 1 MB key and a NUL byte (which PostgreSQL's text refuses) reject their rows, counted."""
+    rows = [customer(i) for i in range(4)]
+    rows.append(("x" * 1_000_000, *customer(4)[1:]))
+    rows.append(("cust\x00-5", *customer(5)[1:]))
+    rows.append(("1234567890", *customer(6)[1:]))  # a numeric customer id is fine
+    sqlite_warehouse.write(rows)
+    state_conn_id = request.getfixturevalue("postgres_conn_id") if state == "postgres" else None
+    report = run(make_operator(sqlite_warehouse, fb_conn_id, state_table, state_conn_id=state_conn_id))
+    assert report["rejected_by_reason"] == {"extern_id.too_long": 1, "extern_id.control_character": 1}
+    assert (report["added"], report["rejected"]) == (5, 2)
+    assert set(members(sandbox, report["audience_id"])) == {
+        *(f"cust-{i:05d}" for i in range(4)),
+        "1234567890",
+    }
