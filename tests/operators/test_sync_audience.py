@@ -18,7 +18,7 @@ from airflow_provider_fbca.sync.audience import AudienceNotSyncableError
 from airflow_provider_fbca.sync.lease import SyncLeaseHeldError
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, RemovalGuardError
 from airflow_provider_fbca.sync.state import decode_identifiers
-from tests.operators.conftest import Warehouse, customer
+from tests.operators.conftest import Warehouse, customer, hold_first_upload
 
 MAPPING = {"external_id": "id", "email": "email", "first_name": "first_name", "country": "country"}
 
@@ -314,8 +314,7 @@ def test_a_second_run_is_refused_while_the_first_is_sending(
     warehouse.write(rows)
     audience_id = FacebookCustomAudiencesHook(fb_conn_id).create_audience("Customers")
     # The first run's upload hangs for two seconds: long enough for a manual trigger to collide with it.
-    faults = [{"method": "POST", "path": "/users", "delay_s": 2}]
-    requests.post(f"{sandbox.url}/_sandbox/faults", json={"faults": faults}, timeout=10).raise_for_status()
+    hold_first_upload(sandbox)
     outcome: dict[str, Any] = {}
     first = make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id)
     thread = threading.Thread(target=lambda: outcome.update(report=run(first)))

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
@@ -19,7 +18,7 @@ from airflow_provider_fbca.sync.plan import DuplicateKeysError
 from airflow_provider_fbca.sync.row_key import PersonalRowKeyError
 from airflow_provider_fbca.sync.source import ModelReadError
 from airflow_provider_fbca.sync.state import StateStore
-from tests.operators.conftest import Warehouse, customer
+from tests.operators.conftest import Warehouse, customer, hold_first_upload
 from tests.operators.test_sync_audience import (
     MAPPING,
     expected,
@@ -220,8 +219,7 @@ def test_on_kill_releases_the_lease_and_the_killed_run_writes_nothing_more(
     warehouse.write(rows)
     audience_id = FacebookCustomAudiencesHook(fb_conn_id).create_audience("Customers")
     # The first batch hangs long enough for the task to be killed while it is in flight.
-    faults = [{"method": "POST", "path": "/users", "delay_s": 2}]
-    requests.post(f"{sandbox.url}/_sandbox/faults", json={"faults": faults}, timeout=10).raise_for_status()
+    hold_first_upload(sandbox)
     operator = make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id, batch_size=10)
     outcome: dict[str, Any] = {}
 
