@@ -210,7 +210,7 @@ class SyncAudienceOperator(BaseOperator):
         result = report.as_dict()
         result["audience_id"] = audience_id or (None if self.dry_run else report.audience_id)
         result["ad_account_id"] = account
-        self.log.info("Sync report for audience %s:\n%s", audience_id, format_report(result))
+        self.log.info("Sync report for audience %s:\n%s", result["audience_id"], format_report(result))
         return result
 
     def on_kill(self) -> None:
@@ -223,8 +223,14 @@ class SyncAudienceOperator(BaseOperator):
         run = getattr(self, "_sync_run", None)
         if run is None:
             return
-        state_hook = self._sql_hook(self.state_conn_id)
-        conn = state_hook.get_conn()
+        try:
+            state_hook = self._sql_hook(self.state_conn_id)
+            conn = state_hook.get_conn()
+        except Exception as error:  # on_kill must not raise; the lease lapses by itself
+            self.log.warning(
+                "Could not reach the state database to release the lease (%s)", type(error).__name__
+            )
+            return
         try:
             run.lease.release_from(StateStore(conn, self.state_table, state_hook.placeholder))
         finally:
