@@ -147,8 +147,11 @@ def test_invalid_entry_samples_never_carry_the_values_sent(hook, sandbox, caplog
         ["id-4", good, sha("15550004")],
     ]
     audience_id = hook.create_audience("Samples")
+    # The hook refuses such rows before sending; Meta's samples are still described if some come back,
+    # so they are sent here beneath that check.
+    payload = {"schema": SCHEMA, "data": data, "is_raw": True}
 
-    answer = hook.add_users(audience_id, SCHEMA, data)
+    answer = hook._upload("POST", "users", audience_id, payload, None)
 
     assert answer["num_received"] == 4 and answer["num_invalid_entries"] == 3
     assert answer["invalid_entry_samples"] == {
@@ -156,11 +159,47 @@ def test_invalid_entry_samples_never_carry_the_values_sent(hook, sandbox, caplog
         "sample 2": "EMAIL: a SHA-256 hex digest in upper case",
         "sample 3": "PHONE: digits, not a hash",
     }
-    removed = hook.remove_users(audience_id, "EMAIL", ["Jane.Doe@example.com"])
+    removed = hook._upload(
+        "DELETE", "users", audience_id, {"schema": "EMAIL", "data": ["Jane.Doe@example.com"]}, None
+    )
     assert removed["invalid_entry_samples"] == {"sample 1": "EMAIL: an e-mail address, not hashed"}
     sent = json.dumps([answer, removed]) + caplog.text
     for raw in ("Jane.Doe@example.com", good.upper(), "+1 650 555 0003"):
         assert raw not in sent
+
+
+def test_raw_pii_in_a_hashed_key_is_refused_before_sending(hook, sandbox, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    audience_id = hook.create_audience("Raw")
+    sent_before = len(sandbox.requests())
+    for call in (hook.add_users, hook.remove_users):
+        with pytest.raises(ValueError, match="1 of 1 EMAIL values") as raised:
+            call(audience_id, ["EXTERN_ID", "EMAIL"], [["id-1", "Alice@Example.com"]])
+        assert "Alice@Example.com" not in str(raised.value)
+    with pytest.raises(ValueError, match="1 of 1 EMAIL values"):
+        hook.replace_users(
+            audience_id,
+            "EMAIL",
+            ["Alice@Example.com"],
+            session={"session_id": 3, "batch_seq": 1, "last_batch_flag": True},
+        )
+    assert len(sandbox.requests()) == sent_before
+    assert "Alice@Example.com" not in caplog.text + capsys.readouterr().out
+
+
+def test_prepare_true_sends_what_the_identifiers_module_prepares(hook, sandbox, capsys):
+    audience_id = hook.create_audience("Prepared")
+    answer = hook.add_users(
+        audience_id,
+        ["external_id", "email"],
+        [["id-1", " Alice@Example.com"], ["id-2", "nobody"]],
+        prepare=True,
+    )
+    assert int(answer["num_received"]) == 1 and int(answer["num_invalid_entries"]) == 0
+    assert sandbox.members(audience_id) == [{"EXTERN_ID": "id-1", "EMAIL": sha("alice@example.com")}]
+    logged = capsys.readouterr().out  # the hook logs through Airflow's structlog, to stdout
+    assert "1 left out" in logged and "email.invalid" in logged
+    assert "nobody" not in logged and "Alice" not in logged
 
 
 @pytest.mark.parametrize(
