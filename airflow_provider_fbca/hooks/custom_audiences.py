@@ -499,10 +499,13 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
         Check the token (valid, expiry, ``ads_management``), the ad account and the Custom Audience terms.
 
         Backs the UI's Test button and ``airflow connections test``. Never raises: the message names what
-        is wrong and how to fix it.
+        is wrong and how to fix it. A request that cannot reach the server (TLS error, unknown host, refused
+        connection) fails the test at once, without retries.
         """
         try:
-            return self._test_connection()
+            # Someone waits at the form: a wrong host, port or scheme is said at once, not retried.
+            with self.fail_fast_on_configuration_errors():
+                return self._test_connection()
         except GraphAPIError as error:
             return False, str(error)
         except Exception as error:

@@ -591,4 +591,4 @@ def test_refused_connection_is_retried_even_for_creates(connect, sandbox, sleeps
         hook.create_audience("Nobody home")
     assert len(sleeps) == 2
     assert "may or may not exist" not in str(raised.value)
-    assert "Check the network path" in raised.value.remedy
+    assert "Nothing accepted a connection" in raised.value.remedy
