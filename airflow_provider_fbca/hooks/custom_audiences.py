@@ -261,6 +261,11 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
                     prepared.rejected,
                     dict(prepared.dropped) or "none",
                 )
+            if data and not prepared.rows:
+                raise ValueError(
+                    f"None of the {len(data)} rows holds a usable identifier once prepared (values dropped, "
+                    f"by reason: {dict(prepared.dropped)}). Check that the schema's keys match the columns."
+                )
             schema, data = prepared.schema, prepared.rows
         return build_upload_payload(schema, data, app_ids, page_ids)
 

@@ -195,7 +195,7 @@ class PreparedUpload:
     What :func:`prepare_upload` made of raw rows.
 
     :param schema: the schema to send: Meta's key names (an alias such as ``email`` becomes ``EMAIL``).
-    :param rows: the wire rows of the rows kept, in the input order.
+    :param rows: what to send for each row kept (a value for a single-key schema), in the input order.
     :param rejected: how many input rows were left out, none of their keys being usable.
     :param dropped: reason -> count of values that were not usable identifiers (sent empty).
     """

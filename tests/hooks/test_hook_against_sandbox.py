@@ -197,6 +197,8 @@ def test_prepare_true_sends_what_the_identifiers_module_prepares(hook, sandbox, 
     )
     assert int(answer["num_received"]) == 1 and int(answer["num_invalid_entries"]) == 0
     assert sandbox.members(audience_id) == [{"EXTERN_ID": "id-1", "EMAIL": sha("alice@example.com")}]
+    with pytest.raises(ValueError, match="None of the 2 rows holds a usable identifier"):
+        hook.add_users(audience_id, "EMAIL", ["nobody", "Alice at example"], prepare=True)
     logged = capsys.readouterr().out  # the hook logs through Airflow's structlog, to stdout
     assert "1 left out" in logged and "email.invalid" in logged
     assert "nobody" not in logged and "Alice" not in logged
