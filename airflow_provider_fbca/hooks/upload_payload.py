@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from airflow_provider_fbca.identifiers import MATCH_KEYS, RowPreparer
@@ -20,8 +21,6 @@ HASHED_SCHEMA_KEYS = frozenset(key.name for key in MATCH_KEYS if key.hashed) | f
     LEGACY_HASHED_SCHEMAS
 )
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-# A whole column joined with newlines: each value a digest or empty. One C-level pass per 10,000 values.
-_DIGEST_LINES = re.compile(r"(?:[0-9a-f]{64})?(?:\n(?:[0-9a-f]{64})?)*")
 # What an invalid sample Meta echoes back looks like, never what it is: a column mapped as pre-hashed
 # that holds raw e-mails would otherwise bring those e-mails back into return values, XCom and logs.
 # The first pattern that matches the whole sample names its shape.
@@ -143,17 +142,25 @@ def _column(rows: Sequence[Any], position: int | None) -> list[Any]:
     """One column of the rows; ``position`` None for a single-key schema (values, or one-value lists)."""
     if position is None:
         return [row[0] if isinstance(row, (list, tuple)) and len(row) == 1 else row for row in rows]
-    return [row[position] for row in rows]
+    return list(map(itemgetter(position), rows))
+
+
+def _all_digests_or_empty(values: list[Any]) -> bool:
+    """Whether every value is a lowercase SHA-256 hex digest or "", in a few C-level passes over the column."""
+    if not set(map(type, values)) <= {str} or not set(map(len, values)) <= {0, 64}:
+        return False
+    digits = "".join(values)
+    try:
+        decoded = bytes.fromhex(digits)
+    except ValueError:
+        return False
+    # fromhex skips whitespace, which the length comparison catches; Meta's digests are lowercase.
+    return len(decoded) * 2 == len(digits) and not any(letter in digits for letter in "ABCDEF")
 
 
 def _count_not_digests(values: list[Any]) -> int:
     """How many values are neither a SHA-256 hex digest (lowercase) nor empty ("" or None)."""
-    try:
-        joined = "\n".join(values)
-    except TypeError:  # a number or None among them: look at each
-        joined = None
-    # The newline count rules out a value that itself holds a newline between two digests.
-    if joined is not None and joined.count("\n") == len(values) - 1 and _DIGEST_LINES.fullmatch(joined):
+    if _all_digests_or_empty(values):
         return 0
     return sum(
         1
