@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import json
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,14 +18,9 @@ os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/airflow.db"
 
 import pytest  # noqa: E402
+from postgres_server import PostgresUnavailable, throwaway_postgres  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **conn: Any) -> None:
@@ -63,67 +55,17 @@ def fb_conn_id(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     return conn_id
 
 
-def _postgres_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(candidates[-1]).parent if candidates else None
-
-
-def _as_postgres_user(cmd: list[str]) -> list[str]:
-    # initdb refuses to run as root; the Debian package creates the `postgres` user.
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *cmd]
-    return cmd
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[dict[str, Any]]:
     """A throwaway PostgreSQL server on 127.0.0.1 and a free port, stopped when the session ends."""
-    bindir = _postgres_bin()
-    if bindir is None:
-        message = "PostgreSQL binaries not found (make test installs Debian's postgresql when run as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    datadir = Path(tempfile.mkdtemp(prefix="fbca-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(datadir, "postgres", "postgres")
-    port = free_port()
-    subprocess.run(
-        _as_postgres_user(
-            [str(bindir / "initdb"), "-D", str(datadir / "data"), "-A", "trust", "-U", "postgres"]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        _as_postgres_user(
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(datadir / "data"),
-                "-o",
-                options,
-                "-l",
-                str(datadir / "log"),
-                "-w",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield {"host": "127.0.0.1", "port": port, "user": "postgres", "dbname": "postgres"}
-    finally:
-        subprocess.run(
-            _as_postgres_user([str(bindir / "pg_ctl"), "-D", str(datadir / "data"), "-m", "fast", "stop"]),
-            capture_output=True,
-        )
-        shutil.rmtree(datadir, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(throwaway_postgres())
+        except PostgresUnavailable as missing:
+            if os.environ.get("CI"):
+                pytest.fail(str(missing))
+            pytest.skip(str(missing))
+        yield server
 
 
 @pytest.fixture

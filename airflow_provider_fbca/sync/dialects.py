@@ -11,8 +11,9 @@ One entry per dialect, data only, so that a warehouse is added by one entry. Wha
 - ``partition_hash``: a non-negative integer hash of a column (``{column}``), stable across runs and
   machines, for partitioning a model as ``WHERE <partition_hash> % N = k``.
 
-PostgreSQL and SQLite are implemented and tested (SQLite computes ``digest64`` in a deterministic
-function the sync registers on the connection, see :func:`register_functions`). Snowflake, BigQuery,
+PostgreSQL and SQLite are implemented and tested. SQLite has no hash function: the sync registers
+deterministic functions on the connection (:func:`register_functions`); its row digest is the very digest
+the client computes (:func:`client_row_digest`), so a SQLite sync digests alike with or without pushdown. Snowflake, BigQuery,
 Redshift and Databricks are designed, untested: their entries follow each vendor's documented functions,
 and no test runs them.
 """
@@ -24,8 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: The name of the function registered on SQLite connections (see :func:`register_functions`).
+#: The names of the functions registered on SQLite connections (see :func:`register_functions`).
 SQLITE_DIGEST_FUNCTION = "fbca_digest64"
+SQLITE_ROW_DIGEST_FUNCTION = "fbca_row_digest"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Dialect:
         ``||``-joined one.
     :param digest64: a signed 64-bit digest of a text; ``{text}``.
     :param partition_hash: a non-negative integer hash of a column; ``{column}``.
+    :param row_function: a function computing a row's digest at once (``{seed}``, ``{columns}``), used
+        instead of the encoding of :func:`cell_encoding` and ``digest64``; None for the encoding.
     """
 
     name: str
@@ -51,6 +55,20 @@ class Dialect:
     concat: str
     digest64: str
     partition_hash: str
+    row_function: str | None = None
+
+    def row_digest(self, columns: Sequence[str], seed: str) -> str:
+        """A signed 64-bit digest of a row's cells (plus a seed), computed by the database.
+
+        :param columns: the cells' SQL expressions, in a fixed order.
+        :param seed: what else changes the rows' preparation (mapping, default country); a literal.
+        """
+        if self.row_function is not None:
+            return self.row_function.format(seed=quote_literal(seed), columns=", ".join(columns))
+        parts = [quote_literal(seed)]
+        for column in columns:
+            parts += ["'|'", cell_encoding(self, column)]
+        return self.digest64.format(text=concat(self, parts))
 
 
 DIALECTS: dict[str, Dialect] = {
@@ -76,6 +94,7 @@ DIALECTS: dict[str, Dialect] = {
             concat="({parts_pipe})",
             digest64=SQLITE_DIGEST_FUNCTION + "({text})",
             partition_hash="(" + SQLITE_DIGEST_FUNCTION + "(CAST({column} AS TEXT)) & 9223372036854775807)",
+            row_function=SQLITE_ROW_DIGEST_FUNCTION + "({seed}, {columns})",
         ),
         # Designed, untested: no test runs these entries.
         Dialect(
@@ -157,19 +176,6 @@ def cell_encoding(dialect: Dialect, expr: str) -> str:
     return f"CASE WHEN {expr} IS NULL THEN 'N' ELSE {tagged} END"
 
 
-def row_digest(dialect: Dialect, columns: Sequence[str], seed: str) -> str:
-    """A signed 64-bit digest of a row's cells (plus a seed), computed by the database.
-
-    :param dialect: the warehouse's dialect.
-    :param columns: the cells' SQL expressions, in a fixed order.
-    :param seed: what else changes the rows' preparation (mapping, default country); a literal.
-    """
-    parts = [quote_literal(seed)]
-    for column in columns:
-        parts += ["'|'", cell_encoding(dialect, column)]
-    return dialect.digest64.format(text=concat(dialect, parts))
-
-
 def partition_hash(dialect: Dialect, column: str) -> str:
     """A non-negative integer hash of a column, stable across runs: ``WHERE <this> % N = k``.
 
@@ -205,9 +211,26 @@ def digest64(text: str | None) -> int | None:
     )
 
 
+def client_row_digest(seed: str, cells: Sequence[Any]) -> int:
+    """The digest of a row's source cells as the client computes it (no pushdown), signed 64-bit.
+
+    ``repr`` of the cells' tuple: NULL-safe (``None``) and typed (``5`` and ``'5'`` differ).
+
+    :param seed: what else changes the rows' preparation (mapping, default country).
+    :param cells: the row's cells as the driver returns them.
+    """
+    text = f"{seed}{tuple(cells)!r}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+
+
+def _sqlite_row_digest(seed: str, *cells: Any) -> int:
+    return client_row_digest(seed, cells)
+
+
 def register_functions(conn: Any) -> None:
     """Register the functions the SQLite dialect calls on a sqlite3 connection (once per connection).
 
     :param conn: an open sqlite3 connection.
     """
     conn.create_function(SQLITE_DIGEST_FUNCTION, 1, digest64, deterministic=True)
+    conn.create_function(SQLITE_ROW_DIGEST_FUNCTION, -1, _sqlite_row_digest, deterministic=True)

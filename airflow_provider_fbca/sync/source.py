@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from airflow_provider_fbca.sync.dialects import quote_name
 from airflow_provider_fbca.sync.state import streaming_cursor
 
 Row = tuple[Any, ...]
@@ -77,6 +78,49 @@ def read_model(conn: Any, sql: str, wanted: Sequence[str], fetch_size: int) -> I
             yield [pick(row) for row in rows]
     finally:
         cursor.close()
+
+
+def strip_statement(sql: str) -> str:
+    """The query without a trailing semicolon (as .sql files often have): it breaks PostgreSQL's
+    ``DECLARE ... CURSOR FOR`` and cannot stand inside a subquery."""
+    return sql.strip().rstrip(";").rstrip()
+
+
+def query_columns(conn: Any, sql: str, wanted: Sequence[str]) -> list[str]:
+    """The query's own names of the wanted columns (matched case-insensitively, as :func:`column_picker`),
+    read without fetching a row: for statements that select them from the query as a subquery.
+
+    :param conn: an open DB-API connection.
+    :param sql: the model's query (without a trailing semicolon).
+    :param wanted: the columns the sync reads.
+    :raises ValueError: a wanted column is not in the result.
+    """
+    cursor = conn.cursor()
+    try:
+        cursor.execute(f"SELECT * FROM ({sql}) AS fbca_model WHERE 1 = 0")
+        names = tuple(column[0] for column in cursor.description or ())
+    finally:
+        cursor.close()
+    conn.rollback()  # ends the read transaction PostgreSQL opened
+    return list(column_picker(names, wanted)(names))
+
+
+def read_columns(
+    conn: Any, sql: str, wanted: Sequence[str], fetch_size: int, *, hold: bool = False
+) -> Iterator[list[Row]]:
+    """Like :func:`read_model`, but the database sends only the wanted columns (the query is a subquery).
+
+    :param conn: an open DB-API connection to the warehouse (left open).
+    :param sql: the model's query.
+    :param wanted: the columns to read.
+    :param fetch_size: rows per chunk.
+    :param hold: as for :func:`read_model`.
+    """
+    statement = strip_statement(sql)
+    names = ", ".join(quote_name(name) for name in query_columns(conn, statement, wanted))
+    yield from read_model(
+        conn, f"SELECT {names} FROM ({statement}) AS fbca_model", wanted, fetch_size, hold=hold
+    )
 
 
 def describe_fetch_error(error: Exception, conn: Any, sql: str, columns: Sequence[str], read: int) -> str:

@@ -135,13 +135,16 @@ def known_rows_filter(members_only: bool, member_column: str) -> str:
     return f"{member_column} = 1" if members_only else "1 = 1"
 
 
-def streaming_cursor(conn: Any, name: str) -> Any:
+def streaming_cursor(conn: Any, name: str, *, hold: bool = False) -> Any:
     """A cursor whose ``fetchmany`` streams a large result: server-side (named) on psycopg, else plain.
 
     :param conn: an open DB-API connection.
     :param name: the server-side cursor's name (unique among the connection's open cursors).
+    :param hold: keep the server-side cursor open across commits (``WITH HOLD``); SQLite's cursors are.
     """
-    return conn.cursor(name=name) if type(conn).__module__.startswith("psycopg") else conn.cursor()
+    if type(conn).__module__.startswith("psycopg"):
+        return conn.cursor(name=name, withhold=True) if hold else conn.cursor(name=name)
+    return conn.cursor()
 
 
 def utc_now() -> str:

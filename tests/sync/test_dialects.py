@@ -8,11 +8,11 @@ import pytest
 
 from airflow_provider_fbca.sync.dialects import (
     DIALECTS,
+    client_row_digest,
     dialect_for,
     digest64,
     partition_hash,
     register_functions,
-    row_digest,
 )
 from airflow_provider_fbca.sync.state import StateStore
 
@@ -42,7 +42,7 @@ def _digests(store: StateStore) -> list[int]:
     for position, (x, y) in enumerate(ROWS):
         table = "typed" if isinstance(x, int) else "cells"
         store.execute(f"INSERT INTO {table} VALUES (?, ?, ?)", (position, x, y)).close()
-    digest = row_digest(dialect, ['"x"', '"y"'], "seed|it's")
+    digest = dialect.row_digest(['"x"', '"y"'], "seed|it's")
     rows = store.fetch_all(
         f"SELECT position, {digest} FROM cells UNION ALL SELECT position, {digest} FROM typed ORDER BY 1"
     )
@@ -99,5 +99,18 @@ def test_every_dialect_spells_every_expression() -> None:
     for dialect in DIALECTS.values():
         assert "{text}" in dialect.digest64
         assert "{column}" in dialect.partition_hash
-        assert row_digest(dialect, ['"a"'], "s")
+        assert dialect.row_digest(['"a"'], "s")
     assert {name for name, dialect in DIALECTS.items() if dialect.tested} == {"postgresql", "sqlite"}
+
+
+def test_sqlite_row_digest_is_the_clients(tmp_path: Any) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "w.db")
+    register_functions(conn)
+    conn.execute("CREATE TABLE t (x, y)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", ROWS)
+    digest = DIALECTS["sqlite"].row_digest(['"x"', '"y"'], "seed")
+    pairs = conn.execute(f"SELECT x, y, {digest} FROM t").fetchall()
+    assert [value for *_, value in pairs] == [client_row_digest("seed", (x, y)) for x, y, _ in pairs]
+    conn.close()
