@@ -1,0 +1,138 @@
+"""A first sync that sends as it reads: every row is new, so nothing needs the whole model staged first.
+
+The rule that a model with duplicate EXTERN_IDs (or personal data in EXTERN_ID) is refused before anything
+is sent still holds: a first pass reads the key column alone and keeps 8 bytes per row (a 64-bit digest of
+each key as sent), sorted once. Only when no two keys can be equal and no key looks personal does the run
+stream; otherwise it takes the staged path, which refuses the model exactly as any run does (a key shared
+with a row the preparer rejects is no duplicate there, so the staged verdict is the one that counts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_fbca.sync.plan import SyncMode, SyncPlan
+from airflow_provider_fbca.sync.row_key import PERSONAL, row_key_problem
+from airflow_provider_fbca.sync.state import StagedRow
+
+_BUCKETS = 256
+
+
+@dataclass(frozen=True)
+class KeyScan:
+    """What the first pass over the key column found.
+
+    :param rows: the model's rows.
+    :param members: the rows whose membership cell is true (all rows without a membership column): the
+        session's ``estimated_num_total`` (rows the preparer rejects make it an estimate).
+    :param streamable: no two keys may be equal and no key looks personal: the run may send as it reads.
+    """
+
+    rows: int
+    members: int
+    streamable: bool
+
+
+def scan_keys(
+    key_chunks: Iterable[Sequence[Sequence[Any]]],
+    key_normalizer: Callable[[Any], str],
+    membership: Callable[[Any], bool] | None = None,
+) -> KeyScan:
+    """Read the EXTERN_ID cells once, holding a 64-bit digest per key, and tell whether the run may stream.
+
+    The membership cells are read in the same pass and parsed, so a membership column holding something
+    else fails the run before anything is sent, as it does when the model is staged.
+
+    Two keys with equal digests count as possibly equal (a false alarm only costs the staged path). The
+    digests are kept in 256 arrays by their low byte, so the check sorts small lists, never a million
+    Python integers at once.
+
+    :param key_chunks: chunks of rows: the raw EXTERN_ID cell, then the membership cell with a
+        membership column.
+    :param key_normalizer: the EXTERN_ID rule (the key as sent).
+    :param membership: parses a membership cell (raises on one that is neither true nor false); None
+        without a membership column.
+    :raises ValueError: a membership cell is neither true nor false.
+    """
+    buckets = [array("q") for _ in range(_BUCKETS)]
+    rows = members = 0
+    personal = False
+    for chunk in key_chunks:
+        rows += len(chunk)
+        for row in chunk:
+            members += 1 if membership is None or membership(row[1]) else 0
+            if personal:
+                continue  # the staged path decides; the membership cells are still checked
+            key = key_normalizer(row[0])
+            personal = row_key_problem(key) in PERSONAL
+            digest = _key_digest(key)
+            buckets[digest & (_BUCKETS - 1)].append(digest)
+    repeated = any(len(set(bucket)) < len(bucket) for bucket in buckets)
+    return KeyScan(rows, members, streamable=rows > 0 and not personal and not repeated)
+
+
+def _key_digest(key: str) -> int:
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class StreamedPage(list):  # type: ignore[type-arg]
+    """A page of staged rows (what the journal and the state record) with their wire rows (what is sent),
+    so that nothing is decoded again between preparing a row and sending it."""
+
+    wire: list[list[str]]
+
+
+def streamed_pages(rows: Iterable[tuple[StagedRow, list[str]]], size: int) -> Iterator[StreamedPage]:
+    """Regroup prepared rows into pages of ``size`` (the last one shorter).
+
+    :param rows: ``(staged row, wire row)`` pairs, from chunks of any size.
+    :param size: rows per page.
+    """
+    page, wire = StreamedPage(), []
+    for staged, wire_row in rows:
+        page.append(staged)
+        wire.append(wire_row)
+        if len(page) == size:
+            page.wire = wire
+            yield page
+            page, wire = StreamedPage(), []
+    if page:
+        page.wire = wire
+        yield page
+
+
+def encode_streamed(page: StreamedPage) -> list[list[str]]:
+    """The wire rows of a streamed page (the ``encode`` of its upload session)."""
+    return page.wire
+
+
+def streamed_plan(mode: SyncMode, sent: int, non_members: int) -> SyncPlan:
+    """The plan a streamed first sync carried out: every member row new and sent, nothing else.
+
+    :param mode: the run's mode.
+    :param sent: the member rows sent.
+    :param non_members: the rows whose membership cell was false (neither sent nor recorded).
+    """
+    return SyncPlan(
+        mode=mode,
+        full_refresh=False,
+        state_rows=0,
+        new_rows=sent,
+        updated=0,
+        updated_identifiers=0,
+        unchanged=0,
+        non_members=non_members,
+        non_members_in_state=0,
+        gone=0,
+        to_add=sent,
+        to_remove=0,
+        to_record=0,
+        removals=0,
+        updates_sent=0,
+        skipped_by_mode=0,
+    )

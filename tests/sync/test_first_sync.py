@@ -1,0 +1,56 @@
+"""The first pass of a streamed first sync: the key column alone decides whether the run may stream."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_fbca.sync.engine import parse_membership
+from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages
+
+
+def _strip(value: object) -> str:
+    return str(value).strip()
+
+
+def test_distinct_keys_stream_and_are_counted() -> None:
+    scan = scan_keys([[("a",), ("b",)], [("c",)]], _strip)
+    assert (scan.rows, scan.members, scan.streamable) == (3, 3, True)
+
+
+def test_keys_equal_once_prepared_do_not_stream() -> None:
+    # " b" and "b" are one EXTERN_ID as sent: the staged path refuses (or accepts) the model.
+    assert not scan_keys([[("a",), ("b",)], [(" b",)]], _strip).streamable
+
+
+def test_a_key_that_looks_personal_does_not_stream() -> None:
+    assert not scan_keys([[("a",), ("someone@example.com",)]], _strip).streamable
+    assert not scan_keys([[("a",), ("+14155550100",)]], _strip).streamable
+    assert scan_keys([[("a",), ("14155550100",)]], _strip).streamable  # plain digits: a customer id
+
+
+def test_an_empty_model_does_not_stream() -> None:
+    assert not scan_keys([], _strip).streamable
+
+
+def test_membership_cells_are_counted_and_checked_before_anything_is_sent() -> None:
+    scan = scan_keys([[("a", 1), ("b", "false"), ("c", None)]], _strip, parse_membership)
+    assert (scan.rows, scan.members) == (3, 1)
+    with pytest.raises(ValueError, match="neither true nor false"):
+        scan_keys([[("a", 1), ("b", "someone@example.com")]], _strip, parse_membership)
+
+
+def test_many_keys_in_few_buckets_are_told_apart() -> None:
+    keys = [[(f"id-{i}",) for i in range(start, start + 1000)] for start in range(0, 20_000, 1000)]
+    assert scan_keys(keys, _strip).streamable
+    assert not scan_keys([*keys, [("id-19999",)]], _strip).streamable
+
+
+def test_pages_carry_their_wire_rows() -> None:
+    rows = [(f"staged-{i}", [f"wire-{i}"]) for i in range(5)]
+    pages = list(streamed_pages(rows, 2))  # type: ignore[arg-type]
+    assert [list(page) for page in pages] == [
+        ["staged-0", "staged-1"],
+        ["staged-2", "staged-3"],
+        ["staged-4"],
+    ]
+    assert pages[-1].wire == [["wire-4"]]
