@@ -207,7 +207,7 @@ def _run_child(
 ) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", kind, "--rows", str(rows), "--url", url]
     command += ["--warehouse", str(warehouse), "--server", json.dumps(server or {})]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

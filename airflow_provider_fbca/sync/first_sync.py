@@ -1,10 +1,11 @@
 """A first sync that sends as it reads: every row is new, so nothing needs the whole model staged first.
 
-The rule that a model with duplicate EXTERN_IDs (or personal data in EXTERN_ID) is refused before anything
-is sent still holds: a first pass reads the key column alone and keeps 8 bytes per row (a 64-bit digest of
-each key as sent), sorted once. Only when no two keys can be equal and no key looks personal does the run
-stream; otherwise it takes the staged path, which refuses the model exactly as any run does (a key shared
-with a row the preparer rejects is no duplicate there, so the staged verdict is the one that counts).
+What a run refuses before anything is created or sent still is: a first pass reads the model once (so a
+missing column or a cell the driver cannot read fails it, as in a staged run), parses every membership
+cell, and keeps 8 bytes per row (a 64-bit digest of each key as sent). Only when no two keys can be equal
+and no key looks personal does the run stream; otherwise it takes the staged path, which refuses the model
+exactly as any run does (a key shared with a row the preparer rejects is no duplicate there, so the staged
+verdict is the one that counts). Reading the rows costs a fraction of preparing them.
 """
 
 from __future__ import annotations
@@ -38,36 +39,34 @@ class KeyScan:
 
 
 def scan_keys(
-    key_chunks: Iterable[Sequence[Sequence[Any]]],
+    chunks: Iterable[Sequence[Sequence[Any]]],
+    key_index: int,
     key_normalizer: Callable[[Any], str],
     membership: Callable[[Any], bool] | None = None,
 ) -> KeyScan:
-    """Read the EXTERN_ID cells once, holding a 64-bit digest per key, and tell whether the run may stream.
-
-    The membership cells are read in the same pass and parsed, so a membership column holding something
-    else fails the run before anything is sent, as it does when the model is staged.
+    """Read the model once, holding a 64-bit digest per key, and tell whether the run may stream.
 
     Two keys with equal digests count as possibly equal (a false alarm only costs the staged path). The
     digests are kept in 256 arrays by their low byte, so the check sorts small lists, never a million
     Python integers at once.
 
-    :param key_chunks: chunks of rows: the raw EXTERN_ID cell, then the membership cell with a
-        membership column.
+    :param chunks: the model's rows (identifier values in mapping order, then membership).
+    :param key_index: the position of the EXTERN_ID cell.
     :param key_normalizer: the EXTERN_ID rule (the key as sent).
-    :param membership: parses a membership cell (raises on one that is neither true nor false); None
-        without a membership column.
+    :param membership: parses a row's last cell, its membership (raises on one that is neither true nor
+        false); None without a membership column.
     :raises ValueError: a membership cell is neither true nor false.
     """
     buckets = [array("q") for _ in range(_BUCKETS)]
     rows = members = 0
     personal = False
-    for chunk in key_chunks:
+    for chunk in chunks:
         rows += len(chunk)
         for row in chunk:
-            members += 1 if membership is None or membership(row[1]) else 0
+            members += 1 if membership is None or membership(row[-1]) else 0
             if personal:
                 continue  # the staged path decides; the membership cells are still checked
-            key = key_normalizer(row[0])
+            key = key_normalizer(row[key_index])
             personal = row_key_problem(key) in PERSONAL
             digest = _key_digest(key)
             buckets[digest & (_BUCKETS - 1)].append(digest)

@@ -52,14 +52,16 @@ def row_key_problem(key: str) -> str | None:
     return None
 
 
-def refuse_personal_key(reason: str, row: int) -> PersonalRowKeyError:
+def refuse_personal_key(reason: str, row: int | None) -> PersonalRowKeyError:
     """The error refusing a run whose EXTERN_ID column holds personal data (described, never quoted).
 
     :param reason: :data:`EMAIL` or :data:`PHONE`.
-    :param row: the position of the first such row in the query's result (1-based).
+    :param row: the position of the first such row in the query's result (1-based); None when the rows
+        did not come in the query's order (the diff in the warehouse sends only the changed ones).
     """
+    where = "A row" if row is None else f"Row {row}"
     return PersonalRowKeyError(
-        f"Row {row} of the query has an EXTERN_ID that is {PERSONAL[reason]}. EXTERN_ID is sent to Meta "
+        f"{where} of the query has an EXTERN_ID that is {PERSONAL[reason]}. EXTERN_ID is sent to Meta "
         "unhashed and kept in the sync's state table, so it must not be personal data: map external_id to a "
         "customer id column, or hash the value in SQL (e.g. sha256 of the lowercased e-mail) if there is "
         "none. Nothing was created or sent."

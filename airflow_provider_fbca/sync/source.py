@@ -13,7 +13,6 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from airflow_provider_fbca.sync.dialects import quote_name
 from airflow_provider_fbca.sync.state import streaming_cursor
 
 Row = tuple[Any, ...]
@@ -47,7 +46,9 @@ def column_picker(columns: Sequence[str], wanted: Sequence[str]) -> Callable[[Ro
     return operator.itemgetter(*indices) if len(indices) > 1 else (lambda row: (row[indices[0]],))
 
 
-def read_model(conn: Any, sql: str, wanted: Sequence[str], fetch_size: int) -> Iterator[list[Row]]:
+def read_model(
+    conn: Any, sql: str, wanted: Sequence[str], fetch_size: int, *, hold: bool = False
+) -> Iterator[list[Row]]:
     """Run the query and yield its rows in chunks of the wanted columns.
 
     PostgreSQL (psycopg) streams through a server-side cursor; other drivers through ``fetchmany``.
@@ -56,12 +57,13 @@ def read_model(conn: Any, sql: str, wanted: Sequence[str], fetch_size: int) -> I
     :param sql: the model's query.
     :param wanted: the columns to keep, in the order the sync reads them.
     :param fetch_size: rows per chunk.
+    :param hold: the connection commits while the rows stream (it holds the state too): keep the
+        server-side cursor open across commits.
     :raises ValueError: a wanted column is missing (raised with the first chunk).
     :raises ModelReadError: the driver failed on a cell while fetching.
     """
-    # A trailing semicolon (as .sql files often have) breaks PostgreSQL's DECLARE ... CURSOR FOR.
-    statement = sql.strip().rstrip(";").rstrip()
-    cursor = streaming_cursor(conn, "fbca_sync_source")
+    statement = strip_statement(sql)
+    cursor = streaming_cursor(conn, "fbca_sync_source", hold=hold)
     try:
         cursor.execute(statement)
         columns = [column[0] for column in cursor.description or ()]
@@ -78,6 +80,26 @@ def read_model(conn: Any, sql: str, wanted: Sequence[str], fetch_size: int) -> I
             yield [pick(row) for row in rows]
     finally:
         cursor.close()
+
+
+class ModelQuery:
+    """The model's query over an open connection, which a run may read more than once.
+
+    :param conn: an open DB-API connection to the warehouse (left open).
+    :param sql: the model's query.
+    :param wanted: the columns the sync reads (mapped columns in mapping order, then membership).
+    :param fetch_size: rows per chunk.
+    """
+
+    def __init__(self, conn: Any, sql: str, wanted: Sequence[str], fetch_size: int) -> None:
+        self.conn = conn
+        self.sql = strip_statement(sql)
+        self.wanted = list(wanted)
+        self.fetch_size = fetch_size
+
+    def rows(self) -> Iterator[list[Row]]:
+        """The query's rows in chunks of the wanted columns."""
+        return read_model(self.conn, self.sql, self.wanted, self.fetch_size)
 
 
 def strip_statement(sql: str) -> str:
@@ -103,24 +125,6 @@ def query_columns(conn: Any, sql: str, wanted: Sequence[str]) -> list[str]:
         cursor.close()
     conn.rollback()  # ends the read transaction PostgreSQL opened
     return list(column_picker(names, wanted)(names))
-
-
-def read_columns(
-    conn: Any, sql: str, wanted: Sequence[str], fetch_size: int, *, hold: bool = False
-) -> Iterator[list[Row]]:
-    """Like :func:`read_model`, but the database sends only the wanted columns (the query is a subquery).
-
-    :param conn: an open DB-API connection to the warehouse (left open).
-    :param sql: the model's query.
-    :param wanted: the columns to read.
-    :param fetch_size: rows per chunk.
-    :param hold: as for :func:`read_model`.
-    """
-    statement = strip_statement(sql)
-    names = ", ".join(quote_name(name) for name in query_columns(conn, statement, wanted))
-    yield from read_model(
-        conn, f"SELECT {names} FROM ({statement}) AS fbca_model", wanted, fetch_size, hold=hold
-    )
 
 
 def describe_fetch_error(error: Exception, conn: Any, sql: str, columns: Sequence[str], read: int) -> str:

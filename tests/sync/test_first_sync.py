@@ -1,4 +1,4 @@
-"""The first pass of a streamed first sync: the key column alone decides whether the run may stream."""
+"""The first pass of a streamed first sync: the keys decide whether the run may stream."""
 
 from __future__ import annotations
 
@@ -13,36 +13,36 @@ def _strip(value: object) -> str:
 
 
 def test_distinct_keys_stream_and_are_counted() -> None:
-    scan = scan_keys([[("a",), ("b",)], [("c",)]], _strip)
+    scan = scan_keys([[("a",), ("b",)], [("c",)]], 0, _strip)
     assert (scan.rows, scan.members, scan.streamable) == (3, 3, True)
 
 
 def test_keys_equal_once_prepared_do_not_stream() -> None:
     # " b" and "b" are one EXTERN_ID as sent: the staged path refuses (or accepts) the model.
-    assert not scan_keys([[("a",), ("b",)], [(" b",)]], _strip).streamable
+    assert not scan_keys([[("a",), ("b",)], [(" b",)]], 0, _strip).streamable
 
 
 def test_a_key_that_looks_personal_does_not_stream() -> None:
-    assert not scan_keys([[("a",), ("someone@example.com",)]], _strip).streamable
-    assert not scan_keys([[("a",), ("+14155550100",)]], _strip).streamable
-    assert scan_keys([[("a",), ("14155550100",)]], _strip).streamable  # plain digits: a customer id
+    assert not scan_keys([[("a",), ("someone@example.com",)]], 0, _strip).streamable
+    assert not scan_keys([[("a",), ("+14155550100",)]], 0, _strip).streamable
+    assert scan_keys([[("a",), ("14155550100",)]], 0, _strip).streamable  # plain digits: a customer id
 
 
 def test_an_empty_model_does_not_stream() -> None:
-    assert not scan_keys([], _strip).streamable
+    assert not scan_keys([], 0, _strip).streamable
 
 
 def test_membership_cells_are_counted_and_checked_before_anything_is_sent() -> None:
-    scan = scan_keys([[("a", 1), ("b", "false"), ("c", None)]], _strip, parse_membership)
+    scan = scan_keys([[("a", 1), ("b", "false"), ("c", None)]], 0, _strip, parse_membership)
     assert (scan.rows, scan.members) == (3, 1)
     with pytest.raises(ValueError, match="neither true nor false"):
-        scan_keys([[("a", 1), ("b", "someone@example.com")]], _strip, parse_membership)
+        scan_keys([[("a", 1), ("b", "someone@example.com")]], 0, _strip, parse_membership)
 
 
 def test_many_keys_in_few_buckets_are_told_apart() -> None:
     keys = [[(f"id-{i}",) for i in range(start, start + 1000)] for start in range(0, 20_000, 1000)]
-    assert scan_keys(keys, _strip).streamable
-    assert not scan_keys([*keys, [("id-19999",)]], _strip).streamable
+    assert scan_keys(keys, 0, _strip).streamable
+    assert not scan_keys([*keys, [("id-19999",)]], 0, _strip).streamable
 
 
 def test_pages_carry_their_wire_rows() -> None:

@@ -1,0 +1,179 @@
+"""The diff in the warehouse: when the state lives in the model's database, unchanged rows never leave it.
+
+Each model row gets a source digest computed by the database (:func:`.dialects.row_digest`: a fixed,
+NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An incremental run then:
+
+1. copies the digests the state knows into a temporary table (``known``) and the model's digests into
+   another (``model``), both inside the database;
+2. finds, in SQL, the known digests no model row has (``unseen``: rows changed or gone), how many known
+   digests the model has (the unchanged rows, only counted), and the known digests two model rows share
+   (the same cells twice: a duplicate EXTERN_ID, ``GROUP BY ... HAVING COUNT(*) > 1``);
+3. streams to the worker only the model rows whose digest the state does not know (new or changed).
+
+The rest of the run (preparing those rows, the stage, the plan, the sending) is the client-side run's, so
+both plan the same adds, updates and removals. A first run (nothing known) streams every row with its
+digest, so that the next run can skip what did not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from airflow_provider_fbca.sync.dialects import (
+    Dialect,
+    dialect_for,
+    quote_name,
+    register_functions,
+)
+from airflow_provider_fbca.sync.source import ModelQuery, Row, query_columns, read_model
+from airflow_provider_fbca.sync.state import StageTable, StateStore, known_rows_filter
+
+#: The column holding the database's digest of a row, first in every row the pushdown reads.
+DIGEST_COLUMN = "fbca_source_digest"
+
+
+class PushdownModel(ModelQuery):
+    """The model's query, diffed against the state in the database they share.
+
+    :param store: the state store; its connection is the warehouse connection too.
+    :param sql: the model's query.
+    :param wanted: the columns the sync reads (mapped columns, then membership), in order.
+    :param fetch_size: rows per chunk.
+    :param dialect: the database's spellings (default: from the connection's driver).
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        sql: str,
+        wanted: Sequence[str],
+        fetch_size: int,
+        dialect: Dialect | None = None,
+    ) -> None:
+        super().__init__(store.conn, sql, wanted, fetch_size)
+        found = dialect or dialect_for(store.conn)
+        if found is None:
+            raise ValueError(f"No SQL dialect is known for the driver {type(store.conn).__module__}.")
+        self.store = store
+        self.dialect = found
+        self.seed = ""
+        self._select: str | None = None
+        if found.name == "sqlite":
+            register_functions(store.conn)
+
+    def bind(self, seed: str) -> None:
+        """Set what else changes a row's preparation (mapping, default country): part of every digest.
+
+        :param seed: the run's digest seed (the same text the client-side digest starts with).
+        """
+        self.seed, self._select = seed, None
+
+    # -- the query, with its digest ---------------------------------------------------------------------
+
+    @property
+    def select(self) -> str:
+        """``SELECT <digest> AS fbca_source_digest, <wanted columns> FROM (<query>) AS fbca_model``."""
+        if self._select is None:
+            columns = [quote_name(name) for name in query_columns(self.store.conn, self.sql, self.wanted)]
+            digest = self.dialect.row_digest(columns, self.seed)
+            cells = ", ".join(f"{column} AS c{index}" for index, column in enumerate(columns))
+            self._select = f"SELECT {digest} AS {DIGEST_COLUMN}, {cells} FROM ({self.sql}) AS fbca_model"
+        return self._select
+
+    def digested_rows(self, stage: StageTable | None = None) -> Iterator[list[Row]]:
+        """The model's rows, each ``(digest, *cells)``; with ``stage`` (after :meth:`diff`), only the rows
+        whose digest the state does not know (new or changed).
+
+        :param stage: the run's stage table, whose ``model`` table :meth:`diff` created.
+        """
+        wanted = [DIGEST_COLUMN, *(f"c{index}" for index in range(len(self.wanted)))]
+        statement = self.select
+        if stage is not None:
+            statement = f"SELECT {', '.join(wanted)} FROM {_model(stage)} WHERE fresh = 1"
+        # The connection also writes the stage and renews the lease while the rows stream: a cursor held
+        # over commits (PostgreSQL WITH HOLD; SQLite's cursors survive commits).
+        yield from read_model(self.store.conn, statement, wanted, self.fetch_size, hold=True)
+
+    # -- the diff -------------------------------------------------------------------------------------
+
+    def diff(self, stage: StageTable, sync_key: str, *, members_only: bool) -> tuple[int, int, list[str]]:
+        """Diff the model's digests against the state's, in the database; load the stage's ``unseen``.
+
+        The model's query runs once, into a temporary table holding every row's digest and only the new
+        or changed rows' cells.
+
+        :param stage: the run's stage table (created).
+        :param sync_key: the sync.
+        :param members_only: only rows sent as members are known (a tracked-only row must be prepared to
+            be sent).
+        :returns: the model's rows, how many known digests the model has (rows skipped as unchanged), and
+            the keys of known rows whose cells two model rows share (duplicates).
+        """
+        select = self.select  # first: reading the query's columns ends the transaction
+        store, known, model = self.store, _known(stage), _model(stage)
+        store.execute(
+            f"CREATE TEMPORARY TABLE {known} AS SELECT DISTINCT source_digest FROM {store.table}"
+            f" WHERE sync_key = ? AND source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}",
+            (sync_key,),
+        ).close()
+        store.execute(f"CREATE INDEX {known}_digest ON {known} (source_digest)").close()
+        fresh = "k.source_digest IS NULL"
+        cells = ", ".join(
+            f"CASE WHEN {fresh} THEN m.c{index} END AS c{index}" for index in range(len(self.wanted))
+        )
+        # The model's query goes to the driver untouched: no parameters (a "?" or "%" in it stays itself).
+        cursor = store.conn.cursor()
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {model} AS SELECT m.{DIGEST_COLUMN} AS {DIGEST_COLUMN},"
+            f" CASE WHEN {fresh} THEN 1 ELSE 0 END AS fresh, {cells} FROM ({select}) AS m"
+            f" LEFT JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
+        )
+        cursor.close()
+        store.execute(f"CREATE INDEX {model}_digest ON {model} ({DIGEST_COLUMN}) WHERE fresh = 0").close()
+        duplicates = store.fetch_all(
+            f"SELECT s.row_key FROM {store.table} AS s JOIN (SELECT {DIGEST_COLUMN} AS d FROM {model}"
+            f" WHERE fresh = 0 GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1) AS twice ON twice.d = s.source_digest"
+            f" WHERE s.sync_key = ? AND {known_rows_filter(members_only, 's.member')}",
+            (sync_key,),
+        )
+        stage.create_unseen()
+        store.execute(
+            f"INSERT INTO {stage.unseen} (source_digest) SELECT k.source_digest FROM {known} AS k"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {model} AS m WHERE m.fresh = 0"
+            f" AND m.{DIGEST_COLUMN} = k.source_digest)"
+        ).close()
+        stage.index_unseen()
+        known_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
+        unseen_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
+        rows = int(store.fetch_one(f"SELECT COUNT(*) FROM {model}")[0])
+        store.commit()
+        return rows, known_count - unseen_count, [str(row[0]) for row in duplicates]
+
+    def drop(self, stage: StageTable) -> None:
+        """Drop the diff's temporary tables (best effort: they go with the connection anyway)."""
+        try:
+            self.store.conn.rollback()
+            for table in (_known(stage), _model(stage)):
+                self.store.execute(f"DROP TABLE IF EXISTS {table}").close()
+            self.store.commit()
+        except Exception:
+            pass
+
+
+def _known(stage: StageTable) -> str:
+    return f"{stage.name}_known"
+
+
+def _model(stage: StageTable) -> str:
+    return f"{stage.name}_model"
+
+
+def shares_database(sql_conn_id: str, state_conn_id: str, conn: Any) -> bool:
+    """Whether the pushdown applies: the state lives in the model's database and its dialect is known.
+
+    :param sql_conn_id: the model's connection id.
+    :param state_conn_id: the state's connection id.
+    :param conn: an open connection of the state.
+    """
+    return sql_conn_id == state_conn_id and dialect_for(conn) is not None

@@ -1,0 +1,173 @@
+"""The diff in the warehouse plans exactly what the client-side diff plans, on SQLite and PostgreSQL.
+
+Each scenario is a series of model versions, written to a real table in the state's database. Every
+version is synced twice, into two audiences with their own state tables: once with the rows read by the
+client (client-side digests), once pushed down (digests and the diff computed by the database). After
+each run both must have planned the same counts, sent the same rows and left the same state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.plan import DuplicateKeysError, SyncMode
+from airflow_provider_fbca.sync.pushdown import PushdownModel
+from airflow_provider_fbca.sync.report import SyncReport
+from airflow_provider_fbca.sync.source import ModelQuery
+from airflow_provider_fbca.sync.state import StateStore
+from tests.sync.conftest import PassThroughPreparer, RecordingAudience
+
+SCHEMA = ("EXTERN_ID", "EMAIL", "PHONE")
+COLUMNS = ("id", "email", "phone")
+
+
+class Twin:
+    """One model table and two syncs of it: client-side and pushed down."""
+
+    def __init__(self, store: StateStore, *, membership: bool = False) -> None:
+        self.store = store
+        self.table = f"model_{uuid.uuid4().hex[:8]}"
+        self.membership = membership
+        self.wanted = [*COLUMNS, "member"] if membership else list(COLUMNS)
+        self.push_store = StateStore(store.conn, f"push_{uuid.uuid4().hex[:8]}", store.placeholder)
+        self.audiences = {"client": RecordingAudience(), "pushdown": RecordingAudience()}
+        member = ", member INTEGER" if membership else ""
+        # id untyped in SQLite (its cells keep their own type); PostgreSQL changes the type with ALTER.
+        id_type = "INTEGER" if not store.is_sqlite else ""
+        store.execute(f"CREATE TABLE {self.table} (id {id_type}, email TEXT, phone TEXT{member})").close()
+        store.conn.commit()
+
+    def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.store.execute(f"DELETE FROM {self.table}").close()
+        markers = ", ".join("?" for _ in self.wanted)
+        self.store.executemany(f"INSERT INTO {self.table} VALUES ({markers})", rows)
+        self.store.conn.commit()
+
+    def make_id_text(self) -> None:
+        """The id column becomes text (PostgreSQL: ALTER TYPE; SQLite: rewrite each cell as text)."""
+        if self.store.is_sqlite:
+            self.store.execute(f"UPDATE {self.table} SET id = CAST(id AS TEXT)").close()
+        else:
+            self.store.execute(f"ALTER TABLE {self.table} ALTER COLUMN id TYPE TEXT").close()
+        self.store.conn.commit()
+
+    def _run(self, kind: str, **options: Any) -> SyncReport:
+        store = self.store if kind == "client" else self.push_store
+        sql = f"SELECT * FROM {self.table} ORDER BY email"
+        if kind == "client":
+            model: Any = ModelQuery(store.conn, sql, self.wanted, fetch_size=2)
+        else:
+            model = PushdownModel(store, sql, self.wanted, fetch_size=2)
+        options.setdefault("mode", SyncMode.MIRROR)
+        run = SyncRun(
+            store,
+            self.audiences[kind],
+            PassThroughPreparer(SCHEMA),
+            SyncOptions("42", "act_1:42", source_key_index=0, has_membership=self.membership, **options),
+        )
+        return run.run(model)
+
+    def sync(self, **options: Any) -> dict[str, Any]:
+        """Run both syncs; assert they planned, sent and recorded the same; the client's report."""
+        client = self._run("client", **options)
+        pushed = self._run("pushdown", **options)
+        assert pushed.plan == client.plan
+        assert _comparable(pushed) == _comparable(client)
+        assert self.audiences["pushdown"].members == self.audiences["client"].members
+        assert _state(self.push_store) == _state(self.store)
+        return client.as_dict()
+
+    def refused(self, error: type[Exception], **options: Any) -> None:
+        """Both syncs refuse the model, with the same message, sending nothing."""
+        calls = {kind: len(audience.calls) for kind, audience in self.audiences.items()}
+        messages = []
+        for kind in ("client", "pushdown"):
+            with pytest.raises(error) as raised:
+                self._run(kind, **options)
+            messages.append(str(raised.value))
+        assert messages[0] == messages[1]
+        assert {kind: len(audience.calls) for kind, audience in self.audiences.items()} == calls
+
+
+def _comparable(report: SyncReport) -> dict[str, Any]:
+    """The report but for the session ids, which every run draws afresh."""
+    result = report.as_dict()
+    result["sessions"] = [{**session, "session_id": "-"} for session in result.pop("sessions")]
+    result.pop("session_ids")
+    return result
+
+
+def _state(store: StateStore) -> dict[str, tuple[str, int]]:
+    return {key: (ids, member) for key, _, ids, member in store.iter_rows("act_1:42")}
+
+
+def test_mirror_over_changes_nulls_and_type_changes(store: StateStore) -> None:
+    twin = Twin(store)
+    twin.write([(1, "a@x", "1"), (2, "b@x", None), (3, None, None), (4, "d@x", "4")])
+    assert twin.sync()["added"] == 4
+    # A value changes, a NULL becomes a value, a value becomes NULL, a row goes, a row comes.
+    twin.write([(1, "a2@x", "1"), (2, "b@x", "2"), (3, None, None), (4, "d@x", None), (5, "e@x", "5")])
+    report = twin.sync()
+    assert (report["updated"], report["removed"], report["unchanged"]) == (3, 0, 1)
+    twin.write([(1, "a2@x", "1"), (2, "b@x", "2"), (3, None, None), (5, "e@x", "5")])
+    assert twin.sync()["removed"] == 1
+    # The id column becomes text: every source digest changes, every row is prepared again, and (the
+    # prepared rows being equal) nothing is sent.
+    twin.make_id_text()
+    report = twin.sync()
+    assert report["rows_prepared"] == 4 and report["unchanged"] == 4
+
+
+@pytest.mark.parametrize("mode", [SyncMode.UPSERT, SyncMode.DELETE])
+def test_upsert_and_delete_modes(store: StateStore, mode: SyncMode) -> None:
+    twin = Twin(store)
+    twin.write([(1, "a@x", "1"), (2, "b@x", "2"), (3, "c@x", "3")])
+    twin.sync(mode=mode)
+    twin.write([(1, "a@x", "1"), (2, "b2@x", "2"), (4, "d@x", "4")])
+    twin.sync(mode=mode)
+    twin.sync(mode=SyncMode.MIRROR)  # tracked-only rows (delete mode) are sent once mirror wants them
+    twin.sync(mode=SyncMode.MIRROR)
+
+
+def test_membership_column(store: StateStore) -> None:
+    twin = Twin(store, membership=True)
+    twin.write([(1, "a@x", "1", 1), (2, "b@x", "2", 1), (3, "c@x", "3", 0)])
+    twin.sync()
+    twin.write([(1, "a@x", "1", 0), (2, "b@x", "2", 1), (3, "c@x", "3", 1)])
+    report = twin.sync()
+    assert report["removed"] == 1 and report["added"] == 1
+    twin.sync(mode=SyncMode.DELETE)
+
+
+def test_duplicates_are_refused_alike(store: StateStore) -> None:
+    twin = Twin(store)
+    rows = [(1, "a@x", "1"), (2, "b@x", "2"), (3, "c@x", "3")]
+    twin.write(rows)
+    twin.sync()
+    twin.write([*rows, (2, "b@x", "2")])  # the same unchanged row twice
+    twin.refused(DuplicateKeysError)
+    twin.write([*rows, (3, "other@x", "3")])  # an unchanged row and a changed one with its key
+    twin.refused(DuplicateKeysError)
+    twin.write([*rows, (9, "n@x", "9"), (9, "m@x", "9")])  # two new rows with one key
+    twin.refused(DuplicateKeysError)
+    twin.write(rows)
+    assert twin.sync()["unchanged"] == 3
+
+
+def test_a_model_query_with_placeholders_and_percent_signs_is_left_alone(store: StateStore) -> None:
+    twin = Twin(store)
+    twin.write([(1, "a%?@x", "1"), (2, "b@x", "2")])
+    sql = f"SELECT * FROM {twin.table} WHERE email LIKE '%?%' OR email = 'b@x'"
+    model = PushdownModel(twin.push_store, sql, twin.wanted, fetch_size=10)
+    run = SyncRun(
+        twin.push_store,
+        twin.audiences["pushdown"],
+        PassThroughPreparer(SCHEMA),
+        SyncOptions("42", "act_1:42", source_key_index=0),
+    )
+    assert run.run(model).as_dict()["added"] == 2
