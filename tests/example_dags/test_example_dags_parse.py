@@ -44,7 +44,7 @@ def test_dag_syncs_then_confirms_the_sessions_from_the_sync_xcom(dagbag: DagBag,
     sync, sensor = dag.get_task("sync"), dag.get_task("wait_for_upload")
     assert isinstance(sync, SyncAudienceOperator)
     assert isinstance(sensor, AudienceUploadSensor)
-    assert sync.sync_mode.value == EXPECTED_DAGS[dag_id]
+    assert sync.sync_mode == EXPECTED_DAGS[dag_id]
     assert sensor.upstream_task_ids == {"sync"}
     assert sensor.audience_id == "{{ ti.xcom_pull(task_ids='sync')['audience_id'] }}"
     assert sensor.session_ids == "{{ ti.xcom_pull(task_ids='sync')['session_ids'] }}"
