@@ -16,6 +16,7 @@ from airflow.sdk import BaseHook, BaseOperator
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 from airflow_provider_fbca.identifiers import RowPreparer
+from airflow_provider_fbca.links.ads_manager import AudienceInAdsManagerLink, publish_audience_link
 from airflow_provider_fbca.operators.arguments import (
     check_audience_choice,
     is_literal,
@@ -24,6 +25,8 @@ from airflow_provider_fbca.operators.arguments import (
     read_optional_text,
     read_sync_mode,
 )
+from airflow_provider_fbca.operators.lineage import query_lineage, sync_lineage
+from airflow_provider_fbca.operators.outlets import check_audience_outlets, record_audience_update
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
@@ -33,6 +36,7 @@ from airflow_provider_fbca.sync.report import format_report
 from airflow_provider_fbca.sync.state import StateStore, quote_table_name, streaming_cursor
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 DEFAULT_STATE_TABLE = "fbca_sync_state"
@@ -102,6 +106,7 @@ class SyncAudienceOperator(BaseOperator):
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql"}
     ui_color = "#e7f0fe"
+    operator_extra_links = (AudienceInAdsManagerLink(),)
 
     def __init__(
         self,
@@ -159,6 +164,7 @@ class SyncAudienceOperator(BaseOperator):
         self.page_ids = page_ids
         self.lease_minutes = lease_minutes
         self._key_names: list[str] = []
+        self._report: dict[str, Any] | None = None  # the finished run's report, for OpenLineage
         # Check the plain arguments now, so a DAG with a typo fails to parse, not at 3 a.m.; the
         # templated ones are checked once rendered, in execute.
         self._check_options(rendered=False)
@@ -215,6 +221,8 @@ class SyncAudienceOperator(BaseOperator):
         sends_values = LOOKALIKE_VALUE in self._key_names
         audience_id = self._resolve_audience(sends_values)
         account = self.hook.ad_account_id
+        publish_audience_link(context, account, audience_id)
+        check_audience_outlets(self.outlets, account, audience_id)
         preparer = RowPreparer(list(self.mapping), default_country=self.default_country)
         options = SyncOptions(
             audience_id=audience_id or f"(new) {self.audience_name}",
@@ -249,7 +257,26 @@ class SyncAudienceOperator(BaseOperator):
         result["audience_id"] = audience_id
         result["ad_account_id"] = account
         self.log.info("Sync report for audience %s:\n%s", audience_id, format_report(result))
+        if "outlet_events" in context:
+            record_audience_update(self.outlets, context["outlet_events"], account, result)
+        self._report = result
         return result
+
+    # -- OpenLineage (called only when apache-airflow-providers-openlineage is installed) ---------------
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        """The tables the query reads, in the SQL connection's namespace."""
+        return query_lineage(self.sql, self._sql_hook(self.sql_conn_id))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """The query's tables in, the audience out with the run's counts (none for a dry run).
+
+        :param task_instance: the finished task instance (unused: the report is kept from ``execute``).
+        """
+        query = self.get_openlineage_facets_on_start()
+        if self._report is None:
+            return query
+        return sync_lineage(query, self._report["ad_account_id"], self._report)
 
     # -- the audience ---------------------------------------------------------------------------------
 

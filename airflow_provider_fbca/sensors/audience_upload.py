@@ -18,6 +18,7 @@ from airflow.sdk.exceptions import (
 )
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
+from airflow_provider_fbca.links.ads_manager import AudienceInAdsManagerLink, publish_audience_link
 from airflow_provider_fbca.triggers.audience_upload import AudienceUploadTrigger
 from airflow_provider_fbca.upload_summary import (
     UploadCheck,
@@ -67,6 +68,7 @@ class AudienceUploadSensor(BaseSensorOperator):
 
     template_fields: Sequence[str] = ("audience_id", "session_ids")
     ui_color = "#dbe7fb"
+    operator_extra_links = (AudienceInAdsManagerLink(),)
 
     def __init__(
         self,
@@ -131,6 +133,7 @@ class AudienceUploadSensor(BaseSensorOperator):
             parse_session_ids(self.session_ids)  # a bad template result fails now, not at every poke
         except ValueError as exc:
             raise AirflowFailException(f"Task {self.task_id}: {exc}") from exc
+        publish_audience_link(context, self.hook.ad_account_id, str(self.audience_id))
         self._deadline = self._started_at(context) + self.timeout
         if self.deferrable:
             return self._execute_deferrable()
