@@ -35,6 +35,12 @@ _FAILED_STAGE_MARKERS = ("fail", "error", "abort", "cancel", "reject")
 # operation_status codes that mean all is well with the audience (0 n/a, 200 normal, 441 populating).
 _HEALTHY_OPERATION_CODES = frozenset({0, 200, 441})
 
+# The kinds of upload session a sync reports: the rows of "add" and "replace" sessions join the audience
+# (the sensor's thresholds judge these), those of "remove" sessions leave it (reported apart).
+ADDITION_KINDS = ("add", "replace")
+REMOVAL_KINDS = ("remove",)
+SESSION_KINDS = ADDITION_KINDS + REMOVAL_KINDS
+
 AUDIENCE_FIELDS = (
     "approximate_count_lower_bound",
     "approximate_count_upper_bound",
@@ -68,29 +74,57 @@ def parse_session_ids(value: Any) -> list[str]:
 
     Accepts a list (or tuple or set) of ids, a single id as an int or a string, and the string
     rendering of a list that Jinja produces from an XCom list (``"[123, 456]"`` or ``"['123']"``),
-    as well as a comma-separated string. Duplicates are dropped, order is kept.
+    as well as a comma-separated string; and the forms that say each session's kind
+    (:func:`parse_sessions`). Duplicates are dropped, order is kept.
 
     :param value: the ids, in any of the forms above.
     :return: the ids as strings of digits.
     :raises ValueError: when something is not a positive integer id.
     """
+    return list(parse_sessions(value))
+
+
+def parse_sessions(value: Any) -> dict[str, str | None]:
+    """
+    The session ids, each with its kind (``add``, ``remove``, ``replace``) when ``value`` says it.
+
+    Besides the plain forms of :func:`parse_session_ids` (kind ``None``), accepts the sync report's
+    ``upload_sessions`` (``{"add": [...], "remove": [...]}``, or the text Jinja renders from it) and its
+    ``sessions`` (items with ``session_id`` and ``kind``).
+
+    :param value: the ids, in any of these forms.
+    :raises ValueError: when something is not a positive integer id, or a kind is unknown.
+    """
     if isinstance(value, str):
         value = _parse_id_text(value)
+    if isinstance(value, Mapping):
+        return {sid: _kind(kind) for kind, ids in value.items() for sid in parse_session_ids(ids)}
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, Iterable) or isinstance(value, Mapping):
+    if not isinstance(value, Iterable):
         raise ValueError(
             f"session_ids must be a list of session ids or a single id, got {type(value).__name__}"
         )
-    ids: dict[str, None] = {}
+    sessions: dict[str, str | None] = {}
     for item in value:
-        ids[_session_id(item)] = None
-    return list(ids)
+        if isinstance(item, Mapping):
+            sessions[_session_id(item.get("session_id"))] = _kind(item.get("kind"))
+        else:
+            sessions.setdefault(_session_id(item), None)
+    return sessions
+
+
+def _kind(kind: Any) -> str:
+    if kind not in SESSION_KINDS:
+        raise ValueError(
+            f"{kind!r} is not a kind of upload session; the kinds are {', '.join(SESSION_KINDS)}"
+        )
+    return str(kind)
 
 
 def _parse_id_text(text: str) -> Any:
     text = text.strip()
-    if text.startswith(("[", "(")):
+    if text.startswith(("[", "(", "{")):
         try:
             return json.loads(text)
         except ValueError:
@@ -306,6 +340,9 @@ def poll_upload(
     check = check_sessions(audience_id, session_ids, sessions)
     if check.status == "waiting":
         return check, None
+    # A dry run's sync may name no audience yet (Jinja renders its None as "None"): nothing to read then.
+    if not session_ids and str(audience_id) in ("", "None"):
+        return check, build_summary(check, None)
     audience = client.get_audience(audience_id, fields=list(AUDIENCE_FIELDS))
     return check, build_summary(check, audience)
 
@@ -442,6 +479,25 @@ def build_summary(check: UploadCheck, audience: Mapping[str, Any] | None) -> dic
     }
 
 
+def with_session_kinds(summary: Mapping[str, Any], kinds: Mapping[str, str | None]) -> dict[str, Any]:
+    """
+    The summary with each session's kind and, when the kinds are known, the totals of the additions and
+    of the removals apart (``additions``, ``removals``): the thresholds then judge the additions only.
+
+    :param summary: what :func:`build_summary` returns.
+    :param kinds: session id -> kind, as :func:`parse_sessions` returns it.
+    """
+    if not any(kinds.values()):
+        return dict(summary)
+    sessions = [{**row, "kind": kinds.get(row["session_id"])} for row in summary.get("sessions", [])]
+    return {
+        **summary,
+        "sessions": sessions,
+        "additions": totals([row for row in sessions if row["kind"] in ADDITION_KINDS]),
+        "removals": totals([row for row in sessions if row["kind"] in REMOVAL_KINDS]),
+    }
+
+
 def threshold_breaches(
     summary: Mapping[str, Any], min_match_rate: float | None = None, max_invalid_rate: float | None = None
 ) -> list[str]:
@@ -449,21 +505,26 @@ def threshold_breaches(
     Compare the total match and invalid rates with the thresholds.
 
     Rates are fractions (0.25 = 25 %). A rate Meta gave no figure for (nothing received, or matches
-    not reported) breaches nothing.
+    not reported) breaches nothing. When the summary tells additions from removals
+    (:func:`with_session_kinds`), only the additions are judged: who matched among the people removed
+    says nothing about the audience's quality.
 
     :return: one readable message per threshold crossed; empty when all is well.
     """
-    total = summary.get("total") or {}
+    judged = "additions" if "additions" in summary else "total"
+    total = summary.get(judged) or {}
+    subject = "additions' " if judged == "additions" else ""
     breaches = []
     match_rate = total.get("match_rate")
     if min_match_rate is not None and match_rate is not None and match_rate < min_match_rate:
         breaches.append(
-            f"match rate {_percent(match_rate)} is below min_match_rate {_percent(min_match_rate)}"
+            f"{subject}match rate {_percent(match_rate)} is below min_match_rate {_percent(min_match_rate)}"
         )
     invalid_rate = total.get("invalid_rate")
     if max_invalid_rate is not None and invalid_rate is not None and invalid_rate > max_invalid_rate:
         breaches.append(
-            f"invalid rate {_percent(invalid_rate)} is above max_invalid_rate {_percent(max_invalid_rate)}"
+            f"{subject}invalid rate {_percent(invalid_rate)} is above max_invalid_rate "
+            f"{_percent(max_invalid_rate)}"
         )
     return breaches
 
@@ -517,8 +578,18 @@ def render_table(summary: Mapping[str, Any]) -> str:
     :param summary: what :func:`build_summary` returns.
     """
     header = ["session", "state", "received", "matched", "invalid", "match rate", "invalid rate"]
-    rows = [_table_row(row["session_id"], row["state"], row) for row in summary.get("sessions", [])]
+    rows = [
+        _table_row(
+            f"{row['session_id']} ({row['kind']})" if row.get("kind") else row["session_id"],
+            row["state"],
+            row,
+        )
+        for row in summary.get("sessions", [])
+    ]
     rows.append(_table_row("total", summary.get("status", ""), summary.get("total") or {}))
+    for part in ("additions", "removals"):
+        if part in summary:
+            rows.append(_table_row(part, "", summary[part]))
     lines = [f"Upload sessions of audience {summary.get('audience_id')}:", *_format_table(header, rows)]
     audience = summary.get("audience") or {}
     lines.append(

@@ -43,7 +43,8 @@ def publish_audience_link(
     :param audience_id: the Custom Audience's id.
     """
     ti = context.get("ti")
-    if ti is None or not ad_account_id or not audience_id:
+    # Jinja renders a missing id (a dry run's XCom) as "None".
+    if ti is None or not ad_account_id or str(audience_id or "None") == "None":
         return
     ti.xcom_push(key=AUDIENCE_URL_XCOM_KEY, value=audience_url(ad_account_id, str(audience_id)))
 

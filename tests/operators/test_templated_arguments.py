@@ -183,3 +183,4 @@ def test_templated_connection_ids_pick_the_connections(
     operator.render_template_fields({"params": {"fb": fb_conn_id, "warehouse": sqlite_warehouse.conn_id}})
     report = operator.execute({})
     assert report["added"] == 3 and len(members(sandbox, report["audience_id"])) == 3
+    assert report["upload_sessions"] == {"add": report["session_ids"]}  # the sensor judges additions by it
