@@ -336,6 +336,12 @@ def format_report(report: RunReport) -> str:
         f"   match rate (sensor):       {_percent(total.get('match_rate'))} of "
         f"{_count(total.get('num_received'))} rows received; {_count(total.get('num_invalid_entries'))} invalid"
     )
+    additions = upload.get("additions")
+    if additions:  # what the DAG's min_match_rate judges: removals say nothing about the audience
+        lines.append(
+            f"   match rate (additions):    {_percent(additions.get('match_rate'))} of "
+            f"{_count(additions.get('num_received'))} rows added (judged by min_match_rate)"
+        )
     lower = audience.get("approximate_count_lower_bound")
     if lower is not None:
         upper = audience.get("approximate_count_upper_bound")

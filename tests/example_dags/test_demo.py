@@ -67,6 +67,7 @@ def test_demo_prints_both_reports(demo_result: dict[str, Any]) -> None:
     for heading in ("== Run 1: first sync", "== Run 2: after a week of changes"):
         assert heading in stdout
     assert stdout.count("match rate (sensor):") == 2
+    assert stdout.count("match rate (additions):") == 2  # the DAG passes upload_sessions: kinds are known
     assert re.search(r"dropped values by reason: .*phone\.invalid", stdout)
     assert stdout.rstrip().splitlines()[-1].startswith("-- done in")
 

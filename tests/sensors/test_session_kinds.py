@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_fbca.upload_summary import parse_session_ids, parse_sessions, threshold_breaches
+from airflow_provider_fbca.upload_sessions import parse_session_ids, parse_sessions
+from airflow_provider_fbca.upload_summary import threshold_breaches
 from tests.sensors.conftest import known_emails, unknown_emails, upload
 from tests.sensors.test_audience_upload_sensor import make_sensor
 
