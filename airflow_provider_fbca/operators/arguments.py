@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from airflow_provider_fbca.operators.sync_audience_checks import check_mapping
 from airflow_provider_fbca.sync.plan import SyncMode
 
 _TEMPLATE_MARKERS = ("{{", "{%")
@@ -32,6 +33,8 @@ def is_literal(value: Any) -> bool:
         return not any(marker in value for marker in _TEMPLATE_MARKERS)
     if isinstance(value, Mapping):
         return all(is_literal(key) and is_literal(item) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(is_literal(item) for item in value)
     return False
 
 
@@ -66,39 +69,33 @@ def read_sync_mode(value: Any) -> SyncMode:
         raise ValueError(f"sync_mode must be one of {modes}; it is {value!r}.") from None
 
 
-def read_optional_text(value: Any) -> str | None:
+def read_optional_text(value: Any) -> Any:
     """
-    An optional text argument: an empty rendering (a param left empty) means not given.
+    An optional text argument: an empty rendering (a param left empty) means not given (None).
+
+    Anything but text is returned as it is, for the argument's own check to refuse.
 
     :param value: the rendered value.
     """
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
+    if not isinstance(value, str):
+        return value
+    return value.strip() or None
 
 
-def read_mapping(value: Any) -> dict[str, str]:
+def read_mapping(value: Any, membership_column: Any = None) -> dict[str, str]:
     """
-    ``mapping``: a dict of match key -> column, or the text a template rendered from one.
+    ``mapping``: a dict of match key -> column, or the text a template rendered from one, checked by
+    :func:`~airflow_provider_fbca.operators.sync_audience_checks.check_mapping`.
 
     Jinja renders ``{{ params.mapping }}`` to the dict's ``repr`` (or to JSON with ``tojson``); both are
     read back, as data only (``ast.literal_eval``, never ``eval``).
 
     :param value: the rendered value.
+    :param membership_column: the membership column (checked with the mapping), or None.
     """
     if isinstance(value, str):
         value = _parse_literal(value)
-    if not isinstance(value, Mapping) or not value:
-        raise ValueError(
-            f"mapping must be a non-empty dict of match key -> column; it is a {type(value).__name__}."
-        )
-    mapping = {}
-    for key, column in value.items():
-        if not isinstance(key, str) or not isinstance(column, str) or not column.strip():
-            raise ValueError(f"mapping must map match key names to column names; {key!r} maps to {column!r}.")
-        mapping[key] = column.strip()
-    return mapping
+    return check_mapping(value, membership_column)
 
 
 def _parse_literal(text: str) -> Any:

@@ -27,6 +27,7 @@ from tests.operators.test_sync_audience import MAPPING, make_operator, members, 
         (True, True),
         (None, True),
         ({"email": "email"}, True),
+        (["id", "email"], True),  # a mistake, but a literal one: it fails the parse
         ("{{ params.mode }}", False),
         ("{% if x %}true{% endif %}", False),
         ({"email": "{{ params.email_column }}"}, False),
@@ -70,7 +71,7 @@ def test_read_mapping_reads_back_what_jinja_rendered() -> None:
         read_mapping("{'external_id': id}")
     with pytest.raises(ValueError, match="non-empty dict"):
         read_mapping("[]")
-    with pytest.raises(ValueError, match="'email' maps to 3"):
+    with pytest.raises(ValueError, match=r"mapping\['email'\] must be the name of one column"):
         read_mapping({"email": 3})
 
 
