@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from airflow_provider_fbca.sync.batches import HEARTBEAT_S, MAX_BATCH_SIZE, SessionResult, UploadSession
+from airflow_provider_fbca.sync.journal import ADD, REMOVE, REPLACE, OpenRefresh, PageJournal, RemovalRow
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease
 from airflow_provider_fbca.sync.plan import (
     RowStager,
@@ -25,20 +26,36 @@ from airflow_provider_fbca.sync.plan import (
     build_plan,
     check_duplicates,
     check_removal_guard,
-    count_removals,
     load_defaults,
+    mark_leaving_rows,
     record_tracked_rows,
-    removal_pages,
-    removal_schemas,
 )
+from airflow_provider_fbca.sync.removals import Removals
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, decode_identifiers
 
 log = logging.getLogger(__name__)
 
 MISSING_KEY_REASON = "extern_id.missing"
+#: Meta's error codes that refuse a removal itself, so the run goes on with its additions: 200 (its
+#: subcode 1870047: the audience would become too small), 100 (a parameter) and 2650 (the audience update).
+REFUSAL_CODES = frozenset({100, 200, 2650})
+#: usersreplace subcodes saying a session cannot be continued: never started, timed out, finished.
+REPLACE_NOT_CONTINUABLE = frozenset({1870147, 1870158, 1870159})
+ON_REFUSED_REMOVALS = ("fail", "warn")
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off", ""})
+
+
+class RemovalsRefusedError(RuntimeError):
+    """Meta refused some removals for good; the additions landed and the refused removals stay owed.
+
+    :param report: the run's report (its ``removals_refused`` counts them).
+    """
+
+    def __init__(self, message: str, report: SyncReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class AudienceClient(Protocol):
@@ -83,6 +100,8 @@ class SyncOptions:
         preparation of rows whose source cells did not change since the state recorded them.
     :param lease_minutes: how long the sync's lease lives after each renewal; a crashed run's lease lets
         the next run in after this long.
+    :param on_refused_removals: ``fail`` (the run fails after its additions landed) or ``warn`` (it
+        succeeds with a warning) when Meta refused removals for good; they stay owed either way.
     """
 
     audience_id: str
@@ -97,8 +116,14 @@ class SyncOptions:
     page_ids: Sequence[str] | None = None
     source_key_index: int | None = None
     lease_minutes: float = DEFAULT_LEASE_MINUTES
+    on_refused_removals: str = "fail"
 
     def __post_init__(self) -> None:
+        if self.on_refused_removals not in ON_REFUSED_REMOVALS:
+            raise ValueError(
+                f"on_refused_removals must be one of {', '.join(ON_REFUSED_REMOVALS)}, "
+                f"not {self.on_refused_removals!r}."
+            )
         if not self.lease_minutes > 0:
             raise ValueError(f"lease_minutes must be positive, not {self.lease_minutes}.")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
@@ -195,6 +220,9 @@ class SyncRun:
             clock=clock,
         )
         self.heartbeat_s = HEARTBEAT_S  # how often the lease is looked after while a batch is in flight
+        self.journal = PageJournal(store, options.sync_key)
+        self.open_refresh: OpenRefresh | None = None
+        self.refusals: list[str] = []  # Meta's refusals of removals, described
 
     def run(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> SyncReport:
         """Sync the model given as chunks of rows (identifier values in mapping order, then membership).
@@ -207,9 +235,34 @@ class SyncRun:
         """
         self.store.ensure_tables()
         with self.lease:
-            return self._run(chunks)
+            if not self.options.dry_run:
+                self._reconcile()
+            self._run(chunks)
+        self._check_refusals()
+        return self.report
 
-    def _run(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> SyncReport:
+    def _reconcile(self) -> None:
+        """Fold what a killed run left in flight into the state, and take up a full refresh it left open."""
+        self.report.reconciled_rows = self.journal.reconcile()
+        if self.report.reconciled_rows:
+            log.warning(
+                "An earlier run of this sync ended with %d row(s) sent but not answered; they count as "
+                "possibly applied and are sent again or removed as the model now says",
+                self.report.reconciled_rows,
+            )
+        self.open_refresh = self.journal.open_refresh()
+        if self.open_refresh is not None:
+            log.warning(
+                "An earlier run left the full refresh of session %s unfinished; this run finishes it with "
+                "the current model (usersreplace), then removes the rows it sent that left the model",
+                self.open_refresh.session_id,
+            )
+
+    @property
+    def full_refresh(self) -> bool:
+        return self.options.full_refresh or self.open_refresh is not None
+
+    def _run(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> None:
         self.state_empty = self.store.count(self.options.sync_key) == 0
         self._load_known_digests()
         stage = StageTable(self.store)
@@ -238,7 +291,7 @@ class SyncRun:
                 self.options.mode,
                 adds_enabled=self.options.adds_enabled,
                 state_empty=self.state_empty,
-                full_refresh=self.options.full_refresh,
+                full_refresh=self.full_refresh,
                 seen=None if self.known_digests is None else self.seen.count(1),
             )
             self.report.plan = plan
@@ -249,7 +302,6 @@ class SyncRun:
                 self._send(stage, plan)
         finally:
             stage.drop()
-        return self.report
 
     # -- staging --------------------------------------------------------------------------------------
 
@@ -308,7 +360,7 @@ class SyncRun:
         Skipping the preparation of unchanged rows is what makes an incremental run cheap; the array
         is the only per-row memory a run holds, an order of magnitude below the rows themselves.
         """
-        if self.state_empty or self.options.full_refresh or self.options.source_key_index is None:
+        if self.state_empty or self.full_refresh or self.options.source_key_index is None:
             return
         members_only = self.options.adds_enabled  # a tracked-only row must be prepared to be sent
         self.known_digests = array("q", self.store.source_digests(self.options.sync_key, members_only))
@@ -317,12 +369,14 @@ class SyncRun:
     # -- sending --------------------------------------------------------------------------------------
 
     def _send(self, stage: StageTable, plan: SyncPlan) -> None:
-        if self.options.full_refresh:
-            self._replace(stage, plan)
+        if self.full_refresh:
+            if self._replace(stage, plan):
+                # The resumed replace kept what the killed run had sent: remove what left the model since.
+                mark_leaving_rows(self.store, stage)
+                self._send_removals(stage)
             return
         # Removals first: an updated person loses the old identifiers before getting the new ones.
-        for key_schema in removal_schemas(self.store, stage):
-            self._remove(stage, key_schema)
+        self._send_removals(stage)
         if plan.to_add:
             self._add(stage, plan)
         if plan.to_record:
@@ -330,13 +384,27 @@ class SyncRun:
             record_tracked_rows(self.store, stage, self.options.sync_key)
 
     def _new_session(
-        self, kind: str, total: int, encode: Any, send: Any, acknowledge: Any
+        self,
+        kind: str,
+        total: int,
+        encode: Any,
+        send: Any,
+        acknowledge: Any,
+        *,
+        session_id: int | None = None,
+        first_batch_seq: int = 1,
+        refuse: Any = None,
     ) -> UploadSession[Any]:
-        session_id = self.store.new_session_id(self.options.sync_key, kind)
+        if session_id is None:
+            session_id = self.store.new_session_id(self.options.sync_key, kind)
 
-        def acknowledge_and_renew(page: Any) -> None:
-            acknowledge(page)  # record what Meta accepted first, even if the lease turns out lost
+        def acknowledge_and_renew(page: Any, session: dict[str, Any]) -> None:
+            acknowledge(page, session)  # record what Meta accepted first, even if the lease turns out lost
             self.lease.keep_alive()
+
+        def record(page: Any, session: dict[str, Any]) -> None:
+            sent = _journal_rows(page)
+            self.journal.record(kind, session["session_id"], session["batch_seq"], sent)
 
         return UploadSession(
             session_id,
@@ -347,6 +415,9 @@ class SyncRun:
             acknowledge_and_renew,
             heartbeat=self.lease.keep_alive,
             heartbeat_s=self.heartbeat_s,
+            record=record,
+            refuse=refuse,
+            first_batch_seq=first_batch_seq,
         )
 
     def _extra(self) -> dict[str, Any]:
@@ -357,56 +428,120 @@ class SyncRun:
             extra["page_ids"] = list(self.options.page_ids)
         return extra
 
-    def _remove(self, stage: StageTable, key_schema: str) -> None:
-        schema = key_schema.split(",")
-        sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
+    def _send_removals(self, stage: StageTable) -> None:
+        """Send this run's removal rows (planned and owed), shared identifiers withheld."""
+        has_planned = self.store.fetch_one(f"SELECT 1 FROM {stage.name} WHERE to_remove = 1 LIMIT 1")
+        if not has_planned and not self.journal.owed_count():
+            return
+        removals = Removals(self.store, stage, self.options.sync_key)
+        try:
+            self.report.identifiers_withheld_shared += removals.build()
+            self.report.owed_removals_sent += removals.origins().get("owed", 0)
+            for key_schema in removals.schemas():
+                self._remove(removals, key_schema)
+        finally:
+            removals.drop()
 
-        def encode(page: list[tuple[str, str]]) -> list[list[str]]:
-            return [decode_identifiers(identifiers) for _, identifiers in page]
+    def _remove(self, removals: Removals, key_schema: str) -> None:
+        schema = key_schema.split(",")
+        audience_id, extra = self.options.audience_id, self._extra()
+
+        def encode(page: list[RemovalRow]) -> list[list[str]]:
+            return [decode_identifiers(row.sent) for row in page]
 
         def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
             return self.client.remove_users(audience_id, schema, data, session=session, **extra)
 
-        def acknowledge(page: list[tuple[str, str]]) -> None:
-            self.store.delete_keys(sync_key, (row_key for row_key, _ in page))
+        def acknowledge(page: list[RemovalRow], session: dict[str, Any]) -> None:
+            self.journal.removed(session["session_id"], session["batch_seq"], page)
 
-        total = count_removals(self.store, stage, key_schema)
-        session = self._new_session("remove", total, encode, send, acknowledge)
-        self._finish(session.run(removal_pages(self.store, stage, key_schema, self.options.batch_size)))
+        def refuse(page: list[RemovalRow], session: dict[str, Any], error: Exception) -> bool:
+            if not _is_refusal(error):
+                return False
+            self.journal.refused(session["session_id"], session["batch_seq"], page)
+            self.report.removals_refused += len(page)
+            self.refusals.append(_describe_error(error))
+            log.error(
+                "Meta refused the removal of %d row(s) (%s). The run goes on with its additions; these "
+                "rows stay owed in the state and are sent again by every later run until Meta takes them.",
+                len(page),
+                _describe_error(error),
+            )
+            return True
+
+        total = removals.count(key_schema)
+        session = self._new_session(REMOVE, total, encode, send, acknowledge, refuse=refuse)
+        self._finish(session.run(removals.pages(key_schema, self.options.batch_size)))
 
     def _add(self, stage: StageTable, plan: SyncPlan) -> None:
-        sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
+        audience_id, extra = self.options.audience_id, self._extra()
 
         def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
             return self.client.add_users(audience_id, self.schema, data, session=session, **extra)
 
-        def acknowledge(page: list[StagedRow]) -> None:
-            self.store.upsert(sync_key, page)
+        def acknowledge(page: list[StagedRow], session: dict[str, Any]) -> None:
+            self.journal.added(session["session_id"], session["batch_seq"], page)
 
-        session = self._new_session("add", plan.to_add, _encode_staged, send, acknowledge)
+        session = self._new_session(ADD, plan.to_add, _encode_staged, send, acknowledge)
         self._finish(session.run(addition_pages(self.store, stage, self.options.batch_size)))
 
-    def _replace(self, stage: StageTable, plan: SyncPlan) -> None:
+    def _replace(self, stage: StageTable, plan: SyncPlan) -> bool:
+        """Replace the audience with the model; True when it resumed the replace a killed run left open.
+
+        A resumed replace goes on in the killed run's session, after its last batch: Meta keeps what that
+        session received, so the caller then removes the rows of it that left the model. When Meta says
+        the session cannot go on (never started, timed out, finished), a fresh replace starts.
+        """
         if not plan.to_add:
             raise SyncPlanError(
                 "full_refresh would replace the audience with an empty model; usersreplace cannot send "
                 "zero rows. Run a mirror sync without full_refresh to remove everyone, if that is intended."
             )
-        sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
-        cleared = False
+        resume = self.open_refresh
+        if resume is not None:
+            try:
+                self._replace_session(stage, plan, resume.session_id, resume.batch_seq + 1)
+                return True
+            except Exception as error:
+                if getattr(error, "subcode", None) not in REPLACE_NOT_CONTINUABLE:
+                    raise
+                log.warning(
+                    "The unfinished replace cannot go on (%s); starting a fresh one", _describe_error(error)
+                )
+        self._replace_session(stage, plan, None, 1)
+        return False
+
+    def _replace_session(self, stage: StageTable, plan: SyncPlan, session_id: int | None, first: int) -> None:
+        audience_id, extra = self.options.audience_id, self._extra()
+        fresh = session_id is None
+        acknowledged = False
 
         def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
             return self.client.replace_users(audience_id, self.schema, data, session=session, **extra)
 
-        def acknowledge(page: list[StagedRow]) -> None:
-            # The first acknowledged batch starts the replacement: from then on the old state is void.
-            nonlocal cleared
-            if not cleared:
-                self.store.clear(sync_key)
-                cleared = True
-            self.store.upsert(sync_key, page)
+        def acknowledge(page: list[StagedRow], session: dict[str, Any]) -> None:
+            # The first acknowledged batch of a fresh replace starts it: from then on the old state is void.
+            nonlocal acknowledged
+            clear = fresh and not acknowledged
+            acknowledged = True
+            last = bool(session["last_batch_flag"])
+            self.journal.replaced(session["session_id"], session["batch_seq"], page, clear=clear, last=last)
 
-        session = self._new_session("replace", plan.to_add, _encode_staged, send, acknowledge)
+        def refuse(page: list[StagedRow], session: dict[str, Any], error: Exception) -> bool:
+            if not fresh and not acknowledged and getattr(error, "subcode", None) in REPLACE_NOT_CONTINUABLE:
+                self.journal.settle(session["session_id"], session["batch_seq"])  # Meta took none of it
+            return False  # the error goes up: a fresh replace starts, or the run fails
+
+        session = self._new_session(
+            REPLACE,
+            plan.to_add,
+            _encode_staged,
+            send,
+            acknowledge,
+            session_id=session_id,
+            first_batch_seq=first,
+            refuse=refuse,
+        )
         self._finish(session.run(addition_pages(self.store, stage, self.options.batch_size)))
 
     def _finish(self, result: SessionResult) -> None:
@@ -421,9 +556,46 @@ class SyncRun:
             result.num_invalid_entries,
         )
 
+    def _check_refusals(self) -> None:
+        """After the run recorded everything: fail (or warn) when Meta refused removals."""
+        if not self.report.removals_refused:
+            return
+        message = (
+            f"Meta refused the removal of {self.report.removals_refused} row(s) from audience "
+            f"{self.options.audience_id} ({'; '.join(sorted(set(self.refusals)))}). The additions were sent "
+            "and recorded; the refused removals stay owed in the state and every later run sends them again "
+            "until Meta takes them. For 1870047 (the audience would become too small): add people to the "
+            "model or remove fewer at a time. Set on_refused_removals='warn' to let such runs succeed."
+        )
+        if self.options.on_refused_removals == "warn":
+            log.warning("%s", message)
+            return
+        raise RemovalsRefusedError(message, self.report)
+
 
 def _encode_staged(page: list[StagedRow]) -> list[list[str]]:
     return [decode_identifiers(row.identifiers) for row in page]
+
+
+def _journal_rows(page: list[Any]) -> list[tuple[str, str, str, str]]:
+    """``(row_key, key_schema, identifiers as sent, id_digest)`` of a page's rows, for the journal."""
+    if page and isinstance(page[0], RemovalRow):
+        return [(row.row_key, row.key_schema, row.sent, row.id_digest) for row in page]
+    return [(row.row_key, row.key_schema, row.identifiers, row.id_digest) for row in page]
+
+
+def _is_refusal(error: Exception) -> bool:
+    """Meta refused a removal for good (not an outage, an expired token or a rate limit)."""
+    code = getattr(error, "code", None)
+    return code in REFUSAL_CODES and not getattr(error, "is_transient", False)
+
+
+def _describe_error(error: Exception) -> str:
+    """Meta's code, subcode and the provider's remedy: no row data (an error never quotes rows)."""
+    code, subcode = getattr(error, "code", None), getattr(error, "subcode", None)
+    remedy = getattr(error, "remedy", None)
+    named = f"code {code}" + (f"/{subcode}" if subcode else "")
+    return f"{named}: {remedy}" if remedy else f"{named}: {type(error).__name__}"
 
 
 def _position(sorted_values: array[int], value: int) -> int:
