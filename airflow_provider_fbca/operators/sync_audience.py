@@ -18,7 +18,8 @@ from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiences
 from airflow_provider_fbca.identifiers import RowPreparer
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
-from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.engine import RemovalsRefusedError, SyncOptions, SyncRun
+from airflow_provider_fbca.sync.journal import PageJournal
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
 from airflow_provider_fbca.sync.report import format_report
@@ -68,6 +69,9 @@ class SyncAudienceOperator(BaseOperator):
     :param lease_minutes: one run of a sync at a time: a run holds the sync's lease (a row of
         ``<state_table>_locks``), renewed as it goes; another run finding it live fails at once. A crashed
         run's lease expires this many minutes after its last renewal (default 30).
+    :param on_refused_removals: when Meta refuses removals for good (e.g. 1870047, the audience would
+        become too small), the additions are still sent and the refused removals stay owed (sent again by
+        every later run); ``fail`` (default) then fails the task, ``warn`` lets it succeed with a warning.
     """
 
     template_fields: Sequence[str] = (
@@ -108,6 +112,7 @@ class SyncAudienceOperator(BaseOperator):
         app_ids: Sequence[str] | None = None,
         page_ids: Sequence[str] | None = None,
         lease_minutes: float = DEFAULT_LEASE_MINUTES,
+        on_refused_removals: str = "fail",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -138,6 +143,7 @@ class SyncAudienceOperator(BaseOperator):
         self.app_ids = app_ids
         self.page_ids = page_ids
         self.lease_minutes = lease_minutes
+        self.on_refused_removals = on_refused_removals
         # Validate the mapping and options now, so a DAG with a typo fails to parse, not at 3 a.m.
         self._key_names = list(RowPreparer(list(self.mapping), default_country=default_country).schema)
         if EXTERN_ID not in self._key_names:
@@ -153,6 +159,7 @@ class SyncAudienceOperator(BaseOperator):
             max_removal_fraction=max_removal_fraction,
             batch_size=batch_size,
             lease_minutes=lease_minutes,
+            on_refused_removals=on_refused_removals,
         )
 
     @cached_property
@@ -178,6 +185,7 @@ class SyncAudienceOperator(BaseOperator):
             page_ids=self.page_ids,
             source_key_index=preparer.column_of(EXTERN_ID),
             lease_minutes=self.lease_minutes,
+            on_refused_removals=self.on_refused_removals,
         )
         state_hook = self._sql_hook(self.state_conn_id)
         state_conn = state_hook.get_conn()
@@ -191,10 +199,16 @@ class SyncAudienceOperator(BaseOperator):
                 digest_seed=f"country={self.default_country}",
                 holder=_lease_holder(context),
             )
-            report = run.run(self._read_chunks())
+            try:
+                report = run.run(self._read_chunks())
+            except RemovalsRefusedError as refused:  # the additions landed: show what the run did
+                self._log_report(refused.report.as_dict(), audience_id, account)
+                raise
         finally:
             state_conn.close()
-        result = report.as_dict()
+        return self._log_report(report.as_dict(), audience_id, account)
+
+    def _log_report(self, result: dict[str, Any], audience_id: str | None, account: str) -> dict[str, Any]:
         result["audience_id"] = audience_id
         result["ad_account_id"] = account
         self.log.info("Sync report for audience %s:\n%s", audience_id, format_report(result))
@@ -210,8 +224,22 @@ class SyncAudienceOperator(BaseOperator):
             audience = self.hook.find_audience(str(self.audience_name), fields=AUDIENCE_FIELDS)
             if audience is None:
                 return self._create_audience()
-        check_audience(audience, sends_values=sends_values)
-        return str(audience["id"])
+        audience_id = str(audience["id"])
+        check_audience(
+            audience, sends_values=sends_values, replace_is_ours=lambda: self._refresh_is_open(audience_id)
+        )
+        return audience_id
+
+    def _refresh_is_open(self, audience_id: str) -> bool:
+        """Whether the state holds a full refresh of this audience that a killed run left open."""
+        state_hook = self._sql_hook(self.state_conn_id)
+        conn = state_hook.get_conn()
+        try:
+            store = StateStore(conn, self.state_table, state_hook.placeholder)
+            store.ensure_tables()
+            return PageJournal(store, f"{self.hook.ad_account_id}:{audience_id}").open_refresh() is not None
+        finally:
+            conn.close()
 
     def _create_audience(self) -> str | None:
         if not self.create_audience:
