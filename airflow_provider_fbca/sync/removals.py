@@ -3,7 +3,9 @@
 Meta removes the people a removal row matches. Two rows can share a strong identifier (a household's
 landline, a shared ``info@`` inbox), so a removal row carrying it would take out the housemate who stays.
 A removal row therefore carries only the identifiers that no row staying in, or being added to, the
-audience holds after this run; its EXTERN_ID is always carried (it is the row's own key). Identifiers are
+audience holds after this run; its EXTERN_ID is always carried (it is the row's own key). Only strong identifiers
+(those that match a person on their own: e-mail, phone, mobile advertiser id, ...) are withheld: a shared
+country or city matches nobody alone, and the row needs them to be matched by name. Identifiers are
 compared in their prepared (hashed) form by joins inside the state database, so memory does not grow with
 the model.
 
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from airflow_provider_fbca.identifiers import MATCH_KEYS
 from airflow_provider_fbca.sync.journal import LEAVING, OWED, UPDATE, RemovalRow
-from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE
 from airflow_provider_fbca.sync.state import StageTable, StateStore, decode_identifiers, encode_identifiers
 
-#: Keys never withheld: the row's own key, and the value (not an identifier).
-_ALWAYS_CARRIED = frozenset({EXTERN_ID, LOOKALIKE_VALUE})
+#: The keys a removal row leaves out when a staying row shares the value: strong identifiers (EXTERN_ID,
+#: the row's own key, is not an identifier in this sense and is always carried).
+WITHHELD_WHEN_SHARED = frozenset(key.name for key in MATCH_KEYS if key.strong and key.identifier)
 
 
 class Removals:
@@ -150,7 +153,7 @@ class Removals:
 
 
 def _withholdable(key_schema: str) -> list[tuple[int, str]]:
-    return [(i, key) for i, key in enumerate(key_schema.split(",")) if key not in _ALWAYS_CARRIED]
+    return [(i, key) for i, key in enumerate(key_schema.split(",")) if key in WITHHELD_WHEN_SHARED]
 
 
 def _removal_row(row: tuple, withheld: tuple[int, ...] | list[int]) -> RemovalRow:
