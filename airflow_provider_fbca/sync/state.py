@@ -281,7 +281,7 @@ class StateStore:
             " key_schema TEXT NOT NULL,"
             " identifiers TEXT NOT NULL,"  # exactly as sent (withheld shared identifiers blank)
             " id_digest VARCHAR(64) NOT NULL,"
-            " PRIMARY KEY (sync_key, session_id, batch_seq, row_key))"
+            " PRIMARY KEY (sync_key, session_id, batch_seq, row_key, id_digest))"
         ).close()
         self.execute(
             f"CREATE TABLE IF NOT EXISTS {self.owed_table} ("
