@@ -103,7 +103,9 @@ def test_random_faults_and_model_changes_end_with_the_model(
                 if rng.random() < 0.6:
                     change(rng, model)
         else:
-            pytest.fail(f"seed {seed}, round {round_}: no attempt succeeded; the last failed with {last_error!r}")
+            pytest.fail(
+                f"seed {seed}, round {round_}: no attempt succeeded; the last failed with {last_error!r}"
+            )
         sandbox.clear_faults()
         wanted = sorted((key, prepare("EMAIL", email)) for key, email in model.items())
         got = sorted((m["EXTERN_ID"], m["EMAIL"]) for m in sandbox.members(audience_id))
