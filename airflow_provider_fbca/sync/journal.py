@@ -19,7 +19,9 @@ cannot stay in its state row (the new identifiers take it), so they move to ``<t
 later run sends them again until Meta takes them.
 
 Several pages may be pending at once (they are keyed by session and batch). :meth:`PageJournal._commit`
-ends every transaction: the one place to check that the run still holds its lease before a write lands.
+ends every transaction that writes the state: the one place to check that the run still holds its lease
+before a write lands. (The other writes of a run: the lease itself, :mod:`.lease`, and the session ids
+drawn, ``StateStore.new_session_id``.)
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from airflow_provider_fbca.sync.state import UNCONFIRMED, StagedRow, StateStore, utc_now
+from airflow_provider_fbca.sync.plan import record_tracked_rows
+from airflow_provider_fbca.sync.state import UNCONFIRMED, StagedRow, StageTable, StateStore, utc_now
 
 ADD, REMOVE, REPLACE = "add", "remove", "replace"
 #: Where a removal row comes from: a row leaving the audience (gone or non-member), the old identifiers of
@@ -168,6 +171,11 @@ class PageJournal:
         )
         store.delete_keys(key, [row.row_key for row in updates], commit=False)
         self.settle(session_id, batch_seq)
+
+    def tracked(self, stage: StageTable) -> None:
+        """Record the rows delete mode only tracks (never sent), so they can be removed once they leave."""
+        record_tracked_rows(self.store, stage, self.sync_key)
+        self._commit()
 
     def _delete_owed(self, rows: Sequence[RemovalRow]) -> None:
         self.store.executemany(

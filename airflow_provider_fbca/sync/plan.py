@@ -359,7 +359,10 @@ def addition_pages(store: StateStore, stage: StageTable, page_size: int) -> Iter
 
 
 def record_tracked_rows(store: StateStore, stage: StageTable, sync_key: str) -> None:
-    """Delete mode: remember new rows (as never sent) so they can be removed once they leave the model."""
+    """Delete mode: remember new rows (as never sent) so they can be removed once they leave the model.
+
+    Does not commit: the caller (:meth:`.journal.PageJournal.tracked`) ends the transaction.
+    """
     store.execute(
         f"INSERT INTO {store.table} (sync_key, row_key, fingerprint, id_digest, key_schema, identifiers,"
         " member, source_digest, synced_at)"
@@ -367,4 +370,3 @@ def record_tracked_rows(store: StateStore, stage: StageTable, sync_key: str) -> 
         f" FROM {stage.name} WHERE to_record = 1 {UPSERT_CLAUSE}",
         (sync_key, utc_now()),
     ).close()
-    store.commit()

@@ -17,7 +17,6 @@ from airflow_provider_fbca.sync.plan import (
     SyncPlanError,
     addition_pages,
     mark_leaving_rows,
-    record_tracked_rows,
 )
 from airflow_provider_fbca.sync.removals import Removals
 from airflow_provider_fbca.sync.report import SyncReport
@@ -115,7 +114,7 @@ class PlanSender:
             self._add(stage, plan)
         if plan.to_record:
             self.lease.keep_alive()
-            record_tracked_rows(self.store, stage, self.options.sync_key)
+            self.journal.tracked(stage)
 
     def _new_session(
         self,
