@@ -222,15 +222,20 @@ class PageJournal:
                 " synced_at = excluded.synced_at",
                 (UNCONFIRMED, utc_now(), key),
             ).close()
-        store.execute(
-            f"UPDATE {t} SET fingerprint = ?, source_digest = NULL WHERE sync_key = ? AND member = 1"
-            f" AND (row_key IN (SELECT row_key FROM {p} WHERE sync_key = ? AND kind = '{REMOVE}')"
-            f" OR row_key IN (SELECT row_key FROM {store.owed_table} WHERE sync_key = ?))",
-            (UNCONFIRMED, key, key, key),
-        ).close()
-        store.execute(f"DELETE FROM {p} WHERE sync_key = ?", (key,)).close()
+            self._unconfirm(f"SELECT row_key FROM {p} WHERE sync_key = ? AND kind = '{REMOVE}'")
+            store.execute(f"DELETE FROM {p} WHERE sync_key = ?", (key,)).close()
+        if self.owed_count():
+            self._unconfirm(f"SELECT row_key FROM {store.owed_table} WHERE sync_key = ?")
         self._commit()
         return pending
+
+    def _unconfirm(self, keys: str) -> None:
+        """Mark unconfirmed the member rows whose keys a query (with one sync_key marker) returns."""
+        self.store.execute(
+            f"UPDATE {self.store.table} SET fingerprint = ?, source_digest = NULL"
+            f" WHERE sync_key = ? AND member = 1 AND row_key IN ({keys})",
+            (UNCONFIRMED, self.sync_key, self.sync_key),
+        ).close()
 
     def open_refresh(self) -> OpenRefresh | None:
         """The full refresh a killed run left unfinished, if any."""
