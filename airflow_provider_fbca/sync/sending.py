@@ -10,7 +10,15 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_fbca.sync.batches import SessionResult, UploadSession
-from airflow_provider_fbca.sync.journal import ADD, REMOVE, REPLACE, OpenRefresh, PageJournal, RemovalRow
+from airflow_provider_fbca.sync.journal import (
+    ADD,
+    OWED,
+    REMOVE,
+    REPLACE,
+    OpenRefresh,
+    PageJournal,
+    RemovalRow,
+)
 from airflow_provider_fbca.sync.lease import SyncLease
 from airflow_provider_fbca.sync.plan import (
     SyncPlan,
@@ -169,7 +177,7 @@ class PlanSender:
         removals = Removals(self.store, stage, self.options.sync_key)
         try:
             self.report.identifiers_withheld_shared += removals.build()
-            self.report.owed_removals_sent += removals.origins().get("owed", 0)
+            self.report.owed_removals_sent += removals.origins().get(OWED, 0)
             for key_schema in removals.schemas():
                 self._remove(removals, key_schema)
         finally:
