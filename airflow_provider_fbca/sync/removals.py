@@ -85,22 +85,27 @@ class Removals:
         return int(store.fetch_one(f"SELECT COUNT(*) FROM {self.ids} WHERE shared = 1")[0])
 
     def _mark_shared(self, key: str) -> None:
-        """Mark the removal identifiers of one key that a row staying in or added to the audience holds."""
-        store, t = self.store, self.stage.name
-        # Staying: members of the state that this run does not remove (or re-identify), and additions.
-        staying = (
-            f"FROM {store.table} AS s WHERE s.sync_key = ? AND s.member = 1 AND s.key_schema = ?"
-            f" AND NOT EXISTS (SELECT 1 FROM {t} AS x WHERE x.row_key = s.row_key AND x.to_remove = 1)"
-        )
+        """Mark the removal identifiers of one key that a row staying in or added to the audience holds.
+
+        Each staying row is probed against the (few) removal identifiers' index: one scan of the state
+        per schema and position, never a sort of every value it holds. CROSS JOIN keeps SQLite's loop
+        order (state outside); PostgreSQL plans it as any join.
+        """
+        store, t, ids = self.store, self.stage.name, self.ids
         for key_schema in self._held_schemas():
             positions = [index for index, name in enumerate(key_schema.split(",")) if name == key]
             for position in positions:
+                # Staying: members of the state that this run does not remove (or re-identify), and additions.
                 store.execute(
-                    f"UPDATE {self.ids} SET shared = 1 WHERE key_name = ? AND shared = 0 AND value IN ("
-                    f"SELECT {store.identifier_at('s.identifiers', position)} {staying}"
-                    f" UNION ALL SELECT {store.identifier_at('a.identifiers', position)} FROM {t} AS a"
-                    " WHERE a.to_add = 1 AND a.key_schema = ?)",
-                    (key, self.sync_key, key_schema, key_schema),
+                    f"UPDATE {ids} SET shared = 1 WHERE key_name = ? AND shared = 0 AND value IN ("
+                    f"SELECT r.value FROM {store.table} AS s CROSS JOIN {ids} AS r"
+                    f" WHERE s.sync_key = ? AND s.member = 1 AND s.key_schema = ? AND r.key_name = ?"
+                    f" AND r.value = {store.identifier_at('s.identifiers', position)}"
+                    f" AND NOT EXISTS (SELECT 1 FROM {t} AS x WHERE x.row_key = s.row_key AND x.to_remove = 1)"
+                    f" UNION ALL SELECT r.value FROM {t} AS a CROSS JOIN {ids} AS r"
+                    " WHERE a.to_add = 1 AND a.key_schema = ? AND r.key_name = ?"
+                    f" AND r.value = {store.identifier_at('a.identifiers', position)})",
+                    (key, self.sync_key, key_schema, key, key_schema, key),
                 ).close()
 
     def _held_schemas(self) -> list[str]:
