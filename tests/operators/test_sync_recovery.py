@@ -24,9 +24,7 @@ from airflow_provider_fbca.identifiers import prepare
 from airflow_provider_fbca.sync.state import decode_identifiers
 from tests.conftest import REPO_ROOT
 from tests.operators.conftest import Warehouse, customer
-from tests.operators.test_sync_audience import MAPPING, make_operator, run, state_table, user_uploads
-
-__all__ = ["state_table"]  # the fixture, shared with the operator tests
+from tests.operators.test_sync_audience import MAPPING, make_operator, run, user_uploads
 
 BATCH = 5
 #: How long the sandbox holds the request the test kills the run under (it is applied afterwards).

@@ -8,10 +8,8 @@ import pytest
 
 from airflow_provider_fbca.sync.engine import RemovalsRefusedError
 from tests.operators.conftest import Warehouse, customer
-from tests.operators.test_sync_audience import logged, make_operator, run, state_table, user_uploads
+from tests.operators.test_sync_audience import logged, make_operator, run, user_uploads
 from tests.operators.test_sync_recovery import BATCH, V1, V2, members, model_members, query
-
-__all__ = ["state_table"]  # the fixture, shared with the operator tests
 
 TOO_LOW = {
     "method": "DELETE",
