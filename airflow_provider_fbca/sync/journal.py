@@ -19,9 +19,10 @@ cannot stay in its state row (the new identifiers take it), so they move to ``<t
 later run sends them again until Meta takes them.
 
 Several pages may be pending at once (they are keyed by session and batch). :meth:`PageJournal._commit`
-ends every transaction that writes the state: the one place to check that the run still holds its lease
-before a write lands. (The other writes of a run: the lease itself, :mod:`.lease`, and the session ids
-drawn, ``StateStore.new_session_id``.)
+ends every transaction that writes the state; it commits through ``StateStore.commit``, which first runs
+the lease's fence in the same transaction, so a run whose lease was taken over writes nothing more. (The
+other writes of a run: the lease itself, :mod:`.lease`, and the session ids drawn,
+``StateStore.new_session_id``.)
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class PageJournal:
         self.sync_key = sync_key
 
     def _commit(self) -> None:
-        """End one write transaction (a fence check of the run's lease belongs here)."""
+        """End one write transaction (``StateStore.commit`` checks the run's lease first)."""
         self.store.commit()
 
     # -- before sending -------------------------------------------------------------------------------
