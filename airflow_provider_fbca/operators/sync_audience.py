@@ -6,8 +6,7 @@ audience, streams the query's rows in chunks, and logs and returns the sync's re
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +33,9 @@ from airflow_provider_fbca.sync.engine import RemovalsRefusedError, SyncOptions,
 from airflow_provider_fbca.sync.journal import PageJournal
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
+from airflow_provider_fbca.sync.pushdown import PushdownModel, shares_database
 from airflow_provider_fbca.sync.report import SyncReport, format_report
-from airflow_provider_fbca.sync.source import read_model
+from airflow_provider_fbca.sync.source import ModelQuery
 from airflow_provider_fbca.sync.state import StateStore, check_state_table
 
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ class SyncAudienceOperator(BaseOperator):
         synced rows (default 0.5); None turns the guard off.
     :param batch_size: rows per upload request (at most 10,000).
     :param fetch_size: rows fetched from the query per chunk.
+    :param max_in_flight: upload requests in flight at once (1 to 4), each its own batch of the session,
+        acknowledged in order.
     :param app_ids: app ids, needed with an APPUID column.
     :param page_ids: page ids, needed with a PAGEUID column.
     :param lease_minutes: one run of a sync at a time: a run holds the sync's lease (a row of
@@ -139,6 +141,7 @@ class SyncAudienceOperator(BaseOperator):
         max_removal_fraction: float | None = 0.5,
         batch_size: int = MAX_BATCH_SIZE,
         fetch_size: int = DEFAULT_FETCH_SIZE,
+        max_in_flight: int = 2,
         app_ids: Sequence[str] | None = None,
         page_ids: Sequence[str] | None = None,
         lease_minutes: float = DEFAULT_LEASE_MINUTES,
@@ -169,6 +172,7 @@ class SyncAudienceOperator(BaseOperator):
         self.max_removal_fraction = max_removal_fraction
         self.batch_size = batch_size
         self.fetch_size = fetch_size
+        self.max_in_flight = max_in_flight
         self.app_ids = app_ids
         self.page_ids = page_ids
         self.lease_minutes = lease_minutes
@@ -218,6 +222,7 @@ class SyncAudienceOperator(BaseOperator):
                 full_refresh=read_bool("full_refresh", self.full_refresh),
                 max_removal_fraction=self.max_removal_fraction,
                 batch_size=self.batch_size,
+                max_in_flight=self.max_in_flight,
                 lease_minutes=self.lease_minutes,
                 on_refused_removals=self.on_refused_removals,
             )
@@ -250,6 +255,7 @@ class SyncAudienceOperator(BaseOperator):
             full_refresh=self.full_refresh,
             max_removal_fraction=self.max_removal_fraction,
             batch_size=self.batch_size,
+            max_in_flight=self.max_in_flight,
             app_ids=self.app_ids,
             page_ids=self.page_ids,
             source_key_index=preparer.column_of(EXTERN_ID),
@@ -257,8 +263,10 @@ class SyncAudienceOperator(BaseOperator):
             on_refused_removals=self.on_refused_removals,
         )
         state_conn = state_hook.get_conn()
+        model: ModelQuery | None = None
         try:
             store = StateStore(state_conn, self.state_table, state_hook.placeholder)
+            model = self._model(store, source_hook)
             self._sync_run = SyncRun(
                 store,
                 self.hook,
@@ -270,14 +278,14 @@ class SyncAudienceOperator(BaseOperator):
                 # removal guard): a failed run leaves no empty audience behind.
                 create_audience=None if audience_id else self._create_audience,
             )
-            # closing: a run failing mid-read closes the warehouse connection now, in this thread.
-            with closing(self._read_chunks(source_hook)) as chunks:
-                try:
-                    report = self._sync_run.run(chunks)
-                except RemovalsRefusedError as refused:  # the additions landed: show what the run did
-                    self._log_report(refused.report, audience_id, account, context)
-                    raise
+            try:
+                report = self._sync_run.run(model)
+            except RemovalsRefusedError as refused:  # the additions landed: show what the run did
+                self._log_report(refused.report, audience_id, account, context)
+                raise
         finally:
+            if model is not None and model.conn is not state_conn:
+                model.conn.close()
             state_conn.close()
         return self._log_report(report, audience_id, account, context)
 
@@ -396,16 +404,16 @@ class SyncAudienceOperator(BaseOperator):
             )
         return hook
 
-    def _read_chunks(self, source_hook: DbApiHook) -> Iterator[list[tuple[Any, ...]]]:
-        """The query's rows in chunks: mapped columns in mapping order, then membership."""
+    def _model(self, store: StateStore, source_hook: DbApiHook) -> ModelQuery:
+        """The model's query (mapped columns in mapping order, then membership): diffed in the warehouse
+        when the state lives there and its SQL dialect is known (one connection for both), else read by
+        the worker through a connection of its own."""
         wanted = list(self.mapping.values())
         if self.membership_column is not None:
             wanted.append(self.membership_column)
-        conn = source_hook.get_conn()
-        try:
-            yield from read_model(conn, self.sql, wanted, self.fetch_size)
-        finally:
-            conn.close()
+        if shares_database(self.sql_conn_id, self.state_conn_id, store.conn):
+            return PushdownModel(store, self.sql, wanted, self.fetch_size)
+        return ModelQuery(source_hook.get_conn(), self.sql, wanted, self.fetch_size)
 
 
 def _lease_holder(context: Mapping[str, Any]) -> str:

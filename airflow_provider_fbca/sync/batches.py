@@ -7,7 +7,8 @@ from the state and sends only what Meta may not hold.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -19,6 +20,8 @@ MAX_BATCH_SIZE = MAX_ROWS_PER_REQUEST
 #: How often (seconds) the heartbeat runs while a batch is in flight: a request can wait out a long
 #: rate-limit lockout in the hook's retries, and the run must keep its lease meanwhile.
 HEARTBEAT_S = 10.0
+#: The most upload requests in flight at once: the hook's HTTP connection pool holds four.
+MAX_IN_FLIGHT = 4
 
 Row = TypeVar("Row")
 
@@ -46,9 +49,9 @@ class SessionResult:
 class UploadSession(Generic[Row]):
     """One upload session: sends pages in order and acknowledges each one Meta accepted.
 
-    One batch is in flight while the next page is read from the stage and encoded, so the database
-    work of the run overlaps Meta's (or the sandbox's) processing; batches still go one at a time and in
-    order, and each is acknowledged only once Meta accepted it.
+    Up to ``max_in_flight`` batches are in flight while the next page is read and encoded, so the work of
+    the run overlaps Meta's (or the sandbox's) processing. Each batch is recorded before it is sent and
+    acknowledged only once Meta accepted it, in order: a later batch's answer waits for the earlier ones.
 
     :param session_id: the session's id (positive int64, fresh for each run).
     :param kind: ``add``, ``remove`` or ``replace``, for the report.
@@ -62,6 +65,7 @@ class UploadSession(Generic[Row]):
         as pending: write-ahead).
     :param refuse: called with a page, its ``session`` object and the error when Meta's answer is an
         error; returns True when the refusal was recorded and the session goes on with the next page.
+    :param max_in_flight: batches sent at once (the first and the last batch always go alone).
     :param first_batch_seq: the ``batch_seq`` of the first page (a replace resumed after a kill goes on
         after the batches already sent).
     :param heartbeat: called every ``heartbeat_s`` seconds while a batch is in flight, in the caller's
@@ -80,31 +84,38 @@ class UploadSession(Generic[Row]):
     record: Callable[[list[Row], dict[str, Any]], None] | None = None
     refuse: Callable[[list[Row], dict[str, Any], Exception], bool] | None = None
     first_batch_seq: int = 1
+    max_in_flight: int = 1
 
     def run(self, pages: Iterable[list[Row]]) -> SessionResult:
+        """Send the pages in order, at most ``max_in_flight`` at once; acknowledge each in order.
+
+        The first batch goes alone (it opens the session: a replace's batch 1 must land before any other)
+        and so does the last (it closes the session, so every other batch must have landed). Each page is
+        recorded (``record``) right before it is sent, so a kill leaves every page in flight pending.
+        """
         result = SessionResult(self.session_id, self.kind)
-        queued_batches = queued_rows = 0
-        in_flight: tuple[Future[dict[str, Any]], list[Row], dict[str, Any]] | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbca-upload") as sender:
-            for page in pages:
+        in_flight: deque[tuple[Future[dict[str, Any]], list[Row], dict[str, Any]]] = deque()
+        first = self.first_batch_seq
+        with ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="fbca-upload") as sender:
+            for batch_seq, (page, last) in enumerate(_flag_last(pages), start=first):
                 if len(page) > MAX_BATCH_SIZE:
                     raise ValueError(f"A batch holds {len(page)} rows; Meta takes at most {MAX_BATCH_SIZE}.")
-                queued_batches += 1
-                queued_rows += len(page)
                 session = {
                     "session_id": self.session_id,
-                    "batch_seq": self.first_batch_seq - 1 + queued_batches,
-                    "last_batch_flag": queued_rows >= self.total,
+                    "batch_seq": batch_seq,
+                    "last_batch_flag": last,
                     "estimated_num_total": self.total,
                 }
                 data = self.encode(page)
-                if in_flight is not None:
-                    self._settle(*in_flight, result)
+                alone = last or batch_seq == first + 1  # after the first batch, before the last one
+                room = 0 if alone else self.max_in_flight - 1
+                while len(in_flight) > room:
+                    self._settle(*in_flight.popleft(), result)
                 if self.record is not None:
                     self.record(page, session)
-                in_flight = (sender.submit(self.send, data, session), page, session)
-            if in_flight is not None:
-                self._settle(*in_flight, result)
+                in_flight.append((sender.submit(self.send, data, session), page, session))
+            while in_flight:
+                self._settle(*in_flight.popleft(), result)
         return result
 
     def _settle(
@@ -127,6 +138,17 @@ class UploadSession(Generic[Row]):
         result.num_received = _as_int(response.get("num_received"), result.rows)
         # Both counters are running totals of the session (as Meta documents num_received).
         result.num_invalid_entries = _as_int(response.get("num_invalid_entries"), 0)
+
+
+def _flag_last(pages: Iterable[list[Row]]) -> Iterator[tuple[list[Row], bool]]:
+    """Each page with whether it is the last: one page read ahead, so a streamed session whose length is
+    only estimated still flags its true last batch."""
+    iterator = iter(pages)
+    current = next(iterator, None)
+    while current is not None:
+        following = next(iterator, None)
+        yield current, following is None
+        current = following
 
 
 def _as_int(value: Any, default: int) -> int:

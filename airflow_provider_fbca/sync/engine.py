@@ -1,41 +1,44 @@
-"""One sync run, from chunks of warehouse rows to a report: reconcile, stage, plan, guard, send, record.
+"""One sync run, from the model to a report: reconcile, stage, plan, guard, send, record.
 
-Plain Python: the Airflow operator hands it the rows, a state store and the Graph API hook.
+Plain Python: the Airflow operator hands it the model (chunks of rows, a query it may read again, or a
+query diffed in the warehouse), a state store and the Graph API hook. A first sync streams instead of
+staging (:mod:`.first_sync`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
 import time
-from array import array
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from airflow_provider_fbca.sync.batches import HEARTBEAT_S, MAX_BATCH_SIZE
+from airflow_provider_fbca.sync.batches import HEARTBEAT_S, MAX_BATCH_SIZE, MAX_IN_FLIGHT
+from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages, streamed_plan
 from airflow_provider_fbca.sync.journal import OpenRefresh, PageJournal
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, check_lease_minutes
 from airflow_provider_fbca.sync.plan import (
-    RowStager,
     SyncMode,
     SyncPlan,
     build_plan,
     check_duplicates,
     check_removal_guard,
-    load_defaults,
 )
+from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.report import SyncReport
-from airflow_provider_fbca.sync.row_key import PERSONAL, refuse_personal_key, row_key_problem
 from airflow_provider_fbca.sync.sending import AudienceClient, PlanSender, RemovalsRefusedError
-from airflow_provider_fbca.sync.state import StageTable, StateStore
+from airflow_provider_fbca.sync.source import ModelQuery
+from airflow_provider_fbca.sync.staging import ModelStager, parse_membership
+from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore
+
+__all__ = ["RemovalsRefusedError", "SyncOptions", "SyncRun", "parse_membership"]
 
 log = logging.getLogger(__name__)
 
 ON_REFUSED_REMOVALS = ("fail", "warn")
-_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
-_FALSE = frozenset({"0", "false", "f", "no", "n", "off", ""})
+#: The model a run syncs: chunks of rows, or a query it may read more than once.
+Model = Iterable[Sequence[Sequence[Any]]] | ModelQuery
 
 
 class RowPreparerLike(Protocol):
@@ -66,6 +69,8 @@ class SyncOptions:
         the next run in after this long.
     :param on_refused_removals: ``fail`` (the run fails after its additions landed) or ``warn`` (it
         succeeds with a warning) when Meta refused removals for good; they stay owed either way.
+    :param max_in_flight: upload requests in flight at once, each its own batch of the session,
+        acknowledged in order.
     :param lease_key: what the lease is taken on (default: ``sync_key``): the audience, so that two runs
         reaching one audience through different ad account overrides still exclude each other.
     """
@@ -78,6 +83,7 @@ class SyncOptions:
     full_refresh: bool = False
     max_removal_fraction: float | None = 0.5
     batch_size: int = MAX_BATCH_SIZE
+    max_in_flight: int = 2
     app_ids: Sequence[str] | None = None
     page_ids: Sequence[str] | None = None
     source_key_index: int | None = None
@@ -92,6 +98,10 @@ class SyncOptions:
                 f"on_refused_removals must be one of {', '.join(ON_REFUSED_REMOVALS)}, "
                 f"not {self.on_refused_removals!r}."
             )
+        if not 1 <= self.max_in_flight <= MAX_IN_FLIGHT:
+            raise ValueError(
+                f"max_in_flight must be between 1 and {MAX_IN_FLIGHT}, not {self.max_in_flight}."
+            )
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, not {self.batch_size}.")
         if self.full_refresh and self.mode is not SyncMode.MIRROR:
@@ -104,31 +114,6 @@ class SyncOptions:
     @property
     def adds_enabled(self) -> bool:
         return self.mode is not SyncMode.DELETE or self.has_membership
-
-
-def parse_membership(value: Any) -> bool:
-    """Read a membership cell: booleans, numbers and the usual words; NULL means not a member.
-
-    :raises ValueError: on a value that is neither true nor false, rather than guess.
-    """
-    if value is None:
-        return False
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return value != 0
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    # Described, not quoted: a membership_column set to the wrong column would put its PII in the log.
-    raise ValueError(
-        f"A membership cell holds a {len(text)}-character text that is neither true nor false; expected a "
-        "boolean, 0/1, true/false or yes/no. Check that membership_column names the membership column."
-    )
 
 
 class SyncRun:
@@ -168,12 +153,8 @@ class SyncRun:
         self.client = client
         self.preparer = preparer
         self.options = options
-        self.stager = RowStager(preparer.schema)
         self.schema = list(preparer.schema)
         self.state_empty = True
-        self.known_digests: array[int] | None = None
-        self.seen = bytearray()  # per known digest: did a model row of this run have it
-        self.seen_duplicate_keys: list[str] = []
         self.key_normalizer = key_normalizer or _default_key_normalizer
         self.digest_seed = f"{self.schema!r}|{options.has_membership}|{digest_seed}|"
         self.report = SyncReport(
@@ -183,6 +164,7 @@ class SyncRun:
             dry_run=options.dry_run,
             full_refresh=options.full_refresh,
         )
+        self.stager = ModelStager(preparer, options, self.report, self.key_normalizer, self.digest_seed)
         self.lease = SyncLease(
             store,
             options.lease_key or options.sync_key,
@@ -196,8 +178,10 @@ class SyncRun:
         self.open_refresh: OpenRefresh | None = None
         self.refusals: list[str] = []  # Meta's refusals of removals, described
 
-    def run(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> SyncReport:
-        """Sync the model given as chunks of rows (identifier values in mapping order, then membership).
+    def run(self, model: Model) -> SyncReport:
+        """Sync the model: chunks of rows (identifier values in mapping order, then membership), or a
+        :class:`~.source.ModelQuery` giving such rows (a first sync then streams), or a
+        :class:`~.pushdown.PushdownModel` (the diff runs in the warehouse).
 
         Dry runs take the sync's lease too: they read the state, which a concurrent run is changing.
 
@@ -209,7 +193,7 @@ class SyncRun:
         with self.lease:
             if not self.options.dry_run:
                 self._reconcile()
-            self._run(chunks)
+            self._run(model)
         self._check_refusals()
         return self.report
 
@@ -234,26 +218,25 @@ class SyncRun:
     def full_refresh(self) -> bool:
         return self.options.full_refresh or self.open_refresh is not None
 
-    def _run(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> None:
+    def _run(self, model: Model) -> None:
         self.state_empty = self.store.count(self.options.sync_key) == 0
-        self._load_known_digests()
+        if isinstance(model, PushdownModel):
+            model.bind(self.digest_seed)
+        if isinstance(model, ModelQuery) and self._streams(model):
+            return
+        skips = not (self.state_empty or self.full_refresh or self.options.source_key_index is None)
+        pushdown = model if isinstance(model, PushdownModel) else None
+        if skips and pushdown is None:
+            self.stager.load_known_digests(self.store, self.options.sync_key)
         stage = StageTable(self.store)
         stage.create()
         try:
-            for chunk in chunks:
-                stage.load(self._stage_chunk(chunk))
-                self.lease.keep_alive()
-            self.store.commit()
-            stage.index()
-            if self.known_digests is not None:
-                stage.load_unseen(
-                    d for d, seen in zip(self.known_digests, self.seen, strict=True) if not seen
-                )
+            seen = self._stage(model, stage, pushdown if skips else None)
             check_duplicates(
                 self.store,
                 stage,
                 self.options.sync_key,
-                seen_keys=self.seen_duplicate_keys,
+                seen_keys=self.stager.seen_duplicate_keys,
                 adds_enabled=self.options.adds_enabled,
             )
             plan = build_plan(
@@ -264,7 +247,7 @@ class SyncRun:
                 adds_enabled=self.options.adds_enabled,
                 state_empty=self.state_empty,
                 full_refresh=self.full_refresh,
-                seen=None if self.known_digests is None else self.seen.count(1),
+                seen=seen,
             )
             self.report.plan = plan
             log.info("Plan: %s", _describe(plan))
@@ -272,75 +255,85 @@ class SyncRun:
             if not self.options.dry_run:
                 self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
                 self._create_audience()
-                self._send(stage, plan)
+                self._sender().send(stage, plan)
         finally:
+            if pushdown is not None:
+                pushdown.drop(stage)
             stage.drop()
 
     # -- staging --------------------------------------------------------------------------------------
 
-    def _stage_chunk(self, chunk: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        """Stage one chunk of source rows; only rows whose source cells changed are prepared and staged.
+    def _stage(self, model: Model, stage: StageTable, diff: PushdownModel | None) -> int | None:
+        """Load the stage with the model's new and changed rows; how many rows were skipped as unchanged
+        (None when none could be).
 
-        A row whose cells are exactly those the state recorded for a row is unchanged: it is only counted
-        (and marked seen, so that it is neither gone nor a duplicate).
+        :param diff: the model, when the diff runs in the warehouse.
         """
-        has_membership = self.options.has_membership
-        self.report.rows_read += len(chunk)
-        digests = [self._source_digest(row) for row in chunk]
-        staged: list[tuple[Any, ...]] = []
-        fresh: list[int] = []  # indices of the rows to prepare
-        known, seen = self.known_digests, self.seen
-        for index, digest in enumerate(digests):
-            position = -1 if known is None else _position(known, digest)
-            if position < 0:
-                fresh.append(index)
-            elif seen[position]:  # the very same cells twice: the same key twice
-                key = self.key_normalizer(chunk[index][self.options.source_key_index])
-                self.seen_duplicate_keys.append(key)
-            else:
-                seen[position] = 1
-        if not fresh:
-            return staged
-        values = [chunk[i][:-1] if has_membership else chunk[i] for i in fresh]
-        prepared = self.preparer.prepare_rows(values)
-        self.report.rows_prepared += len(values)
-        self.report.rejected += len(prepared.rejected)
-        self.report.rejected_by_reason.update(prepared.rejected_by_reason)
-        self.report.dropped_values.update(prepared.dropped)
-        key_index, stage = self.stager.key_index, self.stager.stage
-        defaults = {
-            member: load_defaults(member, self.options.adds_enabled, self.state_empty) for member in (0, 1)
-        }
-        first_row = self.report.rows_read - len(chunk) + 1
-        for wire_row, prepared_index in zip(prepared.rows, prepared.kept, strict=True):
-            source_index = fresh[prepared_index]
-            if problem := row_key_problem(wire_row[key_index]):
-                if problem in PERSONAL:
-                    raise refuse_personal_key(problem, first_row + source_index)
-                self.report.rejected += 1
-                self.report.rejected_by_reason[problem] += 1
-                continue
-            member = parse_membership(chunk[source_index][-1]) if has_membership else True
-            row = stage(wire_row, member)
-            staged.append((*row[:6], *defaults[row.member], digests[source_index]))
-        return staged
+        empty, stager = self.state_empty, self.stager
+        chunks: Iterable[Sequence[Sequence[Any]]]
+        if diff is not None:
+            self.report.rows_read, seen, stager.seen_duplicate_keys = diff.diff(
+                stage, self.options.sync_key, members_only=self.options.adds_enabled
+            )
+            chunks, stage_rows = diff.digested_rows(stage), stager.stage_digested
+        elif isinstance(model, PushdownModel):
+            chunks = model.digested_rows()
+            stage_rows = functools.partial(stager.stage_digested, count_read=True)
+        else:
+            chunks = model.rows() if isinstance(model, ModelQuery) else model
+            stage_rows = stager.stage_chunk
+        try:
+            for chunk in chunks:
+                stage.load(stage_rows(chunk, empty))
+                self.lease.keep_alive()
+        finally:
+            _close(chunks)
+        self.store.commit()
+        stage.index()
+        if diff is not None:
+            return seen
+        if self.stager.known_digests is not None:
+            stage.load_unseen(self.stager.unseen_digests())
+        return self.stager.seen_count
 
-    def _source_digest(self, row: Sequence[Any]) -> int:
-        """A signed 64-bit digest of a source row's cells (with the mapping and default country)."""
-        text = f"{self.digest_seed}{tuple(row)!r}".encode("utf-8", "surrogatepass")
-        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+    def _streams(self, model: ModelQuery) -> bool:
+        """Stream a first sync: read, prepare and send at once (see :mod:`.first_sync`); False when the
+        run must be staged (not a first sync, or the keys may hold duplicates or personal data)."""
+        options = self.options
+        first = self.state_empty and options.adds_enabled and not (options.dry_run or self.full_refresh)
+        if not first or options.source_key_index is None or self.journal.owed_count():
+            return False
+        membership = parse_membership if options.has_membership else None
+        scan = scan_keys(model.rows(), options.source_key_index, self.key_normalizer, membership)
+        if not scan.streamable:
+            return False
+        self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
+        self._create_audience()
+        non_members = [0]
+        pages = streamed_pages(self._streamed_rows(model, non_members), options.batch_size)
+        try:
+            result = self._sender().add_stream(pages, scan.members)
+        finally:
+            _close(pages)
+        self.report.plan = streamed_plan(options.mode, result.rows, non_members[0])
+        log.info("Plan (streamed first sync): %s", _describe(self.report.plan))
+        return True
 
-    def _load_known_digests(self) -> None:
-        """Read the state's source digests into a compact sorted array (8 bytes a row).
-
-        Skipping the preparation of unchanged rows is what makes an incremental run cheap; the array
-        is the only per-row memory a run holds, an order of magnitude below the rows themselves.
-        """
-        if self.state_empty or self.full_refresh or self.options.source_key_index is None:
-            return
-        members_only = self.options.adds_enabled  # a tracked-only row must be prepared to be sent
-        self.known_digests = array("q", self.store.source_digests(self.options.sync_key, members_only))
-        self.seen = bytearray(len(self.known_digests))
+    def _streamed_rows(self, model: ModelQuery, non_members: list[int]) -> Iterator[tuple[StagedRow, Any]]:
+        """The model's member rows, prepared, as the session asks for them; counts the non-members."""
+        digested = isinstance(model, PushdownModel)
+        for chunk in model.digested_rows() if isinstance(model, PushdownModel) else model.rows():
+            rows = (
+                self.stager.prepare_digested(chunk, count_read=True)
+                if digested
+                else self.stager.prepare(chunk)
+            )
+            for row, wire_row in rows:
+                if row.member:
+                    yield row, wire_row
+                else:
+                    non_members[0] += 1
+            self.lease.keep_alive()
 
     # -- sending --------------------------------------------------------------------------------------
 
@@ -353,7 +346,7 @@ class SyncRun:
         self.journal = PageJournal(self.store, sync_key)
         self.report.audience_id = audience_id
 
-    def _send(self, stage: StageTable, plan: SyncPlan) -> None:
+    def _sender(self) -> PlanSender:
         sender = PlanSender(
             self.store,
             self.client,
@@ -365,8 +358,8 @@ class SyncRun:
             open_refresh=self.open_refresh,
             heartbeat_s=self.heartbeat_s,
         )
-        sender.send(stage, plan)
-        self.refusals = sender.refusals
+        self.refusals = sender.refusals  # the sender appends to it
+        return sender
 
     def _check_refusals(self) -> None:
         """After the run recorded everything: fail (or warn) when Meta refused removals."""
@@ -385,10 +378,11 @@ class SyncRun:
         raise RemovalsRefusedError(message, self.report)
 
 
-def _position(sorted_values: array[int], value: int) -> int:
-    """The index of ``value`` in a sorted array, or -1."""
-    position = bisect_left(sorted_values, value)
-    return position if position < len(sorted_values) and sorted_values[position] == value else -1
+def _close(chunks: Iterable[Any]) -> None:
+    """Close a generator of rows now, in this thread: its cursor belongs to this thread's connection."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
 
 
 def _default_key_normalizer(value: Any) -> str:

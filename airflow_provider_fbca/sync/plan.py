@@ -86,7 +86,7 @@ class RowStager:
         # LOOKALIKE_VALUE is not an identifier: a new value is re-sent without removing the person first.
         self.value_index = self.schema.index(LOOKALIKE_VALUE) if LOOKALIKE_VALUE in self.schema else None
 
-    def stage(self, wire_row: Sequence[str], member: bool) -> StagedRow:
+    def stage(self, wire_row: Sequence[str], member: bool, source_digest: int | None = None) -> StagedRow:
         identifiers = encode_identifiers(wire_row)
         fingerprint = _digest(self.digest_prefix + identifiers)
         if self.value_index is None:
@@ -96,7 +96,13 @@ class RowStager:
             id_digest = _digest(self.digest_prefix + encode_identifiers(ids_only))
         # Positional: the hot path of staging a million rows.
         return StagedRow(
-            wire_row[self.key_index], fingerprint, id_digest, self.key_schema, identifiers, 1 if member else 0
+            wire_row[self.key_index],
+            fingerprint,
+            id_digest,
+            self.key_schema,
+            identifiers,
+            1 if member else 0,
+            source_digest,
         )
 
 

@@ -7,9 +7,11 @@ settled by one transaction when Meta answers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_fbca.sync.batches import SessionResult, UploadSession
+from airflow_provider_fbca.sync.first_sync import StreamedPage, encode_streamed
 from airflow_provider_fbca.sync.journal import (
     ADD,
     OWED,
@@ -159,6 +161,7 @@ class PlanSender:
             record=record,
             refuse=refuse,
             first_batch_seq=first_batch_seq,
+            max_in_flight=self.options.max_in_flight,
         )
 
     def _extra(self) -> dict[str, Any]:
@@ -215,6 +218,19 @@ class PlanSender:
         self._finish(session.run(removals.pages(key_schema, self.options.batch_size)))
 
     def _add(self, stage: StageTable, plan: SyncPlan) -> None:
+        self._add_pages(
+            addition_pages(self.store, stage, self.options.batch_size), plan.to_add, _encode_staged
+        )
+
+    def add_stream(self, pages: Iterable[StreamedPage], estimated_total: int) -> SessionResult:
+        """Send a streamed first sync's pages as they are prepared (see :mod:`.first_sync`).
+
+        :param pages: pages of staged rows carrying their wire rows.
+        :param estimated_total: the rows the pages should hold (rows the preparer rejects make it more).
+        """
+        return self._add_pages(pages, estimated_total, encode_streamed)
+
+    def _add_pages(self, pages: Iterable[list[StagedRow]], total: int, encode: Any) -> SessionResult:
         audience_id, extra = self.options.audience_id, self._extra()
 
         def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
@@ -223,8 +239,10 @@ class PlanSender:
         def acknowledge(page: list[StagedRow], session: dict[str, Any]) -> None:
             self.journal.added(session["session_id"], session["batch_seq"], page)
 
-        session = self._new_session(ADD, plan.to_add, _encode_staged, send, acknowledge)
-        self._finish(session.run(addition_pages(self.store, stage, self.options.batch_size)))
+        session = self._new_session(ADD, total, encode, send, acknowledge)
+        result = session.run(pages)
+        self._finish(result)
+        return result
 
     def _replace(self, stage: StageTable, plan: SyncPlan) -> bool:
         """Replace the audience with the model; True when it resumed the replace a killed run left open.

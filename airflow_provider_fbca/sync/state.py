@@ -604,9 +604,19 @@ class StageTable:
         """The temporary table of the known source digests this run did not see."""
         return f"{self.name}_unseen"
 
+    def create_unseen(self) -> None:
+        """Create the (empty) table of the known source digests no model row had (rows changed or gone)."""
+        self.store.execute(f"CREATE TEMPORARY TABLE {self.unseen} (source_digest BIGINT NOT NULL)").close()
+
+    def index_unseen(self) -> None:
+        """Index the loaded unseen digests (the plan joins the state with them)."""
+        self.store.execute(f"CREATE INDEX {self.unseen}_digest ON {self.unseen} (source_digest)").close()
+        self.store.commit()
+        self.unseen_loaded = True
+
     def load_unseen(self, digests: Iterable[int]) -> None:
         """Record the known source digests no model row had (rows changed or gone)."""
-        self.store.execute(f"CREATE TEMPORARY TABLE {self.unseen} (source_digest BIGINT NOT NULL)").close()
+        self.create_unseen()
         batch: list[tuple[int]] = []
         for digest in digests:
             batch.append((digest,))
@@ -614,9 +624,7 @@ class StageTable:
                 self.store.executemany(f"INSERT INTO {self.unseen} (source_digest) VALUES (?)", batch)
                 batch = []
         self.store.executemany(f"INSERT INTO {self.unseen} (source_digest) VALUES (?)", batch)
-        self.store.execute(f"CREATE INDEX {self.unseen}_digest ON {self.unseen} (source_digest)").close()
-        self.store.commit()
-        self.unseen_loaded = True
+        self.index_unseen()
 
     def drop(self) -> None:
         try:

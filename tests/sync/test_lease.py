@@ -133,7 +133,11 @@ def test_an_expired_lease_is_taken_over(store: StateStore, other_store: StateSto
 def test_a_long_run_renews_its_lease_as_batches_are_acknowledged(
     store: StateStore, other_store: StateStore
 ) -> None:
-    """Each batch takes 20 minutes of a 30-minute lease: renewals keep every other taker out."""
+    """Each batch takes 20 minutes of a 30-minute lease: renewals keep every other taker out.
+
+    One batch in flight at a time: the injected clock moves 20 minutes per batch, as if batches in flight
+    together took turns (real concurrent batches share their minutes, and the heartbeat renews meanwhile).
+    """
     audience, clock = RecordingAudience(), Clock()
     refusals: list[bool] = []
 
@@ -143,7 +147,8 @@ def test_a_long_run_renews_its_lease_as_batches_are_acknowledged(
 
     audience.before_add = slow_batch
     keys = [f"k{i:02}" for i in range(8)]
-    report = sync_run(store, audience, clock, batch_size=2).run(chunks_of(model(*keys), [])).as_dict()
+    run = sync_run(store, audience, clock, batch_size=2, max_in_flight=1)
+    report = run.run(chunks_of(model(*keys), [])).as_dict()
     assert report["added"] == 8 and refusals == [True, True, True, True]
     assert clock.now == T0 + 80 * MINUTE and other_store.lease(SYNC_KEY) is None
 

@@ -98,7 +98,8 @@ def _comparable(report: SyncReport) -> dict[str, Any]:
     """The report but for the session ids, which every run draws afresh."""
     result = report.as_dict()
     result["sessions"] = [{**session, "session_id": "-"} for session in result.pop("sessions")]
-    result.pop("session_ids")
+    for ids in ("session_ids", "upload_sessions"):
+        result.pop(ids, None)
     return result
 
 

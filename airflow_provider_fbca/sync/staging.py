@@ -1,0 +1,223 @@
+"""Preparing the model's rows for a run: skip the unchanged ones, normalize and hash the others.
+
+A row whose source cells are exactly those the state recorded for a row (same source digest) is unchanged:
+it is only counted and marked seen (so that it is neither gone nor a duplicate). The others are prepared
+(normalized and hashed) and staged, or streamed straight to Meta by a first sync.
+
+The source digest of a row is computed by the client (:func:`.dialects.client_row_digest`) or, with the
+diff in the warehouse, by the database (:mod:`.pushdown`), whose rows arrive as ``(digest, *cells)``.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_fbca.sync.dialects import client_row_digest
+from airflow_provider_fbca.sync.plan import RowStager, load_defaults
+from airflow_provider_fbca.sync.report import SyncReport
+from airflow_provider_fbca.sync.row_key import PERSONAL, refuse_personal_key, row_key_problem
+from airflow_provider_fbca.sync.state import StagedRow, StateStore
+
+if TYPE_CHECKING:
+    from airflow_provider_fbca.sync.engine import RowPreparerLike, SyncOptions
+
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off", ""})
+
+
+def parse_membership(value: Any) -> bool:
+    """Read a membership cell: booleans, numbers and the usual words; NULL means not a member.
+
+    :raises ValueError: on a value that is neither true nor false, rather than guess.
+    """
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    # Described, not quoted: a membership_column set to the wrong column would put its PII in the log.
+    raise ValueError(
+        f"A membership cell holds a {len(text)}-character text that is neither true nor false; expected a "
+        "boolean, 0/1, true/false or yes/no. Check that membership_column names the membership column."
+    )
+
+
+class ModelStager:
+    """Prepares a run's model rows, skipping those whose source cells the state already holds.
+
+    :param preparer: turns raw identifier values into wire rows.
+    :param options: the run's options.
+    :param report: the run's report (rows read, prepared, rejected, dropped values).
+    :param key_normalizer: the EXTERN_ID rule, for rows that are not prepared again.
+    :param digest_seed: what else changes preparation (schema, membership, default country).
+    """
+
+    def __init__(
+        self,
+        preparer: RowPreparerLike,
+        options: SyncOptions,
+        report: SyncReport,
+        key_normalizer: Callable[[Any], str],
+        digest_seed: str,
+    ) -> None:
+        self.preparer = preparer
+        self.options = options
+        self.report = report
+        self.key_normalizer = key_normalizer
+        self.digest_seed = digest_seed
+        self.row_stager = RowStager(preparer.schema)
+        self.known_digests: array[int] | None = None
+        self.seen = bytearray()  # per known digest: did a model row of this run have it
+        self.seen_duplicate_keys: list[str] = []
+
+    @property
+    def seen_count(self) -> int | None:
+        """How many known rows the run skipped as unchanged; None when it skipped none by design."""
+        return None if self.known_digests is None else self.seen.count(1)
+
+    def unseen_digests(self) -> Iterator[int]:
+        """The known source digests no model row had (rows changed or gone)."""
+        assert self.known_digests is not None
+        return (d for d, seen in zip(self.known_digests, self.seen, strict=True) if not seen)
+
+    def load_known_digests(self, store: StateStore, sync_key: str) -> None:
+        """Read the state's source digests into a compact sorted array (8 bytes a row).
+
+        Skipping the preparation of unchanged rows is what makes an incremental run cheap; the array
+        is the only per-row memory a run holds, an order of magnitude below the rows themselves.
+        """
+        members_only = self.options.adds_enabled  # a tracked-only row must be prepared to be sent
+        self.known_digests = array("q", store.source_digests(sync_key, members_only))
+        self.seen = bytearray(len(self.known_digests))
+
+    # -- staging ---------------------------------------------------------------------------------------
+
+    def stage_chunk(self, chunk: Sequence[Sequence[Any]], state_empty: bool) -> list[tuple[Any, ...]]:
+        """Stage rows shaped for :meth:`StageTable.load`: only rows whose source cells changed.
+
+        :param chunk: source rows (identifier values in mapping order, then membership).
+        :param state_empty: the state held no row of this sync when the run started.
+        """
+        defaults = {
+            member: load_defaults(member, self.options.adds_enabled, state_empty) for member in (0, 1)
+        }
+        return [(*row[:6], *defaults[row.member], row.source_digest) for row, _ in self.prepare(chunk)]
+
+    def stage_digested(
+        self, chunk: Sequence[Sequence[Any]], state_empty: bool, count_read: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """Like :meth:`stage_chunk`, for rows the database digested (``(digest, *cells)``), each new or
+        changed: after a diff in the warehouse, which skipped the unchanged ones and counted the rows read.
+
+        :param count_read: count the rows as read (no diff ran: every row is read this way).
+        """
+        defaults = {
+            member: load_defaults(member, self.options.adds_enabled, state_empty) for member in (0, 1)
+        }
+        return [
+            (*row[:6], *defaults[row.member], row.source_digest)
+            for row, _ in self.prepare_digested(chunk, count_read)
+        ]
+
+    def prepare(self, chunk: Sequence[Sequence[Any]]) -> Iterator[tuple[StagedRow, Sequence[str]]]:
+        """Prepare the chunk's rows whose source cells changed: ``(staged row, wire row)`` each.
+
+        :param chunk: source rows (identifier values in mapping order, then membership).
+        """
+        self.report.rows_read += len(chunk)
+        seed = self.digest_seed
+        digests = [client_row_digest(seed, row) for row in chunk]
+        known, seen = self.known_digests, self.seen
+        if known is None:
+            return self._prepare(chunk, range(len(chunk)), digests, self.report.rows_read - len(chunk) + 1)
+        fresh: list[int] = []  # indices of the rows to prepare
+        for index, digest in enumerate(digests):
+            position = _position(known, digest)
+            if position < 0:
+                fresh.append(index)
+            elif seen[position]:  # the very same cells twice: the same key twice
+                key = self.key_normalizer(chunk[index][self.options.source_key_index or 0])
+                self.seen_duplicate_keys.append(key)
+            else:
+                seen[position] = 1
+        return self._prepare(chunk, fresh, digests, self.report.rows_read - len(chunk) + 1)
+
+    def prepare_digested(
+        self, chunk: Sequence[Sequence[Any]], count_read: bool = False
+    ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
+        """Prepare rows the database digested (``(digest, *cells)``), every one of them.
+
+        :param chunk: digested rows.
+        :param count_read: count them as rows read (a first sync, which reads every row this way).
+        """
+        if count_read:
+            self.report.rows_read += len(chunk)
+        cells = [row[1:] for row in chunk]
+        first_row = self.report.rows_read - len(chunk) + 1 if count_read else None
+        return self._prepare(cells, range(len(cells)), [row[0] for row in chunk], first_row)
+
+    def _prepare(
+        self,
+        chunk: Sequence[Sequence[Any]],
+        fresh: Sequence[int],
+        digests: Sequence[int],
+        first_row: int | None,
+    ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
+        """Prepare the ``fresh`` rows of the chunk; count what the preparer rejected and dropped.
+
+        :param first_row: the position of the chunk's first row in the query's result (1-based), for the
+            refusal of a personal EXTERN_ID; None when rows do not come in the query's order.
+        """
+        if not fresh:
+            return iter(())
+        has_membership = self.options.has_membership
+        values = [chunk[i][:-1] if has_membership else chunk[i] for i in fresh]
+        prepared = self.preparer.prepare_rows(values)
+        report = self.report
+        report.rows_prepared += len(values)
+        report.rejected += len(prepared.rejected)
+        report.rejected_by_reason.update(prepared.rejected_by_reason)
+        report.dropped_values.update(prepared.dropped)
+        return self._staged(chunk, fresh, digests, first_row, prepared)
+
+    def _staged(
+        self,
+        chunk: Sequence[Sequence[Any]],
+        fresh: Sequence[int],
+        digests: Sequence[int],
+        first_row: int | None,
+        prepared: Any,
+    ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
+        has_membership, report = self.options.has_membership, self.report
+        key_index, stage = self.row_stager.key_index, self.row_stager.stage
+        staged = []
+        for wire_row, prepared_index in zip(prepared.rows, prepared.kept, strict=True):
+            source_index = fresh[prepared_index]
+            if problem := row_key_problem(wire_row[key_index]):
+                if problem in PERSONAL:
+                    raise refuse_personal_key(
+                        problem, None if first_row is None else first_row + source_index
+                    )
+                report.rejected += 1
+                report.rejected_by_reason[problem] += 1
+                continue
+            member = parse_membership(chunk[source_index][-1]) if has_membership else True
+            staged.append((stage(wire_row, member, digests[source_index]), wire_row))
+        return iter(staged)
+
+
+def _position(sorted_values: array[int], value: int) -> int:
+    """The index of ``value`` in a sorted array, or -1."""
+    position = bisect_left(sorted_values, value)
+    return position if position < len(sorted_values) and sorted_values[position] == value else -1
