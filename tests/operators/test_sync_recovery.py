@@ -121,7 +121,9 @@ def hold(sandbox: Any, method: str, path: str, nth: int) -> None:
     sandbox.set_faults([*rules, {"method": method, "path": path, "delay_s": HOLD_S}])
 
 
-@pytest.mark.parametrize("phase", ["staging", "add", "remove", "full_refresh", "reconciliation"])
+@pytest.mark.parametrize(
+    "phase", ["staging", "pushdown_diff", "add", "remove", "full_refresh", "reconciliation"]
+)
 def test_a_run_killed_at_any_phase_is_repaired_by_the_next(
     phase: str, warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
 ) -> None:
@@ -134,6 +136,10 @@ def test_a_run_killed_at_any_phase_is_repaired_by_the_next(
         finish_killed(
             start(warehouse, fb_conn_id, state_table, kill_on=r"CREATE INDEX fbca_stage_\w+_key", **options)
         )
+        assert len(user_uploads(sandbox)) == sent_before
+    elif phase == "pushdown_diff":  # the state shares the warehouse: the diff runs there, killed midway
+        kill_on = r"CREATE INDEX fbca_stage_\w+_model_\w+"
+        finish_killed(start(warehouse, fb_conn_id, state_table, kill_on=kill_on, **options))
         assert len(user_uploads(sandbox)) == sent_before
     elif phase in ("add", "reconciliation"):
         hold(sandbox, "POST", "/users$", 2)
@@ -171,3 +177,34 @@ def test_a_run_killed_at_any_phase_is_repaired_by_the_next(
     sent = len(user_uploads(sandbox))
     again = run(make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id, batch_size=BATCH))
     assert (again["rows_sent"], len(user_uploads(sandbox))) == (0, sent)
+
+
+def test_a_streamed_first_sync_killed_with_batches_in_flight_is_repaired_by_the_next(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    """A first sync streams with two batches in flight; killed while the third is held at the sandbox."""
+    warehouse.write(V1)
+    hold(sandbox, "POST", "/users$", 3)
+    process = start(warehouse, fb_conn_id, state_table, audience_name="streamed", create_audience=True)
+    wait_for(lambda: _exists(warehouse, f"{state_table}_pages"), "the state tables")
+    kill_in_flight(process, sandbox, warehouse, state_table, "add", 3)
+    query(warehouse, f"DELETE FROM {state_table}_locks")
+    final = v3()
+    warehouse.write(final)
+    options = {"audience_name": "streamed", "batch_size": BATCH}
+    retry = run(make_operator(warehouse, fb_conn_id, state_table, **options))
+    audience_id = retry["audience_id"]
+    assert retry["reconciled_rows"] > 0
+    assert members(sandbox, audience_id) == model_members(final), retry
+    for journal in ("pages", "owed", "refresh"):
+        assert query(warehouse, f"SELECT COUNT(*) FROM {state_table}_{journal}") == [(0,)]
+    again = run(make_operator(warehouse, fb_conn_id, state_table, **options))
+    assert again["rows_sent"] == 0
+
+
+def _exists(warehouse: Warehouse, table: str) -> bool:
+    try:
+        query(warehouse, f"SELECT 1 FROM {table} LIMIT 1")
+    except Exception:  # noqa: BLE001 - not created yet (either driver's error)
+        return False
+    return True

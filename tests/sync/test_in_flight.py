@@ -1,0 +1,75 @@
+"""Upload sessions with several batches in flight: recorded before sending, acknowledged in order."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from airflow_provider_fbca.sync.batches import UploadSession
+
+
+def _session(max_in_flight: int, events: list[tuple[str, int]], send: Any) -> UploadSession[int]:
+    return UploadSession(
+        1,
+        "add",
+        6,
+        encode=lambda page: page,
+        send=send,
+        acknowledge=lambda page, session: events.append(("ack", session["batch_seq"])),
+        record=lambda page, session: events.append(("record", session["batch_seq"])),
+        max_in_flight=max_in_flight,
+    )
+
+
+def test_batches_overlap_and_are_acknowledged_in_order() -> None:
+    events: list[tuple[str, int]] = []
+    arrived = {seq: threading.Event() for seq in range(1, 7)}
+    flags: dict[int, bool] = {}
+
+    def send(data: list[int], session: dict[str, Any]) -> dict[str, Any]:
+        seq = session["batch_seq"]
+        flags[seq] = session["last_batch_flag"]
+        arrived[seq].set()
+        if seq == 3 and not arrived[4].wait(10):  # batch 4 goes out while batch 3 is in flight
+            raise AssertionError("batch 4 was not sent while batch 3 was in flight")
+        return {"num_received": seq}
+
+    result = _session(2, events, send).run([[i] for i in range(6)])
+    assert result.batches == 6 and result.rows == 6
+    assert [seq for kind, seq in events if kind == "ack"] == [1, 2, 3, 4, 5, 6]
+    # Write-ahead: every batch is recorded before it is sent; the first and the last go alone.
+    assert [seq for kind, seq in events if kind == "record"] == [1, 2, 3, 4, 5, 6]
+    assert events.index(("record", 2)) > events.index(("ack", 1))
+    assert events.index(("record", 6)) > events.index(("ack", 5))
+    assert flags == {1: False, 2: False, 3: False, 4: False, 5: False, 6: True}
+
+
+def test_one_in_flight_sends_one_batch_at_a_time() -> None:
+    events: list[tuple[str, int]] = []
+    in_flight = threading.Semaphore(1)
+
+    def send(data: list[int], session: dict[str, Any]) -> dict[str, Any]:
+        if not in_flight.acquire(blocking=False):
+            raise AssertionError("two batches in flight")
+        in_flight.release()
+        return {}
+
+    _session(1, events, send).run([[i] for i in range(6)])
+    # Each batch is recorded only after the one before was acknowledged.
+    assert events == [(kind, seq) for seq in range(1, 7) for kind in ("record", "ack")]
+
+
+def test_a_failed_batch_stops_the_session_and_leaves_later_batches_unacknowledged() -> None:
+    events: list[tuple[str, int]] = []
+
+    def send(data: list[int], session: dict[str, Any]) -> dict[str, Any]:
+        if session["batch_seq"] == 3:
+            raise ConnectionError("killed")
+        return {}
+
+    with pytest.raises(ConnectionError):
+        _session(2, events, send).run([[i] for i in range(6)])
+    acknowledged = [seq for kind, seq in events if kind == "ack"]
+    assert acknowledged == [1, 2]  # batch 4 may have been sent, but stays recorded only (pending)
