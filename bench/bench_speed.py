@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_sync import CHANGED_SHARE, MAPPING, SQL, _connections, _start_sandbox, generate_warehouse
+from bench_sync import CHANGED_SHARE, SQL, _connections, _start_sandbox, generate_warehouse, sync
 
 REPO = Path(__file__).resolve().parent.parent
 SDK_BATCH = 10_000
@@ -108,23 +108,6 @@ def sdk_loop(url: str, warehouse: Path) -> float:
         audience.add_users(schema, [list(row) for row in rows], is_raw=True)
     conn.close()
     return time.perf_counter() - start
-
-
-def sync(name: str, conn_id: str) -> tuple[float, dict[str, Any]]:
-    from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
-
-    operator = SyncAudienceOperator(
-        task_id="bench_speed",
-        sql=SQL,
-        sql_conn_id=conn_id,
-        facebook_conn_id="bench_facebook",
-        audience_name=name,
-        create_audience=True,
-        mapping=MAPPING,
-    )
-    start = time.perf_counter()
-    report = operator.execute({})
-    return time.perf_counter() - start, report
 
 
 def sqlite_child(url: str, warehouse: Path, rows: int) -> dict[str, Any]:

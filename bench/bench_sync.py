@@ -105,13 +105,14 @@ def read_and_prepare(warehouse: Path) -> float:
     return time.perf_counter() - start
 
 
-def sync(name: str) -> tuple[float, dict[str, Any]]:
+def sync(name: str, conn_id: str = "bench_warehouse") -> tuple[float, dict[str, Any]]:
+    """Seconds and report of one sync of the audience ``name`` from the warehouse ``conn_id``."""
     from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
 
     operator = SyncAudienceOperator(
         task_id="bench_sync",
         sql=SQL,
-        sql_conn_id="bench_warehouse",
+        sql_conn_id=conn_id,
         facebook_conn_id="bench_facebook",
         audience_name=name,
         create_audience=True,
