@@ -304,7 +304,11 @@ class SyncRun:
         if not first or options.source_key_index is None or self.journal.owed_count():
             return False
         membership = parse_membership if options.has_membership else None
-        scan = scan_keys(model.rows(), options.source_key_index, self.key_normalizer, membership)
+        chunks = model.rows()
+        try:
+            scan = scan_keys(chunks, options.source_key_index, self.key_normalizer, membership)
+        finally:
+            _close(chunks)
         if not scan.streamable:
             return False
         self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
@@ -322,7 +326,7 @@ class SyncRun:
     def _streamed_rows(self, model: ModelQuery, non_members: list[int]) -> Iterator[tuple[StagedRow, Any]]:
         """The model's member rows, prepared, as the session asks for them; counts the non-members."""
         digested = isinstance(model, PushdownModel)
-        for chunk in model.digested_rows() if isinstance(model, PushdownModel) else model.rows():
+        for chunk in model.digested_rows() if digested else model.rows():
             rows = (
                 self.stager.prepare_digested(chunk, count_read=True)
                 if digested
