@@ -123,9 +123,11 @@ class PushdownModel(ModelQuery):
             f"CASE WHEN {fresh} THEN m.c{index} END AS c{index}" for index in range(len(self.wanted))
         )
         # The model's query goes to the driver untouched: no parameters (a "?" or "%" in it stays itself).
+        # The digest column is cast so that SQLite gives it an integer affinity: compared with the known
+        # digests (BIGINT) through an index of a column without affinity, SQLite would scan it per row.
         cursor = store.conn.cursor()
         cursor.execute(
-            f"CREATE TEMPORARY TABLE {model} AS SELECT m.{DIGEST_COLUMN} AS {DIGEST_COLUMN},"
+            f"CREATE TEMPORARY TABLE {model} AS SELECT CAST(m.{DIGEST_COLUMN} AS BIGINT) AS {DIGEST_COLUMN},"
             f" CASE WHEN {fresh} THEN 1 ELSE 0 END AS fresh, {cells} FROM ({select}) AS m"
             f" LEFT JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
         )
