@@ -90,9 +90,12 @@ MATCH_KEYS: tuple[MatchKey, ...] = (
         hashed=True,
         strong=True,
         rule=(
-            "Digits only with the calling code, no `+`, no leading zeros; a national number gets the "
-            "row's (or default) country's calling code, and is dropped without one; `00` prefix and trunk "
-            "`(0)` removed; impossible numbers (too short, too long, all zeros) dropped."
+            "Digits only with the calling code, no `+`, no leading zeros. Written with `+` or `00`: that "
+            "calling code. Otherwise, with the row's (or default) country: its national number when valid, "
+            "else the digits as `+digits` when that is a valid number (E.164 stored without `+`, as text or "
+            "number), else the national number if possible. With no country: `+digits` when valid, else "
+            "dropped (`phone.no_country_code`). Trunk `(0)` removed; impossible numbers (too short, too "
+            "long, all zeros) dropped."
         ),
         normalizer=normalize_phone,
         uses_country=True,
@@ -165,7 +168,10 @@ MATCH_KEYS: tuple[MatchKey, ...] = (
         ("city",),
         hashed=True,
         strong=False,
-        rule="Lowercase letters only (any script): no spaces, punctuation or digits.",
+        rule=(
+            "Lowercase a-z only: diacritics folded (`São Paulo` -> `saopaulo`), no spaces, punctuation or "
+            "digits; a city with no Latin letters is dropped (`ct.not_latin`)."
+        ),
         normalizer=normalize_city,
         repetitive=True,
     ),
@@ -210,7 +216,10 @@ MATCH_KEYS: tuple[MatchKey, ...] = (
         ("mobile_advertiser_id",),
         hashed=False,
         strong=True,
-        rule="Lowercase UUID with hyphens; never hashed; the all-zero (tracking limited) id is dropped.",
+        rule=(
+            "Letters, digits and hyphens, 8-64 characters, lowercase (a UUID without hyphens gets them); "
+            "never hashed; the all-zero (tracking limited) id and hashes are dropped."
+        ),
         normalizer=normalize_madid,
     ),
     MatchKey(

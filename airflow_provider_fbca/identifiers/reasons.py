@@ -44,6 +44,7 @@ LN_INVALID = Dropped("ln.invalid")
 FN_INVALID = Dropped("fn.invalid")
 FI_INVALID = Dropped("fi.invalid")
 CT_INVALID = Dropped("ct.invalid")
+CT_NOT_LATIN = Dropped("ct.not_latin")
 ST_UNKNOWN = Dropped("st.unknown")
 ZIP_INVALID = Dropped("zip.invalid")
 COUNTRY_UNKNOWN = Dropped("country.unknown")
@@ -74,6 +75,7 @@ DROP_REASONS: tuple[str, ...] = tuple(
         FN_INVALID,
         FI_INVALID,
         CT_INVALID,
+        CT_NOT_LATIN,
         ST_UNKNOWN,
         ZIP_INVALID,
         COUNTRY_UNKNOWN,
