@@ -87,6 +87,8 @@ class PreparedBatch:
     :param rejected: indices of the input rows rejected.
     :param dropped: reason -> count of dropped values (``"email.invalid"``, ``"gen.unknown"``, ...).
     :param rejected_by_reason: reason -> count of rejected rows (``"row.no_identifier"``, ``"row.no_value"``).
+    :param dropped_at: ``(input row index, wire key, reason)`` of each dropped value, in row order.
+    :param rejected_reasons: the reason of each rejected row, in the order of ``rejected``.
     """
 
     rows: list[tuple[str, ...]] = field(default_factory=list)
@@ -94,6 +96,8 @@ class PreparedBatch:
     rejected: list[int] = field(default_factory=list)
     dropped: collections.Counter[str] = field(default_factory=collections.Counter)
     rejected_by_reason: collections.Counter[str] = field(default_factory=collections.Counter)
+    dropped_at: list[tuple[int, str, str]] = field(default_factory=list)
+    rejected_reasons: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -163,11 +167,17 @@ class RowPreparer:
         :param rows: sequences with one value per key given to the constructor, in that order.
         """
         batch = PreparedBatch()
-        drops: list[str] = []
-        rejections: list[str] = []
-        self._run(rows, self._default_region, batch.rows, batch.kept, batch.rejected, drops, rejections)
-        batch.dropped.update(drops)
-        batch.rejected_by_reason.update(rejections)
+        self._run(
+            rows,
+            self._default_region,
+            batch.rows,
+            batch.kept,
+            batch.rejected,
+            batch.dropped_at,
+            batch.rejected_reasons,
+        )
+        batch.dropped.update(reason for _, _, reason in batch.dropped_at)
+        batch.rejected_by_reason.update(batch.rejected_reasons)
         return batch
 
 
@@ -206,8 +216,12 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
         else:
             arguments = f"row[{position}], region" if column.takes_region else f"row[{position}]"
             body.append(f"{', '.join(names)} = cell_{position}({arguments})")
-        for name in names:
-            body += [f"if {name}.__class__ is Dropped:", f"    drop({name}.reason)", f"    {name} = ''"]
+        for name, wire_key in zip(names, column.wire_keys, strict=True):
+            body += [
+                f"if {name}.__class__ is Dropped:",
+                f"    drop((index, {wire_key!r}, {name}.reason))",
+                f"    {name} = ''",
+            ]
         outputs.update(zip(column.wire_keys, names, strict=True))
         if column.is_identifier:
             identifiers += names
@@ -232,9 +246,9 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
     body += [f"wire_append(({wire_row},))", "kept_append(index)"]
     source = "\n".join(
         [
-            "def run(rows, default_region, wire_rows, kept, rejected, drops, rejections):",
+            "def run(rows, default_region, wire_rows, kept, rejected, dropped_at, rejected_reasons):",
             "    wire_append, kept_append = wire_rows.append, kept.append",
-            "    rejected_append, drop, reject = rejected.append, drops.append, rejections.append",
+            "    rejected_append, drop, reject = rejected.append, dropped_at.append, rejected_reasons.append",
             "    for index, row in enumerate(rows):",
             *(f"        {line}" for line in body),
         ]

@@ -21,8 +21,14 @@ from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
+from airflow_provider_fbca.sync.rejects import (
+    DEFAULT_MAX_REJECTS_RECORDED,
+    REJECTS_SUFFIX,
+    RejectsTable,
+    check_max_rejects_recorded,
+)
 from airflow_provider_fbca.sync.report import format_report
-from airflow_provider_fbca.sync.state import StateStore, quote_table_name, streaming_cursor
+from airflow_provider_fbca.sync.state import StateStore, quote_table_name, streaming_cursor, utc_now
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -68,6 +74,9 @@ class SyncAudienceOperator(BaseOperator):
     :param lease_minutes: one run of a sync at a time: a run holds the sync's lease (a row of
         ``<state_table>_locks``), renewed as it goes; another run finding it live fails at once. A crashed
         run's lease expires this many minutes after its last renewal (default 30).
+    :param max_rejects_recorded: the rows that lost a match key or were rejected are listed, by EXTERN_ID
+        and reason (never a value), in ``<state_table>_rejects``; at most this many entries per sync
+        (default 100,000; 0 lists none). Dry runs list none.
     """
 
     template_fields: Sequence[str] = (
@@ -108,12 +117,14 @@ class SyncAudienceOperator(BaseOperator):
         app_ids: Sequence[str] | None = None,
         page_ids: Sequence[str] | None = None,
         lease_minutes: float = DEFAULT_LEASE_MINUTES,
+        max_rejects_recorded: int = DEFAULT_MAX_REJECTS_RECORDED,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if not audience_id and not audience_name:
             raise ValueError("Give audience_id or audience_name.")
-        quote_table_name(state_table)  # fail at parse time on a bad name
+        quote_table_name(state_table, REJECTS_SUFFIX)  # fail at parse time on a bad name, suffixes included
+        check_max_rejects_recorded(max_rejects_recorded)
         self.sql = sql
         self.mapping = dict(mapping)
         self.sql_conn_id = sql_conn_id
@@ -138,6 +149,7 @@ class SyncAudienceOperator(BaseOperator):
         self.app_ids = app_ids
         self.page_ids = page_ids
         self.lease_minutes = lease_minutes
+        self.max_rejects_recorded = max_rejects_recorded
         # Validate the mapping and options now, so a DAG with a typo fails to parse, not at 3 a.m.
         self._key_names = list(RowPreparer(list(self.mapping), default_country=default_country).schema)
         if EXTERN_ID not in self._key_names:
@@ -183,6 +195,16 @@ class SyncAudienceOperator(BaseOperator):
         state_conn = state_hook.get_conn()
         try:
             store = StateStore(state_conn, self.state_table, state_hook.placeholder)
+            rejects = None
+            if not self.dry_run:
+                rejects = RejectsTable(
+                    store,
+                    options.sync_key,
+                    key_column=options.source_key_index,
+                    run_label=_run_label(context),
+                    max_recorded=self.max_rejects_recorded,
+                    forget_absent=self.sync_mode is SyncMode.MIRROR,
+                )
             run = SyncRun(
                 store,
                 self.hook,
@@ -190,11 +212,14 @@ class SyncAudienceOperator(BaseOperator):
                 options,
                 digest_seed=f"country={self.default_country}",
                 holder=_lease_holder(context),
+                rejects=rejects,
             )
             report = run.run(self._read_chunks())
         finally:
             state_conn.close()
         result = report.as_dict()
+        if rejects is not None:
+            result.update(rejects.summary())
         result["audience_id"] = audience_id
         result["ad_account_id"] = account
         self.log.info("Sync report for audience %s:\n%s", audience_id, format_report(result))
@@ -270,6 +295,12 @@ class SyncAudienceOperator(BaseOperator):
         indices = [position[name.lower()] for name in wanted]
         # itemgetter with one index returns a bare value: keep rows as tuples.
         return operator.itemgetter(*indices) if len(indices) > 1 else (lambda row: (row[indices[0]],))
+
+
+def _run_label(context: Mapping[str, Any]) -> str:
+    """The run a rejects entry was last seen in: Airflow's run id, or the time outside a task run."""
+    run_id = getattr(context.get("ti"), "run_id", None)
+    return str(run_id) if run_id else utc_now()
 
 
 def _lease_holder(context: Mapping[str, Any]) -> str:

@@ -31,12 +31,12 @@ from airflow_provider_fbca.sync.plan import (
     removal_pages,
     removal_schemas,
 )
+from airflow_provider_fbca.sync.rejects import MISSING_KEY_REASON, RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, decode_identifiers
 
 log = logging.getLogger(__name__)
 
-MISSING_KEY_REASON = "extern_id.missing"
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off", ""})
 
@@ -153,6 +153,7 @@ class SyncRun:
         of it makes every row prepared again.
     :param holder: who this run is (DAG, task, try), shown to a concurrent run its lease refuses.
     :param clock: the time in seconds since the epoch, for the lease (tests inject one).
+    :param rejects: where the rows that lost values are listed (``<state_table>_rejects``); None: nowhere.
     """
 
     def __init__(
@@ -166,8 +167,10 @@ class SyncRun:
         digest_seed: str = "",
         holder: str = "",
         clock: Callable[[], float] = time.time,
+        rejects: RejectsTable | None = None,
     ) -> None:
         self.store = store
+        self.rejects = rejects
         self.client = client
         self.preparer = preparer
         self.options = options
@@ -215,9 +218,13 @@ class SyncRun:
         stage = StageTable(self.store)
         stage.create()
         try:
+            if self.rejects is not None:
+                self.rejects.start()
             for chunk in chunks:
                 stage.load(self._stage_chunk(chunk))
                 self.lease.keep_alive()
+            if self.rejects is not None:
+                self.rejects.finish()
             self.store.commit()
             stage.index()
             if self.known_digests is not None:
@@ -282,6 +289,8 @@ class SyncRun:
         self.report.rejected += len(prepared.rejected)
         self.report.rejected_by_reason.update(prepared.rejected_by_reason)
         self.report.dropped_values.update(prepared.dropped)
+        if self.rejects is not None:
+            self.rejects.record(values, prepared)
         key_index, stage = self.stager.key_index, self.stager.stage
         defaults = {
             member: load_defaults(member, self.options.adds_enabled, self.state_empty) for member in (0, 1)
