@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from airflow_provider_fbca.identifiers.address import normalize_country, region_of
 from airflow_provider_fbca.identifiers.dates import date_of_birth_parts
 from airflow_provider_fbca.identifiers.keys import DATE_OF_BIRTH_ALIASES, DATE_OF_BIRTH_KEYS, match_key
-from airflow_provider_fbca.identifiers.reasons import ROW_NO_IDENTIFIER, ROW_NO_VALUE, Dropped, Normalizer
+from airflow_provider_fbca.identifiers.processing import PROCESSING_KEYS, usable_processing
+from airflow_provider_fbca.identifiers.reasons import (
+    ROW_INVALID_PROCESSING,
+    ROW_NO_IDENTIFIER,
+    ROW_NO_VALUE,
+    Dropped,
+    Normalizer,
+)
 from airflow_provider_fbca.identifiers.text import is_sha256_hex, sha256_hex
 from airflow_provider_fbca.identifiers.wire import wire_preparer
 
@@ -192,7 +199,9 @@ def _column(key: str) -> _Column:
         return _Column((spec.name,), prepare_cell, takes_region=True, is_identifier=spec.identifier)
     if spec.uses_country:
         return _Column((spec.name,), _cached_by_region(prepare_cell), takes_region=True)
-    return _Column((spec.name,), _memoize(lambda value: prepare_cell(value, None)))
+    return _Column(
+        (spec.name,), _memoize(lambda value: prepare_cell(value, None)), is_identifier=spec.identifier
+    )
 
 
 def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
@@ -203,7 +212,7 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
     makes preparation faster than the SDK's plain hashing loop; ``collections.namedtuple`` and
     ``dataclasses`` generate code the same way.
     """
-    namespace: dict[str, object] = {"Dropped": Dropped}
+    namespace: dict[str, object] = {"Dropped": Dropped, "usable_processing": usable_processing}
     body: list[str] = []
     outputs: dict[str, str] = {}  # wire key -> variable
     identifiers: list[str] = []
@@ -222,6 +231,8 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
                 f"    drop((index, {wire_key!r}, {name}.reason))",
                 f"    {name} = ''",
             ]
+            if wire_key in PROCESSING_KEYS:  # never sent without its options: the row goes instead
+                body.append("    processing_dropped = True")
         outputs.update(zip(column.wire_keys, names, strict=True))
         if column.is_identifier:
             identifiers += names
@@ -229,6 +240,9 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
         identifiers = [outputs[key] for key in outputs if key == "EXTERN_ID"]
     if "COUNTRY" not in outputs:
         body.insert(0, "region = default_region")
+    processing = [outputs.get(key, "''") for key in PROCESSING_KEYS]
+    if processing != ["''"] * len(PROCESSING_KEYS):
+        body.insert(0, "processing_dropped = False")
     body += [
         f"if not ({' or '.join(identifiers) or 'False'}):",
         "    rejected_append(index)",
@@ -240,6 +254,13 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
             f"if not {outputs['LOOKALIKE_VALUE']}:",
             "    rejected_append(index)",
             f"    reject({ROW_NO_VALUE!r})",
+            "    continue",
+        ]
+    if processing != ["''"] * len(PROCESSING_KEYS):
+        body += [
+            f"if processing_dropped or not usable_processing({', '.join(processing)}):",
+            "    rejected_append(index)",
+            f"    reject({ROW_INVALID_PROCESSING!r})",
             "    continue",
         ]
     wire_row = ", ".join(outputs[key] for column in columns for key in column.wire_keys)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from airflow_provider_fbca.identifiers.address import (
     normalize_city,
@@ -28,6 +30,13 @@ from airflow_provider_fbca.identifiers.ids import (
     opaque_id_normalizer,
 )
 from airflow_provider_fbca.identifiers.phone import normalize_phone
+from airflow_provider_fbca.identifiers.processing import (
+    location_in_payload,
+    normalize_processing_country,
+    normalize_processing_options,
+    normalize_processing_state,
+    options_in_payload,
+)
 from airflow_provider_fbca.identifiers.reasons import (
     APPUID_INVALID,
     FN_INVALID,
@@ -51,8 +60,10 @@ class MatchKey:
     :param uses_country: whether the row's country changes the result (PHONE, ST, ZIP).
     :param repetitive: whether values repeat across rows (names, places, dates), so the batch path caches
         their prepared form.
-    :param identifier: whether a surviving value keeps its row (all keys but EXTERN_ID and
-        LOOKALIKE_VALUE).
+    :param identifier: whether a surviving value keeps its row (all keys but EXTERN_ID,
+        LOOKALIKE_VALUE and the data processing options).
+    :param payload_value: how the normalized text goes into the upload's JSON when Meta wants another
+        type there (a list, an integer); None: as text.
     """
 
     name: str
@@ -64,6 +75,7 @@ class MatchKey:
     uses_country: bool = False
     repetitive: bool = False
     identifier: bool = True
+    payload_value: Callable[[str], Any] | None = field(default=None, repr=False, compare=False)
 
 
 MATCH_KEYS: tuple[MatchKey, ...] = (
@@ -246,6 +258,43 @@ MATCH_KEYS: tuple[MatchKey, ...] = (
         rule="A non-negative number (value-based audiences); a row without one is rejected.",
         normalizer=normalize_lookalike_value,
         identifier=False,
+    ),
+    MatchKey(
+        "DATA_PROCESSING_OPTIONS",
+        ("data_processing_options",),
+        hashed=False,
+        strong=False,
+        rule=(
+            'Limited Data Use: `LDU` (from `["LDU"]`, its JSON text or `LDU`, any case) or none (`[]`, '
+            "empty); sent as a list. With LDU the row needs a documented location (below); a row whose "
+            "options are unusable is rejected (`row.invalid_data_processing_options`), never sent without them."
+        ),
+        normalizer=normalize_processing_options,
+        repetitive=True,
+        identifier=False,
+        payload_value=options_in_payload,
+    ),
+    MatchKey(
+        "DATA_PROCESSING_OPTIONS_COUNTRY",
+        ("data_processing_options_country",),
+        hashed=False,
+        strong=False,
+        rule="With LDU: `1` (the United States) or `0` (Meta geolocates); sent as an integer.",
+        normalizer=normalize_processing_country,
+        repetitive=True,
+        identifier=False,
+        payload_value=location_in_payload,
+    ),
+    MatchKey(
+        "DATA_PROCESSING_OPTIONS_STATE",
+        ("data_processing_options_state",),
+        hashed=False,
+        strong=False,
+        rule="With LDU: `1000` (California, with country `1`) or `0` (with country `0`); sent as an integer.",
+        normalizer=normalize_processing_state,
+        repetitive=True,
+        identifier=False,
+        payload_value=location_in_payload,
     ),
 )
 

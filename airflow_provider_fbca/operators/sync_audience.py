@@ -7,7 +7,7 @@ audience, streams the query's rows in chunks, and logs and returns the sync's re
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.sdk import BaseHook, BaseOperator
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
-from airflow_provider_fbca.identifiers import RowPreparer
+from airflow_provider_fbca.identifiers import PROCESSING_KEYS, RowPreparer, check_data_processing_options
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
@@ -77,6 +77,11 @@ class SyncAudienceOperator(BaseOperator):
     :param max_rejects_recorded: the rows that lost a match key or were rejected are listed, by EXTERN_ID
         and reason (never a value), in ``<state_table>_rejects``; at most this many entries per sync
         (default 100,000; 0 lists none). Dry runs list none.
+    :param data_processing_options: Meta's Limited Data Use for every row: ``["LDU"]``, or ``[]`` to say
+        none explicitly; None (default) sends no options. For options per row, map a column to
+        ``data_processing_options`` (and its country and state) instead.
+    :param data_processing_options_country: with ``["LDU"]``: 1 (the United States) or 0 (Meta geolocates).
+    :param data_processing_options_state: with ``["LDU"]``: 1000 (California, with country 1) or 0.
     """
 
     template_fields: Sequence[str] = (
@@ -118,6 +123,9 @@ class SyncAudienceOperator(BaseOperator):
         page_ids: Sequence[str] | None = None,
         lease_minutes: float = DEFAULT_LEASE_MINUTES,
         max_rejects_recorded: int = DEFAULT_MAX_REJECTS_RECORDED,
+        data_processing_options: Sequence[str] | None = None,
+        data_processing_options_country: int | None = None,
+        data_processing_options_state: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -125,6 +133,9 @@ class SyncAudienceOperator(BaseOperator):
             raise ValueError("Give audience_id or audience_name.")
         quote_table_name(state_table, REJECTS_SUFFIX)  # fail at parse time on a bad name, suffixes included
         check_max_rejects_recorded(max_rejects_recorded)
+        check_data_processing_options(
+            data_processing_options, data_processing_options_country, data_processing_options_state
+        )
         self.sql = sql
         self.mapping = dict(mapping)
         self.sql_conn_id = sql_conn_id
@@ -150,8 +161,17 @@ class SyncAudienceOperator(BaseOperator):
         self.page_ids = page_ids
         self.lease_minutes = lease_minutes
         self.max_rejects_recorded = max_rejects_recorded
+        self.data_processing_options = data_processing_options
+        self.data_processing_options_country = data_processing_options_country
+        self.data_processing_options_state = data_processing_options_state
         # Validate the mapping and options now, so a DAG with a typo fails to parse, not at 3 a.m.
-        self._key_names = list(RowPreparer(list(self.mapping), default_country=default_country).schema)
+        mapped = RowPreparer(list(self.mapping), default_country=default_country).schema
+        if data_processing_options is not None and set(mapped) & set(PROCESSING_KEYS):
+            raise ValueError(
+                "Data processing options come from the mapping or from data_processing_options, not both: "
+                "remove one of them."
+            )
+        self._key_names = list(RowPreparer(self._match_keys(), default_country=default_country).schema)
         if EXTERN_ID not in self._key_names:
             raise ValueError(
                 "The mapping needs EXTERN_ID (alias external_id): the sync keys its state on it, "
@@ -176,7 +196,7 @@ class SyncAudienceOperator(BaseOperator):
         sends_values = LOOKALIKE_VALUE in self._key_names
         audience_id = self._resolve_audience(sends_values)
         account = self.hook.ad_account_id
-        preparer = RowPreparer(list(self.mapping), default_country=self.default_country)
+        preparer = RowPreparer(self._match_keys(), default_country=self.default_country)
         options = SyncOptions(
             audience_id=audience_id or f"(new) {self.audience_name}",
             sync_key=f"{account}:{audience_id}" if audience_id else f"{account}:new:{self.audience_name}",
@@ -284,7 +304,21 @@ class SyncAudienceOperator(BaseOperator):
         finally:
             conn.close()
 
-    def _column_picker(self, columns: list[str]) -> operator.itemgetter:
+    def _processing_cells(self) -> list[tuple[str, Any]]:
+        """The sync-wide data processing options, as constant cells after the mapped columns."""
+        options = self.data_processing_options
+        if options is None:
+            return []
+        if not options:  # an explicit "none"
+            return [(PROCESSING_KEYS[0], "")]
+        location = (self.data_processing_options_country, self.data_processing_options_state)
+        return list(zip(PROCESSING_KEYS, ("LDU", *location), strict=True))
+
+    def _match_keys(self) -> list[str]:
+        """The preparer's keys: the mapping's, then the sync-wide data processing options."""
+        return [*self.mapping, *(key for key, _ in self._processing_cells())]
+
+    def _column_picker(self, columns: list[str]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
         wanted = list(self.mapping.values())
         if self.membership_column is not None:
             wanted.append(self.membership_column)
@@ -294,7 +328,17 @@ class SyncAudienceOperator(BaseOperator):
             raise ValueError(f"The query returns no column {missing}; it returns {columns}.")
         indices = [position[name.lower()] for name in wanted]
         # itemgetter with one index returns a bare value: keep rows as tuples.
-        return operator.itemgetter(*indices) if len(indices) > 1 else (lambda row: (row[indices[0]],))
+        pick = operator.itemgetter(*indices) if len(indices) > 1 else (lambda row: (row[indices[0]],))
+        constants = tuple(value for _, value in self._processing_cells())
+        if not constants:
+            return pick
+        mapped = len(self.mapping)
+
+        def pick_with_constants(row: Sequence[Any]) -> tuple[Any, ...]:
+            picked = pick(row)
+            return (*picked[:mapped], *constants, *picked[mapped:])  # membership stays last
+
+        return pick_with_constants
 
 
 def _run_label(context: Mapping[str, Any]) -> str:

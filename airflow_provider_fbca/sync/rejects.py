@@ -60,6 +60,10 @@ FIX_HINTS: Mapping[str, str] = {
     "lookalike_value.negative": "values must not be negative",
     "row.no_identifier": "map more match keys, or fix the values dropped above (see the rejects table)",
     "row.no_value": "give every row of a value-based audience a LOOKALIKE_VALUE",
+    "data_processing_options.invalid": 'data processing options must be ["LDU"] or [] (none)',
+    "data_processing_options_country.invalid": "with LDU, the country must be 1 (US) or 0 (geolocated)",
+    "data_processing_options_state.invalid": "with LDU, the state must be 1000 (California) or 0 (geolocated)",
+    "row.invalid_data_processing_options": "with LDU, give country/state 1/1000 (California) or 0/0 (geolocated)",
 }
 
 

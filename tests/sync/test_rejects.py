@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_fbca.identifiers import DROP_REASONS, ROW_NO_IDENTIFIER, ROW_NO_VALUE, RowPreparer
+from airflow_provider_fbca.identifiers import (
+    DROP_REASONS,
+    ROW_INVALID_PROCESSING,
+    ROW_NO_IDENTIFIER,
+    ROW_NO_VALUE,
+    RowPreparer,
+)
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
 from airflow_provider_fbca.sync.rejects import (
     FIX_HINTS,
@@ -166,7 +172,7 @@ def test_fix_hint_is_none_without_rejects_and_ties_go_by_name() -> None:
 
 
 def test_every_reason_has_a_hint() -> None:
-    reasons = {*DROP_REASONS, ROW_NO_IDENTIFIER, ROW_NO_VALUE, MISSING_KEY_REASON}
+    reasons = {*DROP_REASONS, ROW_NO_IDENTIFIER, ROW_NO_VALUE, ROW_INVALID_PROCESSING, MISSING_KEY_REASON}
     assert reasons <= set(FIX_HINTS), reasons - set(FIX_HINTS)
     assert set(FIX_HINTS) <= reasons, set(FIX_HINTS) - reasons  # no hint for a reason that no longer exists
 
