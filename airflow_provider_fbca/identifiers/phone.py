@@ -212,6 +212,32 @@ def _never_valid(national: str) -> bool:
 _VALIDATORS = _LazyPlans(_load_validator)
 
 
+def _load_validity_filter(calling_code: str) -> Callable[[str], bool]:
+    """
+    A cheap necessary condition for ``+<calling_code><rest>`` to be valid. For a code of one region,
+    when no national prefix starts ``rest``, the national number is ``rest`` itself: it needs a valid
+    length and the general pattern. Otherwise no shortcut (True).
+    """
+    plan = _PHONE_CALLING_CODES[calling_code]
+    if plan is None or len(COUNTRY_CODE_TO_REGION_CODE[int(calling_code)]) > 1:
+        return _maybe
+    prefix, lengths, matches = plan.national_prefix, frozenset(plan.lengths), plan.matches
+
+    def may_be_valid(rest: str) -> bool:
+        if prefix is not None and prefix.match(rest) is not None:
+            return True
+        return len(rest) in lengths and matches(rest)
+
+    return may_be_valid
+
+
+def _maybe(rest: str) -> bool:
+    return True
+
+
+_MAY_BE_VALID = _LazyPlans(_load_validity_filter)
+
+
 def _split_calling_code(digits: str) -> tuple[str, str] | None:
     """
     phonenumbers' ``_extract_country_code`` for ``digits`` of three or more: the 1-3 digit calling code
@@ -286,7 +312,8 @@ def _phone_fast(digits: str, has_plus: bool, region: str | None) -> str | Droppe
     if national is None:
         return None
     split = _split_calling_code(digits)
-    if split is not None:  # otherwise "+digits" has no calling code, so no valid number
+    # Without a calling code, or when cheap checks rule out validity, "+digits" is no valid number.
+    if split is not None and _MAY_BE_VALID[split[0]](split[1]):
         international = _fast_possible(*split, _PHONE_CALLING_CODES[split[0]])
         if international is None:
             return None
@@ -346,17 +373,18 @@ def _fast_possible(
     potential = plan.strip_national_prefix(national)  # the trunk "0" of "+44 (0)20 ..." or "020 ..."
     if potential is None:
         return None
-    if plan.length_result(potential) not in _KEEPS_NATIONAL_PREFIX:
+    if plan.length_results[min(len(potential), _LONGEST_LENGTH_TABULATED)] not in _KEEPS_NATIONAL_PREFIX:
         national = potential
     if len(national) > _MAX_NATIONAL_LENGTH:
         return PHONE_INVALID
-    if main_plan.length_result(national) != ValidationResult.IS_POSSIBLE:
+    if main_plan.length_results[len(national)] != _IS_POSSIBLE:
         return PHONE_INVALID
     if not national.strip("0"):
         return PHONE_INVALID
     return calling_code, national
 
 
+_IS_POSSIBLE = ValidationResult.IS_POSSIBLE
 _KEEPS_NATIONAL_PREFIX = (
     ValidationResult.TOO_SHORT,
     ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
