@@ -254,12 +254,9 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
         body: dict[str, Any] = {"payload": payload}
         if session is not None:
             body["session"] = normalize_session(session)
-        verb = method
-        if method == "DELETE":
-            # Meta documents removals as DELETE with a form body or as POST with method=DELETE; only the
-            # latter is documented together with a JSON body, so removals travel that way.
-            verb, body["method"] = "POST", "DELETE"
-        answer = self._call(verb, f"{audience_id}/{edge}", body=body, recover_lost_response=recover)
+        # Removals are HTTP DELETE with the rows in the JSON body, as Segment's production destination
+        # sends them; Meta's method override (POST + method=DELETE) is a form field, not a JSON one.
+        answer = self._call(method, f"{audience_id}/{edge}", body=body, recover_lost_response=recover)
         if "invalid_entry_samples" in answer:
             samples = describe_invalid_entry_samples(answer["invalid_entry_samples"], payload["schema"])
             answer = {**answer, "invalid_entry_samples": samples}
@@ -314,7 +311,7 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
         page_ids: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """
-        Remove people from an audience (``/{audience_id}/users`` as POST with ``method=DELETE``, rows in the body).
+        Remove people from an audience (``DELETE /{audience_id}/users``, rows in the JSON body).
 
         ``EXTERN_ID`` alone is a valid schema, so people can be removed without sending PII again.
         Parameters and answer as :meth:`add_users`.

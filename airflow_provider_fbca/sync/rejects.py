@@ -189,6 +189,17 @@ class RejectsTable:
                 self.not_recorded,
             )
 
+    def move_to(self, sync_key: str) -> None:
+        """
+        File this run's entries under ``sync_key``: the audience was created, and its sync key is final.
+
+        :param sync_key: the created audience's sync key.
+        """
+        self.store.execute(
+            f"UPDATE {self.table} SET sync_key = ? WHERE sync_key = ?", (sync_key, self.sync_key)
+        ).close()
+        self.sync_key = sync_key
+
     def summary(self) -> dict[str, Any]:
         """What the report says about the table."""
         return {

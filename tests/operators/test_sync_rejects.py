@@ -52,6 +52,8 @@ def test_a_messy_table_leaves_a_queryable_rejects_table_without_any_value(
     assert sum(by_reason.values()) == sum(report["dropped_values_by_reason"].values()) + report["rejected"]
     assert report["fix_hint"].startswith(max(by_reason, key=by_reason.get))
     assert all(len(row) == len(columns) for row in cells)
+    # Listed while the audience did not exist yet, filed under its final sync key once created.
+    assert {row[0] for row in cells} == {f"{report['ad_account_id']}:{report['audience_id']}"}
     # Keys and reasons only: no value of the table but its EXTERN_IDs appears in any cell.
     values = {str(row[c]).strip() for row in customers for c in CUSTOMER_COLUMNS if c != "external_id"}
     values.discard("")
