@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from airflow_provider_fbca.identifiers import match_key
+from airflow_provider_fbca.sync.row_key import CONTROL_CHARACTER, MISSING, TOO_LONG
 from airflow_provider_fbca.sync.state import StateStore, quote_table_name, utc_now
 
 log = logging.getLogger(__name__)
@@ -28,12 +29,14 @@ DEFAULT_MAX_REJECTS_RECORDED = 100_000
 #: The match key of an entry about a whole row (its rejection), rather than one of its values.
 ROW = "ROW"
 #: Why a prepared row is rejected for having no EXTERN_ID; such rows are counted, never listed.
-MISSING_KEY_REASON = "extern_id.missing"
+MISSING_KEY_REASON = MISSING
 
 #: What fixes each reason, shown for the largest one in the report and the log.
 FIX_HINTS: Mapping[str, str] = {
     "extern_id.invalid": "store EXTERN_ID as text or integers (some cells are unreadable bytes)",
     MISSING_KEY_REASON: "give every row an EXTERN_ID (the sync keys its state on it)",
+    TOO_LONG: "EXTERN_IDs must be customer ids of at most 1,000 characters",
+    CONTROL_CHARACTER: "remove control characters (NUL, tabs, line breaks) from the EXTERN_ID column",
     "email.invalid": "clean the e-mail column upstream (some values are not addresses)",
     "phone.invalid": "check the phone column: numbers too short, too long or all zeros",
     "phone.no_country_code": "set default_country or map COUNTRY",
