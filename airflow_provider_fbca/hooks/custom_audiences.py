@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
@@ -27,6 +27,7 @@ from airflow_provider_fbca.exceptions import (
     GraphRateLimitError,
     GraphTransientError,
 )
+from airflow_provider_fbca.get_provider_info import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 from airflow_provider_fbca.hooks.graph_connection import (
     GraphCredentials,
     appsecret_proof,
@@ -35,6 +36,7 @@ from airflow_provider_fbca.hooks.graph_connection import (
 )
 from airflow_provider_fbca.hooks.graph_errors import TERMS_URL, build_graph_error, is_retryable
 from airflow_provider_fbca.hooks.throttle import Usage, backoff_s, parse_usage, pause_before_next_call
+from airflow_provider_fbca.version_compat import connection_form_widgets, ui_field_behaviour
 
 MAX_ROWS_PER_REQUEST = 10_000
 DEFAULT_AUDIENCE_FIELDS = (
@@ -279,6 +281,16 @@ class FacebookCustomAudiencesHook(BaseHook):
     default_conn_name = "facebook_custom_audiences_default"
     conn_type = "facebook_custom_audiences"
     hook_name = "Facebook Custom Audiences"
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The form's extra fields for Airflow 3.0 and 3.1 (3.2 on reads ``conn-fields`` instead)."""
+        return connection_form_widgets(CONN_FIELDS)
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The form's relabelled, hidden and prefilled fields for Airflow 3.0 and 3.1."""
+        return ui_field_behaviour(UI_FIELD_BEHAVIOUR)
 
     def __init__(
         self,
@@ -1051,7 +1063,7 @@ def _short(error: GraphAPIError) -> str:
 def _mask(secret: str | None) -> None:
     """Register a secret with Airflow's secrets masker, so task logs show *** instead."""
     if secret:
-        from airflow.sdk.log import mask_secret
+        from airflow.providers.common.compat.sdk import mask_secret
 
         mask_secret(secret)
 

@@ -261,7 +261,7 @@ def test_no_secret_in_any_log_line_output_or_error(connect, sandbox, caplog, cap
 
 
 def test_token_and_secret_registered_with_airflow_masker(fb_conn_id, sandbox):
-    from airflow.sdk._shared.secrets_masker import redact
+    from airflow.providers.common.compat.sdk import redact
 
     FacebookCustomAudiencesHook(fb_conn_id).credentials  # noqa: B018  (reading them registers them)
     text = f"token={sandbox.access_token} secret={sandbox.app_secret}"

@@ -1,0 +1,72 @@
+"""
+What differs between the Airflow 3 releases this provider supports (3.0 to 3.3), in one place.
+
+Imports that moved between releases (``airflow.sdk`` since 3.1 against ``airflow.hooks.base``,
+``airflow.exceptions`` ... in 3.0) come from ``apache-airflow-providers-common-compat``'s ``sdk`` module,
+as in Airflow's own providers. What is left here is the connection form: Airflow 3.2 reads it from the
+provider info (``conn-fields`` / ``ui-field-behaviour``); 3.0 and 3.1 only ask the hook
+(``get_connection_form_widgets`` / ``get_ui_field_behaviour``). Both are derived from the one
+declaration in :mod:`airflow_provider_fbca.get_provider_info`, so every release shows the same form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from airflow import __version__ as AIRFLOW_VERSION
+from packaging.version import Version
+
+
+def get_base_airflow_version_tuple() -> tuple[int, int, int]:
+    """The running Airflow's ``(major, minor, micro)``, pre-release and local parts dropped."""
+    version = Version(AIRFLOW_VERSION)
+    return version.major, version.minor, version.micro
+
+
+AIRFLOW_V_3_1_PLUS = get_base_airflow_version_tuple() >= (3, 1, 0)
+# From 3.2 the providers manager reads the connection form from the provider info and no longer asks
+# the hook (whose form methods it deprecates).
+AIRFLOW_V_3_2_PLUS = get_base_airflow_version_tuple() >= (3, 2, 0)
+
+
+def connection_form_widgets(conn_fields: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """
+    The declarative ``conn-fields`` as the WTForms fields that Airflow before 3.2 asks the hook for.
+
+    Airflow's UI (3.0 and 3.1) swaps WTForms' field classes for stand-ins that turn label,
+    description and class back into a JSON schema; a field declared with ``"format": "password"``
+    becomes a ``PasswordField`` and is masked like the secret it is.
+
+    :param conn_fields: ``{field: {"label", "description"?, "schema": {...}}}`` as in the provider info.
+    :return: ``{field: unbound WTForms field}``, keyed by the plain field name (Airflow adds the prefix).
+    """
+    # Imported when called, not at module import: Airflow's UI patches these names before it asks.
+    from wtforms import PasswordField, StringField
+    from wtforms.validators import Optional
+
+    widgets: dict[str, Any] = {}
+    for name, field in conn_fields.items():
+        schema = field.get("schema", {})
+        field_class = PasswordField if schema.get("format") == "password" else StringField
+        widgets[name] = field_class(
+            field["label"],
+            validators=[Optional()],
+            description=field.get("description", ""),
+            default=schema.get("default"),
+        )
+    return widgets
+
+
+def ui_field_behaviour(behaviour: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The declarative ``ui-field-behaviour`` (kebab-case keys) as ``get_ui_field_behaviour`` returns it.
+
+    :param behaviour: ``{"hidden-fields": [...], "relabeling": {...}, "placeholders": {...}}``.
+    :return: the same content under ``hidden_fields``, ``relabeling`` and ``placeholders``.
+    """
+    return {
+        "hidden_fields": list(behaviour.get("hidden-fields", [])),
+        "relabeling": dict(behaviour.get("relabeling", {})),
+        "placeholders": dict(behaviour.get("placeholders", {})),
+    }
