@@ -251,9 +251,13 @@ class SyncAudienceOperator(BaseOperator):
             try:
                 # A trailing semicolon (as .sql files often have) breaks PostgreSQL's DECLARE ... CURSOR FOR.
                 cursor.execute(self.sql.strip().rstrip(";").rstrip())
+                # Fetch before reading the columns: psycopg2's server-side cursors (PostgresHook's
+                # driver under SQLAlchemy 1.4, which Airflow 3.0 pins) describe them only then.
+                rows = cursor.fetchmany(self.fetch_size)
                 pick = self._column_picker([column[0] for column in cursor.description or ()])
-                while rows := cursor.fetchmany(self.fetch_size):
+                while rows:
                     yield [pick(row) for row in rows]
+                    rows = cursor.fetchmany(self.fetch_size)
             finally:
                 cursor.close()
         finally:
