@@ -7,7 +7,10 @@ The provider's own imports go through ``apache-airflow-providers-common-compat``
 
 from __future__ import annotations
 
-from airflow_provider_fbca.version_compat import AIRFLOW_V_3_1_PLUS
+from airflow_provider_fbca.version_compat import AIRFLOW_V_3_1_PLUS, get_base_airflow_version_tuple
+
+# `airflow connections test` exits 1 on a failed test from 3.3; before, it prints the failure and exits 0.
+CONNECTIONS_TEST_EXITS_1_ON_FAILURE = get_base_airflow_version_tuple() >= (3, 3, 0)
 
 if AIRFLOW_V_3_1_PLUS:
     from airflow.dag_processing.dagbag import DagBag
@@ -16,4 +19,4 @@ else:
     from airflow import macros
     from airflow.models.dagbag import DagBag
 
-__all__ = ["DagBag", "macros"]
+__all__ = ["CONNECTIONS_TEST_EXITS_1_ON_FAILURE", "DagBag", "macros"]
