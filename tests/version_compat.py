@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from airflow_provider_fbca.version_compat import AIRFLOW_V_3_1_PLUS, get_base_airflow_version_tuple
 
+# The browser test drives the UI of the Airflow that constraints.txt pins (3.3): its navigation and
+# dialogs differ from release to release. Every release's form is checked from the hook metadata the UI
+# is served, in tests/test_connection_form.py.
+BROWSER_TEST_UI = get_base_airflow_version_tuple() >= (3, 3, 0)
 # `airflow connections test` exits 1 on a failed test from 3.3; before, it prints the failure and exits 0.
 CONNECTIONS_TEST_EXITS_1_ON_FAILURE = get_base_airflow_version_tuple() >= (3, 3, 0)
 
@@ -19,4 +23,4 @@ else:
     from airflow import macros
     from airflow.models.dagbag import DagBag
 
-__all__ = ["CONNECTIONS_TEST_EXITS_1_ON_FAILURE", "DagBag", "macros"]
+__all__ = ["BROWSER_TEST_UI", "CONNECTIONS_TEST_EXITS_1_ON_FAILURE", "DagBag", "macros"]
