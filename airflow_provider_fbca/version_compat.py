@@ -26,7 +26,6 @@ def get_base_airflow_version_tuple() -> tuple[int, int, int]:
     return installed.major, installed.minor, installed.micro
 
 
-AIRFLOW_V_3_1_PLUS = get_base_airflow_version_tuple() >= (3, 1, 0)
 # `airflow dags test` of 3.0.0 and 3.0.1 looks the DAG up in the metadata database only ("could not be
 # found in DagBag read from database"): there `airflow dags reserialize` has to run first.
 DAGS_TEST_PARSES_DAG_FILES = get_base_airflow_version_tuple() >= (3, 0, 2)

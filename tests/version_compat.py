@@ -7,7 +7,17 @@ The provider's own imports go through ``apache-airflow-providers-common-compat``
 
 from __future__ import annotations
 
-from airflow_provider_fbca.version_compat import AIRFLOW_V_3_1_PLUS, get_base_airflow_version_tuple
+from airflow_provider_fbca.version_compat import get_base_airflow_version_tuple
+
+# Newest path first; the older one where the release does not have it yet.
+try:
+    from airflow.dag_processing.dagbag import DagBag
+except ImportError:
+    from airflow.models.dagbag import DagBag
+try:
+    from airflow.sdk.execution_time import macros
+except ImportError:
+    from airflow import macros
 
 # The browser test drives the UI of the Airflow that constraints.txt pins (3.3): its navigation and
 # dialogs differ from release to release. Every release's form is checked from the hook metadata the UI
@@ -15,12 +25,5 @@ from airflow_provider_fbca.version_compat import AIRFLOW_V_3_1_PLUS, get_base_ai
 BROWSER_TEST_UI = get_base_airflow_version_tuple() >= (3, 3, 0)
 # `airflow connections test` exits 1 on a failed test from 3.3; before, it prints the failure and exits 0.
 CONNECTIONS_TEST_EXITS_1_ON_FAILURE = get_base_airflow_version_tuple() >= (3, 3, 0)
-
-if AIRFLOW_V_3_1_PLUS:
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.sdk.execution_time import macros
-else:
-    from airflow import macros
-    from airflow.models.dagbag import DagBag
 
 __all__ = ["BROWSER_TEST_UI", "CONNECTIONS_TEST_EXITS_1_ON_FAILURE", "DagBag", "macros"]
