@@ -19,9 +19,10 @@ try:
 except ImportError:
     from airflow import macros
 
-# The browser test drives the UI of the Airflow that constraints.txt pins (3.3): its navigation and
-# dialogs differ from release to release. Every release's form is checked from the hook metadata the UI
-# is served, in tests/test_connection_form.py.
+# The browser test drives the UI of the Airflow that constraints.txt pins (3.3). Older UIs draw the
+# same served form differently (3.0.0: the type list shows connection types, extra password fields are
+# plain text: docs/airflow-versions.md). Every release's served form is checked in
+# tests/test_connection_form.py.
 BROWSER_TEST_UI = get_base_airflow_version_tuple() >= (3, 3, 0)
 # `airflow connections test` exits 1 on a failed test from 3.3; before, it prints the failure and exits 0.
 CONNECTIONS_TEST_EXITS_1_ON_FAILURE = get_base_airflow_version_tuple() >= (3, 3, 0)
