@@ -151,7 +151,21 @@ def child(url: str, warehouse: Path, rows: int) -> dict[str, Any]:
 
 def _start_sandbox() -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_fbca.sandbox", "--port", "0"],
+        # The CLI's defaults are a new app's (10 s processing, development access, a removal floor):
+        # the benchmark measures the client, so it asks for a production app's limits and no waiting.
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_fbca.sandbox",
+            "--port",
+            "0",
+            "--processing-delay",
+            "0",
+            "--access-tier",
+            "standard_access",
+            "--removal-floor",
+            "0",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

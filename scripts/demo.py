@@ -201,6 +201,12 @@ def running_sandbox(settings: DemoSettings, credentials: Mapping[str, str], log:
         str(settings.population_seed),
         "--processing-delay",
         str(settings.processing_delay_s),
+        # The demo's sensor polls every second: give the app standard access, as a production app has.
+        "--access-tier",
+        "standard_access",
+        # A small --customers leaves fewer than Meta's 1,000 matched people: let its removals through.
+        "--removal-floor",
+        "0",
         "--access-token",
         credentials["access_token"],
         "--app-secret",

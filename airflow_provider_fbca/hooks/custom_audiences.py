@@ -27,6 +27,7 @@ from airflow_provider_fbca.hooks.upload_payload import (
     build_upload_payload,
     describe_invalid_entry_samples,
     normalize_session,
+    prepare_upload,
     session_label,
 )
 from airflow_provider_fbca.version_compat import connection_form_widgets, ui_field_behaviour
@@ -254,6 +255,32 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
     # ----------------------------------------------------------------------------------------------
     # Members
 
+    def _payload(
+        self,
+        schema: str | Sequence[str],
+        data: Sequence[Any],
+        app_ids: Sequence[str] | None,
+        page_ids: Sequence[str] | None,
+        prepare: bool,
+    ) -> dict[str, Any]:
+        """The checked payload of an upload, its raw values first prepared when ``prepare`` is set."""
+        if prepare:
+            prepared = prepare_upload(schema, data)
+            if prepared.rejected or prepared.dropped:
+                self.log.warning(
+                    "Prepared %d rows: %d left out (no usable identifier); values sent empty, by reason: %s",
+                    len(data),
+                    prepared.rejected,
+                    dict(prepared.dropped) or "none",
+                )
+            if data and not prepared.rows:
+                raise ValueError(
+                    f"None of the {len(data)} rows holds a usable identifier once prepared (values dropped, "
+                    f"by reason: {dict(prepared.dropped)}). Check that the schema's keys match the columns."
+                )
+            schema, data = prepared.schema, prepared.rows
+        return build_upload_payload(schema, data, app_ids, page_ids)
+
     def _upload(
         self,
         method: str,
@@ -266,12 +293,9 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
         body: dict[str, Any] = {"payload": payload}
         if session is not None:
             body["session"] = normalize_session(session)
-        verb = method
-        if method == "DELETE":
-            # Meta documents removals as DELETE with a form body or as POST with method=DELETE; only the
-            # latter is documented together with a JSON body, so removals travel that way.
-            verb, body["method"] = "POST", "DELETE"
-        answer = self._call(verb, f"{audience_id}/{edge}", body=body, recover_lost_response=recover)
+        # Removals are a DELETE with the parameters in a JSON body, as Segment's production destination
+        # sends them: Meta's SDK puts them in the query string, a URL of ~700 KB for 10,000 hashes.
+        answer = self._call(method, f"{audience_id}/{edge}", body=body, recover_lost_response=recover)
         if "invalid_entry_samples" in answer:
             samples = describe_invalid_entry_samples(answer["invalid_entry_samples"], payload["schema"])
             answer = {**answer, "invalid_entry_samples": samples}
@@ -295,6 +319,7 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
         session: Mapping[str, Any] | None = None,
         app_ids: Sequence[str] | None = None,
         page_ids: Sequence[str] | None = None,
+        prepare: bool = False,
     ) -> dict[str, Any]:
         """
         Add people to an audience (POST ``/{audience_id}/users``); at most 10,000 rows.
@@ -302,18 +327,23 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
         Adding someone already there changes nothing at Meta, so a retried batch is harmless.
 
         :param audience_id: the audience's id.
-        :param schema: one Meta key name or a list of them; values must already be normalized and hashed.
-        :param data: the rows, each as long as the schema.
+        :param schema: one Meta key name or a list of them.
+        :param data: the rows, each as long as the schema. Values of hashed keys (EMAIL, PHONE, FN, ...)
+            must be SHA-256 hex digests or empty unless ``prepare`` is set: anything else is refused
+            before sending, since it may be raw personal data.
         :param session: ``{session_id, batch_seq, last_batch_flag, estimated_num_total?}``.
         :param app_ids: app ids, needed with ``APPUID``.
         :param page_ids: page ids, needed with ``PAGEUID``.
+        :param prepare: normalize and hash raw values by Meta's rules first (:func:`.upload_payload.prepare_upload`);
+            unusable values are sent empty and rows left with no identifier are not sent, both counted in
+            the log.
         :return: Meta's answer: ``audience_id``, ``session_id``, ``num_received``, ``num_invalid_entries``,
             ``invalid_entry_samples``. Meta's samples are invalid values as the client sent them (raw PII
             when a column mapped as hashed holds e-mails), so each is replaced by what it looks like
             (:func:`describe_invalid_entry_samples`): ``{"sample 1": "EMAIL: an e-mail address, not
             hashed"}``. The count and the shape stay Meta's; no sample value is returned or logged.
         """
-        payload = build_upload_payload(schema, data, app_ids, page_ids)
+        payload = self._payload(schema, data, app_ids, page_ids, prepare)
         return self._upload("POST", "users", str(audience_id), payload, session)
 
     def remove_users(
@@ -324,14 +354,15 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
         session: Mapping[str, Any] | None = None,
         app_ids: Sequence[str] | None = None,
         page_ids: Sequence[str] | None = None,
+        prepare: bool = False,
     ) -> dict[str, Any]:
         """
-        Remove people from an audience (``/{audience_id}/users`` as POST with ``method=DELETE``, rows in the body).
+        Remove people from an audience (DELETE ``/{audience_id}/users``, the rows in a JSON body).
 
         ``EXTERN_ID`` alone is a valid schema, so people can be removed without sending PII again.
         Parameters and answer as :meth:`add_users`.
         """
-        payload = build_upload_payload(schema, data, app_ids, page_ids)
+        payload = self._payload(schema, data, app_ids, page_ids, prepare)
         return self._upload("DELETE", "users", str(audience_id), payload, session)
 
     def replace_users(
@@ -342,6 +373,7 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
         session: Mapping[str, Any] | None = None,
         app_ids: Sequence[str] | None = None,
         page_ids: Sequence[str] | None = None,
+        prepare: bool = False,
     ) -> dict[str, Any]:
         """
         Replace all members of an audience, batch by batch (POST ``/{audience_id}/usersreplace``).
@@ -353,7 +385,7 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
         """
         if session is None:
             raise ValueError("replace_users needs a session (session_id, batch_seq, last_batch_flag).")
-        payload = build_upload_payload(schema, data, app_ids, page_ids)
+        payload = self._payload(schema, data, app_ids, page_ids, prepare)
         normalized = normalize_session(session)
         recover = self._replace_recovery(str(audience_id), normalized)
         return self._upload("POST", "usersreplace", str(audience_id), payload, normalized, recover)
@@ -481,10 +513,13 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
         Check the token (valid, expiry, ``ads_management``), the ad account and the Custom Audience terms.
 
         Backs the UI's Test button and ``airflow connections test``. Never raises: the message names what
-        is wrong and how to fix it.
+        is wrong and how to fix it. A request that cannot reach the server (TLS error, unknown host, refused
+        connection) fails the test at once, without retries.
         """
         try:
-            return self._test_connection()
+            # Someone waits at the form: a wrong host, port or scheme is said at once, not retried.
+            with self.fail_fast_on_configuration_errors():
+                return self._test_connection()
         except GraphAPIError as error:
             return False, str(error)
         except Exception as error:

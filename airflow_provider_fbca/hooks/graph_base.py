@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 from airflow.providers.common.compat.sdk import BaseHook
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 from airflow_provider_fbca.exceptions import GraphAPIError, GraphRateLimitError, GraphTransientError
 from airflow_provider_fbca.hooks.graph_connection import (
@@ -38,12 +39,53 @@ _AUTH_PARAMS = frozenset({"access_token", "appsecret_proof"})
 _HookT = TypeVar("_HookT", bound="BaseGraphApiHook")
 
 
+#: What to do when a request cannot reach the server, by cause: configuration errors, not bad luck.
+_UNREACHABLE_REMEDIES = {
+    "tls": (
+        "The TLS handshake with {base_url} failed{detail}. An https:// URL pointed at a plain-HTTP server "
+        "(such as the local sandbox) fails with WRONG_VERSION_NUMBER: use http://127.0.0.1:<port> for the "
+        "sandbox; for another server check the host, the port and its certificate."
+    ),
+    "unknown host": (
+        "The host of {base_url} does not resolve: check the spelling of the connection's host, or leave "
+        "it empty for Meta's Graph API."
+    ),
+    "no connection": (
+        "Nothing accepted a connection at {base_url}: check the connection's host and port, and that the "
+        "server runs (the sandbox: python -m airflow_provider_fbca.sandbox)."
+    ),
+    "timed out": (
+        "No connection to {base_url} within the connect timeout: check the host, the port and any "
+        "firewall or proxy in between."
+    ),
+}
+_TLS_REASON = re.compile(r"\[SSL: ([A-Z0-9_]+)\]|(CERTIFICATE_VERIFY_FAILED)")
+
+
+def _connect_failure(exc: requests.RequestException) -> str | None:
+    """Why no connection was made (``"unknown host"``, ``"no connection"``, ``"timed out"``), or None."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "timed out"
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    if isinstance(reason, NameResolutionError):  # a NewConnectionError too: test it first
+        return "unknown host"
+    if isinstance(reason, NewConnectionError):
+        return "no connection"
+    if isinstance(reason, ConnectTimeoutError):
+        return "timed out"
+    return None
+
+
 def _connect_failed(exc: requests.RequestException) -> bool:
     """Whether the request surely never reached the server (no connection was made)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+    return _connect_failure(exc) is not None
+
+
+def _unreachable(exc: requests.RequestException) -> str | None:
+    """The configuration error that kept a request from the server (a key of the remedies), or None."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "tls"
+    return _connect_failure(exc)
 
 
 @dataclass
@@ -129,6 +171,7 @@ class BaseGraphApiHook(BaseHook):
         self.rng = rng if rng is not None else random.Random()
         self._resume_at = 0.0
         self._wait_limit: WaitLimit | None = None
+        self._fail_fast = False
         self._session: requests.Session | None = None
 
     # ----------------------------------------------------------------------------------------------
@@ -211,6 +254,21 @@ class BaseGraphApiHook(BaseHook):
         finally:
             self._wait_limit = outer
 
+    @contextmanager
+    def fail_fast_on_configuration_errors(self) -> Iterator[None]:
+        """
+        Within the block, a request that cannot reach the server is not retried: its error is raised at once.
+
+        A TLS failure, an unknown host, a refused or timed-out connection then mean a wrong host, port or
+        scheme, not bad luck: a connection test says so in one message instead of retrying for a minute.
+        Errors from the server (rate limits, Meta's transient errors) are still retried.
+        """
+        outer, self._fail_fast = self._fail_fast, True
+        try:
+            yield
+        finally:
+            self._fail_fast = outer
+
     def _time_left(self) -> float:
         """Seconds to the deadline of :meth:`limit_waits`; infinite outside such a block."""
         if self._wait_limit is None:
@@ -286,6 +344,8 @@ class BaseGraphApiHook(BaseHook):
                 response = self._send(method, path, params, body, access_token)
             except requests.RequestException as exc:
                 error = self._transport_error(exc, request)
+                if self._fail_fast and _unreachable(exc) is not None:
+                    raise error from None
                 if recover_lost_response is not None and not _connect_failed(exc):
                     lost_response = True
                     recovered = recover_lost_response(None)
@@ -327,14 +387,24 @@ class BaseGraphApiHook(BaseHook):
                 time_left,
             )
             raise error
-        self.log.warning(
-            "%s failed (%s); retry %d of %d in %.1f s",
-            request,
-            _short(error),
-            attempt,
-            self.max_retries,
-            wait,
-        )
+        if isinstance(error, GraphRateLimitError):
+            self.log.warning(
+                "rate limited by Meta (%s): waiting %.0f s (retry %d of %d, %s)",
+                _short(error),
+                wait,
+                attempt,
+                self.max_retries,
+                request,
+            )
+        else:
+            self.log.warning(
+                "%s failed (%s); retry %d of %d in %.1f s",
+                request,
+                _short(error),
+                attempt,
+                self.max_retries,
+                wait,
+            )
         self._resume_at = 0.0  # the retry wait covers any pause the usage headers asked for
         self.sleep(wait)
 
@@ -397,11 +467,17 @@ class BaseGraphApiHook(BaseHook):
     def _transport_error(self, exc: requests.RequestException, request: str) -> GraphTransientError:
         # requests names the URL in its messages; the query of some calls is not for logs.
         reason = URL_IN_TEXT.sub("<url>", self._redact(str(exc.args[0]) if exc.args else type(exc).__name__))
+        cause = _unreachable(exc)
+        remedy = "Check the network path to the Graph API base URL; the call is safe to try again later."
+        if cause is not None:
+            tls = _TLS_REASON.search(reason) if cause == "tls" else None
+            detail = f" ({next(group for group in tls.groups() if group)})" if tls else ""
+            remedy = _UNREACHABLE_REMEDIES[cause].format(base_url=self.credentials.base_url, detail=detail)
         return GraphTransientError(
             f"No answer from the Graph API ({type(exc).__name__}: {reason})",
             is_transient=True,
             request=request,
-            remedy="Check the network path to the Graph API base URL; the call is safe to try again later.",
+            remedy=remedy,
         )
 
     def _paginate(self, path: str, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:

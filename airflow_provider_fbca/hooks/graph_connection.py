@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
+
 DEFAULT_BASE_URL = "https://graph.facebook.com"
 # The newest Marketing API version this provider was checked against; the connection can raise it.
 DEFAULT_API_VERSION = "v26.0"
@@ -113,9 +116,22 @@ def normalize_base_url(host: str | None, port: int | None = None) -> str:
         return DEFAULT_BASE_URL
     if "://" not in raw:
         raw = f"https://{raw}"
+    # Parsers disagree on these (urllib.parse reads "http://a\\@127.0.0.1" as host 127.0.0.1, urllib3 as
+    # host a), and none belongs in a Graph API URL. The host is not quoted: userinfo may hold a password.
+    if "\\" in raw or not raw.isprintable() or any(char.isspace() for char in raw):
+        raise ValueError(
+            "The connection's host holds a backslash, a space or a control character. "
+            f"Give a plain URL such as {DEFAULT_BASE_URL} (or http://127.0.0.1:<port> for the sandbox)."
+        )
     parts = urlsplit(raw)
+    if "@" in parts.netloc:
+        raise ValueError(
+            "The connection's host holds a user name or password (user@host). Remove the part up to '@': "
+            "the token goes in the connection's password."
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"The connection's host is not an http(s) URL: {host!r}.")
+    _check_requests_reads_the_same_host(raw, parts.hostname, parts.port)
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ValueError(
             f"Refusing plain http:// for {parts.hostname}: the token would travel unencrypted. "
@@ -123,6 +139,49 @@ def normalize_base_url(host: str | None, port: int | None = None) -> str:
         )
     netloc = parts.netloc if parts.port or not port else f"{parts.netloc}:{port}"
     return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def _check_requests_reads_the_same_host(url: str, hostname: str, port: int | None) -> None:
+    """
+    Refuse a URL whose host, as ``requests`` reads it (urllib3's parser), differs from ``urlsplit``'s.
+
+    The loopback check must judge the host the token is actually sent to.
+
+    :param url: the URL.
+    :param hostname: its host as :func:`urllib.parse.urlsplit` reads it (lowercase, no brackets).
+    :param port: its port as ``urlsplit`` reads it.
+    """
+    try:
+        wire = parse_url(url)
+    except LocationParseError:
+        wire = None
+    if wire is None or (wire.host or "").strip("[]").lower() != hostname or wire.port != port:
+        raise ValueError(
+            f"The connection's host is read as {hostname} by one URL parser and differently by requests. "
+            f"Give a plain URL such as {DEFAULT_BASE_URL}."
+        )
+
+
+def _secret(value: Any, field_name: str) -> str | None:
+    """
+    A token or app secret, trimmed; refused when it holds whitespace or a control character inside.
+
+    Such a value is a paste gone wrong (two lines, a wrapped token). A line break would also split it past
+    Airflow's secrets masker, which masks whole values, so neither the value nor a part of it is quoted.
+
+    :param value: the connection field's value.
+    :param field_name: how the user finds the field in the connection form.
+    :raises ValueError: naming the field and the fix.
+    """
+    text = str(value).strip() if value else ""
+    if not text:
+        return None
+    if not text.isprintable() or any(char.isspace() for char in text):
+        raise ValueError(
+            f"The connection's {field_name} holds a space, a line break or a control character. "
+            "Paste it again as a single line with nothing around it."
+        )
+    return text
 
 
 def _first_account(value: Any) -> Any:
@@ -151,15 +210,17 @@ def credentials_from_connection(
     :param ad_account_id: an ad account that overrides the connection's.
     :param api_version: an API version that overrides the connection's.
     """
-    token = password or extra.get("access_token")
+    token_field = "password (Access token)" if password else "extra access_token"
+    token = _secret(password or extra.get("access_token"), token_field)
     if not token:
         raise ValueError("The connection has no access token: set its password (Access token).")
+    app_secret = _secret(extra.get("app_secret"), "extra app_secret (App secret)")
     account = ad_account_id or extra.get("ad_account_id") or _first_account(extra.get("account_id"))
     return GraphCredentials(
         base_url=normalize_base_url(host, port),
-        access_token=str(token).strip(),
+        access_token=token,
         api_version=normalize_api_version(api_version or extra.get("api_version") or DEFAULT_API_VERSION),
         ad_account_id=normalize_ad_account_id(account) if account else None,
         app_id=str(extra["app_id"]).strip() if extra.get("app_id") else None,
-        app_secret=str(extra["app_secret"]).strip() if extra.get("app_secret") else None,
+        app_secret=app_secret,
     )

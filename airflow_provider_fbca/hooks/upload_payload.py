@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
+
+from airflow_provider_fbca.identifiers import MATCH_KEYS, RowPreparer
 
 #: Meta's limit on the rows of one users / usersreplace request.
 MAX_ROWS_PER_REQUEST = 10_000
+#: Meta's legacy single-key schema names of hashed keys, and the match key whose rules their values follow.
+LEGACY_HASHED_SCHEMAS = {"EMAIL_SHA256": "EMAIL", "PHONE_SHA256": "PHONE"}
+#: Schema keys whose values Meta takes only as SHA-256 digests: the match-key table's hashed keys and the
+#: legacy names. A value of one of them that is not a digest is raw PII on its way to Meta.
+HASHED_SCHEMA_KEYS = frozenset(key.name for key in MATCH_KEYS if key.hashed) | frozenset(
+    LEGACY_HASHED_SCHEMAS
+)
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 # What an invalid sample Meta echoes back looks like, never what it is: a column mapped as pre-hashed
 # that holds raw e-mails would otherwise bring those e-mails back into return values, XCom and logs.
 # The first pattern that matches the whole sample names its shape.
@@ -95,6 +108,8 @@ def build_upload_payload(
     :param data: the rows: lists of values for a list schema, values (or one-value lists) otherwise.
     :param app_ids: the app ids ``APPUID`` values belong to.
     :param page_ids: the page ids ``PAGEUID`` values belong to.
+    :raises ValueError: for a malformed upload, or a hashed key holding a value that is not a SHA-256 digest
+        (see :func:`check_hashed_values`); nothing was sent.
     """
     rows = data if isinstance(data, list) else list(data)
     if not rows:
@@ -115,11 +130,121 @@ def build_upload_payload(
             raise ValueError(f"Row {bad} has {len(rows[bad])} values; the schema has {width} keys.")
         # Each column is one individual key; Meta's SDK refuses list schemas without is_raw.
         payload.update(schema=schema, is_raw=True)
+    check_hashed_values(schema, rows)
     if app_ids:
         payload["app_ids"] = [str(app_id) for app_id in app_ids]
     if page_ids:
         payload["page_ids"] = [str(page_id) for page_id in page_ids]
     return payload
+
+
+def _column(rows: Sequence[Any], position: int | None) -> list[Any]:
+    """One column of the rows; ``position`` None for a single-key schema (values, or one-value lists)."""
+    if position is None:
+        return [row[0] if isinstance(row, (list, tuple)) and len(row) == 1 else row for row in rows]
+    return list(map(itemgetter(position), rows))
+
+
+def _all_digests_or_empty(values: list[Any]) -> bool:
+    """Whether every value is a lowercase SHA-256 hex digest or "", in a few C-level passes over the column."""
+    if not set(map(type, values)) <= {str} or not set(map(len, values)) <= {0, 64}:
+        return False
+    digits = "".join(values)
+    try:
+        decoded = bytes.fromhex(digits)
+    except ValueError:
+        return False
+    # fromhex skips whitespace, which the length comparison catches; Meta's digests are lowercase.
+    return len(decoded) * 2 == len(digits) and not any(letter in digits for letter in "ABCDEF")
+
+
+def _count_not_digests(values: list[Any]) -> int:
+    """How many values are neither a SHA-256 hex digest (lowercase) nor empty ("" or None)."""
+    if _all_digests_or_empty(values):
+        return 0
+    return sum(
+        1
+        for value in values
+        if not (value is None or value == "" or (isinstance(value, str) and _DIGEST.fullmatch(value)))
+    )
+
+
+def check_hashed_values(schema: str | Sequence[str], rows: Sequence[Any]) -> None:
+    """
+    Refuse an upload in which a hashed key holds anything but SHA-256 hex digests (64 lowercase hex) or "".
+
+    Such a value is raw PII (an e-mail, a phone number) or a wrongly encoded hash; Meta would store the
+    one and count the other as invalid. The message names each key and how many of its values are wrong,
+    never a value.
+
+    :param schema: one key name, or a list of them (rows as long as the list).
+    :param rows: the rows, already checked against the schema's width.
+    :raises ValueError: naming the keys, the counts and the fix.
+    """
+    if isinstance(schema, str):
+        columns = [(schema, None)] if schema in HASHED_SCHEMA_KEYS else []
+    else:
+        columns = [(key, position) for position, key in enumerate(schema) if key in HASHED_SCHEMA_KEYS]
+    wrong = {key: _count_not_digests(_column(rows, position)) for key, position in columns}
+    counts = [f"{count} of {len(rows)} {key} values" for key, count in wrong.items() if count]
+    if counts:
+        raise ValueError(
+            f"Refusing to send {', '.join(counts)}: a hashed key takes only SHA-256 hex digests "
+            "(64 lowercase hexadecimal characters) or empty values, and anything else may be raw personal "
+            "data. Pass prepare=True to normalize and hash the values by Meta's rules, or prepare them "
+            "with airflow_provider_fbca.identifiers (prepare, RowPreparer) first."
+        )
+
+
+@dataclass
+class PreparedUpload:
+    """
+    What :func:`prepare_upload` made of raw rows.
+
+    :param schema: the schema to send: Meta's key names (an alias such as ``email`` becomes ``EMAIL``).
+    :param rows: what to send for each row kept (a value for a single-key schema), in the input order.
+    :param rejected: how many input rows were left out, none of their keys being usable.
+    :param dropped: reason -> count of values that were not usable identifiers (sent empty).
+    """
+
+    schema: str | list[str]
+    rows: list[Any]
+    rejected: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+def prepare_upload(schema: str | Sequence[str], data: Sequence[Any]) -> PreparedUpload:
+    """
+    Normalize and hash raw rows by Meta's rules, through the identifiers module's :class:`RowPreparer`.
+
+    The operator's rules apply: a row's COUNTRY drives its PHONE, ZIP and ST; an unusable value is sent
+    empty and counted by reason; a row left with no identifier is not sent. A value that already is a
+    SHA-256 digest passes through, lowercased.
+
+    :param schema: one key name (Meta's, a legacy ``EMAIL_SHA256`` / ``PHONE_SHA256``, or an alias) or a
+        list of them.
+    :param data: the raw rows, as for :func:`build_upload_payload`.
+    :raises ValueError: for a key the identifiers module does not know, or a key given twice.
+    """
+    single = isinstance(schema, str)
+    keys = [schema] if single else list(schema)
+    preparer = RowPreparer([LEGACY_HASHED_SCHEMAS.get(key, key) for key in keys])
+    rows = data if isinstance(data, list) else list(data)
+    batch = preparer.prepare_rows([(value,) for value in _column(rows, None)] if single else rows)
+    if single and len(preparer.schema) == 1:
+        # A legacy name keeps its name on the wire: Meta applies the same rules to it.
+        return PreparedUpload(
+            schema=schema if schema in LEGACY_HASHED_SCHEMAS else preparer.schema[0],
+            rows=[row[0] for row in batch.rows],
+            rejected=len(batch.rejected),
+            dropped=batch.dropped,
+        )
+    return PreparedUpload(
+        schema=list(preparer.schema),  # date_of_birth (dob) fills DOBY, DOBM and DOBD
+        rows=[list(row) for row in batch.rows],
+        rejected=len(batch.rejected),
+        dropped=batch.dropped,
+    )
 
 
 def session_label(session: Mapping[str, Any] | None) -> str:

@@ -6,23 +6,25 @@ audience, streams the query's rows in chunks, and logs and returns the sync's re
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseHook, BaseOperator
 from airflow.providers.common.sql.hooks.sql import DbApiHook
+from airflow.providers.common.compat.sdk import BaseHook, BaseOperator
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 from airflow_provider_fbca.identifiers import RowPreparer
+from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_size, check_mapping
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
 from airflow_provider_fbca.sync.report import format_report
-from airflow_provider_fbca.sync.state import StateStore, quote_table_name, streaming_cursor
+from airflow_provider_fbca.sync.source import read_model
+from airflow_provider_fbca.sync.state import StateStore, check_state_table
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -113,9 +115,10 @@ class SyncAudienceOperator(BaseOperator):
         super().__init__(**kwargs)
         if not audience_id and not audience_name:
             raise ValueError("Give audience_id or audience_name.")
-        quote_table_name(state_table)  # fail at parse time on a bad name
+        check_state_table(state_table)  # fail at parse time on a bad name
+        check_fetch_size(fetch_size)
         self.sql = sql
-        self.mapping = dict(mapping)
+        self.mapping = check_mapping(mapping, membership_column)
         self.sql_conn_id = sql_conn_id
         self.facebook_conn_id = facebook_conn_id
         self.ad_account_id = ad_account_id
@@ -161,13 +164,19 @@ class SyncAudienceOperator(BaseOperator):
         return FacebookCustomAudiencesHook(self.facebook_conn_id, ad_account_id=self.ad_account_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        # Every connection is resolved before anything exists at Meta.
+        state_hook = self._sql_hook(self.state_conn_id)
+        source_hook = self._sql_hook(self.sql_conn_id)
         sends_values = LOOKALIKE_VALUE in self._key_names
         audience_id = self._resolve_audience(sends_values)
         account = self.hook.ad_account_id
         preparer = RowPreparer(list(self.mapping), default_country=self.default_country)
+        new_audience = f"{account}:new:{self.audience_name}"
         options = SyncOptions(
             audience_id=audience_id or f"(new) {self.audience_name}",
-            sync_key=f"{account}:{audience_id}" if audience_id else f"{account}:new:{self.audience_name}",
+            sync_key=f"{account}:{audience_id}" if audience_id else new_audience,
+            # One run per audience, whichever ad account override reached it (refused above if foreign).
+            lease_key=f"audience:{audience_id}" if audience_id else new_audience,
             mode=self.sync_mode,
             has_membership=self.membership_column is not None,
             dry_run=self.dry_run,
@@ -179,55 +188,86 @@ class SyncAudienceOperator(BaseOperator):
             source_key_index=preparer.column_of(EXTERN_ID),
             lease_minutes=self.lease_minutes,
         )
-        state_hook = self._sql_hook(self.state_conn_id)
         state_conn = state_hook.get_conn()
         try:
             store = StateStore(state_conn, self.state_table, state_hook.placeholder)
-            run = SyncRun(
+            self._sync_run = SyncRun(
                 store,
                 self.hook,
                 preparer,
                 options,
                 digest_seed=f"country={self.default_country}",
                 holder=_lease_holder(context),
+                # A missing audience is created only once the model passed every check (columns, duplicates,
+                # removal guard): a failed run leaves no empty audience behind.
+                create_audience=None if audience_id else self._create_audience,
             )
-            report = run.run(self._read_chunks())
+            # closing: a run failing mid-read closes the warehouse connection now, in this thread.
+            with closing(self._read_chunks(source_hook)) as chunks:
+                report = self._sync_run.run(chunks)
         finally:
             state_conn.close()
         result = report.as_dict()
-        result["audience_id"] = audience_id
+        result["audience_id"] = audience_id or (None if self.dry_run else report.audience_id)
         result["ad_account_id"] = account
-        self.log.info("Sync report for audience %s:\n%s", audience_id, format_report(result))
+        self.log.info("Sync report for audience %s:\n%s", result["audience_id"], format_report(result))
         return result
+
+    def on_kill(self) -> None:
+        """Release the sync's lease at once, through a connection of its own.
+
+        The killed run's next commit then fails its lease's fence and is rolled back, so it writes nothing
+        more; what it recorded stays as it was, and the next run can start without waiting for the lease
+        to lapse.
+        """
+        run = getattr(self, "_sync_run", None)
+        if run is None:
+            return
+        try:
+            state_hook = self._sql_hook(self.state_conn_id)
+            conn = state_hook.get_conn()
+        except Exception as error:  # on_kill must not raise; the lease lapses by itself
+            self.log.warning(
+                "Could not reach the state database to release the lease (%s)", type(error).__name__
+            )
+            return
+        try:
+            run.lease.release_from(StateStore(conn, self.state_table, state_hook.placeholder))
+        finally:
+            conn.close()
 
     # -- the audience ---------------------------------------------------------------------------------
 
     def _resolve_audience(self, sends_values: bool) -> str | None:
-        """The audience id to sync into, found or created, after checking it can take the sync."""
+        """The id of the audience to sync into, after checking it can take the sync; None when it is
+        to be created (once the model passed every check)."""
         if self.audience_id:
             audience = self.hook.get_audience(str(self.audience_id), fields=AUDIENCE_FIELDS)
         else:
             audience = self.hook.find_audience(str(self.audience_name), fields=AUDIENCE_FIELDS)
             if audience is None:
-                return self._create_audience()
-        check_audience(audience, sends_values=sends_values)
+                if not self.create_audience:
+                    raise ValueError(
+                        f"No audience named {self.audience_name!r} in ad account {self.hook.ad_account_id}. "
+                        "Set create_audience=True to create it, or give its audience_id."
+                    )
+                if self.dry_run:
+                    self.log.info(
+                        "Dry run: audience %r does not exist and would be created", self.audience_name
+                    )
+                return None
+        check_audience(audience, sends_values=sends_values, ad_account_id=self.hook.ad_account_id)
         return str(audience["id"])
 
-    def _create_audience(self) -> str | None:
-        if not self.create_audience:
-            raise ValueError(
-                f"No audience named {self.audience_name!r} in ad account {self.hook.ad_account_id}. "
-                "Set create_audience=True to create it, or give its audience_id."
-            )
-        if self.dry_run:
-            self.log.info("Dry run: audience %r does not exist and would be created", self.audience_name)
-            return None
-        return self.hook.create_audience(
+    def _create_audience(self) -> tuple[str, str]:
+        """Create the named audience; its id and the sync key of its state."""
+        audience_id = self.hook.create_audience(
             str(self.audience_name),
             description=self.audience_description,
             customer_file_source=self.customer_file_source,
             is_value_based=self.is_value_based,
         )
+        return audience_id, f"{self.hook.ad_account_id}:{audience_id}"
 
     # -- the rows -------------------------------------------------------------------------------------
 
@@ -240,40 +280,16 @@ class SyncAudienceOperator(BaseOperator):
             )
         return hook
 
-    def _read_chunks(self) -> Iterator[list[tuple[Any, ...]]]:
-        """Run the query and yield its rows in chunks: mapped columns in mapping order, then membership.
-
-        PostgreSQL (psycopg) streams through a server-side cursor; other drivers through ``fetchmany``.
-        """
-        conn = self._sql_hook(self.sql_conn_id).get_conn()
-        try:
-            cursor = streaming_cursor(conn, "fbca_sync_source")
-            try:
-                # A trailing semicolon (as .sql files often have) breaks PostgreSQL's DECLARE ... CURSOR FOR.
-                cursor.execute(self.sql.strip().rstrip(";").rstrip())
-                # Fetch before reading the columns: psycopg2's server-side cursors (PostgresHook's
-                # driver under SQLAlchemy 1.4, which Airflow 3.0 pins) describe them only then.
-                rows = cursor.fetchmany(self.fetch_size)
-                pick = self._column_picker([column[0] for column in cursor.description or ()])
-                while rows:
-                    yield [pick(row) for row in rows]
-                    rows = cursor.fetchmany(self.fetch_size)
-            finally:
-                cursor.close()
-        finally:
-            conn.close()
-
-    def _column_picker(self, columns: list[str]) -> operator.itemgetter:
+    def _read_chunks(self, source_hook: DbApiHook) -> Iterator[list[tuple[Any, ...]]]:
+        """The query's rows in chunks: mapped columns in mapping order, then membership."""
         wanted = list(self.mapping.values())
         if self.membership_column is not None:
             wanted.append(self.membership_column)
-        position = {name.lower(): index for index, name in enumerate(columns)}
-        missing = [name for name in wanted if name.lower() not in position]
-        if missing:
-            raise ValueError(f"The query returns no column {missing}; it returns {columns}.")
-        indices = [position[name.lower()] for name in wanted]
-        # itemgetter with one index returns a bare value: keep rows as tuples.
-        return operator.itemgetter(*indices) if len(indices) > 1 else (lambda row: (row[indices[0]],))
+        conn = source_hook.get_conn()
+        try:
+            yield from read_model(conn, self.sql, wanted, self.fetch_size)
+        finally:
+            conn.close()
 
 
 def _lease_holder(context: Mapping[str, Any]) -> str:

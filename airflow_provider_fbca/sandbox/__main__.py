@@ -1,7 +1,9 @@
 """``python -m airflow_provider_fbca.sandbox``: serve the sandbox until interrupted.
 
 The first line of stdout is the base URL (``http://127.0.0.1:PORT``), flushed at once, so a parent
-process can read it and go.
+process can read it and go. The defaults are Meta's as a new app meets them: sessions take 10 s to
+process, the app has development access (ad-account score of 60), and removals that would leave fewer
+than 1,000 matched people are refused; tests and the demo choose their own.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 import threading
 from types import FrameType
 
+from airflow_provider_fbca.sandbox.persistence import StateFileError
+from airflow_provider_fbca.sandbox.ratelimit import DEVELOPMENT_ACCESS, SCORE_TIERS
 from airflow_provider_fbca.sandbox.server import (
     DEFAULT_ACCESS_TOKEN,
     DEFAULT_AD_ACCOUNT_ID,
@@ -22,6 +26,10 @@ from airflow_provider_fbca.sandbox.server import (
     DEFAULT_SEED,
     Sandbox,
 )
+from airflow_provider_fbca.sandbox.transport import DEFAULT_READ_TIMEOUT_S
+
+DEFAULT_CLI_PROCESSING_DELAY_S = 10.0
+DEFAULT_CLI_REMOVAL_FLOOR = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,11 +49,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--population", type=int, default=DEFAULT_POPULATION, help="people to match against")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the population's seed")
     parser.add_argument(
-        "--processing-delay", type=float, default=0.0, help="seconds a closed session stays processing"
+        "--processing-delay",
+        type=_seconds,
+        default=DEFAULT_CLI_PROCESSING_DELAY_S,
+        help=f"seconds a closed session stays processing (default: {DEFAULT_CLI_PROCESSING_DELAY_S:g})",
     )
     parser.add_argument("--state-file", default=None, help="JSON file that keeps the state across restarts")
     parser.add_argument("--rate-limit-budget", type=int, default=None, help="calls per ad account and hour")
+    parser.add_argument(
+        "--access-tier",
+        choices=[*SCORE_TIERS, "off"],
+        default=DEVELOPMENT_ACCESS,
+        help="the app's Marketing API tier, for the ad-account score (default: development_access)",
+    )
+    parser.add_argument(
+        "--removal-floor",
+        type=int,
+        default=DEFAULT_CLI_REMOVAL_FLOOR,
+        help="refuse removals leaving fewer matched people (default: 1000; 0: never)",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=_seconds,
+        default=DEFAULT_READ_TIMEOUT_S,
+        help=f"seconds a silent connection is kept (default: {DEFAULT_READ_TIMEOUT_S:g})",
+    )
     return parser
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number of seconds >= 0")
+    return value
 
 
 def _is_loopback(host: str) -> bool:
@@ -62,18 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     :param argv: the arguments (default: ``sys.argv[1:]``).
     """
     args = build_parser().parse_args(argv)
-    sandbox = Sandbox(
-        host=args.host,
-        port=args.port,
-        access_token=args.access_token,
-        app_id=args.app_id,
-        app_secret=args.app_secret or None,
-        ad_account_id=args.ad_account_id,
-        population=args.population,
-        seed=args.seed,
-        processing_delay_s=args.processing_delay,
-        state_file=args.state_file,
-    )
+    try:
+        sandbox = _sandbox(args)
+    except (StateFileError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.rate_limit_budget is not None:
         sandbox.set_rate_limit(args.rate_limit_budget)
     if not _is_loopback(args.host):
@@ -93,6 +122,24 @@ def main(argv: list[str] | None = None) -> int:
         pass
     sandbox.stop()
     return 0
+
+
+def _sandbox(args: argparse.Namespace) -> Sandbox:
+    return Sandbox(
+        host=args.host,
+        port=args.port,
+        access_token=args.access_token,
+        app_id=args.app_id,
+        app_secret=args.app_secret or None,
+        ad_account_id=args.ad_account_id,
+        population=args.population,
+        seed=args.seed,
+        processing_delay_s=args.processing_delay,
+        state_file=args.state_file,
+        access_tier=None if args.access_tier == "off" else args.access_tier,
+        removal_floor=args.removal_floor,
+        read_timeout_s=args.read_timeout,
+    )
 
 
 if __name__ == "__main__":

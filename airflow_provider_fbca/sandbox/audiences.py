@@ -200,22 +200,27 @@ def list_audiences(
         key=lambda a: -a.created_seq,
     )
     return cursor_page(
-        _filtered(audiences, params.get("filtering")),
+        _filtered(audiences, params.get("filtering"), state),
         params,
         link_base,
         position=lambda audience: audience.created_seq,
-        view=lambda audience: audience_view(audience, None, fields=fields),
+        view=lambda audience: audience_view(audience, None, fields=fields, state=state),
     )
 
 
 def audience_view(
-    audience: Audience, fields_param: Any, *, fields: tuple[str, ...] | None = None
+    audience: Audience,
+    fields_param: Any,
+    *,
+    state: SandboxState,
+    fields: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """
     Return an audience's requested fields as Graph returns them.
 
     :param audience: the audience.
     :param fields_param: the ``fields`` parameter (comma-separated), or None for the default.
+    :param state: the sandbox's state (its clock and processing delay decide ``operation_status``).
     :param fields: already-parsed fields (overrides ``fields_param``).
     """
     if fields is None:
@@ -238,7 +243,7 @@ def audience_view(
         "approximate_count_upper_bound": lambda: upper,
         "data_source": audience.data_source,
         "delivery_status": audience.delivery_status,
-        "operation_status": audience.operation_status,
+        "operation_status": lambda: audience.operation_status(state.now(), state.processing_delay_s),
         "time_created": lambda: audience.time_created,
         "time_updated": lambda: audience.time_updated,
         "time_content_updated": lambda: audience.time_content_updated,
@@ -280,7 +285,7 @@ def _fields(
     return tuple(fields)
 
 
-def _filtered(audiences: list[Audience], raw: Any) -> list[Audience]:
+def _filtered(audiences: list[Audience], raw: Any, state: SandboxState) -> list[Audience]:
     """Apply Graph's ``filtering`` (``[{field, operator, value}]``) on the fields the sandbox knows."""
     if raw in (None, "", []):
         return audiences
@@ -295,7 +300,9 @@ def _filtered(audiences: list[Audience], raw: Any) -> list[Audience]:
             "name": lambda a: a.name,
             "id": lambda a: a.id,
             "subtype": lambda a: a.subtype,
-            "operation_status.code": lambda a: a.operation_status()["code"],
+            "operation_status.code": lambda a: a.operation_status(state.now(), state.processing_delay_s)[
+                "code"
+            ],
         }
         getter = getters.get(str(field_name))
         if getter is None:

@@ -1,25 +1,33 @@
 """Fault injection: rules that make chosen requests fail, hang up or slow down.
 
 ``POST /_sandbox/faults`` with ``{"faults": [rule, ...]}`` appends rules; ``DELETE /_sandbox/faults``
-clears them. A rule has an optional ``method``, an optional ``path`` (a regex searched in the URL path),
+clears them. A rule has an optional ``method``, an optional ``path`` (a regex searched in the URL path;
+at most 200 characters, without nested quantifiers or backreferences, so matching takes bounded time),
 ``times`` (default 1) and exactly one action:
 
-- ``error``: a Graph error object, answered in Meta's envelope with ``http_status`` (default 400);
+- ``error``: a Graph error object, answered in Meta's envelope with ``http_status`` (400-599, default 400);
 - ``disconnect: true``: close the connection without answering and without processing the request;
 - ``disconnect: "after"``: process the request, then close without answering (a lost response);
-- ``delay_s``: wait that many seconds, then answer normally.
+- ``delay_s``: wait that many seconds (0-600; 0 lets one request pass untouched), then answer normally.
 
 For each request the first rule that matches and has ``times`` left applies and spends one.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import re._constants as sre_constants
+import re._parser as sre_parse
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_fbca.sandbox.errors import new_fbtrace_id
+
+MAX_DELAY_S = 600.0
+MAX_PATH_PATTERN = 200
+_REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT)
 
 
 class FaultRuleError(ValueError):
@@ -57,7 +65,11 @@ class FaultRule:
         """
         if not isinstance(raw, dict):
             raise FaultRuleError("a fault rule must be an object")
-        actions = [name for name in ("error", "disconnect", "delay_s") if raw.get(name) not in (None, False)]
+        actions = [
+            name
+            for name in ("error", "disconnect", "delay_s")
+            if name in raw and raw[name] is not None and (name == "delay_s" or raw[name] is not False)
+        ]
         if len(actions) != 1:
             raise FaultRuleError("a fault rule needs exactly one of error, disconnect, delay_s")
         times = raw.get("times", 1)
@@ -67,13 +79,13 @@ class FaultRule:
             kind=actions[0], times=times, method=_method(raw.get("method")), path=_path(raw.get("path"))
         )
         if rule.kind == "error":
-            rule.error, rule.http_status = _error(raw["error"]), int(raw.get("http_status", 400))
+            rule.error, rule.http_status = _error(raw["error"]), _http_status(raw.get("http_status", 400))
         elif rule.kind == "disconnect":
             if raw["disconnect"] not in (True, "after", "before"):
                 raise FaultRuleError('disconnect must be true or "after"')
             rule.kind = "disconnect_after" if raw["disconnect"] == "after" else "disconnect"
         else:
-            rule.kind, rule.delay_s = "delay", float(raw["delay_s"])
+            rule.kind, rule.delay_s = "delay", _delay(raw["delay_s"])
         return rule
 
     def matches(self, method: str, path: str) -> bool:
@@ -165,10 +177,58 @@ def _method(raw: Any) -> str | None:
 def _path(raw: Any) -> re.Pattern[str] | None:
     if raw in (None, ""):
         return None
+    if not isinstance(raw, str) or len(raw) > MAX_PATH_PATTERN:
+        raise FaultRuleError(f"path must be a regex of at most {MAX_PATH_PATTERN} characters")
     try:
-        return re.compile(str(raw))
+        parsed = sre_parse.parse(raw)
     except re.error as exc:
         raise FaultRuleError(f"path is not a valid regex: {exc}") from None
+    if _is_unbounded(parsed, inside_repeat=False):
+        raise FaultRuleError(
+            "path must not nest quantifiers or alternations in a quantifier, nor use backreferences (e.g. "
+            "(a+)+ or (a|a)*): such a regex can take "
+            "exponential time; use a plain prefix or suffix such as /users$"
+        )
+    return re.compile(raw)
+
+
+def _is_unbounded(parsed: Any, *, inside_repeat: bool) -> bool:
+    """Tell whether a parsed regex nests a repeat or an alternation inside a repeat, or uses a backreference."""
+    for op, arg in parsed:
+        if op in (sre_constants.GROUPREF, sre_constants.GROUPREF_EXISTS):
+            return True
+        if op in _REPEATS:
+            children, nested = [arg[2]], inside_repeat or arg[1] > 1
+            if inside_repeat:
+                return True
+        elif op == sre_constants.BRANCH:
+            if inside_repeat:
+                return True
+            children, nested = list(arg[1]), inside_repeat
+        elif op == sre_constants.SUBPATTERN:
+            children, nested = [arg[-1]], inside_repeat
+        elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+            children, nested = [arg[1]], inside_repeat
+        else:
+            continue
+        if any(_is_unbounded(child, inside_repeat=nested) for child in children):
+            return True
+    return False
+
+
+def _delay(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise FaultRuleError(f"delay_s must be a number of seconds from 0 to {MAX_DELAY_S:g}")
+    delay = float(raw)
+    if not math.isfinite(delay) or not 0 <= delay <= MAX_DELAY_S:
+        raise FaultRuleError(f"delay_s must be a finite number of seconds from 0 to {MAX_DELAY_S:g}")
+    return delay
+
+
+def _http_status(raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 400 <= raw <= 599:
+        raise FaultRuleError("http_status must be an integer from 400 to 599")
+    return raw
 
 
 def _error(raw: Any) -> dict[str, Any]:

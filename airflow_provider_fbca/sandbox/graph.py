@@ -24,7 +24,7 @@ from airflow_provider_fbca.sandbox.audiences import (
     update_audience,
 )
 from airflow_provider_fbca.sandbox.errors import GraphError, invalid_parameter, missing_parameter
-from airflow_provider_fbca.sandbox.ratelimit import UsageMeter
+from airflow_provider_fbca.sandbox.ratelimit import AccountScore, UsageMeter
 from airflow_provider_fbca.sandbox.state import AdAccount, SandboxState, Token
 from airflow_provider_fbca.sandbox.uploads import Matcher, Uploads
 
@@ -83,8 +83,9 @@ class GraphApi:
     :param app_secret: the app secret; when set, ``appsecret_proof`` is required on every call.
     :param default_account: the default ad account's digits (the usage headers' account for calls that
         name none).
-    :param meter: the rate-limit meter.
-    :param matcher: counts the rows of an upload that match a person of the population.
+    :param meter: the Custom Audience call budget.
+    :param score: the ad-account score.
+    :param matcher: tells which person of the population each row of an upload matches.
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class GraphApi:
         app_secret: str | None,
         default_account: str,
         meter: UsageMeter,
+        score: AccountScore,
         matcher: Matcher,
     ) -> None:
         self.state = state
@@ -102,6 +104,7 @@ class GraphApi:
         self.app_secret = app_secret
         self.default_account = default_account
         self.meter = meter
+        self.score = score
         self.uploads = Uploads(state, matcher)
 
     def handle(self, request: GraphRequest) -> GraphResponse:
@@ -117,7 +120,10 @@ class GraphApi:
             status = 200
         except GraphError as error:
             body, status = error.envelope(), error.http_status
-        headers = self.meter.headers(call.account, self.state.now()) if call.token else {}
+        headers: dict[str, str] = {}
+        if call.token:
+            headers = self.meter.headers(call.account, self.state.now())
+            self.meter.with_score(headers, self.score, call.account, self.state.now())
         return GraphResponse(status=status, body=body, headers=headers, rows=call.rows)
 
     # -- routing -----------------------------------------------------------------------------------
@@ -179,7 +185,7 @@ class GraphApi:
         params = call.request.params
         if not edges:
             if method == "GET":
-                return audience_view(audience, params.get("fields"))
+                return audience_view(audience, params.get("fields"), state=self.state)
             if method == "DELETE":
                 del self.state.audiences[audience.id]
                 return {"success": True}
@@ -255,7 +261,9 @@ class GraphApi:
             )
 
     def _count_call(self, call: _Call) -> None:
-        self.meter.record_call(call.account, self.state.now())
+        now = self.state.now()
+        self.meter.record_call(call.account, now)
+        self.score.record(call.account, now, write=call.request.method != "GET")
 
     @staticmethod
     def _require_scope(call: _Call, *, write: bool) -> None:

@@ -4,7 +4,10 @@ A member is one ``bytes`` object: its schema's id and ``\\x1e``, then either
 
 - ``P``, one presence byte per hashed key, the present SHA-256 digests in binary (32 bytes each, half
   their hex), then the unhashed values (EXTERN_ID, MADID, ...) joined by ``\\x1f``; or
-- ``T`` and every value as text joined by ``\\x1f``, for a row holding a value that is not a digest.
+- ``T`` and the row as a JSON array, for a row whose values hold the separator (stored exactly).
+
+Each member remembers the population person it matched, if any, so the audience's size is the number
+of distinct people its members match (:meth:`MemberStore.matched_people`), not its row count.
 
 A row's bytes depend only on its content, so adding the same person twice changes nothing. Removals
 find members through an index keyed by the *hash* of each strong identifier (an int, not the
@@ -14,6 +17,7 @@ A batch is packed with C-level ``map`` calls only: no Python loop per row.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import repeat
@@ -61,12 +65,12 @@ class _Layout:
         return list(map(b"".join, zip(repeat(self.prefix + _PACKED), presence, digests, plain)))
 
     def as_text(self, row: list[str]) -> bytes:
-        return self.prefix + _TEXT + SEPARATOR.join(row).encode()
+        return self.prefix + _TEXT + json.dumps(row, ensure_ascii=False).encode()
 
     def unpack(self, body: bytes) -> dict[str, str]:
         """Return the member's values by key (``body`` is what follows the schema id)."""
         if body[:1] == _TEXT:
-            return dict(zip(self.schema, body[1:].decode().split(SEPARATOR), strict=True))
+            return dict(zip(self.schema, json.loads(body[1:].decode()), strict=True))
         values: dict[int, str] = {}
         offset = 1 + len(self.hashed)
         for position, present in zip(self.hashed, body[1:offset], strict=True):
@@ -91,25 +95,45 @@ class MemberStore:
         self._layout_ids: dict[tuple[str, ...], int] = {}
         self._members: dict[bytes, None] = {}
         self._index: dict[int, _Entry] = {}
+        # member -> the population person it matched; person -> how many members match them
+        self._person: dict[bytes, int] = {}
+        self._people: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._members)
 
-    def add(self, schema: tuple[str, ...], rows: list[list[str]], packable: list[bool] | None = None) -> int:
+    def matched_people(self) -> int:
+        """How many distinct people of the population the members match."""
+        return len(self._people)
+
+    def add(
+        self,
+        schema: tuple[str, ...],
+        rows: list[list[str]],
+        packable: list[bool] | None = None,
+        people: list[int] | None = None,
+    ) -> int:
         """
         Store each row unless an identical member exists; return how many were new.
 
         :param schema: the canonical schema of the rows.
         :param rows: the rows as lists of text.
-        :param packable: per row, whether its hashed values are all digests or "" (None: all are).
+        :param packable: per row, whether it packs to binary (digests or "" only, no separator).
+        :param people: per row, the population person it matched, or a negative number.
         """
         layout = self._layout(schema)
         members = self._members
         fresh: dict[bytes, list[str]] = {}
-        for member, row in zip(_encode(layout, rows, packable), rows, strict=True):
+        encoded = _encode(layout, rows, packable)
+        for member, row in zip(encoded, rows, strict=True):
             if member not in members:
                 fresh.setdefault(member, row)
         members.update(dict.fromkeys(fresh))
+        if people is not None:
+            for member, person in zip(encoded, people, strict=True):
+                if person >= 0 and member in fresh and member not in self._person:
+                    self._person[member] = person
+                    self._people[person] = self._people.get(person, 0) + 1
         for position, key in layout.strong:
             self._index_column(
                 key, [(row[position], member) for member, row in fresh.items() if row[position]]
@@ -123,19 +147,44 @@ class MemberStore:
         :param schema: the canonical schema of the removal rows.
         :param rows: the removal rows as lists of text.
         """
+        victims = self.find(schema, rows)
+        for member in victims:
+            self._delete(member)
+        return len(victims)
+
+    def find(self, schema: tuple[str, ...], rows: list[list[str]]) -> list[bytes]:
+        """
+        Return the members sharing a non-empty strong identifier with a row (what a removal deletes).
+
+        :param schema: the canonical schema of the removal rows.
+        :param rows: the removal rows as lists of text.
+        """
         strong = self._layout(schema).strong
-        removed = 0
+        found: dict[bytes, None] = {}
         for row in rows:
             for position, key in strong:
                 value = row[position]
                 entry = self._index.get(hash((key, value))) if value else None
                 if entry is None:
                     continue
-                for member in [entry] if isinstance(entry, bytes) else list(entry):
+                for member in [entry] if isinstance(entry, bytes) else entry:
                     if member in self._members and self._decode(member).get(key) == value:
-                        self._delete(member)
-                        removed += 1
-        return removed
+                        found[member] = None
+        return list(found)
+
+    def matched_people_without(self, members: list[bytes]) -> int:
+        """
+        How many distinct people the members would match once ``members`` are gone.
+
+        :param members: members, as :meth:`find` returns them.
+        """
+        lost: dict[int, int] = {}
+        for member in members:
+            person = self._person.get(member)
+            if person is not None:
+                lost[person] = lost.get(person, 0) + 1
+        gone = sum(1 for person, count in lost.items() if self._people[person] == count)
+        return len(self._people) - gone
 
     def clear(self) -> None:
         """Forget every member."""
@@ -146,21 +195,27 @@ class MemberStore:
         for member in self._members:
             yield self._decode(member)
 
-    def groups(self) -> list[tuple[tuple[str, ...], list[list[str]]]]:
-        """Return the members grouped by schema, as rows of values (what :meth:`add` takes back)."""
-        grouped: dict[tuple[str, ...], list[list[str]]] = {}
-        for values in self.rows():
-            grouped.setdefault(tuple(values), []).append(list(values.values()))
-        return list(grouped.items())
+    def groups(self) -> list[tuple[tuple[str, ...], list[list[str]], list[int]]]:
+        """Return the members grouped by schema: rows of values and their people (as :meth:`add` takes)."""
+        grouped: dict[tuple[str, ...], tuple[list[list[str]], list[int]]] = {}
+        for member in self._members:
+            values = self._decode(member)
+            rows, people = grouped.setdefault(tuple(values), ([], []))
+            rows.append(list(values.values()))
+            people.append(self._person.get(member, -1))
+        return [(schema, rows, people) for schema, (rows, people) in grouped.items()]
 
-    def add_rows(self, schema: tuple[str, ...], rows: list[list[str]]) -> int:
+    def add_rows(
+        self, schema: tuple[str, ...], rows: list[list[str]], people: list[int] | None = None
+    ) -> int:
         """
         Store rows that were not validated by this process (a state file), checking each one's form.
 
         :param schema: the canonical schema.
         :param rows: the rows as lists of text.
+        :param people: per row, the person it matched (negative: none).
         """
-        return self.add(schema, rows, [is_packable(schema, row) for row in rows])
+        return self.add(schema, rows, [is_packable(schema, row) for row in rows], people)
 
     def _layout(self, schema: tuple[str, ...]) -> _Layout:
         layout_id = self._layout_ids.get(schema)
@@ -206,6 +261,11 @@ class MemberStore:
 
     def _delete(self, member: bytes) -> None:
         del self._members[member]
+        person = self._person.pop(member, None)
+        if person is not None:
+            self._people[person] -= 1
+            if not self._people[person]:
+                del self._people[person]
         for key, value in self._decode(member).items():
             if key in STRONG_KEYS and value:
                 self._unlink(hash((key, value)), member)

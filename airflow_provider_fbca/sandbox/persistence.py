@@ -1,4 +1,8 @@
-"""The ``--state-file``: the sandbox's state as JSON, so it survives restarts."""
+"""The ``--state-file``: the sandbox's state as JSON, so it survives restarts.
+
+The file holds access tokens, so it is written with mode 0600; a file that cannot be read or is not a
+state file raises :class:`StateFileError` with a one-line reason.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,10 @@ from airflow_provider_fbca.sandbox.state import (
 FORMAT_VERSION = 1
 
 
+class StateFileError(ValueError):
+    """A state file that cannot be read, or is not a sandbox state file."""
+
+
 def save(state: SandboxState, path: Path) -> None:
     """
     Write the state to ``path`` atomically (a temporary file renamed over it).
@@ -38,7 +46,11 @@ def save(state: SandboxState, path: Path) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document), encoding="utf-8")
+    # Created 0600 from the start (tokens inside): never readable by others, not even for a moment.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(document))
     os.replace(temporary, path)
 
 
@@ -49,9 +61,21 @@ def load(state: SandboxState, path: Path) -> None:
     :param state: the state to fill.
     :param path: a file written by :func:`save`.
     """
-    document = json.loads(path.read_text(encoding="utf-8"))
-    if document.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path} is not a sandbox state file of format {FORMAT_VERSION}")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateFileError(f"cannot read the state file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise StateFileError(f"the state file {path} is not valid JSON ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
+        raise StateFileError(f"{path} is not a sandbox state file of format {FORMAT_VERSION}")
+    try:
+        _load_document(state, document)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StateFileError(f"the state file {path} is damaged ({type(exc).__name__}: {exc})") from None
+
+
+def _load_document(state: SandboxState, document: dict[str, Any]) -> None:
     state.next_audience_seq = document["next_audience_seq"]
     state.next_session_seq = document["next_session_seq"]
     state.tokens.update(
@@ -120,11 +144,13 @@ def _load_audience(raw: dict[str, Any]) -> Audience:
 
 
 def _dump_members(store: MemberStore) -> list[dict[str, Any]]:
-    return [{"schema": list(schema), "rows": rows} for schema, rows in store.groups()]
+    return [
+        {"schema": list(schema), "rows": rows, "people": people} for schema, rows, people in store.groups()
+    ]
 
 
 def _load_members(groups: list[dict[str, Any]]) -> MemberStore:
     store = MemberStore()
     for group in groups:
-        store.add_rows(tuple(group["schema"]), group["rows"])
+        store.add_rows(tuple(group["schema"]), group["rows"], group.get("people"))
     return store

@@ -2,9 +2,11 @@
 
 The population is deterministic from ``(size, seed)``: person ``i`` is derived from a keyed hash of
 ``i``, so nothing random is stored and any person can be rebuilt on demand. Each person is held in
-Meta's normalized form; the match index holds the SHA-256 of their e-mail, their phone, and of their
-first name + last name + ZIP. An uploaded row counts as *matched* when its EMAIL, PHONE or MADID, or its
-FN + LN + ZIP together, belong to a person (EXTERN_ID never matches: it is the advertiser's own id).
+Meta's normalized form, and the match index holds, for each rule of :data:`MATCH_RULES`, the person a
+combination of identifiers belongs to (hashed keys as SHA-256 digests of the normalized value, MADID as
+lowercase text). An uploaded row matches the first person one of its rules finds; a client that
+normalizes a city or a birth date differently from Meta loses that rule's match, as at Meta.
+EXTERN_ID matches only through :class:`ExternIds`: an id uploaded on a row that matched someone.
 
 :func:`generate_customers` renders people the way warehouses hold them; see :mod:`.customers`.
 """
@@ -14,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import threading
 import unicodedata
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property, lru_cache
-from operator import add, itemgetter
+from operator import itemgetter
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -103,6 +107,20 @@ OUTSIDER_EMAIL_DOMAIN = "example.net"
 GB_SHARE_PERCENT = 20
 LONDON_LANDLINE_PERCENT = 30
 
+# The combinations of keys a row is matched on, tried in this order. Meta matches on each strong key
+# alone and on names with place or birth date ("multi-key matching"); it does not publish its exact
+# combinations, so these are the sandbox's choice among the keys its customer-file guide lists.
+MATCH_RULES: tuple[tuple[str, ...], ...] = (
+    ("EMAIL",),
+    ("PHONE",),
+    ("MADID",),
+    ("FN", "LN", "ZIP"),
+    ("FN", "LN", "CT", "ST"),
+    ("FN", "LN", "COUNTRY", "DOBY", "DOBM", "DOBD"),
+    ("FN", "LN", "GEN", "DOBY", "DOBM", "DOBD"),
+)
+NO_MATCH = -1
+
 
 @dataclass(frozen=True)
 class Person:
@@ -144,10 +162,35 @@ class Person:
             return outward + inward[0]
         return self.zip_code
 
-    def match_keys(self) -> tuple[str, str, str]:
-        """The SHA-256 of the e-mail, of the phone, and FN+LN+ZIP hashes concatenated."""
-        names = _hashed_name(self.first_name) + _hashed_name(self.last_name)
-        return sha256(self.email), sha256(self.phone), names + _hashed_zip(self.normalized_zip)
+    @property
+    def madid(self) -> str:
+        """The person's mobile advertiser id, lowercase with hyphens as Meta matches it (never hashed)."""
+        return str(uuid.UUID(bytes=hashlib.blake2b(f"madid:{self.email}".encode(), digest_size=16).digest()))
+
+    def normalized(self) -> dict[str, str]:
+        """Every match key's value in Meta's normalized form (before hashing)."""
+        birth = self.birth_date
+        return {
+            "EMAIL": self.email,
+            "PHONE": self.phone,
+            "MADID": self.madid,
+            "FN": normalize_name(self.first_name),
+            "LN": normalize_name(self.last_name),
+            "ZIP": self.normalized_zip,
+            "CT": normalize_name(self.city),
+            "ST": (self.state_code or normalize_name(self.state_name)).lower(),
+            "COUNTRY": self.country,
+            "DOBY": f"{birth.year:04d}",
+            "DOBM": f"{birth.month:02d}",
+            "DOBD": f"{birth.day:02d}",
+            "GEN": self.gender,
+        }
+
+    def match_keys(self) -> tuple[object, ...]:
+        """Per rule of :data:`MATCH_RULES`, the key the row of this person is found by."""
+        values = self.normalized()
+        wire = {key: value if key == "MADID" else _hashed(value) for key, value in values.items()}
+        return tuple(_rule_key(tuple(wire[key] for key in rule)) for rule in MATCH_RULES)
 
 
 def sha256(text: str) -> str:
@@ -159,14 +202,14 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@lru_cache(maxsize=1024)
-def _hashed_name(name: str) -> str:
-    return sha256(normalize_name(name))
-
-
 @lru_cache(maxsize=65536)
-def _hashed_zip(zip_code: str) -> str:
-    return sha256(zip_code)
+def _hashed(value: str) -> str:
+    return sha256(value)
+
+
+def _rule_key(values: tuple[str, ...]) -> object:
+    """A rule's lookup key: the value itself for a one-key rule, else the tuple (as ``itemgetter`` gives)."""
+    return values[0] if len(values) == 1 else values
 
 
 @lru_cache(maxsize=1024)
@@ -265,7 +308,7 @@ class Population:
     :param seed: the seed they are derived from.
     """
 
-    _indexes: dict[tuple[int, int], tuple[frozenset[str], frozenset[str], frozenset[str]]] = {}
+    _indexes: dict[tuple[int, int], tuple[dict[int, int], ...]] = {}
     _lock = threading.Lock()
 
     def __init__(self, size: int, seed: int) -> None:
@@ -285,19 +328,20 @@ class Population:
         return make_person(index, self.seed)
 
     @cached_property
-    def _index(self) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    def _index(self) -> tuple[dict[int, int], ...]:
+        """Per rule, the hash of a person's key -> the person's number (hashes keep the index small)."""
         key = (self.size, self.seed)
         with self._lock:
             index = self._indexes.get(key)
             if index is None:
-                keys = [make_person(i, self.seed).match_keys() for i in range(self.size)]
-                index = (
-                    tuple(frozenset(column) for column in zip(*keys, strict=True))
-                    if keys
-                    else (frozenset(),) * 3
-                )
-                self._indexes[key] = index  # type: ignore[assignment]
-            return index  # type: ignore[return-value]
+                index = tuple({} for _ in MATCH_RULES)
+                for number in range(self.size):
+                    for rule_index, rule_key in zip(
+                        index, make_person(number, self.seed).match_keys(), strict=True
+                    ):
+                        rule_index.setdefault(hash(rule_key), number)
+                self._indexes[key] = index
+            return index
 
     def warm_up(self) -> None:
         """Build the match index now (it is shared, and otherwise built by the first upload)."""
@@ -305,32 +349,68 @@ class Population:
 
     def contains(self, person: Person) -> bool:
         """
-        Tell whether a person shares an e-mail, a phone, or names + ZIP with the population.
+        Tell whether any rule of :data:`MATCH_RULES` finds a person of the population for this person.
 
         :param person: the person.
         """
-        emails, phones, names = self._index
-        email, phone, name_zip = person.match_keys()
-        return email in emails or phone in phones or name_zip in names
+        return any(
+            hash(rule_key) in rule_index
+            for rule_index, rule_key in zip(self._index, person.match_keys(), strict=True)
+        )
 
-    def count_matches(self, schema: tuple[str, ...], rows: list[list[str]]) -> int:
+    def match_rows(
+        self, schema: tuple[str, ...], rows: list[list[str]], extern_ids: ExternIds | None = None
+    ) -> list[int]:
         """
-        Count the rows that match a person: EMAIL, PHONE, or FN + LN + ZIP (hashed as Meta expects).
+        Return, per row, the number of the person it matches, or :data:`NO_MATCH`.
+
+        Each rule whose keys are all in the schema is looked up for the whole batch at once (C-level
+        maps); a row takes the first rule's hit. With ``extern_ids``, a row's EXTERN_ID is learned when
+        the row matched, and an unmatched row is matched through an EXTERN_ID learned before.
 
         :param schema: the canonical schema.
-        :param rows: the rows as lists of text.
+        :param rows: the rows as lists of text (hashed keys as digests, MADID as text).
+        :param extern_ids: the ad account's EXTERN_ID mappings.
         """
         position = {key: i for i, key in enumerate(schema)}
-        emails, phones, names = self._index
         columns = []
-        if "EMAIL" in position:
-            columns.append(map(emails.__contains__, map(itemgetter(position["EMAIL"]), rows)))
-        if "PHONE" in position:
-            columns.append(map(phones.__contains__, map(itemgetter(position["PHONE"]), rows)))
-        if {"FN", "LN", "ZIP"} <= position.keys():
-            first, last, zip_code = (map(itemgetter(position[key]), rows) for key in ("FN", "LN", "ZIP"))
-            columns.append(map(names.__contains__, map(add, map(add, first, last), zip_code)))
+        for rule, rule_index in zip(MATCH_RULES, self._index, strict=True):
+            if set(rule) <= position.keys():
+                getter: Callable[[list[str]], object] = itemgetter(*(position[key] for key in rule))
+                columns.append(map(rule_index.get, map(hash, map(getter, rows))))
         if not columns:
-            return 0
-        # One bool per row and column, or-ed row-wise: all in C, no Python loop per row.
-        return sum(map(any, zip(*columns, strict=True)))
+            people = [NO_MATCH] * len(rows)
+        else:
+            people = [
+                next((p for p in found if p is not None), NO_MATCH) for found in zip(*columns, strict=True)
+            ]
+        if extern_ids is not None and "EXTERN_ID" in position:
+            extern_ids.link([row[position["EXTERN_ID"]] for row in rows], people)
+        return people
+
+
+class ExternIds:
+    """
+    An ad account's EXTERN_ID mappings: the person each id was uploaded with (Meta keeps them 90 days).
+
+    :param known: EXTERN_ID -> person number; learned mappings are written into it.
+    """
+
+    def __init__(self, known: dict[str, int]) -> None:
+        self.known = known
+
+    def link(self, ids: list[str], people: list[int]) -> None:
+        """
+        Learn the ids of matched rows, and match the other rows through ids learned before (in place).
+
+        :param ids: each row's EXTERN_ID ("" when it has none).
+        :param people: each row's person, or :data:`NO_MATCH`; unmatched rows are filled in.
+        """
+        known = self.known
+        for row, (extern_id, person) in enumerate(zip(ids, people, strict=True)):
+            if not extern_id:
+                continue
+            if person != NO_MATCH:
+                known[extern_id] = person
+            else:
+                people[row] = known.get(extern_id, NO_MATCH)

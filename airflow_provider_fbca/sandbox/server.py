@@ -1,36 +1,29 @@
-"""The sandbox's HTTP server: Meta's request conventions, fault rules, inspection endpoints, and
-:class:`Sandbox`, which runs it all on a loopback port in a background thread."""
+""":class:`Sandbox`: the sandbox's state, population, limits and fault rules, served over HTTP (see
+:mod:`.transport`) on a loopback port in a background thread, with helpers for tests and the demo."""
 
 from __future__ import annotations
 
-import binascii
-import json
-import sys
 import threading
-import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
-from email.parser import BytesParser
-from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import unquote_plus, urlsplit
 
 from airflow_provider_fbca.sandbox import persistence
-from airflow_provider_fbca.sandbox.errors import GraphError, invalid_parameter
-from airflow_provider_fbca.sandbox.faults import FaultInjector, FaultRule, FaultRuleError
+from airflow_provider_fbca.sandbox.faults import FaultInjector
 from airflow_provider_fbca.sandbox.graph import GraphApi, GraphRequest, GraphResponse
 from airflow_provider_fbca.sandbox.population import Population
 from airflow_provider_fbca.sandbox.ratelimit import (
     DEFAULT_BUDGET,
     DEFAULT_LOCKOUT_S,
     DEFAULT_WINDOW_S,
+    STANDARD_ACCESS,
+    AccountScore,
     UsageMeter,
 )
 from airflow_provider_fbca.sandbox.state import DEFAULT_SCOPES, AdAccount, SandboxState, Token, system_clock
+from airflow_provider_fbca.sandbox.transport import DEFAULT_READ_TIMEOUT_S, SandboxServer
 
 DEFAULT_ACCESS_TOKEN = "sandbox-token"
 DEFAULT_APP_ID = "1000000000001"
@@ -55,13 +48,20 @@ class Sandbox:
     :param ad_account_id: the ad account, ``act_<digits>`` or ``<digits>``.
     :param population: how many synthetic people uploads are matched against.
     :param seed: the seed the population is generated from.
-    :param processing_delay_s: how long a closed upload session stays ``processing``.
+    :param processing_delay_s: how long a closed upload session stays ``processing`` (the CLI's default
+        is 10 s, as Meta takes a while; 0 here so tests that do not wait stay fast).
     :param state_file: a JSON file the state is loaded from at start and saved to at stop.
     :param clock: a callable returning unix seconds (e.g. :class:`ManualClock`); default: real time.
     :param rate_limit_budget: calls allowed per ad account and window before the lockout.
     :param rate_limit_window_s: the budget's window, in seconds.
     :param rate_limit_lockout_s: how long a lockout lasts, in seconds.
     :param rate_limit_error_code: 80003 (Custom Audience limit), 17, 613 or 4.
+    :param access_tier: the app's Marketing API tier, which sets the ad-account score's maximum and
+        lockout: ``"standard_access"`` (9000, 60 s) or ``"development_access"`` (60, 300 s; the CLI's
+        default); ``None`` turns the score off.
+    :param removal_floor: removals that would leave fewer matched people than this are refused with
+        200/1870047 (Meta publishes no exact figure; the CLI's default is 1000, 0 turns it off).
+    :param read_timeout_s: how long a connection may stay silent before it is dropped.
     """
 
     def __init__(
@@ -82,6 +82,9 @@ class Sandbox:
         rate_limit_window_s: float = DEFAULT_WINDOW_S,
         rate_limit_lockout_s: float = DEFAULT_LOCKOUT_S,
         rate_limit_error_code: int = 80003,
+        access_tier: str | None = STANDARD_ACCESS,
+        removal_floor: int = 0,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     ) -> None:
         self.host = host
         self.port = port
@@ -96,9 +99,13 @@ class Sandbox:
         self.clock = clock or system_clock
         self.population = Population(population, seed)
         self.lock = threading.RLock()
-        self.state = SandboxState(clock=self.clock, processing_delay_s=processing_delay_s)
+        self.read_timeout_s = read_timeout_s
+        self.state = SandboxState(clock=self.clock)
+        self.set_processing_delay(processing_delay_s)
+        self.set_removal_floor(removal_floor)
         self.meter = UsageMeter(rate_limit_budget, rate_limit_window_s, rate_limit_lockout_s)
         self.meter.configure(error_code=rate_limit_error_code)
+        self.score = AccountScore(access_tier)
         self.faults = FaultInjector()
         self.request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
         self.graph = GraphApi(
@@ -107,12 +114,13 @@ class Sandbox:
             app_secret=self.app_secret,
             default_account=digits,
             meter=self.meter,
-            matcher=self.population.count_matches,
+            score=self.score,
+            matcher=self.population.match_rows,
         )
         self._install_defaults()
         if self.state_file and self.state_file.exists():
             persistence.load(self.state, self.state_file)
-        self._server: ThreadingHTTPServer | None = None
+        self._server: SandboxServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -129,7 +137,7 @@ class Sandbox:
         """Start serving in a background thread; return the sandbox."""
         if self._server is not None:
             return self
-        self._server = _Server((self.host, self.port), _Handler, self)
+        self._server = SandboxServer((self.host, self.port), self, self.read_timeout_s)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -250,26 +258,44 @@ class Sandbox:
         window_s: float | None = None,
         lockout_s: float | None = None,
         error_code: int | None = None,
+        access_tier: str | None = None,
     ) -> None:
         """
-        Change the call budget per ad account (and start counting afresh).
+        Change the call budget per ad account, or the access tier (and start counting afresh).
 
         :param budget: calls allowed per window.
         :param window_s: the window in seconds.
         :param lockout_s: how long the lockout lasts.
         :param error_code: 80003, 17, 613 or 4.
+        :param access_tier: ``"standard_access"``, ``"development_access"`` or ``"off"`` (the score).
         """
         with self.lock:
             self.meter.configure(budget, window_s, lockout_s, error_code)
+            if access_tier is not None:
+                self.score.configure(None if access_tier == "off" else access_tier)
+
+    def set_removal_floor(self, size: int) -> None:
+        """
+        Refuse (200/1870047) removals that would leave fewer matched people than ``size`` (0: never).
+
+        :param size: the floor.
+        """
+        if size < 0:
+            raise ValueError("the removal floor must be >= 0")
+        with self.lock:
+            self.state.removal_floor = int(size)
 
     def set_processing_delay(self, seconds: float) -> None:
         """
         Change how long a closed upload session stays ``processing``.
 
-        :param seconds: the delay.
+        :param seconds: the delay, 0 or more.
         """
+        seconds = float(seconds)
+        if not 0 <= seconds < float("inf"):
+            raise ValueError("the processing delay must be a finite number of seconds >= 0")
         with self.lock:
-            self.state.processing_delay_s = float(seconds)
+            self.state.processing_delay_s = seconds
 
     def reset(self) -> None:
         """Wipe audiences, tokens, accounts, faults, usage and the request log; restore the defaults."""
@@ -279,6 +305,7 @@ class Sandbox:
             self.state.accounts.clear()
             self.request_log.clear()
             self.meter.configure()
+            self.score.configure(self.score.tier)
             self._install_defaults()
         self.faults.clear()
 
@@ -317,285 +344,3 @@ class Sandbox:
         entry.update(extra)
         with self.lock:
             self.request_log.append(entry)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], sandbox: Sandbox
-    ) -> None:
-        self.sandbox = sandbox
-        super().__init__(address, handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (a timeout in a test) is not the sandbox's error.
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Parses requests as Meta accepts them and writes JSON answers."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "fbca-sandbox"
-    # Headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm and the client's
-    # delayed ACK hold the body back 40 ms on every kept-alive request.
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # The default access log prints the query string, and with it the access token.
-        return
-
-    def _dispatch(self) -> None:
-        sandbox = self.server.sandbox
-        url = urlsplit(self.path)
-        body = self._read_body()
-        if url.path.startswith("/_sandbox"):
-            self._inspection(sandbox, url.path, body)
-            return
-        query = parse_form(url.query)
-        try:
-            body_params = self._body_params(body)
-        except GraphError as error:
-            self._send_json(error.http_status, error.envelope())
-            return
-        params = {**query, **body_params}
-        method = self.command
-        override = str(params.get("method", "")).upper()
-        if method == "POST" and override in ("GET", "DELETE"):
-            method = override
-        request = GraphRequest(
-            method=method,
-            path=url.path,
-            params=params,
-            access_token=_token(params, self.headers.get("Authorization")),
-            base_url=f"http://{self.headers.get('Host') or sandbox.url.removeprefix('http://')}",
-        )
-        names = {"query_params": sorted(query), "body_params": sorted(body_params)}
-        fault = sandbox.faults.take(method, url.path)
-        if fault is not None and self._apply_fault(sandbox, fault, request, names):
-            return
-        try:
-            response = sandbox.handle_graph(request)
-        except Exception:
-            # A bug of the sandbox: answer as Meta does for its own failures, and show it.
-            traceback.print_exc()
-            error = GraphError("An unknown error occurred", 1, 99, http_status=500, is_transient=True)
-            response = GraphResponse(status=500, body=error.envelope())
-        sandbox.log_request(method, url.path, response, **names)
-        self._send_json(response.status, response.body, response.headers)
-
-    def _apply_fault(
-        self, sandbox: Sandbox, fault: FaultRule, request: GraphRequest, names: dict[str, Any]
-    ) -> bool:
-        """Apply a fault rule; return True when the request has been dealt with."""
-        if fault.kind == "delay":
-            time.sleep(fault.delay_s)
-            return False
-        if fault.kind == "error":
-            body = fault.error_body()
-            sandbox.log_request(request.method, request.path, None, fault="error", **names)
-            self._send_json(fault.http_status, body)
-            return True
-        if fault.kind == "disconnect_after":
-            response = sandbox.handle_graph(request)
-            sandbox.log_request(request.method, request.path, response, fault="disconnect_after", **names)
-        else:
-            sandbox.log_request(request.method, request.path, None, fault="disconnect", **names)
-        self.close_connection = True
-        return True
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            return self._read_chunked()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _read_chunked(self) -> bytes:
-        """Read a ``Transfer-Encoding: chunked`` body (clients that stream what they send)."""
-        chunks = []
-        while True:
-            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while self.rfile.readline().strip():  # trailer headers, up to the blank line
-                    pass
-                return b"".join(chunks)
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline()
-
-    def _body_params(self, body: bytes) -> dict[str, Any]:
-        if not body:
-            return {}
-        content_type = (self.headers.get("Content-Type") or "").lower()
-        if content_type.startswith("application/json"):
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                raise invalid_parameter("The request body is not valid JSON") from None
-            if not isinstance(parsed, dict):
-                raise invalid_parameter("A JSON request body must be an object")
-            return parsed
-        if content_type.startswith("multipart/form-data"):
-            return _multipart(self.headers.get("Content-Type", ""), body)
-        try:
-            return parse_form(body.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise invalid_parameter("The request body is not UTF-8") from None
-
-    def _inspection(self, sandbox: Sandbox, path: str, body: bytes) -> None:
-        try:
-            status, answer = _inspect(sandbox, self.command, path.rstrip("/"), body)
-        except (FaultRuleError, ValueError, KeyError) as exc:
-            status, answer = 400, {"error": {"message": str(exc), "type": "SandboxError", "code": 100}}
-        self._send_json(status, answer)
-
-    def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-
-def _token(params: dict[str, Any], authorization: str | None) -> str | None:
-    """The access token: from the query or the body, else ``Authorization: Bearer|OAuth <token>``."""
-    token = params.get("access_token")
-    if token:
-        return str(token)
-    if authorization:
-        scheme, _, value = authorization.strip().partition(" ")
-        if scheme.lower() in ("bearer", "oauth") and value.strip():
-            return value.strip()
-    return None
-
-
-def parse_form(text: str) -> dict[str, str]:
-    """
-    Parse an application/x-www-form-urlencoded body (the first value of each name wins).
-
-    ``urllib.parse.parse_qsl`` decodes escapes one by one in Python, which takes half a second on a
-    10,000-row payload; :func:`_unquote_form` decodes them in C, about ten times faster.
-
-    :param text: the body, as text.
-    """
-    fields: dict[str, str] = {}
-    for pair in text.split("&"):
-        if not pair:
-            continue
-        name, _, value = pair.partition("=")
-        fields.setdefault(_unquote_form(name), _unquote_form(value))
-    return fields
-
-
-def _unquote_form(text: str) -> str:
-    """
-    Decode one form-encoded name or value.
-
-    Percent escapes are quoted-printable escapes with another sign, so ``binascii.a2b_qp`` (in C) does
-    the work once literal ``=`` are escaped and ``%`` become ``=``; the result equals ``unquote_plus``.
-    """
-    if "%" not in text:
-        return text.replace("+", " ")
-    if "\n" in text or "\r" in text:  # not form-encoded (and a2b_qp would see soft line breaks)
-        return unquote_plus(text)
-    quoted_printable = text.replace("=", "=3D").replace("%", "=").replace("+", " ").encode("utf-8")
-    decoded = binascii.a2b_qp(quoted_printable)
-    # Each escape shrinks by two bytes. a2b_qp keeps a malformed escape ("%zz") and drops a "%" at the
-    # end: either shows in the length, and such (rare) text goes to urllib's decoder instead.
-    if len(decoded) != len(quoted_printable) - 2 * (text.count("%") + text.count("=")):
-        return unquote_plus(text)
-    return decoded.decode("utf-8", "replace")
-
-
-def _multipart(content_type: str, body: bytes) -> dict[str, Any]:
-    """Parse a multipart/form-data body (``curl -F``) into its text fields."""
-    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    if not message.is_multipart():
-        raise invalid_parameter("The multipart body could not be parsed")
-    fields: dict[str, Any] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if name:
-            payload = part.get_payload(decode=True) or b""
-            fields[str(name)] = payload.decode("utf-8")
-    return fields
-
-
-def _inspect(sandbox: Sandbox, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
-    """The ``/_sandbox`` endpoints: look at and steer the sandbox."""
-    parts = path.split("/")[2:]
-    data = json.loads(body) if body else {}
-    if method == "GET" and len(parts) == 3 and parts[0] == "audiences" and parts[2] == "members":
-        try:
-            return 200, {"data": sandbox.members(parts[1])}
-        except KeyError:
-            return 404, {"error": {"message": f"no audience {parts[1]}", "type": "SandboxError", "code": 100}}
-    if method == "GET" and parts == ["requests"]:
-        return 200, {"data": sandbox.requests()}
-    if method == "POST" and parts == ["reset"]:
-        sandbox.reset()
-        return 200, {"success": True}
-    if parts == ["faults"]:
-        if method == "POST":
-            sandbox.set_faults(data.get("faults"))
-        elif method == "DELETE":
-            sandbox.clear_faults()
-        return 200, {"data": sandbox.faults.describe()}
-    return _steer(sandbox, method, parts, data)
-
-
-def _steer(
-    sandbox: Sandbox, method: str, parts: list[str], data: dict[str, Any]
-) -> tuple[int, dict[str, Any]]:
-    """The ``/_sandbox`` endpoints that change fixtures: tokens, terms, flags, limits, delay, clock."""
-    if method != "POST":
-        return 404, {"error": {"message": "unknown sandbox endpoint", "type": "SandboxError", "code": 100}}
-    if parts == ["tokens"]:
-        sandbox.add_token(
-            data["token"],
-            expires_at=data.get("expires_at"),
-            scopes=data.get("scopes", DEFAULT_SCOPES),
-            valid=data.get("valid", True),
-        )
-    elif len(parts) == 3 and parts[0] == "accounts" and parts[2] == "terms":
-        sandbox.set_terms_accepted(parts[1], bool(data.get("accepted", True)))
-    elif len(parts) == 3 and parts[0] == "audiences" and parts[2] == "flag":
-        sandbox.flag_audience(parts[1], bool(data.get("flagged", True)))
-    elif parts == ["rate_limit"]:
-        sandbox.set_rate_limit(
-            data.get("budget"),
-            window_s=data.get("window_s"),
-            lockout_s=data.get("lockout_s"),
-            error_code=data.get("error_code"),
-        )
-    elif parts == ["processing_delay"]:
-        sandbox.set_processing_delay(float(data["seconds"]))
-    elif parts == ["clock"]:
-        advance = getattr(sandbox.clock, "advance", None)
-        if advance is None:
-            raise ValueError("the sandbox runs on the real clock; start it with a ManualClock to move time")
-        advance(float(data.get("advance_s", 0)))
-    elif parts == ["save"]:
-        sandbox.save_state()
-    else:
-        return 404, {"error": {"message": "unknown sandbox endpoint", "type": "SandboxError", "code": 100}}
-    return 200, {"success": True}

@@ -17,8 +17,14 @@ Clock = Callable[[], float]
 
 REPLACE_WINDOW_S = 90 * 60
 DEFAULT_SCOPES = ("ads_management", "ads_read", "business_management")
-# Below this many members Meta reports the audience too small to deliver (delivery_status 300).
+# Below this many matched people the audience is too small to deliver (delivery_status 300): Meta's
+# minimum for a lookalike seed; its API docs state none for delivery.
 MIN_DELIVERABLE_SIZE = 100
+# Below this many matched people Meta shows no figure, only "below 1,000": both bounds are 1,000.
+SMALL_AUDIENCE_SIZE = 1000
+# operation_status 412 / 411: shares past which Meta warns (it publishes no thresholds).
+MANY_INVALID_SHARE = 0.5
+LOW_MATCH_SHARE = 0.1
 
 
 class ManualClock:
@@ -77,6 +83,8 @@ class AdAccount:
     digits: str
     name: str
     terms_accepted: bool = True
+    # EXTERN_ID -> population person, learned from uploads that matched (Meta keeps them per ad account)
+    extern_ids: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +100,15 @@ class UploadSession:
     estimated_num_total: int | None = None
     closed_at: float | None = None
 
+    def finished(self, now: float, delay_s: float) -> bool:
+        """
+        Tell whether the session is closed and done processing.
+
+        :param now: the current time.
+        :param delay_s: how long a closed session takes to finish processing.
+        """
+        return self.closed_at is not None and now >= self.closed_at + delay_s
+
     def view(self, now: float, delay_s: float) -> dict[str, str]:
         """
         Return the session as Meta types it: every value a string.
@@ -99,7 +116,7 @@ class UploadSession:
         :param now: the current time.
         :param delay_s: how long a closed session takes to finish processing.
         """
-        finished = self.closed_at is not None and now >= self.closed_at + delay_s
+        finished = self.finished(now, delay_s)
         if finished:
             progress = 100
         elif self.closed_at is not None:
@@ -156,8 +173,13 @@ class Audience:
     replace_outcomes: dict[str, str] = field(default_factory=dict)
     schemas_seen: set[tuple[str, ...]] = field(default_factory=set)
 
-    def operation_status(self) -> dict[str, Any]:
-        """Meta's ``operation_status`` as it follows from the audience's state."""
+    def operation_status(self, now: float = 0.0, delay_s: float = 0.0) -> dict[str, Any]:
+        """
+        Meta's ``operation_status`` as it follows from the audience's state and its last upload.
+
+        :param now: the current time (sessions closed less than ``delay_s`` ago are still populating).
+        :param delay_s: the processing delay.
+        """
         if self.flagged:
             return {
                 "code": 471,
@@ -167,22 +189,39 @@ class Audience:
             return {"code": 414, "description": "Replacing the audience's users is in progress."}
         if self.replace_failed:
             return {"code": 415, "description": "The last replace of the audience's users did not complete."}
+        if not self.sessions:
+            return {"code": 410, "description": "No upload: no customer data has been uploaded yet."}
+        if not all(session.finished(now, delay_s) for session in self.sessions.values()):
+            return {"code": 441, "description": "The audience is being populated with the latest upload."}
+        last = list(self.sessions.values())[-1]
+        if last.num_received and last.num_invalid_entries > MANY_INVALID_SHARE * last.num_received:
+            return {
+                "code": 412,
+                "description": "Many entries of the last upload were invalid (badly hashed or formatted).",
+            }
+        if len(self.members) and self.members.matched_people() < LOW_MATCH_SHARE * len(self.members):
+            return {"code": 411, "description": "Low match rate: few uploaded entries matched people."}
         return {"code": 200, "description": "Normal"}
 
     def delivery_status(self) -> dict[str, Any]:
-        """Meta's ``delivery_status``: ready, or too small to deliver."""
-        if len(self.members) < MIN_DELIVERABLE_SIZE:
+        """Meta's ``delivery_status``: ready, or too few matched people to deliver."""
+        if self.members.matched_people() < MIN_DELIVERABLE_SIZE:
             return {"code": 300, "description": "This audience is too small to use."}
         return {"code": 200, "description": "This audience is ready for use."}
 
     def approximate_bounds(self) -> tuple[int, int]:
-        """The size range Meta shows: the member count rounded down and up to two significant digits."""
-        size = len(self.members)
-        if size < 100:
-            return size, size
+        """
+        The size range Meta shows, from the distinct people the members match.
+
+        Below 1,000 people Meta gives no figure (both bounds 1,000, "below 1,000" in Ads Manager);
+        above, the count rounded to two significant digits, one step either side (5,000: 4,900-5,100).
+        """
+        size = self.members.matched_people()
+        if size < SMALL_AUDIENCE_SIZE:
+            return SMALL_AUDIENCE_SIZE, SMALL_AUDIENCE_SIZE
         step = 10 ** (len(str(size)) - 2)
-        lower = size // step * step
-        return lower, lower if lower == size else lower + step
+        centre = (size + step // 2) // step * step
+        return max(SMALL_AUDIENCE_SIZE, centre - step), centre + step
 
     def data_source(self) -> dict[str, Any]:
         """Meta's ``data_source``, from the schemas uploaded so far."""
@@ -206,6 +245,8 @@ class SandboxState:
 
     clock: Clock = system_clock
     processing_delay_s: float = 0.0
+    # removals that would leave fewer matched people than this are refused (200/1870047); 0: never
+    removal_floor: int = 0
     tokens: dict[str, Token] = field(default_factory=dict)
     accounts: dict[str, AdAccount] = field(default_factory=dict)
     audiences: dict[str, Audience] = field(default_factory=dict)

@@ -4,6 +4,10 @@ usersreplace, as Meta documents it: ``batch_seq`` 1 starts a session (and sets `
 414), ``last_batch_flag`` ends it and swaps the members; batches later than 90 minutes after the first
 are refused (2650/1870158) and the audience keeps what arrived in time (status 415); ``/users`` is
 refused while a replace runs (2650/1870145).
+
+Each batch's rows are matched against the population as they arrive (the person each row matches is
+stored with it, and EXTERN_IDs are learned per ad account); a removal that would leave fewer matched
+people than the sandbox's removal floor is refused with 200/1870047.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from airflow_provider_fbca.sandbox import errors
-from airflow_provider_fbca.sandbox.errors import invalid_parameter, missing_parameter
+from airflow_provider_fbca.sandbox.errors import GraphError, invalid_parameter, missing_parameter
 from airflow_provider_fbca.sandbox.paging import cursor_page
+from airflow_provider_fbca.sandbox.population import NO_MATCH, ExternIds
 from airflow_provider_fbca.sandbox.state import (
     REPLACE_WINDOW_S,
     Audience,
@@ -23,7 +28,8 @@ from airflow_provider_fbca.sandbox.state import (
 )
 from airflow_provider_fbca.sandbox.validation import SessionParam, Upload, parse_payload, parse_session
 
-Matcher = Callable[[tuple[str, ...], list[list[str]]], int]
+# (schema, rows, the ad account's EXTERN_ID mappings) -> the person each row matches, or NO_MATCH
+Matcher = Callable[[tuple[str, ...], list[list[str]], ExternIds], list[int]]
 
 
 class Uploads:
@@ -31,7 +37,7 @@ class Uploads:
     The upload endpoints of an audience.
 
     :param state: the sandbox's state (callers hold its lock).
-    :param matcher: counts the rows of an upload that match a person of the population.
+    :param matcher: tells which person of the population each row of an upload matches.
     """
 
     def __init__(self, state: SandboxState, matcher: Matcher) -> None:
@@ -79,14 +85,45 @@ class Uploads:
                 "A replace of this audience's users is in progress; wait until it finishes.",
             )
         upload, session = self._parse_upload(params, audience, adding=not remove)
+        if remove:
+            victims = audience.members.find(upload.schema, upload.rows)
+            self._check_removal_floor(audience, victims)
         record = self._session_record(audience, session, kind="users")
+        people = self._match(audience, upload)
         if remove:
             audience.members.remove(upload.schema, upload.rows)
         else:
-            audience.members.add(upload.schema, upload.rows, upload.packable)
+            audience.members.add(upload.schema, upload.rows, upload.packable, people)
             audience.schemas_seen.add(upload.schema)
-        self._account_upload(audience, record, upload, closes=session is None or session.last_batch_flag)
-        return _upload_response(audience, record, upload), len(upload.rows)
+        self._account_upload(
+            audience, record, upload, people, closes=session is None or session.last_batch_flag
+        )
+        return _upload_response(audience, record, upload), upload.num_received
+
+    def _check_removal_floor(self, audience: Audience, victims: list[bytes]) -> None:
+        """Refuse a removal that would leave fewer matched people than the floor (200/1870047)."""
+        floor = self.state.removal_floor
+        if not floor or not victims:
+            return
+        before = audience.members.matched_people()
+        after = audience.members.matched_people_without(victims)
+        if after < before and after < floor:
+            raise GraphError(
+                "(#200) The audience is too small to remove users from",
+                200,
+                1870047,
+                user_title="Audience Size Too Low",
+                user_msg=(
+                    "Removing these users would leave this audience too small. Add users first, or "
+                    "replace the audience's users with usersreplace."
+                ),
+                error_data={"minimum_audience_size": floor},
+            )
+
+    def _match(self, audience: Audience, upload: Upload) -> list[int]:
+        account = self.state.accounts.get(audience.account_digits)
+        extern_ids = ExternIds(account.extern_ids if account is not None else {})
+        return self.matcher(upload.schema, upload.rows, extern_ids)
 
     def replace(self, audience: Audience, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """
@@ -106,12 +143,13 @@ class Uploads:
             raise missing_parameter("session[batch_seq]")
         run = self._replace_run(audience, session, upload)
         record = self._session_record(audience, session, kind="replace")
-        run.staged.add(upload.schema, upload.rows, upload.packable)
+        people = self._match(audience, upload)
+        run.staged.add(upload.schema, upload.rows, upload.packable, people)
         audience.schemas_seen.add(upload.schema)
-        self._account_upload(audience, record, upload, closes=session.last_batch_flag)
+        self._account_upload(audience, record, upload, people, closes=session.last_batch_flag)
         if session.last_batch_flag:
             self._finish_replace(audience, outcome="finished")
-        return _upload_response(audience, record, upload), len(upload.rows)
+        return _upload_response(audience, record, upload), upload.num_received
 
     def _replace_run(self, audience: Audience, session: SessionParam, upload: Upload) -> ReplaceRun:
         """Start a replace (batch 1) or find the running one this batch belongs to, by Meta's rules."""
@@ -192,11 +230,11 @@ class Uploads:
         return record
 
     def _account_upload(
-        self, audience: Audience, record: UploadSession, upload: Upload, *, closes: bool
+        self, audience: Audience, record: UploadSession, upload: Upload, people: list[int], *, closes: bool
     ) -> None:
-        record.num_received += len(upload.rows)
+        record.num_received += upload.num_received
         record.num_invalid_entries += upload.num_invalid_entries
-        record.num_matched += self.matcher(upload.schema, upload.rows)
+        record.num_matched += len(people) - people.count(NO_MATCH)
         # Read the clock after matching: the processing delay starts once the batch is processed, so
         # a slow first match (building the population index) cannot eat the delay a sensor waits for.
         now = self.state.now()

@@ -1,8 +1,10 @@
 """The ``payload`` and ``session`` parameters of ``/users`` and ``/usersreplace``, checked as Meta checks them.
 
 Meta refuses a request whose payload is malformed (unknown schema keys, rows of the wrong length, more
-than 10,000 rows, APPUID without ``app_ids``...) with error 100, but only *counts* values of hashed keys
-that are not SHA-256 digests (``num_invalid_entries`` and ``invalid_entry_samples``).
+than 10,000 rows, APPUID without ``app_ids``, LDU fields outside their documented values...) with error
+100, but only *counts* values of hashed keys that are not SHA-256 digests (``num_invalid_entries`` and
+``invalid_entry_samples``). Such entries "are not added to the custom audience": an invalid value is
+dropped from its row, and a row left without a valid strong identifier is not stored at all.
 
 The hot path checks a whole batch with a few C-level passes (``bytes.fromhex`` over every hashed value
 at once, for instance) and only looks at rows one by one when something is off.
@@ -50,6 +52,12 @@ LEGACY_KEYS = {
 # Keys that identify a person on their own: a removal row deletes members sharing one of these.
 STRONG_KEYS = ("EXTERN_ID", "EMAIL", "PHONE", "MADID", "APPUID", "PAGEUID")
 
+# Limited Data Use (LDU): each field's accepted values, as text (per-row cells and payload fields).
+LDU_OPTIONS = ("DATA_PROCESSING_OPTIONS", ('["LDU"]', "[]"))
+LDU_COUNTRY = ("DATA_PROCESSING_OPTIONS_COUNTRY", ("0", "1"))
+LDU_STATE = ("DATA_PROCESSING_OPTIONS_STATE", ("0", "1000"))
+LDU_FIELDS = dict((LDU_OPTIONS, LDU_COUNTRY, LDU_STATE))
+
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -76,6 +84,7 @@ class Upload:
     schema: tuple[str, ...]
     rows: list[list[str]] = field(default_factory=list)
     packable: list[bool] | None = None
+    num_received: int = 0
     app_ids: list[str] = field(default_factory=list)
     page_ids: list[str] = field(default_factory=list)
     num_invalid_entries: int = 0
@@ -158,6 +167,7 @@ def parse_payload(raw: Any, *, app_ids: Any = None, page_ids: Any = None) -> Upl
         raise invalid_parameter("app_ids is required when the schema contains APPUID (or UID)")
     if "PAGEUID" in schema and not upload.page_ids:
         raise invalid_parameter("page_ids is required when the schema contains PAGEUID")
+    _check_payload_ldu(payload)
     _validate_rows(upload, [[row] if single and not isinstance(row, list) else row for row in data])
     return upload
 
@@ -187,15 +197,56 @@ def _parse_schema(raw: Any) -> tuple[tuple[str, ...], bool]:
 
 
 def _validate_rows(upload: Upload, rows: list[Any]) -> None:
-    """Check the rows' shape, count invalid values, and keep the rows as lists of text."""
+    """Check the rows' shape and LDU cells, count invalid entries, and keep the valid rows as text."""
     _check_shapes(rows, len(upload.schema))
+    _check_row_ldu(upload.schema, rows)
+    upload.num_received = len(rows)
     if _batch_is_clean(upload.schema, rows):
         upload.rows = rows
         return
     pattern = row_pattern(upload.schema)
     checked = [_clean_row(upload, row, pattern) for row in rows]
-    upload.rows = [values for values, _ in checked]
-    upload.packable = [packable for _, packable in checked]
+    kept = [(values, packable) for values, packable in checked if values is not None]
+    upload.rows = [values for values, _ in kept]
+    upload.packable = [packable for _, packable in kept]
+
+
+def _check_payload_ldu(payload: dict[str, Any]) -> None:
+    """Refuse payload-level LDU fields (``data_processing_options``...) outside their documented values."""
+    for key, allowed in LDU_FIELDS.items():
+        name = key.lower()
+        if name in payload and _ldu_text(payload[name]) not in allowed:
+            raise _ldu_error(f"payload[{name}]", allowed)
+
+
+def _check_row_ldu(schema: tuple[str, ...], rows: list[list[Any]]) -> None:
+    """Refuse rows whose LDU cells hold anything but the documented values."""
+    for position, key in enumerate(schema):
+        allowed = LDU_FIELDS.get(key)
+        if allowed is None:
+            continue
+        for number, row in enumerate(rows):
+            if _ldu_text(row[position]) not in allowed:
+                raise _ldu_error(f"payload[data][{number}][{position}] ({key})", allowed)
+
+
+def _ldu_text(value: Any) -> str:
+    """An LDU value as text: lists as compact JSON, JSON strings of lists re-encoded the same way."""
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return _as_text(value)
+
+
+def _ldu_error(where: str, allowed: tuple[str, ...]) -> Any:
+    return invalid_parameter(
+        f"Invalid Limited Data Use value at {where}: must be one of {', '.join(allowed)}",
+        user_title="Invalid Data Processing Options",
+        user_msg='Send DATA_PROCESSING_OPTIONS as ["LDU"] or [], its country as 0 or 1 and its state as 0 '
+        "or 1000.",
+    )
 
 
 def _check_shapes(rows: list[Any], width: int) -> None:
@@ -259,40 +310,47 @@ def column_getter(positions: tuple[int, ...] | list[int]) -> Callable[[list[Any]
     return itemgetter(*positions)
 
 
-def _clean_row(upload: Upload, row: list[Any], pattern: re.Pattern[str]) -> tuple[list[str], bool]:
-    """Check one row of a batch that needed a closer look; return its values as text, and if packable."""
+def _clean_row(upload: Upload, row: list[Any], pattern: re.Pattern[str]) -> tuple[list[str] | None, bool]:
+    """
+    Check one row of a batch that needed a closer look: its values as text (None when the row is not
+    stored), and whether it packs to binary.
+    """
     try:
         if pattern.fullmatch(SEPARATOR.join(row)):
             return row, True
     except TypeError:
         pass
     values = []
-    bad_hash = bad_value = False
+    invalid = bad_value = False
     for key, value in zip(upload.schema, row, strict=True):
         text = _as_text(value)
         if key in HASHED_KEYS and text and not _SHA256_HEX.fullmatch(text):
-            bad_hash = True
+            invalid = True
             _sample(upload, text, f"{key} is not a SHA-256 hash (64 lowercase hexadecimal characters)")
+            text = ""  # not added to the audience
         elif key == "LOOKALIKE_VALUE" and not _NUMBER.fullmatch(text):
-            bad_value = True
+            invalid = bad_value = True
             _sample(upload, text, "LOOKALIKE_VALUE must be a non-negative number")
-        values.append(text.replace(SEPARATOR, " "))
-    if bad_hash or bad_value:
-        upload.num_invalid_entries += 1
-    return values, not bad_hash
+        values.append(text)
+    if not invalid:
+        return values, is_packable(upload.schema, values)
+    upload.num_invalid_entries += 1
+    strong_left = any(value for key, value in zip(upload.schema, values, strict=True) if key in STRONG_KEYS)
+    if bad_value or not strong_left:
+        return None, False
+    return values, is_packable(upload.schema, values)
 
 
 def is_packable(schema: tuple[str, ...], row: list[str]) -> bool:
     """
-    Tell whether every hashed value of a row is a SHA-256 digest or "" (the row then packs to binary).
+    Tell whether a row packs to binary: every hashed value a SHA-256 digest or "", no separator elsewhere.
 
     :param schema: the canonical schema.
     :param row: the row's values.
     """
     return all(
-        not value or _SHA256_HEX.fullmatch(value)
+        (not value or _SHA256_HEX.fullmatch(value)) if key in HASHED_KEYS else SEPARATOR not in value
         for key, value in zip(schema, row, strict=True)
-        if key in HASHED_KEYS
     )
 
 

@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from typing import Any
 
 #: The audience fields the checks read.
-AUDIENCE_FIELDS = ("id", "name", "subtype", "is_value_based", "operation_status", "customer_file_source")
+AUDIENCE_FIELDS = (
+    "id",
+    "account_id",
+    "name",
+    "subtype",
+    "is_value_based",
+    "operation_status",
+    "customer_file_source",
+)
 
 FLAGGED = 471
 REPLACE_IN_PROGRESS = 414
@@ -25,14 +33,40 @@ def _status_code(audience: Mapping[str, Any]) -> int | None:
         return None
 
 
-def check_audience(audience: Mapping[str, Any], *, sends_values: bool) -> None:
+def check_audience_account(audience: Mapping[str, Any], ad_account_id: str | None) -> None:
+    """Refuse an audience of another ad account than the one the sync works in.
+
+    The state, the lease and the upload sessions (unique per ad account) are all the account's, and the
+    connection's token may be meant for that account only.
+
+    :param audience: the audience as read with :data:`AUDIENCE_FIELDS` (``account_id`` is digits).
+    :param ad_account_id: the sync's ad account (``act_<digits>``): the operator's override, else the
+        connection's.
+    :raises AudienceNotSyncableError: the audience's ``account_id`` is another account.
+    """
+    owner = str(audience.get("account_id") or "").removeprefix("act_")
+    expected = str(ad_account_id or "").removeprefix("act_")
+    if owner and expected and owner != expected:
+        raise AudienceNotSyncableError(
+            f"Audience {audience.get('id')} belongs to ad account act_{owner}, not to act_{expected} (the "
+            "operator's ad_account_id, else the connection's). Set ad_account_id='act_"
+            f"{owner}' on the operator, or give an audience of act_{expected}."
+        )
+
+
+def check_audience(
+    audience: Mapping[str, Any], *, sends_values: bool, ad_account_id: str | None = None
+) -> None:
     """Refuse an audience the sync must not write to, before anything is sent.
 
     :param audience: the audience as read with :data:`AUDIENCE_FIELDS`.
     :param sends_values: whether the mapping has a LOOKALIKE_VALUE column.
-    :raises AudienceNotSyncableError: not a customer-file audience, flagged (471), being replaced (414), or
-        a value-based audience without values (or values for one that is not value-based).
+    :param ad_account_id: the sync's ad account; an audience of another account is refused.
+    :raises AudienceNotSyncableError: another ad account's audience, not a customer-file audience, flagged
+        (471), being replaced (414), or a value-based audience without values (or values for one that is
+        not value-based).
     """
+    check_audience_account(audience, ad_account_id)
     audience_id = audience.get("id")
     subtype = audience.get("subtype")
     if subtype not in (None, "CUSTOM"):

@@ -11,8 +11,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from airflow_provider_fbca.hooks.upload_payload import MAX_ROWS_PER_REQUEST
+
 #: Meta's limit of rows per request, for /users and /usersreplace alike.
-MAX_BATCH_SIZE = 10_000
+MAX_BATCH_SIZE = MAX_ROWS_PER_REQUEST
 #: How often (seconds) the heartbeat runs while a batch is in flight: a request can wait out a long
 #: rate-limit lockout in the hook's retries, and the run must keep its lease meanwhile.
 HEARTBEAT_S = 10.0

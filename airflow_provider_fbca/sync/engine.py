@@ -11,11 +11,11 @@ import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from airflow_provider_fbca.sync.batches import HEARTBEAT_S, MAX_BATCH_SIZE, SessionResult, UploadSession
-from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease
+from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, check_lease_minutes
 from airflow_provider_fbca.sync.plan import (
     RowStager,
     SyncMode,
@@ -32,11 +32,11 @@ from airflow_provider_fbca.sync.plan import (
     removal_schemas,
 )
 from airflow_provider_fbca.sync.report import SyncReport
+from airflow_provider_fbca.sync.row_key import PERSONAL, refuse_personal_key, row_key_problem
 from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, decode_identifiers
 
 log = logging.getLogger(__name__)
 
-MISSING_KEY_REASON = "extern_id.missing"
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off", ""})
 
@@ -83,6 +83,8 @@ class SyncOptions:
         preparation of rows whose source cells did not change since the state recorded them.
     :param lease_minutes: how long the sync's lease lives after each renewal; a crashed run's lease lets
         the next run in after this long.
+    :param lease_key: what the lease is taken on (default: ``sync_key``): the audience, so that two runs
+        reaching one audience through different ad account overrides still exclude each other.
     """
 
     audience_id: str
@@ -97,10 +99,10 @@ class SyncOptions:
     page_ids: Sequence[str] | None = None
     source_key_index: int | None = None
     lease_minutes: float = DEFAULT_LEASE_MINUTES
+    lease_key: str = ""
 
     def __post_init__(self) -> None:
-        if not self.lease_minutes > 0:
-            raise ValueError(f"lease_minutes must be positive, not {self.lease_minutes}.")
+        check_lease_minutes(self.lease_minutes)
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, not {self.batch_size}.")
         if self.full_refresh and self.mode is not SyncMode.MIRROR:
@@ -153,6 +155,10 @@ class SyncRun:
         of it makes every row prepared again.
     :param holder: who this run is (DAG, task, try), shown to a concurrent run its lease refuses.
     :param clock: the time in seconds since the epoch, for the lease (tests inject one).
+    :param create_audience: the audience does not exist yet: called once the plan passed every check and
+        just before the first upload (never in a dry run), it creates the audience and returns its id and
+        the sync key of its state. So a run that fails on the model (a missing column, duplicates, the
+        removal guard) leaves no empty audience behind.
     """
 
     def __init__(
@@ -166,8 +172,10 @@ class SyncRun:
         digest_seed: str = "",
         holder: str = "",
         clock: Callable[[], float] = time.time,
+        create_audience: Callable[[], tuple[str, str]] | None = None,
     ) -> None:
         self.store = store
+        self.create_audience = create_audience
         self.client = client
         self.preparer = preparer
         self.options = options
@@ -188,7 +196,7 @@ class SyncRun:
         )
         self.lease = SyncLease(
             store,
-            options.sync_key,
+            options.lease_key or options.sync_key,
             describe=f"audience {options.audience_id} (sync_key {options.sync_key})",
             lease_minutes=options.lease_minutes,
             holder=holder,
@@ -246,6 +254,7 @@ class SyncRun:
             check_removal_guard(plan, self.options.max_removal_fraction)
             if not self.options.dry_run:
                 self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
+                self._create_audience()
                 self._send(stage, plan)
         finally:
             stage.drop()
@@ -286,12 +295,15 @@ class SyncRun:
         defaults = {
             member: load_defaults(member, self.options.adds_enabled, self.state_empty) for member in (0, 1)
         }
+        first_row = self.report.rows_read - len(chunk) + 1
         for wire_row, prepared_index in zip(prepared.rows, prepared.kept, strict=True):
-            if not wire_row[key_index]:
-                self.report.rejected += 1
-                self.report.rejected_by_reason[MISSING_KEY_REASON] += 1
-                continue
             source_index = fresh[prepared_index]
+            if problem := row_key_problem(wire_row[key_index]):
+                if problem in PERSONAL:
+                    raise refuse_personal_key(problem, first_row + source_index)
+                self.report.rejected += 1
+                self.report.rejected_by_reason[problem] += 1
+                continue
             member = parse_membership(chunk[source_index][-1]) if has_membership else True
             row = stage(wire_row, member)
             staged.append((*row[:6], *defaults[row.member], digests[source_index]))
@@ -315,6 +327,14 @@ class SyncRun:
         self.seen = bytearray(len(self.known_digests))
 
     # -- sending --------------------------------------------------------------------------------------
+
+    def _create_audience(self) -> None:
+        """Create the audience now that the model passed every check (see ``create_audience``)."""
+        if self.create_audience is None:
+            return
+        audience_id, sync_key = self.create_audience()
+        self.options = replace(self.options, audience_id=audience_id, sync_key=sync_key)
+        self.report.audience_id = audience_id
 
     def _send(self, stage: StageTable, plan: SyncPlan) -> None:
         if self.options.full_refresh:

@@ -11,6 +11,12 @@ the lease expires by itself ``lease_minutes`` after its last renewal, and the ne
 Only DB-API statements (an insert and conditional updates) are used, so it works the same on SQLite and
 PostgreSQL, with no advisory locks. Expiry is judged by the workers' clocks, which must agree to well within
 the lease duration (NTP-synced hosts do).
+
+Renewal alone cannot stop a run that stalled past its lease between two renewals from writing once more.
+So the lease is also a fence: while a run holds it, every commit of the state store first locks the
+lease row and checks that this run still owns it, in the same transaction (:meth:`SyncLease.fence`). A run
+whose lease was taken over (or released by ``on_kill``) commits nothing more, and a run taking the lease over
+waits for the transaction in progress to end, so the two never interleave.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from types import TracebackType
 
+from airflow_provider_fbca.sync.batches import HEARTBEAT_S
 from airflow_provider_fbca.sync.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,9 @@ DEFAULT_LEASE_MINUTES = 30.0
 #: A renewal at most this often (and at least three times per lease duration): one small committed
 #: update, so it costs nothing next to the chunk or batch that triggers it.
 MAX_RENEW_INTERVAL_S = 60.0
+#: The shortest lease: it must outlast several renewals, and a run in flight renews every HEARTBEAT_S at
+#: best, so anything shorter lapses while a single batch is in flight.
+MIN_LEASE_MINUTES = 6 * HEARTBEAT_S / 60
 
 
 class SyncLeaseError(RuntimeError):
@@ -46,6 +56,22 @@ class SyncLeaseHeldError(SyncLeaseError):
 
 class SyncLeaseLostError(SyncLeaseError):
     """This run's lease expired and another run took it over; the run stopped sending."""
+
+
+def check_lease_minutes(lease_minutes: object) -> None:
+    """Refuse a lease that would lapse between two renewals of a healthy run.
+
+    :param lease_minutes: the operator's ``lease_minutes``.
+    :raises ValueError: not a number, or shorter than :data:`MIN_LEASE_MINUTES`.
+    """
+    if isinstance(lease_minutes, bool) or not isinstance(lease_minutes, (int, float)):
+        raise ValueError(f"lease_minutes must be a number of minutes, not {type(lease_minutes).__name__}.")
+    if not lease_minutes >= MIN_LEASE_MINUTES:
+        raise ValueError(
+            f"lease_minutes must be at least {MIN_LEASE_MINUTES:g}, not {lease_minutes:g}: a running sync renews "
+            f"its lease every {HEARTBEAT_S:g} s at best, and the lease must outlast several renewals. Raise "
+            f"lease_minutes (default {DEFAULT_LEASE_MINUTES:g})."
+        )
 
 
 def _utc(epoch_seconds: float) -> str:
@@ -74,8 +100,7 @@ class SyncLease:
         holder: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not lease_minutes > 0:
-            raise ValueError(f"lease_minutes must be positive, not {lease_minutes}.")
+        check_lease_minutes(lease_minutes)
         self.store = store
         self.sync_key = sync_key
         self.describe = describe
@@ -94,6 +119,7 @@ class SyncLease:
         now = self.clock()
         if self.store.acquire_lease(self.sync_key, self.owner, self.holder, now, now + self.duration_s):
             self.renewed_at = now
+            self.store.fence = self.fence
             log.info("Took the lease of the sync of %s until %s", self.describe, _utc(now + self.duration_s))
             return
         raise SyncLeaseHeldError(self._held_message(now))
@@ -123,13 +149,30 @@ class SyncLease:
         if not force and self.renewed_at is not None and now - self.renewed_at < self.renew_interval_s:
             return
         if not self.store.renew_lease(self.sync_key, self.owner, now + self.duration_s):
-            raise SyncLeaseLostError(
-                f"This run of the sync of {self.describe} lost its lease: it was not renewed for "
-                f"lease_minutes={self.duration_s / 60:g} and another run took it over. Stopped before "
-                "sending more; what Meta acknowledged is recorded. Raise lease_minutes if a single step "
-                "of a run other than an upload (fetching a chunk of the query, planning) can take that long."
-            )
+            raise SyncLeaseLostError(self._lost_message("sending"))
         self.renewed_at = now
+
+    def fence(self) -> None:
+        """Check, inside the transaction about to be committed, that this run still holds the lease.
+
+        The state store calls it from every commit while the lease is held (``store.fence``); it locks the
+        lease row until that commit, so a run taking the lease over waits for it.
+
+        :raises SyncLeaseLostError: another run took the lease over, or ``on_kill`` released it; the store
+            then rolls the transaction back, so the run writes nothing more.
+        """
+        if not self.store.hold_lease(self.sync_key, self.owner):
+            raise SyncLeaseLostError(self._lost_message("writing to the state"))
+
+    def _lost_message(self, stopped: str) -> str:
+        return (
+            f"This run of the sync of {self.describe} lost its lease: it was not renewed for "
+            f"lease_minutes={self.duration_s / 60:g} and another run took it over, or the task was killed "
+            f"and released it. Stopped before {stopped}; the batches recorded before stay recorded, and the run "
+            "that takes over sends again what this one could not record. Raise "
+            "lease_minutes if a single step of a run other than an upload (fetching a chunk of the query, "
+            "planning) can take that long."
+        )
 
     def release(self, after_error: bool = False) -> None:
         """Drop the lease; never raises (a lease that could not be dropped expires by itself).
@@ -137,6 +180,7 @@ class SyncLease:
         :param after_error: the run failed: roll back first, as a failed statement may have left the
             connection's transaction aborted (PostgreSQL).
         """
+        self.store.fence = None
         try:
             if after_error:
                 self.store.conn.rollback()
@@ -148,6 +192,26 @@ class SyncLease:
                 self.describe,
                 type(error).__name__,
                 expires,
+            )
+
+    def release_from(self, store: StateStore) -> None:
+        """Drop the lease through another connection to the state database (the task was killed).
+
+        The run's own connection may be in the middle of a statement. Once the lease row is gone, the run's
+        next commit fails the fence and is rolled back. Never raises.
+
+        :param store: a state store on a connection of its own, for the same state table.
+        """
+        try:
+            store.release_lease(self.sync_key, self.owner)
+            log.info("Released the lease of the sync of %s: the task was killed", self.describe)
+        except Exception as error:
+            log.warning(
+                "Could not release the lease of the sync of %s (%s); it lapses by itself within "
+                "lease_minutes=%g",
+                self.describe,
+                type(error).__name__,
+                self.duration_s / 60,
             )
 
     def __enter__(self) -> SyncLease:

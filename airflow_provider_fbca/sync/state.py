@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -26,6 +26,8 @@ _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_NAME_LENGTH = 63
 SESSIONS_SUFFIX = "_sessions"
 LOCKS_SUFFIX = "_locks"
+#: Every companion table is named ``<state_table><suffix>``: a state table name must fit with each.
+STATE_TABLE_SUFFIXES = ("", SESSIONS_SUFFIX, LOCKS_SUFFIX)
 SQLITE_CACHE_KIB = 64 * 1024
 #: How an insert into the state table overwrites the row of the same key (SQLite and PostgreSQL alike).
 UPSERT_CLAUSE = (
@@ -62,12 +64,27 @@ def quote_table_name(name: str, suffix: str = "") -> str:
         raise ValueError(f"State table name {name!r} has more than one dot; use 'table' or 'schema.table'.")
     parts[-1] += suffix
     for part in parts:
-        if not _SQL_NAME.match(part) or len(part) > MAX_NAME_LENGTH:
+        # fullmatch: with match, "$" lets a trailing newline through.
+        if not _SQL_NAME.fullmatch(part) or len(part) > MAX_NAME_LENGTH:
             raise ValueError(
                 f"State table name {name!r} is not a plain SQL identifier (letters, digits and underscores, "
                 f"not starting with a digit, at most {MAX_NAME_LENGTH - len(suffix)} characters)."
             )
     return ".".join(f'"{part}"' for part in parts)
+
+
+def check_state_table(name: object) -> None:
+    """Refuse a state table name that it or one of its companion tables could not be created under.
+
+    :param name: the ``state_table`` as configured (checked at DAG parse time).
+    :raises ValueError: not a string, not a plain SQL identifier, or too long once a suffix is appended.
+    """
+    if not isinstance(name, str):
+        raise ValueError(
+            f"state_table must be a string ('table' or 'schema.table'), not {type(name).__name__}."
+        )
+    for suffix in STATE_TABLE_SUFFIXES:
+        quote_table_name(name, suffix)
 
 
 class StagedRow(NamedTuple):
@@ -166,6 +183,9 @@ class StateStore:
         self.locks_table = quote_table_name(table, LOCKS_SUFFIX)
         self.placeholder = placeholder
         self.is_sqlite = type(conn).__module__.startswith("sqlite3")
+        #: Run inside every commit's transaction while a run holds the sync's lease (see
+        #: :meth:`.lease.SyncLease.fence`): raises when another run took the lease, so nothing is committed.
+        self.fence: Callable[[], None] | None = None
         if self.is_sqlite:
             # SQLite's default 2 MiB page cache makes the stage join thrash its temporary file; a fixed
             # 64 MiB keeps memory bounded (it does not grow with the model) and the join several times faster.
@@ -202,12 +222,30 @@ class StateStore:
         return rows
 
     def commit(self) -> None:
+        """Commit the transaction, fenced: while a lease is held, the fence runs first, in the same
+        transaction; when it raises (the lease was taken over) the transaction is rolled back instead.
+
+        Every write of the state must reach the database through this method (never ``conn.commit()``).
+        """
+        if self.fence is not None:
+            try:
+                self.fence()
+            except BaseException:
+                self.conn.rollback()
+                raise
         self.conn.commit()
 
     # -- schema ---------------------------------------------------------------------------------------
 
     def ensure_tables(self) -> None:
-        """Create the state, sessions and locks tables on first use (an older state gains the locks)."""
+        """Create the state, sessions and locks tables on first use (an older state gains the locks).
+
+        On PostgreSQL two first runs creating the tables at once would collide in the catalog
+        (``UniqueViolation`` on ``pg_type``, ``CREATE TABLE IF NOT EXISTS`` notwithstanding), so the
+        creation holds a transaction-level advisory lock named after the table.
+        """
+        if type(self.conn).__module__.startswith("psycopg"):
+            self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"fbca:{self.table}",)).close()
         self.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             " sync_key VARCHAR(255) NOT NULL,"
@@ -374,7 +412,7 @@ class StateStore:
         )
         taken = cursor.rowcount == 1
         cursor.close()
-        self.commit()
+        self.conn.commit()  # the lease's own statements are not fenced: they are the fence's data
         return taken
 
     def renew_lease(self, sync_key: str, owner: str, expires_at: float) -> bool:
@@ -385,15 +423,29 @@ class StateStore:
         )
         renewed = cursor.rowcount == 1
         cursor.close()
-        self.commit()
+        self.conn.commit()
         return renewed
+
+    def hold_lease(self, sync_key: str, owner: str) -> bool:
+        """Lock the lease row for the current transaction if the owner still holds it; True when held.
+
+        No commit: it runs inside a state write's transaction (the fence). A no-op update takes the row
+        lock (PostgreSQL) or the database write lock (SQLite), so a run taking the lease over waits for
+        this transaction to end and can never interleave with its writes.
+        """
+        cursor = self.execute(
+            f"UPDATE {self.locks_table} SET owner = owner WHERE sync_key = ? AND owner = ?", (sync_key, owner)
+        )
+        held = cursor.rowcount == 1
+        cursor.close()
+        return held
 
     def release_lease(self, sync_key: str, owner: str) -> None:
         """Drop the lease if the owner still holds it (never another run's)."""
         self.execute(
             f"DELETE FROM {self.locks_table} WHERE sync_key = ? AND owner = ?", (sync_key, owner)
         ).close()
-        self.commit()
+        self.conn.commit()
 
     def lease(self, sync_key: str) -> LeaseRecord | None:
         """The lease row of a sync, live or expired, or None."""
@@ -401,7 +453,7 @@ class StateStore:
             f"SELECT owner, holder, acquired_at, expires_at FROM {self.locks_table} WHERE sync_key = ?",
             (sync_key,),
         )
-        self.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
+        self.conn.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
         return LeaseRecord(str(row[0]), str(row[1]), str(row[2]), float(row[3])) if row else None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,40 @@ def test_connection_refuses_plain_http_off_loopback(connect, sandbox):
     assert "unencrypted" in message
 
 
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("https", "The TLS handshake with https://127.0.0.1:"),  # https:// at the plain-http sandbox
+        ("stopped", "Nothing accepted a connection at http://127.0.0.1:"),
+        (
+            "https://graph.invalid",
+            "The host of https://graph.invalid does not resolve",
+        ),  # RFC 6761: never resolves
+    ],
+)
+def test_connection_fails_at_once_on_a_configuration_error(connect, sandbox, sleeps, host, expected):
+    if host == "https":
+        host = sandbox.url.replace("http://", "https://")
+    conn_id = connect(sandbox) if host == "stopped" else connect(sandbox, host=host)
+    if host == "stopped":
+        sandbox.stop()
+    hook = FacebookCustomAudiencesHook(conn_id, sleep=sleeps)
+    ok, message = hook.test_connection()
+    assert ok is False
+    assert expected in message
+    assert sleeps == [], "no retry: the first failed attempt is the answer"
+    if "TLS" in expected:
+        assert "WRONG_VERSION_NUMBER" in message or "use http://127.0.0.1:<port>" in message
+
+
+def test_outside_a_connection_test_a_refused_connection_is_still_retried(connect, sandbox, sleeps):
+    hook = FacebookCustomAudiencesHook(connect(sandbox), sleep=sleeps, max_retries=2)
+    sandbox.stop()
+    with pytest.raises(GraphAPIError, match="Nothing accepted a connection"):
+        hook.get_audience("1")
+    assert len(sleeps) == 2
+
+
 def _airflow_cli(tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """``airflow connections test`` in its own process, with the connection from the environment."""
     env = {
@@ -156,7 +191,7 @@ def _spend_budget(sb: Any, calls: int) -> None:
         )
 
 
-def test_80003_lockout_is_waited_out_as_the_header_says(connect):
+def test_80003_lockout_is_waited_out_as_the_header_says(connect, capsys):
     clock = ManualClock()
     with Sandbox(clock=clock, rate_limit_budget=5, rate_limit_lockout_s=19 * 60) as sb:
         fake = FakeTime(clock)
@@ -169,6 +204,8 @@ def test_80003_lockout_is_waited_out_as_the_header_says(connect):
     assert 19 * 60 <= lockouts[0] <= 19 * 60 * 1.25
     codes = [r.get("error_code") for r in sb.requests()]
     assert codes.count(80003) == 2  # the other client's, and the hook's one attempt before waiting
+    logged = capsys.readouterr().out
+    assert re.search(rf"rate limited by Meta \(code 80003(/\d+)?\): waiting {lockouts[0]:.0f} s", logged)
 
 
 def test_waits_are_kept_within_the_callers_deadline(connect):

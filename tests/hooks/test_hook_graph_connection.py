@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+from urllib.parse import urlsplit
 
+import pytest
+import requests
+
+from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 from airflow_provider_fbca.hooks.graph_connection import (
     DEFAULT_API_VERSION,
     DEFAULT_BASE_URL,
+    _check_requests_reads_the_same_host,
     appsecret_proof,
     credentials_from_connection,
     normalize_ad_account_id,
@@ -111,3 +116,85 @@ def test_overrides_win_and_missing_token_is_refused():
     assert credentials.appsecret_proof is None
     with pytest.raises(ValueError, match="access token"):
         credentials_from_connection(host=None, port=None, password=None, extra={})
+
+
+def test_a_host_requests_would_read_differently_is_refused():
+    smuggled = "http://192.0.2.2:8080\\@127.0.0.1"
+    # The attack: urllib.parse sees loopback, while requests (urllib3) would send the token to 192.0.2.2.
+    assert urlsplit(smuggled).hostname == "127.0.0.1"
+    assert requests.Request("GET", smuggled).prepare().url.startswith("http://192.0.2.2:8080/")
+    with pytest.raises(ValueError, match="backslash"):
+        normalize_base_url(smuggled)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "http://user:hunter2@127.0.0.1:8080",
+        "https://graph.facebook.com@127.0.0.1",
+        "http://127.0.0.1:8080@192.0.2.2",
+        "127.0.0.1@graph.facebook.com",
+    ],
+)
+def test_userinfo_in_the_host_is_refused_without_quoting_it(host):
+    with pytest.raises(ValueError, match="user name or password") as raised:
+        normalize_base_url(host)
+    assert host.split("://")[-1].split("@")[0] not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "https://graph.face\\book.com",
+        "http://127.0.0.1\t.example.com:80",
+        "http://127.0.0.1\n:80",
+        "https://a b",
+    ],
+)
+def test_backslashes_spaces_and_control_characters_in_the_host_are_refused(host):
+    with pytest.raises(ValueError, match="backslash, a space or a control character"):
+        normalize_base_url(host)
+
+
+@pytest.mark.parametrize(
+    ("password", "extra", "field"),
+    [
+        ("EAABfirst\nEAABsecond", {}, "password (Access token)"),
+        ("EAABfirst EAABsecond", {}, "password (Access token)"),
+        ("EAABfirst\x00EAABsecond", {}, "password (Access token)"),
+        (None, {"access_token": "EAABfirst\r\nEAABsecond"}, "extra access_token"),
+        ("EAABgood", {"app_secret": "EAABfirst\nEAABsecond"}, "extra app_secret (App secret)"),
+        ("EAABgood", {"app_secret": "EAABfirst\u200bEAABsecond"}, "extra app_secret (App secret)"),
+    ],
+)
+def test_a_token_or_secret_with_whitespace_inside_is_refused_naming_the_field_not_the_value(
+    password, extra, field
+):
+    with pytest.raises(ValueError) as raised:
+        credentials_from_connection(host=None, port=None, password=password, extra=extra)
+    message = str(raised.value)
+    assert field in message and "single line" in message
+    assert "EAAB" not in message
+
+
+def test_a_token_pasted_with_a_trailing_newline_is_trimmed_not_refused():
+    credentials = credentials_from_connection(
+        host=None, port=None, password="  EAAB-token\n", extra={"app_secret": "\tsecret \n"}
+    )
+    assert (credentials.access_token, credentials.app_secret) == ("EAAB-token", "secret")
+
+
+def test_the_loopback_check_judges_the_host_requests_connects_to():
+    # The last guard, behind the refusals of backslashes and userinfo: the two parsers must agree.
+    with pytest.raises(ValueError, match="differently by requests"):
+        _check_requests_reads_the_same_host("http://192.0.2.2:8080\\@127.0.0.1", "127.0.0.1", None)
+    _check_requests_reads_the_same_host("http://[::1]:5000", "::1", 5000)
+
+
+def test_the_hook_refuses_a_smuggled_host_before_any_request(connect, sandbox):
+    port = urlsplit(sandbox.url).port
+    conn_id = connect(sandbox, host=f"http://192.0.2.2:{port}\\@127.0.0.1:{port}")
+    with FacebookCustomAudiencesHook(conn_id) as hook:
+        ok, message = hook.test_connection()
+    assert not ok and "backslash" in message
+    assert sandbox.requests() == []

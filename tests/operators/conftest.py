@@ -9,10 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.conftest import set_connection
 
 COLUMNS = ("id", "email", "first_name", "country", "ltv", "is_member")
+
+
+def hold_first_upload(sandbox: Any, seconds: float = 2) -> None:
+    """The sandbox holds the next /users upload this long: a run is then caught with a batch in flight."""
+    faults = [{"method": "POST", "path": "/users", "delay_s": seconds}]
+    requests.post(f"{sandbox.url}/_sandbox/faults", json={"faults": faults}, timeout=10).raise_for_status()
 
 
 def customer(index: int, email: str | None = None, ltv: float = 1.0, member: bool = True) -> tuple[Any, ...]:
@@ -65,10 +72,16 @@ def postgres_warehouse(postgres_conn_id: str, postgres_server: dict[str, Any]) -
     return Warehouse("postgres", postgres_conn_id, connect, f"customers_{uuid.uuid4().hex[:8]}", "%s")
 
 
+@pytest.fixture
+def state_table() -> str:
+    # One state table per test: PostgreSQL is shared by the whole session.
+    return f"state_{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def warehouse(request: pytest.FixtureRequest) -> Warehouse:
     """The customers table on SQLite, then on the real PostgreSQL server."""
     return request.getfixturevalue(f"{request.param}_warehouse")
 
 
-__all__ = ["COLUMNS", "Warehouse", "customer", "set_connection"]
+__all__ = ["COLUMNS", "Warehouse", "customer", "hold_first_upload", "set_connection"]

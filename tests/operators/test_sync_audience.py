@@ -18,7 +18,7 @@ from airflow_provider_fbca.sync.audience import AudienceNotSyncableError
 from airflow_provider_fbca.sync.lease import SyncLeaseHeldError
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, RemovalGuardError
 from airflow_provider_fbca.sync.state import decode_identifiers
-from tests.operators.conftest import Warehouse, customer
+from tests.operators.conftest import Warehouse, customer, hold_first_upload
 
 MAPPING = {"external_id": "id", "email": "email", "first_name": "first_name", "country": "country"}
 
@@ -37,12 +37,6 @@ def make_operator(
         state_table=state_table,
         **kwargs,
     )
-
-
-@pytest.fixture
-def state_table() -> str:
-    # One state table per test: PostgreSQL is shared by the whole session.
-    return f"state_{uuid.uuid4().hex[:8]}"
 
 
 def members(sandbox: Any, audience_id: str) -> dict[str, dict[str, str]]:
@@ -320,8 +314,7 @@ def test_a_second_run_is_refused_while_the_first_is_sending(
     warehouse.write(rows)
     audience_id = FacebookCustomAudiencesHook(fb_conn_id).create_audience("Customers")
     # The first run's upload hangs for two seconds: long enough for a manual trigger to collide with it.
-    faults = [{"method": "POST", "path": "/users", "delay_s": 2}]
-    requests.post(f"{sandbox.url}/_sandbox/faults", json={"faults": faults}, timeout=10).raise_for_status()
+    hold_first_upload(sandbox)
     outcome: dict[str, Any] = {}
     first = make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id)
     thread = threading.Thread(target=lambda: outcome.update(report=run(first)))
@@ -384,5 +377,5 @@ def test_template_fields_and_the_logged_report(
         SyncAudienceOperator(task_id="t", sql="x", sql_conn_id="c", audience_id="1", mapping={"email": "e"})
     with pytest.raises(ValueError, match="State table name"):
         make_operator(sqlite_warehouse, fb_conn_id, "bad name; --")
-    with pytest.raises(ValueError, match="lease_minutes must be positive"):
+    with pytest.raises(ValueError, match="lease_minutes must be at least 1"):
         make_operator(sqlite_warehouse, fb_conn_id, state_table, lease_minutes=0)

@@ -115,3 +115,9 @@ def person_row(number: int) -> list[str]:
 
 
 PERSON_SCHEMA = ["EXTERN_ID", "EMAIL", "PHONE", "FN", "LN", "ZIP"]
+
+
+def population_row(sandbox: Sandbox, number: int) -> list[str]:
+    """A PERSON_SCHEMA row for person ``number`` of the sandbox's population, normalized as Meta asks."""
+    values = sandbox.population.person(number).normalized()
+    return [f"pop-{number}", *(sha256(values[key]) for key in PERSON_SCHEMA[1:])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import requests
-from sandbox_support import PERSON_SCHEMA, Graph, assert_graph_error, person_row
+from sandbox_support import PERSON_SCHEMA, Graph, assert_graph_error, population_row
 
 from airflow_provider_fbca.sandbox import Sandbox
 
@@ -29,7 +29,10 @@ def test_create_read_update_delete(graph: Graph) -> None:
     assert graph.get(audience_id, fields="name,description").json()["name"] == "Top VIPs"
     nested = graph.get(audience_id, fields="operation_status{code,description},delete_time,name").json()
     assert nested == {
-        "operation_status": {"code": 200, "description": "Normal"},
+        "operation_status": {
+            "code": 410,
+            "description": "No upload: no customer data has been uploaded yet.",
+        },
         "name": "Top VIPs",
         "id": audience_id,
     }, "sub-field selections are accepted; a real field without a value is left out"
@@ -113,16 +116,17 @@ def test_fields_follow_the_members(sb: Sandbox, graph: Graph, audience_id: str) 
         "data_source,time_updated,time_content_updated"
     )
     empty = graph.get(audience_id, fields=fields).json()
-    assert (empty["approximate_count_lower_bound"], empty["approximate_count_upper_bound"]) == (0, 0)
-    assert empty["operation_status"]["code"] == 200
+    assert (empty["approximate_count_lower_bound"], empty["approximate_count_upper_bound"]) == (1000, 1000)
+    assert empty["operation_status"]["code"] == 410, "no upload yet"
     assert empty["delivery_status"]["code"] == 300, "too small"
     assert empty["data_source"]["type"] == "UNKNOWN"
     assert "time_content_updated" not in empty
     for start in range(0, 1234, 500):
-        rows = [person_row(n) for n in range(start, min(start + 500, 1234))]
+        rows = [population_row(sb, n) for n in range(start, min(start + 500, 1234))]
         assert graph.upload(audience_id, PERSON_SCHEMA, rows).status_code == 200
     full = graph.get(audience_id, fields=fields).json()
-    assert (full["approximate_count_lower_bound"], full["approximate_count_upper_bound"]) == (1200, 1300)
+    assert (full["approximate_count_lower_bound"], full["approximate_count_upper_bound"]) == (1100, 1300)
+    assert full["operation_status"]["code"] == 200
     assert full["delivery_status"]["code"] == 200
     assert full["data_source"] == {
         "type": "FILE_IMPORTED",
@@ -145,7 +149,7 @@ def test_reset_wipes_everything_but_the_default_credentials(
     sb: Sandbox, graph: Graph, audience_id: str
 ) -> None:
     graph.upload(audience_id, "EXTERN_ID", ["1"])
-    assert requests.post(f"{sb.url}/_sandbox/reset", timeout=10).json() == {"success": True}
+    assert requests.post(f"{sb.url}/_sandbox/reset", json={}, timeout=10).json() == {"success": True}
     assert sb.requests() == []
     assert_graph_error(graph.get(audience_id), 100, 33)
     assert graph.get(f"{sb.ad_account_id}/customaudiences").json() == {"data": []}

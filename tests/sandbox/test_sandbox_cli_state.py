@@ -60,7 +60,7 @@ def test_state_file_keeps_audiences_members_and_sessions_across_restarts(tmp_pat
         "appsecret_proof": proof_of(DEFAULT_APP_SECRET, DEFAULT_ACCESS_TOKEN),
     }
     payload = {"schema": ["EXTERN_ID", "EMAIL"], "data": [["1", sha256("a@example.com")], ["2", ""]]}
-    with sandbox_process("--state-file", str(state_file)) as url:
+    with sandbox_process("--state-file", str(state_file), "--processing-delay", "0") as url:
         created = requests.post(
             f"{url}/v26.0/{DEFAULT_AD_ACCOUNT_ID}/customaudiences",
             data={**auth, "name": "Kept", "customer_file_source": "USER_PROVIDED_ONLY"},
@@ -75,7 +75,8 @@ def test_state_file_keeps_audiences_members_and_sessions_across_restarts(tmp_pat
         )
         assert upload.status_code == 200
     assert state_file.exists()
-    with sandbox_process("--state-file", str(state_file)) as url:
+    assert state_file.stat().st_mode & 0o777 == 0o600, "it holds tokens"
+    with sandbox_process("--state-file", str(state_file), "--processing-delay", "0") as url:
         members = requests.get(f"{url}/_sandbox/audiences/{audience_id}/members", timeout=10).json()["data"]
         assert members == [dict(zip(payload["schema"], row, strict=True)) for row in payload["data"]]
         sessions = requests.get(f"{url}/v26.0/{audience_id}/sessions", params=auth, timeout=10).json()["data"]
@@ -111,3 +112,56 @@ def test_state_file_in_python_keeps_a_running_replace(tmp_path: Path) -> None:
             == 200
         )
         assert sb.members(audience_id) == [{"EXTERN_ID": "new"}, {"EXTERN_ID": "newer"}]
+
+
+def test_cli_defaults_are_metas_for_a_new_app() -> None:
+    """Sessions take 10 s, development access (score 60: the 21st write is refused), removal floor 1,000."""
+    auth = {
+        "access_token": DEFAULT_ACCESS_TOKEN,
+        "appsecret_proof": proof_of(DEFAULT_APP_SECRET, DEFAULT_ACCESS_TOKEN),
+    }
+    with sandbox_process() as url:
+        created = requests.post(
+            f"{url}/v26.0/{DEFAULT_AD_ACCOUNT_ID}/customaudiences",
+            data={**auth, "name": "Defaults", "customer_file_source": "USER_PROVIDED_ONLY"},
+            timeout=10,
+        )
+        audience_id = created.json()["id"]
+        payload = json.dumps({"schema": "EXTERN_ID", "data": ["x"]})
+        session = json.dumps({"session_id": 5, "batch_seq": 1, "last_batch_flag": True})
+        upload = requests.post(
+            f"{url}/v26.0/{audience_id}/users",
+            data={**auth, "payload": payload, "session": session},
+            timeout=10,
+        )
+        assert json.loads(upload.headers["X-Ad-Account-Usage"])["ads_api_access_tier"] == "development_access"
+        [listed] = requests.get(f"{url}/v26.0/{audience_id}/sessions", params=auth, timeout=10).json()["data"]
+        assert (listed["stage"], listed["num_matched"]) == ("processing", "-1"), "10 s to process"
+        removal = requests.delete(f"{url}/v26.0/{audience_id}/users", params={**auth, "payload": payload})
+        assert removal.status_code == 200, "nobody matched is removed: the size does not drop"
+        statuses = [
+            requests.post(
+                f"{url}/v26.0/{audience_id}", data={**auth, "description": "x"}, timeout=10
+            ).status_code
+            for _ in range(20)
+        ]
+        assert statuses.count(400) >= 1, "past the development tier's score of 60"
+        error = requests.get(f"{url}/v26.0/{audience_id}", params=auth, timeout=10).json()["error"]
+        assert (error["code"], error["error_subcode"]) == (17, 2446079)
+        assert error["error_data"]["estimated_time_to_regain_access"] == 5
+
+
+def test_cli_reports_an_unreadable_state_file_in_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "state.json"
+    broken.write_text("{not json", encoding="utf-8")
+    for state_file in (broken, tmp_path):  # not JSON; a directory
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow_provider_fbca.sandbox", "--state-file", str(state_file)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2
+        assert done.stdout == ""
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert done.stderr.startswith("error: ") and str(state_file) in done.stderr

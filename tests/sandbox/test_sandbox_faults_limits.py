@@ -81,7 +81,7 @@ def test_delay_then_normal_answer(sb: Sandbox, graph: Graph, audience_id: str) -
 def test_clearing_and_refusing_rules(sb: Sandbox, graph: Graph, audience_id: str) -> None:
     post_faults(sb, {"error": {"code": 2}}, {"disconnect": True, "times": 3})
     assert len(requests.get(f"{sb.url}/_sandbox/faults", timeout=10).json()["data"]) == 2
-    assert requests.delete(f"{sb.url}/_sandbox/faults", timeout=10).json() == {"data": []}
+    assert requests.delete(f"{sb.url}/_sandbox/faults", json={}, timeout=10).json() == {"data": []}
     assert graph.get(audience_id).status_code == 200
     assert post_faults(sb, {"times": 1}).status_code == 400, "a rule needs an action"
     assert post_faults(sb, {"error": {"code": 2}, "delay_s": 1}).status_code == 400, "only one action"
@@ -111,14 +111,14 @@ def test_lockout_past_the_budget_until_access_is_regained(
     for _ in range(3):
         assert graph.get(audience_id).status_code == 200
     refused = graph.get(audience_id)
-    error = assert_graph_error(refused, 80003, 2446079)
+    error = assert_graph_error(refused, 80003)  # Meta documents no subcode for 80003
     assert error["is_transient"] is True
     [usage] = json.loads(refused.headers["X-Business-Use-Case-Usage"]).values()
     assert usage[0]["estimated_time_to_regain_access"] == 10, "minutes, as Meta counts them"
     assert usage[0]["call_count"] == 100
     clock.advance(300)
     still = graph.upload(audience_id, "EXTERN_ID", ["1"])
-    assert_graph_error(still, 80003, 2446079)
+    assert_graph_error(still, 80003)
     assert (
         json.loads(still.headers["X-Business-Use-Case-Usage"])[sb.ad_account_id[4:]][0][
             "estimated_time_to_regain_access"
@@ -143,3 +143,46 @@ def test_clock_can_be_moved_over_http(sb: Sandbox, clock: ManualClock) -> None:
     before = clock()
     requests.post(f"{sb.url}/_sandbox/clock", json={"advance_s": 90}, timeout=10)
     assert clock() == before + 90
+
+
+def test_development_tier_score_reads_1_writes_3_max_60_over_300_s(clock: ManualClock) -> None:
+    with Sandbox(clock=clock, population=0, access_tier="development_access") as sb:
+        graph = Graph(sb)
+        audience_id = graph.create_audience()  # 3
+        for _ in range(18):  # 54 more: 57
+            assert graph.post(audience_id, description="x").status_code == 200
+        last = graph.get(audience_id)  # 58
+        usage = json.loads(last.headers["X-Ad-Account-Usage"])
+        assert usage == {
+            "acc_id_util_pct": 96.67,
+            "reset_time_duration": 300,
+            "ads_api_access_tier": "development_access",
+        }
+        graph.get(audience_id)  # 59
+        graph.get(audience_id)  # 60: at the maximum, still served
+        error = assert_graph_error(graph.post(audience_id, description="x"), 17, 2446079)
+        assert error["error_data"] == {"estimated_time_to_regain_access": 5}, "blocked 300 s on the dev tier"
+        assert error["is_transient"] is True
+        clock.advance(240)
+        assert_graph_error(graph.get(audience_id), 17, 2446079)
+        clock.advance(60)
+        assert graph.get(audience_id).status_code == 200, "unblocked, and the old calls have decayed"
+
+
+def test_standard_tier_score_max_9000_blocks_60_s(
+    sb: Sandbox, clock: ManualClock, graph: Graph, audience_id: str
+) -> None:
+    sb.set_rate_limit(access_tier="standard_access")
+    for _ in range(3000):
+        sb.score.record(sb.ad_account_id[4:], clock(), write=True)
+    error = assert_graph_error(graph.get(audience_id), 17, 2446079)
+    assert error["error_data"] == {"estimated_time_to_regain_access": 1}
+    clock.advance(60)
+    assert_graph_error(graph.get(audience_id), 17, 2446079)  # still 9000 within the last 300 s: blocked again
+    clock.advance(300)
+    assert graph.get(audience_id).status_code == 200
+    sb.set_rate_limit(access_tier="off")
+    assert (
+        json.loads(graph.get(audience_id).headers["X-Ad-Account-Usage"])["ads_api_access_tier"]
+        == "standard_access"
+    )

@@ -11,19 +11,20 @@ SCHEMA = ("EXTERN_ID", "EMAIL", "PHONE", "FN", "MADID")
 
 def test_rows_round_trip_in_binary_and_text_form() -> None:
     packed = ["c-1", sha256("a@example.com"), "", sha256("ann"), "ab-12"]
-    with_bad_hash = ["c-2", "A@EXAMPLE.COM", sha256("15551234567"), "", ""]
+    with_separators = ["c-2\x1fx\x1ey", sha256("b@example.com"), sha256("15551234567"), "", "\x1f"]
     store = MemberStore()
-    assert store.add(SCHEMA, [packed, with_bad_hash], [True, False]) == 2
+    assert store.add(SCHEMA, [packed, with_separators], [True, False], [5, -1]) == 2
     assert store.add(SCHEMA, [packed], None) == 0, "the same row packs to the same bytes"
-    assert store.add_rows(SCHEMA, [with_bad_hash]) == 0
+    assert store.add_rows(SCHEMA, [with_separators]) == 0
     assert list(store.rows()) == [
         dict(zip(SCHEMA, packed, strict=True)),
-        dict(zip(SCHEMA, with_bad_hash, strict=True)),
+        dict(zip(SCHEMA, with_separators, strict=True)),
     ]
     copy = MemberStore()
-    for schema, rows in store.groups():
-        copy.add_rows(schema, rows)
+    for schema, rows, people in store.groups():
+        copy.add_rows(schema, rows, people)
     assert list(copy.rows()) == list(store.rows())
+    assert copy.matched_people() == store.matched_people() == 1
 
 
 def test_binary_form_halves_the_digests() -> None:

@@ -88,8 +88,8 @@ def test_sdk_creates_adds_removes_and_reads_back(sb: Sandbox, sdk_api: FacebookA
     assert read[CustomAudience.Field.name] == "SDK customers"
     assert read[CustomAudience.Field.description] == "created by facebook-business"
     assert read[CustomAudience.Field.subtype] == "CUSTOM"
-    assert read[CustomAudience.Field.approximate_count_lower_bound] == 2
-    assert read[CustomAudience.Field.operation_status]["code"] == 200
+    assert read[CustomAudience.Field.approximate_count_lower_bound] == 1000, "below 1,000: no figure"
+    assert read[CustomAudience.Field.operation_status]["code"] == 411, "made-up people: low match rate"
 
     listed = account.get_custom_audiences(fields=[CustomAudience.Field.name])
     assert [(a[CustomAudience.Field.id], a[CustomAudience.Field.name]) for a in listed] == [
@@ -106,3 +106,29 @@ def test_sdk_reads_the_sandbox_errors(sb: Sandbox, sdk_api: FacebookAdsApi) -> N
     assert raised.value.api_error_code() == 200
     assert raised.value.api_error_subcode() == 1870034
     assert raised.value.api_error_type() == "OAuthException"
+
+
+def test_sdk_reads_sizes_and_statuses_of_matched_people(sb: Sandbox, sdk_api: FacebookAdsApi) -> None:
+    """1,500 people of the population, added through the SDK: Meta's rounding and statuses, read by the SDK."""
+    audience = AdAccount(sb.ad_account_id, api=sdk_api).create_custom_audience(
+        params={"name": "matched", "subtype": "CUSTOM", "customer_file_source": "USER_PROVIDED_ONLY"}
+    )
+    fields = [
+        CustomAudience.Field.approximate_count_lower_bound,
+        CustomAudience.Field.approximate_count_upper_bound,
+        CustomAudience.Field.operation_status,
+        CustomAudience.Field.delivery_status,
+    ]
+    fresh = CustomAudience(audience[CustomAudience.Field.id], api=sdk_api).api_get(fields=fields)
+    assert fresh[CustomAudience.Field.operation_status]["code"] == 410, "no upload yet"
+    emails = [sb.population.person(n).email.upper() for n in range(1500)]
+    emails += [f"nobody{n}@example.net" for n in range(100)]
+    added = audience.add_users(CustomAudience.Schema.email_hash, emails).json()
+    assert added["num_received"] == 1600
+    read = CustomAudience(audience[CustomAudience.Field.id], api=sdk_api).api_get(fields=fields)
+    assert read[CustomAudience.Field.approximate_count_lower_bound] == 1400, (
+        "1,500 matched people, not 1,600 rows"
+    )
+    assert read[CustomAudience.Field.approximate_count_upper_bound] == 1600
+    assert read[CustomAudience.Field.operation_status]["code"] == 200
+    assert read[CustomAudience.Field.delivery_status]["code"] == 200

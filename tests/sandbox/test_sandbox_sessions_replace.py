@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sandbox_support import PERSON_SCHEMA, Graph, assert_graph_error, person_row
+from sandbox_support import PERSON_SCHEMA, Graph, assert_graph_error, person_row, population_row
 
 from airflow_provider_fbca.sandbox import ManualClock, Sandbox
 
@@ -112,36 +112,44 @@ def test_upload_without_session_gets_a_session_from_meta(graph: Graph, audience_
 def test_replace_swaps_the_members_when_the_last_batch_arrives(
     sb: Sandbox, graph: Graph, audience_id: str
 ) -> None:
-    graph.upload(audience_id, PERSON_SCHEMA, [person_row(n) for n in range(5)])
+    graph.upload(audience_id, PERSON_SCHEMA, [population_row(sb, n) for n in range(5)])
     first = graph.upload(
-        audience_id, PERSON_SCHEMA, [person_row(10)], edge="usersreplace", session=batch(41, 1)
+        audience_id, PERSON_SCHEMA, [population_row(sb, 10)], edge="usersreplace", session=batch(41, 1)
     )
     assert first.status_code == 200 and first.json()["num_received"] == 1
     assert graph.get(audience_id, fields="operation_status").json()["operation_status"]["code"] == 414
     assert len(sb.members(audience_id)) == 5, "the old members stay until the replace completes"
-    in_progress = graph.upload(audience_id, PERSON_SCHEMA, [person_row(99)])
+    in_progress = graph.upload(audience_id, PERSON_SCHEMA, [population_row(sb, 99)])
     error = assert_graph_error(in_progress, 2650, 1870145)
     assert error["error_user_title"] == "Audience Update In Progress"
     another = graph.upload(
-        audience_id, PERSON_SCHEMA, [person_row(98)], edge="usersreplace", session=batch(42, 1)
+        audience_id, PERSON_SCHEMA, [population_row(sb, 98)], edge="usersreplace", session=batch(42, 1)
     )
     assert_graph_error(another, 2650, 1870145)
-    graph.upload(audience_id, PERSON_SCHEMA, [person_row(11)], edge="usersreplace", session=batch(41, 2))
     graph.upload(
-        audience_id, PERSON_SCHEMA, [person_row(12)], edge="usersreplace", session=batch(41, 2, last=True)
+        audience_id, PERSON_SCHEMA, [population_row(sb, 11)], edge="usersreplace", session=batch(41, 2)
     )
-    assert [m["EXTERN_ID"] for m in sb.members(audience_id)] == ["ext-10", "ext-11", "ext-12"]
+    graph.upload(
+        audience_id,
+        PERSON_SCHEMA,
+        [population_row(sb, 12)],
+        edge="usersreplace",
+        session=batch(41, 2, last=True),
+    )
+    assert [m["EXTERN_ID"] for m in sb.members(audience_id)] == ["pop-10", "pop-11", "pop-12"]
     assert graph.get(audience_id, fields="operation_status").json()["operation_status"]["code"] == 200
     assert sessions(graph, audience_id, session_id=41)[0]["num_received"] == "3"
     late = graph.upload(
-        audience_id, PERSON_SCHEMA, [person_row(13)], edge="usersreplace", session=batch(41, 3)
+        audience_id, PERSON_SCHEMA, [population_row(sb, 13)], edge="usersreplace", session=batch(41, 3)
     )
     assert_graph_error(late, 2650, 1870159)
     restart = graph.upload(
-        audience_id, PERSON_SCHEMA, [person_row(13)], edge="usersreplace", session=batch(41, 1)
+        audience_id, PERSON_SCHEMA, [population_row(sb, 13)], edge="usersreplace", session=batch(41, 1)
     )
     assert_graph_error(restart, 2650, 1870159)
-    assert graph.upload(audience_id, PERSON_SCHEMA, [person_row(14)]).status_code == 200, "/users works again"
+    assert graph.upload(audience_id, PERSON_SCHEMA, [population_row(sb, 14)]).status_code == 200, (
+        "/users works again"
+    )
 
 
 def test_replace_needs_batch_one_first(graph: Graph, audience_id: str) -> None:
@@ -163,24 +171,34 @@ def test_replace_needs_a_session_and_one_schema(graph: Graph, audience_id: str) 
 def test_replace_window_expires_after_90_minutes(
     sb: Sandbox, clock: ManualClock, graph: Graph, audience_id: str
 ) -> None:
-    graph.upload(audience_id, PERSON_SCHEMA, [person_row(n) for n in range(3)])
-    graph.upload(audience_id, PERSON_SCHEMA, [person_row(20)], edge="usersreplace", session=batch(71, 1))
+    graph.upload(audience_id, PERSON_SCHEMA, [population_row(sb, n) for n in range(3)])
+    graph.upload(
+        audience_id, PERSON_SCHEMA, [population_row(sb, 20)], edge="usersreplace", session=batch(71, 1)
+    )
     clock.advance(WINDOW_S - 1)
     in_time = graph.upload(
-        audience_id, PERSON_SCHEMA, [person_row(21)], edge="usersreplace", session=batch(71, 2)
+        audience_id, PERSON_SCHEMA, [population_row(sb, 21)], edge="usersreplace", session=batch(71, 2)
     )
     assert in_time.status_code == 200
     clock.advance(2)
     late = graph.upload(
-        audience_id, PERSON_SCHEMA, [person_row(22)], edge="usersreplace", session=batch(71, 3, last=True)
+        audience_id,
+        PERSON_SCHEMA,
+        [population_row(sb, 22)],
+        edge="usersreplace",
+        session=batch(71, 3, last=True),
     )
     error = assert_graph_error(late, 2650, 1870158)
     assert "90 minutes" in error["error_user_msg"]
-    assert [m["EXTERN_ID"] for m in sb.members(audience_id)] == ["ext-20", "ext-21"], "what arrived in time"
+    assert [m["EXTERN_ID"] for m in sb.members(audience_id)] == ["pop-20", "pop-21"], "what arrived in time"
     assert graph.get(audience_id, fields="operation_status").json()["operation_status"]["code"] == 415
     assert sessions(graph, audience_id, session_id=71)[0]["stage"] == "finished"
     next_replace = graph.upload(
-        audience_id, PERSON_SCHEMA, [person_row(30)], edge="usersreplace", session=batch(72, 1, last=True)
+        audience_id,
+        PERSON_SCHEMA,
+        [population_row(sb, 30)],
+        edge="usersreplace",
+        session=batch(72, 1, last=True),
     )
     assert next_replace.status_code == 200
     assert graph.get(audience_id, fields="operation_status").json()["operation_status"]["code"] == 200

@@ -74,21 +74,40 @@ def test_removal_reaches_members_added_under_another_schema(
     assert [m.get("EXTERN_ID") for m in sb.members(audience_id)] == ["ext-1"]
 
 
-@pytest.mark.parametrize("placement", ["query", "body", "method=DELETE"])
+@pytest.mark.parametrize(
+    "placement",
+    ["query", "form body", "JSON body", "method=DELETE in the form", "method=DELETE in the query"],
+)
 def test_delete_parameters_in_query_body_or_method_override(
     sb: Sandbox, graph: Graph, audience_id: str, placement: str
 ) -> None:
+    """The shapes Meta's SDK (query), Segment (JSON body) and Meta's method override (a form field) use."""
     graph.upload(audience_id, "EXTERN_ID", ["keep", "drop"])
     params = {**graph.auth, "payload": json.dumps({"schema": "EXTERN_ID", "data": ["drop"]})}
     url = graph.url(f"{audience_id}/users")
     if placement == "query":
         response = requests.delete(url, params=params, timeout=10)
-    elif placement == "body":
+    elif placement == "form body":
         response = requests.delete(url, data=params, timeout=10)
-    else:
+    elif placement == "JSON body":
+        response = requests.delete(url, json={**params, "payload": json.loads(params["payload"])}, timeout=10)
+    elif placement == "method=DELETE in the form":
         response = requests.post(url, data={**params, "method": "DELETE"}, timeout=10)
+    else:
+        response = requests.post(url, params={"method": "DELETE"}, data=params, timeout=10)
     assert response.status_code == 200, response.text
     assert sb.members(audience_id) == [{"EXTERN_ID": "keep"}]
+
+
+def test_method_delete_inside_a_json_body_is_not_an_override(
+    sb: Sandbox, graph: Graph, audience_id: str
+) -> None:
+    """Meta's override is a form field; read from a JSON body it would be an upload, so it is refused."""
+    graph.upload(audience_id, "EXTERN_ID", ["keep", "drop"])
+    body = {**graph.auth, "method": "DELETE", "payload": {"schema": "EXTERN_ID", "data": ["drop"]}}
+    refused = requests.post(graph.url(f"{audience_id}/users"), json=body, timeout=10)
+    assert "send DELETE" in assert_graph_error(refused, 100)["message"]
+    assert sb.members(audience_id) == [{"EXTERN_ID": "keep"}, {"EXTERN_ID": "drop"}]
 
 
 def test_json_and_multipart_bodies(sb: Sandbox, graph: Graph, audience_id: str) -> None:
@@ -201,7 +220,7 @@ def test_lookalike_value_only_on_value_based_audiences(sb: Sandbox, graph: Graph
     negative = graph.upload(value_based, schema, [[sha256("z@example.com"), "-3"]]).json()
     assert negative["num_invalid_entries"] == 1
     assert graph.upload(value_based, ["EMAIL"], [[row[0]]], method="DELETE").status_code == 200
-    assert [m["LOOKALIKE_VALUE"] for m in sb.members(value_based)] == ["140", "-3"]
+    assert [m["LOOKALIKE_VALUE"] for m in sb.members(value_based)] == ["140"], "an invalid entry is not added"
 
 
 def test_flagged_audience_refuses_uploads_and_edits(sb: Sandbox, graph: Graph, audience_id: str) -> None:

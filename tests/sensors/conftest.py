@@ -59,9 +59,14 @@ def upload(
     *,
     last: bool = True,
 ) -> dict[str, Any]:
-    """Send one batch of e-mails in its own session; ``last=False`` leaves the session open for good."""
+    """
+    Send one batch of e-mails in its own session; ``last=False`` leaves the session open for good.
+
+    Sent beneath the hook's digest check (``_upload``): the tests need Meta to count invalid entries
+    ("not-a-hash"), which ``add_users`` refuses to send.
+    """
     session = {"session_id": session_id, "batch_seq": 1, "last_batch_flag": last}
-    return hook.add_users(audience_id, "EMAIL", emails, session=session)
+    return hook._upload("POST", "users", audience_id, {"schema": "EMAIL", "data": emails}, session)
 
 
 def short_sleep(seconds: float) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
-from airflow_provider_fbca.sync.lease import SyncLeaseHeldError, SyncLeaseLostError
+from airflow_provider_fbca.sync.lease import SyncLease, SyncLeaseHeldError, SyncLeaseLostError
 from airflow_provider_fbca.sync.plan import SyncMode
-from airflow_provider_fbca.sync.state import StateStore
+from airflow_provider_fbca.sync.state import StagedRow, StateStore
 from tests.sync.conftest import PassThroughPreparer, RecordingAudience
 from tests.sync.test_engine import SCHEMA, model
 
@@ -169,8 +169,14 @@ def test_the_lease_is_kept_while_one_request_waits_out_a_long_lockout(
     assert other_store.lease(SYNC_KEY) is None
 
 
-def test_a_run_whose_lease_was_taken_over_stops_sending(store: StateStore, other_store: StateStore) -> None:
-    """A run stalled past its lease (the batch took 40 minutes) finds the lease taken and stops."""
+def test_a_run_whose_lease_was_taken_over_stops_before_its_next_write(
+    store: StateStore, other_store: StateStore
+) -> None:
+    """A run stalled past its lease (the batch took 40 minutes) finds the lease taken and stops.
+
+    The fence refuses even the write recording the stalled batch: the run that took over owns the state
+    now, and plans (and sends again) from what it finds there.
+    """
     audience, clock = RecordingAudience(), Clock()
 
     def stalled_batch() -> None:
@@ -179,11 +185,32 @@ def test_a_run_whose_lease_was_taken_over_stops_sending(store: StateStore, other
 
     audience.before_add = stalled_batch
     keys = [f"k{i:02}" for i in range(6)]
-    with pytest.raises(SyncLeaseLostError, match=r"lost its lease.*lease_minutes=30"):
+    with pytest.raises(SyncLeaseLostError, match=r"lost its lease.*Stopped before writing to the state"):
         sync_run(store, audience, clock, batch_size=2).run(chunks_of(model(*keys), []))
-    # The stalled batch was accepted by Meta, so it is recorded; the next one was never sent.
-    assert (len(audience.calls), store.count(SYNC_KEY)) == (1, 2)
+    # The next batch was never sent, and nothing was written after the takeover.
+    assert (len(audience.calls), store.count(SYNC_KEY), other_store.count(SYNC_KEY)) == (1, 0, 0)
     assert other_store.lease(SYNC_KEY).owner == "intruder"  # the loser did not release the winner's lease
+
+
+def test_every_commit_is_fenced_and_a_refused_one_is_rolled_back(
+    store: StateStore, other_store: StateStore
+) -> None:
+    """The fence runs inside each commit's transaction: a write after a takeover never lands."""
+
+    def row(key: str) -> StagedRow:
+        return StagedRow(key, "fingerprint", "id-digest", "EXTERN_ID", key, 1)
+
+    store.ensure_tables()
+    lease = SyncLease(store, SYNC_KEY, describe="audience 42", clock=Clock(T0))
+    lease.acquire()
+    store.upsert(SYNC_KEY, [row("a")])
+    assert intruder_takes_lease(other_store, Clock(T0 + 31 * MINUTE))
+    with pytest.raises(SyncLeaseLostError, match="Stopped before writing to the state"):
+        store.upsert(SYNC_KEY, [row("b")])
+    assert [key for key, *_ in other_store.iter_rows(SYNC_KEY)] == ["a"]  # "b" was rolled back
+    lease.release()
+    assert other_store.lease(SYNC_KEY).owner == "intruder"  # the loser leaves the winner's lease alone
+    store.upsert(SYNC_KEY, [row("c")])  # no lease held, no fence: the store works as before
 
 
 def race_for_the_lease(stores: list[StateStore], now: float) -> list[str]:

@@ -1,0 +1,35 @@
+"""What may key a row: EXTERN_IDs that are personal data, too long or with control characters."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_fbca.sync.row_key import MAX_ROW_KEY_LENGTH, refuse_personal_key, row_key_problem
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("cust-00001", None),
+        ("1234567890", None),  # a numeric customer id, not a phone
+        ("4155550100", None),
+        ("+1234", None),  # a "+" without a valid number
+        ("a@b", None),  # not a valid e-mail
+        ("x" * MAX_ROW_KEY_LENGTH, None),
+        ("", "extern_id.missing"),
+        ("x" * (MAX_ROW_KEY_LENGTH + 1), "extern_id.too_long"),
+        ("cust\x001", "extern_id.control_character"),
+        ("cust\n1", "extern_id.control_character"),
+        ("Jose.Sanchez@Example.com", "extern_id.email"),
+        ("+1 415 555 0100", "extern_id.phone"),
+        ("+33 6 12 34 56 78", "extern_id.phone"),
+    ],
+)
+def test_row_key_problems(key: str, problem: str | None) -> None:
+    assert row_key_problem(key) == problem
+
+
+def test_the_refusal_describes_and_names_the_fix() -> None:
+    message = str(refuse_personal_key("extern_id.email", 7))
+    assert message.startswith("Row 7 of the query has an EXTERN_ID that is an e-mail address")
+    assert "map external_id to a customer id column, or hash the value in SQL" in message

@@ -1,0 +1,76 @@
+"""The state tables: names checked in full, and created safely by two first runs at once."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import pytest
+
+from airflow_provider_fbca.sync.state import MAX_NAME_LENGTH, StateStore, check_state_table
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "state\n",  # a trailing newline slipped through re.match(...$)
+        "sta\x00te",
+        "schema.state\t",
+        "s" * (MAX_NAME_LENGTH - len("_locks") + 1),  # fits alone, not with the _sessions/_locks suffixes
+        "a.b.c",
+        "1state",
+        42,
+    ],
+)
+def test_state_table_names_are_checked_in_full(name: Any) -> None:
+    with pytest.raises(ValueError, match=r"State table name|state_table must be a string"):
+        check_state_table(name)
+
+
+def test_the_longest_name_fits_with_every_suffix() -> None:
+    check_state_table("s" * (MAX_NAME_LENGTH - len("_sessions")))
+    check_state_table("analytics.fbca_sync_state")
+
+
+def create_at_once(stores: list[StateStore]) -> list[str]:
+    """Every store creates the tables at the same instant; the names of the errors raised."""
+    barrier, errors = threading.Barrier(len(stores)), []
+
+    def create(store: StateStore) -> None:
+        barrier.wait()
+        try:
+            store.ensure_tables()
+        except Exception as error:
+            store.conn.rollback()
+            errors.append(type(error).__name__)
+
+    threads = [threading.Thread(target=create, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+@pytest.mark.postgres
+def test_first_runs_creating_the_tables_at_once_do_not_collide(postgres_server: dict[str, Any]) -> None:
+    """Without serializing, concurrent CREATE TABLE IF NOT EXISTS fails with UniqueViolation (pg_type)."""
+    import psycopg
+
+    server = postgres_server
+    conns = [
+        psycopg.connect(
+            host=server["host"], port=server["port"], user=server["user"], dbname=server["dbname"]
+        )
+        for _ in range(4)
+    ]
+    try:
+        for _ in range(8):
+            table = f"race_{uuid.uuid4().hex[:8]}"
+            stores = [StateStore(conn, table, "%s") for conn in conns]
+            assert create_at_once(stores) == []
+            assert stores[0].count("any") == 0  # the tables exist
+    finally:
+        for conn in conns:
+            conn.close()
