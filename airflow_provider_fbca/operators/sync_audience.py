@@ -11,8 +11,8 @@ from contextlib import closing
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.providers.common.compat.sdk import BaseHook, BaseOperator
+from airflow.providers.common.sql.hooks.sql import DbApiHook
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 from airflow_provider_fbca.identifiers import RowPreparer
