@@ -1,12 +1,14 @@
 """
 What differs between the Airflow 3 releases this provider supports (3.0 to 3.3), in one place.
 
-Imports that moved between releases (``airflow.sdk`` since 3.1 against ``airflow.hooks.base``,
-``airflow.exceptions`` ... in 3.0) come from ``apache-airflow-providers-common-compat``'s ``sdk`` module,
-as in Airflow's own providers. What is left here is the connection form: Airflow 3.2 reads it from the
-provider info (``conn-fields`` / ``ui-field-behaviour``); 3.0 and 3.1 only ask the hook
-(``get_connection_form_widgets`` / ``get_ui_field_behaviour``). Both are derived from the one
-declaration in :mod:`airflow_provider_fbca.get_provider_info`, so every release shows the same form.
+Imports that moved between releases (``BaseHook``, the exceptions, ``conf`` ... are in ``airflow.sdk``
+from 3.1, under ``airflow.hooks.base``, ``airflow.exceptions`` ... in 3.0) come from
+``apache-airflow-providers-common-compat``'s ``sdk`` module, as in Airflow's own providers. What is left
+here: the connection form, which Airflow 3.2 reads from the provider info (``conn-fields`` /
+``ui-field-behaviour``) while 3.0 and 3.1 only ask the hook (``get_connection_form_widgets`` /
+``get_ui_field_behaviour``), both derived from the one declaration in
+:mod:`airflow_provider_fbca.get_provider_info` so that every release is served the same form; and the
+release test of ``airflow dags test`` (the demo and the tests run it).
 """
 
 from __future__ import annotations
