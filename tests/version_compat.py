@@ -15,6 +15,10 @@ try:
 except ImportError:
     from airflow.models.dagbag import DagBag
 try:
+    from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
+except ImportError:
+    from airflow.timetables.simple import AssetTriggeredTimetable
+try:
     from airflow.sdk.execution_time import macros
 except ImportError:
     from airflow import macros
@@ -27,4 +31,10 @@ BROWSER_TEST_UI = get_base_airflow_version_tuple() >= (3, 3, 0)
 # `airflow connections test` exits 1 on a failed test from 3.3; before, it prints the failure and exits 0.
 CONNECTIONS_TEST_EXITS_1_ON_FAILURE = get_base_airflow_version_tuple() >= (3, 3, 0)
 
-__all__ = ["BROWSER_TEST_UI", "CONNECTIONS_TEST_EXITS_1_ON_FAILURE", "DagBag", "macros"]
+__all__ = [
+    "BROWSER_TEST_UI",
+    "CONNECTIONS_TEST_EXITS_1_ON_FAILURE",
+    "AssetTriggeredTimetable",
+    "DagBag",
+    "macros",
+]

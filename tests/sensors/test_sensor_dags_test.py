@@ -101,3 +101,9 @@ def test_deferrable_sensor_under_airflow_dags_test(
     assert summary["total"]["num_received"] == 8 and summary["total"]["num_matched"] == 6
     assert summary["audience"]["operation_status"]["code"] == 200
     assert "Upload sessions of audience" in output  # the table is in the task log
+    # The extra link survives the deferral: pushed before deferring, read when the task finishes.
+    link = demo.latest_xcom(
+        home / "airflow.db", "fbca_sensor_deferred", "confirm", key="_link_AudienceInAdsManagerLink"
+    )
+    account = sandbox.ad_account_id.removeprefix("act_")
+    assert link == f"https://adsmanager.facebook.com/adsmanager/audiences?act={account}&ids={audience_id}"
