@@ -13,6 +13,7 @@ import pytest
 
 from tests.example_dags.example_dag_support import demo
 from tests.sensors.conftest import known_emails, unknown_emails, upload
+from tests.version_compat import LINK_XCOM_KEY
 
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
@@ -102,8 +103,6 @@ def test_deferrable_sensor_under_airflow_dags_test(
     assert summary["audience"]["operation_status"]["code"] == 200
     assert "Upload sessions of audience" in output  # the table is in the task log
     # The extra link survives the deferral: pushed before deferring, read when the task finishes.
-    link = demo.latest_xcom(
-        home / "airflow.db", "fbca_sensor_deferred", "confirm", key="_link_AudienceInAdsManagerLink"
-    )
+    link = demo.latest_xcom(home / "airflow.db", "fbca_sensor_deferred", "confirm", key=LINK_XCOM_KEY)
     account = sandbox.ad_account_id.removeprefix("act_")
     assert link == f"https://adsmanager.facebook.com/adsmanager/audiences?act={account}&ids={audience_id}"
