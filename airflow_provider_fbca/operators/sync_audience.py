@@ -11,8 +11,8 @@ from contextlib import closing
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import BaseHook, BaseOperator
 from airflow.providers.common.sql.hooks.sql import DbApiHook
-from airflow.sdk import BaseHook, BaseOperator
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 from airflow_provider_fbca.identifiers import PROCESSING_KEYS, RowPreparer, check_data_processing_options
@@ -45,8 +45,8 @@ from airflow_provider_fbca.sync.source import read_model
 from airflow_provider_fbca.sync.state import StateStore, check_state_table, quote_table_name, utc_now
 
 if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
     from airflow.providers.openlineage.extractors import OperatorLineage
-    from airflow.sdk import Context
 
 DEFAULT_STATE_TABLE = "fbca_sync_state"
 DEFAULT_FETCH_SIZE = 10_000
