@@ -127,7 +127,6 @@ class SyncAudienceOperator(BaseOperator):
     template_fields_renderers = {"sql": "sql"}
     ui_color = "#e7f0fe"
     operator_extra_links = (AudienceInAdsManagerLink(),)
-    operator_extra_links = (AudienceInAdsManagerLink(),)
 
     def __init__(
         self,
