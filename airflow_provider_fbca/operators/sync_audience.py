@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import BaseHook, BaseOperator
 from airflow.providers.common.sql.hooks.sql import DbApiHook
-from airflow.sdk import BaseHook, BaseOperator
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
-from airflow_provider_fbca.identifiers import RowPreparer
+from airflow_provider_fbca.identifiers import PROCESSING_KEYS, RowPreparer, check_data_processing_options
 from airflow_provider_fbca.links.ads_manager import AudienceInAdsManagerLink, publish_audience_link
 from airflow_provider_fbca.operators.arguments import (
     check_audience_choice,
@@ -34,13 +34,19 @@ from airflow_provider_fbca.sync.journal import PageJournal
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
 from airflow_provider_fbca.sync.pushdown import PushdownModel, shares_database
+from airflow_provider_fbca.sync.rejects import (
+    DEFAULT_MAX_REJECTS_RECORDED,
+    REJECTS_SUFFIX,
+    RejectsTable,
+    check_max_rejects_recorded,
+)
 from airflow_provider_fbca.sync.report import SyncReport, format_report
 from airflow_provider_fbca.sync.source import ModelQuery
-from airflow_provider_fbca.sync.state import StateStore, check_state_table
+from airflow_provider_fbca.sync.state import StateStore, check_state_table, quote_table_name, utc_now
 
 if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
     from airflow.providers.openlineage.extractors import OperatorLineage
-    from airflow.sdk import Context
 
 DEFAULT_STATE_TABLE = "fbca_sync_state"
 DEFAULT_FETCH_SIZE = 10_000
@@ -93,6 +99,14 @@ class SyncAudienceOperator(BaseOperator):
     :param on_refused_removals: when Meta refuses removals for good (e.g. 1870047, the audience would
         become too small), the additions are still sent and the refused removals stay owed (sent again by
         every later run); ``fail`` (default) then fails the task, ``warn`` lets it succeed with a warning.
+    :param max_rejects_recorded: the rows that lost a match key or were rejected are listed, by EXTERN_ID
+        and reason (never a value), in ``<state_table>_rejects``; at most this many entries per sync
+        (default 100,000; 0 lists none). Dry runs list none.
+    :param data_processing_options: Meta's Limited Data Use for every row: ``["LDU"]``, or ``[]`` to say
+        none explicitly; None (default) sends no options. For options per row, map a column to
+        ``data_processing_options`` (and its country and state) instead.
+    :param data_processing_options_country: with ``["LDU"]``: 1 (the United States) or 0 (Meta geolocates).
+    :param data_processing_options_state: with ``["LDU"]``: 1000 (California, with country 1) or 0.
     """
 
     template_fields: Sequence[str] = (
@@ -114,7 +128,6 @@ class SyncAudienceOperator(BaseOperator):
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql"}
     ui_color = "#e7f0fe"
-    operator_extra_links = (AudienceInAdsManagerLink(),)
     operator_extra_links = (AudienceInAdsManagerLink(),)
 
     def __init__(
@@ -146,10 +159,19 @@ class SyncAudienceOperator(BaseOperator):
         page_ids: Sequence[str] | None = None,
         lease_minutes: float = DEFAULT_LEASE_MINUTES,
         on_refused_removals: str = "fail",
+        max_rejects_recorded: int = DEFAULT_MAX_REJECTS_RECORDED,
+        data_processing_options: Sequence[str] | None = None,
+        data_processing_options_country: int | None = None,
+        data_processing_options_state: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_state_table(state_table)  # fail at parse time on a bad name
+        quote_table_name(state_table, REJECTS_SUFFIX)
+        check_max_rejects_recorded(max_rejects_recorded)
+        check_data_processing_options(
+            data_processing_options, data_processing_options_country, data_processing_options_state
+        )
         check_fetch_size(fetch_size)
         self.sql = sql
         self.mapping = mapping
@@ -177,6 +199,10 @@ class SyncAudienceOperator(BaseOperator):
         self.page_ids = page_ids
         self.lease_minutes = lease_minutes
         self.on_refused_removals = on_refused_removals
+        self.max_rejects_recorded = max_rejects_recorded
+        self.data_processing_options = data_processing_options
+        self.data_processing_options_country = data_processing_options_country
+        self.data_processing_options_state = data_processing_options_state
         self._key_names: list[str] = []
         self._report: dict[str, Any] | None = None  # the finished run's report, for OpenLineage
         # Check the plain arguments now, so a DAG with a typo fails to parse, not at 3 a.m.; the
@@ -206,8 +232,14 @@ class SyncAudienceOperator(BaseOperator):
                 setattr(self, name, read_optional_text(getattr(self, name)))
         if ready(self.mapping, self.default_country, self.membership_column):
             self.mapping = read_mapping(self.mapping, self.membership_column)
+            mapped = RowPreparer(list(self.mapping), default_country=self.default_country).schema
+            if self.data_processing_options is not None and set(mapped) & set(PROCESSING_KEYS):
+                raise ValueError(
+                    "Data processing options come from the mapping or from data_processing_options, not "
+                    "both: remove one of them."
+                )
             self._key_names = list(
-                RowPreparer(list(self.mapping), default_country=self.default_country).schema
+                RowPreparer(self._match_keys(), default_country=self.default_country).schema
             )
             if EXTERN_ID not in self._key_names:
                 raise ValueError(
@@ -242,7 +274,7 @@ class SyncAudienceOperator(BaseOperator):
         account = self.hook.ad_account_id
         publish_audience_link(context, account, audience_id)
         check_audience_outlets(self.outlets, account, audience_id)
-        preparer = RowPreparer(list(self.mapping), default_country=self.default_country)
+        preparer = RowPreparer(self._match_keys(), default_country=self.default_country)
         new_audience = f"{account}:new:{self.audience_name}"
         options = SyncOptions(
             audience_id=audience_id or f"(new) {self.audience_name}",
@@ -267,6 +299,23 @@ class SyncAudienceOperator(BaseOperator):
         try:
             store = StateStore(state_conn, self.state_table, state_hook.placeholder)
             model = self._model(store, source_hook)
+            rejects = None
+            if not self.dry_run:
+                rejects = RejectsTable(
+                    store,
+                    options.sync_key,
+                    key_column=options.source_key_index,
+                    run_label=_run_label(context),
+                    max_recorded=self.max_rejects_recorded,
+                    forget_absent=self.sync_mode is SyncMode.MIRROR,
+                )
+
+            def create_audience() -> tuple[str, str]:
+                audience_id, sync_key = self._create_audience()
+                if rejects is not None:  # the rejects were listed under the provisional key
+                    rejects.move_to(sync_key)
+                return audience_id, sync_key
+
             self._sync_run = SyncRun(
                 store,
                 self.hook,
@@ -276,24 +325,32 @@ class SyncAudienceOperator(BaseOperator):
                 holder=_lease_holder(context),
                 # A missing audience is created only once the model passed every check (columns, duplicates,
                 # removal guard): a failed run leaves no empty audience behind.
-                create_audience=None if audience_id else self._create_audience,
+                create_audience=None if audience_id else create_audience,
+                rejects=rejects,
             )
             try:
                 report = self._sync_run.run(model)
             except RemovalsRefusedError as refused:  # the additions landed: show what the run did
-                self._log_report(refused.report, audience_id, account, context)
+                self._log_report(refused.report, audience_id, account, context, rejects)
                 raise
         finally:
             if model is not None and model.conn is not state_conn:
                 model.conn.close()
             state_conn.close()
-        return self._log_report(report, audience_id, account, context)
+        return self._log_report(report, audience_id, account, context, rejects)
 
     def _log_report(
-        self, report: SyncReport, audience_id: str | None, account: str, context: Context
+        self,
+        report: SyncReport,
+        audience_id: str | None,
+        account: str,
+        context: Context,
+        rejects: RejectsTable | None = None,
     ) -> dict[str, Any]:
         """Log the run's report, publish the audience's link and asset event, and return the report."""
         result = report.as_dict()
+        if rejects is not None:
+            result.update(rejects.summary())
         result["audience_id"] = audience_id or (None if self.dry_run else report.audience_id)
         result["ad_account_id"] = account
         self.log.info("Sync report for audience %s:\n%s", result["audience_id"], format_report(result))
@@ -405,15 +462,42 @@ class SyncAudienceOperator(BaseOperator):
         return hook
 
     def _model(self, store: StateStore, source_hook: DbApiHook) -> ModelQuery:
-        """The model's query (mapped columns in mapping order, then membership): diffed in the warehouse
+        """The model's query (mapped columns in mapping order, the data processing options, then
+        membership): diffed in the warehouse
         when the state lives there and its SQL dialect is known (one connection for both), else read by
         the worker through a connection of its own."""
         wanted = list(self.mapping.values())
         if self.membership_column is not None:
             wanted.append(self.membership_column)
+        constants = tuple(value for _, value in self._processing_cells())
         if shares_database(self.sql_conn_id, self.state_conn_id, store.conn):
-            return PushdownModel(store, self.sql, wanted, self.fetch_size)
-        return ModelQuery(source_hook.get_conn(), self.sql, wanted, self.fetch_size)
+            return PushdownModel(
+                store, self.sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping)
+            )
+        conn = source_hook.get_conn()
+        return ModelQuery(
+            conn, self.sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping)
+        )
+
+    def _processing_cells(self) -> list[tuple[str, Any]]:
+        """The sync-wide data processing options, as constant cells after the mapped columns."""
+        options = self.data_processing_options
+        if options is None:
+            return []
+        if not options:  # an explicit "none"
+            return [(PROCESSING_KEYS[0], "")]
+        location = (self.data_processing_options_country, self.data_processing_options_state)
+        return list(zip(PROCESSING_KEYS, ("LDU", *location), strict=True))
+
+    def _match_keys(self) -> list[str]:
+        """The preparer's keys: the mapping's, then the sync-wide data processing options."""
+        return [*self.mapping, *(key for key, _ in self._processing_cells())]
+
+
+def _run_label(context: Mapping[str, Any]) -> str:
+    """The run a rejects entry was last seen in: Airflow's run id, or the time outside a task run."""
+    run_id = getattr(context.get("ti"), "run_id", None)
+    return str(run_id) if run_id else utc_now()
 
 
 def _lease_holder(context: Mapping[str, Any]) -> str:

@@ -26,6 +26,7 @@ from airflow_provider_fbca.sync.plan import (
     check_removal_guard,
 )
 from airflow_provider_fbca.sync.pushdown import PushdownModel
+from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.sending import AudienceClient, PlanSender, RemovalsRefusedError
 from airflow_provider_fbca.sync.source import ModelQuery
@@ -129,6 +130,7 @@ class SyncRun:
         of it makes every row prepared again.
     :param holder: who this run is (DAG, task, try), shown to a concurrent run its lease refuses.
     :param clock: the time in seconds since the epoch, for the lease (tests inject one).
+    :param rejects: where the rows that lost values are listed (``<state_table>_rejects``); None: nowhere.
     :param create_audience: the audience does not exist yet: called once the plan passed every check and
         just before the first upload (never in a dry run), it creates the audience and returns its id and
         the sync key of its state. So a run that fails on the model (a missing column, duplicates, the
@@ -146,9 +148,11 @@ class SyncRun:
         digest_seed: str = "",
         holder: str = "",
         clock: Callable[[], float] = time.time,
+        rejects: RejectsTable | None = None,
         create_audience: Callable[[], tuple[str, str]] | None = None,
     ) -> None:
         self.store = store
+        self.rejects = rejects
         self.create_audience = create_audience
         self.client = client
         self.preparer = preparer
@@ -164,7 +168,9 @@ class SyncRun:
             dry_run=options.dry_run,
             full_refresh=options.full_refresh,
         )
-        self.stager = ModelStager(preparer, options, self.report, self.key_normalizer, self.digest_seed)
+        self.stager = ModelStager(
+            preparer, options, self.report, self.key_normalizer, self.digest_seed, rejects=rejects
+        )
         self.lease = SyncLease(
             store,
             options.lease_key or options.sync_key,
@@ -282,12 +288,16 @@ class SyncRun:
         else:
             chunks = model.rows() if isinstance(model, ModelQuery) else model
             stage_rows = stager.stage_chunk
+        if self.rejects is not None:
+            self.rejects.start()
         try:
             for chunk in chunks:
                 stage.load(stage_rows(chunk, empty))
                 self.lease.keep_alive()
         finally:
             _close(chunks)
+        if self.rejects is not None:
+            self.rejects.finish()
         self.store.commit()
         stage.index()
         if diff is not None:
@@ -315,10 +325,14 @@ class SyncRun:
         self._create_audience()
         non_members = [0]
         pages = streamed_pages(self._streamed_rows(model, non_members), options.batch_size)
+        if self.rejects is not None:
+            self.rejects.start()
         try:
             result = self._sender().add_stream(pages, scan.members)
         finally:
             _close(pages)
+        if self.rejects is not None:
+            self.rejects.finish()
         self.report.plan = streamed_plan(options.mode, result.rows, non_members[0])
         log.info("Plan (streamed first sync): %s", _describe(self.report.plan))
         return True

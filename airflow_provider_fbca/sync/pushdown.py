@@ -41,6 +41,8 @@ class PushdownModel(ModelQuery):
     :param wanted: the columns the sync reads (mapped columns, then membership), in order.
     :param fetch_size: rows per chunk.
     :param dialect: the database's spellings (default: from the connection's driver).
+    :param constants: cells every row gets after its mapped cells; part of every digest.
+    :param mapped: how many of the wanted columns are mapped (the membership column is not).
     """
 
     def __init__(
@@ -50,8 +52,10 @@ class PushdownModel(ModelQuery):
         wanted: Sequence[str],
         fetch_size: int,
         dialect: Dialect | None = None,
+        constants: Sequence[Any] = (),
+        mapped: int | None = None,
     ) -> None:
-        super().__init__(store.conn, sql, wanted, fetch_size)
+        super().__init__(store.conn, sql, wanted, fetch_size, constants, mapped)
         found = dialect or dialect_for(store.conn)
         if found is None:
             raise ValueError(f"No SQL dialect is known for the driver {type(store.conn).__module__}.")
@@ -76,7 +80,8 @@ class PushdownModel(ModelQuery):
         """``SELECT <digest> AS fbca_source_digest, <wanted columns> FROM (<query>) AS fbca_model``."""
         if self._select is None:
             columns = [quote_name(name) for name in query_columns(self.store.conn, self.sql, self.wanted)]
-            digest = self.dialect.row_digest(columns, self.seed)
+            # The constants are no column: a change of them must change every digest all the same.
+            digest = self.dialect.row_digest(columns, f"{self.seed}{self.constants!r}")
             cells = ", ".join(f"{column} AS c{index}" for index, column in enumerate(columns))
             self._select = f"SELECT {digest} AS {DIGEST_COLUMN}, {cells} FROM ({self.sql}) AS fbca_model"
         return self._select
@@ -93,7 +98,9 @@ class PushdownModel(ModelQuery):
             statement = f"SELECT {', '.join(wanted)} FROM {_model(stage)} WHERE fresh = 1"
         # The connection also writes the stage and renews the lease while the rows stream: a cursor held
         # over commits (PostgreSQL WITH HOLD; SQLite's cursors survive commits).
-        yield from read_model(self.store.conn, statement, wanted, self.fetch_size, hold=True)
+        yield from self.with_constants(
+            read_model(self.store.conn, statement, wanted, self.fetch_size, hold=True), mapped_at=1
+        )
 
     # -- the diff -------------------------------------------------------------------------------------
 

@@ -46,6 +46,10 @@ def column_picker(columns: Sequence[str], wanted: Sequence[str]) -> Callable[[Ro
     return operator.itemgetter(*indices) if len(indices) > 1 else (lambda row: (row[indices[0]],))
 
 
+def _column_names(cursor: Any) -> list[str]:
+    return [column[0] for column in cursor.description or ()]
+
+
 def read_model(
     conn: Any, sql: str, wanted: Sequence[str], fetch_size: int, *, hold: bool = False
 ) -> Iterator[list[Row]]:
@@ -66,14 +70,19 @@ def read_model(
     cursor = streaming_cursor(conn, "fbca_sync_source", hold=hold)
     try:
         cursor.execute(statement)
-        columns = [column[0] for column in cursor.description or ()]
-        pick = column_picker(columns, wanted)
+        columns = _column_names(cursor)
+        pick: Callable[[Row], Row] | None = None
         read = 0
         while True:
             try:
                 rows = cursor.fetchmany(fetch_size)
             except Exception as error:
                 raise ModelReadError(describe_fetch_error(error, conn, statement, columns, read)) from None
+            if pick is None:
+                # Read the columns again once rows were fetched: psycopg2's server-side cursors
+                # (PostgresHook's driver under SQLAlchemy 1.4, which Airflow 3.0 pins) describe them only then.
+                columns = _column_names(cursor)
+                pick = column_picker(columns, wanted)
             if not rows:
                 return
             read += len(rows)
@@ -89,17 +98,47 @@ class ModelQuery:
     :param sql: the model's query.
     :param wanted: the columns the sync reads (mapped columns in mapping order, then membership).
     :param fetch_size: rows per chunk.
+    :param constants: cells every row gets after its mapped cells (the sync-wide data processing options).
+    :param mapped: how many of the wanted columns are mapped (default: all; the membership column is not).
     """
 
-    def __init__(self, conn: Any, sql: str, wanted: Sequence[str], fetch_size: int) -> None:
+    def __init__(
+        self,
+        conn: Any,
+        sql: str,
+        wanted: Sequence[str],
+        fetch_size: int,
+        constants: Sequence[Any] = (),
+        mapped: int | None = None,
+    ) -> None:
         self.conn = conn
         self.sql = strip_statement(sql)
         self.wanted = list(wanted)
         self.fetch_size = fetch_size
+        self.constants = tuple(constants)
+        self.mapped = len(self.wanted) if mapped is None else mapped
 
     def rows(self) -> Iterator[list[Row]]:
-        """The query's rows in chunks of the wanted columns."""
-        return read_model(self.conn, self.sql, self.wanted, self.fetch_size)
+        """The query's rows in chunks: the mapped cells, the constants, then membership."""
+        return self.with_constants(read_model(self.conn, self.sql, self.wanted, self.fetch_size), mapped_at=0)
+
+    def with_constants(self, chunks: Iterator[list[Row]], mapped_at: int) -> Iterator[list[Row]]:
+        """Chunks with the constant cells inserted after the mapped ones.
+
+        :param chunks: rows whose mapped cells start at ``mapped_at``.
+        :param mapped_at: the position of the first mapped cell (1 when a digest comes first).
+        """
+        if not self.constants:
+            return chunks
+        return _inserted(chunks, self.constants, mapped_at + self.mapped)
+
+
+def _inserted(chunks: Iterator[list[Row]], cells: tuple[Any, ...], at: int) -> Iterator[list[Row]]:
+    try:
+        for chunk in chunks:
+            yield [(*row[:at], *cells, *row[at:]) for row in chunk]
+    finally:
+        chunks.close()  # type: ignore[attr-defined]  # a generator of read_model: its cursor
 
 
 def strip_statement(sql: str) -> str:

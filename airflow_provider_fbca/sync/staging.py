@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_fbca.sync.dialects import client_row_digest
 from airflow_provider_fbca.sync.plan import RowStager, load_defaults
+from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.row_key import PERSONAL, refuse_personal_key, row_key_problem
 from airflow_provider_fbca.sync.state import StagedRow, StateStore
@@ -61,6 +62,7 @@ class ModelStager:
     :param report: the run's report (rows read, prepared, rejected, dropped values).
     :param key_normalizer: the EXTERN_ID rule, for rows that are not prepared again.
     :param digest_seed: what else changes preparation (schema, membership, default country).
+    :param rejects: where the rows that lost values are listed; None: nowhere.
     """
 
     def __init__(
@@ -70,12 +72,14 @@ class ModelStager:
         report: SyncReport,
         key_normalizer: Callable[[Any], str],
         digest_seed: str,
+        rejects: RejectsTable | None = None,
     ) -> None:
         self.preparer = preparer
         self.options = options
         self.report = report
         self.key_normalizer = key_normalizer
         self.digest_seed = digest_seed
+        self.rejects = rejects
         self.row_stager = RowStager(preparer.schema)
         self.known_digests: array[int] | None = None
         self.seen = bytearray()  # per known digest: did a model row of this run have it
@@ -189,6 +193,8 @@ class ModelStager:
         report.rejected += len(prepared.rejected)
         report.rejected_by_reason.update(prepared.rejected_by_reason)
         report.dropped_values.update(prepared.dropped)
+        if self.rejects is not None:
+            self.rejects.record(values, prepared)
         return self._staged(chunk, fresh, digests, first_row, prepared)
 
     def _staged(

@@ -205,6 +205,6 @@ def test_a_streamed_first_sync_killed_with_batches_in_flight_is_repaired_by_the_
 def _exists(warehouse: Warehouse, table: str) -> bool:
     try:
         query(warehouse, f"SELECT 1 FROM {table} LIMIT 1")
-    except Exception:  # noqa: BLE001 - not created yet (either driver's error)
+    except Exception:
         return False
     return True
