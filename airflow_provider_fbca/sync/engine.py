@@ -321,12 +321,12 @@ class SyncRun:
             _close(chunks)
         if not scan.streamable:
             return False
+        if self.rejects is not None:  # before the audience is created: its rejects move to its sync key
+            self.rejects.start()
         self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
         self._create_audience()
         non_members = [0]
         pages = streamed_pages(self._streamed_rows(model, non_members), options.batch_size)
-        if self.rejects is not None:
-            self.rejects.start()
         try:
             result = self._sender().add_stream(pages, scan.members)
         finally:
