@@ -404,9 +404,12 @@ def _close(chunks: Iterable[Any]) -> None:
 
 
 def _default_key_normalizer(value: Any) -> str:
-    from airflow_provider_fbca.identifiers import prepare
+    """The EXTERN_ID rule itself (``prepare("EXTERN_ID", value)`` without its dispatch): a first sync's
+    first pass runs it on every row."""
+    from airflow_provider_fbca.identifiers.ids import normalize_extern_id
 
-    return prepare("EXTERN_ID", value)
+    key = normalize_extern_id(value, None)
+    return key if isinstance(key, str) else ""
 
 
 def _describe(plan: SyncPlan) -> str:
