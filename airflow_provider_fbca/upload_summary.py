@@ -68,7 +68,9 @@ def parse_session_ids(value: Any) -> list[str]:
 
     Accepts a list (or tuple or set) of ids, a single id as an int or a string, and the string
     rendering of a list that Jinja produces from an XCom list (``"[123, 456]"`` or ``"['123']"``),
-    as well as a comma-separated string. Duplicates are dropped, order is kept.
+    as well as a comma-separated string. A sync's report (a mapping with ``session_ids``) stands for
+    its ids, and a list of reports or of id lists is flattened: the output of a mapped sync task (one
+    report per partition) gives every partition's sessions. Duplicates are dropped, order is kept.
 
     :param value: the ids, in any of the forms above.
     :return: the ids as strings of digits.
@@ -76,6 +78,8 @@ def parse_session_ids(value: Any) -> list[str]:
     """
     if isinstance(value, str):
         value = _parse_id_text(value)
+    if isinstance(value, Mapping) and "session_ids" in value:  # one sync report
+        value = value["session_ids"]
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, Iterable) or isinstance(value, Mapping):
@@ -84,7 +88,10 @@ def parse_session_ids(value: Any) -> list[str]:
         )
     ids: dict[str, None] = {}
     for item in value:
-        ids[_session_id(item)] = None
+        if isinstance(item, (Mapping, list, tuple)):  # a mapped task's reports, or its lists of ids
+            ids.update(dict.fromkeys(parse_session_ids(item)))
+        else:
+            ids[_session_id(item)] = None
     return list(ids)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
@@ -20,7 +20,17 @@ from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_siz
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
-from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
+from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, run_exclusively
+from airflow_provider_fbca.sync.partitions import (
+    check_layout,
+    check_partition,
+    check_partitions,
+    ensure_layout_table,
+    in_partition,
+    partition_query,
+    partition_suffix,
+    register_sqlite_hash,
+)
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
 from airflow_provider_fbca.sync.report import format_report
 from airflow_provider_fbca.sync.source import read_model
@@ -31,6 +41,8 @@ if TYPE_CHECKING:
 
 DEFAULT_STATE_TABLE = "fbca_sync_state"
 DEFAULT_FETCH_SIZE = 10_000
+#: How long a partition waits for another one creating their audience (one create call, a few seconds).
+CREATE_WAIT_S = 120.0
 
 
 class SyncAudienceOperator(BaseOperator):
@@ -67,6 +79,12 @@ class SyncAudienceOperator(BaseOperator):
     :param fetch_size: rows fetched from the query per chunk.
     :param app_ids: app ids, needed with an APPUID column.
     :param page_ids: page ids, needed with a PAGEUID column.
+    :param partitions: how many tasks share the audience's rows (default 1: this task syncs them all).
+        With N > 1, map the task over the partitions:
+        ``SyncAudienceOperator.partial(..., partitions=N).expand(partition=list(range(N)))``; each one
+        reads only its share of the query (filtered in the warehouse by a stable hash of the EXTERN_ID
+        column) and keeps its own slice of the state, lease and upload sessions. See docs/partitions.md.
+    :param partition: which share this task syncs, 0 to ``partitions - 1``. Templated and mappable.
     :param lease_minutes: one run of a sync at a time: a run holds the sync's lease (a row of
         ``<state_table>_locks``), renewed as it goes; another run finding it live fails at once. A crashed
         run's lease expires this many minutes after its last renewal (default 30).
@@ -78,6 +96,7 @@ class SyncAudienceOperator(BaseOperator):
         "audience_name",
         "audience_description",
         "ad_account_id",
+        "partition",
     )
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql"}
@@ -110,6 +129,8 @@ class SyncAudienceOperator(BaseOperator):
         app_ids: Sequence[str] | None = None,
         page_ids: Sequence[str] | None = None,
         lease_minutes: float = DEFAULT_LEASE_MINUTES,
+        partitions: int = 1,
+        partition: int | str = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -117,6 +138,14 @@ class SyncAudienceOperator(BaseOperator):
             raise ValueError("Give audience_id or audience_name.")
         check_state_table(state_table)  # fail at parse time on a bad name
         check_fetch_size(fetch_size)
+        check_partitions(partitions)
+        if full_refresh and partitions > 1:
+            raise ValueError(
+                "full_refresh replaces the whole audience in one upload session (usersreplace), so it cannot "
+                f"run per partition: set partitions=1 for the full refresh (partitions={partitions} here)."
+            )
+        if not isinstance(partition, str):  # a template is checked once rendered
+            check_partition(partition, partitions)
         self.sql = sql
         self.mapping = check_mapping(mapping, membership_column)
         self.sql_conn_id = sql_conn_id
@@ -141,6 +170,8 @@ class SyncAudienceOperator(BaseOperator):
         self.app_ids = app_ids
         self.page_ids = page_ids
         self.lease_minutes = lease_minutes
+        self.partitions = partitions
+        self.partition = partition
         # Validate the mapping and options now, so a DAG with a typo fails to parse, not at 3 a.m.
         self._key_names = list(RowPreparer(list(self.mapping), default_country=default_country).schema)
         if EXTERN_ID not in self._key_names:
@@ -167,6 +198,8 @@ class SyncAudienceOperator(BaseOperator):
         # Every connection is resolved before anything exists at Meta.
         state_hook = self._sql_hook(self.state_conn_id)
         source_hook = self._sql_hook(self.sql_conn_id)
+        self.partition = check_partition(self.partition, self.partitions)
+        suffix = partition_suffix(self.partition, self.partitions)
         sends_values = LOOKALIKE_VALUE in self._key_names
         audience_id = self._resolve_audience(sends_values)
         account = self.hook.ad_account_id
@@ -174,9 +207,10 @@ class SyncAudienceOperator(BaseOperator):
         new_audience = f"{account}:new:{self.audience_name}"
         options = SyncOptions(
             audience_id=audience_id or f"(new) {self.audience_name}",
-            sync_key=f"{account}:{audience_id}" if audience_id else new_audience,
-            # One run per audience, whichever ad account override reached it (refused above if foreign).
-            lease_key=f"audience:{audience_id}" if audience_id else new_audience,
+            sync_key=(f"{account}:{audience_id}" if audience_id else new_audience) + suffix,
+            # One run per audience, whichever ad account override reached it (refused above if foreign);
+            # each partition of it has a lease of its own.
+            lease_key=(f"audience:{audience_id}" if audience_id else new_audience) + suffix,
             mode=self.sync_mode,
             has_membership=self.membership_column is not None,
             dry_run=self.dry_run,
@@ -191,6 +225,10 @@ class SyncAudienceOperator(BaseOperator):
         state_conn = state_hook.get_conn()
         try:
             store = StateStore(state_conn, self.state_table, state_hook.placeholder)
+            store.ensure_tables()
+            ensure_layout_table(store)
+            if audience_id:
+                check_layout(store, f"{account}:{audience_id}", self.partitions)
             self._sync_run = SyncRun(
                 store,
                 self.hook,
@@ -200,16 +238,18 @@ class SyncAudienceOperator(BaseOperator):
                 holder=_lease_holder(context),
                 # A missing audience is created only once the model passed every check (columns, duplicates,
                 # removal guard): a failed run leaves no empty audience behind.
-                create_audience=None if audience_id else self._create_audience,
+                create_audience=None if audience_id else partial(self._create_audience, state_hook, context),
             )
             # closing: a run failing mid-read closes the warehouse connection now, in this thread.
-            with closing(self._read_chunks(source_hook)) as chunks:
+            with closing(self._read_chunks(source_hook, preparer.column_of(EXTERN_ID))) as chunks:
                 report = self._sync_run.run(chunks)
         finally:
             state_conn.close()
         result = report.as_dict()
         result["audience_id"] = audience_id or (None if self.dry_run else report.audience_id)
         result["ad_account_id"] = account
+        if self.partitions > 1:
+            result["partition"], result["partitions"] = self.partition, self.partitions
         self.log.info("Sync report for audience %s:\n%s", result["audience_id"], format_report(result))
         return result
 
@@ -259,15 +299,44 @@ class SyncAudienceOperator(BaseOperator):
         check_audience(audience, sends_values=sends_values, ad_account_id=self.hook.ad_account_id)
         return str(audience["id"])
 
-    def _create_audience(self) -> tuple[str, str]:
-        """Create the named audience; its id and the sync key of its state."""
-        audience_id = self.hook.create_audience(
+    def _create_audience(self, state_hook: DbApiHook, context: Context) -> tuple[str, str]:
+        """Create the named audience, once: its id and the sync key of this run's state.
+
+        The partitions of a sync start together, and each found no audience of that name. So creation holds
+        a lease on the name (a row of the locks table, through a connection of its own): the first partition
+        creates the audience, the others wait for the lease, then find it by name and sync into it.
+        """
+        account = self.hook.ad_account_id
+        conn = state_hook.get_conn()
+        try:
+            store = StateStore(conn, self.state_table, state_hook.placeholder)
+            lease = SyncLease(
+                store,
+                f"create:{account}:{self.audience_name}",
+                describe=f"the creation of audience {self.audience_name!r} in {account}",
+                lease_minutes=self.lease_minutes,
+                holder=_lease_holder(context),
+            )
+            audience_id = run_exclusively(lease, self._find_or_create_audience, wait_s=CREATE_WAIT_S)
+            check_layout(store, f"{account}:{audience_id}", self.partitions)
+        finally:
+            conn.close()
+        return audience_id, f"{account}:{audience_id}" + partition_suffix(self.partition, self.partitions)
+
+    def _find_or_create_audience(self) -> str:
+        """The named audience's id: found (another partition created it meanwhile) or created now."""
+        sends_values = LOOKALIKE_VALUE in self._key_names
+        audience = self.hook.find_audience(str(self.audience_name), fields=AUDIENCE_FIELDS)
+        if audience is not None:
+            check_audience(audience, sends_values=sends_values, ad_account_id=self.hook.ad_account_id)
+            self.log.info("Audience %r was created meanwhile (by another partition)", self.audience_name)
+            return str(audience["id"])
+        return self.hook.create_audience(
             str(self.audience_name),
             description=self.audience_description,
             customer_file_source=self.customer_file_source,
             is_value_based=self.is_value_based,
         )
-        return audience_id, f"{self.hook.ad_account_id}:{audience_id}"
 
     # -- the rows -------------------------------------------------------------------------------------
 
@@ -280,14 +349,34 @@ class SyncAudienceOperator(BaseOperator):
             )
         return hook
 
-    def _read_chunks(self, source_hook: DbApiHook) -> Iterator[list[tuple[Any, ...]]]:
-        """The query's rows in chunks: mapped columns in mapping order, then membership."""
+    def _read_chunks(self, source_hook: DbApiHook, key_index: int) -> Iterator[list[tuple[Any, ...]]]:
+        """The query's rows in chunks: mapped columns in mapping order, then membership.
+
+        A partition reads only its share: the query is wrapped in the dialect's hash filter, so the
+        warehouse does the filtering; a dialect without one is filtered here, row by row.
+
+        :param key_index: the position of the EXTERN_ID column among the mapped columns.
+        """
         wanted = list(self.mapping.values())
         if self.membership_column is not None:
             wanted.append(self.membership_column)
         conn = source_hook.get_conn()
         try:
-            yield from read_model(conn, self.sql, wanted, self.fetch_size)
+            if self.partitions == 1:
+                yield from read_model(conn, self.sql, wanted, self.fetch_size)
+                return
+            dialect = source_hook.dialect_name
+            if dialect == "sqlite":
+                register_sqlite_hash(conn)
+            sql = partition_query(self.sql, wanted[key_index], self.partition, self.partitions, dialect)
+            if sql is not None:
+                yield from read_model(conn, sql, wanted, self.fetch_size)
+                return
+            self.log.warning(
+                "Dialect %s has no partition filter: filtering this partition's rows here", dialect
+            )
+            for chunk in read_model(conn, self.sql, wanted, self.fetch_size):
+                yield [row for row in chunk if in_partition(row[key_index], self.partition, self.partitions)]
         finally:
             conn.close()
 

@@ -27,7 +27,7 @@ MAX_NAME_LENGTH = 63
 SESSIONS_SUFFIX = "_sessions"
 LOCKS_SUFFIX = "_locks"
 #: Every companion table is named ``<state_table><suffix>``: a state table name must fit with each.
-STATE_TABLE_SUFFIXES = ("", SESSIONS_SUFFIX, LOCKS_SUFFIX)
+STATE_TABLE_SUFFIXES = ("", SESSIONS_SUFFIX, LOCKS_SUFFIX, "_layout")
 SQLITE_CACHE_KIB = 64 * 1024
 #: How an insert into the state table overwrites the row of the same key (SQLite and PostgreSQL alike).
 UPSERT_CLAUSE = (

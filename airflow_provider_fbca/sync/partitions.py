@@ -1,0 +1,200 @@
+"""Partitions of one sync: N tasks each syncing the rows whose EXTERN_ID falls in their share.
+
+Plain Python. A partitioned sync is N syncs of one audience, one per share of the model: partition k of
+N keeps its own slice of the state (its sync key ends in ``#p<k>of<N>``), its own lease and its own upload
+sessions, so the N tasks that Airflow's executor runs at the same time never block or overwrite each
+other. A row's partition is a stable hash of its EXTERN_ID cell, computed in the warehouse: each task
+reads only its share (see :func:`partition_query`).
+
+The number of partitions is part of the state: the slices of N partitions are not those of M. The layout
+table (``<state_table>_layout``) records, per audience, how many partitions wrote its state; a run with
+another number is refused before anything is read or sent (:func:`check_layout`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from airflow_provider_fbca.sync.state import STATE_TABLE_SUFFIXES, StateStore, quote_table_name, utc_now
+
+#: The companion table recording how many partitions wrote each audience's state.
+LAYOUT_SUFFIX = STATE_TABLE_SUFFIXES[-1]
+#: More partitions than this is a mistake (a row count passed for N), not a plan: Meta's rate limits are
+#: shared by every partition long before (see docs/partitions.md).
+MAX_PARTITIONS = 256
+#: How many hex digits of the MD5 make a partition's hash: 60 bits fit a signed BIGINT everywhere.
+HASH_HEX_DIGITS = 15
+#: The SQL function name under which SQLite gets :func:`partition_hash` (registered on the connection).
+SQLITE_HASH_FUNCTION = "fbca_partition_hash"
+
+_PLAIN_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class PartitionLayoutError(ValueError):
+    """The state was written by another number of partitions; nothing was read or sent."""
+
+
+def check_partitions(partitions: object) -> int:
+    """The number of partitions, checked.
+
+    :param partitions: the operator's ``partitions``.
+    :raises ValueError: not a whole number from 1 to :data:`MAX_PARTITIONS`.
+    """
+    if (
+        isinstance(partitions, bool)
+        or not isinstance(partitions, int)
+        or not 1 <= partitions <= MAX_PARTITIONS
+    ):
+        raise ValueError(
+            f"partitions must be a whole number from 1 to {MAX_PARTITIONS}, not {partitions!r}. It is how many "
+            "tasks share the audience's rows (1: one task syncs everything)."
+        )
+    return partitions
+
+
+def check_partition(partition: object, partitions: int) -> int:
+    """The partition this run syncs, checked (a template renders it as text, e.g. ``"3"``).
+
+    :param partition: the operator's ``partition`` (an int, or the text of one after rendering).
+    :param partitions: the number of partitions.
+    :raises ValueError: not a whole number from 0 to ``partitions - 1``.
+    """
+    if isinstance(partition, str) and partition.strip().isdigit():
+        partition = int(partition)
+    if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < partitions:
+        raise ValueError(
+            f"partition must be a whole number from 0 to {partitions - 1} (partitions={partitions}), not "
+            f"{partition!r}. Map it over every partition: .partial(..., partitions={partitions})"
+            f".expand(partition=list(range({partitions})))."
+        )
+    return partition
+
+
+def partition_suffix(partition: int, partitions: int) -> str:
+    """What a partition's sync key and lease key end with; empty for an unpartitioned sync."""
+    return "" if partitions == 1 else f"#p{partition}of{partitions}"
+
+
+def partition_hash(text: str | None) -> int:
+    """The stable hash of an EXTERN_ID cell's text that decides its partition (``% N``).
+
+    The first 60 bits of its MD5, as the SQL spellings compute it: every database can, and the result
+    is the same whatever the database's version or platform (unlike PostgreSQL's ``hashtext``).
+
+    :param text: the cell as text, trimmed (NULL counts as the empty text).
+    """
+    digest = hashlib.md5((text or "").encode("utf-8", "surrogatepass")).hexdigest()
+    return int(digest[:HASH_HEX_DIGITS], 16)
+
+
+def quote_column(column: str) -> str:
+    """A column of the user's query, as the partition filter names it.
+
+    A plain name stays bare, so the database folds its case as it did in the query; any other name is
+    double-quoted.
+    """
+    if _PLAIN_COLUMN.fullmatch(column):
+        return column
+    return '"' + column.replace('"', '""') + '"'
+
+
+def key_text(column: str) -> str:
+    """SQL for the EXTERN_ID cell as trimmed text, NULL as the empty text (spelled alike everywhere)."""
+    return f"COALESCE(TRIM(CAST({quote_column(column)} AS VARCHAR(1000))), '')"
+
+
+#: Per dialect, the SQL of :func:`partition_hash` over a text expression (``{text}``); a dialect missing
+#: here filters client-side.
+HASH_SPELLINGS = {
+    "postgresql": f"('x' || substr(md5({{text}}), 1, {HASH_HEX_DIGITS}))::bit({HASH_HEX_DIGITS * 4})::bigint",
+    "sqlite": f"{SQLITE_HASH_FUNCTION}({{text}})",
+}
+
+
+def partition_query(sql: str, column: str, partition: int, partitions: int, dialect: str) -> str | None:
+    """The user's query wrapped in a WHERE keeping partition ``partition`` of ``partitions``.
+
+    :param sql: the model's query (a trailing semicolon is dropped).
+    :param column: the query's EXTERN_ID column.
+    :param dialect: the warehouse's dialect (``postgresql``, ``sqlite``, ...).
+    :return: the filtered query, or None when the dialect cannot hash in SQL (filter client-side with
+        :func:`in_partition`).
+    """
+    spelling = HASH_SPELLINGS.get(dialect)
+    if spelling is None:
+        return None
+    statement = sql.strip().rstrip(";").rstrip()
+    hashed = spelling.format(text=key_text(column))
+    # The query on lines of its own: a trailing "-- comment" must not swallow the closing parenthesis.
+    return f"SELECT * FROM (\n{statement}\n) fbca_model\nWHERE ({hashed}) % {partitions} = {partition}"
+
+
+def in_partition(cell: Any, partition: int, partitions: int) -> bool:
+    """Client-side twin of the SQL filter, for a dialect without a spelling: is this EXTERN_ID cell's row
+    in the partition?"""
+    text = None if cell is None else str(cell).strip(" ")
+    return partition_hash(text) % partitions == partition
+
+
+def register_sqlite_hash(conn: Any) -> None:
+    """Give a SQLite connection the :func:`partition_hash` function the SQLite spelling calls."""
+    conn.create_function(SQLITE_HASH_FUNCTION, 1, partition_hash, deterministic=True)
+
+
+# -- the layout: how many partitions wrote an audience's state -------------------------------------------
+
+
+def layout_table(store: StateStore) -> str:
+    return quote_table_name(store.table_name, LAYOUT_SUFFIX)
+
+
+def ensure_layout_table(store: StateStore) -> None:
+    store.execute(
+        f"CREATE TABLE IF NOT EXISTS {layout_table(store)} ("
+        " sync_key VARCHAR(255) NOT NULL PRIMARY KEY,"
+        " partitions INTEGER NOT NULL,"
+        " recorded_at VARCHAR(40) NOT NULL)"
+    ).close()
+    store.commit()
+
+
+def recorded_partitions(store: StateStore, sync_key: str) -> int | None:
+    """How many partitions wrote the state of a sync (its unpartitioned key), or None if none did."""
+    row = store.fetch_one(f"SELECT partitions FROM {layout_table(store)} WHERE sync_key = ?", (sync_key,))
+    if row:
+        store.commit()
+        return int(row[0])
+    unpartitioned = store.fetch_one(f"SELECT 1 FROM {store.table} WHERE sync_key = ? LIMIT 1", (sync_key,))
+    store.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
+    return 1 if unpartitioned else None
+
+
+def check_layout(store: StateStore, sync_key: str, partitions: int) -> None:
+    """Refuse a run whose number of partitions is not the one that wrote the sync's state; record it on
+    the first partitioned run.
+
+    Concurrent first runs of N partitions all record N (the insert does nothing when the row exists), then
+    each reads back what was recorded: a run with another number started at the same time is refused.
+
+    :param sync_key: the sync's unpartitioned key (ad account + audience).
+    :raises PartitionLayoutError: the state was written by another number of partitions.
+    """
+    recorded = recorded_partitions(store, sync_key)
+    if recorded is None and partitions > 1:
+        store.execute(
+            f"INSERT INTO {layout_table(store)} (sync_key, partitions, recorded_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (sync_key) DO NOTHING",
+            (sync_key, partitions, utc_now()),
+        ).close()
+        store.commit()
+        recorded = recorded_partitions(store, sync_key)
+    if recorded is not None and recorded != partitions:
+        raise PartitionLayoutError(
+            f"The state of {sync_key} was written by partitions={recorded}; this run has "
+            f"partitions={partitions}. A row's partition depends on the number of partitions, so the "
+            f"slices of {recorded} cannot be read as slices of {partitions}: set partitions={recorded} "
+            "again, or repartition as docs/partitions.md describes (one full refresh with partitions=1, "
+            "then the new number). Nothing was read or sent."
+        )
