@@ -25,7 +25,6 @@ from airflow_provider_fbca.sync.partitions import (
     check_layout,
     check_partition,
     check_partitions,
-    ensure_layout_table,
     in_partition,
     partition_query,
     partition_suffix,
@@ -226,7 +225,6 @@ class SyncAudienceOperator(BaseOperator):
         try:
             store = StateStore(state_conn, self.state_table, state_hook.placeholder)
             store.ensure_tables()
-            ensure_layout_table(store)
             if audience_id:
                 check_layout(store, f"{account}:{audience_id}", self.partitions)
             self._sync_run = SyncRun(

@@ -17,10 +17,8 @@ import hashlib
 import re
 from typing import Any
 
-from airflow_provider_fbca.sync.state import STATE_TABLE_SUFFIXES, StateStore, quote_table_name, utc_now
+from airflow_provider_fbca.sync.state import StateStore, utc_now
 
-#: The companion table recording how many partitions wrote each audience's state.
-LAYOUT_SUFFIX = STATE_TABLE_SUFFIXES[-1]
 #: More partitions than this is a mistake (a row count passed for N), not a plan: Meta's rate limits are
 #: shared by every partition long before (see docs/partitions.md).
 MAX_PARTITIONS = 256
@@ -146,23 +144,9 @@ def register_sqlite_hash(conn: Any) -> None:
 # -- the layout: how many partitions wrote an audience's state -------------------------------------------
 
 
-def layout_table(store: StateStore) -> str:
-    return quote_table_name(store.table_name, LAYOUT_SUFFIX)
-
-
-def ensure_layout_table(store: StateStore) -> None:
-    store.execute(
-        f"CREATE TABLE IF NOT EXISTS {layout_table(store)} ("
-        " sync_key VARCHAR(255) NOT NULL PRIMARY KEY,"
-        " partitions INTEGER NOT NULL,"
-        " recorded_at VARCHAR(40) NOT NULL)"
-    ).close()
-    store.commit()
-
-
 def recorded_partitions(store: StateStore, sync_key: str) -> int | None:
     """How many partitions wrote the state of a sync (its unpartitioned key), or None if none did."""
-    row = store.fetch_one(f"SELECT partitions FROM {layout_table(store)} WHERE sync_key = ?", (sync_key,))
+    row = store.fetch_one(f"SELECT partitions FROM {store.layout_table} WHERE sync_key = ?", (sync_key,))
     if row:
         store.commit()
         return int(row[0])
@@ -184,7 +168,7 @@ def check_layout(store: StateStore, sync_key: str, partitions: int) -> None:
     recorded = recorded_partitions(store, sync_key)
     if recorded is None and partitions > 1:
         store.execute(
-            f"INSERT INTO {layout_table(store)} (sync_key, partitions, recorded_at) VALUES (?, ?, ?)"
+            f"INSERT INTO {store.layout_table} (sync_key, partitions, recorded_at) VALUES (?, ?, ?)"
             " ON CONFLICT (sync_key) DO NOTHING",
             (sync_key, partitions, utc_now()),
         ).close()

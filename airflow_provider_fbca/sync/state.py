@@ -26,8 +26,9 @@ _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_NAME_LENGTH = 63
 SESSIONS_SUFFIX = "_sessions"
 LOCKS_SUFFIX = "_locks"
+LAYOUT_SUFFIX = "_layout"
 #: Every companion table is named ``<state_table><suffix>``: a state table name must fit with each.
-STATE_TABLE_SUFFIXES = ("", SESSIONS_SUFFIX, LOCKS_SUFFIX, "_layout")
+STATE_TABLE_SUFFIXES = ("", SESSIONS_SUFFIX, LOCKS_SUFFIX, LAYOUT_SUFFIX)
 SQLITE_CACHE_KIB = 64 * 1024
 #: How an insert into the state table overwrites the row of the same key (SQLite and PostgreSQL alike).
 UPSERT_CLAUSE = (
@@ -181,6 +182,7 @@ class StateStore:
         self.table = quote_table_name(table)
         self.sessions_table = quote_table_name(table, SESSIONS_SUFFIX)
         self.locks_table = quote_table_name(table, LOCKS_SUFFIX)
+        self.layout_table = quote_table_name(table, LAYOUT_SUFFIX)
         self.placeholder = placeholder
         self.is_sqlite = type(conn).__module__.startswith("sqlite3")
         #: Run inside every commit's transaction while a run holds the sync's lease (see
@@ -273,6 +275,12 @@ class StateStore:
             " holder VARCHAR(255) NOT NULL,"
             " acquired_at VARCHAR(40) NOT NULL,"
             " expires_at DOUBLE PRECISION NOT NULL)"
+        ).close()
+        self.execute(  # how many partitions wrote each sync's state (see .partitions)
+            f"CREATE TABLE IF NOT EXISTS {self.layout_table} ("
+            " sync_key VARCHAR(255) NOT NULL PRIMARY KEY,"
+            " partitions INTEGER NOT NULL,"
+            " recorded_at VARCHAR(40) NOT NULL)"
         ).close()
         self.commit()
 

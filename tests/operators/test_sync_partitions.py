@@ -1,0 +1,169 @@
+"""A partitioned sync: N SyncAudienceOperator tasks, one per share of the model, into one audience."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
+from airflow_provider_fbca.sync.partitions import PartitionLayoutError, partition_hash
+from airflow_provider_fbca.sync.plan import RemovalGuardError
+from tests.operators.conftest import Warehouse, customer
+from tests.operators.test_sync_audience import expected, make_operator, members, user_uploads
+
+PARTITIONS = 4
+
+
+def partition_of(key: str, partitions: int = PARTITIONS) -> int:
+    return partition_hash(key) % partitions
+
+
+def run_together(operators: list[SyncAudienceOperator]) -> list[Any]:
+    """Execute the operators in threads started at once, as an executor runs mapped task instances."""
+    results: list[Any] = [None] * len(operators)
+    start = threading.Barrier(len(operators))
+
+    def work(index: int) -> None:
+        start.wait()
+        results[index] = outcome(operators[index])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(operators))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def sync_all(
+    make: Callable[..., SyncAudienceOperator],
+    warehouse: Warehouse,
+    partitions: int = PARTITIONS,
+    **kwargs: Any,
+) -> list[Any]:
+    """Run every partition: at once on PostgreSQL; one after another on SQLite, a single-writer database
+    (as ``airflow dags test`` runs mapped tasks; docs/partitions.md says to keep a parallel sync's state
+    in a server database)."""
+    operators = [make(partitions=partitions, partition=k, **kwargs) for k in range(partitions)]
+    if warehouse.kind == "sqlite":
+        return [outcome(operator) for operator in operators]
+    return run_together(operators)
+
+
+def outcome(operator: SyncAudienceOperator) -> Any:
+    """The report, or the error, of one partition's run."""
+    try:
+        return operator.execute({})
+    except Exception as error:  # returned, so the test sees every partition's outcome
+        return error
+
+
+def audiences_named(sandbox: Any, name: str) -> list[str]:
+    return [audience_id for audience_id, a in sandbox.state.audiences.items() if a.name == name]
+
+
+def test_partitions_started_together_create_one_audience_and_sync_the_model(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    def make(**kwargs: Any) -> SyncAudienceOperator:
+        return make_operator(warehouse, fb_conn_id, state_table, **kwargs)
+
+    v1 = [customer(i) for i in range(80)]
+    warehouse.write(v1)
+    first = sync_all(make, warehouse)
+    assert not [r for r in first if isinstance(r, Exception)], first
+    # One audience, created by one partition while the others (started at the same time on PostgreSQL)
+    # waited on the creation lease.
+    assert audiences_named(sandbox, "Customers") == [first[0]["audience_id"]]
+    assert {r["audience_id"] for r in first} == {first[0]["audience_id"]}
+    audience_id = first[0]["audience_id"]
+    # Each partition read only its share (filtered in the warehouse) and sent it in sessions of its own.
+    for k, report in enumerate(first):
+        assert report["rows_read"] == sum(1 for row in v1 if partition_of(row[0]) == k) > 0
+        assert report["added"] == report["rows_read"]
+    assert sum(len(r["session_ids"]) for r in first) == len({s for r in first for s in r["session_ids"]})
+    got = members(sandbox, audience_id)
+    assert {key: m["EMAIL"] for key, m in got.items()} == expected(v1)
+
+    # Churn: ten leave, five arrive, three change e-mail, spread over the partitions.
+    v2 = [customer(i) for i in range(10, 85)]
+    for i in range(3):
+        v2[i] = customer(10 + i, email=f"moved.{i}@example.com")
+    warehouse.write(v2)
+    second = sync_all(make, warehouse, audience_id=audience_id)
+    assert not [r for r in second if isinstance(r, Exception)], second
+    assert (sum(r["added"] for r in second), sum(r["removed"] for r in second)) == (5, 10)
+    assert sum(r["updated"] for r in second) == 3
+    assert {key: m["EMAIL"] for key, m in members(sandbox, audience_id).items()} == expected(v2)
+
+    # Nothing changed: nothing is uploaded.
+    uploads = len(user_uploads(sandbox))
+    third = sync_all(make, warehouse, audience_id=audience_id)
+    assert [r["session_ids"] for r in third] == [[]] * PARTITIONS
+    assert len(user_uploads(sandbox)) == uploads
+
+
+def test_a_change_of_the_number_of_partitions_is_refused(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    warehouse.write([customer(i) for i in range(20)])
+    audience_id = sync_all(
+        lambda **kw: make_operator(warehouse, fb_conn_id, state_table, **kw), warehouse, 2
+    )[0]["audience_id"]
+    for partitions in (4, 1):
+        operator = make_operator(
+            warehouse, fb_conn_id, state_table, audience_id=audience_id, partitions=partitions, partition=0
+        )
+        with pytest.raises(PartitionLayoutError, match="written by partitions=2; this run has"):
+            operator.execute({})
+
+
+def test_the_removal_guard_stops_a_partition_whose_share_came_back_empty(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    rows = [customer(i) for i in range(40)]
+    warehouse.write(rows)
+
+    def make(**kwargs: Any) -> SyncAudienceOperator:
+        return make_operator(warehouse, fb_conn_id, state_table, **kwargs)
+
+    audience_id = sync_all(make, warehouse, 2)[0]["audience_id"]
+    # Partition 0's upstream delivered nothing this time; partition 1's share changed a little.
+    kept = [row for row in rows if partition_of(row[0], 2) == 1][1:]
+    warehouse.write(kept)
+    empty, fine = sync_all(make, warehouse, 2, audience_id=audience_id)
+    assert isinstance(empty, RemovalGuardError), empty
+    assert fine["removed"] == 1, {
+        k: fine[k] for k in ("rows_read", "added", "removed", "unchanged", "partition")
+    }
+    # Partition 0's slice stays in the audience; partition 1 removed its one leaving row.
+    share_0 = {row[0] for row in rows if partition_of(row[0], 2) == 0}
+    assert set(members(sandbox, audience_id)) == share_0 | {row[0] for row in kept}
+
+
+def test_full_refresh_is_refused_with_partitions(
+    warehouse: Warehouse, fb_conn_id: str, state_table: str
+) -> None:
+    with pytest.raises(ValueError, match="cannot run per partition"):
+        make_operator(warehouse, fb_conn_id, state_table, full_refresh=True, partitions=2, partition=0)
+
+
+@pytest.mark.parametrize("partition", [4, -1, "x", True])
+def test_a_partition_out_of_range_is_refused(
+    warehouse: Warehouse, fb_conn_id: str, state_table: str, partition: Any
+) -> None:
+    operator_or_error: Any
+    try:
+        operator_or_error = make_operator(
+            warehouse, fb_conn_id, state_table, partitions=4, partition=partition
+        )
+    except ValueError as error:
+        operator_or_error = error
+    if not isinstance(operator_or_error, ValueError):  # a template-like text is checked once rendered
+        with pytest.raises(ValueError, match="partition must be a whole number from 0 to 3"):
+            operator_or_error.execute({})
+    else:
+        assert "partition must be a whole number from 0 to 3" in str(operator_or_error)
