@@ -1,0 +1,213 @@
+"""SQL spellings per warehouse dialect: the few expressions the sync asks the database to compute.
+
+One entry per dialect, data only, so that a warehouse is added by one entry. What the sync needs:
+
+- ``text``: a cell as text (``{expr}``), the same text for the same value, so digests are stable;
+- ``type_name``: the cell's type as text, so that an int column becoming a text column changes the digest
+  (the identifiers module may prepare ``5`` and ``'5'`` differently, so the row must be prepared again);
+- ``length``: the length of a text in characters (the encoding is length-prefixed, so no separator
+  inside a value can make two rows encode alike);
+- ``digest64``: a signed 64-bit integer digest of a text (``{text}``), the source digest of a row;
+- ``partition_hash``: a non-negative integer hash of a column (``{column}``), stable across runs and
+  machines, for partitioning a model as ``WHERE <partition_hash> % N = k``.
+
+PostgreSQL and SQLite are implemented and tested (SQLite computes ``digest64`` in a deterministic
+function the sync registers on the connection, see :func:`register_functions`). Snowflake, BigQuery,
+Redshift and Databricks are designed, untested: their entries follow each vendor's documented functions,
+and no test runs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: The name of the function registered on SQLite connections (see :func:`register_functions`).
+SQLITE_DIGEST_FUNCTION = "fbca_digest64"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one warehouse spells the expressions of a pushdown diff (templates for ``str.format``).
+
+    :param name: the dialect's name, as :func:`dialect_for` returns it.
+    :param tested: whether the test suite runs this dialect (else "designed, untested").
+    :param text: a cell as text; ``{expr}``.
+    :param type_name: the cell's type as text; ``{expr}``.
+    :param length: the character length of a text; ``{expr}``.
+    :param concat: joins texts; ``{parts}`` is the comma-separated list of texts, ``{parts_pipe}`` the
+        ``||``-joined one.
+    :param digest64: a signed 64-bit digest of a text; ``{text}``.
+    :param partition_hash: a non-negative integer hash of a column; ``{column}``.
+    """
+
+    name: str
+    tested: bool
+    text: str
+    type_name: str
+    length: str
+    concat: str
+    digest64: str
+    partition_hash: str
+
+
+DIALECTS: dict[str, Dialect] = {
+    dialect.name: dialect
+    for dialect in (
+        Dialect(
+            name="postgresql",
+            tested=True,
+            text="CAST({expr} AS TEXT)",
+            type_name="pg_typeof({expr})::text",
+            length="length({expr})",
+            concat="concat({parts})",
+            # The first 64 bits of the MD5, as a signed bigint (a bit(64) casts to bigint two's-complement).
+            digest64="('x' || substr(md5({text}), 1, 16))::bit(64)::bigint",
+            partition_hash="(hashtextextended(CAST({column} AS TEXT), 0) & 9223372036854775807)",
+        ),
+        Dialect(
+            name="sqlite",
+            tested=True,
+            text="CAST({expr} AS TEXT)",
+            type_name="typeof({expr})",
+            length="length({expr})",
+            concat="({parts_pipe})",
+            digest64=SQLITE_DIGEST_FUNCTION + "({text})",
+            partition_hash="(" + SQLITE_DIGEST_FUNCTION + "(CAST({column} AS TEXT)) & 9223372036854775807)",
+        ),
+        # Designed, untested: no test runs these entries.
+        Dialect(
+            name="snowflake",
+            tested=False,
+            text="TO_VARCHAR({expr})",
+            type_name="TYPEOF(TO_VARIANT({expr}))",
+            length="LENGTH({expr})",
+            concat="CONCAT({parts})",
+            digest64="TO_NUMBER(SUBSTR(MD5({text}), 1, 16), 'XXXXXXXXXXXXXXXX') - 9223372036854775808",
+            partition_hash="ABS(HASH(TO_VARCHAR({column})))",
+        ),
+        Dialect(
+            name="bigquery",
+            tested=False,
+            text="CAST({expr} AS STRING)",
+            type_name="'any'",  # BigQuery has no typeof: a type change re-prepares through the state instead
+            length="LENGTH({expr})",
+            concat="CONCAT({parts})",
+            digest64="FARM_FINGERPRINT({text})",
+            partition_hash="ABS(MOD(FARM_FINGERPRINT(CAST({column} AS STRING)), 9223372036854775807))",
+        ),
+        Dialect(
+            name="redshift",
+            tested=False,
+            text="CAST({expr} AS VARCHAR(65535))",
+            type_name="'any'",  # no pg_typeof on Redshift's compute nodes
+            length="LEN({expr})",
+            concat="({parts_pipe})",
+            digest64="STRTOL(SUBSTRING(MD5({text}), 1, 15), 16)",
+            partition_hash="STRTOL(SUBSTRING(MD5(CAST({column} AS VARCHAR(65535))), 1, 15), 16)",
+        ),
+        Dialect(
+            name="databricks",
+            tested=False,
+            text="CAST({expr} AS STRING)",
+            type_name="typeof({expr})",
+            length="char_length({expr})",
+            concat="concat({parts})",
+            digest64="xxhash64({text})",
+            partition_hash="pmod(xxhash64(CAST({column} AS STRING)), 9223372036854775807)",
+        ),
+    )
+}
+
+
+def dialect_for(conn: Any) -> Dialect | None:
+    """The dialect of an open DB-API connection, or None when the sync knows no spelling for it.
+
+    Only the tested dialects are recognized from a driver; the others are chosen by name
+    (:data:`DIALECTS`), once a test runs them.
+
+    :param conn: an open DB-API connection.
+    """
+    module = type(conn).__module__
+    if module.startswith("psycopg"):
+        return DIALECTS["postgresql"]
+    if module.startswith("sqlite3"):
+        return DIALECTS["sqlite"]
+    return None
+
+
+def concat(dialect: Dialect, parts: Sequence[str]) -> str:
+    """Join SQL texts with the dialect's concatenation (a function or ``||``)."""
+    return dialect.concat.format(parts=", ".join(parts), parts_pipe=" || ".join(parts))
+
+
+def cell_encoding(dialect: Dialect, expr: str) -> str:
+    """A NULL-safe, type-tagged, length-prefixed text of one cell: ``N`` or ``<type>:<length>:<text>``.
+
+    NULL and the empty text, ``5`` and ``'5'``, ``'a:b'`` and two cells ``'a'``, ``'b'`` all encode apart.
+
+    :param dialect: the warehouse's dialect.
+    :param expr: the cell's SQL expression (a quoted column name).
+    """
+    text = dialect.text.format(expr=expr)
+    length = dialect.text.format(expr=dialect.length.format(expr=text))
+    tagged = concat(dialect, [dialect.type_name.format(expr=expr), "':'", length, "':'", text])
+    return f"CASE WHEN {expr} IS NULL THEN 'N' ELSE {tagged} END"
+
+
+def row_digest(dialect: Dialect, columns: Sequence[str], seed: str) -> str:
+    """A signed 64-bit digest of a row's cells (plus a seed), computed by the database.
+
+    :param dialect: the warehouse's dialect.
+    :param columns: the cells' SQL expressions, in a fixed order.
+    :param seed: what else changes the rows' preparation (mapping, default country); a literal.
+    """
+    parts = [quote_literal(seed)]
+    for column in columns:
+        parts += ["'|'", cell_encoding(dialect, column)]
+    return dialect.digest64.format(text=concat(dialect, parts))
+
+
+def partition_hash(dialect: Dialect, column: str) -> str:
+    """A non-negative integer hash of a column, stable across runs: ``WHERE <this> % N = k``.
+
+    :param dialect: the warehouse's dialect.
+    :param column: the column's SQL expression.
+    """
+    return dialect.partition_hash.format(column=column)
+
+
+def quote_literal(text: str) -> str:
+    """A SQL string literal (quotes doubled; the sync's seeds hold no backslash escapes)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def quote_name(name: str) -> str:
+    """A double-quoted SQL identifier (quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def digest64(text: str | None) -> int | None:
+    """The 64-bit digest PostgreSQL's ``digest64`` spelling computes: MD5's first 8 bytes, signed.
+
+    Registered as SQLite's deterministic ``fbca_digest64`` so that both tested dialects agree.
+
+    :param text: the encoded row (None stays None, as SQL functions do with NULL).
+    """
+    if text is None:
+        return None
+    return int.from_bytes(
+        hashlib.md5(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).digest()[:8],
+        "big",
+        signed=True,
+    )
+
+
+def register_functions(conn: Any) -> None:
+    """Register the functions the SQLite dialect calls on a sqlite3 connection (once per connection).
+
+    :param conn: an open sqlite3 connection.
+    """
+    conn.create_function(SQLITE_DIGEST_FUNCTION, 1, digest64, deterministic=True)
