@@ -19,6 +19,7 @@ from airflow_provider_fbca.identifiers import RowPreparer
 from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_size, check_mapping
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
+from airflow_provider_fbca.sync.dialects import dialect_for, register_functions
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, run_exclusively
 from airflow_provider_fbca.sync.partitions import (
@@ -28,7 +29,6 @@ from airflow_provider_fbca.sync.partitions import (
     in_partition,
     partition_query,
     partition_suffix,
-    register_sqlite_hash,
 )
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
 from airflow_provider_fbca.sync.report import format_report
@@ -363,16 +363,14 @@ class SyncAudienceOperator(BaseOperator):
             if self.partitions == 1:
                 yield from read_model(conn, self.sql, wanted, self.fetch_size)
                 return
-            dialect = source_hook.dialect_name
-            if dialect == "sqlite":
-                register_sqlite_hash(conn)
-            sql = partition_query(self.sql, wanted[key_index], self.partition, self.partitions, dialect)
-            if sql is not None:
+            dialect = dialect_for(conn)
+            if dialect is not None:
+                if dialect.name == "sqlite":
+                    register_functions(conn)
+                sql = partition_query(self.sql, wanted[key_index], self.partition, self.partitions, dialect)
                 yield from read_model(conn, sql, wanted, self.fetch_size)
                 return
-            self.log.warning(
-                "Dialect %s has no partition filter: filtering this partition's rows here", dialect
-            )
+            self.log.warning("No partition filter for this warehouse's driver: filtering the rows here")
             for chunk in read_model(conn, self.sql, wanted, self.fetch_size):
                 yield [row for row in chunk if in_partition(row[key_index], self.partition, self.partitions)]
         finally:

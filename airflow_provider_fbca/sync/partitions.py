@@ -3,8 +3,8 @@
 Plain Python. A partitioned sync is N syncs of one audience, one per share of the model: partition k of
 N keeps its own slice of the state (its sync key ends in ``#p<k>of<N>``), its own lease and its own upload
 sessions, so the N tasks that Airflow's executor runs at the same time never block or overwrite each
-other. A row's partition is a stable hash of its EXTERN_ID cell, computed in the warehouse: each task
-reads only its share (see :func:`partition_query`).
+other. A row's partition is a stable hash of its EXTERN_ID cell (the dialect's ``partition_hash``),
+computed in the warehouse: each task reads only its share (see :func:`partition_query`).
 
 The number of partitions is part of the state: the slices of N partitions are not those of M. The layout
 table (``<state_table>_layout``) records, per audience, how many partitions wrote its state; a run with
@@ -13,20 +13,16 @@ another number is refused before anything is read or sent (:func:`check_layout`)
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any
 
+from airflow_provider_fbca.sync.dialects import Dialect, digest64, partition_hash, quote_name
 from airflow_provider_fbca.sync.state import StateStore, utc_now
 
 #: More partitions than this is a mistake (a row count passed for N), not a plan: Meta's rate limits are
 #: shared by every partition long before (see docs/partitions.md).
 MAX_PARTITIONS = 256
-#: How many hex digits of the MD5 make a partition's hash: 60 bits fit a signed BIGINT everywhere.
-HASH_HEX_DIGITS = 15
-#: The SQL function name under which SQLite gets :func:`partition_hash` (registered on the connection).
-SQLITE_HASH_FUNCTION = "fbca_partition_hash"
-
+_NON_NEGATIVE = (1 << 63) - 1
 _PLAIN_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -75,70 +71,39 @@ def partition_suffix(partition: int, partitions: int) -> str:
     return "" if partitions == 1 else f"#p{partition}of{partitions}"
 
 
-def partition_hash(text: str | None) -> int:
-    """The stable hash of an EXTERN_ID cell's text that decides its partition (``% N``).
-
-    The first 60 bits of its MD5, as the SQL spellings compute it: every database can, and the result
-    is the same whatever the database's version or platform (unlike PostgreSQL's ``hashtext``).
-
-    :param text: the cell as text, trimmed (NULL counts as the empty text).
-    """
-    digest = hashlib.md5((text or "").encode("utf-8", "surrogatepass")).hexdigest()
-    return int(digest[:HASH_HEX_DIGITS], 16)
-
-
 def quote_column(column: str) -> str:
     """A column of the user's query, as the partition filter names it.
 
     A plain name stays bare, so the database folds its case as it did in the query; any other name is
     double-quoted.
     """
-    if _PLAIN_COLUMN.fullmatch(column):
-        return column
-    return '"' + column.replace('"', '""') + '"'
+    return column if _PLAIN_COLUMN.fullmatch(column) else quote_name(column)
 
 
-def key_text(column: str) -> str:
-    """SQL for the EXTERN_ID cell as trimmed text, NULL as the empty text (spelled alike everywhere)."""
-    return f"COALESCE(TRIM(CAST({quote_column(column)} AS VARCHAR(1000))), '')"
+def key_text(dialect: Dialect, column: str) -> str:
+    """SQL for the EXTERN_ID cell as trimmed text, NULL as the empty text: a row without an id still
+    falls in one partition, which rejects it with a counted reason, as an unpartitioned run does."""
+    return f"COALESCE(TRIM({dialect.text.format(expr=quote_column(column))}), '')"
 
 
-#: Per dialect, the SQL of :func:`partition_hash` over a text expression (``{text}``); a dialect missing
-#: here filters client-side.
-HASH_SPELLINGS = {
-    "postgresql": f"('x' || substr(md5({{text}}), 1, {HASH_HEX_DIGITS}))::bit({HASH_HEX_DIGITS * 4})::bigint",
-    "sqlite": f"{SQLITE_HASH_FUNCTION}({{text}})",
-}
-
-
-def partition_query(sql: str, column: str, partition: int, partitions: int, dialect: str) -> str | None:
+def partition_query(sql: str, column: str, partition: int, partitions: int, dialect: Dialect) -> str:
     """The user's query wrapped in a WHERE keeping partition ``partition`` of ``partitions``.
 
     :param sql: the model's query (a trailing semicolon is dropped).
     :param column: the query's EXTERN_ID column.
-    :param dialect: the warehouse's dialect (``postgresql``, ``sqlite``, ...).
-    :return: the filtered query, or None when the dialect cannot hash in SQL (filter client-side with
-        :func:`in_partition`).
+    :param dialect: the warehouse's dialect (:mod:`.dialects`); SQLite needs its functions registered.
     """
-    spelling = HASH_SPELLINGS.get(dialect)
-    if spelling is None:
-        return None
     statement = sql.strip().rstrip(";").rstrip()
-    hashed = spelling.format(text=key_text(column))
+    hashed = partition_hash(dialect, key_text(dialect, column))
     # The query on lines of its own: a trailing "-- comment" must not swallow the closing parenthesis.
-    return f"SELECT * FROM (\n{statement}\n) fbca_model\nWHERE ({hashed}) % {partitions} = {partition}"
+    return f"SELECT * FROM (\n{statement}\n) fbca_model\nWHERE {hashed} % {partitions} = {partition}"
 
 
 def in_partition(cell: Any, partition: int, partitions: int) -> bool:
-    """Client-side twin of the SQL filter, for a dialect without a spelling: is this EXTERN_ID cell's row
-    in the partition?"""
-    text = None if cell is None else str(cell).strip(" ")
-    return partition_hash(text) % partitions == partition
-
-
-def register_sqlite_hash(conn: Any) -> None:
-    """Give a SQLite connection the :func:`partition_hash` function the SQLite spelling calls."""
-    conn.create_function(SQLITE_HASH_FUNCTION, 1, partition_hash, deterministic=True)
+    """Client-side filter, for a warehouse without a dialect entry: is this EXTERN_ID cell's row in the
+    partition? (The hash of SQLite's spelling, over the cell's trimmed text.)"""
+    text = "" if cell is None else str(cell).strip(" ")
+    return ((digest64(text) or 0) & _NON_NEGATIVE) % partitions == partition
 
 
 # -- the layout: how many partitions wrote an audience's state -------------------------------------------

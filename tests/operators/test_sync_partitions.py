@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
-from airflow_provider_fbca.sync.partitions import PartitionLayoutError, partition_hash
+from airflow_provider_fbca.sync.dialects import dialect_for, register_functions
+from airflow_provider_fbca.sync.partitions import PartitionLayoutError, partition_query
 from airflow_provider_fbca.sync.plan import RemovalGuardError
 from tests.operators.conftest import Warehouse, customer
 from tests.operators.test_sync_audience import expected, make_operator, members, user_uploads
@@ -17,8 +18,19 @@ from tests.operators.test_sync_audience import expected, make_operator, members,
 PARTITIONS = 4
 
 
-def partition_of(key: str, partitions: int = PARTITIONS) -> int:
-    return partition_hash(key) % partitions
+def share(warehouse: Warehouse, partition: int, partitions: int = PARTITIONS) -> set[str]:
+    """The EXTERN_IDs of one partition, as the warehouse's own filter picks them."""
+    conn = warehouse._connect()
+    try:
+        dialect = dialect_for(conn)
+        assert dialect is not None
+        if dialect.name == "sqlite":
+            register_functions(conn)
+        cursor = conn.cursor()
+        cursor.execute(partition_query(warehouse.sql, "id", partition, partitions, dialect))
+        return {row[0] for row in cursor.fetchall()}
+    finally:
+        conn.close()
 
 
 def run_together(operators: list[SyncAudienceOperator]) -> list[Any]:
@@ -81,8 +93,11 @@ def test_partitions_started_together_create_one_audience_and_sync_the_model(
     assert {r["audience_id"] for r in first} == {first[0]["audience_id"]}
     audience_id = first[0]["audience_id"]
     # Each partition read only its share (filtered in the warehouse) and sent it in sessions of its own.
+    shares = [share(warehouse, k) for k in range(PARTITIONS)]
+    assert set().union(*shares) == {row[0] for row in v1}
+    assert sum(map(len, shares)) == len(v1)  # disjoint
     for k, report in enumerate(first):
-        assert report["rows_read"] == sum(1 for row in v1 if partition_of(row[0]) == k) > 0
+        assert report["rows_read"] == len(shares[k]) > 0
         assert report["added"] == report["rows_read"]
     assert sum(len(r["session_ids"]) for r in first) == len({s for r in first for s in r["session_ids"]})
     got = members(sandbox, audience_id)
@@ -132,7 +147,8 @@ def test_the_removal_guard_stops_a_partition_whose_share_came_back_empty(
 
     audience_id = sync_all(make, warehouse, 2)[0]["audience_id"]
     # Partition 0's upstream delivered nothing this time; partition 1's share changed a little.
-    kept = [row for row in rows if partition_of(row[0], 2) == 1][1:]
+    share_0, share_1 = share(warehouse, 0, 2), share(warehouse, 1, 2)
+    kept = [row for row in rows if row[0] in share_1][1:]
     warehouse.write(kept)
     empty, fine = sync_all(make, warehouse, 2, audience_id=audience_id)
     assert isinstance(empty, RemovalGuardError), empty
@@ -140,7 +156,6 @@ def test_the_removal_guard_stops_a_partition_whose_share_came_back_empty(
         k: fine[k] for k in ("rows_read", "added", "removed", "unchanged", "partition")
     }
     # Partition 0's slice stays in the audience; partition 1 removed its one leaving row.
-    share_0 = {row[0] for row in rows if partition_of(row[0], 2) == 0}
     assert set(members(sandbox, audience_id)) == share_0 | {row[0] for row in kept}
 
 
