@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from demo_warehouse import evolve_warehouse
-from example_dag_support import DagRunner, demo, generate
+from example_dag_support import DagRunner, PostgresCopy, demo, generate
 
 from airflow_provider_fbca.identifiers import prepare
 
@@ -24,7 +23,6 @@ pytestmark = pytest.mark.dags
 
 DAG_ID = "fbca_partitioned_customers"
 PARTITIONS = 4
-_TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION"}
 
 
 def mapped_reports(home: Path) -> list[dict[str, Any]]:
@@ -41,51 +39,6 @@ def mapped_reports(home: Path) -> list[dict[str, Any]]:
 def customers_of(warehouse: Path) -> dict[str, str]:
     with contextlib.closing(sqlite3.connect(warehouse)) as db:
         return dict(db.execute("SELECT external_id, email FROM customers"))
-
-
-class PostgresCopy:
-    """The SQLite warehouse's customers table copied into a database of its own on the suite's server."""
-
-    def __init__(self, server: dict[str, Any]) -> None:
-        import psycopg
-
-        self.server, self.dbname = server, f"wh_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(**self._params(server["dbname"]), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {self.dbname}")
-
-    def _params(self, dbname: str) -> dict[str, Any]:
-        return {
-            "host": self.server["host"],
-            "port": self.server["port"],
-            "user": self.server["user"],
-            "dbname": dbname,
-        }
-
-    def connection(self) -> str:
-        return json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": self.server["host"],
-                "port": self.server["port"],
-                "login": self.server["user"],
-                "schema": self.dbname,
-            }
-        )
-
-    def copy(self, warehouse: Path) -> None:
-        import psycopg
-
-        with contextlib.closing(sqlite3.connect(warehouse)) as db:
-            columns = [
-                (row[1], _TYPES.get(row[2].upper(), "TEXT"))
-                for row in db.execute("PRAGMA table_info(customers)")
-            ]
-            rows = db.execute("SELECT * FROM customers").fetchall()
-        with psycopg.connect(**self._params(self.dbname)) as conn:
-            conn.execute("DROP TABLE IF EXISTS customers")
-            conn.execute(f"CREATE TABLE customers ({', '.join(f'{name} {kind}' for name, kind in columns)})")
-            marks = ", ".join(["%s"] * len(columns))
-            conn.cursor().executemany(f"INSERT INTO customers VALUES ({marks})", rows)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
