@@ -82,6 +82,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_fbca.triggers.audience_upload"],
             }
         ],
+        "extra-links": ["airflow_provider_fbca.links.ads_manager.AudienceInAdsManagerLink"],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

@@ -13,12 +13,17 @@ finished when its stage says so, when its progress reaches 100, or when it has a
 
 from __future__ import annotations
 
-import ast
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from airflow_provider_fbca.upload_sessions import (  # noqa: F401 (still importable from here, where they were)
+    ADDITION_KINDS,
+    REMOVAL_KINDS,
+    parse_session_ids,
+    parse_sessions,
+)
 
 FINISHED = "finished"
 PROCESSING = "processing"
@@ -55,69 +60,6 @@ class DeadlineClient(SessionsClient, Protocol):
     """A client whose waits can be kept within a deadline (the hook's ``limit_waits``)."""
 
     def limit_waits(self, seconds: float) -> AbstractContextManager[Any]: ...
-
-
-# --------------------------------------------------------------------------------------------------
-# Session ids
-# --------------------------------------------------------------------------------------------------
-
-
-def parse_session_ids(value: Any) -> list[str]:
-    """
-    Normalize what a user or a template hands the sensor into a list of session ids.
-
-    Accepts a list (or tuple or set) of ids, a single id as an int or a string, and the string
-    rendering of a list that Jinja produces from an XCom list (``"[123, 456]"`` or ``"['123']"``),
-    as well as a comma-separated string. A sync's report (a mapping with ``session_ids``) stands for
-    its ids, and a list of reports or of id lists is flattened: the output of a mapped sync task (one
-    report per partition) gives every partition's sessions. Duplicates are dropped, order is kept.
-
-    :param value: the ids, in any of the forms above.
-    :return: the ids as strings of digits.
-    :raises ValueError: when something is not a positive integer id.
-    """
-    if isinstance(value, str):
-        value = _parse_id_text(value)
-    if isinstance(value, Mapping) and "session_ids" in value:  # one sync report
-        value = value["session_ids"]
-    if isinstance(value, (int, str)) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, Iterable) or isinstance(value, Mapping):
-        raise ValueError(
-            f"session_ids must be a list of session ids or a single id, got {type(value).__name__}"
-        )
-    ids: dict[str, None] = {}
-    for item in value:
-        if isinstance(item, (Mapping, list, tuple)):  # a mapped task's reports, or its lists of ids
-            ids.update(dict.fromkeys(parse_session_ids(item)))
-        else:
-            ids[_session_id(item)] = None
-    return list(ids)
-
-
-def _parse_id_text(text: str) -> Any:
-    text = text.strip()
-    if text.startswith(("[", "(")):
-        try:
-            return json.loads(text)
-        except ValueError:
-            pass
-        try:
-            return ast.literal_eval(text)
-        except (ValueError, SyntaxError) as exc:
-            raise ValueError(f"session_ids {text[:80]!r} is not a list of session ids") from exc
-    if "," in text:
-        return [part for part in (piece.strip() for piece in text.split(",")) if part]
-    return text
-
-
-def _session_id(item: Any) -> str:
-    if isinstance(item, bool):
-        raise ValueError(f"{item!r} is not a session id")
-    text = str(item).strip()
-    if not text.isdigit() or int(text) <= 0:
-        raise ValueError(f"{item!r} is not a session id (a positive integer)")
-    return str(int(text))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,6 +255,9 @@ def poll_upload(
     check = check_sessions(audience_id, session_ids, sessions)
     if check.status == "waiting":
         return check, None
+    # A dry run's sync may name no audience yet (Jinja renders its None as "None"): nothing to read then.
+    if not session_ids and str(audience_id) in ("", "None"):
+        return check, build_summary(check, None)
     audience = client.get_audience(audience_id, fields=list(AUDIENCE_FIELDS))
     return check, build_summary(check, audience)
 
@@ -449,6 +394,25 @@ def build_summary(check: UploadCheck, audience: Mapping[str, Any] | None) -> dic
     }
 
 
+def with_session_kinds(summary: Mapping[str, Any], kinds: Mapping[str, str | None]) -> dict[str, Any]:
+    """
+    The summary with each session's kind and, when the kinds are known, the totals of the additions and
+    of the removals apart (``additions``, ``removals``): the thresholds then judge the additions only.
+
+    :param summary: what :func:`build_summary` returns.
+    :param kinds: session id -> kind, as :func:`parse_sessions` returns it.
+    """
+    if not any(kinds.values()):
+        return dict(summary)
+    sessions = [{**row, "kind": kinds.get(row["session_id"])} for row in summary.get("sessions", [])]
+    return {
+        **summary,
+        "sessions": sessions,
+        "additions": totals([row for row in sessions if row["kind"] in ADDITION_KINDS]),
+        "removals": totals([row for row in sessions if row["kind"] in REMOVAL_KINDS]),
+    }
+
+
 def threshold_breaches(
     summary: Mapping[str, Any], min_match_rate: float | None = None, max_invalid_rate: float | None = None
 ) -> list[str]:
@@ -456,21 +420,26 @@ def threshold_breaches(
     Compare the total match and invalid rates with the thresholds.
 
     Rates are fractions (0.25 = 25 %). A rate Meta gave no figure for (nothing received, or matches
-    not reported) breaches nothing.
+    not reported) breaches nothing. When the summary tells additions from removals
+    (:func:`with_session_kinds`), only the additions are judged: who matched among the people removed
+    says nothing about the audience's quality.
 
     :return: one readable message per threshold crossed; empty when all is well.
     """
-    total = summary.get("total") or {}
+    judged = "additions" if "additions" in summary else "total"
+    total = summary.get(judged) or {}
+    subject = "additions' " if judged == "additions" else ""
     breaches = []
     match_rate = total.get("match_rate")
     if min_match_rate is not None and match_rate is not None and match_rate < min_match_rate:
         breaches.append(
-            f"match rate {_percent(match_rate)} is below min_match_rate {_percent(min_match_rate)}"
+            f"{subject}match rate {_percent(match_rate)} is below min_match_rate {_percent(min_match_rate)}"
         )
     invalid_rate = total.get("invalid_rate")
     if max_invalid_rate is not None and invalid_rate is not None and invalid_rate > max_invalid_rate:
         breaches.append(
-            f"invalid rate {_percent(invalid_rate)} is above max_invalid_rate {_percent(max_invalid_rate)}"
+            f"{subject}invalid rate {_percent(invalid_rate)} is above max_invalid_rate "
+            f"{_percent(max_invalid_rate)}"
         )
     return breaches
 
@@ -524,8 +493,18 @@ def render_table(summary: Mapping[str, Any]) -> str:
     :param summary: what :func:`build_summary` returns.
     """
     header = ["session", "state", "received", "matched", "invalid", "match rate", "invalid rate"]
-    rows = [_table_row(row["session_id"], row["state"], row) for row in summary.get("sessions", [])]
+    rows = [
+        _table_row(
+            f"{row['session_id']} ({row['kind']})" if row.get("kind") else row["session_id"],
+            row["state"],
+            row,
+        )
+        for row in summary.get("sessions", [])
+    ]
     rows.append(_table_row("total", summary.get("status", ""), summary.get("total") or {}))
+    for part in ("additions", "removals"):
+        if part in summary:
+            rows.append(_table_row(part, "", summary[part]))
     lines = [f"Upload sessions of audience {summary.get('audience_id')}:", *_format_table(header, rows)]
     audience = summary.get("audience") or {}
     lines.append(

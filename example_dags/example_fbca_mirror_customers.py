@@ -73,7 +73,7 @@ def fbca_mirror_customers() -> None:
     confirm = AudienceUploadSensor(
         task_id="wait_for_upload",
         audience_id="{{ ti.xcom_pull(task_ids='sync')['audience_id'] }}",
-        session_ids="{{ ti.xcom_pull(task_ids='sync')['session_ids'] }}",
+        session_ids="{{ ti.xcom_pull(task_ids='sync')['upload_sessions'] }}",
         facebook_conn_id=FACEBOOK_CONN_ID,
         poke_interval=POKE_INTERVAL_S,
         timeout=6 * 3600,

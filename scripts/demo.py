@@ -342,6 +342,12 @@ def format_report(report: RunReport) -> str:
         f"   match rate (sensor):       {_percent(total.get('match_rate'))} of "
         f"{_count(total.get('num_received'))} rows received; {_count(total.get('num_invalid_entries'))} invalid"
     )
+    additions = upload.get("additions")
+    if additions:  # what the DAG's min_match_rate judges: removals say nothing about the audience
+        lines.append(
+            f"   match rate (additions):    {_percent(additions.get('match_rate'))} of "
+            f"{_count(additions.get('num_received'))} rows added (judged by min_match_rate)"
+        )
     lower = audience.get("approximate_count_lower_bound")
     if lower is not None:
         upper = audience.get("approximate_count_upper_bound")
@@ -437,16 +443,63 @@ def run_demo(settings: DemoSettings, workdir: Path) -> list[RunReport]:
     return [first, second]
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's command line; ``--help`` describes every option and its default."""
+    defaults = DemoSettings()
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n", 1)[0].replace("``", ""),
+        epilog="When the demo fails, it prints the tail of the Airflow log, keeps its directory and exits 1.",
+    )
+    parser.add_argument(
+        "--customers",
+        type=int,
+        default=defaults.customers,
+        metavar="N",
+        help=(
+            f"customers in the generated warehouse; between the runs {defaults.leave_share:.0%} leave, "
+            f"{defaults.arrive_share:.0%} arrive and {defaults.change_email_share:.1%} change e-mail"
+        ).replace("%", "%%")
+        + " (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--match-share",
+        type=float,
+        default=defaults.match_share,
+        metavar="S",
+        help="share of the customers (0 to 1) who exist in the sandbox's population, so Meta matches them "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        metavar="N",
+        help="seed of the generated warehouse and its changes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--processing-delay",
+        type=float,
+        default=defaults.processing_delay_s,
+        metavar="S",
+        help="seconds the sandbox takes to process an upload session, so the sensor really waits "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        metavar="DIR",
+        help="keep the Airflow home, the warehouse and the logs in DIR instead of a temporary directory "
+        "removed at the end",
+    )
+    parser.add_argument(
+        "--report-json", type=Path, metavar="FILE", help="also write both runs' reports to FILE as JSON"
+    )
+    return parser
+
+
 def parse_args(argv: list[str] | None) -> tuple[DemoSettings, argparse.Namespace]:
     defaults = DemoSettings()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--customers", type=int, default=defaults.customers, help="warehouse size")
-    parser.add_argument("--match-share", type=float, default=defaults.match_share)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--processing-delay", type=float, default=defaults.processing_delay_s)
-    parser.add_argument("--workdir", type=Path, help="keep everything here instead of a temporary dir")
-    parser.add_argument("--report-json", type=Path, help="also write both reports to this JSON file")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     settings = DemoSettings(
         customers=args.customers,
         match_share=args.match_share,

@@ -35,6 +35,10 @@ TRANSIENT_UPDATE_SUBCODES = frozenset({1870145, 1870148})
 RETRYABLE_CLASSES = (GraphRateLimitError, GraphTransientError)
 
 TERMS_URL = "https://business.facebook.com/ads/manage/customaudiences/tos/?act={account}"
+# An audience in Ads Manager (the "Audience in Ads Manager" extra link); act takes the account digits.
+ADS_MANAGER_AUDIENCE_URL = (
+    "https://adsmanager.facebook.com/adsmanager/audiences?act={account}&ids={audience_id}"
+)
 
 _REAUTHORIZE = (
     "Generate a new access token (a system-user token from Business Settings > Users > System users is "

@@ -16,7 +16,18 @@ from airflow.sdk import BaseHook, BaseOperator
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 from airflow_provider_fbca.identifiers import RowPreparer
-from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_size, check_mapping
+from airflow_provider_fbca.links.ads_manager import AudienceInAdsManagerLink, publish_audience_link
+from airflow_provider_fbca.operators.arguments import (
+    check_audience_choice,
+    is_literal,
+    read_bool,
+    read_mapping,
+    read_optional_text,
+    read_sync_mode,
+)
+from airflow_provider_fbca.operators.lineage import query_lineage, sync_lineage
+from airflow_provider_fbca.operators.outlets import check_audience_outlets, record_audience_update
+from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_size
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.dialects import dialect_for, register_functions
@@ -36,6 +47,7 @@ from airflow_provider_fbca.sync.source import read_model
 from airflow_provider_fbca.sync.state import StateStore, check_state_table
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 DEFAULT_STATE_TABLE = "fbca_sync_state"
@@ -53,25 +65,30 @@ class SyncAudienceOperator(BaseOperator):
 
     :param sql: the query (or a ``.sql`` file) returning one row per person. Templated.
     :param mapping: match key (Meta's name or an alias, e.g. ``email``) -> column of the query.
-        ``EXTERN_ID`` (alias ``external_id``) is required: it is the row key of the sync.
-    :param sql_conn_id: any common-sql connection (SQLite, PostgreSQL, ...) to run ``sql`` on.
-    :param facebook_conn_id: the Facebook Custom Audiences connection.
+        ``EXTERN_ID`` (alias ``external_id``) is required: it is the row key of the sync. Templated (a
+        rendered dict, or its JSON, is read back).
+    :param sql_conn_id: any common-sql connection (SQLite, PostgreSQL, ...) to run ``sql`` on. Templated.
+    :param facebook_conn_id: the Facebook Custom Audiences connection. Templated.
     :param ad_account_id: the ad account (``act_123`` or ``123``); overrides the connection's. Templated.
     :param audience_id: the audience to sync into. Templated.
-    :param audience_name: or its name, looked up in the ad account (all pages). Templated.
+    :param audience_name: or its name, looked up in the ad account (all pages); not both. Templated.
     :param create_audience: create the audience named ``audience_name`` when it does not exist.
     :param audience_description: the description of a created audience. Templated.
     :param customer_file_source: the ``customer_file_source`` of a created audience.
     :param is_value_based: create a value-based audience (the mapping then needs ``LOOKALIKE_VALUE``).
     :param sync_mode: ``mirror`` (default: add new and updated rows, remove rows that left the model),
-        ``upsert`` (add only) or ``delete`` (remove only).
+        ``upsert`` (add only) or ``delete`` (remove only); any case. Templated.
     :param default_country: ISO country of rows without a country column (phones, ZIPs and states).
+        Templated; an empty rendering means none.
     :param membership_column: a boolean column: true adds the row, false removes it, in any mode.
-    :param state_conn_id: the connection holding the state table (default: ``sql_conn_id``).
+        Templated; an empty rendering means none.
+    :param state_conn_id: the connection holding the state table (default: ``sql_conn_id``). Templated.
     :param state_table: the state table, ``table`` or ``schema.table`` (created on first use).
-    :param dry_run: compute and log the plan; send nothing and change no state.
+    :param dry_run: compute and log the plan; send nothing and change no state. Templated (``true`` /
+        ``false`` in any case).
     :param full_refresh: mirror mode only: replace the audience with the model (usersreplace) and
         rebuild the state. For a first sync into an audience that already has members, or to repair drift.
+        Templated, like ``dry_run``.
     :param max_removal_fraction: fail before sending when a run would remove more than this share of the
         synced rows (default 0.5); None turns the guard off.
     :param batch_size: rows per upload request (at most 10,000).
@@ -96,10 +113,20 @@ class SyncAudienceOperator(BaseOperator):
         "audience_description",
         "ad_account_id",
         "partition",
+        "sync_mode",
+        "dry_run",
+        "full_refresh",
+        "sql_conn_id",
+        "facebook_conn_id",
+        "state_conn_id",
+        "mapping",
+        "default_country",
+        "membership_column",
     )
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql"}
     ui_color = "#e7f0fe"
+    operator_extra_links = (AudienceInAdsManagerLink(),)
 
     def __init__(
         self,
@@ -133,20 +160,10 @@ class SyncAudienceOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not audience_id and not audience_name:
-            raise ValueError("Give audience_id or audience_name.")
         check_state_table(state_table)  # fail at parse time on a bad name
         check_fetch_size(fetch_size)
-        check_partitions(partitions)
-        if full_refresh and partitions > 1:
-            raise ValueError(
-                "full_refresh replaces the whole audience in one upload session (usersreplace), so it cannot "
-                f"run per partition: set partitions=1 for the full refresh (partitions={partitions} here)."
-            )
-        if not isinstance(partition, str):  # a template is checked once rendered
-            check_partition(partition, partitions)
         self.sql = sql
-        self.mapping = check_mapping(mapping, membership_column)
+        self.mapping = mapping
         self.sql_conn_id = sql_conn_id
         self.facebook_conn_id = facebook_conn_id
         self.ad_account_id = ad_account_id
@@ -156,10 +173,10 @@ class SyncAudienceOperator(BaseOperator):
         self.audience_description = audience_description
         self.customer_file_source = customer_file_source
         self.is_value_based = is_value_based
-        self.sync_mode = SyncMode(sync_mode)
+        self.sync_mode: SyncMode | str = sync_mode
         self.default_country = default_country
         self.membership_column = membership_column
-        self.state_conn_id = state_conn_id or sql_conn_id
+        self.state_conn_id = state_conn_id or sql_conn_id  # a templated sql_conn_id renders here too
         self.state_table = state_table
         self.dry_run = dry_run
         self.full_refresh = full_refresh
@@ -169,24 +186,62 @@ class SyncAudienceOperator(BaseOperator):
         self.app_ids = app_ids
         self.page_ids = page_ids
         self.lease_minutes = lease_minutes
-        self.partitions = partitions
+        self.partitions = check_partitions(partitions)
         self.partition = partition
-        # Validate the mapping and options now, so a DAG with a typo fails to parse, not at 3 a.m.
-        self._key_names = list(RowPreparer(list(self.mapping), default_country=default_country).schema)
-        if EXTERN_ID not in self._key_names:
-            raise ValueError(
-                "The mapping needs EXTERN_ID (alias external_id): the sync keys its state on it, "
-                "as Meta and Segment recommend."
+        self._key_names: list[str] = []
+        self._report: dict[str, Any] | None = None  # the finished run's report, for OpenLineage
+        # Check the plain arguments now, so a DAG with a typo fails to parse, not at 3 a.m.; the
+        # templated ones are checked once rendered, in execute.
+        self._check_options(rendered=False)
+
+    def _check_options(self, *, rendered: bool) -> None:
+        """Check the arguments and turn rendered text into values; before rendering, skip templates.
+
+        :param rendered: whether the templates are rendered (in execute): then every argument is read.
+        """
+
+        def ready(*values: Any) -> bool:
+            return rendered or all(is_literal(value) for value in values)
+
+        if ready(self.audience_id, self.audience_name):
+            check_audience_choice(self.audience_id, self.audience_name)
+        if ready(self.sync_mode):
+            mode = read_sync_mode(self.sync_mode)
+            # Until rendered, keep plain text: the DAG's serialization stores template fields as text.
+            self.sync_mode = mode if rendered else mode.value
+        for name in ("dry_run", "full_refresh"):
+            if ready(getattr(self, name)):
+                setattr(self, name, read_bool(name, getattr(self, name)))
+        for name in ("default_country", "membership_column"):
+            if ready(getattr(self, name)):
+                setattr(self, name, read_optional_text(getattr(self, name)))
+        if ready(self.mapping, self.default_country, self.membership_column):
+            self.mapping = read_mapping(self.mapping, self.membership_column)
+            self._key_names = list(
+                RowPreparer(list(self.mapping), default_country=self.default_country).schema
             )
-        SyncOptions(
-            audience_id="-",
-            sync_key="-",
-            mode=self.sync_mode,
-            full_refresh=full_refresh,
-            max_removal_fraction=max_removal_fraction,
-            batch_size=batch_size,
-            lease_minutes=lease_minutes,
-        )
+            if EXTERN_ID not in self._key_names:
+                raise ValueError(
+                    "The mapping needs EXTERN_ID (alias external_id): the sync keys its state on it, "
+                    "as Meta and Segment recommend."
+                )
+        if ready(self.sync_mode, self.full_refresh):
+            SyncOptions(
+                audience_id="-",
+                sync_key="-",
+                mode=read_sync_mode(self.sync_mode),
+                full_refresh=read_bool("full_refresh", self.full_refresh),
+                max_removal_fraction=self.max_removal_fraction,
+                batch_size=self.batch_size,
+                lease_minutes=self.lease_minutes,
+            )
+        if ready(self.full_refresh) and self.full_refresh and self.partitions > 1:
+            raise ValueError(
+                "full_refresh replaces the whole audience in one upload session (usersreplace), so it cannot "
+                f"run per partition: set partitions=1 for the full refresh (partitions={self.partitions} here)."
+            )
+        if ready(self.partition):  # a mapped task gets its partition before execute
+            self.partition = check_partition(self.partition, self.partitions)
 
     @cached_property
     def hook(self) -> FacebookCustomAudiencesHook:
@@ -194,14 +249,16 @@ class SyncAudienceOperator(BaseOperator):
         return FacebookCustomAudiencesHook(self.facebook_conn_id, ad_account_id=self.ad_account_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        self._check_options(rendered=True)
         # Every connection is resolved before anything exists at Meta.
         state_hook = self._sql_hook(self.state_conn_id)
         source_hook = self._sql_hook(self.sql_conn_id)
-        self.partition = check_partition(self.partition, self.partitions)
         suffix = partition_suffix(self.partition, self.partitions)
         sends_values = LOOKALIKE_VALUE in self._key_names
         audience_id = self._resolve_audience(sends_values)
         account = self.hook.ad_account_id
+        publish_audience_link(context, account, audience_id)
+        check_audience_outlets(self.outlets, account, audience_id)
         preparer = RowPreparer(list(self.mapping), default_country=self.default_country)
         new_audience = f"{account}:new:{self.audience_name}"
         options = SyncOptions(
@@ -249,6 +306,11 @@ class SyncAudienceOperator(BaseOperator):
         if self.partitions > 1:
             result["partition"], result["partitions"] = self.partition, self.partitions
         self.log.info("Sync report for audience %s:\n%s", result["audience_id"], format_report(result))
+        if audience_id is None:  # created by this run, once the model passed every check
+            publish_audience_link(context, account, result["audience_id"])
+        if "outlet_events" in context:
+            record_audience_update(self.outlets, context["outlet_events"], account, result)
+        self._report = result
         return result
 
     def on_kill(self) -> None:
@@ -273,6 +335,22 @@ class SyncAudienceOperator(BaseOperator):
             run.lease.release_from(StateStore(conn, self.state_table, state_hook.placeholder))
         finally:
             conn.close()
+
+    # -- OpenLineage (called only when apache-airflow-providers-openlineage is installed) ---------------
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        """The tables the query reads, in the SQL connection's namespace."""
+        return query_lineage(self.sql, self._sql_hook(self.sql_conn_id))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """The query's tables in, the audience out with the run's counts (none for a dry run).
+
+        :param task_instance: the finished task instance (unused: the report is kept from ``execute``).
+        """
+        query = self.get_openlineage_facets_on_start()
+        if self._report is None:
+            return query
+        return sync_lineage(query, self._report["ad_account_id"], self._report)
 
     # -- the audience ---------------------------------------------------------------------------------
 

@@ -18,15 +18,18 @@ from airflow.sdk.exceptions import (
 )
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
+from airflow_provider_fbca.links.ads_manager import AudienceInAdsManagerLink, publish_audience_link
 from airflow_provider_fbca.triggers.audience_upload import AudienceUploadTrigger
 from airflow_provider_fbca.upload_summary import (
     UploadCheck,
     UploadDeadlineError,
     parse_session_ids,
+    parse_sessions,
     poll_upload_before_deadline,
     render_table,
     threshold_breaches,
     validate_rate,
+    with_session_kinds,
 )
 
 if TYPE_CHECKING:
@@ -67,6 +70,7 @@ class AudienceUploadSensor(BaseSensorOperator):
 
     template_fields: Sequence[str] = ("audience_id", "session_ids")
     ui_color = "#dbe7fb"
+    operator_extra_links = (AudienceInAdsManagerLink(),)
 
     def __init__(
         self,
@@ -131,6 +135,7 @@ class AudienceUploadSensor(BaseSensorOperator):
             parse_session_ids(self.session_ids)  # a bad template result fails now, not at every poke
         except ValueError as exc:
             raise AirflowFailException(f"Task {self.task_id}: {exc}") from exc
+        publish_audience_link(context, self.hook.ad_account_id, self.audience_id)
         self._deadline = self._started_at(context) + self.timeout
         if self.deferrable:
             return self._execute_deferrable()
@@ -189,6 +194,7 @@ class AudienceUploadSensor(BaseSensorOperator):
 
     def _conclude(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Log the table, then judge failed sessions and thresholds; return the summary."""
+        summary = with_session_kinds(summary, parse_sessions(self.session_ids))
         breaches = threshold_breaches(summary, self.min_match_rate, self.max_invalid_rate)
         if self.soft_fail:
             summary = {**summary, "warnings": [*summary.get("warnings", []), *breaches]}

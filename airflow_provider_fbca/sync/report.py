@@ -55,12 +55,21 @@ class SyncReport:
             # Strings, as Meta writes them: 19-digit ids exceed JavaScript's 2**53, so Airflow's UI
             # would show a rounded, wrong id for an int in XCom.
             "session_ids": [str(session.session_id) for session in self.sessions],
+            # The same ids by kind ("add", "remove", "replace"): the sensor's thresholds judge additions.
+            "upload_sessions": _ids_by_kind(self.sessions),
             "sessions": [
                 {**asdict(session), "session_id": str(session.session_id)} for session in self.sessions
             ],
             "num_received": sum(session.num_received for session in self.sessions),
             "num_invalid_entries": sum(session.num_invalid_entries for session in self.sessions),
         }
+
+
+def _ids_by_kind(sessions: list[SessionResult]) -> dict[str, list[str]]:
+    by_kind: dict[str, list[str]] = {}
+    for session in sessions:
+        by_kind.setdefault(session.kind, []).append(str(session.session_id))
+    return by_kind
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -67,14 +67,35 @@ class DagRunner:
             **demo.connection_env(warehouse, sandbox.url, credentials),
         }
 
-    def run(self, dag_id: str) -> DagRunResult:
+    def run(self, dag_id: str, conf: dict[str, Any] | None = None) -> DagRunResult:
         log = self.home / f"{dag_id}.log"
-        demo.run_airflow(["dags", "test", dag_id], self.env, log, timeout_s=300)
+        options = ["--conf", json.dumps(conf)] if conf else []
+        demo.run_airflow(["dags", "test", dag_id, *options], self.env, log, timeout_s=300)
         metadata = self.home / "airflow.db"
         return DagRunResult(
             sync=demo.latest_xcom(metadata, dag_id, demo.SYNC_TASK_ID),
             upload=demo.latest_xcom(metadata, dag_id, demo.SENSOR_TASK_ID),
         )
+
+    def latest_xcom(self, dag_id: str, task_id: str, key: str) -> Any:
+        """An XCom of the task in the DAG's latest run (``None`` when it pushed none under ``key``)."""
+        with contextlib.closing(sqlite3.connect(self.home / "airflow.db")) as db:
+            row = db.execute(
+                "SELECT value FROM xcom WHERE dag_id = ? AND task_id = ? AND key = ? "
+                "ORDER BY dag_run_id DESC LIMIT 1",
+                (dag_id, task_id, key),
+            ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def asset_events(self, dag_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """``(asset URI, extra)`` of every asset event the DAG's runs emitted, oldest first."""
+        with contextlib.closing(sqlite3.connect(self.home / "airflow.db")) as db:
+            rows = db.execute(
+                "SELECT asset.uri, event.extra FROM asset_event AS event JOIN asset ON asset.id = event.asset_id"
+                " WHERE event.source_dag_id = ? ORDER BY event.id",
+                (dag_id,),
+            ).fetchall()
+        return [(uri, json.loads(extra) if isinstance(extra, str) else extra) for uri, extra in rows]
 
     def members(self, audience_id: str) -> list[dict[str, str]]:
         """The audience's members in the sandbox, as uploaded (hashed where Meta hashes)."""

@@ -67,6 +67,7 @@ def test_demo_prints_both_reports(demo_result: dict[str, Any]) -> None:
     for heading in ("== Run 1: first sync", "== Run 2: after a week of changes"):
         assert heading in stdout
     assert stdout.count("match rate (sensor):") == 2
+    assert stdout.count("match rate (additions):") == 2  # the DAG passes upload_sessions: kinds are known
     assert re.search(r"dropped values by reason: .*phone\.invalid", stdout)
     assert stdout.rstrip().splitlines()[-1].startswith("-- done in")
 
@@ -171,3 +172,22 @@ def test_a_failed_run_stops_the_sandbox_and_keeps_the_logs(tmp_path: Path) -> No
     log = (kept / "airflow-home" / "dags-test.log").read_text()
     assert "is below min_match_rate" in log
     shutil.rmtree(kept)
+
+
+def _report_labels(lines: list[str]) -> list[str]:
+    """The labels of a printed report (``   added:   1,000`` -> ``added``), sessions left out."""
+    return [
+        line.split(":")[0].strip()
+        for line in lines
+        if line.startswith("   ") and not line.startswith("     ")
+    ]
+
+
+def test_the_readme_sample_is_what_the_demo_prints(demo_result: dict[str, Any]) -> None:
+    readme = (SCRIPTS.parent / "README.md").read_text(encoding="utf-8")
+    sample = readme.split("prints both reports and stops everything it started:\n\n```\n", 1)[1].split("```")[
+        0
+    ]
+    printed = demo_result["stdout"].split("== Run 2", 1)[1].split("\n-- ", 1)[0]
+    assert sample.startswith("== Run 2: after a week of changes")
+    assert _report_labels(sample.splitlines()) == _report_labels(printed.splitlines())

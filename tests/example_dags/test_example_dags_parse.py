@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
-from airflow.sdk import XComArg
+from airflow.sdk import AssetAlias, XComArg
 from airflow.sdk.definitions.param import ParamsDict
+from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
 from airflow.sdk.exceptions import ParamValidationError
 from airflow.sdk.execution_time import macros
 from example_dag_support import EXAMPLE_DAGS
@@ -26,9 +27,12 @@ EXPECTED_DAGS = {
     "fbca_engage_membership": "mirror",
     "fbca_value_based_customers": "mirror",
     "fbca_suppression_existing_customers": "mirror",
+    "fbca_publish_audience_asset": "mirror",
 }
 #: DAGs whose sync is mapped over partitions (wired through the mapped task's output).
 PARTITIONED_DAGS = {"fbca_partitioned_customers"}
+# DAGs without a sync: scheduled on what a sync DAG publishes.
+DOWNSTREAM_DAGS = {"fbca_on_audience_updated"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,7 @@ def dagbag() -> DagBag:
 
 def test_every_example_dag_imports_without_errors(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == set(EXPECTED_DAGS) | PARTITIONED_DAGS
+    assert set(dagbag.dag_ids) == set(EXPECTED_DAGS) | PARTITIONED_DAGS | DOWNSTREAM_DAGS
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAGS))
@@ -47,10 +51,11 @@ def test_dag_syncs_then_confirms_the_sessions_from_the_sync_xcom(dagbag: DagBag,
     sync, sensor = dag.get_task("sync"), dag.get_task("wait_for_upload")
     assert isinstance(sync, SyncAudienceOperator)
     assert isinstance(sensor, AudienceUploadSensor)
-    assert sync.sync_mode.value == EXPECTED_DAGS[dag_id]
+    assert sync.sync_mode == EXPECTED_DAGS[dag_id]
     assert sensor.upstream_task_ids == {"sync"}
     assert sensor.audience_id == "{{ ti.xcom_pull(task_ids='sync')['audience_id'] }}"
-    assert sensor.session_ids == "{{ ti.xcom_pull(task_ids='sync')['session_ids'] }}"
+    # By kind, so that the thresholds judge the additions and the removals are reported apart.
+    assert sensor.session_ids == "{{ ti.xcom_pull(task_ids='sync')['upload_sessions'] }}"
     assert (sync.sql_conn_id, sync.facebook_conn_id) == ("warehouse", "facebook_custom_audiences_default")
     assert sensor.facebook_conn_id == sync.facebook_conn_id
     assert dag.max_active_runs == 1, "two syncs of one audience must not overlap"
@@ -74,6 +79,13 @@ def test_feature_dags_use_their_feature(dagbag: DagBag) -> None:
     assert value_based.is_value_based
     assert value_based.mapping["value"] == "purchase_value"
     assert dagbag.dags["fbca_mirror_customers"].get_task("wait_for_upload").deferrable
+    publisher = dagbag.dags["fbca_publish_audience_asset"].get_task("sync")
+    assert publisher.dry_run == "{{ params.dry_run }}"
+    (alias,) = publisher.outlets
+    assert isinstance(alias, AssetAlias)
+    downstream = dagbag.dags["fbca_on_audience_updated"]
+    assert isinstance(downstream.timetable, AssetTriggeredTimetable)
+    assert downstream.timetable.asset_condition == alias
 
 
 def test_connection_ids_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

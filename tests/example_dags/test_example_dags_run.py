@@ -159,3 +159,47 @@ def test_suppression_audience_holds_everyone_who_ever_ordered(dag_runner: DagRun
     assert result.sync["added"] == len(buyers)
     assert dag_runner.member_keys(result.sync["audience_id"]) == buyers
     _assert_confirmed(result, buyers)
+
+
+def test_a_param_makes_the_run_dry_then_the_real_run_publishes_the_audience_and_its_links(
+    dag_runner: DagRunner, warehouse: Path
+) -> None:
+    dag_id, audiences_before = "fbca_publish_audience_asset", _audience_names(dag_runner.sandbox)
+    dry = dag_runner.run(dag_id, conf={"dry_run": True})
+    assert (dry.sync["dry_run"], dry.sync["audience_id"], dry.sync["session_ids"]) == (True, None, [])
+    assert dry.sync["added"] == len(_query_keys(warehouse, "SELECT external_id FROM customers"))
+    assert _audience_names(dag_runner.sandbox) == audiences_before  # nothing created, nothing sent
+    assert dag_runner.asset_events(dag_id) == []  # a dry run updated nothing
+    assert dag_runner.latest_xcom(dag_id, "sync", LINK_XCOM) in (None, "")
+
+    result = dag_runner.run(dag_id)
+    audience_id, account = result.sync["audience_id"], dag_runner.sandbox.ad_account_id
+    assert result.sync["dry_run"] is False and dag_runner.member_keys(audience_id)
+    link = f"https://adsmanager.facebook.com/adsmanager/audiences?act={account.removeprefix('act_')}&ids={audience_id}"
+    assert dag_runner.latest_xcom(dag_id, "sync", LINK_XCOM) == link
+    assert dag_runner.latest_xcom(dag_id, "wait_for_upload", LINK_XCOM) == link
+    ((uri, extra),) = dag_runner.asset_events(dag_id)
+    assert uri == f"facebook-custom-audiences://{account}/{audience_id}"
+    assert (extra["added"], extra["removed"], extra["rows_read"]) == (
+        result.sync["added"],
+        0,
+        result.sync["rows_read"],
+    )
+
+
+LINK_XCOM = "_link_AudienceInAdsManagerLink"
+
+
+def _audience_names(sandbox: Any) -> set[str]:
+    answer = requests.get(
+        f"{sandbox.url}/{LATEST_VERSION}/{sandbox.ad_account_id}/customaudiences",
+        params={
+            "fields": "name",
+            "limit": 100,
+            "access_token": sandbox.access_token,
+            "appsecret_proof": appsecret_proof(sandbox.app_secret, sandbox.access_token),
+        },
+        timeout=10,
+    )
+    answer.raise_for_status()
+    return {audience["name"] for audience in answer.json()["data"]}

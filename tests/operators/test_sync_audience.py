@@ -26,8 +26,9 @@ MAPPING = {"external_id": "id", "email": "email", "first_name": "first_name", "c
 def make_operator(
     warehouse: Warehouse, fb_conn_id: str, state_table: str, **kwargs: Any
 ) -> SyncAudienceOperator:
-    kwargs.setdefault("audience_name", "Customers")
-    kwargs.setdefault("create_audience", True)
+    if "audience_id" not in kwargs:
+        kwargs.setdefault("audience_name", "Customers")
+        kwargs.setdefault("create_audience", True)
     return SyncAudienceOperator(
         task_id=f"sync_{uuid.uuid4().hex[:6]}",
         sql=warehouse.sql,

@@ -177,7 +177,9 @@ def test_in_reschedule_mode_the_deadline_counts_from_the_first_try(
     sensor = make_sensor(audience_id, [621], timeout=100, mode="reschedule")
     sensor.hook = FacebookCustomAudiencesHook(sensor.facebook_conn_id, sleep=short_sleep)
     first_try = datetime.now(timezone.utc) - timedelta(seconds=99)  # ...but not than what is left of it
-    ti = SimpleNamespace(get_first_reschedule_date=lambda context: first_try)
+    ti = SimpleNamespace(
+        get_first_reschedule_date=lambda context: first_try, xcom_push=lambda key, value: None
+    )
 
     with pytest.raises(AirflowSensorTimeout, match=r"not read yet: 621\. .*code 80003"):
         sensor.execute({"ti": ti})

@@ -57,10 +57,10 @@ def airflow_env(home: Path, dags: Path) -> dict[str, str]:
     }
 
 
-def xcom_return_value(database: Path, task_id: str) -> Any:
+def xcom_return_value(database: Path, task_id: str, key: str = "return_value") -> Any:
     with sqlite3.connect(database) as conn:
         (value,) = conn.execute(
-            "SELECT value FROM xcom WHERE task_id = ? AND key = 'return_value'", (task_id,)
+            "SELECT value FROM xcom WHERE task_id = ? AND key = ?", (task_id, key)
         ).fetchone()
     return json.loads(value)
 
@@ -110,3 +110,7 @@ def test_deferrable_sensor_under_airflow_dags_test(
     assert summary["total"]["num_received"] == 8 and summary["total"]["num_matched"] == 6
     assert summary["audience"]["operation_status"]["code"] == 200
     assert "Upload sessions of audience" in output  # the table is in the task log
+    # The extra link survives the deferral: pushed before deferring, read when the task finishes.
+    link = xcom_return_value(home / "airflow.db", "confirm", key="_link_AudienceInAdsManagerLink")
+    account = sandbox.ad_account_id.removeprefix("act_")
+    assert link == f"https://adsmanager.facebook.com/adsmanager/audiences?act={account}&ids={audience_id}"

@@ -74,6 +74,10 @@ AUDIENCE = {
         ([{"session_ids": [1, 2]}, {"session_ids": []}, {"session_ids": [3]}], ["1", "2", "3"]),
         ("[{'session_ids': [1], 'audience_id': '9'}, {'session_ids': [2]}]", ["1", "2"]),
         ([[4, 5], [5, 6]], ["4", "5", "6"]),
+        (
+            [{"upload_sessions": {"add": [7]}, "audience_id": "9"}, {"upload_sessions": {"remove": [8]}}],
+            ["7", "8"],
+        ),
     ],
 )
 def test_parse_session_ids_accepts_every_form_a_template_produces(value: Any, expected: list[str]) -> None:
