@@ -9,9 +9,13 @@ stopped when the context ends (each process by its own process group).
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 import secrets
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -182,3 +186,50 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def postgres_bindir() -> Path | None:
+    """Where PostgreSQL's initdb and pg_ctl are (on PATH, or Debian's versioned directory), if anywhere."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    # initdb refuses to run as root; the Debian package creates the `postgres` user.
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+@contextlib.contextmanager
+def throwaway_postgres(bindir: Path) -> Iterator[dict[str, Any]]:
+    """A PostgreSQL server on 127.0.0.1 and a free port, in a temporary directory removed at the end.
+
+    :param bindir: where initdb and pg_ctl are (:func:`postgres_bindir`).
+    :return: (yields) the server's host, port, user and default database.
+    """
+    datadir = Path(tempfile.mkdtemp(prefix="fbca-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(datadir, "postgres", "postgres")
+    port = _free_port()
+    data = str(datadir / "data")
+    subprocess.run(
+        _as_postgres_user([str(bindir / "initdb"), "-D", data, "-A", "trust", "-U", "postgres"]),
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg_ctl = str(bindir / "pg_ctl")
+    subprocess.run(
+        _as_postgres_user([pg_ctl, "-D", data, "-o", options, "-l", str(datadir / "log"), "-w", "start"]),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield {"host": "127.0.0.1", "port": port, "user": "postgres", "dbname": "postgres"}
+    finally:
+        subprocess.run(_as_postgres_user([pg_ctl, "-D", data, "-m", "fast", "stop"]), capture_output=True)
+        shutil.rmtree(datadir, ignore_errors=True)

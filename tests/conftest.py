@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import socket
-import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,10 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The scripts' helpers (the demo, a throwaway PostgreSQL, a local Airflow) are the tests' helpers too.
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+from local_cluster import postgres_bindir, throwaway_postgres  # noqa: E402
 
 
 def free_port() -> int:
@@ -63,67 +65,17 @@ def fb_conn_id(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     return conn_id
 
 
-def _postgres_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(candidates[-1]).parent if candidates else None
-
-
-def _as_postgres_user(cmd: list[str]) -> list[str]:
-    # initdb refuses to run as root; the Debian package creates the `postgres` user.
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *cmd]
-    return cmd
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[dict[str, Any]]:
     """A throwaway PostgreSQL server on 127.0.0.1 and a free port, stopped when the session ends."""
-    bindir = _postgres_bin()
+    bindir = postgres_bindir()
     if bindir is None:
         message = "PostgreSQL binaries not found (make test installs Debian's postgresql when run as root)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    datadir = Path(tempfile.mkdtemp(prefix="fbca-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(datadir, "postgres", "postgres")
-    port = free_port()
-    subprocess.run(
-        _as_postgres_user(
-            [str(bindir / "initdb"), "-D", str(datadir / "data"), "-A", "trust", "-U", "postgres"]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        _as_postgres_user(
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(datadir / "data"),
-                "-o",
-                options,
-                "-l",
-                str(datadir / "log"),
-                "-w",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield {"host": "127.0.0.1", "port": port, "user": "postgres", "dbname": "postgres"}
-    finally:
-        subprocess.run(
-            _as_postgres_user([str(bindir / "pg_ctl"), "-D", str(datadir / "data"), "-m", "fast", "stop"]),
-            capture_output=True,
-        )
-        shutil.rmtree(datadir, ignore_errors=True)
+    with throwaway_postgres(bindir) as server:
+        yield server
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.sdk import BaseHook, BaseOperator
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
-from airflow_provider_fbca.identifiers import RowPreparer
+from airflow_provider_fbca.identifiers import RowPreparer, prepare
 from airflow_provider_fbca.links.ads_manager import AudienceInAdsManagerLink, publish_audience_link
 from airflow_provider_fbca.operators.arguments import (
     check_audience_choice,
@@ -30,16 +30,19 @@ from airflow_provider_fbca.operators.outlets import check_audience_outlets, reco
 from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_size
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
-from airflow_provider_fbca.sync.dialects import dialect_for, register_functions
+from airflow_provider_fbca.sync.dialects import Dialect, dialect_for, register_functions
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, run_exclusively
 from airflow_provider_fbca.sync.partitions import (
+    PARTITION_COLUMN,
+    ShareRecorder,
     check_layout,
     check_partition,
     check_partitions,
     in_partition,
     partition_query,
     partition_suffix,
+    tagged_query,
 )
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
 from airflow_provider_fbca.sync.report import format_report
@@ -235,11 +238,6 @@ class SyncAudienceOperator(BaseOperator):
                 batch_size=self.batch_size,
                 lease_minutes=self.lease_minutes,
             )
-        if ready(self.full_refresh) and self.full_refresh and self.partitions > 1:
-            raise ValueError(
-                "full_refresh replaces the whole audience in one upload session (usersreplace), so it cannot "
-                f"run per partition: set partitions=1 for the full refresh (partitions={self.partitions} here)."
-            )
         if ready(self.partition):  # a mapped task gets its partition before execute
             self.partition = check_partition(self.partition, self.partitions)
 
@@ -253,7 +251,10 @@ class SyncAudienceOperator(BaseOperator):
         # Every connection is resolved before anything exists at Meta.
         state_hook = self._sql_hook(self.state_conn_id)
         source_hook = self._sql_hook(self.sql_conn_id)
-        suffix = partition_suffix(self.partition, self.partitions)
+        if self.full_refresh and self.partition != 0:
+            return self._leave_refresh_to_partition_zero()
+        # A full refresh replaces the whole audience: partition 0 does it for all, under the unpartitioned key.
+        suffix = "" if self.full_refresh else partition_suffix(self.partition, self.partitions)
         sends_values = LOOKALIKE_VALUE in self._key_names
         audience_id = self._resolve_audience(sends_values)
         account = self.hook.ad_account_id
@@ -282,8 +283,9 @@ class SyncAudienceOperator(BaseOperator):
         try:
             store = StateStore(state_conn, self.state_table, state_hook.placeholder)
             store.ensure_tables()
-            if audience_id:
+            if audience_id and not self.full_refresh:
                 check_layout(store, f"{account}:{audience_id}", self.partitions)
+            shares = ShareRecorder(store) if self.full_refresh and not self.dry_run else None
             self._sync_run = SyncRun(
                 store,
                 self.hook,
@@ -296,8 +298,10 @@ class SyncAudienceOperator(BaseOperator):
                 create_audience=None if audience_id else partial(self._create_audience, state_hook, context),
             )
             # closing: a run failing mid-read closes the warehouse connection now, in this thread.
-            with closing(self._read_chunks(source_hook, preparer.column_of(EXTERN_ID))) as chunks:
+            with closing(self._read_chunks(source_hook, preparer.column_of(EXTERN_ID), shares)) as chunks:
                 report = self._sync_run.run(chunks)
+            if shares is not None:  # the state was rebuilt under the unpartitioned key: slice it
+                shares.split(self._sync_run.options.sync_key, self.partitions)
         finally:
             state_conn.close()
         result = report.as_dict()
@@ -425,34 +429,83 @@ class SyncAudienceOperator(BaseOperator):
             )
         return hook
 
-    def _read_chunks(self, source_hook: DbApiHook, key_index: int) -> Iterator[list[tuple[Any, ...]]]:
+    def _leave_refresh_to_partition_zero(self) -> dict[str, Any]:
+        """A full refresh of a partitioned sync is one replace of the whole audience, by partition 0."""
+        self.log.info(
+            "full_refresh: partition 0 replaces the whole audience and splits the state into %d partitions; "
+            "partition %d sends nothing",
+            self.partitions,
+            self.partition,
+        )
+        return {
+            "audience_id": None,
+            "full_refresh": True,
+            "session_ids": [],
+            "upload_sessions": {},
+            "partition": self.partition,
+            "partitions": self.partitions,
+        }
+
+    def _read_chunks(
+        self, source_hook: DbApiHook, key_index: int, shares: ShareRecorder | None = None
+    ) -> Iterator[list[tuple[Any, ...]]]:
         """The query's rows in chunks: mapped columns in mapping order, then membership.
 
         A partition reads only its share: the query is wrapped in the dialect's hash filter, so the
-        warehouse does the filtering; a dialect without one is filtered here, row by row.
+        warehouse does the filtering; a dialect without one is filtered here, row by row. A full refresh
+        reads every row, and notes each one's partition in ``shares``.
 
         :param key_index: the position of the EXTERN_ID column among the mapped columns.
+        :param shares: where a full refresh notes each row's partition.
         """
         wanted = list(self.mapping.values())
         if self.membership_column is not None:
             wanted.append(self.membership_column)
         conn = source_hook.get_conn()
         try:
-            if self.partitions == 1:
-                yield from read_model(conn, self.sql, wanted, self.fetch_size)
-                return
             dialect = dialect_for(conn)
-            if dialect is not None:
-                if dialect.name == "sqlite":
-                    register_functions(conn)
+            if dialect is not None and dialect.name == "sqlite":
+                register_functions(conn)
+            if shares is not None:
+                yield from self._read_tagged(conn, dialect, wanted, key_index, shares)
+            elif self.partitions == 1:
+                yield from read_model(conn, self.sql, wanted, self.fetch_size)
+            elif dialect is not None:
                 sql = partition_query(self.sql, wanted[key_index], self.partition, self.partitions, dialect)
                 yield from read_model(conn, sql, wanted, self.fetch_size)
-                return
-            self.log.warning("No partition filter for this warehouse's driver: filtering the rows here")
-            for chunk in read_model(conn, self.sql, wanted, self.fetch_size):
-                yield [row for row in chunk if in_partition(row[key_index], self.partition, self.partitions)]
+            else:
+                self.log.warning("No partition filter for this warehouse's driver: filtering the rows here")
+                for chunk in read_model(conn, self.sql, wanted, self.fetch_size):
+                    yield [
+                        row for row in chunk if in_partition(row[key_index], self.partition, self.partitions)
+                    ]
         finally:
             conn.close()
+
+    def _read_tagged(
+        self, conn: Any, dialect: Dialect | None, wanted: list[str], key_index: int, shares: ShareRecorder
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Every row of the query, each one's partition noted in ``shares`` (a full refresh)."""
+        if dialect is None:  # the partition computed here, as the client-side filter does
+            for chunk in read_model(conn, self.sql, wanted, self.fetch_size):
+                shares.record((_row_key(row[key_index]), self._partition_of(row[key_index])) for row in chunk)
+                yield chunk
+            return
+        sql = tagged_query(self.sql, wanted[key_index], self.partitions, dialect)
+        for chunk in read_model(conn, sql, [*wanted, PARTITION_COLUMN], self.fetch_size):
+            shares.record((_row_key(row[key_index]), int(row[-1])) for row in chunk)
+            yield [row[:-1] for row in chunk]
+
+    def _partition_of(self, cell: Any) -> int:
+        return next(k for k in range(self.partitions) if in_partition(cell, k, self.partitions))
+
+
+def _row_key(cell: Any) -> str:
+    """The EXTERN_ID cell as the state keys it (an unusable one keys no state row: any text will do)."""
+    try:
+        return prepare("EXTERN_ID", cell)
+    except ValueError:
+        return ""
 
 
 def _lease_holder(context: Mapping[str, Any]) -> str:

@@ -8,12 +8,16 @@ computed in the warehouse: each task reads only its share (see :func:`partition_
 
 The number of partitions is part of the state: the slices of N partitions are not those of M. The layout
 table (``<state_table>_layout``) records, per audience, how many partitions wrote its state; a run with
-another number is refused before anything is read or sent (:func:`check_layout`).
+another number is refused before anything is read or sent (:func:`check_layout`), unless it is a full
+refresh: partition 0 then replaces the audience with the whole model (one usersreplace session), noting
+each row's partition as it reads it, and splits the rebuilt state into the new slices
+(:class:`ShareRecorder`); the other partitions send nothing.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from airflow_provider_fbca.sync.dialects import Dialect, digest64, partition_hash, quote_name
@@ -86,17 +90,34 @@ def key_text(dialect: Dialect, column: str) -> str:
     return f"COALESCE(TRIM({dialect.text.format(expr=quote_column(column))}), '')"
 
 
+#: The column :func:`tagged_query` adds: each row's partition.
+PARTITION_COLUMN = "fbca_partition"
+
+
+def _partition_of(sql: str, column: str, partitions: int, dialect: Dialect) -> tuple[str, str]:
+    """The query as a subquery (on lines of its own: a trailing "-- comment" must not swallow the closing
+    parenthesis; a trailing semicolon is dropped), and the SQL of each of its rows' partition."""
+    statement = sql.strip().rstrip(";").rstrip()
+    hashed = partition_hash(dialect, key_text(dialect, column))
+    return f"(\n{statement}\n) fbca_model", f"{hashed} % {partitions}"
+
+
 def partition_query(sql: str, column: str, partition: int, partitions: int, dialect: Dialect) -> str:
     """The user's query wrapped in a WHERE keeping partition ``partition`` of ``partitions``.
 
-    :param sql: the model's query (a trailing semicolon is dropped).
+    :param sql: the model's query.
     :param column: the query's EXTERN_ID column.
     :param dialect: the warehouse's dialect (:mod:`.dialects`); SQLite needs its functions registered.
     """
-    statement = sql.strip().rstrip(";").rstrip()
-    hashed = partition_hash(dialect, key_text(dialect, column))
-    # The query on lines of its own: a trailing "-- comment" must not swallow the closing parenthesis.
-    return f"SELECT * FROM (\n{statement}\n) fbca_model\nWHERE {hashed} % {partitions} = {partition}"
+    model, partition_sql = _partition_of(sql, column, partitions, dialect)
+    return f"SELECT * FROM {model}\nWHERE {partition_sql} = {partition}"
+
+
+def tagged_query(sql: str, column: str, partitions: int, dialect: Dialect) -> str:
+    """The user's query with one more column, :data:`PARTITION_COLUMN`: each row's partition of
+    ``partitions`` (a full refresh reads every row once and splits the state it rebuilds)."""
+    model, partition_sql = _partition_of(sql, column, partitions, dialect)
+    return f"SELECT fbca_model.*, {partition_sql} AS {PARTITION_COLUMN} FROM {model}"
 
 
 def in_partition(cell: Any, partition: int, partitions: int) -> bool:
@@ -147,3 +168,53 @@ def check_layout(store: StateStore, sync_key: str, partitions: int) -> None:
             "again, or repartition as docs/partitions.md describes (one full refresh with partitions=1, "
             "then the new number). Nothing was read or sent."
         )
+
+
+class ShareRecorder:
+    """Where a full refresh of a partitioned sync notes each row's partition, to split the state it rebuilt.
+
+    A temporary table on the state connection: ``(row_key, partition)``, filled while the rows are read.
+
+    :param store: the state store (its connection holds the temporary table).
+    """
+
+    TABLE = "fbca_shares"
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        store.execute(f"DROP TABLE IF EXISTS {self.TABLE}").close()
+        store.execute(
+            f"CREATE TEMPORARY TABLE {self.TABLE} (row_key TEXT NOT NULL, part INTEGER NOT NULL)"
+        ).close()
+
+    def record(self, shares: Iterable[tuple[str, int]]) -> None:
+        self.store.executemany(f"INSERT INTO {self.TABLE} (row_key, part) VALUES (?, ?)", shares)
+
+    def split(self, sync_key: str, partitions: int) -> None:
+        """Move the state the full refresh rebuilt under ``sync_key`` into the slices of ``partitions``,
+        forget the slices of the previous number, and record the new one; in one transaction.
+
+        :param sync_key: the sync's unpartitioned key, under which the full refresh recorded every row.
+        """
+        store = self.store
+        previous = recorded_partitions(store, sync_key)
+        if previous is not None and previous > 1:  # the replace voided the old slices
+            for partition in range(previous):
+                old = sync_key + partition_suffix(partition, previous)
+                store.execute(f"DELETE FROM {store.table} WHERE sync_key = ?", (old,)).close()
+        if partitions > 1:
+            store.execute(f"CREATE INDEX {self.TABLE}_key ON {self.TABLE} (row_key)").close()
+            for partition in range(partitions):
+                store.execute(
+                    f"UPDATE {store.table} SET sync_key = ? WHERE sync_key = ? AND row_key IN"
+                    f" (SELECT row_key FROM {self.TABLE} WHERE part = ?)",
+                    (sync_key + partition_suffix(partition, partitions), sync_key, partition),
+                ).close()
+        store.execute(f"DELETE FROM {store.layout_table} WHERE sync_key = ?", (sync_key,)).close()
+        if partitions > 1:
+            store.execute(
+                f"INSERT INTO {store.layout_table} (sync_key, partitions, recorded_at) VALUES (?, ?, ?)",
+                (sync_key, partitions, utc_now()),
+            ).close()
+        store.execute(f"DROP TABLE IF EXISTS {self.TABLE}").close()
+        store.commit()

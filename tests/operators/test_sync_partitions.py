@@ -121,19 +121,39 @@ def test_partitions_started_together_create_one_audience_and_sync_the_model(
     assert len(user_uploads(sandbox)) == uploads
 
 
-def test_a_change_of_the_number_of_partitions_is_refused(
+def test_a_change_of_the_number_of_partitions_is_refused_unless_a_full_refresh_repartitions(
     warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
 ) -> None:
-    warehouse.write([customer(i) for i in range(20)])
-    audience_id = sync_all(
-        lambda **kw: make_operator(warehouse, fb_conn_id, state_table, **kw), warehouse, 2
-    )[0]["audience_id"]
+    def make(**kwargs: Any) -> SyncAudienceOperator:
+        return make_operator(warehouse, fb_conn_id, state_table, **kwargs)
+
+    rows = [customer(i) for i in range(30)]
+    warehouse.write(rows)
+    audience_id = sync_all(make, warehouse, 2)[0]["audience_id"]
     for partitions in (4, 1):
-        operator = make_operator(
-            warehouse, fb_conn_id, state_table, audience_id=audience_id, partitions=partitions, partition=0
-        )
         with pytest.raises(PartitionLayoutError, match="written by partitions=2; this run has"):
-            operator.execute({})
+            make(audience_id=audience_id, partitions=partitions, partition=0).execute({})
+
+    # The path to 4: one full refresh with partitions=4. Partition 0 replaces the audience with the whole
+    # model and splits the state; the others send nothing. Meanwhile five people left the model.
+    rows = rows[5:]
+    warehouse.write(rows)
+    refresh = sync_all(make, warehouse, 4, audience_id=audience_id, full_refresh=True)
+    assert [len(r["session_ids"]) for r in refresh] == [1, 0, 0, 0]
+    assert refresh[0]["added"] == len(rows)
+    assert set(members(sandbox, audience_id)) == {row[0] for row in rows}
+    # Every partition now knows its slice: a run with the new number sends nothing, then follows churn.
+    uploads = len(user_uploads(sandbox))
+    assert [r["session_ids"] for r in sync_all(make, warehouse, 4, audience_id=audience_id)] == [[]] * 4
+    assert len(user_uploads(sandbox)) == uploads
+    rows = [*rows[3:], customer(100)]
+    warehouse.write(rows)
+    churn = sync_all(make, warehouse, 4, audience_id=audience_id)
+    assert (sum(r["removed"] for r in churn), sum(r["added"] for r in churn)) == (3, 1)
+    assert set(members(sandbox, audience_id)) == {row[0] for row in rows}
+    # And back to one task the same way.
+    make(audience_id=audience_id, full_refresh=True).execute({})
+    assert make(audience_id=audience_id).execute({})["session_ids"] == []
 
 
 def test_the_removal_guard_stops_a_partition_whose_share_came_back_empty(
@@ -157,13 +177,6 @@ def test_the_removal_guard_stops_a_partition_whose_share_came_back_empty(
     }
     # Partition 0's slice stays in the audience; partition 1 removed its one leaving row.
     assert set(members(sandbox, audience_id)) == share_0 | {row[0] for row in kept}
-
-
-def test_full_refresh_is_refused_with_partitions(
-    warehouse: Warehouse, fb_conn_id: str, state_table: str
-) -> None:
-    with pytest.raises(ValueError, match="cannot run per partition"):
-        make_operator(warehouse, fb_conn_id, state_table, full_refresh=True, partitions=2, partition=0)
 
 
 @pytest.mark.parametrize("partition", [4, -1, "x", True])
