@@ -31,7 +31,8 @@ from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_siz
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.dialects import Dialect, dialect_for, register_functions
-from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.engine import RemovalsRefusedError, SyncOptions, SyncRun
+from airflow_provider_fbca.sync.journal import PageJournal
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, run_exclusively
 from airflow_provider_fbca.sync.partitions import (
     PARTITION_COLUMN,
@@ -45,7 +46,7 @@ from airflow_provider_fbca.sync.partitions import (
     tagged_query,
 )
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
-from airflow_provider_fbca.sync.report import format_report
+from airflow_provider_fbca.sync.report import SyncReport, format_report
 from airflow_provider_fbca.sync.source import read_model
 from airflow_provider_fbca.sync.state import StateStore, check_state_table
 
@@ -107,6 +108,9 @@ class SyncAudienceOperator(BaseOperator):
     :param lease_minutes: one run of a sync at a time: a run holds the sync's lease (a row of
         ``<state_table>_locks``), renewed as it goes; another run finding it live fails at once. A crashed
         run's lease expires this many minutes after its last renewal (default 30).
+    :param on_refused_removals: when Meta refuses removals for good (e.g. 1870047, the audience would
+        become too small), the additions are still sent and the refused removals stay owed (sent again by
+        every later run); ``fail`` (default) then fails the task, ``warn`` lets it succeed with a warning.
     """
 
     template_fields: Sequence[str] = (
@@ -158,6 +162,7 @@ class SyncAudienceOperator(BaseOperator):
         app_ids: Sequence[str] | None = None,
         page_ids: Sequence[str] | None = None,
         lease_minutes: float = DEFAULT_LEASE_MINUTES,
+        on_refused_removals: str = "fail",
         partitions: int = 1,
         partition: int | str = 0,
         **kwargs: Any,
@@ -189,6 +194,7 @@ class SyncAudienceOperator(BaseOperator):
         self.app_ids = app_ids
         self.page_ids = page_ids
         self.lease_minutes = lease_minutes
+        self.on_refused_removals = on_refused_removals
         self.partitions = check_partitions(partitions)
         self.partition = partition
         self._key_names: list[str] = []
@@ -237,6 +243,7 @@ class SyncAudienceOperator(BaseOperator):
                 max_removal_fraction=self.max_removal_fraction,
                 batch_size=self.batch_size,
                 lease_minutes=self.lease_minutes,
+                on_refused_removals=self.on_refused_removals,
             )
         if ready(self.partition):  # a mapped task gets its partition before execute
             self.partition = check_partition(self.partition, self.partitions)
@@ -278,6 +285,7 @@ class SyncAudienceOperator(BaseOperator):
             page_ids=self.page_ids,
             source_key_index=preparer.column_of(EXTERN_ID),
             lease_minutes=self.lease_minutes,
+            on_refused_removals=self.on_refused_removals,
         )
         state_conn = state_hook.get_conn()
         try:
@@ -299,11 +307,21 @@ class SyncAudienceOperator(BaseOperator):
             )
             # closing: a run failing mid-read closes the warehouse connection now, in this thread.
             with closing(self._read_chunks(source_hook, preparer.column_of(EXTERN_ID), shares)) as chunks:
-                report = self._sync_run.run(chunks)
+                try:
+                    report = self._sync_run.run(chunks)
+                except RemovalsRefusedError as refused:  # the additions landed: show what the run did
+                    self._log_report(refused.report, audience_id, account, context)
+                    raise
             if shares is not None:  # the state was rebuilt under the unpartitioned key: slice it
                 shares.split(self._sync_run.options.sync_key, self.partitions)
         finally:
             state_conn.close()
+        return self._log_report(report, audience_id, account, context)
+
+    def _log_report(
+        self, report: SyncReport, audience_id: str | None, account: str, context: Context
+    ) -> dict[str, Any]:
+        """Log the run's report, publish the audience's link and asset event, and return the report."""
         result = report.as_dict()
         result["audience_id"] = audience_id or (None if self.dry_run else report.audience_id)
         result["ad_account_id"] = account
@@ -376,8 +394,25 @@ class SyncAudienceOperator(BaseOperator):
                         "Dry run: audience %r does not exist and would be created", self.audience_name
                     )
                 return None
-        check_audience(audience, sends_values=sends_values, ad_account_id=self.hook.ad_account_id)
-        return str(audience["id"])
+        audience_id = str(audience["id"])
+        check_audience(
+            audience,
+            sends_values=sends_values,
+            ad_account_id=self.hook.ad_account_id,
+            replace_is_ours=lambda: self._refresh_is_open(audience_id),
+        )
+        return audience_id
+
+    def _refresh_is_open(self, audience_id: str) -> bool:
+        """Whether the state holds a full refresh of this audience that a killed run left open."""
+        state_hook = self._sql_hook(self.state_conn_id)
+        conn = state_hook.get_conn()
+        try:
+            store = StateStore(conn, self.state_table, state_hook.placeholder)
+            store.ensure_tables()
+            return PageJournal(store, f"{self.hook.ad_account_id}:{audience_id}").open_refresh() is not None
+        finally:
+            conn.close()
 
     def _create_audience(self, state_hook: DbApiHook, context: Context) -> tuple[str, str]:
         """Create the named audience, once: its id and the sync key of this run's state.

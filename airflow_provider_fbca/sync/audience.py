@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 #: The audience fields the checks read.
@@ -55,16 +55,22 @@ def check_audience_account(audience: Mapping[str, Any], ad_account_id: str | Non
 
 
 def check_audience(
-    audience: Mapping[str, Any], *, sends_values: bool, ad_account_id: str | None = None
+    audience: Mapping[str, Any],
+    *,
+    sends_values: bool,
+    ad_account_id: str | None = None,
+    replace_is_ours: Callable[[], bool] | None = None,
 ) -> None:
     """Refuse an audience the sync must not write to, before anything is sent.
 
     :param audience: the audience as read with :data:`AUDIENCE_FIELDS`.
     :param sends_values: whether the mapping has a LOOKALIKE_VALUE column.
     :param ad_account_id: the sync's ad account; an audience of another account is refused.
+    :param replace_is_ours: asked when the audience is being replaced (414): whether the replace is a
+        full refresh of this sync that a killed run left open, which this run resumes.
     :raises AudienceNotSyncableError: another ad account's audience, not a customer-file audience, flagged
-        (471), being replaced (414), or a value-based audience without values (or values for one that is
-        not value-based).
+        (471), being replaced (414) by another run, or a value-based audience without values (or values for
+        one that is not value-based).
     """
     check_audience_account(audience, ad_account_id)
     audience_id = audience.get("id")
@@ -81,7 +87,7 @@ def check_audience(
             "and edits are blocked. Review it in Ads Manager (its fields_violating_integrity_policy), or sync "
             "into another audience."
         )
-    if code == REPLACE_IN_PROGRESS:
+    if code == REPLACE_IN_PROGRESS and not (replace_is_ours and replace_is_ours()):
         raise AudienceNotSyncableError(
             f"Audience {audience_id} is being replaced (operation_status 414): Meta refuses other uploads "
             "until the replace finishes (at most 90 minutes after it started). Retry later; Airflow's task "

@@ -1,7 +1,8 @@
 """Upload sessions: pages of at most 10,000 rows, numbered, the last one flagged, each acknowledged.
 
-The state follows Meta's acknowledgements batch by batch, so a run that fails or is killed half way loses
-nothing: the retry plans again from the state and sends only what was not acknowledged.
+Each page is recorded as pending before it is sent and settled when Meta answers (see :mod:`.journal`), so
+a run that fails or is killed half way loses nothing: the retry reconciles what was in flight, plans again
+from the state and sends only what Meta may not hold.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class SessionResult:
     rows: int = 0
     num_received: int = 0
     num_invalid_entries: int = 0
+    refused: int = 0
+    """Rows of batches Meta refused for good (removals only; see ``UploadSession.refuse``)."""
 
 
 @dataclass
@@ -53,7 +56,14 @@ class UploadSession(Generic[Row]):
         carries ``last_batch_flag``.
     :param encode: turns a page into the request's ``data`` rows.
     :param send: sends one batch's ``data`` with its ``session`` object and returns Meta's response.
-    :param acknowledge: called with each page once Meta accepted it (updates the state).
+    :param acknowledge: called with each page and its ``session`` object once Meta accepted it (updates
+        the state).
+    :param record: called with each page and its ``session`` object right before it is sent (records it
+        as pending: write-ahead).
+    :param refuse: called with a page, its ``session`` object and the error when Meta's answer is an
+        error; returns True when the refusal was recorded and the session goes on with the next page.
+    :param first_batch_seq: the ``batch_seq`` of the first page (a replace resumed after a kill goes on
+        after the batches already sent).
     :param heartbeat: called every ``heartbeat_s`` seconds while a batch is in flight, in the caller's
         thread (so it may use the state connection): keeps the run's lease alive.
     :param heartbeat_s: the period of the heartbeat.
@@ -64,14 +74,17 @@ class UploadSession(Generic[Row]):
     total: int
     encode: Callable[[list[Row]], list[Any]]
     send: Callable[[list[Any], dict[str, Any]], dict[str, Any]]
-    acknowledge: Callable[[list[Row]], None]
+    acknowledge: Callable[[list[Row], dict[str, Any]], None]
     heartbeat: Callable[[], None] | None = None
     heartbeat_s: float = HEARTBEAT_S
+    record: Callable[[list[Row], dict[str, Any]], None] | None = None
+    refuse: Callable[[list[Row], dict[str, Any], Exception], bool] | None = None
+    first_batch_seq: int = 1
 
     def run(self, pages: Iterable[list[Row]]) -> SessionResult:
         result = SessionResult(self.session_id, self.kind)
         queued_batches = queued_rows = 0
-        in_flight: tuple[Future[dict[str, Any]], list[Row]] | None = None
+        in_flight: tuple[Future[dict[str, Any]], list[Row], dict[str, Any]] | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbca-upload") as sender:
             for page in pages:
                 if len(page) > MAX_BATCH_SIZE:
@@ -80,24 +93,35 @@ class UploadSession(Generic[Row]):
                 queued_rows += len(page)
                 session = {
                     "session_id": self.session_id,
-                    "batch_seq": queued_batches,
+                    "batch_seq": self.first_batch_seq - 1 + queued_batches,
                     "last_batch_flag": queued_rows >= self.total,
                     "estimated_num_total": self.total,
                 }
                 data = self.encode(page)
                 if in_flight is not None:
                     self._settle(*in_flight, result)
-                in_flight = (sender.submit(self.send, data, session), page)
+                if self.record is not None:
+                    self.record(page, session)
+                in_flight = (sender.submit(self.send, data, session), page, session)
             if in_flight is not None:
                 self._settle(*in_flight, result)
         return result
 
-    def _settle(self, answer: Future[dict[str, Any]], page: list[Row], result: SessionResult) -> None:
-        """Wait for a batch's answer (raising its error), then acknowledge it."""
+    def _settle(
+        self, answer: Future[dict[str, Any]], page: list[Row], session: dict[str, Any], result: SessionResult
+    ) -> None:
+        """Wait for a batch's answer, then acknowledge it (or record its refusal, or raise its error)."""
         while self.heartbeat is not None and not wait([answer], timeout=self.heartbeat_s).done:
             self.heartbeat()
-        response = answer.result()
-        self.acknowledge(page)
+        try:
+            response = answer.result()
+        except Exception as error:
+            if self.refuse is None or not self.refuse(page, session, error):
+                raise
+            result.batches += 1
+            result.refused += len(page)
+            return
+        self.acknowledge(page, session)
         result.batches += 1
         result.rows += len(page)
         result.num_received = _as_int(response.get("num_received"), result.rows)

@@ -1,4 +1,4 @@
-"""One sync run, from chunks of warehouse rows to a report: stage, plan, guard, upload, record.
+"""One sync run, from chunks of warehouse rows to a report: reconcile, stage, plan, guard, send, record.
 
 Plain Python: the Airflow operator hands it the rows, a state store and the Graph API hook.
 """
@@ -14,47 +14,28 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from airflow_provider_fbca.sync.batches import HEARTBEAT_S, MAX_BATCH_SIZE, SessionResult, UploadSession
+from airflow_provider_fbca.sync.batches import HEARTBEAT_S, MAX_BATCH_SIZE
+from airflow_provider_fbca.sync.journal import OpenRefresh, PageJournal
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, check_lease_minutes
 from airflow_provider_fbca.sync.plan import (
     RowStager,
     SyncMode,
     SyncPlan,
-    SyncPlanError,
-    addition_pages,
     build_plan,
     check_duplicates,
     check_removal_guard,
-    count_removals,
     load_defaults,
-    record_tracked_rows,
-    removal_pages,
-    removal_schemas,
 )
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.row_key import PERSONAL, refuse_personal_key, row_key_problem
-from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, decode_identifiers
+from airflow_provider_fbca.sync.sending import AudienceClient, PlanSender, RemovalsRefusedError
+from airflow_provider_fbca.sync.state import StageTable, StateStore
 
 log = logging.getLogger(__name__)
 
+ON_REFUSED_REMOVALS = ("fail", "warn")
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off", ""})
-
-
-class AudienceClient(Protocol):
-    """The part of FacebookCustomAudiencesHook a sync uses."""
-
-    def add_users(
-        self, audience_id: str, schema: Any, data: Any, session: Any = None, **kwargs: Any
-    ) -> dict: ...
-
-    def remove_users(
-        self, audience_id: str, schema: Any, data: Any, session: Any = None, **kwargs: Any
-    ) -> dict: ...
-
-    def replace_users(
-        self, audience_id: str, schema: Any, data: Any, session: Any = None, **kwargs: Any
-    ) -> dict: ...
 
 
 class RowPreparerLike(Protocol):
@@ -83,6 +64,8 @@ class SyncOptions:
         preparation of rows whose source cells did not change since the state recorded them.
     :param lease_minutes: how long the sync's lease lives after each renewal; a crashed run's lease lets
         the next run in after this long.
+    :param on_refused_removals: ``fail`` (the run fails after its additions landed) or ``warn`` (it
+        succeeds with a warning) when Meta refused removals for good; they stay owed either way.
     :param lease_key: what the lease is taken on (default: ``sync_key``): the audience, so that two runs
         reaching one audience through different ad account overrides still exclude each other.
     """
@@ -99,10 +82,16 @@ class SyncOptions:
     page_ids: Sequence[str] | None = None
     source_key_index: int | None = None
     lease_minutes: float = DEFAULT_LEASE_MINUTES
+    on_refused_removals: str = "fail"
     lease_key: str = ""
 
     def __post_init__(self) -> None:
         check_lease_minutes(self.lease_minutes)
+        if self.on_refused_removals not in ON_REFUSED_REMOVALS:
+            raise ValueError(
+                f"on_refused_removals must be one of {', '.join(ON_REFUSED_REMOVALS)}, "
+                f"not {self.on_refused_removals!r}."
+            )
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, not {self.batch_size}.")
         if self.full_refresh and self.mode is not SyncMode.MIRROR:
@@ -203,6 +192,9 @@ class SyncRun:
             clock=clock,
         )
         self.heartbeat_s = HEARTBEAT_S  # how often the lease is looked after while a batch is in flight
+        self.journal = PageJournal(store, options.sync_key)
+        self.open_refresh: OpenRefresh | None = None
+        self.refusals: list[str] = []  # Meta's refusals of removals, described
 
     def run(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> SyncReport:
         """Sync the model given as chunks of rows (identifier values in mapping order, then membership).
@@ -215,9 +207,34 @@ class SyncRun:
         """
         self.store.ensure_tables()
         with self.lease:
-            return self._run(chunks)
+            if not self.options.dry_run:
+                self._reconcile()
+            self._run(chunks)
+        self._check_refusals()
+        return self.report
 
-    def _run(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> SyncReport:
+    def _reconcile(self) -> None:
+        """Fold what a killed run left in flight into the state, and take up a full refresh it left open."""
+        self.report.reconciled_rows = self.journal.reconcile()
+        if self.report.reconciled_rows:
+            log.warning(
+                "An earlier run of this sync ended with %d row(s) sent but not answered; they count as "
+                "possibly applied and are sent again or removed as the model now says",
+                self.report.reconciled_rows,
+            )
+        self.open_refresh = self.journal.open_refresh()
+        if self.open_refresh is not None:
+            log.warning(
+                "An earlier run left the full refresh of session %s unfinished; this run finishes it with "
+                "the current model (usersreplace), then removes the rows it sent that left the model",
+                self.open_refresh.session_id,
+            )
+
+    @property
+    def full_refresh(self) -> bool:
+        return self.options.full_refresh or self.open_refresh is not None
+
+    def _run(self, chunks: Iterable[Sequence[Sequence[Any]]]) -> None:
         self.state_empty = self.store.count(self.options.sync_key) == 0
         self._load_known_digests()
         stage = StageTable(self.store)
@@ -246,7 +263,7 @@ class SyncRun:
                 self.options.mode,
                 adds_enabled=self.options.adds_enabled,
                 state_empty=self.state_empty,
-                full_refresh=self.options.full_refresh,
+                full_refresh=self.full_refresh,
                 seen=None if self.known_digests is None else self.seen.count(1),
             )
             self.report.plan = plan
@@ -258,7 +275,6 @@ class SyncRun:
                 self._send(stage, plan)
         finally:
             stage.drop()
-        return self.report
 
     # -- staging --------------------------------------------------------------------------------------
 
@@ -320,7 +336,7 @@ class SyncRun:
         Skipping the preparation of unchanged rows is what makes an incremental run cheap; the array
         is the only per-row memory a run holds, an order of magnitude below the rows themselves.
         """
-        if self.state_empty or self.options.full_refresh or self.options.source_key_index is None:
+        if self.state_empty or self.full_refresh or self.options.source_key_index is None:
             return
         members_only = self.options.adds_enabled  # a tracked-only row must be prepared to be sent
         self.known_digests = array("q", self.store.source_digests(self.options.sync_key, members_only))
@@ -334,116 +350,39 @@ class SyncRun:
             return
         audience_id, sync_key = self.create_audience()
         self.options = replace(self.options, audience_id=audience_id, sync_key=sync_key)
+        self.journal = PageJournal(self.store, sync_key)
         self.report.audience_id = audience_id
 
     def _send(self, stage: StageTable, plan: SyncPlan) -> None:
-        if self.options.full_refresh:
-            self._replace(stage, plan)
-            return
-        # Removals first: an updated person loses the old identifiers before getting the new ones.
-        for key_schema in removal_schemas(self.store, stage):
-            self._remove(stage, key_schema)
-        if plan.to_add:
-            self._add(stage, plan)
-        if plan.to_record:
-            self.lease.keep_alive()
-            record_tracked_rows(self.store, stage, self.options.sync_key)
-
-    def _new_session(
-        self, kind: str, total: int, encode: Any, send: Any, acknowledge: Any
-    ) -> UploadSession[Any]:
-        session_id = self.store.new_session_id(self.options.sync_key, kind)
-
-        def acknowledge_and_renew(page: Any) -> None:
-            acknowledge(page)  # record what Meta accepted first, even if the lease turns out lost
-            self.lease.keep_alive()
-
-        return UploadSession(
-            session_id,
-            kind,
-            total,
-            encode,
-            send,
-            acknowledge_and_renew,
-            heartbeat=self.lease.keep_alive,
+        sender = PlanSender(
+            self.store,
+            self.client,
+            self.options,
+            self.journal,
+            self.lease,
+            self.report,
+            schema=self.schema,
+            open_refresh=self.open_refresh,
             heartbeat_s=self.heartbeat_s,
         )
+        sender.send(stage, plan)
+        self.refusals = sender.refusals
 
-    def _extra(self) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
-        if self.options.app_ids:
-            extra["app_ids"] = list(self.options.app_ids)
-        if self.options.page_ids:
-            extra["page_ids"] = list(self.options.page_ids)
-        return extra
-
-    def _remove(self, stage: StageTable, key_schema: str) -> None:
-        schema = key_schema.split(",")
-        sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
-
-        def encode(page: list[tuple[str, str]]) -> list[list[str]]:
-            return [decode_identifiers(identifiers) for _, identifiers in page]
-
-        def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
-            return self.client.remove_users(audience_id, schema, data, session=session, **extra)
-
-        def acknowledge(page: list[tuple[str, str]]) -> None:
-            self.store.delete_keys(sync_key, (row_key for row_key, _ in page))
-
-        total = count_removals(self.store, stage, key_schema)
-        session = self._new_session("remove", total, encode, send, acknowledge)
-        self._finish(session.run(removal_pages(self.store, stage, key_schema, self.options.batch_size)))
-
-    def _add(self, stage: StageTable, plan: SyncPlan) -> None:
-        sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
-
-        def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
-            return self.client.add_users(audience_id, self.schema, data, session=session, **extra)
-
-        def acknowledge(page: list[StagedRow]) -> None:
-            self.store.upsert(sync_key, page)
-
-        session = self._new_session("add", plan.to_add, _encode_staged, send, acknowledge)
-        self._finish(session.run(addition_pages(self.store, stage, self.options.batch_size)))
-
-    def _replace(self, stage: StageTable, plan: SyncPlan) -> None:
-        if not plan.to_add:
-            raise SyncPlanError(
-                "full_refresh would replace the audience with an empty model; usersreplace cannot send "
-                "zero rows. Run a mirror sync without full_refresh to remove everyone, if that is intended."
-            )
-        sync_key, audience_id, extra = self.options.sync_key, self.options.audience_id, self._extra()
-        cleared = False
-
-        def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
-            return self.client.replace_users(audience_id, self.schema, data, session=session, **extra)
-
-        def acknowledge(page: list[StagedRow]) -> None:
-            # The first acknowledged batch starts the replacement: from then on the old state is void.
-            nonlocal cleared
-            if not cleared:
-                self.store.clear(sync_key)
-                cleared = True
-            self.store.upsert(sync_key, page)
-
-        session = self._new_session("replace", plan.to_add, _encode_staged, send, acknowledge)
-        self._finish(session.run(addition_pages(self.store, stage, self.options.batch_size)))
-
-    def _finish(self, result: SessionResult) -> None:
-        self.report.sessions.append(result)
-        log.info(
-            "Session %s (%s): %d rows in %d batch(es), Meta received %d, %d invalid entries",
-            result.session_id,
-            result.kind,
-            result.rows,
-            result.batches,
-            result.num_received,
-            result.num_invalid_entries,
+    def _check_refusals(self) -> None:
+        """After the run recorded everything: fail (or warn) when Meta refused removals."""
+        if not self.report.removals_refused:
+            return
+        message = (
+            f"Meta refused the removal of {self.report.removals_refused} row(s) from audience "
+            f"{self.options.audience_id} ({'; '.join(sorted(set(self.refusals)))}). The additions were sent "
+            "and recorded; the refused removals stay owed in the state and every later run sends them again "
+            "until Meta takes them. For 1870047 (the audience would become too small): add people to the "
+            "model or remove fewer at a time. Set on_refused_removals='warn' to let such runs succeed."
         )
-
-
-def _encode_staged(page: list[StagedRow]) -> list[list[str]]:
-    return [decode_identifiers(row.identifiers) for row in page]
+        if self.options.on_refused_removals == "warn":
+            log.warning("%s", message)
+            return
+        raise RemovalsRefusedError(message, self.report)
 
 
 def _position(sorted_values: array[int], value: int) -> int:

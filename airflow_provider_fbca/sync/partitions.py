@@ -198,10 +198,12 @@ class ShareRecorder:
         """
         store = self.store
         previous = recorded_partitions(store, sync_key)
-        if previous is not None and previous > 1:  # the replace voided the old slices
+        if previous is not None and previous > 1:  # the replace voided the old slices and what they owed
+            tables = (store.table, store.pages_table, store.owed_table, store.refresh_table)
             for partition in range(previous):
                 old = sync_key + partition_suffix(partition, previous)
-                store.execute(f"DELETE FROM {store.table} WHERE sync_key = ?", (old,)).close()
+                for table in tables:
+                    store.execute(f"DELETE FROM {table} WHERE sync_key = ?", (old,)).close()
         if partitions > 1:
             store.execute(f"CREATE INDEX {self.TABLE}_key ON {self.TABLE} (row_key)").close()
             for partition in range(partitions):

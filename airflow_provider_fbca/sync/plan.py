@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from airflow_provider_fbca.sync.state import (
+    UNCONFIRMED,
     UPSERT_CLAUSE,
     StagedRow,
     StageTable,
@@ -231,12 +232,14 @@ def seen_state_rows(stage: StageTable, adds_enabled: bool) -> str:
 
 
 def _count(store: StateStore, stage: StageTable, mode: SyncMode, full_refresh: bool, seen: int) -> SyncPlan:
-    known = "member = 1 AND in_state = 1 AND old_member = 1"
+    # A row an interrupted run sent without an answer counts as new: Meta may not hold it.
+    unconfirmed = f"COALESCE(old_fingerprint, '') = '{UNCONFIRMED}'"
+    known = f"member = 1 AND in_state = 1 AND old_member = 1 AND NOT ({unconfirmed})"
     leaving = "in_state = 1 AND (member IS NULL OR member = 0)"
     full = _flag(full_refresh)
     conditions = {
         "state_rows": "in_state = 1",
-        "new_rows": "member = 1 AND (in_state = 0 OR old_member = 0)",
+        "new_rows": f"member = 1 AND (in_state = 0 OR old_member = 0 OR {unconfirmed})",
         "updated": f"{known} AND changed = 1",
         "updated_identifiers": f"{known} AND ids_changed = 1",
         "unchanged": f"{known} AND changed = 0",
@@ -327,37 +330,16 @@ def check_removal_guard(plan: SyncPlan, max_removal_fraction: float | None) -> N
         )
 
 
-def removal_schemas(store: StateStore, stage: StageTable) -> list[str]:
-    """The distinct stored schemas of the rows to remove: one upload session per schema."""
-    rows = store.fetch_all(
-        f"SELECT DISTINCT old_key_schema FROM {stage.name} WHERE to_remove = 1 ORDER BY old_key_schema"
-    )
-    return [row[0] for row in rows]
+def mark_leaving_rows(store: StateStore, stage: StageTable) -> None:
+    """Mark for removal every state row leaving the audience (gone or non-member), whatever the mode.
 
-
-def count_removals(store: StateStore, stage: StageTable, key_schema: str) -> int:
-    return int(
-        store.fetch_one(
-            f"SELECT COUNT(*) FROM {stage.name} WHERE to_remove = 1 AND old_key_schema = ?", (key_schema,)
-        )[0]
-    )
-
-
-def removal_pages(
-    store: StateStore, stage: StageTable, key_schema: str, page_size: int
-) -> Iterator[list[tuple[str, str]]]:
-    """Pages of ``(row_key, stored identifiers JSON)`` to remove, for one stored schema."""
-    last = ""
-    while True:
-        page = store.fetch_all(
-            f"SELECT row_key, old_identifiers FROM {stage.name} WHERE to_remove = 1 AND old_key_schema = ?"
-            f" AND row_key > ? ORDER BY row_key LIMIT {int(page_size)}",
-            (key_schema, last),
-        )
-        if not page:
-            return
-        yield page
-        last = page[-1][0]
+    Used after a resumed full refresh: the audience holds what the killed run's replace session received,
+    which may include rows that left the model since.
+    """
+    store.execute(
+        f"UPDATE {stage.name} SET to_remove = 1 WHERE in_state = 1 AND (member IS NULL OR member = 0)"
+    ).close()
+    store.commit()
 
 
 def addition_pages(store: StateStore, stage: StageTable, page_size: int) -> Iterator[list[StagedRow]]:
@@ -377,7 +359,10 @@ def addition_pages(store: StateStore, stage: StageTable, page_size: int) -> Iter
 
 
 def record_tracked_rows(store: StateStore, stage: StageTable, sync_key: str) -> None:
-    """Delete mode: remember new rows (as never sent) so they can be removed once they leave the model."""
+    """Delete mode: remember new rows (as never sent) so they can be removed once they leave the model.
+
+    Does not commit: the caller (:meth:`.journal.PageJournal.tracked`) ends the transaction.
+    """
     store.execute(
         f"INSERT INTO {store.table} (sync_key, row_key, fingerprint, id_digest, key_schema, identifiers,"
         " member, source_digest, synced_at)"
@@ -385,4 +370,3 @@ def record_tracked_rows(store: StateStore, stage: StageTable, sync_key: str) -> 
         f" FROM {stage.name} WHERE to_record = 1 {UPSERT_CLAUSE}",
         (sync_key, utc_now()),
     ).close()
-    store.commit()

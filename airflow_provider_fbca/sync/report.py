@@ -29,6 +29,14 @@ class SyncReport:
     dropped_values: Counter[str] = field(default_factory=Counter)
     plan: SyncPlan | None = None
     sessions: list[SessionResult] = field(default_factory=list)
+    reconciled_rows: int = 0
+    """Rows an earlier, killed run sent without an answer, folded into the state as possibly applied."""
+    removals_refused: int = 0
+    """Removal rows Meta refused for good: still owed, sent again by every later run."""
+    owed_removals_sent: int = 0
+    """Removal rows an earlier run owed (refused then), sent again by this run."""
+    identifiers_withheld_shared: int = 0
+    """Identifiers left out of removal rows because a row staying in the audience holds them."""
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-serializable report (the operator's return value)."""
@@ -62,6 +70,10 @@ class SyncReport:
             ],
             "num_received": sum(session.num_received for session in self.sessions),
             "num_invalid_entries": sum(session.num_invalid_entries for session in self.sessions),
+            "reconciled_rows": self.reconciled_rows,
+            "removals_refused": self.removals_refused,
+            "owed_removals_sent": self.owed_removals_sent,
+            "identifiers_withheld_shared": self.identifiers_withheld_shared,
         }
 
 

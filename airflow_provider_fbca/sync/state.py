@@ -4,9 +4,11 @@ The state table holds, per sync (ad account + audience) and per row key (the EXT
 last run left in the audience: a fingerprint of the prepared row, a digest of its identifiers, and the
 prepared identifiers themselves (SHA-256 hashes, plus the unhashed keys Meta takes as they are: EXTERN_ID,
 MADID, APPUID, PAGEUID), so that the row can be removed later with exactly what was added. It never holds
-raw PII. It lives in the state connection, so any worker can run the next sync. Two companion tables:
+raw PII. It lives in the state connection, so any worker can run the next sync. Companion tables:
 ``<table>_sessions`` records every upload session id drawn, ``<table>_locks`` the lease of each sync
-that a run holds (see :mod:`.lease`).
+that a run holds (see :mod:`.lease`), and the write-ahead journal of :mod:`.journal`: ``<table>_pages``
+(pages sent and not yet answered), ``<table>_owed`` (old identifiers whose removal Meta has not taken yet)
+and ``<table>_refresh`` (a full refresh that has not finished).
 
 The stage table is a temporary table of this run's prepared model. The diff is a join between the two, done
 by the database, so memory does not grow with the model.
@@ -26,9 +28,23 @@ _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_NAME_LENGTH = 63
 SESSIONS_SUFFIX = "_sessions"
 LOCKS_SUFFIX = "_locks"
+PAGES_SUFFIX = "_pages"
+OWED_SUFFIX = "_owed"
+REFRESH_SUFFIX = "_refresh"
 LAYOUT_SUFFIX = "_layout"
 #: Every companion table is named ``<state_table><suffix>``: a state table name must fit with each.
-STATE_TABLE_SUFFIXES = ("", SESSIONS_SUFFIX, LOCKS_SUFFIX, LAYOUT_SUFFIX)
+STATE_TABLE_SUFFIXES = (
+    "",
+    SESSIONS_SUFFIX,
+    LOCKS_SUFFIX,
+    PAGES_SUFFIX,
+    OWED_SUFFIX,
+    REFRESH_SUFFIX,
+    LAYOUT_SUFFIX,
+)
+#: The fingerprint of a state row Meta may or may not hold as recorded (a page sent but never answered):
+#: it equals no real fingerprint, so the next run sends the row again if the model still has it.
+UNCONFIRMED = "unconfirmed"
 SQLITE_CACHE_KIB = 64 * 1024
 #: How an insert into the state table overwrites the row of the same key (SQLite and PostgreSQL alike).
 UPSERT_CLAUSE = (
@@ -131,6 +147,13 @@ def decode_identifiers(text: str) -> list[str]:
     return text.split(_SEPARATOR)
 
 
+def _identifier_at(text: str | None, position: int) -> str | None:
+    if text is None:
+        return None
+    values = decode_identifiers(text)
+    return values[position] if 0 <= position < len(values) else None
+
+
 def known_rows_filter(members_only: bool, member_column: str) -> str:
     """Which state rows a run knows by source digest (and so never stages when they did not change)."""
     return f"{member_column} = 1" if members_only else "1 = 1"
@@ -182,6 +205,9 @@ class StateStore:
         self.table = quote_table_name(table)
         self.sessions_table = quote_table_name(table, SESSIONS_SUFFIX)
         self.locks_table = quote_table_name(table, LOCKS_SUFFIX)
+        self.pages_table = quote_table_name(table, PAGES_SUFFIX)
+        self.owed_table = quote_table_name(table, OWED_SUFFIX)
+        self.refresh_table = quote_table_name(table, REFRESH_SUFFIX)
         self.layout_table = quote_table_name(table, LAYOUT_SUFFIX)
         self.placeholder = placeholder
         self.is_sqlite = type(conn).__module__.startswith("sqlite3")
@@ -189,6 +215,8 @@ class StateStore:
         #: :meth:`.lease.SyncLease.fence`): raises when another run took the lease, so nothing is committed.
         self.fence: Callable[[], None] | None = None
         if self.is_sqlite:
+            # One identifier out of a stored wire row, for the shared-identifier join (see identifier_at).
+            conn.create_function("fbca_identifier", 2, _identifier_at, deterministic=True)
             # SQLite's default 2 MiB page cache makes the stage join thrash its temporary file; a fixed
             # 64 MiB keeps memory bounded (it does not grow with the model) and the join several times faster.
             conn.execute(f"PRAGMA temp.cache_size = -{SQLITE_CACHE_KIB}")
@@ -237,10 +265,23 @@ class StateStore:
                 raise
         self.conn.commit()
 
+    def identifier_at(self, column: str, position: int) -> str:
+        """SQL for the identifier at ``position`` of a stored wire row (see :func:`encode_identifiers`).
+
+        :param column: the SQL column (or expression) holding the stored identifiers.
+        :param position: the identifier's index in the row's key schema.
+        """
+        if self.is_sqlite:
+            return f"fbca_identifier({column}, {int(position)})"
+        return (
+            f"CASE WHEN left({column}, 1) = chr(30) THEN (substr({column}, 2)::json ->> {int(position)})"
+            f" ELSE split_part({column}, chr(31), {int(position) + 1}) END"
+        )
+
     # -- schema ---------------------------------------------------------------------------------------
 
     def ensure_tables(self) -> None:
-        """Create the state, sessions and locks tables on first use (an older state gains the locks).
+        """Create the state and its companion tables on first use (an older state gains the new ones).
 
         On PostgreSQL two first runs creating the tables at once would collide in the catalog
         (``UniqueViolation`` on ``pg_type``, ``CREATE TABLE IF NOT EXISTS`` notwithstanding), so the
@@ -276,6 +317,36 @@ class StateStore:
             " acquired_at VARCHAR(40) NOT NULL,"
             " expires_at DOUBLE PRECISION NOT NULL)"
         ).close()
+        self.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.pages_table} ("
+            " sync_key VARCHAR(255) NOT NULL,"
+            " session_id BIGINT NOT NULL,"
+            " batch_seq INTEGER NOT NULL,"
+            " kind VARCHAR(10) NOT NULL,"  # add, remove or replace
+            " row_key TEXT NOT NULL,"
+            " key_schema TEXT NOT NULL,"
+            " identifiers TEXT NOT NULL,"  # exactly as sent (withheld shared identifiers blank)
+            " id_digest VARCHAR(64) NOT NULL,"
+            " PRIMARY KEY (sync_key, session_id, batch_seq, row_key, id_digest))"
+        ).close()
+        self.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.owed_table} ("
+            " sync_key VARCHAR(255) NOT NULL,"
+            " row_key TEXT NOT NULL,"
+            " id_digest VARCHAR(64) NOT NULL,"
+            " key_schema TEXT NOT NULL,"
+            " identifiers TEXT NOT NULL,"
+            " owed_since VARCHAR(40) NOT NULL,"
+            " PRIMARY KEY (sync_key, row_key, id_digest))"
+        ).close()
+        self.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.refresh_table} ("
+            " sync_key VARCHAR(255) NOT NULL PRIMARY KEY,"
+            " session_id BIGINT NOT NULL,"
+            " batch_seq INTEGER NOT NULL,"  # the last batch sent
+            " cleared INTEGER NOT NULL,"  # the state was emptied by the first acknowledged batch
+            " started_at VARCHAR(40) NOT NULL)"
+        ).close()
         self.execute(  # how many partitions wrote each sync's state (see .partitions)
             f"CREATE TABLE IF NOT EXISTS {self.layout_table} ("
             " sync_key VARCHAR(255) NOT NULL PRIMARY KEY,"
@@ -290,21 +361,29 @@ class StateStore:
         """How many rows the state holds for a sync."""
         return int(self.fetch_one(f"SELECT COUNT(*) FROM {self.table} WHERE sync_key = ?", (sync_key,))[0])
 
-    def delete_keys(self, sync_key: str, row_keys: Iterable[str]) -> None:
-        """Forget rows whose removal Meta acknowledged."""
+    def delete_keys(self, sync_key: str, row_keys: Iterable[str], *, commit: bool = True) -> None:
+        """Forget rows whose removal Meta acknowledged.
+
+        :param commit: commit at once; False when the caller commits a larger transaction.
+        """
         self.executemany(
             f"DELETE FROM {self.table} WHERE sync_key = ? AND row_key = ?",
             ((sync_key, key) for key in row_keys),
         )
-        self.commit()
+        if commit:
+            self.commit()
 
-    def clear(self, sync_key: str) -> None:
+    def clear(self, sync_key: str, *, commit: bool = True) -> None:
         """Forget every row of a sync (a full refresh replaced the audience)."""
         self.execute(f"DELETE FROM {self.table} WHERE sync_key = ?", (sync_key,)).close()
-        self.commit()
+        if commit:
+            self.commit()
 
-    def upsert(self, sync_key: str, rows: Iterable[StagedRow]) -> None:
-        """Record rows whose upload Meta acknowledged."""
+    def upsert(self, sync_key: str, rows: Iterable[StagedRow], *, commit: bool = True) -> None:
+        """Record rows whose upload Meta acknowledged.
+
+        :param commit: commit at once; False when the caller commits a larger transaction.
+        """
         now = utc_now()
         self.executemany(
             f"INSERT INTO {self.table} (sync_key, row_key, fingerprint, id_digest, key_schema, identifiers,"
@@ -324,7 +403,8 @@ class StateStore:
                 for row in rows
             ),
         )
-        self.commit()
+        if commit:
+            self.commit()
 
     def source_digests(self, sync_key: str, members_only: bool, fetch_size: int = 100_000) -> Iterator[int]:
         """Yield the source digests of a sync in ascending order, streamed (bounded memory).

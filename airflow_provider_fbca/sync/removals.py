@@ -1,0 +1,172 @@
+"""This run's removal rows, and the shared identifiers they must not carry.
+
+Meta removes the people a removal row matches. Two rows can share a strong identifier (a household's
+landline, a shared ``info@`` inbox), so a removal row carrying it would take out the housemate who stays.
+A removal row therefore carries only the identifiers that no row staying in, or being added to, the
+audience holds after this run; its EXTERN_ID is always carried (it is the row's own key). Only strong identifiers
+(those that match a person on their own: e-mail, phone, mobile advertiser id, ...) are withheld: a shared
+country or city matches nobody alone, and the row needs them to be matched by name. Identifiers are
+compared in their prepared (hashed) form by joins inside the state database, so memory does not grow with
+the model.
+
+The removal rows are the stage's (rows leaving the audience, old identifiers of updated rows) and the
+owed ones (removals Meta refused earlier, see :mod:`.journal`), gathered in one temporary table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from airflow_provider_fbca.identifiers import MATCH_KEYS
+from airflow_provider_fbca.sync.journal import LEAVING, OWED, UPDATE, RemovalRow
+from airflow_provider_fbca.sync.state import StageTable, StateStore, decode_identifiers, encode_identifiers
+
+#: The keys a removal row leaves out when a staying row shares the value: strong identifiers (EXTERN_ID,
+#: the row's own key, is not an identifier in this sense and is always carried).
+WITHHELD_WHEN_SHARED = frozenset(key.name for key in MATCH_KEYS if key.strong and key.identifier)
+
+
+class Removals:
+    """The removal rows of one run (temporary tables beside the stage table).
+
+    :param store: the state store.
+    :param stage: the run's planned stage table.
+    :param sync_key: the sync.
+    """
+
+    def __init__(self, store: StateStore, stage: StageTable, sync_key: str) -> None:
+        self.store = store
+        self.stage = stage
+        self.sync_key = sync_key
+        self.rows = f"{stage.name}_rm"
+        self.ids = f"{stage.name}_rmid"
+
+    def build(self) -> int:
+        """Gather the removal rows, find their shared identifiers; return how many are withheld."""
+        store, t = self.store, self.stage.name
+        store.execute(
+            f"CREATE TEMPORARY TABLE {self.rows} (rid INTEGER NOT NULL, row_key TEXT NOT NULL,"
+            " key_schema TEXT NOT NULL, identifiers TEXT NOT NULL, id_digest VARCHAR(64) NOT NULL,"
+            " origin VARCHAR(10) NOT NULL)"
+        ).close()
+        # Owed identifiers the model holds again are not removed (the addition settles them).
+        store.execute(
+            f"INSERT INTO {self.rows} (rid, row_key, key_schema, identifiers, id_digest, origin)"
+            " SELECT ROW_NUMBER() OVER (ORDER BY key_schema, row_key, origin, id_digest), row_key,"
+            " key_schema, identifiers, id_digest, origin FROM ("
+            " SELECT row_key, old_key_schema AS key_schema, old_identifiers AS identifiers,"
+            f" old_id_digest AS id_digest, CASE WHEN member = 1 THEN '{UPDATE}' ELSE '{LEAVING}' END AS origin"
+            f" FROM {t} WHERE to_remove = 1"
+            f" UNION ALL SELECT o.row_key, o.key_schema, o.identifiers, o.id_digest, '{OWED}'"
+            f" FROM {store.owed_table} AS o WHERE o.sync_key = ? AND NOT EXISTS (SELECT 1 FROM {t} AS m"
+            " WHERE m.row_key = o.row_key AND m.member = 1 AND m.id_digest = o.id_digest)) AS u",
+            (self.sync_key,),
+        ).close()
+        store.execute(f"CREATE INDEX {self.rows}_rid ON {self.rows} (key_schema, rid)").close()
+        store.execute(
+            f"CREATE TEMPORARY TABLE {self.ids} (rid INTEGER NOT NULL, position INTEGER NOT NULL,"
+            " key_name VARCHAR(20) NOT NULL, value TEXT, shared INTEGER NOT NULL DEFAULT 0)"
+        ).close()
+        keys = set()
+        for key_schema in self.schemas():
+            for position, key in _withholdable(key_schema):
+                keys.add(key)
+                store.execute(
+                    f"INSERT INTO {self.ids} (rid, position, key_name, value) SELECT rid, ?, ?,"
+                    f" {store.identifier_at('identifiers', position)} FROM {self.rows} WHERE key_schema = ?",
+                    (position, key, key_schema),
+                ).close()
+        store.execute(f"DELETE FROM {self.ids} WHERE value IS NULL OR value = ''").close()
+        store.execute(f"CREATE INDEX {self.ids}_value ON {self.ids} (key_name, value)").close()
+        store.execute(f"CREATE INDEX {self.ids}_rid ON {self.ids} (rid)").close()
+        for key in sorted(keys):
+            self._mark_shared(key)
+        store.commit()
+        return int(store.fetch_one(f"SELECT COUNT(*) FROM {self.ids} WHERE shared = 1")[0])
+
+    def _mark_shared(self, key: str) -> None:
+        """Mark the removal identifiers of one key that a row staying in or added to the audience holds.
+
+        Each staying row is probed against the (few) removal identifiers' index: one scan of the state
+        per schema and position, never a sort of every value it holds. CROSS JOIN keeps SQLite's loop
+        order (state outside); PostgreSQL plans it as any join.
+        """
+        store, t, ids = self.store, self.stage.name, self.ids
+        for key_schema in self._held_schemas():
+            positions = [index for index, name in enumerate(key_schema.split(",")) if name == key]
+            for position in positions:
+                # Staying: members of the state that this run does not remove (or re-identify), and additions.
+                store.execute(
+                    f"UPDATE {ids} SET shared = 1 WHERE key_name = ? AND shared = 0 AND value IN ("
+                    f"SELECT r.value FROM {store.table} AS s CROSS JOIN {ids} AS r"
+                    f" WHERE s.sync_key = ? AND s.member = 1 AND s.key_schema = ? AND r.key_name = ?"
+                    f" AND r.value = {store.identifier_at('s.identifiers', position)}"
+                    f" AND NOT EXISTS (SELECT 1 FROM {t} AS x WHERE x.row_key = s.row_key AND x.to_remove = 1)"
+                    f" UNION ALL SELECT r.value FROM {t} AS a CROSS JOIN {ids} AS r"
+                    " WHERE a.to_add = 1 AND a.key_schema = ? AND r.key_name = ?"
+                    f" AND r.value = {store.identifier_at('a.identifiers', position)})",
+                    (key, self.sync_key, key_schema, key, key_schema, key),
+                ).close()
+
+    def _held_schemas(self) -> list[str]:
+        rows = self.store.fetch_all(
+            f"SELECT DISTINCT key_schema FROM {self.store.table} WHERE sync_key = ? AND member = 1"
+            f" UNION SELECT DISTINCT key_schema FROM {self.stage.name} WHERE to_add = 1",
+            (self.sync_key,),
+        )
+        return sorted(row[0] for row in rows if row[0])
+
+    def schemas(self) -> list[str]:
+        """The distinct schemas of the removal rows: one upload session per schema."""
+        rows = self.store.fetch_all(f"SELECT DISTINCT key_schema FROM {self.rows} ORDER BY key_schema")
+        return [row[0] for row in rows]
+
+    def count(self, key_schema: str) -> int:
+        return int(
+            self.store.fetch_one(f"SELECT COUNT(*) FROM {self.rows} WHERE key_schema = ?", (key_schema,))[0]
+        )
+
+    def origins(self) -> dict[str, int]:
+        """How many removal rows come from each origin."""
+        rows = self.store.fetch_all(f"SELECT origin, COUNT(*) FROM {self.rows} GROUP BY origin")
+        return {str(origin): int(count) for origin, count in rows}
+
+    def pages(self, key_schema: str, page_size: int) -> Iterator[list[RemovalRow]]:
+        """Pages of removal rows of one schema, their shared identifiers blanked in ``sent``."""
+        last = 0
+        while True:
+            page = self.store.fetch_all(
+                f"SELECT rid, row_key, key_schema, identifiers, id_digest, origin FROM {self.rows}"
+                f" WHERE key_schema = ? AND rid > ? ORDER BY rid LIMIT {int(page_size)}",
+                (key_schema, last),
+            )
+            if not page:
+                return
+            withheld: dict[int, list[int]] = {}
+            for rid, position in self.store.fetch_all(
+                f"SELECT rid, position FROM {self.ids} WHERE shared = 1 AND rid BETWEEN ? AND ?",
+                (page[0][0], page[-1][0]),
+            ):
+                withheld.setdefault(int(rid), []).append(int(position))
+            yield [_removal_row(row, withheld.get(int(row[0]), ())) for row in page]
+            last = int(page[-1][0])
+
+    def drop(self) -> None:
+        for table in (self.ids, self.rows):
+            self.store.execute(f"DROP TABLE IF EXISTS {table}").close()
+        self.store.commit()
+
+
+def _withholdable(key_schema: str) -> list[tuple[int, str]]:
+    return [(i, key) for i, key in enumerate(key_schema.split(",")) if key in WITHHELD_WHEN_SHARED]
+
+
+def _removal_row(row: tuple, withheld: tuple[int, ...] | list[int]) -> RemovalRow:
+    rid, row_key, key_schema, identifiers, id_digest, origin = row
+    sent = identifiers
+    if withheld:
+        values = decode_identifiers(identifiers)
+        for position in withheld:
+            values[position] = ""
+        sent = encode_identifiers(values)
+    return RemovalRow(int(rid), row_key, key_schema, identifiers, id_digest, origin, sent)

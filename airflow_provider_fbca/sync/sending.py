@@ -1,0 +1,323 @@
+"""Sending a planned run: upload sessions of journaled pages, refused removals, the full refresh.
+
+Every page goes through the write-ahead journal (:mod:`.journal`): recorded as pending before it is sent,
+settled by one transaction when Meta answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow_provider_fbca.sync.batches import SessionResult, UploadSession
+from airflow_provider_fbca.sync.journal import (
+    ADD,
+    OWED,
+    REMOVE,
+    REPLACE,
+    OpenRefresh,
+    PageJournal,
+    RemovalRow,
+)
+from airflow_provider_fbca.sync.lease import SyncLease
+from airflow_provider_fbca.sync.plan import (
+    SyncPlan,
+    SyncPlanError,
+    addition_pages,
+    mark_leaving_rows,
+)
+from airflow_provider_fbca.sync.removals import Removals
+from airflow_provider_fbca.sync.report import SyncReport
+from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, decode_identifiers
+
+if TYPE_CHECKING:
+    from airflow_provider_fbca.sync.engine import SyncOptions
+
+log = logging.getLogger(__name__)
+
+#: Meta's error codes that refuse a removal itself, so the run goes on with its additions: 200 (its
+#: subcode 1870047: the audience would become too small), 100 (a parameter) and 2650 (the audience update).
+REFUSAL_CODES = frozenset({100, 200, 2650})
+#: usersreplace subcodes saying a session cannot be continued: never started, timed out, finished.
+REPLACE_NOT_CONTINUABLE = frozenset({1870147, 1870158, 1870159})
+
+
+class RemovalsRefusedError(RuntimeError):
+    """Meta refused some removals for good; the additions landed and the refused removals stay owed.
+
+    :param report: the run's report (its ``removals_refused`` counts them).
+    """
+
+    def __init__(self, message: str, report: SyncReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class AudienceClient(Protocol):
+    """The part of FacebookCustomAudiencesHook a sync uses."""
+
+    def add_users(
+        self, audience_id: str, schema: Any, data: Any, session: Any = None, **kwargs: Any
+    ) -> dict: ...
+
+    def remove_users(
+        self, audience_id: str, schema: Any, data: Any, session: Any = None, **kwargs: Any
+    ) -> dict: ...
+
+    def replace_users(
+        self, audience_id: str, schema: Any, data: Any, session: Any = None, **kwargs: Any
+    ) -> dict: ...
+
+
+class PlanSender:
+    """Sends one run's plan through upload sessions, every state write through the journal.
+
+    :param store: the state store.
+    :param client: the Graph API hook.
+    :param options: the run's options.
+    :param journal: the sync's page journal.
+    :param lease: the run's lease, renewed per acknowledged page and while a page is in flight.
+    :param report: the run's report, which the sessions and refusals are added to.
+    :param schema: the wire schema of the model's rows.
+    :param open_refresh: a full refresh a killed run left unfinished, which this run finishes.
+    :param heartbeat_s: how often the lease is looked after while a page is in flight.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        client: AudienceClient,
+        options: SyncOptions,
+        journal: PageJournal,
+        lease: SyncLease,
+        report: SyncReport,
+        *,
+        schema: list[str],
+        open_refresh: OpenRefresh | None,
+        heartbeat_s: float,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.options = options
+        self.journal = journal
+        self.lease = lease
+        self.report = report
+        self.schema = schema
+        self.open_refresh = open_refresh
+        self.full_refresh = options.full_refresh or open_refresh is not None
+        self.heartbeat_s = heartbeat_s
+        self.refusals: list[str] = []  # Meta's refusals of removals, described
+
+    def send(self, stage: StageTable, plan: SyncPlan) -> None:
+        """Send the plan: removals (planned and owed) first, then additions; or the full refresh."""
+        if self.full_refresh:
+            if self._replace(stage, plan):
+                # The resumed replace kept what the killed run had sent: remove what left the model since.
+                mark_leaving_rows(self.store, stage)
+                self._send_removals(stage)
+            return
+        # Removals first: an updated person loses the old identifiers before getting the new ones.
+        self._send_removals(stage)
+        if plan.to_add:
+            self._add(stage, plan)
+        if plan.to_record:
+            self.lease.keep_alive()
+            self.journal.tracked(stage)
+
+    def _new_session(
+        self,
+        kind: str,
+        total: int,
+        encode: Any,
+        send: Any,
+        acknowledge: Any,
+        *,
+        session_id: int | None = None,
+        first_batch_seq: int = 1,
+        refuse: Any = None,
+    ) -> UploadSession[Any]:
+        if session_id is None:
+            session_id = self.store.new_session_id(self.options.sync_key, kind)
+
+        def acknowledge_and_renew(page: Any, session: dict[str, Any]) -> None:
+            acknowledge(page, session)  # record what Meta accepted first, even if the lease turns out lost
+            self.lease.keep_alive()
+
+        def record(page: Any, session: dict[str, Any]) -> None:
+            sent = _journal_rows(page)
+            self.journal.record(kind, session["session_id"], session["batch_seq"], sent)
+
+        return UploadSession(
+            session_id,
+            kind,
+            total,
+            encode,
+            send,
+            acknowledge_and_renew,
+            heartbeat=self.lease.keep_alive,
+            heartbeat_s=self.heartbeat_s,
+            record=record,
+            refuse=refuse,
+            first_batch_seq=first_batch_seq,
+        )
+
+    def _extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.options.app_ids:
+            extra["app_ids"] = list(self.options.app_ids)
+        if self.options.page_ids:
+            extra["page_ids"] = list(self.options.page_ids)
+        return extra
+
+    def _send_removals(self, stage: StageTable) -> None:
+        """Send this run's removal rows (planned and owed), shared identifiers withheld."""
+        has_planned = self.store.fetch_one(f"SELECT 1 FROM {stage.name} WHERE to_remove = 1 LIMIT 1")
+        if not has_planned and not self.journal.owed_count():
+            return
+        removals = Removals(self.store, stage, self.options.sync_key)
+        try:
+            self.report.identifiers_withheld_shared += removals.build()
+            self.report.owed_removals_sent += removals.origins().get(OWED, 0)
+            for key_schema in removals.schemas():
+                self._remove(removals, key_schema)
+        finally:
+            removals.drop()
+
+    def _remove(self, removals: Removals, key_schema: str) -> None:
+        schema = key_schema.split(",")
+        audience_id, extra = self.options.audience_id, self._extra()
+
+        def encode(page: list[RemovalRow]) -> list[list[str]]:
+            return [decode_identifiers(row.sent) for row in page]
+
+        def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
+            return self.client.remove_users(audience_id, schema, data, session=session, **extra)
+
+        def acknowledge(page: list[RemovalRow], session: dict[str, Any]) -> None:
+            self.journal.removed(session["session_id"], session["batch_seq"], page)
+
+        def refuse(page: list[RemovalRow], session: dict[str, Any], error: Exception) -> bool:
+            if not _is_refusal(error):
+                return False
+            self.journal.refused(session["session_id"], session["batch_seq"], page)
+            self.report.removals_refused += len(page)
+            self.refusals.append(_describe_error(error))
+            log.error(
+                "Meta refused the removal of %d row(s) (%s). The run goes on with its additions; these "
+                "rows stay owed in the state and are sent again by every later run until Meta takes them.",
+                len(page),
+                _describe_error(error),
+            )
+            return True
+
+        total = removals.count(key_schema)
+        session = self._new_session(REMOVE, total, encode, send, acknowledge, refuse=refuse)
+        self._finish(session.run(removals.pages(key_schema, self.options.batch_size)))
+
+    def _add(self, stage: StageTable, plan: SyncPlan) -> None:
+        audience_id, extra = self.options.audience_id, self._extra()
+
+        def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
+            return self.client.add_users(audience_id, self.schema, data, session=session, **extra)
+
+        def acknowledge(page: list[StagedRow], session: dict[str, Any]) -> None:
+            self.journal.added(session["session_id"], session["batch_seq"], page)
+
+        session = self._new_session(ADD, plan.to_add, _encode_staged, send, acknowledge)
+        self._finish(session.run(addition_pages(self.store, stage, self.options.batch_size)))
+
+    def _replace(self, stage: StageTable, plan: SyncPlan) -> bool:
+        """Replace the audience with the model; True when it resumed the replace a killed run left open.
+
+        A resumed replace goes on in the killed run's session, after its last batch: Meta keeps what that
+        session received, so the caller then removes the rows of it that left the model. When Meta says
+        the session cannot go on (never started, timed out, finished), a fresh replace starts.
+        """
+        if not plan.to_add:
+            raise SyncPlanError(
+                "full_refresh would replace the audience with an empty model; usersreplace cannot send "
+                "zero rows. Run a mirror sync without full_refresh to remove everyone, if that is intended."
+            )
+        resume = self.open_refresh
+        if resume is not None:
+            try:
+                self._replace_session(stage, plan, resume.session_id, resume.batch_seq + 1)
+                return True
+            except Exception as error:
+                if getattr(error, "subcode", None) not in REPLACE_NOT_CONTINUABLE:
+                    raise
+                log.warning(
+                    "The unfinished replace cannot go on (%s); starting a fresh one", _describe_error(error)
+                )
+        self._replace_session(stage, plan, None, 1)
+        return False
+
+    def _replace_session(self, stage: StageTable, plan: SyncPlan, session_id: int | None, first: int) -> None:
+        audience_id, extra = self.options.audience_id, self._extra()
+        fresh = session_id is None
+        acknowledged = False
+
+        def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
+            return self.client.replace_users(audience_id, self.schema, data, session=session, **extra)
+
+        def acknowledge(page: list[StagedRow], session: dict[str, Any]) -> None:
+            # The first acknowledged batch of a fresh replace starts it: from then on the old state is void.
+            nonlocal acknowledged
+            clear = fresh and not acknowledged
+            acknowledged = True
+            last = bool(session["last_batch_flag"])
+            self.journal.replaced(session["session_id"], session["batch_seq"], page, clear=clear, last=last)
+
+        def refuse(page: list[StagedRow], session: dict[str, Any], error: Exception) -> bool:
+            if not fresh and not acknowledged and getattr(error, "subcode", None) in REPLACE_NOT_CONTINUABLE:
+                self.journal.settle(session["session_id"], session["batch_seq"])  # Meta took none of it
+            return False  # the error goes up: a fresh replace starts, or the run fails
+
+        session = self._new_session(
+            REPLACE,
+            plan.to_add,
+            _encode_staged,
+            send,
+            acknowledge,
+            session_id=session_id,
+            first_batch_seq=first,
+            refuse=refuse,
+        )
+        self._finish(session.run(addition_pages(self.store, stage, self.options.batch_size)))
+
+    def _finish(self, result: SessionResult) -> None:
+        self.report.sessions.append(result)
+        log.info(
+            "Session %s (%s): %d rows in %d batch(es), Meta received %d, %d invalid entries",
+            result.session_id,
+            result.kind,
+            result.rows,
+            result.batches,
+            result.num_received,
+            result.num_invalid_entries,
+        )
+
+
+def _encode_staged(page: list[StagedRow]) -> list[list[str]]:
+    return [decode_identifiers(row.identifiers) for row in page]
+
+
+def _journal_rows(page: list[Any]) -> list[tuple[str, str, str, str]]:
+    """``(row_key, key_schema, identifiers as sent, id_digest)`` of a page's rows, for the journal."""
+    if page and isinstance(page[0], RemovalRow):
+        return [(row.row_key, row.key_schema, row.sent, row.id_digest) for row in page]
+    return [(row.row_key, row.key_schema, row.identifiers, row.id_digest) for row in page]
+
+
+def _is_refusal(error: Exception) -> bool:
+    """Meta refused a removal for good (not an outage, an expired token or a rate limit)."""
+    code = getattr(error, "code", None)
+    return code in REFUSAL_CODES and not getattr(error, "is_transient", False)
+
+
+def _describe_error(error: Exception) -> str:
+    """Meta's code, subcode and the provider's remedy: no row data (an error never quotes rows)."""
+    code, subcode = getattr(error, "code", None), getattr(error, "subcode", None)
+    remedy = getattr(error, "remedy", None)
+    named = f"code {code}" + (f"/{subcode}" if subcode else "")
+    return f"{named}: {remedy}" if remedy else f"{named}: {type(error).__name__}"

@@ -1,0 +1,42 @@
+"""Run one SyncAudienceOperator in this process, for tests that kill it with SIGKILL.
+
+``python -m tests.operators.sync_runner '<json>'``: the JSON holds the operator's keyword arguments and,
+optionally, ``kill_on``: a regex; when the state store is about to execute a statement matching it, the
+process kills itself with SIGKILL (a worker dying at exactly that point, e.g. inside reconciliation).
+The Airflow connections come from the environment (AIRFLOW_CONN_*), as the test defined them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+from typing import Any
+
+
+def _kill_on(pattern: str) -> None:
+    from airflow_provider_fbca.sync.state import StateStore
+
+    matcher = re.compile(pattern)
+    execute = StateStore.execute
+
+    def execute_or_die(self: StateStore, statement: str, params: Any = ()) -> Any:
+        if matcher.search(statement):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return execute(self, statement, params)
+
+    StateStore.execute = execute_or_die  # type: ignore[method-assign]
+
+
+def main(config: dict[str, Any]) -> None:
+    from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
+
+    if config.get("kill_on"):
+        _kill_on(config.pop("kill_on"))
+    SyncAudienceOperator(task_id="killed_sync", **config["operator"]).execute({})
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

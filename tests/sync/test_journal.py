@@ -1,0 +1,102 @@
+"""The page journal: an unfinished full refresh is finished or redone, reconciliation is idempotent.
+
+Against the sandbox (real HTTP through the hook) and the real state database.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
+from airflow_provider_fbca.identifiers import RowPreparer, prepare
+from airflow_provider_fbca.sandbox import Sandbox
+from airflow_provider_fbca.sandbox.state import REPLACE_WINDOW_S, ManualClock
+from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.journal import PageJournal
+from airflow_provider_fbca.sync.state import StagedRow, StateStore
+from tests.conftest import facebook_connection
+
+HARD_ERROR = {"code": 100, "message": "Invalid parameter"}
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def hook(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The hook against a sandbox whose clock the test moves (the 90-minute replace window)."""
+    with Sandbox(clock=clock) as sandbox:
+        monkeypatch.setenv("AIRFLOW_CONN_FB_JOURNAL", json.dumps(facebook_connection(sandbox)))
+        hook = FacebookCustomAudiencesHook("fb_journal", max_retries=0, sleep=lambda _: None)
+        hook.sandbox = sandbox
+        yield hook
+
+
+def model(*keys: int, mail: str = "a") -> dict[str, str]:
+    return {f"cust-{key:02d}": f"{mail}.{key}@example.com" for key in keys}
+
+
+def sync(store: StateStore, hook: Any, audience_id: str, rows: dict[str, str], **options: Any) -> dict:
+    options = SyncOptions(audience_id, "k", batch_size=3, max_removal_fraction=None, **options)
+    run = SyncRun(store, hook, RowPreparer(["external_id", "email"]), options)
+    return run.run([sorted(rows.items())]).as_dict()
+
+
+def members(hook: Any, audience_id: str) -> list[tuple[str, str]]:
+    return sorted((m["EXTERN_ID"], m["EMAIL"]) for m in hook.sandbox.members(audience_id))
+
+
+def wanted(rows: dict[str, str]) -> list[tuple[str, str]]:
+    return sorted((key, prepare("EMAIL", mail)) for key, mail in rows.items())
+
+
+@pytest.mark.parametrize("window_passed", [False, True])
+def test_an_unfinished_full_refresh_is_finished_or_redone_never_a_mirror_diff(
+    window_passed: bool, store: StateStore, hook: Any, clock: ManualClock
+) -> None:
+    audience_id = hook.create_audience("Refresh")
+    sync(store, hook, audience_id, model(*range(10)))
+    # The refresh sends batches [0-2] [3-5] [6-8] [9-11]: the third fails for good.
+    hook.sandbox.set_faults(
+        [
+            {"path": "/usersreplace$", "delay_s": 0.001, "times": 2},
+            {"path": "/usersreplace$", "error": HARD_ERROR},
+        ]
+    )
+    with pytest.raises(Exception, match="100"):
+        sync(store, hook, audience_id, model(*range(12), mail="b"), full_refresh=True)
+    assert PageJournal(store, "k").open_refresh() is not None
+    if window_passed:  # Meta ended the replace with batches 1 and 2: the session cannot go on
+        clock.advance(REPLACE_WINDOW_S + 60)
+    final = model(*range(2, 14), mail="b")  # 0 and 1 (sent in batch 1) left the model meanwhile
+    report = sync(store, hook, audience_id, final)  # a plain run: it must finish the refresh
+    # Went on with the session, then removed what it held that left the model; or replaced afresh.
+    assert [s["kind"] for s in report["sessions"]] == (
+        ["replace"] if window_passed else ["replace", "remove"]
+    )
+    assert members(hook, audience_id) == wanted(final)
+    assert sorted(key for key, *_ in store.iter_rows("k")) == sorted(final)
+    assert PageJournal(store, "k").open_refresh() is None
+    assert sync(store, hook, audience_id, final)["rows_sent"] == 0
+
+
+def test_reconciling_twice_is_reconciling_once(store: StateStore) -> None:
+    store.ensure_tables()
+    journal = PageJournal(store, "k")
+    store.upsert("k", [StagedRow("a", "f-a", "d-old", "EXTERN_ID,EMAIL", "a\x1fold", 1, 7)])
+    # Pages in flight at once (issue 14's pipelining): a new-identifier addition of a, a removal of b.
+    journal.record("add", 1, 1, [("a", "EXTERN_ID,EMAIL", "a\x1fnew", "d-new")])
+    journal.record("remove", 2, 1, [("b", "EXTERN_ID,EMAIL", "b\x1f", "d-b")])
+    assert journal.reconcile() == 2
+    after_once = sorted(store.iter_rows("k")), journal.owed_count()
+    assert journal.reconcile() == 0
+    assert (sorted(store.iter_rows("k")), journal.owed_count()) == after_once
+    # a is unconfirmed with the identifiers sent; its old identifiers are owed (Meta may hold both).
+    assert after_once == ([("a", "EXTERN_ID,EMAIL", "a\x1fnew", 1)], 1)
+    assert store.fetch_one(f"SELECT fingerprint, source_digest FROM {store.table}") == ("unconfirmed", None)
