@@ -41,6 +41,7 @@ from airflow_provider_fbca.sync.partitions import (
     check_partition,
     check_partitions,
     in_partition,
+    partition_of,
     partition_query,
     partition_suffix,
     tagged_query,
@@ -523,16 +524,15 @@ class SyncAudienceOperator(BaseOperator):
         """Every row of the query, each one's partition noted in ``shares`` (a full refresh)."""
         if dialect is None:  # the partition computed here, as the client-side filter does
             for chunk in read_model(conn, self.sql, wanted, self.fetch_size):
-                shares.record((_row_key(row[key_index]), self._partition_of(row[key_index])) for row in chunk)
+                shares.record(
+                    (_row_key(row[key_index]), partition_of(row[key_index], self.partitions)) for row in chunk
+                )
                 yield chunk
             return
         sql = tagged_query(self.sql, wanted[key_index], self.partitions, dialect)
         for chunk in read_model(conn, sql, [*wanted, PARTITION_COLUMN], self.fetch_size):
             shares.record((_row_key(row[key_index]), int(row[-1])) for row in chunk)
             yield [row[:-1] for row in chunk]
-
-    def _partition_of(self, cell: Any) -> int:
-        return next(k for k in range(self.partitions) if in_partition(cell, k, self.partitions))
 
 
 def _row_key(cell: Any) -> str:

@@ -120,11 +120,16 @@ def tagged_query(sql: str, column: str, partitions: int, dialect: Dialect) -> st
     return f"SELECT fbca_model.*, {partition_sql} AS {PARTITION_COLUMN} FROM {model}"
 
 
-def in_partition(cell: Any, partition: int, partitions: int) -> bool:
-    """Client-side filter, for a warehouse without a dialect entry: is this EXTERN_ID cell's row in the
-    partition? (The hash of SQLite's spelling, over the cell's trimmed text.)"""
+def partition_of(cell: Any, partitions: int) -> int:
+    """Client-side twin of the SQL hash, for a warehouse without a dialect entry: the partition of an
+    EXTERN_ID cell (the hash of SQLite's spelling, over the cell's trimmed text)."""
     text = "" if cell is None else str(cell).strip(" ")
-    return ((digest64(text) or 0) & _NON_NEGATIVE) % partitions == partition
+    return ((digest64(text) or 0) & _NON_NEGATIVE) % partitions
+
+
+def in_partition(cell: Any, partition: int, partitions: int) -> bool:
+    """Whether an EXTERN_ID cell's row is in the partition (client-side, see :func:`partition_of`)."""
+    return partition_of(cell, partitions) == partition
 
 
 # -- the layout: how many partitions wrote an audience's state -------------------------------------------
