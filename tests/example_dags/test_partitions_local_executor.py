@@ -9,12 +9,13 @@ services start, the metadata database is migrated): it is the only test of the e
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from example_dag_support import PostgresCopy, demo
+from example_dag_support import EXAMPLE_DAGS, PostgresCopy, demo
 from local_cluster import LocalCluster, create_database, max_overlap
 
 pytestmark = [pytest.mark.dags, pytest.mark.postgres]
@@ -30,7 +31,7 @@ def test_the_local_executor_runs_the_mapped_partitions_at_the_same_time(
 ) -> None:
     postgres = PostgresCopy(postgres_server)
     postgres.copy(warehouse)
-    faults = [{"method": "POST", "path": "/users", "delay_s": UPLOAD_HOLD_S, "times": PARTITIONS}]
+    faults = [{"method": "POST", "path": "/users", "delay_s": UPLOAD_HOLD_S, "times": 100}]
     requests.post(
         f"{dag_sandbox.url}/_sandbox/faults", json={"faults": faults}, timeout=10
     ).raise_for_status()
@@ -40,7 +41,12 @@ def test_the_local_executor_runs_the_mapped_partitions_at_the_same_time(
         "app_secret": dag_sandbox.app_secret,
         "ad_account_id": dag_sandbox.ad_account_id,
     }
+    # Only this DAG: the scheduler would run every example DAG's daily run too, in the same slots.
+    dags = tmp_path / "dags"
+    shutil.copytree(EXAMPLE_DAGS / "sql", dags / "sql")
+    shutil.copy(EXAMPLE_DAGS / f"example_{DAG_ID.removeprefix('fbca_')}.py", dags)
     env = {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         **demo.connection_env(warehouse, dag_sandbox.url, credentials),
         f"AIRFLOW_CONN_{demo.WAREHOUSE_CONN_ID.upper()}": postgres.connection(),
         "FBCA_EXAMPLE_PARTITIONS": str(PARTITIONS),
