@@ -4,8 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# `make test-compat` runs the suite under this (older) Airflow, in a virtualenv of its own, installed
+# with constraints/constraints-$(AIRFLOW_VERSION).txt. The default is the oldest supported release.
+AIRFLOW_VERSION ?= 3.0.0
+COMPAT_VENV := .venv-$(AIRFLOW_VERSION)
+COMPAT_PY := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+COMPAT_CONSTRAINTS := constraints/constraints-$(AIRFLOW_VERSION).txt
 
-.PHONY: demo test lint bench system-deps venv clean
+.PHONY: demo test test-compat lint bench system-deps venv clean
 
 venv: $(STAMP)
 
@@ -32,6 +39,18 @@ system-deps:
 test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+$(COMPAT_STAMP): pyproject.toml $(COMPAT_CONSTRAINTS)
+	test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PY) -m pip install --quiet --upgrade pip
+	$(COMPAT_PY) -m pip install --quiet -c $(COMPAT_CONSTRAINTS) -e ".[test]" "apache-airflow==$(AIRFLOW_VERSION)"
+	touch $(COMPAT_STAMP)
+
+constraints/constraints-%.txt:
+	@echo "No constraints/constraints-$*.txt: Airflow $* is not a tested version (see README, Supported Airflow versions)." >&2; exit 1
+
+test-compat: $(COMPAT_STAMP) system-deps
+	$(COMPAT_PY) -m pytest $(PYTEST_ARGS)
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
@@ -43,4 +62,4 @@ bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-* .pytest_cache build *.egg-info

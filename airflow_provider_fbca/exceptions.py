@@ -9,7 +9,7 @@ secret or a request URL.
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException
 
 
 class GraphAPIError(AirflowException):

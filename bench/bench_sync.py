@@ -90,7 +90,7 @@ def _connections(url: str, warehouse: Path) -> None:
 
 def read_and_prepare(warehouse: Path) -> float:
     """Seconds to read every row through the connection's cursor and prepare it: the floor of a sync."""
-    from airflow.sdk import BaseHook
+    from airflow.providers.common.compat.sdk import BaseHook
 
     from airflow_provider_fbca.identifiers import RowPreparer
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook
 
 
 @pytest.mark.postgres

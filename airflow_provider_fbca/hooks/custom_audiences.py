@@ -18,6 +18,7 @@ from airflow_provider_fbca.exceptions import (
     GraphAuthError,
     GraphTransientError,
 )
+from airflow_provider_fbca.get_provider_info import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 from airflow_provider_fbca.hooks.graph_base import BaseGraphApiHook, WaitLimit
 from airflow_provider_fbca.hooks.graph_errors import TERMS_URL
 from airflow_provider_fbca.hooks.redaction import mask
@@ -29,6 +30,7 @@ from airflow_provider_fbca.hooks.upload_payload import (
     prepare_upload,
     session_label,
 )
+from airflow_provider_fbca.version_compat import connection_form_widgets, ui_field_behaviour
 
 __all__ = [
     "DEFAULT_AUDIENCE_FIELDS",
@@ -96,6 +98,16 @@ class FacebookCustomAudiencesHook(BaseGraphApiHook):
     default_conn_name = "facebook_custom_audiences_default"
     conn_type = "facebook_custom_audiences"
     hook_name = "Facebook Custom Audiences"
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The form's extra fields for Airflow 3.0 and 3.1 (3.2 on reads ``conn-fields`` instead)."""
+        return connection_form_widgets(CONN_FIELDS)
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The form's relabelled, hidden and prefilled fields for Airflow 3.0 and 3.1."""
+        return ui_field_behaviour(UI_FIELD_BEHAVIOUR)
 
     def __init__(self, facebook_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(facebook_conn_id, **kwargs)

@@ -48,7 +48,7 @@ def mask(secret: str | None) -> None:
     :param secret: the secret; nothing happens when it is empty.
     """
     if secret:
-        from airflow.sdk.log import mask_secret
+        from airflow.providers.common.compat.sdk import mask_secret
 
         mask_secret(secret)
 

@@ -33,6 +33,9 @@ _SAMPLE_SHAPES = (
     (re.compile(r"[^@\s]+@[^@\s]+"), "an e-mail address, not hashed"),
 )
 _OTHER_SHAPE = "text, not a hash"
+# Columns Meta takes as another JSON type than text (DATA_PROCESSING_OPTIONS as a list, its country and
+# state as integers): the match-key table says which and how.
+_PAYLOAD_VALUES = {key.name: key.payload_value for key in MATCH_KEYS if key.payload_value is not None}
 
 
 def normalize_session(session: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,13 +132,28 @@ def build_upload_payload(
         if bad is not None:
             raise ValueError(f"Row {bad} has {len(rows[bad])} values; the schema has {width} keys.")
         # Each column is one individual key; Meta's SDK refuses list schemas without is_raw.
-        payload.update(schema=schema, is_raw=True)
+        payload.update(schema=schema, is_raw=True, data=_typed_columns(schema, rows))
     check_hashed_values(schema, rows)
     if app_ids:
         payload["app_ids"] = [str(app_id) for app_id in app_ids]
     if page_ids:
         payload["page_ids"] = [str(page_id) for page_id in page_ids]
     return payload
+
+
+def _typed_columns(schema: list[str], rows: list[Any]) -> list[Any]:
+    """``rows`` with the text of the columns Meta wants typed (lists, integers) converted; others as given."""
+    typed = [(index, _PAYLOAD_VALUES[key]) for index, key in enumerate(schema) if key in _PAYLOAD_VALUES]
+    if not typed:
+        return rows
+    converted = []
+    for row in rows:
+        row = list(row)
+        for index, to_payload in typed:
+            if isinstance(row[index], str):
+                row[index] = to_payload(row[index])
+        converted.append(row)
+    return converted
 
 
 def _column(rows: Sequence[Any], position: int | None) -> list[Any]:

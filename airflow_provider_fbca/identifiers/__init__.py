@@ -17,14 +17,21 @@ Plain Python with no Airflow import. The public surface (this facade; the submod
 The submodules, each importing only those above it: ``reasons`` (why a value is dropped), ``text``
 (driver values to text), ``contact`` / ``ids`` / ``dates`` / ``address`` / ``phone`` (the rule
 families), ``keys`` (the match-key table), ``wire`` (one value at a time), ``batch`` (the hot path) and
-``reference`` (the README's mapping reference).
+``reference`` (the README's mapping reference); ``processing`` holds Limited Data Use's options.
 """
 
 from __future__ import annotations
 
 from airflow_provider_fbca.identifiers.batch import PreparedBatch, RowPreparer, prepare_rows
 from airflow_provider_fbca.identifiers.keys import DATE_OF_BIRTH, MATCH_KEYS, MatchKey, match_key
-from airflow_provider_fbca.identifiers.reasons import DROP_REASONS, ROW_NO_IDENTIFIER, ROW_NO_VALUE, Dropped
+from airflow_provider_fbca.identifiers.processing import PROCESSING_KEYS, check_data_processing_options
+from airflow_provider_fbca.identifiers.reasons import (
+    DROP_REASONS,
+    ROW_INVALID_PROCESSING,
+    ROW_NO_IDENTIFIER,
+    ROW_NO_VALUE,
+    Dropped,
+)
 from airflow_provider_fbca.identifiers.reference import (
     README_END,
     README_START,
@@ -38,14 +45,17 @@ __all__ = [
     "DATE_OF_BIRTH",
     "DROP_REASONS",
     "MATCH_KEYS",
+    "PROCESSING_KEYS",
     "README_END",
     "README_START",
+    "ROW_INVALID_PROCESSING",
     "ROW_NO_IDENTIFIER",
     "ROW_NO_VALUE",
     "Dropped",
     "MatchKey",
     "PreparedBatch",
     "RowPreparer",
+    "check_data_processing_options",
     "mapping_reference_markdown",
     "match_key",
     "normalize",

@@ -8,6 +8,7 @@ from airflow_provider_fbca import geo
 from airflow_provider_fbca.identifiers.reasons import (
     COUNTRY_UNKNOWN,
     CT_INVALID,
+    CT_NOT_LATIN,
     ST_UNKNOWN,
     ZIP_INVALID,
     Dropped,
@@ -20,15 +21,27 @@ from airflow_provider_fbca.identifiers.text import (
     missing_or,
 )
 
+# Latin letters that Unicode does not decompose into a base letter and a mark.
+_UNDECOMPOSED_LATIN = str.maketrans(
+    {"ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "\u0131": "i"}
+)
+
 
 def normalize_city(value: object, country: str | None) -> str | Dropped:
-    """CT: lowercase letters only (any script); no spaces, punctuation or digits."""
+    """
+    CT: Meta's "a-z only": lowercase, diacritics folded (NFKD, combining marks dropped: "São Paulo"
+    gives "saopaulo"), then no spaces, punctuation, digits or other letters. A city written in another
+    script only is dropped (``ct.not_latin``): its hash could match nobody.
+    """
     text = clean(value)
     if not text:
         return missing_or(text, CT_INVALID)
     if is_sha256_hex(text):
         return text.lower()
-    return letters(text.lower()) or CT_INVALID
+    city = ascii_letters_key(text.lower().translate(_UNDECOMPOSED_LATIN))
+    if city:
+        return city
+    return CT_NOT_LATIN if letters(text) else CT_INVALID
 
 
 def _state_lookup() -> dict[str, str]:

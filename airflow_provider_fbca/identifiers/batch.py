@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from airflow_provider_fbca.identifiers.address import normalize_country, region_of
 from airflow_provider_fbca.identifiers.dates import date_of_birth_parts
 from airflow_provider_fbca.identifiers.keys import DATE_OF_BIRTH_ALIASES, DATE_OF_BIRTH_KEYS, match_key
-from airflow_provider_fbca.identifiers.reasons import ROW_NO_IDENTIFIER, ROW_NO_VALUE, Dropped, Normalizer
+from airflow_provider_fbca.identifiers.processing import PROCESSING_KEYS, usable_processing
+from airflow_provider_fbca.identifiers.reasons import (
+    ROW_INVALID_PROCESSING,
+    ROW_NO_IDENTIFIER,
+    ROW_NO_VALUE,
+    Dropped,
+    Normalizer,
+)
 from airflow_provider_fbca.identifiers.text import is_sha256_hex, sha256_hex
 from airflow_provider_fbca.identifiers.wire import wire_preparer
 
@@ -87,6 +94,8 @@ class PreparedBatch:
     :param rejected: indices of the input rows rejected.
     :param dropped: reason -> count of dropped values (``"email.invalid"``, ``"gen.unknown"``, ...).
     :param rejected_by_reason: reason -> count of rejected rows (``"row.no_identifier"``, ``"row.no_value"``).
+    :param dropped_at: ``(input row index, wire key, reason)`` of each dropped value, in row order.
+    :param rejected_reasons: the reason of each rejected row, in the order of ``rejected``.
     """
 
     rows: list[tuple[str, ...]] = field(default_factory=list)
@@ -94,6 +103,8 @@ class PreparedBatch:
     rejected: list[int] = field(default_factory=list)
     dropped: collections.Counter[str] = field(default_factory=collections.Counter)
     rejected_by_reason: collections.Counter[str] = field(default_factory=collections.Counter)
+    dropped_at: list[tuple[int, str, str]] = field(default_factory=list)
+    rejected_reasons: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -163,11 +174,17 @@ class RowPreparer:
         :param rows: sequences with one value per key given to the constructor, in that order.
         """
         batch = PreparedBatch()
-        drops: list[str] = []
-        rejections: list[str] = []
-        self._run(rows, self._default_region, batch.rows, batch.kept, batch.rejected, drops, rejections)
-        batch.dropped.update(drops)
-        batch.rejected_by_reason.update(rejections)
+        self._run(
+            rows,
+            self._default_region,
+            batch.rows,
+            batch.kept,
+            batch.rejected,
+            batch.dropped_at,
+            batch.rejected_reasons,
+        )
+        batch.dropped.update(reason for _, _, reason in batch.dropped_at)
+        batch.rejected_by_reason.update(batch.rejected_reasons)
         return batch
 
 
@@ -182,7 +199,9 @@ def _column(key: str) -> _Column:
         return _Column((spec.name,), prepare_cell, takes_region=True, is_identifier=spec.identifier)
     if spec.uses_country:
         return _Column((spec.name,), _cached_by_region(prepare_cell), takes_region=True)
-    return _Column((spec.name,), _memoize(lambda value: prepare_cell(value, None)))
+    return _Column(
+        (spec.name,), _memoize(lambda value: prepare_cell(value, None)), is_identifier=spec.identifier
+    )
 
 
 def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
@@ -193,7 +212,7 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
     makes preparation faster than the SDK's plain hashing loop; ``collections.namedtuple`` and
     ``dataclasses`` generate code the same way.
     """
-    namespace: dict[str, object] = {"Dropped": Dropped}
+    namespace: dict[str, object] = {"Dropped": Dropped, "usable_processing": usable_processing}
     body: list[str] = []
     outputs: dict[str, str] = {}  # wire key -> variable
     identifiers: list[str] = []
@@ -206,8 +225,14 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
         else:
             arguments = f"row[{position}], region" if column.takes_region else f"row[{position}]"
             body.append(f"{', '.join(names)} = cell_{position}({arguments})")
-        for name in names:
-            body += [f"if {name}.__class__ is Dropped:", f"    drop({name}.reason)", f"    {name} = ''"]
+        for name, wire_key in zip(names, column.wire_keys, strict=True):
+            body += [
+                f"if {name}.__class__ is Dropped:",
+                f"    drop((index, {wire_key!r}, {name}.reason))",
+                f"    {name} = ''",
+            ]
+            if wire_key in PROCESSING_KEYS:  # never sent without its options: the row goes instead
+                body.append("    processing_dropped = True")
         outputs.update(zip(column.wire_keys, names, strict=True))
         if column.is_identifier:
             identifiers += names
@@ -215,6 +240,9 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
         identifiers = [outputs[key] for key in outputs if key == "EXTERN_ID"]
     if "COUNTRY" not in outputs:
         body.insert(0, "region = default_region")
+    processing = [outputs.get(key, "''") for key in PROCESSING_KEYS]
+    if processing != ["''"] * len(PROCESSING_KEYS):
+        body.insert(0, "processing_dropped = False")
     body += [
         f"if not ({' or '.join(identifiers) or 'False'}):",
         "    rejected_append(index)",
@@ -228,13 +256,20 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
             f"    reject({ROW_NO_VALUE!r})",
             "    continue",
         ]
+    if processing != ["''"] * len(PROCESSING_KEYS):
+        body += [
+            f"if processing_dropped or not usable_processing({', '.join(processing)}):",
+            "    rejected_append(index)",
+            f"    reject({ROW_INVALID_PROCESSING!r})",
+            "    continue",
+        ]
     wire_row = ", ".join(outputs[key] for column in columns for key in column.wire_keys)
     body += [f"wire_append(({wire_row},))", "kept_append(index)"]
     source = "\n".join(
         [
-            "def run(rows, default_region, wire_rows, kept, rejected, drops, rejections):",
+            "def run(rows, default_region, wire_rows, kept, rejected, dropped_at, rejected_reasons):",
             "    wire_append, kept_append = wire_rows.append, kept.append",
-            "    rejected_append, drop, reject = rejected.append, drops.append, rejections.append",
+            "    rejected_append, drop, reject = rejected.append, dropped_at.append, rejected_reasons.append",
             "    for index, row in enumerate(rows):",
             *(f"        {line}" for line in body),
         ]

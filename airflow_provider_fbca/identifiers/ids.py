@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from decimal import Decimal, InvalidOperation
 
@@ -13,7 +14,14 @@ from airflow_provider_fbca.identifiers.reasons import (
     Dropped,
     Normalizer,
 )
-from airflow_provider_fbca.identifiers.text import as_text, clean, decimal_text, missing_or
+from airflow_provider_fbca.identifiers.text import (
+    HEX_DIGITS,
+    as_text,
+    clean,
+    decimal_text,
+    is_sha256_hex,
+    missing_or,
+)
 
 
 def normalize_extern_id(value: object, country: str | None) -> str | Dropped:
@@ -34,21 +42,27 @@ def opaque_id_normalizer(reason: Dropped) -> Normalizer:
     return normalize_id
 
 
+# Meta's rule is only "lowercase, keep hyphens", and its own example is no hex UUID: any id of ASCII
+# letters, digits and hyphens is taken, from the shortest ids platforms issue to twice a UUID's length.
+_MADID = re.compile(r"[0-9A-Za-z-]{8,64}")
+
+
 def normalize_madid(value: object, country: str | None) -> str | Dropped:
     """
-    MADID: an IDFA or Android advertising id, lowercase with hyphens, never hashed. The all-zero id
-    (what iOS reports when the user limits ad tracking) and hashes are dropped: they match nobody.
+    MADID: a mobile advertising id (IDFA, Android advertising id, ...), lowercase, hyphens kept, never
+    hashed; a UUID written without hyphens or in braces gets its usual form. The all-zero id (what iOS
+    reports when the user limits ad tracking) and hashes are dropped: they match nobody.
     """
     text = clean(value)
     if not text:
         return missing_or(text, MADID_INVALID)
-    try:
-        madid = uuid.UUID(text)
-    except ValueError:
+    if text[0] == "{" and text[-1] == "}":  # a GUID as Windows writes it
+        text = text[1:-1]
+    if _MADID.fullmatch(text) is None or is_sha256_hex(text) or not text.strip("0-"):
         return MADID_INVALID
-    if madid.int == 0:
-        return MADID_INVALID
-    return str(madid)
+    if len(text) == 32 and not text.strip(HEX_DIGITS):
+        return str(uuid.UUID(text))
+    return text.lower()
 
 
 def normalize_lookalike_value(value: object, country: str | None) -> str | Dropped:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from airflow_provider_fbca.identifiers.address import (
     normalize_city,
@@ -28,6 +30,13 @@ from airflow_provider_fbca.identifiers.ids import (
     opaque_id_normalizer,
 )
 from airflow_provider_fbca.identifiers.phone import normalize_phone
+from airflow_provider_fbca.identifiers.processing import (
+    location_in_payload,
+    normalize_processing_country,
+    normalize_processing_options,
+    normalize_processing_state,
+    options_in_payload,
+)
 from airflow_provider_fbca.identifiers.reasons import (
     APPUID_INVALID,
     FN_INVALID,
@@ -51,8 +60,10 @@ class MatchKey:
     :param uses_country: whether the row's country changes the result (PHONE, ST, ZIP).
     :param repetitive: whether values repeat across rows (names, places, dates), so the batch path caches
         their prepared form.
-    :param identifier: whether a surviving value keeps its row (all keys but EXTERN_ID and
-        LOOKALIKE_VALUE).
+    :param identifier: whether a surviving value keeps its row (all keys but EXTERN_ID,
+        LOOKALIKE_VALUE and the data processing options).
+    :param payload_value: how the normalized text goes into the upload's JSON when Meta wants another
+        type there (a list, an integer); None: as text.
     """
 
     name: str
@@ -64,6 +75,7 @@ class MatchKey:
     uses_country: bool = False
     repetitive: bool = False
     identifier: bool = True
+    payload_value: Callable[[str], Any] | None = field(default=None, repr=False, compare=False)
 
 
 MATCH_KEYS: tuple[MatchKey, ...] = (
@@ -90,9 +102,12 @@ MATCH_KEYS: tuple[MatchKey, ...] = (
         hashed=True,
         strong=True,
         rule=(
-            "Digits only with the calling code, no `+`, no leading zeros; a national number gets the "
-            "row's (or default) country's calling code, and is dropped without one; `00` prefix and trunk "
-            "`(0)` removed; impossible numbers (too short, too long, all zeros) dropped."
+            "Digits only with the calling code, no `+`, no leading zeros. Written with `+` or `00`: that "
+            "calling code. Otherwise, with the row's (or default) country: its national number when valid, "
+            "else the digits as `+digits` when that is a valid number (E.164 stored without `+`, as text or "
+            "number), else the national number if possible. With no country: `+digits` when valid, else "
+            "dropped (`phone.no_country_code`). Trunk `(0)` removed; impossible numbers (too short, too "
+            "long, all zeros) dropped."
         ),
         normalizer=normalize_phone,
         uses_country=True,
@@ -165,7 +180,10 @@ MATCH_KEYS: tuple[MatchKey, ...] = (
         ("city",),
         hashed=True,
         strong=False,
-        rule="Lowercase letters only (any script): no spaces, punctuation or digits.",
+        rule=(
+            "Lowercase a-z only: diacritics folded (`São Paulo` -> `saopaulo`), no spaces, punctuation or "
+            "digits; a city with no Latin letters is dropped (`ct.not_latin`)."
+        ),
         normalizer=normalize_city,
         repetitive=True,
     ),
@@ -210,7 +228,10 @@ MATCH_KEYS: tuple[MatchKey, ...] = (
         ("mobile_advertiser_id",),
         hashed=False,
         strong=True,
-        rule="Lowercase UUID with hyphens; never hashed; the all-zero (tracking limited) id is dropped.",
+        rule=(
+            "Letters, digits and hyphens, 8-64 characters, lowercase (a UUID without hyphens gets them); "
+            "never hashed; the all-zero (tracking limited) id and hashes are dropped."
+        ),
         normalizer=normalize_madid,
     ),
     MatchKey(
@@ -237,6 +258,43 @@ MATCH_KEYS: tuple[MatchKey, ...] = (
         rule="A non-negative number (value-based audiences); a row without one is rejected.",
         normalizer=normalize_lookalike_value,
         identifier=False,
+    ),
+    MatchKey(
+        "DATA_PROCESSING_OPTIONS",
+        ("data_processing_options",),
+        hashed=False,
+        strong=False,
+        rule=(
+            'Limited Data Use: `LDU` (from `["LDU"]`, its JSON text or `LDU`, any case) or none (`[]`, '
+            "empty); sent as a list. With LDU the row needs a documented location (below); a row whose "
+            "options are unusable is rejected (`row.invalid_data_processing_options`), never sent without them."
+        ),
+        normalizer=normalize_processing_options,
+        repetitive=True,
+        identifier=False,
+        payload_value=options_in_payload,
+    ),
+    MatchKey(
+        "DATA_PROCESSING_OPTIONS_COUNTRY",
+        ("data_processing_options_country",),
+        hashed=False,
+        strong=False,
+        rule="With LDU: `1` (the United States) or `0` (Meta geolocates); sent as an integer.",
+        normalizer=normalize_processing_country,
+        repetitive=True,
+        identifier=False,
+        payload_value=location_in_payload,
+    ),
+    MatchKey(
+        "DATA_PROCESSING_OPTIONS_STATE",
+        ("data_processing_options_state",),
+        hashed=False,
+        strong=False,
+        rule="With LDU: `1000` (California, with country `1`) or `0` (with country `0`); sent as an integer.",
+        normalizer=normalize_processing_state,
+        repetitive=True,
+        identifier=False,
+        payload_value=location_in_payload,
     ),
 )
 

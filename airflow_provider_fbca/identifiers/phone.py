@@ -14,15 +14,24 @@ from airflow_provider_fbca.identifiers.text import clean, is_sha256_hex, missing
 
 # ``phonenumbers`` is the reference (Google's libphonenumber metadata) but parsing one number costs
 # 25-50 us, more than the SDK spends on a whole row. ``_phone_fast`` replays the steps of
-# ``phonenumbers.parse`` + ``is_possible_number_with_reason`` for the common shape (an optional "+",
-# then digits and the separators " -.()/") from the same metadata, precompiled per region; whatever it
-# is not sure about goes to ``_phone_reference``. A test checks that both agree on every region's
-# example numbers in many writings.
+# ``phonenumbers.parse``, ``is_possible_number_with_reason`` and ``is_valid_number`` for the common
+# shape (an optional "+", then digits and the separators " -.()/") from the same metadata, precompiled
+# per region; whatever it is not sure about goes to ``_phone_reference``. Tests check that both agree
+# on every region's example numbers in many writings.
+#
+# Which reading of a number wins (Meta: "digits with the country code"; warehouses often store E.164
+# without its "+", as text or as a number):
+#   1. written with "+" or an international "00": that calling code;
+#   2. with a country (the row's or the default): the national number of that country when valid,
+#      else the digits read as "+digits" when that is a valid number, else the national reading as
+#      before (kept when possible: Meta's own 555 examples are not "valid");
+#   3. with no country: "+digits" when valid, else dropped as ``phone.no_country_code``.
 
 # Separators the fast path removes; phonenumbers treats each of them as punctuation.
 _PHONE_SEPARATORS = str.maketrans("", "", " -.()/")
 _MIN_NATIONAL_LENGTH = 2  # phonenumbers' _MIN_LENGTH_FOR_NSN
 _MAX_NATIONAL_LENGTH = 17  # phonenumbers' _MAX_LENGTH_FOR_NSN
+_LONGEST_LENGTH_TABULATED = _MAX_NATIONAL_LENGTH + 1  # every longer number is as TOO_LONG as this one
 
 
 class _PhonePlan:
@@ -31,11 +40,14 @@ class _PhonePlan:
     __slots__ = (
         "calling_code",
         "international_prefix",
+        "leading_digits",
+        "length_results",
         "lengths",
         "local_lengths",
         "national_pattern",
         "national_prefix",
         "transforms_prefix",
+        "typed_patterns",
     )
 
     def __init__(self, metadata: PhoneMetadata) -> None:
@@ -47,14 +59,29 @@ class _PhonePlan:
         self.national_pattern = _compile_or_none(general.national_number_pattern)
         self.lengths = tuple(general.possible_length)
         self.local_lengths = frozenset(general.possible_length_local_only)
+        self.leading_digits = _compile_or_none(metadata.leading_digits)
+        self.typed_patterns = _typed_patterns(metadata)
+        # Tabulated: the fast path asks for every number, twice.
+        self.length_results = tuple(
+            self._length_result(length) for length in range(_LONGEST_LENGTH_TABULATED + 1)
+        )
 
     def matches(self, national: str) -> bool:
         """phonenumbers' ``_match_national_number(national, general_desc, False)``."""
         return self.national_pattern is not None and self.national_pattern.fullmatch(national) is not None
 
+    def is_valid(self, national: str) -> bool:
+        """phonenumbers' ``_number_type_helper(national, metadata) != UNKNOWN``."""
+        if len(national) not in self.lengths or not self.matches(national):
+            return False
+        typed = self.typed_patterns.get(len(national))
+        return typed is not None and typed.fullmatch(national) is not None
+
     def length_result(self, national: str) -> int:
         """phonenumbers' ``_test_number_length(national, metadata)`` for the type UNKNOWN."""
-        length = len(national)
+        return self.length_results[min(len(national), _LONGEST_LENGTH_TABULATED)]
+
+    def _length_result(self, length: int) -> int:
         if length in self.local_lengths:
             return ValidationResult.IS_POSSIBLE_LOCAL_ONLY
         if self.lengths[0] == length:
@@ -65,13 +92,18 @@ class _PhonePlan:
             return ValidationResult.TOO_LONG
         return ValidationResult.IS_POSSIBLE if length in self.lengths[1:] else ValidationResult.INVALID_LENGTH
 
-    def strip_national_prefix(self, number: str) -> str:
-        """phonenumbers' ``_maybe_strip_national_prefix_carrier_code`` (plans without a transform rule)."""
+    def strip_national_prefix(self, number: str) -> str | None:
+        """
+        phonenumbers' ``_maybe_strip_national_prefix_carrier_code``; None when the plan would transform
+        the prefix (Argentina's, Brazil's, ... carrier codes), which only phonenumbers replays.
+        """
         if not number or self.national_prefix is None:
             return number
         prefix = self.national_prefix.match(number)
         if prefix is None:
             return number
+        if self.transforms_prefix and (not prefix.groups() or prefix.groups()[-1] is not None):
+            return None  # the transform applies only when the rule's last group took part
         rest = number[prefix.end() :]
         if self.matches(number) and not self.matches(rest):
             return number
@@ -82,14 +114,47 @@ def _compile_or_none(pattern: str | None) -> re.Pattern[str] | None:
     return re.compile(pattern) if pattern else None
 
 
-class _LazyPlans(dict):
-    """Plans compiled on first use: compiling all 245 regions up front would cost every DAG parse."""
+def _typed_patterns(metadata: PhoneMetadata) -> dict[int, re.Pattern[str]]:
+    """
+    Per national length, one pattern matching the numbers of any type (fixed line, mobile, toll free,
+    ...): a number of a type is what phonenumbers calls valid. A type with its own lengths only takes
+    part at those lengths, as in phonenumbers' ``_is_number_matching_desc``.
+    """
+    types = [
+        metadata.premium_rate,
+        metadata.toll_free,
+        metadata.shared_cost,
+        metadata.voip,
+        metadata.personal_number,
+        metadata.pager,
+        metadata.uan,
+        metadata.voicemail,
+        metadata.fixed_line,
+    ]
+    if not metadata.same_mobile_and_fixed_line_pattern:  # otherwise phonenumbers never tests mobile
+        types.append(metadata.mobile)
+    patterns = {}
+    for length in metadata.general_desc.possible_length:
+        alternatives = [
+            f"(?:{desc.national_number_pattern})"
+            for desc in types
+            if desc is not None
+            and desc.national_number_pattern
+            and (not desc.possible_length or length in desc.possible_length)
+        ]
+        if alternatives:
+            patterns[length] = re.compile("|".join(alternatives))
+    return patterns
 
-    def __init__(self, load: Callable[[str], _PhonePlan | None]) -> None:
+
+class _LazyPlans(dict):
+    """Plans (and validators) compiled on first use: compiling all 245 regions up front would cost every DAG parse."""
+
+    def __init__(self, load: Callable[[str], object]) -> None:
         super().__init__()
         self._load = load
 
-    def __missing__(self, key: str) -> _PhonePlan | None:
+    def __missing__(self, key: str) -> object:
         plan = self[key] = self._load(key)
         return plan
 
@@ -111,14 +176,90 @@ _PHONE_CALLING_CODES = _LazyPlans(_load_calling_code_plan)
 _CALLING_CODES = frozenset(str(code) for code in COUNTRY_CODE_TO_REGION_CODE)
 
 
+def _is_valid(calling_code: str, national: str) -> bool:
+    """phonenumbers' ``is_valid_number`` for ``+<calling_code><national>``."""
+    return _VALIDATORS[calling_code](national)
+
+
+def _load_validator(calling_code: str) -> Callable[[str], bool]:
+    """
+    ``is_valid_number`` for one calling code: valid in the region the number belongs to. Of a code's
+    regions (in phonenumbers' order), a region with leading digits claims the numbers starting with
+    them, and a region without claims the numbers valid in it; the first claim decides.
+    """
+    regions = COUNTRY_CODE_TO_REGION_CODE[int(calling_code)]
+    if len(regions) == 1:
+        plan = _PHONE_CALLING_CODES[calling_code]
+        return plan.is_valid if plan is not None else _never_valid
+    plans = [plan for plan in (_PHONE_REGIONS[region] for region in regions) if plan is not None]
+
+    def is_valid(national: str) -> bool:
+        for plan in plans:
+            if plan.leading_digits is None:
+                if plan.is_valid(national):
+                    return True
+            elif plan.leading_digits.match(national):
+                return plan.is_valid(national)
+        return False
+
+    return is_valid
+
+
+def _never_valid(national: str) -> bool:
+    return False
+
+
+_VALIDATORS = _LazyPlans(_load_validator)
+
+
+def _load_validity_filter(calling_code: str) -> Callable[[str], bool]:
+    """
+    A cheap necessary condition for ``+<calling_code><rest>`` to be valid. For a code of one region,
+    when no national prefix starts ``rest``, the national number is ``rest`` itself: it needs a valid
+    length and the general pattern. Otherwise no shortcut (True).
+    """
+    plan = _PHONE_CALLING_CODES[calling_code]
+    if plan is None or len(COUNTRY_CODE_TO_REGION_CODE[int(calling_code)]) > 1:
+        return _maybe
+    prefix, lengths, matches = plan.national_prefix, frozenset(plan.lengths), plan.matches
+
+    def may_be_valid(rest: str) -> bool:
+        if prefix is not None and prefix.match(rest) is not None:
+            return True
+        return len(rest) in lengths and matches(rest)
+
+    return may_be_valid
+
+
+def _maybe(rest: str) -> bool:
+    return True
+
+
+_MAY_BE_VALID = _LazyPlans(_load_validity_filter)
+
+
 def _split_calling_code(digits: str) -> tuple[str, str] | None:
-    """phonenumbers' ``_extract_country_code``: the 1-3 digit calling code and the rest, or None."""
-    if digits[0] == "0":
-        return None
-    for size in (1, 2, 3):
-        if digits[:size] in _CALLING_CODES:
-            return digits[:size], digits[size:]
-    return None
+    """
+    phonenumbers' ``_extract_country_code`` for ``digits`` of three or more: the 1-3 digit calling code
+    and the rest, or None.
+    """
+    size = _CALLING_CODE_SIZES.get(digits[:3])
+    return None if size is None else (digits[:size], digits[size:])
+
+
+def _calling_code_sizes() -> dict[str, int]:
+    """For each three-digit start, the length of the calling code it starts with (the shortest)."""
+    sizes = {}
+    for start in range(100, 1000):  # a calling code never starts with 0
+        text = str(start)
+        for size in (1, 2, 3):
+            if text[:size] in _CALLING_CODES:
+                sizes[text] = size
+                break
+    return sizes
+
+
+_CALLING_CODE_SIZES = _calling_code_sizes()
 
 
 def normalize_phone(value: object, country: str | None) -> str | Dropped:
@@ -166,45 +307,84 @@ def _phone_fast(digits: str, has_plus: bool, region: str | None) -> str | Droppe
     if not 4 <= len(digits) <= 20:
         return None
     if has_plus:
-        split = _split_calling_code(digits)
-        if split is None:
+        return _fast_wire(_fast_international(digits))
+    national = _fast_national(digits, region) if region is not None else PHONE_NO_COUNTRY_CODE
+    if national is None:
+        return None
+    split = _split_calling_code(digits)
+    # Without a calling code, or when cheap checks rule out validity, "+digits" is no valid number.
+    if split is not None and _MAY_BE_VALID[split[0]](split[1]):
+        international = _fast_possible(*split, _PHONE_CALLING_CODES[split[0]])
+        if international is None:
             return None
-        calling_code, national = split
-        plan = _PHONE_CALLING_CODES[calling_code]
-    else:
-        if region is None:
-            return PHONE_NO_COUNTRY_CODE
-        region_plan = _PHONE_REGIONS[region]
-        if region_plan is None or region_plan.transforms_prefix:
+        # The national reading wins when valid; the "+digits" one only matters when it is valid.
+        if international == national:
+            return _fast_wire(national)
+        if international.__class__ is tuple and _is_valid(*international):
+            if national.__class__ is tuple and _is_valid(*national):
+                return _fast_wire(national)
+            return _fast_wire(international)
+    return _fast_wire(national)
+
+
+def _fast_wire(reading: tuple[str, str] | Dropped | None) -> str | Dropped | None:
+    return reading[0] + reading[1] if reading.__class__ is tuple else reading
+
+
+def _fast_international(digits: str) -> tuple[str, str] | Dropped | None:
+    """``+digits`` as (calling code, national number), or why it is no possible number; None when unsure."""
+    split = _split_calling_code(digits)
+    if split is None:
+        return None
+    calling_code, national = split
+    return _fast_possible(calling_code, national, _PHONE_CALLING_CODES[calling_code])
+
+
+def _fast_national(digits: str, region: str) -> tuple[str, str] | Dropped | None:
+    """``digits`` dialled in ``region`` as (calling code, national number), or why not; None when unsure."""
+    region_plan = _PHONE_REGIONS[region]
+    if region_plan is None:
+        return None
+    if region_plan.international_prefix is not None and region_plan.international_prefix.match(digits):
+        return None
+    calling_code, national, plan = region_plan.calling_code, digits, region_plan
+    if digits.startswith(calling_code):
+        # Written with the calling code but without "+": phonenumbers takes the code off when the
+        # number only makes sense without it.
+        potential = region_plan.strip_national_prefix(digits[len(calling_code) :])
+        if potential is None:
             return None
-        if region_plan.international_prefix is not None and region_plan.international_prefix.match(digits):
-            return None
-        calling_code, national, plan = region_plan.calling_code, digits, region_plan
-        if digits.startswith(calling_code):
-            # Written with the calling code but without "+": phonenumbers takes the code off when the
-            # number only makes sense without it.
-            potential = region_plan.strip_national_prefix(digits[len(calling_code) :])
-            if (not region_plan.matches(digits) and region_plan.matches(potential)) or (
-                region_plan.length_result(digits) == ValidationResult.TOO_LONG
-            ):
-                national, plan = potential, _PHONE_CALLING_CODES[calling_code]
+        if (not region_plan.matches(digits) and region_plan.matches(potential)) or (
+            region_plan.length_result(digits) == ValidationResult.TOO_LONG
+        ):
+            national, plan = potential, _PHONE_CALLING_CODES[calling_code]
+    return _fast_possible(calling_code, national, plan)
+
+
+def _fast_possible(
+    calling_code: str, national: str, plan: _PhonePlan | None
+) -> tuple[str, str] | Dropped | None:
+    """The trunk prefix taken off ``national``, then phonenumbers' possible-number checks."""
     main_plan = _PHONE_CALLING_CODES[calling_code]
-    if plan is None or main_plan is None or plan.transforms_prefix:
+    if plan is None or main_plan is None:
         return None
     if len(national) < _MIN_NATIONAL_LENGTH:
         return PHONE_INVALID
     potential = plan.strip_national_prefix(national)  # the trunk "0" of "+44 (0)20 ..." or "020 ..."
-    if plan.length_result(potential) not in _KEEPS_NATIONAL_PREFIX:
+    if potential is None:
+        return None
+    if plan.length_results[min(len(potential), _LONGEST_LENGTH_TABULATED)] not in _KEEPS_NATIONAL_PREFIX:
         national = potential
     if len(national) > _MAX_NATIONAL_LENGTH:
         return PHONE_INVALID
-    if main_plan.length_result(national) != ValidationResult.IS_POSSIBLE:
+    if main_plan.length_results[len(national)] != _IS_POSSIBLE:
         return PHONE_INVALID
     if not national.strip("0"):
         return PHONE_INVALID
-    return calling_code + national
+    return calling_code, national
 
 
+_IS_POSSIBLE = ValidationResult.IS_POSSIBLE
 _KEEPS_NATIONAL_PREFIX = (
     ValidationResult.TOO_SHORT,
     ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
@@ -223,12 +403,37 @@ def _phone_reference(text: str, region: str | None) -> str | Dropped:
     """
     if _INTERNATIONAL_00.match(text):
         text = "+" + text[2:]
+    if text.startswith("+"):
+        return _reference_wire(_reference_parse(text, region))
+    national = None
+    if region is not None:
+        national = _reference_parse(text, region)
+        if national.__class__ is not Dropped and phonenumbers.is_valid_number(national):
+            return _reference_wire(national)
+    international = _reference_parse("+" + text, None)
+    if international.__class__ is not Dropped and phonenumbers.is_valid_number(international):
+        return _reference_wire(international)
+    if national is not None:
+        return _reference_wire(national)
+    if not any(character.isdigit() for character in text):
+        return PHONE_INVALID  # no number at all, not a number without its country
+    return PHONE_NO_COUNTRY_CODE
+
+
+def _reference_parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | Dropped:
+    """The parsed number, or why ``text`` is not one."""
     try:
-        number = phonenumbers.parse(text, region)
+        return phonenumbers.parse(text, region)
     except NumberParseException as error:
         if error.error_type == NumberParseException.INVALID_COUNTRY_CODE and not text.startswith("+"):
             return PHONE_NO_COUNTRY_CODE
         return PHONE_INVALID
+
+
+def _reference_wire(number: phonenumbers.PhoneNumber | Dropped) -> str | Dropped:
+    """Calling code and national number as digits, when the number is possible and not all zeros."""
+    if number.__class__ is Dropped:
+        return number
     if phonenumbers.is_possible_number_with_reason(number) != ValidationResult.IS_POSSIBLE:
         return PHONE_INVALID
     national = phonenumbers.national_significant_number(number)

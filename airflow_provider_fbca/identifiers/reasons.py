@@ -44,6 +44,7 @@ LN_INVALID = Dropped("ln.invalid")
 FN_INVALID = Dropped("fn.invalid")
 FI_INVALID = Dropped("fi.invalid")
 CT_INVALID = Dropped("ct.invalid")
+CT_NOT_LATIN = Dropped("ct.not_latin")
 ST_UNKNOWN = Dropped("st.unknown")
 ZIP_INVALID = Dropped("zip.invalid")
 COUNTRY_UNKNOWN = Dropped("country.unknown")
@@ -53,6 +54,9 @@ PAGEUID_INVALID = Dropped("pageuid.invalid")
 LOOKALIKE_VALUE_INVALID = Dropped("lookalike_value.invalid")
 LOOKALIKE_VALUE_NEGATIVE = Dropped("lookalike_value.negative")
 DOB_INVALID = Dropped("dob.invalid")
+PROCESSING_OPTIONS_INVALID = Dropped("data_processing_options.invalid")
+PROCESSING_COUNTRY_INVALID = Dropped("data_processing_options_country.invalid")
+PROCESSING_STATE_INVALID = Dropped("data_processing_options_state.invalid")
 
 #: Every reason a value can be dropped for: the keys of :attr:`PreparedBatch.dropped`.
 DROP_REASONS: tuple[str, ...] = tuple(
@@ -74,6 +78,7 @@ DROP_REASONS: tuple[str, ...] = tuple(
         FN_INVALID,
         FI_INVALID,
         CT_INVALID,
+        CT_NOT_LATIN,
         ST_UNKNOWN,
         ZIP_INVALID,
         COUNTRY_UNKNOWN,
@@ -82,8 +87,12 @@ DROP_REASONS: tuple[str, ...] = tuple(
         PAGEUID_INVALID,
         LOOKALIKE_VALUE_INVALID,
         LOOKALIKE_VALUE_NEGATIVE,
+        PROCESSING_OPTIONS_INVALID,
+        PROCESSING_COUNTRY_INVALID,
+        PROCESSING_STATE_INVALID,
     )
 )
 #: Why a whole row is rejected: the keys of :attr:`PreparedBatch.rejected_by_reason`.
 ROW_NO_IDENTIFIER = "row.no_identifier"
 ROW_NO_VALUE = "row.no_value"
+ROW_INVALID_PROCESSING = "row.invalid_data_processing_options"

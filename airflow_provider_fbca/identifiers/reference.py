@@ -22,7 +22,8 @@ The row's COUNTRY (when mapped and recognized) decides PHONE, ZIP and ST; otherw
 `default_country`. A value that is not usable is dropped (sent as `""`) and counted by reason
 (the sync's report lists them); one bad value never fails a batch. A row is rejected
 (`row.no_identifier`) when no key but EXTERN_ID and LOOKALIKE_VALUE survived, and (`row.no_value`) when
-LOOKALIKE_VALUE is mapped but unusable. The reasons a value is dropped for: {reasons}.
+LOOKALIKE_VALUE is mapped but unusable, and (`row.invalid_data_processing_options`) when its data
+processing options are unusable. The reasons a value is dropped for: {reasons}.
 
 Regenerate this section with `python -m airflow_provider_fbca.identifiers --update-readme`.
 

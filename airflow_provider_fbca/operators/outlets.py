@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow.sdk import Asset, AssetAlias
+from airflow.providers.common.compat.sdk import Asset, AssetAlias
 
 from airflow_provider_fbca.assets import AUDIENCE_SCHEME, audience_uri, run_counts
 

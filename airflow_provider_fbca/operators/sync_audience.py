@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
-from functools import cached_property, partial
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import BaseHook, BaseOperator
 from airflow.providers.common.sql.hooks.sql import DbApiHook
-from airflow.sdk import BaseHook, BaseOperator
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
-from airflow_provider_fbca.identifiers import RowPreparer, prepare
+from airflow_provider_fbca.identifiers import (
+    PROCESSING_KEYS,
+    RowPreparer,
+    check_data_processing_options,
+)
 from airflow_provider_fbca.links.ads_manager import AudienceInAdsManagerLink, publish_audience_link
 from airflow_provider_fbca.operators.arguments import (
     check_audience_choice,
@@ -30,30 +34,30 @@ from airflow_provider_fbca.operators.outlets import check_audience_outlets, reco
 from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_size
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
-from airflow_provider_fbca.sync.dialects import Dialect, dialect_for, register_functions
 from airflow_provider_fbca.sync.engine import RemovalsRefusedError, SyncOptions, SyncRun
 from airflow_provider_fbca.sync.journal import PageJournal
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, run_exclusively
 from airflow_provider_fbca.sync.partitions import (
-    PARTITION_COLUMN,
     ShareRecorder,
     check_layout,
     check_partition,
     check_partitions,
-    in_partition,
-    partition_of,
-    partition_query,
     partition_suffix,
-    tagged_query,
 )
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
+from airflow_provider_fbca.sync.rejects import (
+    DEFAULT_MAX_REJECTS_RECORDED,
+    REJECTS_SUFFIX,
+    RejectsTable,
+    check_max_rejects_recorded,
+)
 from airflow_provider_fbca.sync.report import SyncReport, format_report
-from airflow_provider_fbca.sync.source import read_model
-from airflow_provider_fbca.sync.state import StateStore, check_state_table
+from airflow_provider_fbca.sync.share import Share
+from airflow_provider_fbca.sync.state import StateStore, check_state_table, quote_table_name, utc_now
 
 if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
     from airflow.providers.openlineage.extractors import OperatorLineage
-    from airflow.sdk import Context
 
 DEFAULT_STATE_TABLE = "fbca_sync_state"
 DEFAULT_FETCH_SIZE = 10_000
@@ -112,6 +116,14 @@ class SyncAudienceOperator(BaseOperator):
     :param on_refused_removals: when Meta refuses removals for good (e.g. 1870047, the audience would
         become too small), the additions are still sent and the refused removals stay owed (sent again by
         every later run); ``fail`` (default) then fails the task, ``warn`` lets it succeed with a warning.
+    :param max_rejects_recorded: the rows that lost a match key or were rejected are listed, by EXTERN_ID
+        and reason (never a value), in ``<state_table>_rejects``; at most this many entries per sync
+        (default 100,000; 0 lists none). Dry runs list none.
+    :param data_processing_options: Meta's Limited Data Use for every row: ``["LDU"]``, or ``[]`` to say
+        none explicitly; None (default) sends no options. For options per row, map a column to
+        ``data_processing_options`` (and its country and state) instead.
+    :param data_processing_options_country: with ``["LDU"]``: 1 (the United States) or 0 (Meta geolocates).
+    :param data_processing_options_state: with ``["LDU"]``: 1000 (California, with country 1) or 0.
     """
 
     template_fields: Sequence[str] = (
@@ -164,12 +176,21 @@ class SyncAudienceOperator(BaseOperator):
         page_ids: Sequence[str] | None = None,
         lease_minutes: float = DEFAULT_LEASE_MINUTES,
         on_refused_removals: str = "fail",
+        max_rejects_recorded: int = DEFAULT_MAX_REJECTS_RECORDED,
+        data_processing_options: Sequence[str] | None = None,
+        data_processing_options_country: int | None = None,
+        data_processing_options_state: int | None = None,
         partitions: int = 1,
         partition: int | str = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_state_table(state_table)  # fail at parse time on a bad name
+        quote_table_name(state_table, REJECTS_SUFFIX)
+        check_max_rejects_recorded(max_rejects_recorded)
+        check_data_processing_options(
+            data_processing_options, data_processing_options_country, data_processing_options_state
+        )
         check_fetch_size(fetch_size)
         self.sql = sql
         self.mapping = mapping
@@ -196,6 +217,10 @@ class SyncAudienceOperator(BaseOperator):
         self.page_ids = page_ids
         self.lease_minutes = lease_minutes
         self.on_refused_removals = on_refused_removals
+        self.max_rejects_recorded = max_rejects_recorded
+        self.data_processing_options = data_processing_options
+        self.data_processing_options_country = data_processing_options_country
+        self.data_processing_options_state = data_processing_options_state
         self.partitions = check_partitions(partitions)
         self.partition = partition
         self._key_names: list[str] = []
@@ -227,8 +252,14 @@ class SyncAudienceOperator(BaseOperator):
                 setattr(self, name, read_optional_text(getattr(self, name)))
         if ready(self.mapping, self.default_country, self.membership_column):
             self.mapping = read_mapping(self.mapping, self.membership_column)
+            mapped = RowPreparer(list(self.mapping), default_country=self.default_country).schema
+            if self.data_processing_options is not None and set(mapped) & set(PROCESSING_KEYS):
+                raise ValueError(
+                    "Data processing options come from the mapping or from data_processing_options, not "
+                    "both: remove one of them."
+                )
             self._key_names = list(
-                RowPreparer(list(self.mapping), default_country=self.default_country).schema
+                RowPreparer(self._match_keys(), default_country=self.default_country).schema
             )
             if EXTERN_ID not in self._key_names:
                 raise ValueError(
@@ -268,7 +299,7 @@ class SyncAudienceOperator(BaseOperator):
         account = self.hook.ad_account_id
         publish_audience_link(context, account, audience_id)
         check_audience_outlets(self.outlets, account, audience_id)
-        preparer = RowPreparer(list(self.mapping), default_country=self.default_country)
+        preparer = RowPreparer(self._match_keys(), default_country=self.default_country)
         new_audience = f"{account}:new:{self.audience_name}"
         options = SyncOptions(
             audience_id=audience_id or f"(new) {self.audience_name}",
@@ -295,6 +326,23 @@ class SyncAudienceOperator(BaseOperator):
             if audience_id and not self.full_refresh:
                 check_layout(store, f"{account}:{audience_id}", self.partitions)
             shares = ShareRecorder(store) if self.full_refresh and not self.dry_run else None
+            rejects = None
+            if not self.dry_run:
+                rejects = RejectsTable(
+                    store,
+                    options.sync_key,
+                    key_column=options.source_key_index,
+                    run_label=_run_label(context),
+                    max_recorded=self.max_rejects_recorded,
+                    forget_absent=self.sync_mode is SyncMode.MIRROR,
+                )
+
+            def create_audience() -> tuple[str, str]:
+                audience_id, sync_key = self._create_audience(state_hook, context)
+                if rejects is not None:  # the rejects were listed under the provisional key
+                    rejects.move_to(sync_key)
+                return audience_id, sync_key
+
             self._sync_run = SyncRun(
                 store,
                 self.hook,
@@ -304,26 +352,34 @@ class SyncAudienceOperator(BaseOperator):
                 holder=_lease_holder(context),
                 # A missing audience is created only once the model passed every check (columns, duplicates,
                 # removal guard): a failed run leaves no empty audience behind.
-                create_audience=None if audience_id else partial(self._create_audience, state_hook, context),
+                create_audience=None if audience_id else create_audience,
+                rejects=rejects,
             )
             # closing: a run failing mid-read closes the warehouse connection now, in this thread.
             with closing(self._read_chunks(source_hook, preparer.column_of(EXTERN_ID), shares)) as chunks:
                 try:
                     report = self._sync_run.run(chunks)
                 except RemovalsRefusedError as refused:  # the additions landed: show what the run did
-                    self._log_report(refused.report, audience_id, account, context)
+                    self._log_report(refused.report, audience_id, account, context, rejects)
                     raise
             if shares is not None:  # the state was rebuilt under the unpartitioned key: slice it
                 shares.split(self._sync_run.options.sync_key, self.partitions)
         finally:
             state_conn.close()
-        return self._log_report(report, audience_id, account, context)
+        return self._log_report(report, audience_id, account, context, rejects)
 
     def _log_report(
-        self, report: SyncReport, audience_id: str | None, account: str, context: Context
+        self,
+        report: SyncReport,
+        audience_id: str | None,
+        account: str,
+        context: Context,
+        rejects: RejectsTable | None = None,
     ) -> dict[str, Any]:
         """Log the run's report, publish the audience's link and asset event, and return the report."""
         result = report.as_dict()
+        if rejects is not None:
+            result.update(rejects.summary())
         result["audience_id"] = audience_id or (None if self.dry_run else report.audience_id)
         result["ad_account_id"] = account
         if self.partitions > 1:
@@ -497,50 +553,36 @@ class SyncAudienceOperator(BaseOperator):
         wanted = list(self.mapping.values())
         if self.membership_column is not None:
             wanted.append(self.membership_column)
+        constants = tuple(value for _, value in self._processing_cells())
+        mapped = len(self.mapping)
         conn = source_hook.get_conn()
         try:
-            dialect = dialect_for(conn)
-            if dialect is not None and dialect.name == "sqlite":
-                register_functions(conn)
-            if shares is not None:
-                yield from self._read_tagged(conn, dialect, wanted, key_index, shares)
-            elif self.partitions == 1:
-                yield from read_model(conn, self.sql, wanted, self.fetch_size)
-            elif dialect is not None:
-                sql = partition_query(self.sql, wanted[key_index], self.partition, self.partitions, dialect)
-                yield from read_model(conn, sql, wanted, self.fetch_size)
-            else:
-                self.log.warning("No partition filter for this warehouse's driver: filtering the rows here")
-                for chunk in read_model(conn, self.sql, wanted, self.fetch_size):
-                    yield [
-                        row for row in chunk if in_partition(row[key_index], self.partition, self.partitions)
-                    ]
+            share = Share(self.sql, wanted, key_index, self.partition, self.partitions, self.fetch_size)
+            for chunk in share.read(conn, shares):
+                # The sync-wide data processing options go after the mapped cells; membership stays last.
+                yield [(*row[:mapped], *constants, *row[mapped:]) for row in chunk] if constants else chunk
         finally:
             conn.close()
 
-    def _read_tagged(
-        self, conn: Any, dialect: Dialect | None, wanted: list[str], key_index: int, shares: ShareRecorder
-    ) -> Iterator[list[tuple[Any, ...]]]:
-        """Every row of the query, each one's partition noted in ``shares`` (a full refresh)."""
-        if dialect is None:  # the partition computed here, as the client-side filter does
-            for chunk in read_model(conn, self.sql, wanted, self.fetch_size):
-                shares.record(
-                    (_row_key(row[key_index]), partition_of(row[key_index], self.partitions)) for row in chunk
-                )
-                yield chunk
-            return
-        sql = tagged_query(self.sql, wanted[key_index], self.partitions, dialect)
-        for chunk in read_model(conn, sql, [*wanted, PARTITION_COLUMN], self.fetch_size):
-            shares.record((_row_key(row[key_index]), int(row[-1])) for row in chunk)
-            yield [row[:-1] for row in chunk]
+    def _processing_cells(self) -> list[tuple[str, Any]]:
+        """The sync-wide data processing options, as constant cells after the mapped columns."""
+        options = self.data_processing_options
+        if options is None:
+            return []
+        if not options:  # an explicit "none"
+            return [(PROCESSING_KEYS[0], "")]
+        location = (self.data_processing_options_country, self.data_processing_options_state)
+        return list(zip(PROCESSING_KEYS, ("LDU", *location), strict=True))
+
+    def _match_keys(self) -> list[str]:
+        """The preparer's keys: the mapping's, then the sync-wide data processing options."""
+        return [*self.mapping, *(key for key, _ in self._processing_cells())]
 
 
-def _row_key(cell: Any) -> str:
-    """The EXTERN_ID cell as the state keys it (an unusable one keys no state row: any text will do)."""
-    try:
-        return prepare("EXTERN_ID", cell)
-    except ValueError:
-        return ""
+def _run_label(context: Mapping[str, Any]) -> str:
+    """The run a rejects entry was last seen in: Airflow's run id, or the time outside a task run."""
+    run_id = getattr(context.get("ti"), "run_id", None)
+    return str(run_id) if run_id else utc_now()
 
 
 def _lease_holder(context: Mapping[str, Any]) -> str:

@@ -8,13 +8,14 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.configuration import conf
-from airflow.sdk.exceptions import (
+from airflow.providers.common.compat.sdk import (
     AirflowException,
     AirflowFailException,
     AirflowSensorTimeout,
     AirflowSkipException,
+    BaseSensorOperator,
+    PokeReturnValue,
+    conf,
 )
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
@@ -33,7 +34,7 @@ from airflow_provider_fbca.upload_summary import (
 )
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.providers.common.compat.sdk import Context
 
 # How long past the trigger's own deadline Airflow's deferral timeout cuts in: only a backstop, the
 # trigger's timeout event (which names the sessions) should always come first.

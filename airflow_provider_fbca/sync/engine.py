@@ -26,6 +26,7 @@ from airflow_provider_fbca.sync.plan import (
     check_removal_guard,
     load_defaults,
 )
+from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.row_key import PERSONAL, refuse_personal_key, row_key_problem
 from airflow_provider_fbca.sync.sending import AudienceClient, PlanSender, RemovalsRefusedError
@@ -144,6 +145,7 @@ class SyncRun:
         of it makes every row prepared again.
     :param holder: who this run is (DAG, task, try), shown to a concurrent run its lease refuses.
     :param clock: the time in seconds since the epoch, for the lease (tests inject one).
+    :param rejects: where the rows that lost values are listed (``<state_table>_rejects``); None: nowhere.
     :param create_audience: the audience does not exist yet: called once the plan passed every check and
         just before the first upload (never in a dry run), it creates the audience and returns its id and
         the sync key of its state. So a run that fails on the model (a missing column, duplicates, the
@@ -161,9 +163,11 @@ class SyncRun:
         digest_seed: str = "",
         holder: str = "",
         clock: Callable[[], float] = time.time,
+        rejects: RejectsTable | None = None,
         create_audience: Callable[[], tuple[str, str]] | None = None,
     ) -> None:
         self.store = store
+        self.rejects = rejects
         self.create_audience = create_audience
         self.client = client
         self.preparer = preparer
@@ -240,9 +244,13 @@ class SyncRun:
         stage = StageTable(self.store)
         stage.create()
         try:
+            if self.rejects is not None:
+                self.rejects.start()
             for chunk in chunks:
                 stage.load(self._stage_chunk(chunk))
                 self.lease.keep_alive()
+            if self.rejects is not None:
+                self.rejects.finish()
             self.store.commit()
             stage.index()
             if self.known_digests is not None:
@@ -307,6 +315,8 @@ class SyncRun:
         self.report.rejected += len(prepared.rejected)
         self.report.rejected_by_reason.update(prepared.rejected_by_reason)
         self.report.dropped_values.update(prepared.dropped)
+        if self.rejects is not None:
+            self.rejects.record(values, prepared)
         key_index, stage = self.stager.key_index, self.stager.stage
         defaults = {
             member: load_defaults(member, self.options.adds_enabled, self.state_empty) for member in (0, 1)

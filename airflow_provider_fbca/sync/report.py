@@ -11,6 +11,7 @@ from typing import Any
 
 from airflow_provider_fbca.sync.batches import SessionResult
 from airflow_provider_fbca.sync.plan import SyncPlan
+from airflow_provider_fbca.sync.rejects import fix_hint
 
 
 @dataclass
@@ -59,6 +60,7 @@ class SyncReport:
             "rejected": self.rejected,
             "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
             "dropped_values_by_reason": dict(sorted(self.dropped_values.items())),
+            "fix_hint": fix_hint(self.rejected_by_reason + self.dropped_values),
             "rows_sent": sum(session.rows for session in self.sessions),
             # Strings, as Meta writes them: 19-digit ids exceed JavaScript's 2**53, so Airflow's UI
             # would show a rounded, wrong id for an int in XCom.

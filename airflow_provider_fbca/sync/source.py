@@ -46,6 +46,10 @@ def column_picker(columns: Sequence[str], wanted: Sequence[str]) -> Callable[[Ro
     return operator.itemgetter(*indices) if len(indices) > 1 else (lambda row: (row[indices[0]],))
 
 
+def _column_names(cursor: Any) -> list[str]:
+    return [column[0] for column in cursor.description or ()]
+
+
 def read_model(conn: Any, sql: str, wanted: Sequence[str], fetch_size: int) -> Iterator[list[Row]]:
     """Run the query and yield its rows in chunks of the wanted columns.
 
@@ -63,14 +67,19 @@ def read_model(conn: Any, sql: str, wanted: Sequence[str], fetch_size: int) -> I
     cursor = streaming_cursor(conn, "fbca_sync_source")
     try:
         cursor.execute(statement)
-        columns = [column[0] for column in cursor.description or ()]
-        pick = column_picker(columns, wanted)
+        columns = _column_names(cursor)
+        pick: Callable[[Row], Row] | None = None
         read = 0
         while True:
             try:
                 rows = cursor.fetchmany(fetch_size)
             except Exception as error:
                 raise ModelReadError(describe_fetch_error(error, conn, statement, columns, read)) from None
+            if pick is None:
+                # Read the columns again once rows were fetched: psycopg2's server-side cursors
+                # (PostgresHook's driver under SQLAlchemy 1.4, which Airflow 3.0 pins) describe them only then.
+                columns = _column_names(cursor)
+                pick = column_picker(columns, wanted)
             if not rows:
                 return
             read += len(rows)

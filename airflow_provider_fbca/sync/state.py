@@ -280,15 +280,23 @@ class StateStore:
 
     # -- schema ---------------------------------------------------------------------------------------
 
-    def ensure_tables(self) -> None:
-        """Create the state and its companion tables on first use (an older state gains the new ones).
+    def lock_table_creation(self) -> None:
+        """Hold, until the transaction ends, the lock under which the state's tables are created.
 
-        On PostgreSQL two first runs creating the tables at once would collide in the catalog
-        (``UniqueViolation`` on ``pg_type``, ``CREATE TABLE IF NOT EXISTS`` notwithstanding), so the
-        creation holds a transaction-level advisory lock named after the table.
+        On PostgreSQL two first runs creating a table at once would collide in the catalog
+        (``UniqueViolation`` on ``pg_type``, ``CREATE TABLE IF NOT EXISTS`` notwithstanding): a
+        transaction-level advisory lock named after the state table serializes them. N partitions of a
+        sync start together.
         """
         if type(self.conn).__module__.startswith("psycopg"):
             self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"fbca:{self.table}",)).close()
+
+    def ensure_tables(self) -> None:
+        """Create the state and its companion tables on first use (an older state gains the new ones).
+
+        The creation holds :meth:`lock_table_creation`.
+        """
+        self.lock_table_creation()
         self.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             " sync_key VARCHAR(255) NOT NULL,"

@@ -22,7 +22,7 @@ from example_dag_support import (
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One migrated Airflow home (SQLite metadata) for every ``airflow dags test`` of the session."""
     home = tmp_path_factory.mktemp("dags-airflow-home")
-    demo.run_airflow(["db", "migrate"], demo.airflow_env(home), home / "migrate.log", timeout_s=300)
+    demo.prepare_metadata_db(demo.airflow_env(home), home / "migrate.log")
     return home
 
 

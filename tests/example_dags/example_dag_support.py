@@ -79,13 +79,7 @@ class DagRunner:
 
     def latest_xcom(self, dag_id: str, task_id: str, key: str) -> Any:
         """An XCom of the task in the DAG's latest run (``None`` when it pushed none under ``key``)."""
-        with contextlib.closing(sqlite3.connect(self.home / "airflow.db")) as db:
-            row = db.execute(
-                "SELECT value FROM xcom WHERE dag_id = ? AND task_id = ? AND key = ? "
-                "ORDER BY dag_run_id DESC LIMIT 1",
-                (dag_id, task_id, key),
-            ).fetchone()
-        return None if row is None else json.loads(row[0])
+        return demo.latest_xcom(self.home / "airflow.db", dag_id, task_id, key, required=False)
 
     def asset_events(self, dag_id: str) -> list[tuple[str, dict[str, Any]]]:
         """``(asset URI, extra)`` of every asset event the DAG's runs emitted, oldest first."""

@@ -9,16 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.dag_processing.dagbag import DagBag
-from airflow.sdk import AssetAlias, XComArg
+from airflow.providers.common.compat.sdk import AssetAlias, ParamValidationError, XComArg
 from airflow.sdk.definitions.param import ParamsDict
-from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
-from airflow.sdk.exceptions import ParamValidationError
-from airflow.sdk.execution_time import macros
 from example_dag_support import EXAMPLE_DAGS
 
 from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
 from airflow_provider_fbca.sensors.audience_upload import AudienceUploadSensor
+from tests.version_compat import AssetTriggeredTimetable, DagBag, macros
 
 EXPECTED_DAGS = {
     "fbca_mirror_customers": "mirror",

@@ -19,6 +19,7 @@ import requests
 from example_dag_support import DagRunner, DagRunResult, is_in_population
 
 from airflow_provider_fbca.sandbox import LATEST_VERSION, appsecret_proof
+from tests.version_compat import LINK_XCOM_KEY
 
 pytestmark = pytest.mark.dags
 
@@ -170,14 +171,14 @@ def test_a_param_makes_the_run_dry_then_the_real_run_publishes_the_audience_and_
     assert dry.sync["added"] == len(_query_keys(warehouse, "SELECT external_id FROM customers"))
     assert _audience_names(dag_runner.sandbox) == audiences_before  # nothing created, nothing sent
     assert dag_runner.asset_events(dag_id) == []  # a dry run updated nothing
-    assert dag_runner.latest_xcom(dag_id, "sync", LINK_XCOM) in (None, "")
+    assert dag_runner.latest_xcom(dag_id, "sync", LINK_XCOM_KEY) in (None, "")
 
     result = dag_runner.run(dag_id)
     audience_id, account = result.sync["audience_id"], dag_runner.sandbox.ad_account_id
     assert result.sync["dry_run"] is False and dag_runner.member_keys(audience_id)
     link = f"https://adsmanager.facebook.com/adsmanager/audiences?act={account.removeprefix('act_')}&ids={audience_id}"
-    assert dag_runner.latest_xcom(dag_id, "sync", LINK_XCOM) == link
-    assert dag_runner.latest_xcom(dag_id, "wait_for_upload", LINK_XCOM) == link
+    assert dag_runner.latest_xcom(dag_id, "sync", LINK_XCOM_KEY) == link
+    assert dag_runner.latest_xcom(dag_id, "wait_for_upload", LINK_XCOM_KEY) == link
     ((uri, extra),) = dag_runner.asset_events(dag_id)
     assert uri == f"facebook-custom-audiences://{account}/{audience_id}"
     assert (extra["added"], extra["removed"], extra["rows_read"]) == (
@@ -185,9 +186,6 @@ def test_a_param_makes_the_run_dry_then_the_real_run_publishes_the_audience_and_
         0,
         result.sync["rows_read"],
     )
-
-
-LINK_XCOM = "_link_AudienceInAdsManagerLink"
 
 
 def _audience_names(sandbox: Any) -> set[str]:

@@ -361,7 +361,7 @@ def test_facebook_social_connection_is_reused(monkeypatch, sandbox):
 
 
 def test_hook_overrides_and_registration(sandbox, fb_conn_id):
-    from airflow.sdk import BaseHook
+    from airflow.providers.common.compat.sdk import BaseHook
 
     hook = BaseHook.get_hook(fb_conn_id)
     assert isinstance(hook, FacebookCustomAudiencesHook)

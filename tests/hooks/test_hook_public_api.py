@@ -6,7 +6,7 @@ import importlib
 import subprocess
 import sys
 
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_fbca.get_provider_info import HOOK_CLASS, get_provider_info
 from airflow_provider_fbca.hooks import custom_audiences

@@ -14,14 +14,17 @@ PUBLIC_NAMES = (
     "DATE_OF_BIRTH",
     "DROP_REASONS",
     "MATCH_KEYS",
+    "PROCESSING_KEYS",  # added by issue 12 (LDU)
     "README_END",
     "README_START",
+    "ROW_INVALID_PROCESSING",  # added by issue 12 (LDU)
     "ROW_NO_IDENTIFIER",
     "ROW_NO_VALUE",
     "Dropped",
     "MatchKey",
     "PreparedBatch",
     "RowPreparer",
+    "check_data_processing_options",  # added by issue 12 (LDU)
     "mapping_reference_markdown",
     "match_key",
     "normalize",

@@ -33,6 +33,10 @@ META_HASHING = {
     "APPUID": False,
     "PAGEUID": False,
     "LOOKALIKE_VALUE": False,
+    # Limited Data Use (reference §2): a list and two integers, never hashed.
+    "DATA_PROCESSING_OPTIONS": False,
+    "DATA_PROCESSING_OPTIONS_COUNTRY": False,
+    "DATA_PROCESSING_OPTIONS_STATE": False,
 }
 ALIASES = {
     "external_id": "EXTERN_ID",
@@ -54,6 +58,9 @@ ALIASES = {
     "app_user_id": "APPUID",
     "page_user_id": "PAGEUID",
     "value": "LOOKALIKE_VALUE",
+    "data_processing_options": "DATA_PROCESSING_OPTIONS",
+    "data_processing_options_country": "DATA_PROCESSING_OPTIONS_COUNTRY",
+    "data_processing_options_state": "DATA_PROCESSING_OPTIONS_STATE",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowFailException
 
 from airflow_provider_fbca.upload_sessions import parse_session_ids, parse_sessions
 from airflow_provider_fbca.upload_summary import threshold_breaches

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import requests
-from airflow.sdk.module_loading import import_string
+from airflow.providers.common.compat.module_loading import import_string
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 from airflow_provider_fbca.triggers.audience_upload import AudienceUploadTrigger

@@ -7,6 +7,7 @@ ones gone, the extra fields with their labels, and the app secret masked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,7 +23,17 @@ from typing import Any
 
 import pytest
 
+from tests.version_compat import BROWSER_TEST_UI
+
 pytestmark = pytest.mark.browser
+
+if not BROWSER_TEST_UI:
+    # A deliberate scope, not a missing tool: not turned into a failure in CI (see tests/version_compat.py).
+    pytest.skip(
+        "the browser test drives the newest Airflow UI; this release's connection form is checked from "
+        "the hook metadata it serves the UI (tests/test_connection_form.py)",
+        allow_module_level=True,
+    )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,7 +134,8 @@ def api_server(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         _wait_until_healthy(base_url, server, log)
         yield base_url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own (a failed start)
+            os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
