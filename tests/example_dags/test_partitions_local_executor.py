@@ -44,7 +44,7 @@ def test_the_local_executor_runs_the_mapped_partitions_at_the_same_time(
     # Only this DAG: the scheduler would run every example DAG's daily run too, in the same slots.
     dags = tmp_path / "dags"
     shutil.copytree(EXAMPLE_DAGS / "sql", dags / "sql")
-    shutil.copy(EXAMPLE_DAGS / f"example_{DAG_ID.removeprefix('fbca_')}.py", dags)
+    shutil.copy(EXAMPLE_DAGS / f"example_{DAG_ID}.py", dags)
     env = {
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         **demo.connection_env(warehouse, dag_sandbox.url, credentials),
