@@ -17,6 +17,8 @@ from typing import Any
 ADDITION_KINDS = ("add", "replace")
 REMOVAL_KINDS = ("remove",)
 SESSION_KINDS = ADDITION_KINDS + REMOVAL_KINDS
+# The keys by which a sync report (a mapping) lists its sessions.
+_REPORT_KEYS = frozenset({"upload_sessions", "session_ids"})
 
 
 def parse_session_ids(value: Any) -> list[str]:
@@ -41,13 +43,17 @@ def parse_sessions(value: Any) -> dict[str, str | None]:
 
     Besides the plain forms of :func:`parse_session_ids` (kind ``None``), accepts the sync report's
     ``upload_sessions`` (``{"add": [...], "remove": [...]}``, or the text Jinja renders from it) and its
-    ``sessions`` (items with ``session_id`` and ``kind``).
+    ``sessions`` (items with ``session_id`` and ``kind``); a whole sync report stands for its sessions,
+    and a list of reports (the output of a mapped sync task: one per partition) or of id lists is
+    flattened, so the sensor confirms every partition's sessions.
 
     :param value: the ids, in any of these forms.
     :raises ValueError: when something is not a positive integer id, or a kind is unknown.
     """
     if isinstance(value, str):
         value = _parse_id_text(value)
+    if isinstance(value, Mapping) and _REPORT_KEYS.intersection(value):  # a whole sync report
+        value = value["upload_sessions" if "upload_sessions" in value else "session_ids"]
     if isinstance(value, Mapping):
         return {sid: _kind(kind) for kind, ids in value.items() for sid in parse_session_ids(ids)}
     if isinstance(value, (int, str)) and not isinstance(value, bool):
@@ -58,7 +64,10 @@ def parse_sessions(value: Any) -> dict[str, str | None]:
         )
     sessions: dict[str, str | None] = {}
     for item in value:
-        if isinstance(item, Mapping):
+        if isinstance(item, (list, tuple)) or (isinstance(item, Mapping) and _REPORT_KEYS.intersection(item)):
+            for sid, kind in parse_sessions(item).items():  # one partition's report, or a list of ids
+                sessions[sid] = kind or sessions.get(sid)
+        elif isinstance(item, Mapping):
             sessions[_session_id(item.get("session_id"))] = _kind(item.get("kind"))
         else:
             sessions.setdefault(_session_id(item), None)

@@ -213,8 +213,8 @@ def main() -> None:
         print(json.dumps(_child(args)))
         return
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from postgres_server import PostgresUnavailable, throwaway_postgres
+    sys.path.insert(0, str(REPO / "scripts"))
+    from local_cluster import postgres_bindir, throwaway_postgres
 
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="fbca-bench-speed-") as tmp:
@@ -234,25 +234,21 @@ def main() -> None:
             lines.append(
                 _verdict("SQLite 1%-changed sync vs SDK resend", lite["changed_s"] / lite["sdk_s"], 0.15)
             )
-            if not args.skip_postgres:
-                try:
-                    with throwaway_postgres() as server:
-                        pg = _run_child("postgres", url, args.rows, pristine, server)
-                except PostgresUnavailable as missing:
-                    print(f"PostgreSQL skipped: {missing}")
-                else:
-                    print(
-                        f"PostgreSQL {args.rows:,} rows: first sync {pg['first_s']:6.1f} s, "
-                        f"{pg['first_bytes'] / 1e6:7.1f} MB server->worker | 1%-changed sync "
-                        f"{pg['changed_s']:6.1f} s, {pg['changed_bytes'] / 1e6:7.2f} MB"
-                    )
-                    bytes_ratio = pg["changed_bytes"] / pg["first_bytes"]
-                    lines.append(_verdict("PostgreSQL 1%-changed bytes vs first sync's", bytes_ratio, 0.05))
-                    lines.append(
-                        _verdict(
-                            "PostgreSQL 1%-changed time vs first sync's", pg["changed_s"] / pg["first_s"], 0.1
-                        )
-                    )
+            bindir = None if args.skip_postgres else postgres_bindir()
+            if bindir is None:
+                print("PostgreSQL skipped (--skip-postgres, or no PostgreSQL binaries)")
+            else:
+                with throwaway_postgres(bindir) as server:
+                    pg = _run_child("postgres", url, args.rows, pristine, server)
+                print(
+                    f"PostgreSQL {args.rows:,} rows: first sync {pg['first_s']:6.1f} s, "
+                    f"{pg['first_bytes'] / 1e6:7.1f} MB server->worker | 1%-changed sync "
+                    f"{pg['changed_s']:6.1f} s, {pg['changed_bytes'] / 1e6:7.2f} MB"
+                )
+                bytes_ratio = pg["changed_bytes"] / pg["first_bytes"]
+                lines.append(_verdict("PostgreSQL 1%-changed bytes vs first sync's", bytes_ratio, 0.05))
+                time_ratio = pg["changed_s"] / pg["first_s"]
+                lines.append(_verdict("PostgreSQL 1%-changed time vs first sync's", time_ratio, 0.1))
         finally:
             sandbox.terminate()
             sandbox.wait(timeout=30)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,18 @@ os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/airflow.db"
 
 import pytest  # noqa: E402
-from postgres_server import PostgresUnavailable, throwaway_postgres  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The scripts' helpers (the demo, a throwaway PostgreSQL, a local Airflow) are the tests' helpers too.
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+from local_cluster import postgres_bindir, throwaway_postgres  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **conn: Any) -> None:
@@ -58,13 +68,13 @@ def fb_conn_id(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[dict[str, Any]]:
     """A throwaway PostgreSQL server on 127.0.0.1 and a free port, stopped when the session ends."""
-    with contextlib.ExitStack() as stack:
-        try:
-            server = stack.enter_context(throwaway_postgres())
-        except PostgresUnavailable as missing:
-            if os.environ.get("CI"):
-                pytest.fail(str(missing))
-            pytest.skip(str(missing))
+    bindir = postgres_bindir()
+    if bindir is None:
+        message = "PostgreSQL binaries not found (make test installs Debian's postgresql when run as root)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with throwaway_postgres(bindir) as server:
         yield server
 
 

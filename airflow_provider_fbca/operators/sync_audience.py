@@ -6,7 +6,8 @@ audience, streams the query's rows in chunks, and logs and returns the sync's re
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,11 @@ from airflow.providers.common.compat.sdk import BaseHook, BaseOperator
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
-from airflow_provider_fbca.identifiers import PROCESSING_KEYS, RowPreparer, check_data_processing_options
+from airflow_provider_fbca.identifiers import (
+    PROCESSING_KEYS,
+    RowPreparer,
+    check_data_processing_options,
+)
 from airflow_provider_fbca.links.ads_manager import AudienceInAdsManagerLink, publish_audience_link
 from airflow_provider_fbca.operators.arguments import (
     check_audience_choice,
@@ -31,7 +36,14 @@ from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.engine import RemovalsRefusedError, SyncOptions, SyncRun
 from airflow_provider_fbca.sync.journal import PageJournal
-from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
+from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, run_exclusively
+from airflow_provider_fbca.sync.partitions import (
+    ShareRecorder,
+    check_layout,
+    check_partition,
+    check_partitions,
+    partition_suffix,
+)
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
 from airflow_provider_fbca.sync.pushdown import PushdownModel, shares_database
 from airflow_provider_fbca.sync.rejects import (
@@ -41,6 +53,7 @@ from airflow_provider_fbca.sync.rejects import (
     check_max_rejects_recorded,
 )
 from airflow_provider_fbca.sync.report import SyncReport, format_report
+from airflow_provider_fbca.sync.share import Share
 from airflow_provider_fbca.sync.source import ModelQuery
 from airflow_provider_fbca.sync.state import StateStore, check_state_table, quote_table_name, utc_now
 
@@ -50,6 +63,8 @@ if TYPE_CHECKING:
 
 DEFAULT_STATE_TABLE = "fbca_sync_state"
 DEFAULT_FETCH_SIZE = 10_000
+#: How long a partition waits for another one creating their audience (one create call, a few seconds).
+CREATE_WAIT_S = 120.0
 
 
 class SyncAudienceOperator(BaseOperator):
@@ -93,6 +108,12 @@ class SyncAudienceOperator(BaseOperator):
         acknowledged in order.
     :param app_ids: app ids, needed with an APPUID column.
     :param page_ids: page ids, needed with a PAGEUID column.
+    :param partitions: how many tasks share the audience's rows (default 1: this task syncs them all).
+        With N > 1, map the task over the partitions:
+        ``SyncAudienceOperator.partial(..., partitions=N).expand(partition=list(range(N)))``; each one
+        reads only its share of the query (filtered in the warehouse by a stable hash of the EXTERN_ID
+        column) and keeps its own slice of the state, lease and upload sessions. See docs/partitions.md.
+    :param partition: which share this task syncs, 0 to ``partitions - 1``. Templated and mappable.
     :param lease_minutes: one run of a sync at a time: a run holds the sync's lease (a row of
         ``<state_table>_locks``), renewed as it goes; another run finding it live fails at once. A crashed
         run's lease expires this many minutes after its last renewal (default 30).
@@ -115,6 +136,7 @@ class SyncAudienceOperator(BaseOperator):
         "audience_name",
         "audience_description",
         "ad_account_id",
+        "partition",
         "sync_mode",
         "dry_run",
         "full_refresh",
@@ -163,6 +185,8 @@ class SyncAudienceOperator(BaseOperator):
         data_processing_options: Sequence[str] | None = None,
         data_processing_options_country: int | None = None,
         data_processing_options_state: int | None = None,
+        partitions: int = 1,
+        partition: int | str = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -203,6 +227,8 @@ class SyncAudienceOperator(BaseOperator):
         self.data_processing_options = data_processing_options
         self.data_processing_options_country = data_processing_options_country
         self.data_processing_options_state = data_processing_options_state
+        self.partitions = check_partitions(partitions)
+        self.partition = partition
         self._key_names: list[str] = []
         self._report: dict[str, Any] | None = None  # the finished run's report, for OpenLineage
         # Check the plain arguments now, so a DAG with a typo fails to parse, not at 3 a.m.; the
@@ -258,6 +284,8 @@ class SyncAudienceOperator(BaseOperator):
                 lease_minutes=self.lease_minutes,
                 on_refused_removals=self.on_refused_removals,
             )
+        if ready(self.partition):  # a mapped task gets its partition before execute
+            self.partition = check_partition(self.partition, self.partitions)
 
     @cached_property
     def hook(self) -> FacebookCustomAudiencesHook:
@@ -269,6 +297,10 @@ class SyncAudienceOperator(BaseOperator):
         # Every connection is resolved before anything exists at Meta.
         state_hook = self._sql_hook(self.state_conn_id)
         source_hook = self._sql_hook(self.sql_conn_id)
+        if self.full_refresh and self.partition != 0:
+            return self._leave_refresh_to_partition_zero()
+        # A full refresh replaces the whole audience: partition 0 does it for all, under the unpartitioned key.
+        suffix = "" if self.full_refresh else partition_suffix(self.partition, self.partitions)
         sends_values = LOOKALIKE_VALUE in self._key_names
         audience_id = self._resolve_audience(sends_values)
         account = self.hook.ad_account_id
@@ -278,9 +310,10 @@ class SyncAudienceOperator(BaseOperator):
         new_audience = f"{account}:new:{self.audience_name}"
         options = SyncOptions(
             audience_id=audience_id or f"(new) {self.audience_name}",
-            sync_key=f"{account}:{audience_id}" if audience_id else new_audience,
-            # One run per audience, whichever ad account override reached it (refused above if foreign).
-            lease_key=f"audience:{audience_id}" if audience_id else new_audience,
+            sync_key=(f"{account}:{audience_id}" if audience_id else new_audience) + suffix,
+            # One run per audience, whichever ad account override reached it (refused above if foreign);
+            # each partition of it has a lease of its own.
+            lease_key=(f"audience:{audience_id}" if audience_id else new_audience) + suffix,
             mode=self.sync_mode,
             has_membership=self.membership_column is not None,
             dry_run=self.dry_run,
@@ -298,7 +331,12 @@ class SyncAudienceOperator(BaseOperator):
         model: ModelQuery | None = None
         try:
             store = StateStore(state_conn, self.state_table, state_hook.placeholder)
-            model = self._model(store, source_hook)
+            store.ensure_tables()
+            if audience_id and not self.full_refresh:
+                check_layout(store, f"{account}:{audience_id}", self.partitions)
+            shares = ShareRecorder(store) if self.full_refresh and not self.dry_run else None
+            if self.partitions == 1 and shares is None:  # one query, read again or diffed in place
+                model = self._model(store, source_hook)
             rejects = None
             if not self.dry_run:
                 rejects = RejectsTable(
@@ -311,7 +349,7 @@ class SyncAudienceOperator(BaseOperator):
                 )
 
             def create_audience() -> tuple[str, str]:
-                audience_id, sync_key = self._create_audience()
+                audience_id, sync_key = self._create_audience(state_hook, context)
                 if rejects is not None:  # the rejects were listed under the provisional key
                     rejects.move_to(sync_key)
                 return audience_id, sync_key
@@ -329,10 +367,18 @@ class SyncAudienceOperator(BaseOperator):
                 rejects=rejects,
             )
             try:
-                report = self._sync_run.run(model)
+                if model is not None:
+                    report = self._sync_run.run(model)
+                else:  # a partition's share (or a full refresh noting each row's partition)
+                    key_index = preparer.column_of(EXTERN_ID)
+                    # closing: a run failing mid-read closes the warehouse connection now, in this thread.
+                    with closing(self._read_chunks(source_hook, key_index, shares)) as chunks:
+                        report = self._sync_run.run(chunks)
             except RemovalsRefusedError as refused:  # the additions landed: show what the run did
                 self._log_report(refused.report, audience_id, account, context, rejects)
                 raise
+            if shares is not None:  # the state was rebuilt under the unpartitioned key: slice it
+                shares.split(self._sync_run.options.sync_key, self.partitions)
         finally:
             if model is not None and model.conn is not state_conn:
                 model.conn.close()
@@ -353,6 +399,8 @@ class SyncAudienceOperator(BaseOperator):
             result.update(rejects.summary())
         result["audience_id"] = audience_id or (None if self.dry_run else report.audience_id)
         result["ad_account_id"] = account
+        if self.partitions > 1:
+            result["partition"], result["partitions"] = self.partition, self.partitions
         self.log.info("Sync report for audience %s:\n%s", result["audience_id"], format_report(result))
         if audience_id is None:  # created by this run, once the model passed every check
             publish_audience_link(context, account, result["audience_id"])
@@ -440,15 +488,44 @@ class SyncAudienceOperator(BaseOperator):
         finally:
             conn.close()
 
-    def _create_audience(self) -> tuple[str, str]:
-        """Create the named audience; its id and the sync key of its state."""
-        audience_id = self.hook.create_audience(
+    def _create_audience(self, state_hook: DbApiHook, context: Context) -> tuple[str, str]:
+        """Create the named audience, once: its id and the sync key of this run's state.
+
+        The partitions of a sync start together, and each found no audience of that name. So creation holds
+        a lease on the name (a row of the locks table, through a connection of its own): the first partition
+        creates the audience, the others wait for the lease, then find it by name and sync into it.
+        """
+        account = self.hook.ad_account_id
+        conn = state_hook.get_conn()
+        try:
+            store = StateStore(conn, self.state_table, state_hook.placeholder)
+            lease = SyncLease(
+                store,
+                f"create:{account}:{self.audience_name}",
+                describe=f"the creation of audience {self.audience_name!r} in {account}",
+                lease_minutes=self.lease_minutes,
+                holder=_lease_holder(context),
+            )
+            audience_id = run_exclusively(lease, self._find_or_create_audience, wait_s=CREATE_WAIT_S)
+            check_layout(store, f"{account}:{audience_id}", self.partitions)
+        finally:
+            conn.close()
+        return audience_id, f"{account}:{audience_id}" + partition_suffix(self.partition, self.partitions)
+
+    def _find_or_create_audience(self) -> str:
+        """The named audience's id: found (another partition created it meanwhile) or created now."""
+        sends_values = LOOKALIKE_VALUE in self._key_names
+        audience = self.hook.find_audience(str(self.audience_name), fields=AUDIENCE_FIELDS)
+        if audience is not None:
+            check_audience(audience, sends_values=sends_values, ad_account_id=self.hook.ad_account_id)
+            self.log.info("Audience %r was created meanwhile (by another partition)", self.audience_name)
+            return str(audience["id"])
+        return self.hook.create_audience(
             str(self.audience_name),
             description=self.audience_description,
             customer_file_source=self.customer_file_source,
             is_value_based=self.is_value_based,
         )
-        return audience_id, f"{self.hook.ad_account_id}:{audience_id}"
 
     # -- the rows -------------------------------------------------------------------------------------
 
@@ -463,9 +540,8 @@ class SyncAudienceOperator(BaseOperator):
 
     def _model(self, store: StateStore, source_hook: DbApiHook) -> ModelQuery:
         """The model's query (mapped columns in mapping order, the data processing options, then
-        membership): diffed in the warehouse
-        when the state lives there and its SQL dialect is known (one connection for both), else read by
-        the worker through a connection of its own."""
+        membership): diffed in the warehouse when the state lives there and its SQL dialect is known (one
+        connection for both), else read by the worker through a connection of its own."""
         wanted = list(self.mapping.values())
         if self.membership_column is not None:
             wanted.append(self.membership_column)
@@ -478,6 +554,49 @@ class SyncAudienceOperator(BaseOperator):
         return ModelQuery(
             conn, self.sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping)
         )
+
+    def _leave_refresh_to_partition_zero(self) -> dict[str, Any]:
+        """A full refresh of a partitioned sync is one replace of the whole audience, by partition 0."""
+        self.log.info(
+            "full_refresh: partition 0 replaces the whole audience and splits the state into %d partitions; "
+            "partition %d sends nothing",
+            self.partitions,
+            self.partition,
+        )
+        return {
+            "audience_id": None,
+            "full_refresh": True,
+            "session_ids": [],
+            "upload_sessions": {},
+            "partition": self.partition,
+            "partitions": self.partitions,
+        }
+
+    def _read_chunks(
+        self, source_hook: DbApiHook, key_index: int, shares: ShareRecorder | None = None
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """The query's rows in chunks: mapped columns in mapping order, then membership.
+
+        A partition reads only its share: the query is wrapped in the dialect's hash filter, so the
+        warehouse does the filtering; a dialect without one is filtered here, row by row. A full refresh
+        reads every row, and notes each one's partition in ``shares``.
+
+        :param key_index: the position of the EXTERN_ID column among the mapped columns.
+        :param shares: where a full refresh notes each row's partition.
+        """
+        wanted = list(self.mapping.values())
+        if self.membership_column is not None:
+            wanted.append(self.membership_column)
+        constants = tuple(value for _, value in self._processing_cells())
+        mapped = len(self.mapping)
+        conn = source_hook.get_conn()
+        try:
+            share = Share(self.sql, wanted, key_index, self.partition, self.partitions, self.fetch_size)
+            for chunk in share.read(conn, shares):
+                # The sync-wide data processing options go after the mapped cells; membership stays last.
+                yield [(*row[:mapped], *constants, *row[mapped:]) for row in chunk] if constants else chunk
+        finally:
+            conn.close()
 
     def _processing_cells(self) -> list[tuple[str, Any]]:
         """The sync-wide data processing options, as constant cells after the mapped columns."""

@@ -29,11 +29,13 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from types import TracebackType
+from typing import TypeVar
 
 from airflow_provider_fbca.sync.batches import HEARTBEAT_S
 from airflow_provider_fbca.sync.state import StateStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: How long a lease lives without renewal: longer than any step of a run between two renewals (fetching
 #: one chunk of the query, planning), short enough that a crashed run's retry is not held up for long.
@@ -225,3 +227,39 @@ class SyncLease:
         traceback: TracebackType | None,
     ) -> None:
         self.release(after_error=exc_type is not None)
+
+
+def run_exclusively(
+    lease: SyncLease,
+    action: Callable[[], T],
+    *,
+    wait_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+    poll_s: float = 1.0,
+) -> T:
+    """Run ``action`` while holding ``lease``, waiting up to ``wait_s`` for another holder to finish.
+
+    For a short step that N tasks starting together must do once (creating their audience): the first
+    takes the lease and does it; the others wait for it, then find it done.
+
+    :param lease: a lease on what the step is about (on a store of its own: a lease sets its store's fence).
+    :param action: the step; it must find out itself whether another holder did it already.
+    :param wait_s: how long to wait for the lease before giving up.
+    :param sleep: waits between attempts (tests inject one).
+    :param poll_s: how long each wait is.
+    :raises SyncLeaseHeldError: the lease stayed held for ``wait_s``.
+    """
+    waited = 0.0
+    while True:
+        try:
+            lease.acquire()
+            break
+        except SyncLeaseHeldError:
+            if waited >= wait_s:
+                raise
+            sleep(poll_s)
+            waited += poll_s
+    try:
+        return action()
+    finally:
+        lease.release()

@@ -130,6 +130,7 @@ class RejectsTable:
 
     def start(self) -> None:
         """Create the table on first use and read what earlier runs recorded for this sync."""
+        self.store.lock_table_creation()  # concurrent first runs (partitions) would collide in the catalog
         self.store.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             " sync_key VARCHAR(255) NOT NULL,"

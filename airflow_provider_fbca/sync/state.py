@@ -31,8 +31,17 @@ LOCKS_SUFFIX = "_locks"
 PAGES_SUFFIX = "_pages"
 OWED_SUFFIX = "_owed"
 REFRESH_SUFFIX = "_refresh"
+LAYOUT_SUFFIX = "_layout"
 #: Every companion table is named ``<state_table><suffix>``: a state table name must fit with each.
-STATE_TABLE_SUFFIXES = ("", SESSIONS_SUFFIX, LOCKS_SUFFIX, PAGES_SUFFIX, OWED_SUFFIX, REFRESH_SUFFIX)
+STATE_TABLE_SUFFIXES = (
+    "",
+    SESSIONS_SUFFIX,
+    LOCKS_SUFFIX,
+    PAGES_SUFFIX,
+    OWED_SUFFIX,
+    REFRESH_SUFFIX,
+    LAYOUT_SUFFIX,
+)
 #: The fingerprint of a state row Meta may or may not hold as recorded (a page sent but never answered):
 #: it equals no real fingerprint, so the next run sends the row again if the model still has it.
 UNCONFIRMED = "unconfirmed"
@@ -202,6 +211,7 @@ class StateStore:
         self.pages_table = quote_table_name(table, PAGES_SUFFIX)
         self.owed_table = quote_table_name(table, OWED_SUFFIX)
         self.refresh_table = quote_table_name(table, REFRESH_SUFFIX)
+        self.layout_table = quote_table_name(table, LAYOUT_SUFFIX)
         self.placeholder = placeholder
         self.is_sqlite = type(conn).__module__.startswith("sqlite3")
         #: Run inside every commit's transaction while a run holds the sync's lease (see
@@ -273,15 +283,23 @@ class StateStore:
 
     # -- schema ---------------------------------------------------------------------------------------
 
-    def ensure_tables(self) -> None:
-        """Create the state and its companion tables on first use (an older state gains the new ones).
+    def lock_table_creation(self) -> None:
+        """Hold, until the transaction ends, the lock under which the state's tables are created.
 
-        On PostgreSQL two first runs creating the tables at once would collide in the catalog
-        (``UniqueViolation`` on ``pg_type``, ``CREATE TABLE IF NOT EXISTS`` notwithstanding), so the
-        creation holds a transaction-level advisory lock named after the table.
+        On PostgreSQL two first runs creating a table at once would collide in the catalog
+        (``UniqueViolation`` on ``pg_type``, ``CREATE TABLE IF NOT EXISTS`` notwithstanding): a
+        transaction-level advisory lock named after the state table serializes them. N partitions of a
+        sync start together.
         """
         if type(self.conn).__module__.startswith("psycopg"):
             self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"fbca:{self.table}",)).close()
+
+    def ensure_tables(self) -> None:
+        """Create the state and its companion tables on first use (an older state gains the new ones).
+
+        The creation holds :meth:`lock_table_creation`.
+        """
+        self.lock_table_creation()
         self.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             " sync_key VARCHAR(255) NOT NULL,"
@@ -339,6 +357,12 @@ class StateStore:
             " batch_seq INTEGER NOT NULL,"  # the last batch sent
             " cleared INTEGER NOT NULL,"  # the state was emptied by the first acknowledged batch
             " started_at VARCHAR(40) NOT NULL)"
+        ).close()
+        self.execute(  # how many partitions wrote each sync's state (see .partitions)
+            f"CREATE TABLE IF NOT EXISTS {self.layout_table} ("
+            " sync_key VARCHAR(255) NOT NULL PRIMARY KEY,"
+            " partitions INTEGER NOT NULL,"
+            " recorded_at VARCHAR(40) NOT NULL)"
         ).close()
         self.commit()
 

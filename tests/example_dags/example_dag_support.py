@@ -6,6 +6,7 @@ import contextlib
 import json
 import sqlite3
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,51 @@ class DagRunner:
 
     def member_keys(self, audience_id: str) -> set[str]:
         return {member["EXTERN_ID"] for member in self.members(audience_id)}
+
+
+_TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION"}
+
+
+class PostgresCopy:
+    """The SQLite warehouse's customers table copied into a database of its own on the suite's server."""
+
+    def __init__(self, server: dict[str, Any]) -> None:
+        import psycopg
+
+        self.server, self.dbname = server, f"wh_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(**self._params(server["dbname"]), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {self.dbname}")
+
+    def _params(self, dbname: str) -> dict[str, Any]:
+        return {
+            "host": self.server["host"],
+            "port": self.server["port"],
+            "user": self.server["user"],
+            "dbname": dbname,
+        }
+
+    def connection(self) -> str:
+        return json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": self.server["host"],
+                "port": self.server["port"],
+                "login": self.server["user"],
+                "schema": self.dbname,
+            }
+        )
+
+    def copy(self, warehouse: Path) -> None:
+        import psycopg
+
+        with contextlib.closing(sqlite3.connect(warehouse)) as db:
+            columns = [
+                (row[1], _TYPES.get(row[2].upper(), "TEXT"))
+                for row in db.execute("PRAGMA table_info(customers)")
+            ]
+            rows = db.execute("SELECT * FROM customers").fetchall()
+        with psycopg.connect(**self._params(self.dbname)) as conn:
+            conn.execute("DROP TABLE IF EXISTS customers")
+            conn.execute(f"CREATE TABLE customers ({', '.join(f'{name} {kind}' for name, kind in columns)})")
+            marks = ", ".join(["%s"] * len(columns))
+            conn.cursor().executemany(f"INSERT INTO customers VALUES ({marks})", rows)

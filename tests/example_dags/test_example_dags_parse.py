@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.providers.common.compat.sdk import AssetAlias, ParamValidationError
+from airflow.providers.common.compat.sdk import AssetAlias, ParamValidationError, XComArg
 from airflow.sdk.definitions.param import ParamsDict
 from example_dag_support import EXAMPLE_DAGS
 
@@ -26,6 +26,8 @@ EXPECTED_DAGS = {
     "fbca_suppression_existing_customers": "mirror",
     "fbca_publish_audience_asset": "mirror",
 }
+#: DAGs whose sync is mapped over partitions (wired through the mapped task's output).
+PARTITIONED_DAGS = {"fbca_partitioned_customers"}
 # DAGs without a sync: scheduled on what a sync DAG publishes.
 DOWNSTREAM_DAGS = {"fbca_on_audience_updated"}
 
@@ -37,7 +39,7 @@ def dagbag() -> DagBag:
 
 def test_every_example_dag_imports_without_errors(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == set(EXPECTED_DAGS) | DOWNSTREAM_DAGS
+    assert set(dagbag.dag_ids) == set(EXPECTED_DAGS) | PARTITIONED_DAGS | DOWNSTREAM_DAGS
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAGS))
@@ -54,6 +56,18 @@ def test_dag_syncs_then_confirms_the_sessions_from_the_sync_xcom(dagbag: DagBag,
     assert (sync.sql_conn_id, sync.facebook_conn_id) == ("warehouse", "facebook_custom_audiences_default")
     assert sensor.facebook_conn_id == sync.facebook_conn_id
     assert dag.max_active_runs == 1, "two syncs of one audience must not overlap"
+
+
+def test_the_partitioned_dag_maps_the_sync_and_confirms_every_partitions_sessions(dagbag: DagBag) -> None:
+    dag = dagbag.dags["fbca_partitioned_customers"]
+    sync, sensor = dag.get_task("sync"), dag.get_task("wait_for_upload")
+    assert sync.operator_class is SyncAudienceOperator
+    assert sync.partial_kwargs["partitions"] == 4
+    assert sync.expand_input.value == {"partition": [0, 1, 2, 3]}
+    assert isinstance(sensor, AudienceUploadSensor)
+    assert sensor.upstream_task_ids == {"sync"}
+    assert isinstance(sensor.session_ids, XComArg) and sensor.session_ids.operator is sync
+    assert dag.max_active_runs == 1
 
 
 def test_feature_dags_use_their_feature(dagbag: DagBag) -> None:

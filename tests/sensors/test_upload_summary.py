@@ -69,13 +69,24 @@ AUDIENCE = {
         ((5, 5, 6), ["5", "6"]),
         ([], []),
         ("[]", []),
+        # A sync's report, and a mapped sync's reports (one per partition): every partition's sessions.
+        ({"session_ids": [12, 13], "added": 5}, ["12", "13"]),
+        ([{"session_ids": [1, 2]}, {"session_ids": []}, {"session_ids": [3]}], ["1", "2", "3"]),
+        ("[{'session_ids': [1], 'audience_id': '9'}, {'session_ids': [2]}]", ["1", "2"]),
+        ([[4, 5], [5, 6]], ["4", "5", "6"]),
+        (
+            [{"upload_sessions": {"add": [7]}, "audience_id": "9"}, {"upload_sessions": {"remove": [8]}}],
+            ["7", "8"],
+        ),
     ],
 )
 def test_parse_session_ids_accepts_every_form_a_template_produces(value: Any, expected: list[str]) -> None:
     assert parse_session_ids(value) == expected
 
 
-@pytest.mark.parametrize("value", ["None", "abc", [True], [0], ["-3"], "[1, 'x']", {"a": 1}, None, "[1,"])
+@pytest.mark.parametrize(
+    "value", ["None", "abc", [True], [0], ["-3"], "[1, 'x']", {"a": 1}, None, "[1,", [{"a": 1}]]
+)
 def test_parse_session_ids_refuses_what_is_not_an_id(value: Any) -> None:
     with pytest.raises(ValueError, match="session"):
         parse_session_ids(value)

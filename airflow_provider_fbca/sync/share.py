@@ -1,0 +1,91 @@
+"""Reading one partition's share of the model (plain Python: the operator hands it an open connection).
+
+The query is wrapped in the dialect's hash filter, so the warehouse does the filtering; a driver without
+a dialect entry gets every row and the share is filtered here. A full refresh of a partitioned sync reads
+every row and notes each one's partition (see :class:`.partitions.ShareRecorder`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_fbca.identifiers import prepare
+from airflow_provider_fbca.sync.dialects import Dialect, dialect_for, register_functions
+from airflow_provider_fbca.sync.partitions import (
+    PARTITION_COLUMN,
+    ShareRecorder,
+    in_partition,
+    partition_of,
+    partition_query,
+    tagged_query,
+)
+from airflow_provider_fbca.sync.source import Row, read_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Share:
+    """One partition's share of the model's query.
+
+    :param sql: the model's query.
+    :param wanted: the columns to read, in the order the sync reads them.
+    :param key_index: the position of the EXTERN_ID column among ``wanted``.
+    :param partition: this share, 0 to ``partitions - 1``.
+    :param partitions: how many shares (1: the whole query, unfiltered).
+    :param fetch_size: rows per chunk.
+    """
+
+    sql: str
+    wanted: Sequence[str]
+    key_index: int
+    partition: int
+    partitions: int
+    fetch_size: int
+
+    def read(self, conn: Any, shares: ShareRecorder | None = None) -> Iterator[list[Row]]:
+        """The share's rows in chunks; every row, noted in ``shares``, for a full refresh.
+
+        :param conn: an open DB-API connection to the warehouse (left open).
+        :param shares: where a full refresh notes each row's partition.
+        """
+        dialect = dialect_for(conn)
+        if dialect is not None and dialect.name == "sqlite":
+            register_functions(conn)
+        if shares is not None:
+            yield from self._read_tagged(conn, dialect, shares)
+        elif self.partitions == 1:
+            yield from read_model(conn, self.sql, self.wanted, self.fetch_size)
+        elif dialect is not None:
+            column = self.wanted[self.key_index]
+            sql = partition_query(self.sql, column, self.partition, self.partitions, dialect)
+            yield from read_model(conn, sql, self.wanted, self.fetch_size)
+        else:
+            log.warning("No partition filter for this warehouse's driver: filtering the rows here")
+            for chunk in read_model(conn, self.sql, self.wanted, self.fetch_size):
+                yield [
+                    row for row in chunk if in_partition(row[self.key_index], self.partition, self.partitions)
+                ]
+
+    def _read_tagged(self, conn: Any, dialect: Dialect | None, shares: ShareRecorder) -> Iterator[list[Row]]:
+        key = self.key_index
+        if dialect is None:  # the partition computed here, as the client-side filter does
+            for chunk in read_model(conn, self.sql, self.wanted, self.fetch_size):
+                shares.record((row_key(row[key]), partition_of(row[key], self.partitions)) for row in chunk)
+                yield chunk
+            return
+        sql = tagged_query(self.sql, self.wanted[key], self.partitions, dialect)
+        for chunk in read_model(conn, sql, [*self.wanted, PARTITION_COLUMN], self.fetch_size):
+            shares.record((row_key(row[key]), int(row[-1])) for row in chunk)
+            yield [row[:-1] for row in chunk]
+
+
+def row_key(cell: Any) -> str:
+    """The EXTERN_ID cell as the state keys it (an unusable one keys no state row: any text will do)."""
+    try:
+        return prepare("EXTERN_ID", cell)
+    except ValueError:
+        return ""

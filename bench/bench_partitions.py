@@ -1,0 +1,161 @@
+"""Benchmark of a partitioned sync under a real scheduler: 4 partitions vs 1, LocalExecutor, parallelism 4.
+
+A throwaway PostgreSQL holds Airflow's metadata, the warehouse (400,000 customers) and the sync's state;
+the sandbox (its CLI, a production app's limits) answers each upload only after 0.5 s, as Meta's latency
+would. Airflow's API server, DAG processor and scheduler run the same sync as one task and as four
+mapped partitions, one DAG run each, into two audiences; the wall time of each run (the first sync task's
+start to the last one's end, as the metadata database recorded them) is compared. Target: 4 partitions
+take <= 0.4x the time of 1.
+
+Usage: ``python bench/bench_partitions.py [--rows 400000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import requests
+from bench_sync import _start_sandbox
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+from local_cluster import (  # noqa: E402
+    LocalCluster,
+    create_database,
+    postgres_bindir,
+    throwaway_postgres,
+)
+
+UPLOAD_DELAY_S = 0.5
+PARTITIONS = 4
+TARGET = 0.4
+#: One DAG per number of partitions, each into its own audience (the state remembers N per audience).
+DAG_FILE = textwrap.dedent(
+    """
+    import pendulum
+    from airflow.sdk import dag
+
+    from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
+
+    for partitions in (1, {partitions}):
+
+        @dag(dag_id=f"bench_partitions_{{partitions}}", schedule=None, start_date=pendulum.datetime(2026, 1, 1))
+        def bench() -> None:
+            SyncAudienceOperator.partial(
+                task_id="sync",
+                sql="SELECT external_id, email FROM customers",
+                sql_conn_id="bench_warehouse",
+                facebook_conn_id="bench_facebook",
+                audience_name=f"bench partitions={{partitions}}",
+                create_audience=True,
+                mapping={{"external_id": "external_id", "email": "email"}},
+                partitions=partitions,
+            ).expand(partition=list(range(partitions)))
+
+        bench()
+    """
+)
+
+
+def _fill_warehouse(server: dict, dbname: str, rows: int) -> None:
+    import psycopg
+
+    with psycopg.connect(
+        host=server["host"], port=server["port"], user=server["user"], dbname=dbname
+    ) as conn:
+        conn.execute(
+            "CREATE TABLE customers AS SELECT 'cust-' || lpad(i::text, 7, '0') AS external_id,"
+            " ' Person.' || i || '@Example.com' AS email FROM generate_series(1, %s) AS i",
+            (rows,),
+        )
+
+
+def _connections(server: dict, warehouse_db: str, sandbox_url: str) -> dict[str, str]:
+    from airflow_provider_fbca.sandbox.server import (
+        DEFAULT_ACCESS_TOKEN,
+        DEFAULT_AD_ACCOUNT_ID,
+        DEFAULT_APP_ID,
+        DEFAULT_APP_SECRET,
+    )
+
+    facebook = {
+        "conn_type": "facebook_custom_audiences",
+        "host": sandbox_url,
+        "password": DEFAULT_ACCESS_TOKEN,
+        "extra": {
+            "ad_account_id": DEFAULT_AD_ACCOUNT_ID,
+            "app_id": DEFAULT_APP_ID,
+            "app_secret": DEFAULT_APP_SECRET,
+        },
+    }
+    warehouse = {
+        "conn_type": "postgres",
+        "host": server["host"],
+        "port": server["port"],
+        "login": server["user"],
+        "schema": warehouse_db,
+    }
+    return {
+        "AIRFLOW_CONN_BENCH_FACEBOOK": json.dumps(facebook),
+        "AIRFLOW_CONN_BENCH_WAREHOUSE": json.dumps(warehouse),
+    }
+
+
+def _wall_time(cluster: LocalCluster, partitions: int) -> float:
+    dag_id = f"bench_partitions_{partitions}"
+    run_id = cluster.trigger(dag_id)
+    runs = cluster.wait_for_tasks(dag_id, run_id, "sync", partitions, timeout_s=1800)
+    return (max(run.end for run in runs) - min(run.start for run in runs)).total_seconds()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=400_000)
+    args = parser.parse_args()
+    bindir = postgres_bindir()
+    if bindir is None:
+        print("skipped: PostgreSQL binaries not found (make test installs Debian's postgresql as root)")
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="fbca-bench-partitions-") as tmp,
+        throwaway_postgres(bindir) as server,
+    ):
+        home = Path(tmp)
+        dags = home / "dags"
+        dags.mkdir()
+        (dags / "bench_partitions.py").write_text(DAG_FILE.format(partitions=PARTITIONS))
+        warehouse_db = create_database(server, "warehouse")
+        _fill_warehouse(server, warehouse_db, args.rows)
+        sandbox, url = _start_sandbox()
+        try:
+            fault = {"method": "POST", "path": "/users", "delay_s": UPLOAD_DELAY_S, "times": 1_000_000}
+            requests.post(f"{url}/_sandbox/faults", json={"faults": [fault]}, timeout=10).raise_for_status()
+            env = {**_connections(server, warehouse_db, url), "AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
+            cluster = LocalCluster(
+                home, server, create_database(server, "airflow"), env, parallelism=PARTITIONS
+            )
+            with cluster.running():
+                one = _wall_time(cluster, 1)
+                many = _wall_time(cluster, PARTITIONS)
+        finally:
+            sandbox.terminate()
+            sandbox.wait(timeout=30)
+    ratio = many / one
+    print(
+        f"{args.rows:,} rows, uploads answered after {UPLOAD_DELAY_S} s: 1 partition {one:6.1f} s | "
+        f"{PARTITIONS} partitions (LocalExecutor, parallelism {PARTITIONS}) {many:6.1f} s"
+    )
+    verdict = "meets" if ratio <= TARGET else "MISSES"
+    print(f"{PARTITIONS} partitions vs 1 partition        {ratio:5.2f}x  (target <= {TARGET}x: {verdict})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Mapped partitions under a real scheduler: the LocalExecutor runs them at the same time.
+
+Airflow with PostgreSQL metadata (a database of the suite's throwaway server), the LocalExecutor with
+parallelism 4, the API server, the DAG processor and the scheduler, each its own process, run the
+partitioned example DAG; the sandbox holds each partition's upload for a few seconds. The task instances'
+start and end times, read from the metadata database, overlap. This takes about a minute (Airflow's
+services start, the metadata database is migrated): it is the only test of the executor itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from example_dag_support import EXAMPLE_DAGS, PostgresCopy, demo
+from local_cluster import LocalCluster, create_database, max_overlap
+
+pytestmark = [pytest.mark.dags, pytest.mark.postgres]
+
+DAG_ID = "fbca_partitioned_customers"
+PARTITIONS = 4
+#: Long enough that the partitions' runs overlap whatever the spread of their start times on a busy host.
+UPLOAD_HOLD_S = 6
+
+
+def test_the_local_executor_runs_the_mapped_partitions_at_the_same_time(
+    tmp_path: Path, warehouse: Path, dag_sandbox: Any, postgres_server: dict[str, Any]
+) -> None:
+    postgres = PostgresCopy(postgres_server)
+    postgres.copy(warehouse)
+    faults = [{"method": "POST", "path": "/users", "delay_s": UPLOAD_HOLD_S, "times": 100}]
+    requests.post(
+        f"{dag_sandbox.url}/_sandbox/faults", json={"faults": faults}, timeout=10
+    ).raise_for_status()
+    credentials = {
+        "access_token": dag_sandbox.access_token,
+        "app_id": dag_sandbox.app_id,
+        "app_secret": dag_sandbox.app_secret,
+        "ad_account_id": dag_sandbox.ad_account_id,
+    }
+    # Only this DAG: the scheduler would run every example DAG's daily run too, in the same slots.
+    dags = tmp_path / "dags"
+    shutil.copytree(EXAMPLE_DAGS / "sql", dags / "sql")
+    shutil.copy(EXAMPLE_DAGS / f"example_{DAG_ID}.py", dags)
+    env = {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        **demo.connection_env(warehouse, dag_sandbox.url, credentials),
+        f"AIRFLOW_CONN_{demo.WAREHOUSE_CONN_ID.upper()}": postgres.connection(),
+        "FBCA_EXAMPLE_PARTITIONS": str(PARTITIONS),
+    }
+    cluster = LocalCluster(tmp_path, postgres_server, create_database(postgres_server, "airflow"), env)
+    with cluster.running():
+        run_id = cluster.trigger(DAG_ID)
+        runs = cluster.wait_for_tasks(DAG_ID, run_id, "sync", PARTITIONS)
+
+    assert [run.map_index for run in runs] == list(range(PARTITIONS))
+    overlap = max_overlap(runs)
+    assert overlap >= 2, f"the partitions ran one after another: {runs}"
+    # Every partition held its upload, each in a process of its own, at the same time as another.
+    latest_start, earliest_end = max(run.start for run in runs), min(run.end for run in runs)
+    print(
+        f"{overlap} of {PARTITIONS} partitions ran at once; latest start {latest_start}, first end {earliest_end}"
+    )

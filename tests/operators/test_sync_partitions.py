@@ -1,0 +1,197 @@
+"""A partitioned sync: N SyncAudienceOperator tasks, one per share of the model, into one audience."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
+from airflow_provider_fbca.sync.dialects import dialect_for, register_functions
+from airflow_provider_fbca.sync.partitions import PartitionLayoutError, partition_query
+from airflow_provider_fbca.sync.plan import RemovalGuardError
+from tests.operators.conftest import Warehouse, customer
+from tests.operators.test_sync_audience import expected, make_operator, members, user_uploads
+
+PARTITIONS = 4
+
+
+def share(warehouse: Warehouse, partition: int, partitions: int = PARTITIONS) -> set[str]:
+    """The EXTERN_IDs of one partition, as the warehouse's own filter picks them."""
+    conn = warehouse._connect()
+    try:
+        dialect = dialect_for(conn)
+        assert dialect is not None
+        if dialect.name == "sqlite":
+            register_functions(conn)
+        cursor = conn.cursor()
+        cursor.execute(partition_query(warehouse.sql, "id", partition, partitions, dialect))
+        return {row[0] for row in cursor.fetchall()}
+    finally:
+        conn.close()
+
+
+def run_together(operators: list[SyncAudienceOperator]) -> list[Any]:
+    """Execute the operators in threads started at once, as an executor runs mapped task instances."""
+    results: list[Any] = [None] * len(operators)
+    start = threading.Barrier(len(operators))
+
+    def work(index: int) -> None:
+        start.wait()
+        results[index] = outcome(operators[index])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(operators))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def sync_all(
+    make: Callable[..., SyncAudienceOperator],
+    warehouse: Warehouse,
+    partitions: int = PARTITIONS,
+    **kwargs: Any,
+) -> list[Any]:
+    """Run every partition: at once on PostgreSQL; one after another on SQLite, a single-writer database
+    (as ``airflow dags test`` runs mapped tasks; docs/partitions.md says to keep a parallel sync's state
+    in a server database)."""
+    operators = [make(partitions=partitions, partition=k, **kwargs) for k in range(partitions)]
+    if warehouse.kind == "sqlite":
+        return [outcome(operator) for operator in operators]
+    return run_together(operators)
+
+
+def outcome(operator: SyncAudienceOperator) -> Any:
+    """The report, or the error, of one partition's run."""
+    try:
+        return operator.execute({})
+    except Exception as error:  # returned, so the test sees every partition's outcome
+        return error
+
+
+def audiences_named(sandbox: Any, name: str) -> list[str]:
+    return [audience_id for audience_id, a in sandbox.state.audiences.items() if a.name == name]
+
+
+def test_partitions_started_together_create_one_audience_and_sync_the_model(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    def make(**kwargs: Any) -> SyncAudienceOperator:
+        return make_operator(warehouse, fb_conn_id, state_table, **kwargs)
+
+    v1 = [customer(i) for i in range(80)]
+    warehouse.write(v1)
+    first = sync_all(make, warehouse)
+    assert not [r for r in first if isinstance(r, Exception)], first
+    # One audience, created by one partition while the others (started at the same time on PostgreSQL)
+    # waited on the creation lease.
+    assert audiences_named(sandbox, "Customers") == [first[0]["audience_id"]]
+    assert {r["audience_id"] for r in first} == {first[0]["audience_id"]}
+    audience_id = first[0]["audience_id"]
+    # Each partition read only its share (filtered in the warehouse) and sent it in sessions of its own.
+    shares = [share(warehouse, k) for k in range(PARTITIONS)]
+    assert set().union(*shares) == {row[0] for row in v1}
+    assert sum(map(len, shares)) == len(v1)  # disjoint
+    for k, report in enumerate(first):
+        assert report["rows_read"] == len(shares[k]) > 0
+        assert report["added"] == report["rows_read"]
+    assert sum(len(r["session_ids"]) for r in first) == len({s for r in first for s in r["session_ids"]})
+    got = members(sandbox, audience_id)
+    assert {key: m["EMAIL"] for key, m in got.items()} == expected(v1)
+
+    # Churn: ten leave, five arrive, three change e-mail, spread over the partitions.
+    v2 = [customer(i) for i in range(10, 85)]
+    for i in range(3):
+        v2[i] = customer(10 + i, email=f"moved.{i}@example.com")
+    warehouse.write(v2)
+    second = sync_all(make, warehouse, audience_id=audience_id)
+    assert not [r for r in second if isinstance(r, Exception)], second
+    assert (sum(r["added"] for r in second), sum(r["removed"] for r in second)) == (5, 10)
+    assert sum(r["updated"] for r in second) == 3
+    assert {key: m["EMAIL"] for key, m in members(sandbox, audience_id).items()} == expected(v2)
+
+    # Nothing changed: nothing is uploaded.
+    uploads = len(user_uploads(sandbox))
+    third = sync_all(make, warehouse, audience_id=audience_id)
+    assert [r["session_ids"] for r in third] == [[]] * PARTITIONS
+    assert len(user_uploads(sandbox)) == uploads
+
+
+def test_a_change_of_the_number_of_partitions_is_refused_unless_a_full_refresh_repartitions(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    def make(**kwargs: Any) -> SyncAudienceOperator:
+        return make_operator(warehouse, fb_conn_id, state_table, **kwargs)
+
+    rows = [customer(i) for i in range(30)]
+    warehouse.write(rows)
+    audience_id = sync_all(make, warehouse, 2)[0]["audience_id"]
+    for partitions in (4, 1):
+        with pytest.raises(PartitionLayoutError, match="written by partitions=2; this run has"):
+            make(audience_id=audience_id, partitions=partitions, partition=0).execute({})
+
+    # The path to 4: one full refresh with partitions=4. Partition 0 replaces the audience with the whole
+    # model and splits the state; the others send nothing. Meanwhile five people left the model.
+    rows = rows[5:]
+    warehouse.write(rows)
+    refresh = sync_all(make, warehouse, 4, audience_id=audience_id, full_refresh=True)
+    assert [len(r["session_ids"]) for r in refresh] == [1, 0, 0, 0]
+    assert refresh[0]["added"] == len(rows)
+    assert set(members(sandbox, audience_id)) == {row[0] for row in rows}
+    # Every partition now knows its slice: a run with the new number sends nothing, then follows churn.
+    uploads = len(user_uploads(sandbox))
+    assert [r["session_ids"] for r in sync_all(make, warehouse, 4, audience_id=audience_id)] == [[]] * 4
+    assert len(user_uploads(sandbox)) == uploads
+    rows = [*rows[3:], customer(100)]
+    warehouse.write(rows)
+    churn = sync_all(make, warehouse, 4, audience_id=audience_id)
+    assert (sum(r["removed"] for r in churn), sum(r["added"] for r in churn)) == (3, 1)
+    assert set(members(sandbox, audience_id)) == {row[0] for row in rows}
+    # And back to one task the same way.
+    make(audience_id=audience_id, full_refresh=True).execute({})
+    assert make(audience_id=audience_id).execute({})["session_ids"] == []
+
+
+def test_the_removal_guard_stops_a_partition_whose_share_came_back_empty(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    rows = [customer(i) for i in range(40)]
+    warehouse.write(rows)
+
+    def make(**kwargs: Any) -> SyncAudienceOperator:
+        return make_operator(warehouse, fb_conn_id, state_table, **kwargs)
+
+    audience_id = sync_all(make, warehouse, 2)[0]["audience_id"]
+    # Partition 0's upstream delivered nothing this time; partition 1's share changed a little.
+    share_0, share_1 = share(warehouse, 0, 2), share(warehouse, 1, 2)
+    kept = [row for row in rows if row[0] in share_1][1:]
+    warehouse.write(kept)
+    empty, fine = sync_all(make, warehouse, 2, audience_id=audience_id)
+    assert isinstance(empty, RemovalGuardError), empty
+    assert fine["removed"] == 1, {
+        k: fine[k] for k in ("rows_read", "added", "removed", "unchanged", "partition")
+    }
+    # Partition 0's slice stays in the audience; partition 1 removed its one leaving row.
+    assert set(members(sandbox, audience_id)) == share_0 | {row[0] for row in kept}
+
+
+@pytest.mark.parametrize("partition", [4, -1, "x", True])
+def test_a_partition_out_of_range_is_refused(
+    warehouse: Warehouse, fb_conn_id: str, state_table: str, partition: Any
+) -> None:
+    operator_or_error: Any
+    try:
+        operator_or_error = make_operator(
+            warehouse, fb_conn_id, state_table, partitions=4, partition=partition
+        )
+    except ValueError as error:
+        operator_or_error = error
+    if not isinstance(operator_or_error, ValueError):  # a template-like text is checked once rendered
+        with pytest.raises(ValueError, match="partition must be a whole number from 0 to 3"):
+            operator_or_error.execute({})
+    else:
+        assert "partition must be a whole number from 0 to 3" in str(operator_or_error)
