@@ -17,6 +17,7 @@ Connections (ids overridable with the environment variables ``FBCA_WAREHOUSE_CON
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pendulum
 from airflow.sdk import Param, dag
@@ -48,7 +49,9 @@ TABLE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
 def fbca_partitioned_customers() -> None:
     sync = SyncAudienceOperator.partial(
         task_id="sync",
-        sql="sql/customers.sql",
+        # The query's text, not its file name: Airflow 3.0 looks up a mapped task's template files beside
+        # Airflow's own code instead of the DAG's folder. The text is still rendered by Jinja.
+        sql=(Path(__file__).parent / "sql" / "customers.sql").read_text(),
         sql_conn_id=WAREHOUSE_CONN_ID,
         facebook_conn_id=FACEBOOK_CONN_ID,
         audience_name="{{ params.audience_name }}",

@@ -269,7 +269,12 @@ def latest_xcom(
         if required:
             raise RuntimeError(f"no XCom {key!r} from {dag_id}.{task_id}: did the run reach it?")
         return None
-    value = json.loads(row[0]) if isinstance(row[0], (str, bytes)) else row[0]
+    return decode_xcom(row[0])
+
+
+def decode_xcom(stored: Any) -> Any:
+    """An XCom value as the metadata database's ``xcom.value`` column holds it, decoded."""
+    value = json.loads(stored) if isinstance(stored, (str, bytes)) else stored
     # Airflow 3.0 stores a structured value JSON-encoded twice: a JSON string holding the JSON document.
     if isinstance(value, str) and value[:1] in ("{", "[", '"'):
         return json.loads(value)

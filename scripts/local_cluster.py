@@ -76,7 +76,8 @@ class LocalCluster:
         self.env = {
             **demo.airflow_env(home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
-                f"postgresql+psycopg://{server['user']}@{server['host']}:{server['port']}/{metadata_db}"
+                f"postgresql+{_sqlalchemy_driver()}://{server['user']}@{server['host']}:{server['port']}/"
+                f"{metadata_db}"
             ),
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": str(parallelism),
@@ -180,6 +181,13 @@ def create_database(server: Mapping[str, Any], prefix: str) -> str:
     with psycopg.connect(**connect, dbname="postgres", autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return name
+
+
+def _sqlalchemy_driver() -> str:
+    """psycopg (3) where SQLAlchemy 2 knows it; Airflow 3.0 still runs SQLAlchemy 1.4, which has psycopg2 only."""
+    import sqlalchemy
+
+    return "psycopg" if int(sqlalchemy.__version__.split(".")[0]) >= 2 else "psycopg2"
 
 
 def _free_port() -> int:

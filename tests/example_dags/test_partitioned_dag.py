@@ -8,7 +8,6 @@ sessions; the last run uploads nothing.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ def mapped_reports(home: Path) -> list[dict[str, Any]]:
             " AND dag_run_id = (SELECT MAX(dag_run_id) FROM xcom WHERE dag_id = ?) ORDER BY map_index",
             (DAG_ID, DAG_ID),
         ).fetchall()
-    return [json.loads(value) for _, value in rows]
+    return [demo.decode_xcom(value) for _, value in rows]
 
 
 def customers_of(warehouse: Path) -> dict[str, str]:
