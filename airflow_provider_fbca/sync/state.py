@@ -334,7 +334,7 @@ class StateStore:
             " session_id BIGINT NOT NULL,"
             " batch_seq INTEGER NOT NULL,"
             " kind VARCHAR(10) NOT NULL,"  # add, remove or replace
-            " row_key TEXT NOT NULL,"
+            " row_key TEXT NOT NULL,"  # empty: a packed page (see journal.PACKED)
             " key_schema TEXT NOT NULL,"
             " identifiers TEXT NOT NULL,"  # exactly as sent (withheld shared identifiers blank)
             " id_digest VARCHAR(64) NOT NULL,"
