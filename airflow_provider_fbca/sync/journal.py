@@ -148,9 +148,7 @@ class PageJournal:
 
     # -- Meta's answers -------------------------------------------------------------------------------
 
-    def added(
-        self, session_id: int, batch_seq: int, rows: Sequence[StagedRow], *, owed: bool = True
-    ) -> None:
+    def added(self, session_id: int, batch_seq: int, rows: Sequence[StagedRow], *, owed: bool = True) -> None:
         """Meta acknowledged an addition page: record its rows, settle it.
 
         :param owed: old identifiers may be owed for removal (False when the sync owes none: a delete
