@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_fbca.sync.plan import SyncMode, SyncPlan
-from airflow_provider_fbca.sync.row_key import PERSONAL, row_key_problem
+from airflow_provider_fbca.sync.row_key import PERSONAL, clean_keys, row_key_problem
 from airflow_provider_fbca.sync.state import StagedRow
 
 _BUCKETS = 256
@@ -74,12 +74,8 @@ def scan_keys(
 
 
 def _any_personal(keys: list[str]) -> bool:
-    """Whether a key looks personal: only a key with an "@" or a leading "+" can (see row_key_problem),
-    so a chunk holding neither character is cleared by two searches of its joined keys."""
-    joined = "\n".join(keys)
-    if "@" not in joined and "+" not in joined:
-        return False
-    return any(row_key_problem(key) in PERSONAL for key in keys if "@" in key or key.startswith("+"))
+    """Whether a key looks personal (a batch of plain keys is cleared at once)."""
+    return not clean_keys(keys) and any(row_key_problem(key) in PERSONAL for key in keys)
 
 
 class StreamedPage(list):  # type: ignore[type-arg]
