@@ -263,17 +263,11 @@ def _maybe(rest: str) -> bool:
 _MAY_BE_VALID = _LazyPlans(_load_validity_filter)
 
 
-def _split_calling_code(digits: str) -> tuple[str, str] | None:
-    """
-    phonenumbers' ``_extract_country_code`` for ``digits`` of three or more: the 1-3 digit calling code
-    and the rest, or None.
-    """
-    size = _CALLING_CODE_SIZES.get(digits[:3])
-    return None if size is None else (digits[:size], digits[size:])
-
-
 def _calling_code_sizes() -> dict[str, int]:
-    """For each three-digit start, the length of the calling code it starts with (the shortest)."""
+    """
+    For each three-digit start, the length of the calling code it starts with (the shortest): phonenumbers'
+    ``_extract_country_code`` for digits of three or more, as one dict lookup.
+    """
     sizes = {}
     for start in range(100, 1000):  # a calling code never starts with 0
         text = str(start)
@@ -329,44 +323,42 @@ def _phone_fast(digits: str, has_plus: bool, region: str | None) -> str | Droppe
     """
     ``_phone_reference`` for digits-only input, without calling phonenumbers; None when unsure.
 
+    Called for nearly every phone of a batch: readings stay tuples and helpers few (a Python call
+    costs about what a regex match does).
+
     :param digits: the number's digits, after the "+" or international "00" if ``has_plus``.
     :param has_plus: whether the number was written with its calling code.
     :param region: the row's country, upper-case ISO alpha-2, or None.
     """
     if not 4 <= len(digits) <= 20:
         return None
+    code_size = _CALLING_CODE_SIZES.get(digits[:3])  # "+digits" read as calling code + national number
     if has_plus:
-        return _fast_wire(_fast_international(digits))
+        if code_size is None:
+            return None
+        reading = _fast_possible(digits[:code_size], digits[code_size:], None)
+        return reading[0] + reading[1] if reading.__class__ is tuple else reading
     national = _fast_national(digits, region) if region is not None else PHONE_NO_COUNTRY_CODE
     if national is None:
         return None
-    split = _split_calling_code(digits)
     # Without a calling code, or when cheap checks rule out validity, "+digits" is no valid number.
-    if split is not None and _MAY_BE_VALID[split[0]](split[1]):
-        international = _fast_possible(*split, _PHONE_CALLING_CODES[split[0]])
+    if code_size is not None and _MAY_BE_VALID[digits[:code_size]](digits[code_size:]):
+        international = _fast_possible(digits[:code_size], digits[code_size:], None)
         if international is None:
             return None
         # The national reading wins when valid; the "+digits" one only matters when it is valid.
-        if international == national:
-            return _fast_wire(national)
-        if international.__class__ is tuple and _is_valid(*international):
-            if national.__class__ is tuple and _is_valid(*national):
-                return _fast_wire(national)
-            return _fast_wire(international)
-    return _fast_wire(national)
+        if _only_international_valid(international, national):
+            return international[0] + international[1]
+    return national[0] + national[1] if national.__class__ is tuple else national
 
 
-def _fast_wire(reading: tuple[str, str] | Dropped | None) -> str | Dropped | None:
-    return reading[0] + reading[1] if reading.__class__ is tuple else reading
-
-
-def _fast_international(digits: str) -> tuple[str, str] | Dropped | None:
-    """``+digits`` as (calling code, national number), or why it is no possible number; None when unsure."""
-    split = _split_calling_code(digits)
-    if split is None:
-        return None
-    calling_code, national = split
-    return _fast_possible(calling_code, national, _PHONE_CALLING_CODES[calling_code])
+def _only_international_valid(
+    international: tuple[str, str] | Dropped, national: tuple[str, str] | Dropped
+) -> bool:
+    """Whether the "+digits" reading is a valid number, different from and beating the national one."""
+    if international == national or international.__class__ is not tuple or not _is_valid(*international):
+        return False
+    return national.__class__ is not tuple or not _is_valid(*national)
 
 
 def _fast_national(digits: str, region: str) -> tuple[str, str] | Dropped | None:
@@ -386,15 +378,21 @@ def _fast_national(digits: str, region: str) -> tuple[str, str] | Dropped | None
         if (not region_plan.matches(digits) and region_plan.matches(potential)) or (
             region_plan.length_result(digits) == ValidationResult.TOO_LONG
         ):
-            national, plan = potential, _PHONE_CALLING_CODES[calling_code]
+            national, plan = potential, None
     return _fast_possible(calling_code, national, plan)
 
 
 def _fast_possible(
     calling_code: str, national: str, plan: _PhonePlan | None
 ) -> tuple[str, str] | Dropped | None:
-    """The trunk prefix taken off ``national``, then phonenumbers' possible-number checks."""
+    """
+    The trunk prefix taken off ``national``, then phonenumbers' possible-number checks.
+
+    :param plan: the plan whose trunk prefix ``national`` may carry; None: the calling code's own.
+    """
     main_plan = _PHONE_CALLING_CODES[calling_code]
+    if plan is None:
+        plan = main_plan
     if plan is None or main_plan is None:
         return None
     if len(national) < _MIN_NATIONAL_LENGTH:
