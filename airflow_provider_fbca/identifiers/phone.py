@@ -33,7 +33,15 @@ from airflow_provider_fbca.identifiers.text import clean, is_sha256_hex, missing
 _PHONE_SEPARATORS = b" -.()/"
 _MIN_NATIONAL_LENGTH = 2  # phonenumbers' _MIN_LENGTH_FOR_NSN
 _MAX_NATIONAL_LENGTH = 17  # phonenumbers' _MAX_LENGTH_FOR_NSN
-_LONGEST_LENGTH_TABULATED = _MAX_NATIONAL_LENGTH + 1  # every longer number is as TOO_LONG as this one
+_LONGEST_FAST = 20  # the fast path's longest digits; phonenumbers' own longest national number is 17
+_LONGEST_LENGTH_TABULATED = _LONGEST_FAST + 1  # every longer number is as TOO_LONG as this one
+
+_IS_POSSIBLE = ValidationResult.IS_POSSIBLE
+_KEEPS_NATIONAL_PREFIX = (
+    ValidationResult.TOO_SHORT,
+    ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+    ValidationResult.INVALID_LENGTH,
+)
 
 
 class _PhonePlan:
@@ -42,6 +50,7 @@ class _PhonePlan:
     __slots__ = (
         "calling_code",
         "international_prefix",
+        "keeps_national_prefix",
         "leading_digits",
         "length_results",
         "lengths",
@@ -67,6 +76,8 @@ class _PhonePlan:
         self.length_results = tuple(
             self._length_result(length) for length in range(_LONGEST_LENGTH_TABULATED + 1)
         )
+        # phonenumbers keeps a trunk prefix when the number without it would not have a possible length.
+        self.keeps_national_prefix = tuple(result in _KEEPS_NATIONAL_PREFIX for result in self.length_results)
 
     def matches(self, national: str) -> bool:
         """phonenumbers' ``_match_national_number(national, general_desc, False)``."""
@@ -330,7 +341,7 @@ def _phone_fast(digits: str, has_plus: bool, region: str | None) -> str | Droppe
     :param has_plus: whether the number was written with its calling code.
     :param region: the row's country, upper-case ISO alpha-2, or None.
     """
-    if not 4 <= len(digits) <= 20:
+    if not 4 <= len(digits) <= _LONGEST_FAST:
         return None
     code_size = _CALLING_CODE_SIZES.get(digits[:3])  # "+digits" read as calling code + national number
     if has_plus:
@@ -400,23 +411,15 @@ def _fast_possible(
     potential = plan.strip_national_prefix(national)  # the trunk "0" of "+44 (0)20 ..." or "020 ..."
     if potential is None:
         return None
-    if plan.length_results[min(len(potential), _LONGEST_LENGTH_TABULATED)] not in _KEEPS_NATIONAL_PREFIX:
+    if not plan.keeps_national_prefix[len(potential)]:
         national = potential
-    if len(national) > _MAX_NATIONAL_LENGTH:
-        return PHONE_INVALID
-    if main_plan.length_results[len(national)] != _IS_POSSIBLE:
+    if main_plan.length_results[len(national)] != _IS_POSSIBLE:  # also past _MAX_NATIONAL_LENGTH
         return PHONE_INVALID
     if not national.strip("0"):
         return PHONE_INVALID
     return calling_code, national
 
 
-_IS_POSSIBLE = ValidationResult.IS_POSSIBLE
-_KEEPS_NATIONAL_PREFIX = (
-    ValidationResult.TOO_SHORT,
-    ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
-    ValidationResult.INVALID_LENGTH,
-)
 _INTERNATIONAL_00 = re.compile(r"00[\s\-.()/]*[1-9]")
 
 
