@@ -250,14 +250,22 @@ _VALIDATORS = _LazyPlans(_load_validator)
 
 def _load_validity_filter(calling_code: str) -> Callable[[str], bool]:
     """
-    A cheap necessary condition for ``+<calling_code><rest>`` to be valid. For a code of one region,
-    when no national prefix starts ``rest``, the national number is ``rest`` itself: it needs a valid
-    length and the general pattern. Otherwise no shortcut (True).
+    A cheap necessary condition for ``+<calling_code><rest>`` to be valid. When the calling code's
+    national prefix does not start ``rest``, the national number is ``rest`` itself: valid in one of
+    the code's regions, it has that region's length and matches its general pattern. For a code shared
+    by regions (+7, +44, ...) only the lengths are checked: trying every region's pattern costs what
+    the full check does.
     """
     plan = _PHONE_CALLING_CODES[calling_code]
-    if plan is None or len(COUNTRY_CODE_TO_REGION_CODE[int(calling_code)]) > 1:
+    if plan is None:
         return _maybe
-    prefix, lengths, matches = plan.national_prefix, frozenset(plan.lengths), plan.matches
+    regions = COUNTRY_CODE_TO_REGION_CODE[int(calling_code)]
+    prefix = plan.national_prefix
+    if len(regions) > 1:
+        lengths = frozenset(length for region in regions for length in _region_lengths(region))
+        matches = _maybe
+    else:
+        lengths, matches = frozenset(plan.lengths), plan.matches
 
     def may_be_valid(rest: str) -> bool:
         if prefix is not None and prefix.match(rest) is not None:
@@ -265,6 +273,11 @@ def _load_validity_filter(calling_code: str) -> Callable[[str], bool]:
         return len(rest) in lengths and matches(rest)
 
     return may_be_valid
+
+
+def _region_lengths(region: str) -> tuple[int, ...]:
+    plan = _PHONE_REGIONS[region]
+    return plan.lengths if plan is not None else ()
 
 
 def _maybe(rest: str) -> bool:
@@ -302,11 +315,11 @@ def normalize_phone(value: object, country: str | None) -> str | Dropped:
     text = clean(value)
     if not text:
         return missing_or(text, PHONE_INVALID)
-    if is_sha256_hex(text):  # before any digit is stripped
+    if len(text) == 64 and is_sha256_hex(text):  # before any digit is stripped; a number is shorter
         return text.lower()
     simple = _phone_digits(text)
     if simple is not None:
-        result = _phone_fast(*simple, country)
+        result = _phone_fast(simple[0], simple[1], country)
         if result is not None:
             return result
     return _phone_reference(text, country)
