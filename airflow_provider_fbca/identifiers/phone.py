@@ -44,6 +44,10 @@ _KEEPS_NATIONAL_PREFIX = (
 )
 
 
+def _never_valid(national: str) -> bool:
+    return False
+
+
 class _PhonePlan:
     """The numbering plan of one region (or non-geographic calling code), compiled for the fast path."""
 
@@ -55,6 +59,7 @@ class _PhonePlan:
         "length_results",
         "lengths",
         "local_lengths",
+        "matches",
         "national_pattern",
         "national_prefix",
         "transforms_prefix",
@@ -68,6 +73,11 @@ class _PhonePlan:
         self.transforms_prefix = bool(metadata.national_prefix_transform_rule)
         general = metadata.general_desc
         self.national_pattern = _compile_or_none(general.national_number_pattern)
+        # phonenumbers' ``_match_national_number(national, general_desc, False)``, truthy when it matches;
+        # the pattern's own method, as the fast path calls it for nearly every number.
+        self.matches: Callable[[str], object] = (
+            self.national_pattern.fullmatch if self.national_pattern is not None else _never_valid
+        )
         self.lengths = tuple(general.possible_length)
         self.local_lengths = frozenset(general.possible_length_local_only)
         self.leading_digits = _compile_or_none(metadata.leading_digits)
@@ -78,10 +88,6 @@ class _PhonePlan:
         )
         # phonenumbers keeps a trunk prefix when the number without it would not have a possible length.
         self.keeps_national_prefix = tuple(result in _KEEPS_NATIONAL_PREFIX for result in self.length_results)
-
-    def matches(self, national: str) -> bool:
-        """phonenumbers' ``_match_national_number(national, general_desc, False)``."""
-        return self.national_pattern is not None and self.national_pattern.fullmatch(national) is not None
 
     def is_valid(self, national: str) -> bool:
         """phonenumbers' ``_number_type_helper(national, metadata) != UNKNOWN``."""
@@ -241,16 +247,12 @@ def _first_claimant(plans: list[_PhonePlan]) -> Callable[[str], _PhonePlan | Non
     return first_claimant
 
 
-def _never_valid(national: str) -> bool:
-    return False
-
-
 _VALIDATORS = _LazyPlans(_load_validator)
 
 
-def _load_validity_filter(calling_code: str) -> Callable[[str], bool]:
+def _load_validity_filter(calling_code: str) -> Callable[[str], object]:
     """
-    A cheap necessary condition for ``+<calling_code><rest>`` to be valid. When the calling code's
+    A cheap necessary condition (truthy when met) for ``+<calling_code><rest>`` to be valid. When the calling code's
     national prefix does not start ``rest``, the national number is ``rest`` itself: valid in one of
     the code's regions, it has that region's length and matches its general pattern. For a code shared
     by regions (+7, +44, ...) only the lengths are checked: trying every region's pattern costs what
@@ -267,7 +269,7 @@ def _load_validity_filter(calling_code: str) -> Callable[[str], bool]:
     else:
         lengths, matches = frozenset(plan.lengths), plan.matches
 
-    def may_be_valid(rest: str) -> bool:
+    def may_be_valid(rest: str) -> object:
         if prefix is not None and prefix.match(rest) is not None:
             return True
         return len(rest) in lengths and matches(rest)
