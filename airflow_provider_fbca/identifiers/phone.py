@@ -252,11 +252,11 @@ _VALIDATORS = _LazyPlans(_load_validator)
 
 def _load_validity_filter(calling_code: str) -> Callable[[str], object]:
     """
-    A cheap necessary condition (truthy when met) for ``+<calling_code><rest>`` to be valid. When the calling code's
-    national prefix does not start ``rest``, the national number is ``rest`` itself: valid in one of
-    the code's regions, it has that region's length and matches its general pattern. For a code shared
-    by regions (+7, +44, ...) only the lengths are checked: trying every region's pattern costs what
-    the full check does.
+    A cheap necessary condition (truthy when met) for ``+<calling_code><rest>`` to be valid. When the
+    calling code's national prefix does not start ``rest``, the national number is ``rest`` itself:
+    valid in one of the code's regions, it has that region's length and matches its general pattern.
+    For a code shared by regions (+7, +44, ...) only the lengths are checked: trying every region's
+    pattern costs what the full check does.
     """
     plan = _PHONE_CALLING_CODES[calling_code]
     if plan is None:
