@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from airflow_provider_fbca.identifiers.wire import wire_preparer
 # looked up inline by the row loop; a cache is emptied when it reaches this size, so memory stays bounded
 # on any data.
 _CACHE_LIMIT = 1 << 14
+_REASON_OF_DROP = operator.itemgetter(2)  # of a batch's (row index, wire key, reason)
 
 
 def _cache_filler(compute: Callable[..., object], cache: dict[object, object]) -> Callable[..., object]:
@@ -171,7 +173,7 @@ class RowPreparer:
             batch.dropped_at,
             batch.rejected_reasons,
         )
-        batch.dropped.update(reason for _, _, reason in batch.dropped_at)
+        batch.dropped.update(map(_REASON_OF_DROP, batch.dropped_at))  # counted in C
         batch.rejected_by_reason.update(batch.rejected_reasons)
         return batch
 

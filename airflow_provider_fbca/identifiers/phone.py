@@ -317,7 +317,7 @@ def normalize_phone(value: object, country: str | None) -> str | Dropped:
     text = clean(value)
     if not text:
         return missing_or(text, PHONE_INVALID)
-    if len(text) == 64 and is_sha256_hex(text):  # before any digit is stripped; a number is shorter
+    if len(text) == 64 and is_sha256_hex(text):  # before any digit is stripped; the length first: no call
         return text.lower()
     simple = _phone_digits(text)
     if simple is not None:
