@@ -20,7 +20,8 @@ _EMAIL = re.compile(r"[^\s@,;:<>()\[\]\\\"]+@(?:[^\s@,;:<>()\[\]\\\".]+\.)+[^\s@
 
 def normalize_email(value: object, country: str | None) -> str | Dropped:
     """EMAIL: trimmed, lowercase; what is not an e-mail address is dropped."""
-    text = clean(value)
+    # clean(value), without a call for the usual ASCII text: e-mails and phones are rarely cached
+    text = value.strip() if value.__class__ is str and value.isascii() else clean(value)
     if not text:
         return missing_or(text, EMAIL_INVALID)
     if len(text) == 64 and is_sha256_hex(text):  # the length first: no call for nearly every address

@@ -314,7 +314,8 @@ def normalize_phone(value: object, country: str | None) -> str | Dropped:
     go. Numbers phonenumbers does not consider possible (too short, too long) and all-zero numbers are
     dropped; valid-looking but unassigned ranges are kept (Meta's own example 555 numbers).
     """
-    text = clean(value)
+    # clean(value), without a call for the usual ASCII text: e-mails and phones are rarely cached
+    text = value.strip() if value.__class__ is str and value.isascii() else clean(value)
     if not text:
         return missing_or(text, PHONE_INVALID)
     if len(text) == 64 and is_sha256_hex(text):  # before any digit is stripped; the length first: no call
@@ -423,9 +424,11 @@ def _fast_possible(
         return None
     if len(national) < _MIN_NATIONAL_LENGTH:
         return PHONE_INVALID
-    potential = plan.strip_national_prefix(national)  # the trunk "0" of "+44 (0)20 ..." or "020 ..."
-    if potential is None:
-        return None
+    potential = national
+    if plan.national_prefix is not None and plan.national_prefix.match(national) is not None:
+        potential = plan.strip_national_prefix(national)  # the trunk "0" of "+44 (0)20 ..." or "020 ..."
+        if potential is None:
+            return None
     if not plan.keeps_national_prefix[len(potential)]:
         national = potential
     if main_plan.length_results[len(national)] != _IS_POSSIBLE:  # also past _MAX_NATIONAL_LENGTH
