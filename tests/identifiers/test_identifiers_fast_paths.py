@@ -18,7 +18,7 @@ import pytest
 from airflow_provider_fbca.identifiers import RowPreparer, normalize, prepare
 from airflow_provider_fbca.identifiers.phone import _phone_digits, _phone_fast, _phone_reference
 from airflow_provider_fbca.identifiers.reasons import Dropped
-from airflow_provider_fbca.identifiers.text import is_sha256_hex
+from airflow_provider_fbca.identifiers.text import clean, is_sha256_hex
 
 BENCH = Path(__file__).parents[2] / "bench" / "bench_identifiers.py"
 DIGEST = "A" * 63 + "f"  # an uppercase SHA-256 hex digest: passes through lowercased
@@ -102,3 +102,30 @@ def test_phone_fast_path_equals_phonenumbers_over_the_bench_phones(bench) -> Non
                 reference.reason if isinstance(reference, Dropped) else reference
             ), (text, region)
     assert decided > 10_000  # the fast path carries the bench's phones itself
+
+
+def test_email_check_in_two_parts_equals_the_whole_address_pattern() -> None:
+    import random
+
+    from airflow_provider_fbca.identifiers.contact import _EMAIL
+
+    rng = random.Random(12)
+    alphabet = 'ab.@-_+ \t\u00a0\u2003,;:<>()[]\\"é1'
+    samples = [
+        "a@b.co", "a@b.c", "a@@b.co", "@b.co", "a@", "a@.co", "a@b..co", "a.@b.co", "a@b.co.", "a b@c.de",
+        "a@b\u00a0c.de", "a@b.c\u2003d", "a@b@c.de", "josé@exämple.com", "a@b.co@d.ef", "a@b.co,", "a\x1c@b.co",
+    ]  # fmt: skip
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14))) for _ in range(20_000)]
+    samples += [
+        f"{rng.choice(['a', 'a.b', 'é'])}@{rng.choice(['b', 'c.d', 'x-y'])}.{rng.choice(['co', 'c', 'org'])}"
+        for _ in range(500)
+    ]
+    for _ in range(2):  # the second round answers the domains from the cache
+        for text in samples:
+            cleaned = clean(text)
+            if not cleaned:
+                continue  # a missing value, not an address
+            email = cleaned.lower().rstrip(".")
+            expected = email if _EMAIL.fullmatch(email) else ""
+            assert normalize("EMAIL", text) == expected, text
+    assert sum(bool(normalize("EMAIL", text)) for text in samples) > 100  # valid addresses were tried too
