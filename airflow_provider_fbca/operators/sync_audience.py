@@ -6,6 +6,7 @@ audience, streams the query's rows in chunks, and logs and returns the sync's re
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from functools import cached_property
@@ -52,6 +53,7 @@ from airflow_provider_fbca.sync.rejects import (
     RejectsTable,
     check_max_rejects_recorded,
 )
+from airflow_provider_fbca.sync.removal_budget import RemovalLedger, WholeSyncGuard
 from airflow_provider_fbca.sync.report import SyncReport, format_report
 from airflow_provider_fbca.sync.share import Share
 from airflow_provider_fbca.sync.source import ModelQuery
@@ -101,7 +103,12 @@ class SyncAudienceOperator(BaseOperator):
         rebuild the state. For a first sync into an audience that already has members, or to repair drift.
         Templated, like ``dry_run``.
     :param max_removal_fraction: fail before sending when a run would remove more than this share of the
-        synced rows (default 0.5); None turns the guard off.
+        synced rows (default 0.5); None turns the guard off. With partitions, it bounds the whole sync: the
+        partitions of one Airflow run record their planned removals in ``<state_table>_removals`` and the
+        one that would take the run's total past this share of the whole audience's state sends nothing.
+        A partition also refuses on its own when its share of the model is empty while its slice of the
+        state holds people, or when its slice would lose more than this share plus three standard
+        deviations of sampling noise (a broken share, not churn). See docs/partitions.md.
     :param batch_size: rows per upload request (at most 10,000).
     :param fetch_size: rows fetched from the query per chunk.
     :param max_in_flight: upload requests in flight at once (1 to 4), each its own batch of the session,
@@ -365,6 +372,7 @@ class SyncAudienceOperator(BaseOperator):
                 # removal guard): a failed run leaves no empty audience behind.
                 create_audience=None if audience_id else create_audience,
                 rejects=rejects,
+                removal_guard=self._removal_guard(store, f"{account}:{audience_id}", audience_id, context),
             )
             try:
                 if model is not None:
@@ -384,6 +392,22 @@ class SyncAudienceOperator(BaseOperator):
                 model.conn.close()
             state_conn.close()
         return self._log_report(report, audience_id, account, context, rejects)
+
+    def _removal_guard(
+        self, store: StateStore, sync_key: str, audience_id: str | None, context: Context
+    ) -> WholeSyncGuard | None:
+        """A partition's removal guard, judging the whole sync (None: the unpartitioned guard judges the run).
+
+        A new audience has no state to remove from; a full refresh is one run of the whole audience.
+
+        :param sync_key: the audience's unpartitioned sync key.
+        """
+        if self.partitions == 1 or self.full_refresh or not audience_id:
+            return None
+        ledger = RemovalLedger(store, sync_key, _run_key(context))
+        return WholeSyncGuard(
+            ledger, self.partition, self.partitions, self.max_removal_fraction, dry_run=self.dry_run
+        )
 
     def _log_report(
         self,
@@ -617,6 +641,16 @@ def _run_label(context: Mapping[str, Any]) -> str:
     """The run a rejects entry was last seen in: Airflow's run id, or the time outside a task run."""
     run_id = getattr(context.get("ti"), "run_id", None)
     return str(run_id) if run_id else utc_now()
+
+
+def _run_key(context: Mapping[str, Any]) -> str:
+    """Names the run whose partitions share the removal budget: the DAG, the (mapped) task and Airflow's
+    run id. Outside a task run each partition is a run of its own, judged alone against the whole audience."""
+    ti = context.get("ti")
+    run_id = getattr(ti, "run_id", None)
+    if not run_id:
+        return f"outside Airflow {secrets.token_hex(8)}"
+    return f"{getattr(ti, 'dag_id', '?')}.{getattr(ti, 'task_id', '?')}/{run_id}"
 
 
 def _lease_holder(context: Mapping[str, Any]) -> str:
