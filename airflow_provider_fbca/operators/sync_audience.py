@@ -6,7 +6,6 @@ audience, streams the query's rows in chunks, and logs and returns the sync's re
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from functools import cached_property
@@ -33,6 +32,7 @@ from airflow_provider_fbca.operators.arguments import (
 from airflow_provider_fbca.operators.lineage import query_lineage, sync_lineage
 from airflow_provider_fbca.operators.outlets import check_audience_outlets, record_audience_update
 from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_size
+from airflow_provider_fbca.operators.task_context import lease_holder, run_key, run_label
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.engine import RemovalsRefusedError, SyncOptions, SyncRun
@@ -57,7 +57,7 @@ from airflow_provider_fbca.sync.removal_budget import RemovalLedger, WholeSyncGu
 from airflow_provider_fbca.sync.report import SyncReport, format_report
 from airflow_provider_fbca.sync.share import Share
 from airflow_provider_fbca.sync.source import ModelQuery
-from airflow_provider_fbca.sync.state import StateStore, check_state_table, quote_table_name, utc_now
+from airflow_provider_fbca.sync.state import StateStore, check_state_table, quote_table_name
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -350,7 +350,7 @@ class SyncAudienceOperator(BaseOperator):
                     store,
                     options.sync_key,
                     key_column=options.source_key_index,
-                    run_label=_run_label(context),
+                    run_label=run_label(context),
                     max_recorded=self.max_rejects_recorded,
                     forget_absent=self.sync_mode is SyncMode.MIRROR,
                 )
@@ -367,7 +367,7 @@ class SyncAudienceOperator(BaseOperator):
                 preparer,
                 options,
                 digest_seed=f"country={self.default_country}",
-                holder=_lease_holder(context),
+                holder=lease_holder(context),
                 # A missing audience is created only once the model passed every check (columns, duplicates,
                 # removal guard): a failed run leaves no empty audience behind.
                 create_audience=None if audience_id else create_audience,
@@ -404,7 +404,7 @@ class SyncAudienceOperator(BaseOperator):
         """
         if self.partitions == 1 or self.full_refresh or not audience_id:
             return None
-        ledger = RemovalLedger(store, sync_key, _run_key(context))
+        ledger = RemovalLedger(store, sync_key, run_key(context))
         return WholeSyncGuard(
             ledger, self.partition, self.partitions, self.max_removal_fraction, dry_run=self.dry_run
         )
@@ -528,7 +528,7 @@ class SyncAudienceOperator(BaseOperator):
                 f"create:{account}:{self.audience_name}",
                 describe=f"the creation of audience {self.audience_name!r} in {account}",
                 lease_minutes=self.lease_minutes,
-                holder=_lease_holder(context),
+                holder=lease_holder(context),
             )
             audience_id = run_exclusively(lease, self._find_or_create_audience, wait_s=CREATE_WAIT_S)
             check_layout(store, f"{account}:{audience_id}", self.partitions)
@@ -635,31 +635,3 @@ class SyncAudienceOperator(BaseOperator):
     def _match_keys(self) -> list[str]:
         """The preparer's keys: the mapping's, then the sync-wide data processing options."""
         return [*self.mapping, *(key for key, _ in self._processing_cells())]
-
-
-def _run_label(context: Mapping[str, Any]) -> str:
-    """The run a rejects entry was last seen in: Airflow's run id, or the time outside a task run."""
-    run_id = getattr(context.get("ti"), "run_id", None)
-    return str(run_id) if run_id else utc_now()
-
-
-def _run_key(context: Mapping[str, Any]) -> str:
-    """Names the run whose partitions share the removal budget: the DAG, the (mapped) task and Airflow's
-    run id. Outside a task run each partition is a run of its own, judged alone against the whole audience."""
-    ti = context.get("ti")
-    run_id = getattr(ti, "run_id", None)
-    if not run_id:
-        return f"outside Airflow {secrets.token_hex(8)}"
-    return f"{getattr(ti, 'dag_id', '?')}.{getattr(ti, 'task_id', '?')}/{run_id}"
-
-
-def _lease_holder(context: Mapping[str, Any]) -> str:
-    """Name the task try running the sync, for the message of a concurrent run the lease refuses."""
-    ti = context.get("ti")
-    if ti is None:  # executed outside a task run (tests, scripts)
-        return "a run outside Airflow"
-    names = ("dag_id", "task_id", "run_id", "try_number")
-    dag_id, task_id, run_id, try_number = (getattr(ti, name, "?") for name in names)
-    map_index = getattr(ti, "map_index", -1)
-    mapped = f"[{map_index}]" if isinstance(map_index, int) and map_index >= 0 else ""
-    return f"task {dag_id}.{task_id}{mapped} of run {run_id}, try {try_number}"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
+from airflow_provider_fbca.operators.task_context import run_key
 from airflow_provider_fbca.sync.removal_budget import (
     BrokenShareError,
     EmptyShareError,
@@ -138,3 +139,10 @@ def test_a_retried_partition_is_not_counted_twice(
     assert partition(0, 2)["removed"] == 8  # the retry replaces its claim
     assert partition(1, 1)["removed"] == 8
     assert set(members(sandbox, audience_id)) == {row[0] for row in model} - gone
+
+
+def test_the_run_sharing_a_budget_is_the_dag_the_task_and_airflows_run() -> None:
+    mapped = [context("scheduled__2026-11-30", k) for k in range(3)]
+    assert {run_key(c) for c in mapped} == {"partitioned.sync/scheduled__2026-11-30"}
+    assert run_key(context("manual__2026-11-30", 0)) != run_key(mapped[0])
+    assert run_key({}) != run_key({})  # outside Airflow, each partition is a run of its own
