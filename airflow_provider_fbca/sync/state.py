@@ -48,8 +48,6 @@ STATE_TABLE_SUFFIXES = (
 #: it equals no real fingerprint, so the next run sends the row again if the model still has it.
 UNCONFIRMED = "unconfirmed"
 SQLITE_CACHE_KIB = 64 * 1024
-#: Pages (4 KiB) an SQLite state's write-ahead log grows by between checkpoints: several batches' writes.
-SQLITE_CHECKPOINT_PAGES = 16_384
 #: How an insert into the state table overwrites the row of the same key (SQLite and PostgreSQL alike).
 UPSERT_CLAUSE = (
     "ON CONFLICT (sync_key, row_key) DO UPDATE SET fingerprint = excluded.fingerprint,"
@@ -188,15 +186,12 @@ def _write_ahead_log(conn: Any) -> None:
     killed process (the guarantee of the journal: the operating system keeps what was written) and stays
     atomic through a power loss, which may only undo the last commits. WAL is a property of the database
     file (other connections keep working, readers no longer wait for the writer); the mode cannot change
-    inside a transaction, or for an in-memory database, which then keep theirs. The log is copied into
-    the database (and both flushed) every :data:`SQLITE_CHECKPOINT_PAGES` pages, not every 1,000 (4 MiB,
-    less than one batch's writes).
+    inside a transaction, or for an in-memory database, which then keep theirs.
     """
     if conn.in_transaction:
         return
     conn.execute("PRAGMA journal_mode = WAL").fetchall()
     conn.execute("PRAGMA synchronous = NORMAL").close()
-    conn.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_CHECKPOINT_PAGES}").fetchall()
 
 
 class LeaseRecord(NamedTuple):

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_fbca.sync.state import (
-    SQLITE_CHECKPOINT_PAGES,
     StateStore,
     decode_identifiers,
     encode_identifiers,
@@ -82,7 +81,6 @@ def test_an_sqlite_state_commits_through_a_write_ahead_log(tmp_path: Path) -> No
     StateStore(conn, "fbca_sync_state")
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
-    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (SQLITE_CHECKPOINT_PAGES,)
 
 
 def test_a_connection_inside_a_transaction_keeps_its_journal_mode(tmp_path: Path) -> None:
