@@ -178,20 +178,21 @@ def utc_now() -> str:
 
 
 def _write_ahead_log(conn: Any) -> None:
-    """Put an SQLite state database in WAL mode, its commits synchronized NORMAL (this connection only).
+    """Put an SQLite state database in WAL mode, its commits synchronized FULL (this connection only).
 
     A run commits twice per page (journaled, then acknowledged). In the default rollback mode each commit
-    rewrites pages through a journal file and waits for two flushes to disk: about a third of a first
-    sync's time. In WAL mode a commit appends to the log and waits for none; it is as durable against a
-    killed process (the guarantee of the journal: the operating system keeps what was written) and stays
-    atomic through a power loss, which may only undo the last commits. WAL is a property of the database
-    file (other connections keep working, readers no longer wait for the writer); the mode cannot change
-    inside a transaction, or for an in-memory database, which then keep theirs.
+    rewrites pages through a journal file, creates and deletes it, and waits for several flushes to disk:
+    about a third of a first sync's time. In WAL mode a commit appends to the log and flushes it once.
+    FULL, not NORMAL: a journal row must survive a power loss once its page may have reached Meta (NORMAL
+    could undo the last commits, and the state would not know what Meta holds); the one flush per commit
+    costs little next to rollback mode's. WAL is a property of the database file (other connections keep
+    working, readers no longer wait for the writer); the mode cannot change inside a transaction, or for
+    an in-memory database, which then keep theirs.
     """
     if conn.in_transaction:
         return
     conn.execute("PRAGMA journal_mode = WAL").fetchall()
-    conn.execute("PRAGMA synchronous = NORMAL").close()
+    conn.execute("PRAGMA synchronous = FULL").close()
 
 
 class LeaseRecord(NamedTuple):
