@@ -92,6 +92,12 @@ class PreparedBatch:
     dropped_at: list[tuple[int, str, str]] = field(default_factory=list)
     rejected_reasons: list[str] = field(default_factory=list)
 
+    def count_reasons(self) -> PreparedBatch:
+        """Fill :attr:`dropped` and :attr:`rejected_by_reason` from the per-row lists (counted in C)."""
+        self.dropped.update(map(_REASON_OF_DROP, self.dropped_at))
+        self.rejected_by_reason.update(self.rejected_reasons)
+        return self
+
 
 @dataclass(frozen=True)
 class _Column:
@@ -128,6 +134,8 @@ class RowPreparer:
     """
 
     def __init__(self, keys: Sequence[str], *, default_country: str | None = None) -> None:
+        #: What builds an identical preparer (in a worker process, :mod:`airflow_provider_fbca.sync.worker`).
+        self.arguments: tuple[tuple[str, ...], str | None] = (tuple(keys), default_country)
         self._columns = tuple(_column(key) for key in keys)
         self.schema: tuple[str, ...] = tuple(name for column in self._columns for name in column.wire_keys)
         if not self.schema:
@@ -173,9 +181,7 @@ class RowPreparer:
             batch.dropped_at,
             batch.rejected_reasons,
         )
-        batch.dropped.update(map(_REASON_OF_DROP, batch.dropped_at))  # counted in C
-        batch.rejected_by_reason.update(batch.rejected_reasons)
-        return batch
+        return batch.count_reasons()
 
 
 def _column(key: str) -> _Column:

@@ -113,6 +113,9 @@ class SyncAudienceOperator(BaseOperator):
     :param fetch_size: rows fetched from the query per chunk.
     :param max_in_flight: upload requests in flight at once (1 to 4), each its own batch of the session,
         acknowledged in order.
+    :param prepare_in_subprocess: a streamed first sync of at least 50,000 rows normalizes and hashes
+        them in a worker process (``python -m airflow_provider_fbca.sync.worker``, on another core) while
+        the task sends; False keeps everything in the task's process.
     :param app_ids: app ids, needed with an APPUID column.
     :param page_ids: page ids, needed with a PAGEUID column.
     :param partitions: how many tasks share the audience's rows (default 1: this task syncs them all).
@@ -184,6 +187,7 @@ class SyncAudienceOperator(BaseOperator):
         batch_size: int = MAX_BATCH_SIZE,
         fetch_size: int = DEFAULT_FETCH_SIZE,
         max_in_flight: int = 2,
+        prepare_in_subprocess: bool = True,
         app_ids: Sequence[str] | None = None,
         page_ids: Sequence[str] | None = None,
         lease_minutes: float = DEFAULT_LEASE_MINUTES,
@@ -226,6 +230,7 @@ class SyncAudienceOperator(BaseOperator):
         self.batch_size = batch_size
         self.fetch_size = fetch_size
         self.max_in_flight = max_in_flight
+        self.prepare_in_subprocess = prepare_in_subprocess
         self.app_ids = app_ids
         self.page_ids = page_ids
         self.lease_minutes = lease_minutes
@@ -328,6 +333,7 @@ class SyncAudienceOperator(BaseOperator):
             max_removal_fraction=self.max_removal_fraction,
             batch_size=self.batch_size,
             max_in_flight=self.max_in_flight,
+            prepare_in_subprocess=self.prepare_in_subprocess,
             app_ids=self.app_ids,
             page_ids=self.page_ids,
             source_key_index=preparer.column_of(EXTERN_ID),

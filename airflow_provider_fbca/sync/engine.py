@@ -34,6 +34,8 @@ from airflow_provider_fbca.sync.sending import AudienceClient, PlanSender, Remov
 from airflow_provider_fbca.sync.source import ModelQuery
 from airflow_provider_fbca.sync.staging import ModelStager, parse_membership
 from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore
+from airflow_provider_fbca.sync.worker import MIN_ROWS as WORKER_MIN_ROWS
+from airflow_provider_fbca.sync.worker import PreparerProcess
 
 __all__ = ["RemovalsRefusedError", "SyncOptions", "SyncRun", "parse_membership"]
 
@@ -78,6 +80,8 @@ class SyncOptions:
         acknowledged in order.
     :param lease_key: what the lease is taken on (default: ``sync_key``): the audience, so that two runs
         reaching one audience through different ad account overrides still exclude each other.
+    :param prepare_in_subprocess: a streamed first sync of at least :data:`.worker.MIN_ROWS` rows prepares
+        its identifiers in a worker process, on another core, while this one sends (:mod:`.worker`).
     """
 
     audience_id: str
@@ -95,6 +99,7 @@ class SyncOptions:
     lease_minutes: float = DEFAULT_LEASE_MINUTES
     on_refused_removals: str = "fail"
     lease_key: str = ""
+    prepare_in_subprocess: bool = True
 
     def __post_init__(self) -> None:
         check_lease_minutes(self.lease_minutes)
@@ -142,6 +147,9 @@ class SyncRun:
     :param removal_guard: judges the plan's removals instead of :func:`.plan.check_removal_guard`, given
         the plan and the model rows read (a partition's whole-sync guard, :mod:`.removal_budget`).
     """
+
+    #: The fewest rows a streamed first sync prepares in a worker process (tests lower it).
+    worker_min_rows = WORKER_MIN_ROWS
 
     def __init__(
         self,
@@ -337,26 +345,34 @@ class SyncRun:
         self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
         self._create_audience()
         non_members = [0]
-        pages = streamed_pages(self._streamed_rows(model, non_members), options.batch_size)
-        try:
+        with contextlib.ExitStack() as stack:
+            worker = self._preparer_process(scan.rows)
+            if worker is not None:
+                stack.enter_context(worker)  # closed after the pages: a generator's cursor goes first
+            pages = streamed_pages(self._streamed_rows(model, non_members, worker), options.batch_size)
+            stack.callback(_close, pages)
             result = self._sender().add_stream(pages, scan.members)
-        finally:
-            _close(pages)
         if self.rejects is not None:
             self.rejects.finish()
         self.report.plan = streamed_plan(options.mode, result.rows, non_members[0])
         log.info("Plan (streamed first sync): %s", _describe(self.report.plan))
         return True
 
-    def _streamed_rows(self, model: ModelQuery, non_members: list[int]) -> Iterator[tuple[StagedRow, Any]]:
+    def _preparer_process(self, rows: int) -> PreparerProcess | None:
+        """A worker process preparing the streamed rows (see :mod:`.worker`), or None: prepare them here
+        (turned off, a model too small to pay for starting it, or a preparer it cannot rebuild)."""
+        arguments = getattr(self.preparer, "arguments", None)
+        if not self.options.prepare_in_subprocess or rows < self.worker_min_rows or arguments is None:
+            return None
+        return PreparerProcess(arguments, self.digest_seed)
+
+    def _streamed_rows(
+        self, model: ModelQuery, non_members: list[int], worker: PreparerProcess | None
+    ) -> Iterator[tuple[StagedRow, Any]]:
         """The model's member rows, prepared, as the session asks for them; counts the non-members."""
         digested = isinstance(model, PushdownModel)
-        for chunk in model.digested_rows() if digested else model.rows():
-            rows = (
-                self.stager.prepare_digested(chunk, count_read=True)
-                if digested
-                else self.stager.prepare(chunk)
-            )
+        chunks = model.digested_rows() if digested else model.rows()
+        for rows in self.stager.prepare_stream(chunks, digested, worker):
             for row, wire_row in rows:
                 if row.member:
                     yield row, wire_row

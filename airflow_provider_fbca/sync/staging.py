@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_fbca.sync.dialects import client_row_digest
@@ -29,6 +29,7 @@ from airflow_provider_fbca.sync.state import StagedRow, StateStore
 
 if TYPE_CHECKING:
     from airflow_provider_fbca.sync.engine import RowPreparerLike, SyncOptions
+    from airflow_provider_fbca.sync.worker import PreparerProcess
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off", ""})
@@ -176,6 +177,61 @@ class ModelStager:
         first_row = self.report.rows_read - len(chunk) + 1 if count_read else None
         return self._prepare(cells, range(len(cells)), [row[0] for row in chunk], first_row)
 
+    def prepare_stream(
+        self, chunks: Iterable[Sequence[Sequence[Any]]], digested: bool, worker: PreparerProcess | None
+    ) -> Iterator[Iterator[tuple[StagedRow, Sequence[str]]]]:
+        """A first sync's chunks, prepared (see :meth:`prepare` and :meth:`prepare_digested`): one
+        iterator of ``(staged row, wire row)`` per chunk.
+
+        With a worker process, chunk k+1 is read and sent to it before chunk k's rows are handed out, so
+        the worker prepares it while this process stages, journals and sends chunk k.
+
+        :param chunks: the model's rows, ``(digest, *cells)`` each when ``digested``.
+        :param digested: the database digested the rows.
+        :param worker: prepares the chunks in another process; None: in this one.
+        """
+        if worker is None:
+            for chunk in chunks:
+                yield self.prepare_digested(chunk, count_read=True) if digested else self.prepare(chunk)
+            return
+        assert self.known_digests is None  # a first sync prepares every row
+        pending: tuple[Sequence[Sequence[Any]], int] | None = None
+        for chunk in chunks:
+            worker.submit(chunk, self.options.has_membership, digested)
+            self.report.rows_read += len(chunk)
+            if pending is not None:
+                yield self._prepared_by(worker, *pending, digested)
+            pending = chunk, self.report.rows_read - len(chunk) + 1
+        if pending is not None:
+            yield self._prepared_by(worker, *pending, digested)
+
+    def _prepared_by(
+        self, worker: PreparerProcess, chunk: Sequence[Sequence[Any]], first_row: int, digested: bool
+    ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
+        """The worker's answer to ``chunk``, staged and counted as :meth:`_prepare` does."""
+        digests, prepared = worker.result()
+        if digested:
+            chunk, digests = [row[1:] for row in chunk], [row[0] for row in chunk]
+        fresh = range(len(chunk))
+        values = self._values(chunk, fresh) if self.rejects is not None else ()
+        self._count(values, len(chunk), prepared)
+        return self._staged(chunk, fresh, digests, first_row, prepared)
+
+    def _values(self, chunk: Sequence[Sequence[Any]], fresh: Sequence[int]) -> list[Sequence[Any]]:
+        """The identifier cells of the ``fresh`` rows, as the preparer takes them."""
+        has_membership = self.options.has_membership
+        return [chunk[i][:-1] if has_membership else chunk[i] for i in fresh]
+
+    def _count(self, values: Sequence[Sequence[Any]], prepared_rows: int, prepared: Any) -> None:
+        """Count what the preparer rejected and dropped; list the rows that lost values."""
+        report = self.report
+        report.rows_prepared += prepared_rows
+        report.rejected += len(prepared.rejected)
+        report.rejected_by_reason.update(prepared.rejected_by_reason)
+        report.dropped_values.update(prepared.dropped)
+        if self.rejects is not None:
+            self.rejects.record(values, prepared)
+
     def _prepare(
         self,
         chunk: Sequence[Sequence[Any]],
@@ -190,16 +246,9 @@ class ModelStager:
         """
         if not fresh:
             return iter(())
-        has_membership = self.options.has_membership
-        values = [chunk[i][:-1] if has_membership else chunk[i] for i in fresh]
+        values = self._values(chunk, fresh)
         prepared = self.preparer.prepare_rows(values)
-        report = self.report
-        report.rows_prepared += len(values)
-        report.rejected += len(prepared.rejected)
-        report.rejected_by_reason.update(prepared.rejected_by_reason)
-        report.dropped_values.update(prepared.dropped)
-        if self.rejects is not None:
-            self.rejects.record(values, prepared)
+        self._count(values, len(values), prepared)
         return self._staged(chunk, fresh, digests, first_row, prepared)
 
     def _staged(
