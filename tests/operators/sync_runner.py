@@ -1,7 +1,7 @@
 """Run one SyncAudienceOperator in this process, for tests that kill it with SIGKILL.
 
 ``python -m tests.operators.sync_runner '<json>'``: the JSON holds the operator's keyword arguments and,
-optionally, ``kill_on``: a regex; when the state store is about to execute a statement matching it, the
+optionally, ``worker_min_rows`` (overrides ``SyncRun.worker_min_rows``) and ``kill_on``: a regex; when the state store is about to execute a statement matching it, the
 process kills itself with SIGKILL (a worker dying at exactly that point, e.g. inside reconciliation).
 The Airflow connections come from the environment (AIRFLOW_CONN_*), as the test defined them.
 """
@@ -35,6 +35,10 @@ def main(config: dict[str, Any]) -> None:
 
     if config.get("kill_on"):
         _kill_on(config.pop("kill_on"))
+    if config.get("worker_min_rows") is not None:  # a small model prepared in a worker process too
+        from airflow_provider_fbca.sync.engine import SyncRun
+
+        SyncRun.worker_min_rows = config["worker_min_rows"]
     SyncAudienceOperator(task_id="killed_sync", **config["operator"]).execute({})
 
 

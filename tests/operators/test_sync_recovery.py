@@ -25,6 +25,7 @@ from airflow_provider_fbca.sync.state import decode_identifiers
 from tests.conftest import REPO_ROOT
 from tests.operators.conftest import Warehouse, customer
 from tests.operators.test_sync_audience import MAPPING, make_operator, run, user_uploads
+from tests.sync.test_worker import wait_ended, worker_pids
 
 BATCH = 5
 #: How long the sandbox holds the request the test kills the run under (it is applied afterwards).
@@ -73,7 +74,14 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) ->
     raise AssertionError(f"Timed out waiting for {what}.")
 
 
-def start(warehouse: Warehouse, fb_conn_id: str, state_table: str, kill_on: str = "", **kwargs: Any) -> Any:
+def start(
+    warehouse: Warehouse,
+    fb_conn_id: str,
+    state_table: str,
+    kill_on: str = "",
+    worker_min_rows: int | None = None,
+    **kwargs: Any,
+) -> Any:
     """The operator in a subprocess (same connections, through the environment)."""
     operator = {
         "sql": warehouse.sql,
@@ -84,7 +92,7 @@ def start(warehouse: Warehouse, fb_conn_id: str, state_table: str, kill_on: str 
         "batch_size": BATCH,
         **kwargs,
     }
-    config = json.dumps({"operator": operator, "kill_on": kill_on})
+    config = json.dumps({"operator": operator, "kill_on": kill_on, "worker_min_rows": worker_min_rows})
     return subprocess.Popen(
         [sys.executable, "-m", "tests.operators.sync_runner", config],
         cwd=REPO_ROOT,
@@ -179,15 +187,31 @@ def test_a_run_killed_at_any_phase_is_repaired_by_the_next(
     assert (again["rows_sent"], len(user_uploads(sandbox))) == (0, sent)
 
 
+@pytest.mark.parametrize("prepared_by", ["run", "worker"])
 def test_a_streamed_first_sync_killed_with_batches_in_flight_is_repaired_by_the_next(
-    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str, prepared_by: str
 ) -> None:
-    """A first sync streams with two batches in flight; killed while the third is held at the sandbox."""
+    """A first sync streams with two batches in flight; killed while the third is held at the sandbox.
+
+    Prepared by a worker process too: the kill leaves no worker behind.
+    """
     warehouse.write(V1)
     hold(sandbox, "POST", "/users$", 3)
-    process = start(warehouse, fb_conn_id, state_table, audience_name="streamed", create_audience=True)
+    min_rows = 0 if prepared_by == "worker" else None
+    process = start(
+        warehouse,
+        fb_conn_id,
+        state_table,
+        audience_name="streamed",
+        create_audience=True,
+        worker_min_rows=min_rows,
+    )
     wait_for(lambda: _exists(warehouse, f"{state_table}_pages"), "the state tables")
+    if prepared_by == "worker":
+        wait_for(lambda: len(worker_pids(process.pid)) == 1, "the preparing worker")
+    workers = worker_pids(process.pid)
     kill_in_flight(process, sandbox, warehouse, state_table, "add", 3)
+    assert all(wait_ended(pid) for pid in workers), "a worker outlived its killed run"
     query(warehouse, f"DELETE FROM {state_table}_locks")
     final = v3()
     warehouse.write(final)
