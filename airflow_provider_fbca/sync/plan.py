@@ -86,14 +86,18 @@ class RowStager:
         # LOOKALIKE_VALUE is not an identifier: a new value is re-sent without removing the person first.
         self.value_index = self.schema.index(LOOKALIKE_VALUE) if LOOKALIKE_VALUE in self.schema else None
 
-    def stage(self, wire_row: Sequence[str], member: bool, source_digest: int | None = None) -> StagedRow:
-        identifiers = encode_identifiers(wire_row)
-        fingerprint = _digest(self.digest_prefix + identifiers)
-        if self.value_index is None:
-            id_digest = fingerprint
-        else:
-            ids_only = [value for index, value in enumerate(wire_row) if index != self.value_index]
-            id_digest = _digest(self.digest_prefix + encode_identifiers(ids_only))
+    def stage(
+        self,
+        wire_row: Sequence[str],
+        member: bool,
+        source_digest: int | None = None,
+        encoded: tuple[str, str, str] | None = None,
+    ) -> StagedRow:
+        """The stage row of a prepared wire row.
+
+        :param encoded: the row's :meth:`encode` when computed already (by a preparing worker process).
+        """
+        identifiers, fingerprint, id_digest = encoded or self.encode(wire_row)
         # Positional: the hot path of staging a million rows.
         return StagedRow(
             wire_row[self.key_index],
@@ -104,6 +108,15 @@ class RowStager:
             1 if member else 0,
             source_digest,
         )
+
+    def encode(self, wire_row: Sequence[str]) -> tuple[str, str, str]:
+        """A wire row's identifiers as stored, its fingerprint and its identifier digest."""
+        identifiers = encode_identifiers(wire_row)
+        fingerprint = _digest(self.digest_prefix + identifiers)
+        if self.value_index is None:
+            return identifiers, fingerprint, fingerprint
+        ids_only = [value for index, value in enumerate(wire_row) if index != self.value_index]
+        return identifiers, fingerprint, _digest(self.digest_prefix + encode_identifiers(ids_only))
 
 
 @dataclass(frozen=True)

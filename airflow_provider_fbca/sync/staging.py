@@ -209,13 +209,13 @@ class ModelStager:
         self, worker: PreparerProcess, chunk: Sequence[Sequence[Any]], first_row: int, digested: bool
     ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
         """The worker's answer to ``chunk``, staged and counted as :meth:`_prepare` does."""
-        digests, prepared = worker.result()
+        digests, prepared, encoded = worker.result()
         if digested:
             chunk, digests = [row[1:] for row in chunk], [row[0] for row in chunk]
         fresh = range(len(chunk))
         values = self._values(chunk, fresh) if self.rejects is not None else ()
         self._count(values, len(chunk), prepared)
-        return self._staged(chunk, fresh, digests, first_row, prepared)
+        return self._staged(chunk, fresh, digests, first_row, prepared, encoded)
 
     def _values(self, chunk: Sequence[Sequence[Any]], fresh: Sequence[int]) -> list[Sequence[Any]]:
         """The identifier cells of the ``fresh`` rows, as the preparer takes them."""
@@ -258,12 +258,16 @@ class ModelStager:
         digests: Sequence[int],
         first_row: int | None,
         prepared: Any,
+        encoded: Sequence[tuple[str, str, str]] | None = None,
     ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
+        """The kept rows' stage rows (``encoded``: the kept rows as :meth:`.RowStager.encode` encodes them,
+        when a worker process did); refuses a personal EXTERN_ID, rejects a key the state cannot hold."""
         has_membership, report = self.options.has_membership, self.report
         key_index, stage = self.row_stager.key_index, self.row_stager.stage
         check_keys = not clean_keys([wire_row[key_index] for wire_row in prepared.rows])
         staged = []
-        for wire_row, prepared_index in zip(prepared.rows, prepared.kept, strict=True):
+        encodings = [None] * len(prepared.rows) if encoded is None else encoded
+        for wire_row, prepared_index, encoding in zip(prepared.rows, prepared.kept, encodings, strict=True):
             source_index = fresh[prepared_index]
             if check_keys and (problem := row_key_problem(wire_row[key_index])):
                 if problem in PERSONAL:
@@ -274,7 +278,7 @@ class ModelStager:
                 report.rejected_by_reason[problem] += 1
                 continue
             member = parse_membership(chunk[source_index][-1]) if has_membership else True
-            staged.append((stage(wire_row, member, digests[source_index]), wire_row))
+            staged.append((stage(wire_row, member, digests[source_index], encoding), wire_row))
         return iter(staged)
 
 

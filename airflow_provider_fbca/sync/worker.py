@@ -2,8 +2,8 @@
 
 A streamed first sync runs in one Python process whose interpreter lock every step takes: reading the
 model, digesting its rows, preparing identifiers (a quarter of its CPU), staging, journaling. The worker
-takes the source digests and the identifier preparation, a chunk ahead of the run (:class:`PreparerProcess`),
-on the machine's other core.
+takes the source digests, the identifier preparation and the encoding of stage rows (identifiers as
+stored, fingerprints), a chunk ahead of the run (:class:`PreparerProcess`), on the machine's other core.
 
 The worker is this module run as ``python -m airflow_provider_fbca.sync.worker``: started with
 :mod:`subprocess` (``multiprocessing`` would import the task's ``__main__``, Airflow itself), it imports
@@ -28,6 +28,8 @@ from typing import IO, Any
 
 from airflow_provider_fbca.identifiers.batch import PreparedBatch, RowPreparer
 from airflow_provider_fbca.sync.dialects import client_row_digest
+from airflow_provider_fbca.sync.plan import RowStager
+from airflow_provider_fbca.sync.state import decode_identifiers
 
 #: A streamed first sync of fewer rows prepares them in its own process: starting the worker (0.1-0.3 s)
 #: costs more than it saves below some 50,000 rows (preparation takes about 8 µs a row).
@@ -43,12 +45,14 @@ class PreparerProcessError(RuntimeError):
 # -- the worker's side ------------------------------------------------------------------------------------
 
 
-def answer(request: tuple[Any, ...], preparer: RowPreparer, seed: str) -> tuple[Any, ...]:
-    """What the worker answers to one chunk: ``(source digests or None, *the prepared batch's lists)``.
+def answer(request: tuple[Any, ...], preparer: RowPreparer, stager: RowStager, seed: str) -> tuple[Any, ...]:
+    """What the worker answers to one chunk: ``(source digests or None, kept rows encoded, *the prepared
+    batch's other lists)``; a kept row is encoded as its stage row stores it (:meth:`.RowStager.encode`).
 
     :param request: ``(rows, has_membership, digested)``: the chunk as read (``(digest, *cells)`` each when
         the database digested it, then no digests are sent back), whether its rows end in membership.
     :param preparer: the run's preparer, rebuilt in the worker.
+    :param stager: encodes the kept rows.
     :param seed: the run's digest seed (see :func:`.dialects.client_row_digest`).
     """
     rows, has_membership, digested = request
@@ -58,7 +62,8 @@ def answer(request: tuple[Any, ...], preparer: RowPreparer, seed: str) -> tuple[
     else:
         digests = [client_row_digest(seed, row) for row in rows]
     batch = preparer.prepare_rows([row[:-1] for row in rows] if has_membership else rows)
-    return digests, batch.rows, batch.kept, batch.rejected, batch.dropped_at, batch.rejected_reasons
+    encoded = list(map(stager.encode, batch.rows))
+    return digests, encoded, batch.kept, batch.rejected, batch.dropped_at, batch.rejected_reasons
 
 
 def serve(reader: IO[bytes], writer: IO[bytes]) -> None:
@@ -69,13 +74,14 @@ def serve(reader: IO[bytes], writer: IO[bytes]) -> None:
     """
     keys, default_country, seed = pickle.load(reader)
     preparer = RowPreparer(keys, default_country=default_country)
+    stager = RowStager(preparer.schema)
     while True:
         try:
             request = pickle.load(reader)
         except EOFError:
             return  # the run is over, or died
         try:
-            reply: tuple[Any, ...] = answer(request, preparer, seed)
+            reply: tuple[Any, ...] = answer(request, preparer, stager, seed)
         except Exception as error:
             reply = (_ERROR, _describe(error))
         pickle.dump(reply, writer, protocol=_PROTOCOL)
@@ -122,8 +128,9 @@ class PreparerProcess:
         """Send a chunk to be prepared (see :func:`answer`)."""
         self._requests.put((rows, has_membership, digested))
 
-    def result(self) -> tuple[list[int] | None, PreparedBatch]:
-        """The next submitted chunk's source digests (None for a digested chunk) and prepared batch.
+    def result(self) -> tuple[list[int] | None, PreparedBatch, list[tuple[str, str, str]]]:
+        """The next submitted chunk's source digests (None for a digested chunk), prepared batch and kept
+        rows encoded (see :func:`answer`).
 
         :raises PreparerProcessError: the worker failed on the chunk, or died.
         """
@@ -138,11 +145,13 @@ class PreparerProcess:
             ) from None
         if reply[0] == _ERROR:
             raise PreparerProcessError(f"Preparing identifiers in the worker process failed: {reply[1]}.")
-        digests, rows, kept, rejected, dropped_at, rejected_reasons = reply
+        digests, encoded, kept, rejected, dropped_at, rejected_reasons = reply
+        # The wire rows travel once, as stored: splitting them back costs less than pickling them twice.
+        rows = [decode_identifiers(identifiers) for identifiers, _, _ in encoded]
         batch = PreparedBatch(
             rows=rows, kept=kept, rejected=rejected, dropped_at=dropped_at, rejected_reasons=rejected_reasons
         )
-        return digests, batch.count_reasons()
+        return digests, batch.count_reasons(), encoded
 
     def close(self) -> None:
         """Close the worker's input (it exits) and wait for it.

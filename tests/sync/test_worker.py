@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.identifiers import RowPreparer
+from airflow_provider_fbca.sync.dialects import client_row_digest
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.plan import RowStager
 from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.source import ModelQuery
 from airflow_provider_fbca.sync.state import StateStore
@@ -127,9 +129,18 @@ def test_the_worker_answers_in_order_what_the_preparer_answers() -> None:
         worker.submit(rows[:600], has_membership=False, digested=False)
         worker.submit(rows[600:], has_membership=False, digested=False)
         first, second = worker.result(), worker.result()
-    assert first[1] == preparer.prepare_rows(rows[:600])
-    assert second[1] == preparer.prepare_rows(rows[600:])
-    assert len(first[0]) == 600 and first[0] != second[0][:600]
+    stager = RowStager(preparer.schema)
+    for (digests, batch, encoded), part in zip([first, second], [rows[:600], rows[600:]], strict=True):
+        expected = preparer.prepare_rows(part)
+        assert [tuple(row) for row in batch.rows] == expected.rows
+        assert (batch.kept, batch.rejected, batch.dropped_at) == (
+            expected.kept,
+            expected.rejected,
+            expected.dropped_at,
+        )
+        assert (batch.dropped, batch.rejected_by_reason) == (expected.dropped, expected.rejected_by_reason)
+        assert encoded == [stager.encode(row) for row in expected.rows]
+        assert digests == [client_row_digest("seed|", row) for row in part]
 
 
 def test_an_error_in_the_worker_is_named_without_the_value() -> None:
