@@ -115,7 +115,7 @@ class SyncAudienceOperator(BaseOperator):
         acknowledged in order.
     :param prepare_in_subprocess: a streamed first sync of at least 50,000 rows normalizes and hashes
         them in a worker process (``python -m airflow_provider_fbca.sync.worker``, on another core) while
-        the task sends; False keeps everything in the task's process.
+        the task sends. Off by default: it pays only on a worker with a core to spare.
     :param app_ids: app ids, needed with an APPUID column.
     :param page_ids: page ids, needed with a PAGEUID column.
     :param partitions: how many tasks share the audience's rows (default 1: this task syncs them all).
@@ -187,7 +187,7 @@ class SyncAudienceOperator(BaseOperator):
         batch_size: int = MAX_BATCH_SIZE,
         fetch_size: int = DEFAULT_FETCH_SIZE,
         max_in_flight: int = 2,
-        prepare_in_subprocess: bool = True,
+        prepare_in_subprocess: bool = False,
         app_ids: Sequence[str] | None = None,
         page_ids: Sequence[str] | None = None,
         lease_minutes: float = DEFAULT_LEASE_MINUTES,

@@ -81,7 +81,8 @@ class SyncOptions:
     :param lease_key: what the lease is taken on (default: ``sync_key``): the audience, so that two runs
         reaching one audience through different ad account overrides still exclude each other.
     :param prepare_in_subprocess: a streamed first sync of at least :data:`.worker.MIN_ROWS` rows prepares
-        its identifiers in a worker process, on another core, while this one sends (:mod:`.worker`).
+        its identifiers in a worker process, on another core, while this one sends (:mod:`.worker`). Off
+        by default: it pays only where a core is idle (see docs/operator.md).
     """
 
     audience_id: str
@@ -99,7 +100,7 @@ class SyncOptions:
     lease_minutes: float = DEFAULT_LEASE_MINUTES
     on_refused_removals: str = "fail"
     lease_key: str = ""
-    prepare_in_subprocess: bool = True
+    prepare_in_subprocess: bool = False
 
     def __post_init__(self) -> None:
         check_lease_minutes(self.lease_minutes)

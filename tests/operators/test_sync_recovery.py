@@ -205,6 +205,7 @@ def test_a_streamed_first_sync_killed_with_batches_in_flight_is_repaired_by_the_
         audience_name="streamed",
         create_audience=True,
         worker_min_rows=min_rows,
+        prepare_in_subprocess=prepared_by == "worker",
     )
     wait_for(lambda: _exists(warehouse, f"{state_table}_pages"), "the state tables")
     if prepared_by == "worker":
