@@ -79,20 +79,25 @@ class Removals:
         store.execute(f"DELETE FROM {self.ids} WHERE value IS NULL OR value = ''").close()
         store.execute(f"CREATE INDEX {self.ids}_value ON {self.ids} (key_name, value)").close()
         store.execute(f"CREATE INDEX {self.ids}_rid ON {self.ids} (rid)").close()
+        store.analyze(self.rows, self.ids)
+        held = self._held_schemas() if keys else []
         for key in sorted(keys):
-            self._mark_shared(key)
+            self._mark_shared(key, held)
         store.commit()
         return int(store.fetch_one(f"SELECT COUNT(*) FROM {self.ids} WHERE shared = 1")[0])
 
-    def _mark_shared(self, key: str) -> None:
+    def _mark_shared(self, key: str, held: list[str]) -> None:
         """Mark the removal identifiers of one key that a row staying in or added to the audience holds.
+
+        :param key: the identifier's key name.
+        :param held: the schemas of the rows staying in or added to the audience (:meth:`_held_schemas`).
 
         Each staying row is probed against the (few) removal identifiers' index: one scan of the state
         per schema and position, never a sort of every value it holds. CROSS JOIN keeps SQLite's loop
         order (state outside); PostgreSQL plans it as any join.
         """
         store, t, ids = self.store, self.stage.name, self.ids
-        for key_schema in self._held_schemas():
+        for key_schema in held:
             positions = [index for index, name in enumerate(key_schema.split(",")) if name == key]
             for position in positions:
                 # Staying: members of the state that this run does not remove (or re-identify), and additions.
