@@ -164,9 +164,7 @@ class PushdownModel(ModelQuery):
         The model's repeated digests come first: usually none, and then the state is not read at all.
         """
         store = self.store
-        twice = (
-            f"SELECT {DIGEST_COLUMN} AS d FROM {model} WHERE fresh = 0 GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1"
-        )
+        twice = f"SELECT {DIGEST_COLUMN} AS d FROM {model} WHERE fresh = 0 GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1"
         if not store.fetch_one(f"SELECT EXISTS ({twice})")[0]:
             return []
         return store.fetch_all(
