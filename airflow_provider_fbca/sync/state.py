@@ -299,17 +299,19 @@ class StateStore:
             self.execute(f"ANALYZE {self.table}").close()
         self.commit()
 
-    def identifier_at(self, column: str, position: int) -> str:
+    def identifier_at(self, column: str, position: int | str) -> str:
         """SQL for the identifier at ``position`` of a stored wire row (see :func:`encode_identifiers`).
 
         :param column: the SQL column (or expression) holding the stored identifiers.
-        :param position: the identifier's index in the row's key schema.
+        :param position: the identifier's index in the row's key schema: a number, or a column of ours
+            holding it (a name, never user input).
         """
+        at = str(int(position)) if isinstance(position, int) else position
         if self.is_sqlite:
-            return f"fbca_identifier({column}, {int(position)})"
+            return f"fbca_identifier({column}, {at})"
         return (
-            f"CASE WHEN left({column}, 1) = chr(30) THEN (substr({column}, 2)::json ->> {int(position)})"
-            f" ELSE split_part({column}, chr(31), {int(position) + 1}) END"
+            f"CASE WHEN left({column}, 1) = chr(30) THEN (substr({column}, 2)::json ->> {at})"
+            f" ELSE split_part({column}, chr(31), {at} + 1) END"
         )
 
     # -- schema ---------------------------------------------------------------------------------------
