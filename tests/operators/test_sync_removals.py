@@ -94,7 +94,7 @@ def test_removals_spare_a_new_row_taking_over_an_identifier(
     rows = [customer(i) for i in range(10)]
     warehouse.write(rows)
     audience_id = run(make_operator(warehouse, fb_conn_id, state_table))["audience_id"]
-    rows = rows[1:] + [customer(50, email=customer(0)[1])]
+    rows = [*rows[1:], customer(50, email=customer(0)[1])]
     warehouse.write(rows)
     report = run(make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id))
     assert (report["removed"], report["added"]) == (1, 1)
