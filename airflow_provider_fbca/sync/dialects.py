@@ -82,7 +82,8 @@ DIALECTS: dict[str, Dialect] = {
             name="postgresql",
             tested=True,
             text="CAST({expr} AS TEXT)",
-            type_name="pg_typeof({expr})::text",
+            # The type's oid, not its name: naming a type looks it up per cell (a third of the digest's cost).
+            type_name="pg_typeof({expr})::oid",
             length="length({expr})",
             concat="concat({parts})",
             # The first 64 bits of the MD5, as a signed bigint (a bit(64) casts to bigint two's-complement).

@@ -150,10 +150,11 @@ def decode_identifiers(text: str) -> list[str]:
 
 
 def _identifier_at(text: str | None, position: int) -> str | None:
-    if text is None:
+    if text is None or position < 0:
         return None
-    values = decode_identifiers(text)
-    return values[position] if 0 <= position < len(values) else None
+    # Split only up to the wanted value: called once per state row and withheld key of a run.
+    values = json.loads(text[1:]) if text.startswith(_JSON_MARK) else text.split(_SEPARATOR, position + 1)
+    return values[position] if position < len(values) else None
 
 
 def known_rows_filter(members_only: bool, member_column: str) -> str:
