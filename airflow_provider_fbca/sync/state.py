@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
+from airflow_provider_fbca.sync.multirow import execute_multirow
+
 _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: PostgreSQL truncates longer identifiers; refuse them rather than collide silently.
 MAX_NAME_LENGTH = 63
@@ -214,6 +216,7 @@ class StateStore:
         self.layout_table = quote_table_name(table, LAYOUT_SUFFIX)
         self.placeholder = placeholder
         self.is_sqlite = type(conn).__module__.startswith("sqlite3")
+        self.is_postgres = type(conn).__module__.startswith("psycopg")
         #: Run inside every commit's transaction while a run holds the sync's lease (see
         #: :meth:`.lease.SyncLease.fence`): raises when another run took the lease, so nothing is committed.
         self.fence: Callable[[], None] | None = None
@@ -236,10 +239,14 @@ class StateStore:
         return cursor
 
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run a per-row statement for each row; on PostgreSQL in multi-row statements (see :mod:`.multirow`:
+        psycopg's ``executemany`` sends one statement per row; SQLite's loops in C and stays).
+        """
         rows = list(rows)
-        if rows:
+        statement = self.sql(statement)
+        if rows and not (self.is_postgres and execute_multirow(self.conn, statement, rows)):
             cursor = self.conn.cursor()
-            cursor.executemany(self.sql(statement), rows)
+            cursor.executemany(statement, rows)
             cursor.close()
 
     def fetch_one(self, statement: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
@@ -291,7 +298,7 @@ class StateStore:
         transaction-level advisory lock named after the state table serializes them. N partitions of a
         sync start together.
         """
-        if type(self.conn).__module__.startswith("psycopg"):
+        if self.is_postgres:
             self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"fbca:{self.table}",)).close()
 
     def ensure_tables(self) -> None:
