@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 #: Rows per statement: 1,000 rows of 9 columns stay far below PostgreSQL's 65,535 parameters.
@@ -44,12 +45,7 @@ class MultiRow:
 
     def statement(self, count: int) -> str:
         """The statement for ``count`` rows, with PostgreSQL's numbered markers."""
-        width = self.width
-        groups = (
-            "(" + ", ".join(f"${row * width + column + 1}" for column in range(width)) + ")"
-            for row in range(count)
-        )
-        return self.head + ", ".join(groups) + self.tail
+        return _statement(self.head, self.width, self.tail, count)
 
     def takes(self, rows: list[Sequence[Any]]) -> bool:
         """Whether the rows may go in one statement (not when they repeat an upsert's conflict key)."""
@@ -59,6 +55,7 @@ class MultiRow:
         return len({tuple(row[i] for i in positions) for row in rows}) == len(rows)
 
 
+@lru_cache(maxsize=64)
 def multirow(statement: str) -> MultiRow | None:
     """The multi-row form of a per-row statement (``%s`` markers), or None when it has another shape.
 
@@ -75,6 +72,15 @@ def multirow(statement: str) -> MultiRow | None:
         columns = [condition.split(" = ")[0] for condition in delete["conditions"].split(" AND ")]
         return MultiRow(f"{delete['head']}({', '.join(columns)}) IN (VALUES ", len(columns), ")")
     return None
+
+
+@lru_cache(maxsize=64)
+def _statement(head: str, width: int, tail: str, count: int) -> str:
+    """Built once per form and count: for 1,000 rows the text is long to build."""
+    groups = (
+        "(" + ", ".join(f"${row * width + column + 1}" for column in range(width)) + ")" for row in range(count)
+    )
+    return head + ", ".join(groups) + tail
 
 
 def _names(text: str) -> list[str]:
