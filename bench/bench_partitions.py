@@ -13,13 +13,16 @@ Usage: ``python bench/bench_partitions.py [--rows 400000]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import requests
 from bench_sync import _start_sandbox
 
@@ -110,21 +113,26 @@ def _connections(server: dict, warehouse_db: str, sandbox_url: str) -> dict[str,
 
 @dataclass
 class Run:
-    """One DAG run as measured: its wall time, its tasks' start offsets and durations, its uploads."""
+    """One DAG run as measured: its wall time, its tasks' start offsets and durations, its uploads, and
+    the CPU seconds each group of processes used from the trigger to the last task's end."""
 
     partitions: int
     wall_s: float
     tasks: list[tuple[float, float]]
     uploads: int
     rows: int
+    cpu_s: dict[str, float]
+    load: float
 
 
-def _run(cluster: LocalCluster, sandbox_url: str, partitions: int) -> Run:
+def _run(cluster: LocalCluster, sandbox_url: str, partitions: int, processes: dict[str, list[int]]) -> Run:
     """Run the DAG of ``partitions`` once: the first sync task's start to the last one's end."""
     dag_id = f"bench_partitions_{partitions}"
     already = len(_uploads(sandbox_url))
+    before = {name: _cpu_s(pids) for name, pids in processes.items()}
     run_id = cluster.trigger(dag_id)
     runs = cluster.wait_for_tasks(dag_id, run_id, "sync", partitions, timeout_s=1800)
+    cpu = {name: _cpu_s(pids) - before[name] for name, pids in processes.items()}
     first = min(run.start for run in runs)
     uploads = _uploads(sandbox_url)[already:]
     return Run(
@@ -133,7 +141,31 @@ def _run(cluster: LocalCluster, sandbox_url: str, partitions: int) -> Run:
         [((run.start - first).total_seconds(), (run.end - run.start).total_seconds()) for run in runs],
         len(uploads),
         sum(entry["rows"] or 0 for entry in uploads),
+        cpu,
+        os.getloadavg()[0],
     )
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds of processes and their descendants, living or exited (reaped children count in
+    their parent): the Airflow services' figure holds the task processes the LocalExecutor forked."""
+    total = 0.0
+    for pid in pids:
+        root = psutil.Process(pid)
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def _postgres_pid(server: dict) -> int:
+    """The PostgreSQL server's postmaster (the first line of ``postmaster.pid`` in its data directory)."""
+    import psycopg
+
+    with psycopg.connect(host=server["host"], port=server["port"], user=server["user"]) as conn:
+        (datadir,) = conn.execute("SHOW data_directory").fetchone()
+    return int((Path(datadir) / "postmaster.pid").read_text().split()[0])
 
 
 def _uploads(sandbox_url: str) -> list[dict]:
@@ -144,9 +176,10 @@ def _uploads(sandbox_url: str) -> list[dict]:
 
 def _describe(run: Run) -> str:
     tasks = ", ".join(f"+{start:.1f} s for {duration:.1f} s" for start, duration in run.tasks)
+    cpu = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in run.cpu_s.items())
     return (
         f"{run.partitions} partition(s): {run.wall_s:6.1f} s; {run.uploads} uploads of {run.rows:,} rows;"
-        f" tasks started at {tasks}"
+        f" tasks started at {tasks}\n  CPU: {cpu}; load average {run.load:.1f} on {os.cpu_count()} cores"
     )
 
 
@@ -179,8 +212,13 @@ def main() -> None:
                 home, server, create_database(server, "airflow"), env, parallelism=PARTITIONS
             )
             with cluster.running():
-                one = _run(cluster, url, 1)
-                many = _run(cluster, url, PARTITIONS)
+                processes = {
+                    "Airflow (services and tasks)": [process.pid for process in cluster.processes],
+                    "PostgreSQL": [_postgres_pid(server)],
+                    "sandbox": [sandbox.pid],
+                }
+                one = _run(cluster, url, 1, processes)
+                many = _run(cluster, url, PARTITIONS, processes)
         finally:
             sandbox.terminate()
             sandbox.wait(timeout=30)

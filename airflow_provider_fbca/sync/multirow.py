@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 #: Rows per statement: 1,000 rows of 9 columns stay far below PostgreSQL's 65,535 parameters.
@@ -51,8 +52,7 @@ class MultiRow:
         """Whether the rows may go in one statement (not when they repeat an upsert's conflict key)."""
         if self.conflict_key is None:
             return True
-        positions = self.conflict_key
-        return len({tuple(row[i] for i in positions) for row in rows}) == len(rows)
+        return len(set(map(itemgetter(*self.conflict_key), rows))) == len(rows)
 
 
 @lru_cache(maxsize=64)
