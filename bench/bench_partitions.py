@@ -40,8 +40,8 @@ from local_cluster import (  # noqa: E402
 UPLOAD_DELAY_S = 0.5
 PARTITIONS = 4
 TARGET = 0.4
-#: Measured before the first run, once both DAGs are parsed: what Airflow's services cost while idle.
-IDLE_S = 10
+#: Waited before the first run, once both DAGs are parsed: the end of the services' start falls in neither run.
+SETTLE_S = 10
 #: One DAG per number of partitions, each into its own audience (the state remembers N per audience).
 DAG_FILE = textwrap.dedent(
     """
@@ -151,7 +151,7 @@ def _run(cluster: LocalCluster, sandbox_url: str, partitions: int, processes: di
 
 def _settle(cluster: LocalCluster, airflow: list[int]) -> float:
     """Wait until both DAGs are parsed and the services have started, so that neither run pays for
-    Airflow's start; the CPU seconds the idle services then use in :data:`IDLE_S`."""
+    Airflow's start; the CPU seconds the services then use in :data:`SETTLE_S`."""
     dag_ids = [f"bench_partitions_{partitions}" for partitions in (1, PARTITIONS)]
     cluster.wait_for(
         lambda: cluster.query("SELECT count(*) FROM dag WHERE dag_id = ANY(%s)", (dag_ids,))[0][0] == 2,
@@ -159,7 +159,7 @@ def _settle(cluster: LocalCluster, airflow: list[int]) -> float:
         "the DAG processor to parse both DAGs",
     )
     before = _cpu_s(airflow)
-    time.sleep(IDLE_S)
+    time.sleep(SETTLE_S)
     return _cpu_s(airflow) - before
 
 
@@ -238,7 +238,7 @@ def main() -> None:
                     "PostgreSQL": [_postgres_pid(server)],
                     "sandbox": [sandbox.pid],
                 }
-                idle = _settle(cluster, processes["Airflow (services and tasks)"])
+                settling = _settle(cluster, processes["Airflow (services and tasks)"])
                 one = _run(cluster, url, 1, processes)
                 many = _run(cluster, url, PARTITIONS, processes)
         finally:
@@ -248,7 +248,7 @@ def main() -> None:
     if not one.rows == many.rows == args.rows:
         raise RuntimeError(f"the runs uploaded {one.rows:,} and {many.rows:,} rows, not {args.rows:,} each")
     ratio = many.wall_s / one.wall_s
-    print(f"Airflow idle, both DAGs parsed: {idle:.1f} s of CPU in {IDLE_S} s")
+    print(f"Airflow settling before the runs (both DAGs parsed): {settling:.1f} s of CPU in {SETTLE_S} s")
     for run in (one, many):
         print(_describe(run))
     print(
