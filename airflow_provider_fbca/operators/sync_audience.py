@@ -32,6 +32,7 @@ from airflow_provider_fbca.operators.arguments import (
 from airflow_provider_fbca.operators.lineage import query_lineage, sync_lineage
 from airflow_provider_fbca.operators.outlets import check_audience_outlets, record_audience_update
 from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_size
+from airflow_provider_fbca.operators.task_context import lease_holder, run_key, run_label
 from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.engine import RemovalsRefusedError, SyncOptions, SyncRun
@@ -52,10 +53,11 @@ from airflow_provider_fbca.sync.rejects import (
     RejectsTable,
     check_max_rejects_recorded,
 )
+from airflow_provider_fbca.sync.removal_budget import RemovalLedger, WholeSyncGuard
 from airflow_provider_fbca.sync.report import SyncReport, format_report
 from airflow_provider_fbca.sync.share import Share
 from airflow_provider_fbca.sync.source import ModelQuery
-from airflow_provider_fbca.sync.state import StateStore, check_state_table, quote_table_name, utc_now
+from airflow_provider_fbca.sync.state import StateStore, check_state_table, quote_table_name
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -101,7 +103,12 @@ class SyncAudienceOperator(BaseOperator):
         rebuild the state. For a first sync into an audience that already has members, or to repair drift.
         Templated, like ``dry_run``.
     :param max_removal_fraction: fail before sending when a run would remove more than this share of the
-        synced rows (default 0.5); None turns the guard off.
+        synced rows (default 0.5); None turns the guard off. With partitions, it bounds the whole sync: the
+        partitions of one Airflow run record their planned removals in ``<state_table>_removals`` and the
+        one that would take the run's total past this share of the whole audience's state sends nothing.
+        A partition also refuses on its own when its share of the model is empty while its slice of the
+        state holds people, or when its slice would lose more than this share plus three standard
+        deviations of sampling noise (a broken share, not churn). See docs/partitions.md.
     :param batch_size: rows per upload request (at most 10,000).
     :param fetch_size: rows fetched from the query per chunk.
     :param max_in_flight: upload requests in flight at once (1 to 4), each its own batch of the session,
@@ -343,7 +350,7 @@ class SyncAudienceOperator(BaseOperator):
                     store,
                     options.sync_key,
                     key_column=options.source_key_index,
-                    run_label=_run_label(context),
+                    run_label=run_label(context),
                     max_recorded=self.max_rejects_recorded,
                     forget_absent=self.sync_mode is SyncMode.MIRROR,
                 )
@@ -360,11 +367,12 @@ class SyncAudienceOperator(BaseOperator):
                 preparer,
                 options,
                 digest_seed=f"country={self.default_country}",
-                holder=_lease_holder(context),
+                holder=lease_holder(context),
                 # A missing audience is created only once the model passed every check (columns, duplicates,
                 # removal guard): a failed run leaves no empty audience behind.
                 create_audience=None if audience_id else create_audience,
                 rejects=rejects,
+                removal_guard=self._removal_guard(store, f"{account}:{audience_id}", audience_id, context),
             )
             try:
                 if model is not None:
@@ -384,6 +392,22 @@ class SyncAudienceOperator(BaseOperator):
                 model.conn.close()
             state_conn.close()
         return self._log_report(report, audience_id, account, context, rejects)
+
+    def _removal_guard(
+        self, store: StateStore, sync_key: str, audience_id: str | None, context: Context
+    ) -> WholeSyncGuard | None:
+        """A partition's removal guard, judging the whole sync (None: the unpartitioned guard judges the run).
+
+        A new audience has no state to remove from; a full refresh is one run of the whole audience.
+
+        :param sync_key: the audience's unpartitioned sync key.
+        """
+        if self.partitions == 1 or self.full_refresh or not audience_id:
+            return None
+        ledger = RemovalLedger(store, sync_key, run_key(context))
+        return WholeSyncGuard(
+            ledger, self.partition, self.partitions, self.max_removal_fraction, dry_run=self.dry_run
+        )
 
     def _log_report(
         self,
@@ -504,7 +528,7 @@ class SyncAudienceOperator(BaseOperator):
                 f"create:{account}:{self.audience_name}",
                 describe=f"the creation of audience {self.audience_name!r} in {account}",
                 lease_minutes=self.lease_minutes,
-                holder=_lease_holder(context),
+                holder=lease_holder(context),
             )
             audience_id = run_exclusively(lease, self._find_or_create_audience, wait_s=CREATE_WAIT_S)
             check_layout(store, f"{account}:{audience_id}", self.partitions)
@@ -611,21 +635,3 @@ class SyncAudienceOperator(BaseOperator):
     def _match_keys(self) -> list[str]:
         """The preparer's keys: the mapping's, then the sync-wide data processing options."""
         return [*self.mapping, *(key for key, _ in self._processing_cells())]
-
-
-def _run_label(context: Mapping[str, Any]) -> str:
-    """The run a rejects entry was last seen in: Airflow's run id, or the time outside a task run."""
-    run_id = getattr(context.get("ti"), "run_id", None)
-    return str(run_id) if run_id else utc_now()
-
-
-def _lease_holder(context: Mapping[str, Any]) -> str:
-    """Name the task try running the sync, for the message of a concurrent run the lease refuses."""
-    ti = context.get("ti")
-    if ti is None:  # executed outside a task run (tests, scripts)
-        return "a run outside Airflow"
-    names = ("dag_id", "task_id", "run_id", "try_number")
-    dag_id, task_id, run_id, try_number = (getattr(ti, name, "?") for name in names)
-    map_index = getattr(ti, "map_index", -1)
-    mapped = f"[{map_index}]" if isinstance(map_index, int) and map_index >= 0 else ""
-    return f"task {dag_id}.{task_id}{mapped} of run {run_id}, try {try_number}"

@@ -2,6 +2,7 @@
 
 - :mod:`.state`: the state table (what the last run synced) and the temporary stage table of this run.
 - :mod:`.plan`: diff planning (new / updated / unchanged / gone), sync modes, duplicates, the removal guard.
+- :mod:`.removal_budget`: the removal guard of a partitioned sync: the whole run's budget, empty and broken shares.
 - :mod:`.batches`: upload sessions of at most 10,000 rows, each page recorded before it is sent.
 - :mod:`.journal`: the write-ahead page journal and every state write of a sending run; reconciliation.
 - :mod:`.removals`: this run's removal rows (planned and owed), shared identifiers withheld.

@@ -135,6 +135,8 @@ class SyncRun:
         just before the first upload (never in a dry run), it creates the audience and returns its id and
         the sync key of its state. So a run that fails on the model (a missing column, duplicates, the
         removal guard) leaves no empty audience behind.
+    :param removal_guard: judges the plan's removals instead of :func:`.plan.check_removal_guard`, given
+        the plan and the model rows read (a partition's whole-sync guard, :mod:`.removal_budget`).
     """
 
     def __init__(
@@ -150,10 +152,12 @@ class SyncRun:
         clock: Callable[[], float] = time.time,
         rejects: RejectsTable | None = None,
         create_audience: Callable[[], tuple[str, str]] | None = None,
+        removal_guard: Callable[[SyncPlan, int], None] | None = None,
     ) -> None:
         self.store = store
         self.rejects = rejects
         self.create_audience = create_audience
+        self.removal_guard = removal_guard
         self.client = client
         self.preparer = preparer
         self.options = options
@@ -257,7 +261,10 @@ class SyncRun:
             )
             self.report.plan = plan
             log.info("Plan: %s", _describe(plan))
-            check_removal_guard(plan, self.options.max_removal_fraction)
+            if self.removal_guard is None:
+                check_removal_guard(plan, self.options.max_removal_fraction)
+            else:
+                self.removal_guard(plan, self.report.rows_read)
             if not self.options.dry_run:
                 self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
                 self._create_audience()

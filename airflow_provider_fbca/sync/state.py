@@ -34,6 +34,7 @@ PAGES_SUFFIX = "_pages"
 OWED_SUFFIX = "_owed"
 REFRESH_SUFFIX = "_refresh"
 LAYOUT_SUFFIX = "_layout"
+REMOVALS_SUFFIX = "_removals"  # the removal ledger of partitioned runs (see .removal_budget)
 #: Every companion table is named ``<state_table><suffix>``: a state table name must fit with each.
 STATE_TABLE_SUFFIXES = (
     "",
@@ -43,6 +44,7 @@ STATE_TABLE_SUFFIXES = (
     OWED_SUFFIX,
     REFRESH_SUFFIX,
     LAYOUT_SUFFIX,
+    REMOVALS_SUFFIX,
 )
 #: The fingerprint of a state row Meta may or may not hold as recorded (a page sent but never answered):
 #: it equals no real fingerprint, so the next run sends the row again if the model still has it.

@@ -11,7 +11,6 @@ import pytest
 from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
 from airflow_provider_fbca.sync.dialects import dialect_for, register_functions
 from airflow_provider_fbca.sync.partitions import PartitionLayoutError, partition_query
-from airflow_provider_fbca.sync.plan import RemovalGuardError
 from tests.operators.conftest import Warehouse, customer
 from tests.operators.test_sync_audience import expected, make_operator, members, user_uploads
 
@@ -33,14 +32,30 @@ def share(warehouse: Warehouse, partition: int, partitions: int = PARTITIONS) ->
         conn.close()
 
 
-def run_together(operators: list[SyncAudienceOperator]) -> list[Any]:
+class TaskInstance:
+    """What a run reads of Airflow's task instance: which run and mapped task it is; XCom goes nowhere."""
+
+    def __init__(self, run_id: str, map_index: int, try_number: int = 1) -> None:
+        self.dag_id, self.task_id, self.run_id = "partitioned", "sync", run_id
+        self.map_index, self.try_number = map_index, try_number
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        pass
+
+
+def context(run_id: str | None, partition: int) -> dict[str, Any]:
+    """The context of partition ``partition``'s task in Airflow run ``run_id`` (None: outside Airflow)."""
+    return {} if run_id is None else {"ti": TaskInstance(run_id, partition)}
+
+
+def run_together(operators: list[SyncAudienceOperator], run_id: str | None = None) -> list[Any]:
     """Execute the operators in threads started at once, as an executor runs mapped task instances."""
     results: list[Any] = [None] * len(operators)
     start = threading.Barrier(len(operators))
 
     def work(index: int) -> None:
         start.wait()
-        results[index] = outcome(operators[index])
+        results[index] = outcome(operators[index], context(run_id, index))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(operators))]
     for thread in threads:
@@ -54,21 +69,24 @@ def sync_all(
     make: Callable[..., SyncAudienceOperator],
     warehouse: Warehouse,
     partitions: int = PARTITIONS,
+    run_id: str | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """Run every partition: at once on PostgreSQL; one after another on SQLite, a single-writer database
     (as ``airflow dags test`` runs mapped tasks; docs/partitions.md says to keep a parallel sync's state
-    in a server database)."""
+    in a server database).
+
+    :param run_id: the Airflow run the partitions belong to (None: outside Airflow)."""
     operators = [make(partitions=partitions, partition=k, **kwargs) for k in range(partitions)]
     if warehouse.kind == "sqlite":
-        return [outcome(operator) for operator in operators]
-    return run_together(operators)
+        return [outcome(operator, context(run_id, k)) for k, operator in enumerate(operators)]
+    return run_together(operators, run_id)
 
 
-def outcome(operator: SyncAudienceOperator) -> Any:
+def outcome(operator: SyncAudienceOperator, task_context: dict[str, Any] | None = None) -> Any:
     """The report, or the error, of one partition's run."""
     try:
-        return operator.execute({})
+        return operator.execute(task_context or {})
     except Exception as error:  # returned, so the test sees every partition's outcome
         return error
 
@@ -154,29 +172,6 @@ def test_a_change_of_the_number_of_partitions_is_refused_unless_a_full_refresh_r
     # And back to one task the same way.
     make(audience_id=audience_id, full_refresh=True).execute({})
     assert make(audience_id=audience_id).execute({})["session_ids"] == []
-
-
-def test_the_removal_guard_stops_a_partition_whose_share_came_back_empty(
-    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
-) -> None:
-    rows = [customer(i) for i in range(40)]
-    warehouse.write(rows)
-
-    def make(**kwargs: Any) -> SyncAudienceOperator:
-        return make_operator(warehouse, fb_conn_id, state_table, **kwargs)
-
-    audience_id = sync_all(make, warehouse, 2)[0]["audience_id"]
-    # Partition 0's upstream delivered nothing this time; partition 1's share changed a little.
-    share_0, share_1 = share(warehouse, 0, 2), share(warehouse, 1, 2)
-    kept = [row for row in rows if row[0] in share_1][1:]
-    warehouse.write(kept)
-    empty, fine = sync_all(make, warehouse, 2, audience_id=audience_id)
-    assert isinstance(empty, RemovalGuardError), empty
-    assert fine["removed"] == 1, {
-        k: fine[k] for k in ("rows_read", "added", "removed", "unchanged", "partition")
-    }
-    # Partition 0's slice stays in the audience; partition 1 removed its one leaving row.
-    assert set(members(sandbox, audience_id)) == share_0 | {row[0] for row in kept}
 
 
 @pytest.mark.parametrize("partition", [4, -1, "x", True])

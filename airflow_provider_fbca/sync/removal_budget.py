@@ -1,0 +1,280 @@
+"""The removal guard of a partitioned sync: the whole sync's removals against the whole audience.
+
+Plain Python: the arithmetic (:func:`slice_ceiling`, :func:`check_share`, :func:`check_whole_sync`) and
+the ledger the partitions of one run share in the state database (:class:`RemovalLedger`).
+
+An unpartitioned run compares its removals with the state it synced (:func:`.plan.check_removal_guard`).
+Partition k of N sees only its slice, and the N partitions of a run plan and send at the same time, so
+each one, under its lease and before it sends anything, records its planned removals in the ledger
+(``<state_table>_removals``, keyed by the audience and the run) and checks, in the same transaction, that
+the run's total stays within ``max_removal_fraction`` of the whole audience's state. Two checks of the
+partition's own come first: a hash spreads the rows evenly, so each slice is a random sample of the
+audience, and a slice that loses far more than the whole may lose is a share that came back wrong, not
+churn (:func:`check_share`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from airflow_provider_fbca.sync.partitions import partition_suffix
+from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncPlan
+from airflow_provider_fbca.sync.state import REMOVALS_SUFFIX, StateStore, quote_table_name
+
+#: How many standard deviations of sampling noise a slice's removals may stray above the whole's fraction.
+SIGMAS = 3
+#: Entries of older runs are forgotten after this long (a run's partitions finish within hours).
+LEDGER_RETENTION_S = 30 * 24 * 3600
+_OVERRIDE = "max_removal_fraction=None turns the guard off for a run whose removals are intended"
+
+
+class EmptyShareError(RemovalGuardError):
+    """A partition's share of the model is empty while its slice of the state holds people."""
+
+
+class BrokenShareError(RemovalGuardError):
+    """A partition's slice would lose far more than the whole sync may: its share came back wrong."""
+
+
+class WholeSyncRemovalError(RemovalGuardError):
+    """The partitions of a run would together remove more than the whole sync may."""
+
+
+@dataclass(frozen=True)
+class PartitionRemovals:
+    """What one partition's plan would remove.
+
+    :param partition: the partition, 0 to ``partitions - 1``.
+    :param partitions: how many partitions share the audience.
+    :param removals: the rows its plan removes (gone or non-member).
+    :param slice_rows: the rows of its slice of the state.
+    :param share_rows: the model rows its share read.
+    """
+
+    partition: int
+    partitions: int
+    removals: int
+    slice_rows: int
+    share_rows: int
+
+    @property
+    def name(self) -> str:
+        return f"partition {self.partition} of {self.partitions}"
+
+
+def slice_ceiling(max_fraction: float, slice_rows: int) -> float:
+    """The largest share of its slice one partition may remove.
+
+    The whole sync may remove ``max_fraction`` of the audience. A slice is a random sample of the audience
+    (a hash spreads the rows), so churn within the budget removes about that share of each slice, give or
+    take the noise of a binomial sample of the slice's size: ``SIGMAS`` standard deviations of it,
+    ``sqrt(f * (1 - f) / n)``, are allowed above the fraction.
+
+    :param max_fraction: the whole sync's fraction, 0 to 1.
+    :param slice_rows: the rows of the slice (at least 1).
+    """
+    return max_fraction + SIGMAS * math.sqrt(max_fraction * (1 - max_fraction) / slice_rows)
+
+
+def check_share(entry: PartitionRemovals, max_fraction: float | None) -> None:
+    """Refuse a partition whose share came back empty or broken, whatever the other partitions do.
+
+    :param max_fraction: the whole sync's fraction; None turns the guard off.
+    :raises EmptyShareError: the share read no row while the slice holds people it would remove.
+    :raises BrokenShareError: the slice would lose more than :func:`slice_ceiling` allows.
+    """
+    if max_fraction is None or entry.removals == 0 or entry.slice_rows == 0:
+        return
+    if entry.share_rows == 0:
+        raise EmptyShareError(
+            f"The share of {entry.name} came back empty while its slice of the state holds "
+            f"{entry.slice_rows} rows: it would remove all {entry.removals} of them. Nothing was sent by "
+            "this partition. An empty share is an upstream load or filter that failed for these ids, not "
+            "churn: check the model's query for the rows of this partition and rerun it. If every person "
+            f"of the share really left, rerun it with max_removal_fraction=None ({_OVERRIDE})."
+        )
+    share = entry.removals / entry.slice_rows
+    ceiling = slice_ceiling(max_fraction, entry.slice_rows)
+    if share > ceiling:
+        raise BrokenShareError(
+            f"{entry.name.capitalize()} would remove {entry.removals} of the {entry.slice_rows} rows of its "
+            f"slice ({share:.0%}), more than the {ceiling:.0%} that churn within max_removal_fraction="
+            f"{max_fraction} leaves a slice of this size (the fraction plus {SIGMAS} standard deviations of "
+            "sampling noise). Nothing was sent by this partition. A hash spreads the rows evenly, so a slice "
+            "losing this much is a share that came back wrong (its part of an upstream load failed, a filter "
+            "broke): check the model's query for the rows of this partition and rerun it. If the removal is "
+            f"intended, rerun with a higher max_removal_fraction ({_OVERRIDE})."
+        )
+
+
+def check_whole_sync(
+    entry: PartitionRemovals, run_removals: int, audience_rows: int, max_fraction: float | None
+) -> None:
+    """Refuse a partition that would take the run's removals over the whole sync's budget.
+
+    :param entry: the partition checking.
+    :param run_removals: the removals of every partition of the run that recorded its plan, its own included.
+    :param audience_rows: the rows of the whole audience's state (every slice).
+    :param max_fraction: the whole sync's fraction; None turns the guard off.
+    :raises WholeSyncRemovalError: ``run_removals`` is more than ``max_fraction`` of ``audience_rows``.
+    """
+    if max_fraction is None or entry.removals == 0 or audience_rows == 0:
+        return
+    share = run_removals / audience_rows
+    if share > max_fraction:
+        raise WholeSyncRemovalError(
+            f"With {entry.name}, this run would remove {run_removals} of the audience's {audience_rows} "
+            f"synced rows ({share:.0%}; this partition {entry.removals}), more than max_removal_fraction="
+            f"{max_fraction} of the whole sync. Nothing was sent by this partition; the partitions that "
+            "recorded their removals before it sync. The guard stops an upstream job that returned too "
+            "little from emptying the audience: check the model's query. If the removal is intended, rerun "
+            f"with a higher max_removal_fraction ({_OVERRIDE})."
+        )
+
+
+class RemovalLedger:
+    """The removals the partitions of one run planned, in ``<state_table>_removals``.
+
+    One row per (audience, run, partition): its planned removals and the size of its slice when it
+    planned them. A retried partition replaces its own row, so a run's total never counts it twice.
+
+    :param store: the state store (the ledger lives beside the state; its connection is the run's).
+    :param sync_key: the audience's unpartitioned sync key (ad account + audience).
+    :param run_key: names the run (e.g. DAG, task and Airflow run id): the partitions of one run share it.
+    :param clock: the time in seconds since the epoch (tests inject one).
+    """
+
+    def __init__(
+        self, store: StateStore, sync_key: str, run_key: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.sync_key = sync_key
+        self.run_key = run_key[:255]
+        self.clock = clock
+        self.table = quote_table_name(store.table_name, REMOVALS_SUFFIX)
+
+    def ensure_table(self) -> None:
+        """Create the ledger on first use (under the lock the state's tables are created under)."""
+        self.store.lock_table_creation()
+        self.store.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} ("
+            " sync_key VARCHAR(255) NOT NULL,"
+            " run_key VARCHAR(255) NOT NULL,"
+            " part INTEGER NOT NULL,"
+            " removals BIGINT NOT NULL,"
+            " slice_rows BIGINT NOT NULL,"
+            " recorded_at VARCHAR(40) NOT NULL,"
+            " PRIMARY KEY (sync_key, run_key, part))"
+        ).close()
+        self.store.commit()
+
+    def claim(self, entry: PartitionRemovals, max_fraction: float | None, *, record: bool = True) -> int:
+        """Record the partition's planned removals and check the run's total, in one transaction.
+
+        On PostgreSQL an advisory lock on the audience and run serializes the partitions' claims; on SQLite
+        the write that records the entry takes the database's write lock first. A refused claim is rolled
+        back: a partition that sends nothing spends nothing of the budget.
+
+        :param max_fraction: the whole sync's fraction; None turns the guard off (nothing is recorded).
+        :param record: False for a dry run: check against what the others recorded, record nothing.
+        :returns: the run's planned removals so far, this partition's included.
+        :raises WholeSyncRemovalError: the run's total would exceed the budget; nothing was recorded.
+        """
+        if max_fraction is None:
+            return entry.removals
+        store = self.store
+        try:
+            if type(store.conn).__module__.startswith("psycopg"):  # SQLite serializes on the write below
+                lock = f"fbca-removals:{store.table}:{self.sync_key}:{self.run_key}"
+                store.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (lock,)).close()
+            if record:
+                self._record(entry)
+            entries = {
+                int(part): (int(removals), int(slice_rows))
+                for part, removals, slice_rows in store.fetch_all(
+                    f"SELECT part, removals, slice_rows FROM {self.table} WHERE sync_key = ? AND run_key = ?",
+                    (self.sync_key, self.run_key),
+                )
+            }
+            entries[entry.partition] = (entry.removals, entry.slice_rows)
+            run_removals = sum(removals for removals, _ in entries.values())
+            audience_rows = self._audience_rows(entries, entry.partitions)
+            check_whole_sync(entry, run_removals, audience_rows, max_fraction)
+        except BaseException:
+            store.conn.rollback()
+            raise
+        store.commit()  # fenced: a partition whose lease was taken over records nothing
+        return run_removals
+
+    def _record(self, entry: PartitionRemovals) -> None:
+        now = self.clock()
+        recorded_at = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
+        expired = datetime.fromtimestamp(now - LEDGER_RETENTION_S, timezone.utc).isoformat(timespec="seconds")
+        self.store.execute(
+            f"INSERT INTO {self.table} (sync_key, run_key, part, removals, slice_rows, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sync_key, run_key, part) DO UPDATE SET"
+            " removals = excluded.removals, slice_rows = excluded.slice_rows, recorded_at = excluded.recorded_at",
+            (self.sync_key, self.run_key, entry.partition, entry.removals, entry.slice_rows, recorded_at),
+        ).close()
+        self.store.execute(
+            f"DELETE FROM {self.table} WHERE sync_key = ? AND recorded_at < ?", (self.sync_key, expired)
+        ).close()
+
+    def _audience_rows(self, entries: dict[int, tuple[int, int]], partitions: int) -> int:
+        """The whole audience's state: each recorded slice as it was when its partition planned (its
+        sending since does not move the budget), every other slice as it is now."""
+        keys = [
+            self.sync_key + partition_suffix(k, partitions) for k in range(partitions) if k not in entries
+        ]
+        now = 0
+        if keys:
+            markers = ", ".join("?" for _ in keys)
+            now = int(
+                self.store.fetch_one(
+                    f"SELECT COUNT(*) FROM {self.store.table} WHERE sync_key IN ({markers})", keys
+                )[0]
+            )
+        return now + sum(slice_rows for _, slice_rows in entries.values())
+
+
+class WholeSyncGuard:
+    """The removal guard of one partition of a sync (called by :class:`.engine.SyncRun` with its plan).
+
+    :param ledger: the run's ledger.
+    :param partition: this partition.
+    :param partitions: how many partitions share the audience.
+    :param max_fraction: ``max_removal_fraction``; None turns the guard off.
+    :param dry_run: check, record nothing.
+    """
+
+    def __init__(
+        self,
+        ledger: RemovalLedger,
+        partition: int,
+        partitions: int,
+        max_fraction: float | None,
+        *,
+        dry_run: bool = False,
+    ) -> None:
+        self.ledger = ledger
+        self.partition = partition
+        self.partitions = partitions
+        self.max_fraction = max_fraction
+        self.dry_run = dry_run
+
+    def __call__(self, plan: SyncPlan, share_rows: int) -> None:
+        """Check the plan; record its removals in the ledger when it passes.
+
+        :param share_rows: the model rows the partition's share read.
+        :raises RemovalGuardError: an empty or broken share, or the run over its budget; nothing was sent.
+        """
+        if self.max_fraction is None:
+            return
+        entry = PartitionRemovals(self.partition, self.partitions, plan.removals, plan.state_rows, share_rows)
+        check_share(entry, self.max_fraction)
+        self.ledger.ensure_table()
+        self.ledger.claim(entry, self.max_fraction, record=not self.dry_run)

@@ -1,0 +1,148 @@
+"""The removal guard of a partitioned sync judges the whole sync (real state, real sandbox over HTTP).
+
+The partitions of one Airflow run share one budget of removals (``max_removal_fraction`` of the whole
+audience); a partition whose share came back empty or broken refuses on its own while the others sync.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
+from airflow_provider_fbca.operators.task_context import run_key
+from airflow_provider_fbca.sync.removal_budget import (
+    BrokenShareError,
+    EmptyShareError,
+    WholeSyncRemovalError,
+    slice_ceiling,
+)
+from tests.operators.conftest import Warehouse, customer
+from tests.operators.test_sync_audience import make_operator, members
+from tests.operators.test_sync_partitions import context, outcome, share, sync_all
+
+#: A removal Meta fails for good (an expired token) the first time it is asked.
+FAILING_REMOVAL = {
+    "method": "DELETE",
+    "path": "/users$",
+    "times": 1,
+    "error": {"message": "Invalid token", "code": 190, "type": "OAuthException"},
+}
+
+
+def first_sync(
+    warehouse: Warehouse, fb_conn_id: str, state_table: str, rows: int, partitions: int
+) -> tuple[Callable[..., SyncAudienceOperator], list[tuple[Any, ...]], list[set[str]]]:
+    """Sync ``rows`` customers in ``partitions`` partitions; the operator factory (into the audience just
+    created), the rows and each partition's share of ids."""
+    model = [customer(i) for i in range(rows)]
+    warehouse.write(model)
+
+    def make(**kwargs: Any) -> SyncAudienceOperator:
+        return make_operator(warehouse, fb_conn_id, state_table, **kwargs)
+
+    reports = sync_all(make, warehouse, partitions, run_id="first")
+    assert not [r for r in reports if isinstance(r, Exception)], reports
+    audience_id = reports[0]["audience_id"]
+
+    def make_for_audience(**kwargs: Any) -> SyncAudienceOperator:
+        return make(audience_id=audience_id, **kwargs)
+
+    return make_for_audience, model, [share(warehouse, k, partitions) for k in range(partitions)]
+
+
+def leaving(shares: list[set[str]], counts: dict[int, int]) -> set[str]:
+    """The first ``counts[k]`` ids of share k, in id order: the people who leave the model."""
+    return {key for k, count in counts.items() for key in sorted(shares[k])[:count]}
+
+
+def test_the_partitions_of_a_run_share_one_budget_of_removals(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    make, model, shares = first_sync(warehouse, fb_conn_id, state_table, 100, 2)
+    audience_id = make().audience_id
+    # Each partition loses 12 rows, well within what churn of 20% leaves a slice of its size; together
+    # they lose 24 of the audience's 100 rows, more than its 20%.
+    assert all(12 / len(s) < slice_ceiling(0.2, len(s)) for s in shares)
+    gone = {k: leaving(shares, {k: 12}) for k in (0, 1)}
+    warehouse.write([row for row in model if row[0] not in gone[0] | gone[1]])
+    reports = sync_all(make, warehouse, 2, run_id="churn", max_removal_fraction=0.2)
+
+    refused = [k for k, r in enumerate(reports) if isinstance(r, Exception)]
+    assert len(refused) == 1, reports  # the second to claim its removals (partition 1 on SQLite)
+    (k,) = refused
+    assert isinstance(reports[k], WholeSyncRemovalError), reports[k]
+    assert "remove 24 of the audience's 100 synced rows" in str(reports[k])
+    assert reports[1 - k]["removed"] == 12
+    # The refused partition sent nothing: its leaving rows are still members.
+    assert set(members(sandbox, audience_id)) == {row[0] for row in model} - gone[1 - k]
+
+
+def test_an_empty_share_is_refused_while_the_other_partitions_sync(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    make, model, shares = first_sync(warehouse, fb_conn_id, state_table, 120, 4)
+    audience_id = make().audience_id
+    # Partition 0's upstream delivered nothing; one person of partition 1 left. The budget is generous
+    # (90% of the audience, and of each slice), so only the empty share itself can refuse.
+    kept = [row for row in model if row[0] not in shares[0] | leaving(shares, {1: 1})]
+    warehouse.write(kept)
+    empty, *others = sync_all(make, warehouse, 4, run_id="churn", max_removal_fraction=0.9)
+
+    assert isinstance(empty, EmptyShareError), empty
+    assert "share of partition 0 of 4 came back empty" in str(empty)
+    assert "max_removal_fraction=None" in str(empty)
+    assert [r["removed"] for r in others] == [1, 0, 0]
+    assert set(members(sandbox, audience_id)) == shares[0] | {row[0] for row in kept}
+
+
+def test_a_broken_share_is_refused_and_chance_churn_in_a_small_slice_passes(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    make, model, shares = first_sync(warehouse, fb_conn_id, state_table, 120, 4)
+    audience_id = make().audience_id
+    # Partition 0 loses half its slice: far beyond what churn of 20% of the audience leaves a slice of
+    # about 30 rows. Partition 1 loses 30% of its slice: more than 20%, by chance, inside the noise band
+    # (the per-slice guard of before refused it).
+    broken, chance = math.ceil(len(shares[0]) / 2), math.floor(0.3 * len(shares[1]))
+    assert broken / len(shares[0]) > slice_ceiling(0.2, len(shares[0]))
+    assert 0.2 < chance / len(shares[1]) < slice_ceiling(0.2, len(shares[1]))
+    gone = leaving(shares, {0: broken, 1: chance})
+    warehouse.write([row for row in model if row[0] not in gone])
+    reports = sync_all(make, warehouse, 4, run_id="churn", max_removal_fraction=0.2)
+
+    assert isinstance(reports[0], BrokenShareError), reports[0]
+    assert f"Partition 0 of 4 would remove {broken} of the {len(shares[0])} rows" in str(reports[0])
+    assert [r["removed"] for r in reports[1:]] == [chance, 0, 0]
+    assert set(members(sandbox, audience_id)) == {row[0] for row in model} - leaving(shares, {1: chance})
+
+
+def test_a_retried_partition_is_not_counted_twice(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    make, model, shares = first_sync(warehouse, fb_conn_id, state_table, 100, 2)
+    audience_id = make().audience_id
+    # Each partition loses 8: 16 of 100 fit the 20% budget; counting partition 0 twice (24) would not.
+    gone = leaving(shares, {0: 8, 1: 8})
+    warehouse.write([row for row in model if row[0] not in gone])
+    sandbox.set_faults([FAILING_REMOVAL])
+
+    def partition(k: int, try_number: int) -> Any:
+        operator = make(partitions=2, partition=k, max_removal_fraction=0.2)
+        task_context = context("churn", k)
+        task_context["ti"].try_number = try_number
+        return outcome(operator, task_context)
+
+    failed = partition(0, 1)  # claimed its 8 removals, then Meta failed the removal
+    assert isinstance(failed, Exception) and "190" in str(failed), failed
+    assert partition(0, 2)["removed"] == 8  # the retry replaces its claim
+    assert partition(1, 1)["removed"] == 8
+    assert set(members(sandbox, audience_id)) == {row[0] for row in model} - gone
+
+
+def test_the_run_sharing_a_budget_is_the_dag_the_task_and_airflows_run() -> None:
+    mapped = [context("scheduled__2026-11-30", k) for k in range(3)]
+    assert {run_key(c) for c in mapped} == {"partitioned.sync/scheduled__2026-11-30"}
+    assert run_key(context("manual__2026-11-30", 0)) != run_key(mapped[0])
+    assert run_key({}) != run_key({})  # outside Airflow, each partition is a run of its own

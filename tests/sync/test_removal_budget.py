@@ -1,0 +1,172 @@
+"""The removal guard of a partitioned sync: its arithmetic (plain Python) and its ledger on real SQLite and
+PostgreSQL state."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from airflow_provider_fbca.sync.partitions import partition_suffix
+from airflow_provider_fbca.sync.plan import RemovalGuardError
+from airflow_provider_fbca.sync.removal_budget import (
+    BrokenShareError,
+    EmptyShareError,
+    PartitionRemovals,
+    RemovalLedger,
+    WholeSyncRemovalError,
+    check_share,
+    check_whole_sync,
+    slice_ceiling,
+)
+from airflow_provider_fbca.sync.state import REMOVALS_SUFFIX, StagedRow, StateStore, quote_table_name
+
+AUDIENCE = "act_1:42"
+
+
+def entry(partition: int, removals: int, slice_rows: int = 25, share_rows: int = 25) -> PartitionRemovals:
+    return PartitionRemovals(partition, 4, removals, slice_rows, share_rows)
+
+
+# -- the arithmetic --------------------------------------------------------------------------------------
+
+
+def test_a_slice_may_stray_three_standard_deviations_above_the_fraction() -> None:
+    assert slice_ceiling(0.2, 100) == pytest.approx(0.2 + 3 * 0.04)
+    assert slice_ceiling(0.5, 25) == pytest.approx(0.5 + 3 * 0.1)
+    # The band narrows as the slice grows: a large slice is held close to the whole's fraction.
+    assert slice_ceiling(0.2, 1_000_000) == pytest.approx(0.2012)
+    assert slice_ceiling(0.0, 10) == 0.0 and slice_ceiling(1.0, 10) == 1.0
+
+
+def test_an_empty_share_over_a_slice_holding_people_is_refused_even_within_every_budget() -> None:
+    # Within the slice's band (0.9 + noise > 1) and within any whole-sync budget: refused all the same.
+    with pytest.raises(EmptyShareError) as refused:
+        check_share(entry(2, 20, slice_rows=20, share_rows=0), 0.9)
+    message = str(refused.value)
+    assert "partition 2 of 4" in message and "came back empty" in message
+    assert "check the model's query" in message and "max_removal_fraction=None" in message
+    # An empty share over an empty slice removes nothing: nothing to refuse. Nor with the guard off.
+    check_share(entry(2, 0, slice_rows=0, share_rows=0), 0.9)
+    check_share(entry(2, 20, slice_rows=20, share_rows=0), None)
+
+
+def test_a_slice_losing_more_than_the_noise_band_is_a_broken_share() -> None:
+    # 25 rows, fraction 0.2: the band is 0.2 + 3 * 0.08 = 44%.
+    with pytest.raises(BrokenShareError, match=r"Partition 1 of 4 would remove 12 of the 25 rows.*44%"):
+        check_share(entry(1, 12), 0.2)
+    check_share(entry(1, 10), 0.2)  # 40%: chance churn in a small slice, inside the band
+    check_share(entry(1, 12), None)
+    assert issubclass(BrokenShareError, RemovalGuardError) and issubclass(EmptyShareError, RemovalGuardError)
+
+
+def test_the_whole_sync_budget_counts_every_partition_of_the_run() -> None:
+    check_whole_sync(entry(0, 10), run_removals=20, audience_rows=100, max_fraction=0.2)
+    with pytest.raises(WholeSyncRemovalError, match=r"remove 21 of the audience's 100 .*this partition 10"):
+        check_whole_sync(entry(0, 10), run_removals=21, audience_rows=100, max_fraction=0.2)
+    # A partition removing nothing never fails the run, whatever the others did.
+    check_whole_sync(entry(0, 0), run_removals=90, audience_rows=100, max_fraction=0.2)
+    check_whole_sync(entry(0, 10), run_removals=90, audience_rows=100, max_fraction=None)
+
+
+# -- the ledger, on real state ---------------------------------------------------------------------------
+
+
+def fill_slices(store: StateStore, rows_per_slice: int, partitions: int = 4) -> None:
+    """The audience's state: ``rows_per_slice`` rows in each partition's slice."""
+    store.ensure_tables()
+    for k in range(partitions):
+        rows = [StagedRow(f"{k}-{i}", "f", "d", "EXTERN_ID", f"{k}-{i}", 1) for i in range(rows_per_slice)]
+        store.upsert(AUDIENCE + partition_suffix(k, partitions), rows)
+
+
+def ledger(store: StateStore, run_key: str = "dag.sync/run-1") -> RemovalLedger:
+    book = RemovalLedger(store, AUDIENCE, run_key, clock=lambda: 1_800_000_000.0)
+    book.ensure_table()
+    return book
+
+
+def recorded(store: StateStore) -> list[tuple[Any, ...]]:
+    table = quote_table_name(store.table_name, REMOVALS_SUFFIX)
+    return store.fetch_all(f"SELECT run_key, part, removals FROM {table} ORDER BY run_key, part")
+
+
+def test_partitions_within_their_slices_share_one_budget_and_the_one_over_it_records_nothing(
+    store: StateStore,
+) -> None:
+    fill_slices(store, 25)  # 100 rows; max_removal_fraction 0.2: 20 removals for the whole run
+    book = ledger(store)
+    assert book.claim(entry(0, 8), 0.2) == 8
+    assert book.claim(entry(1, 8), 0.2) == 16
+    with pytest.raises(WholeSyncRemovalError, match="remove 24 of the audience's 100"):
+        book.claim(entry(2, 8), 0.2)
+    assert book.claim(entry(3, 4), 0.2) == 20  # the refused partition spent nothing
+    assert recorded(store) == [("dag.sync/run-1", 0, 8), ("dag.sync/run-1", 1, 8), ("dag.sync/run-1", 3, 4)]
+    # Another run has a budget of its own; a dry run checks against the others and records nothing.
+    assert ledger(store, "dag.sync/run-2").claim(entry(2, 8), 0.2) == 8
+    with pytest.raises(WholeSyncRemovalError):
+        book.claim(entry(2, 1), 0.2, record=False)
+    assert len(recorded(store)) == 4
+
+
+def test_a_retried_partition_replaces_its_entry_and_is_never_counted_twice(store: StateStore) -> None:
+    fill_slices(store, 25)
+    book = ledger(store)
+    assert book.claim(entry(0, 12), 0.2) == 12
+    assert book.claim(entry(0, 12), 0.2) == 12  # the retry of partition 0 (its first try failed)
+    assert book.claim(entry(1, 8), 0.2) == 20  # 12 + 8, not 12 + 12 + 8
+    assert recorded(store) == [("dag.sync/run-1", 0, 12), ("dag.sync/run-1", 1, 8)]
+
+
+def test_a_slice_is_counted_as_its_partition_found_it(store: StateStore) -> None:
+    fill_slices(store, 25)
+    book = ledger(store)
+    book.claim(entry(0, 20, slice_rows=25), 0.5)
+    # Partition 0 then sends its removals: its slice shrinks, but the budget stays that of the audience
+    # the run started from (100 rows, 50 removals), not of what is left.
+    store.delete_keys(AUDIENCE + partition_suffix(0, 4), [f"0-{i}" for i in range(20)])
+    assert book.claim(entry(1, 20), 0.5) == 40
+    with pytest.raises(WholeSyncRemovalError, match="of the audience's 100 synced rows"):
+        book.claim(entry(2, 11), 0.5)
+
+
+def connector(store: StateStore) -> Callable[[], StateStore]:
+    """Opens a second state store on the same database, on a connection of its own (another worker)."""
+    if isinstance(store.conn, sqlite3.Connection):
+        path = store.conn.execute("PRAGMA database_list").fetchone()[2]
+        return lambda: StateStore(sqlite3.connect(path, timeout=30), store.table_name, "?")
+    import psycopg
+
+    dsn = store.conn.info.dsn
+    return lambda: StateStore(psycopg.connect(dsn), store.table_name, "%s")
+
+
+def test_partitions_claiming_at_the_same_time_never_overspend(store: StateStore) -> None:
+    fill_slices(store, 25, partitions=8)  # 200 rows; 0.2: 40 removals
+    ledger(store)
+    connect = connector(store)
+    start = threading.Barrier(8)
+    outcomes: list[Any] = [None] * 8
+
+    def claim(k: int) -> None:
+        worker = connect()  # each worker its own connection, opened in its own thread
+        book = RemovalLedger(worker, AUDIENCE, "dag.sync/run-1")
+        start.wait()
+        try:
+            outcomes[k] = book.claim(PartitionRemovals(k, 8, 10, 25, 25), 0.2)
+        except WholeSyncRemovalError as error:
+            outcomes[k] = error
+        finally:
+            worker.conn.close()
+
+    threads = [threading.Thread(target=claim, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(o for o in outcomes if isinstance(o, int)) == [10, 20, 30, 40]
+    assert sum(isinstance(o, WholeSyncRemovalError) for o in outcomes) == 4
+    assert sum(row[2] for row in recorded(store)) == 40
