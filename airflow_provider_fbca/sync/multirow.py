@@ -78,7 +78,8 @@ def multirow(statement: str) -> MultiRow | None:
 def _statement(head: str, width: int, tail: str, count: int) -> str:
     """Built once per form and count: for 1,000 rows the text is long to build."""
     groups = (
-        "(" + ", ".join(f"${row * width + column + 1}" for column in range(width)) + ")" for row in range(count)
+        "(" + ", ".join(f"${row * width + column + 1}" for column in range(width)) + ")"
+        for row in range(count)
     )
     return head + ", ".join(groups) + tail
 
