@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import hashlib
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,60 +18,43 @@ from airflow_provider_fbca.identifiers.reasons import (
     ROW_NO_IDENTIFIER,
     ROW_NO_VALUE,
     Dropped,
-    Normalizer,
 )
-from airflow_provider_fbca.identifiers.text import is_sha256_hex, sha256_hex
+from airflow_provider_fbca.identifiers.text import HEX_DIGITS, is_sha256_hex, sha256_hex
 from airflow_provider_fbca.identifiers.wire import wire_preparer
 
-# Values of the repetitive keys (names, places, dates) are prepared once per batch preparer and then
-# looked up; the caches are emptied when they reach this size, so memory stays bounded on any data.
+# Values of the repetitive keys (names, places, dates, countries) are prepared once per preparer and then
+# looked up inline by the row loop; a cache is emptied when it reaches this size, so memory stays bounded
+# on any data.
 _CACHE_LIMIT = 1 << 14
-_MISSING = object()
+_REASON_OF_DROP = operator.itemgetter(2)  # of a batch's (row index, wire key, reason)
 
 
-def _cached_by_region(prepare_cell: Normalizer) -> Normalizer:
-    """``prepare_cell`` behind one bounded cache per region (for PHONE-like keys that depend on it)."""
-    by_region: dict[str | None, Callable[[object], str | Dropped]] = {}
+def _cache_filler(compute: Callable[..., object], cache: dict[object, object]) -> Callable[..., object]:
+    """
+    What the row loop calls when ``cache`` misses: ``compute(*arguments)``, stored under the lookup key
+    (the value alone, or ``(value, region)`` for keys that depend on the row's country).
+    """
 
-    def cached(value: object, region: str | None) -> str | Dropped:
-        memoized = by_region.get(region)
-        if memoized is None:
-            memoized = by_region[region] = _memoize(lambda value: prepare_cell(value, region))
-        return memoized(value)
-
-    return cached
-
-
-def _memoize(compute: Callable[[object], object]) -> Callable[[object], object]:
-    """``compute`` behind a dict of at most ``_CACHE_LIMIT`` values (emptied when full)."""
-    cache: dict[object, object] = {}
-
-    def cached(value: object) -> object:
-        try:
-            result = cache.get(value, _MISSING)
-        except TypeError:  # an unhashable value (e.g. an array column): computed, not cached
-            return compute(value)
-        if result is _MISSING:
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()
-            result = cache[value] = compute(value)
+    def fill(*arguments: object) -> object:
+        result = compute(*arguments)
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        # An unhashable value (e.g. an array column) is computed, not cached.
+        with contextlib.suppress(TypeError):
+            cache[arguments if len(arguments) > 1 else arguments[0]] = result
         return result
 
-    return cached
+    return fill
 
 
-def _country_cell() -> Callable[[object], tuple[str | Dropped, str | None]]:
+def _country_cell(value: object) -> tuple[str | Dropped, str | None]:
     """COUNTRY's cell preparer, which also returns the row's region (upper-case alpha-2) for PHONE, ZIP, ST."""
-
-    def country_cell(value: object) -> tuple[str | Dropped, str | None]:
-        normalized = normalize_country(value, None)
-        if normalized.__class__ is Dropped or not normalized:
-            return normalized, None
-        if is_sha256_hex(normalized):  # a hashed country cannot tell PHONE which calling code to use
-            return normalized, None
-        return sha256_hex(normalized), normalized.upper()
-
-    return _memoize(country_cell)
+    normalized = normalize_country(value, None)
+    if normalized.__class__ is Dropped or not normalized:
+        return normalized, None
+    if is_sha256_hex(normalized):  # a hashed country cannot tell PHONE which calling code to use
+        return normalized, None
+    return sha256_hex(normalized), normalized.upper()
 
 
 def _date_of_birth_cell() -> Callable[[object], tuple[str | Dropped, ...]]:
@@ -81,7 +67,7 @@ def _date_of_birth_cell() -> Callable[[object], tuple[str | Dropped, ...]]:
             return parts, "", ""
         return tuple(prepare(part, None) for prepare, part in zip(parts_preparers, parts, strict=True))
 
-    return _memoize(date_of_birth_cell)
+    return date_of_birth_cell
 
 
 @dataclass
@@ -113,11 +99,15 @@ class _Column:
     One input column: its cell preparer and the wire keys it fills.
 
     :param takes_region: whether the preparer is called ``(value, region)`` rather than ``(value)``.
+    :param cached: whether the loop looks the wire values up by value (and region) before preparing.
+    :param hashes: whether the loop hashes what the preparer returns (a hashed key that is not cached).
     """
 
     wire_keys: tuple[str, ...]
     preparer: Callable
     takes_region: bool = False
+    cached: bool = False
+    hashes: bool = False
     is_country: bool = False
     is_identifier: bool = True
 
@@ -183,24 +173,30 @@ class RowPreparer:
             batch.dropped_at,
             batch.rejected_reasons,
         )
-        batch.dropped.update(reason for _, _, reason in batch.dropped_at)
+        batch.dropped.update(map(_REASON_OF_DROP, batch.dropped_at))  # counted in C
         batch.rejected_by_reason.update(batch.rejected_reasons)
         return batch
 
 
 def _column(key: str) -> _Column:
     if str(key).strip().lower() in DATE_OF_BIRTH_ALIASES:
-        return _Column(DATE_OF_BIRTH_KEYS, _date_of_birth_cell())
+        return _Column(DATE_OF_BIRTH_KEYS, _date_of_birth_cell(), cached=True)
     spec = match_key(key)
     if spec.name == "COUNTRY":
-        return _Column((spec.name,), _country_cell(), is_country=True)
+        return _Column((spec.name,), _country_cell, cached=True, is_country=True)
+    if not spec.repetitive:  # e-mails, phones, ids: mostly distinct, normalized row by row
+        return _Column(
+            (spec.name,),
+            spec.normalizer,
+            takes_region=True,
+            hashes=spec.hashed,
+            is_identifier=spec.identifier,
+        )
     prepare_cell = wire_preparer(spec)
-    if not spec.repetitive:
-        return _Column((spec.name,), prepare_cell, takes_region=True, is_identifier=spec.identifier)
     if spec.uses_country:
-        return _Column((spec.name,), _cached_by_region(prepare_cell), takes_region=True)
+        return _Column((spec.name,), prepare_cell, takes_region=True, cached=True)
     return _Column(
-        (spec.name,), _memoize(lambda value: prepare_cell(value, None)), is_identifier=spec.identifier
+        (spec.name,), lambda value: prepare_cell(value, None), cached=True, is_identifier=spec.identifier
     )
 
 
@@ -212,19 +208,18 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
     makes preparation faster than the SDK's plain hashing loop; ``collections.namedtuple`` and
     ``dataclasses`` generate code the same way.
     """
-    namespace: dict[str, object] = {"Dropped": Dropped, "usable_processing": usable_processing}
+    namespace: dict[str, object] = {
+        "Dropped": Dropped,
+        "usable_processing": usable_processing,
+        "sha256": hashlib.sha256,
+        "HEX_DIGITS": HEX_DIGITS,
+    }
     body: list[str] = []
     outputs: dict[str, str] = {}  # wire key -> variable
     identifiers: list[str] = []
     for position, column in sorted(enumerate(columns), key=lambda item: not item[1].is_country):
-        namespace[f"cell_{position}"] = column.preparer
         names = [f"v{position}_{index}" for index in range(len(column.wire_keys))]
-        if column.is_country:
-            body.append(f"{names[0]}, region = cell_{position}(row[{position}])")
-            body.append("if region is None: region = default_region")
-        else:
-            arguments = f"row[{position}], region" if column.takes_region else f"row[{position}]"
-            body.append(f"{', '.join(names)} = cell_{position}({arguments})")
+        body += _cell_lines(position, column, names, namespace)
         for name, wire_key in zip(names, column.wire_keys, strict=True):
             body += [
                 f"if {name}.__class__ is Dropped:",
@@ -233,6 +228,11 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
             ]
             if wire_key in PROCESSING_KEYS:  # never sent without its options: the row goes instead
                 body.append("    processing_dropped = True")
+            if column.hashes:  # as wire_preparer does, inline: a value already a digest passes as is
+                body += [
+                    f"elif {name} and (len({name}) != 64 or {name}.strip(HEX_DIGITS)):",
+                    f"    {name} = sha256({name}.encode()).hexdigest()",
+                ]
         outputs.update(zip(column.wire_keys, names, strict=True))
         if column.is_identifier:
             identifiers += names
@@ -276,6 +276,34 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
     )
     exec(compile(source, "<airflow_provider_fbca.identifiers.batch.RowPreparer>", "exec"), namespace)
     return namespace["run"]  # type: ignore[return-value]
+
+
+def _cell_lines(position: int, column: _Column, names: list[str], namespace: dict[str, object]) -> list[str]:
+    """
+    The loop's lines that set ``names`` (and ``region``, for COUNTRY) from ``row[position]``.
+
+    A cached column is a dict lookup inline, without a call: the mapping's repetitive keys are most of
+    its columns, and a call per value costs more than the lookup itself. A miss (or an unhashable value)
+    calls the filler, which prepares the value and stores it.
+    """
+    value = f"row[{position}], region" if column.takes_region else f"row[{position}]"
+    targets = f"{names[0]}, region" if column.is_country else ", ".join(names)
+    if column.cached:
+        cache: dict[object, object] = {}
+        namespace[f"cache_{position}"] = cache
+        namespace[f"fill_{position}"] = _cache_filler(column.preparer, cache)
+        lines = [
+            "try:",
+            f"    {targets} = cache_{position}[{value}]",
+            "except (KeyError, TypeError):",
+            f"    {targets} = fill_{position}({value})",
+        ]
+    else:
+        namespace[f"cell_{position}"] = column.preparer
+        lines = [f"{targets} = cell_{position}({value})"]
+    if column.is_country:
+        lines.append("if region is None: region = default_region")
+    return lines
 
 
 def prepare_rows(

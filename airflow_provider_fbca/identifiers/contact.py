@@ -15,20 +15,41 @@ from airflow_provider_fbca.identifiers.text import clean, is_sha256_hex, letters
 
 # An address with one "@", no spaces or separators a list would have, and a dotted domain whose last
 # label has at least two characters. Deliberately not RFC 5322: Meta matches mailbox addresses.
-_EMAIL = re.compile(r"[^\s@,;:<>()\[\]\\\"]+@(?:[^\s@,;:<>()\[\]\\\".]+\.)+[^\s@,;:<>()\[\]\\\".]{2,}")
+_ADDRESS_CHARACTER = r"[^\s@,;:<>()\[\]\\\"]"  # neither part holds "@": it splits them
+_LABEL_CHARACTER = r"[^\s@,;:<>()\[\]\\\".]"
+_EMAIL = re.compile(rf"{_ADDRESS_CHARACTER}+@(?:{_LABEL_CHARACTER}+\.)+{_LABEL_CHARACTER}{{2,}}")
+_LOCAL_PART = re.compile(rf"{_ADDRESS_CHARACTER}+")
+_DOMAIN = re.compile(rf"(?:{_LABEL_CHARACTER}+\.)+{_LABEL_CHARACTER}{{2,}}")
+# Domains repeat (a few providers hold most addresses): each is checked once, in a bounded cache.
+_DOMAIN_CACHE_LIMIT = 1 << 12
+_known_domains: dict[str, bool] = {}
 
 
 def normalize_email(value: object, country: str | None) -> str | Dropped:
     """EMAIL: trimmed, lowercase; what is not an e-mail address is dropped."""
-    text = clean(value)
+    # clean(value), without a call for the usual ASCII text: e-mails and phones are rarely cached
+    text = value.strip() if value.__class__ is str and value.isascii() else clean(value)
     if not text:
         return missing_or(text, EMAIL_INVALID)
-    if is_sha256_hex(text):
+    if len(text) == 64 and is_sha256_hex(text):  # the length first: no call for nearly every address
         return text.lower()
     email = text.lower().rstrip(".")  # a sentence's full stop after the address is not part of it
-    if _EMAIL.fullmatch(email) is None:
+    # _EMAIL.fullmatch(email) in two parts: neither holds "@", so the first "@" is the one between them
+    local_part, _, domain = email.partition("@")
+    valid_domain = _known_domains.get(domain)
+    if valid_domain is None:
+        valid_domain = _check_domain(domain)
+    if not valid_domain or _LOCAL_PART.fullmatch(local_part) is None:
         return EMAIL_INVALID
     return email
+
+
+def _check_domain(domain: str) -> bool:
+    """Whether ``domain`` is an address's domain, remembered (the cache is emptied when full)."""
+    if len(_known_domains) >= _DOMAIN_CACHE_LIMIT:
+        _known_domains.clear()
+    valid = _known_domains[domain] = _DOMAIN.fullmatch(domain) is not None
+    return valid
 
 
 _GENDERS = {

@@ -27,11 +27,25 @@ from airflow_provider_fbca.identifiers.text import clean, is_sha256_hex, missing
 #      before (kept when possible: Meta's own 555 examples are not "valid");
 #   3. with no country: "+digits" when valid, else dropped as ``phone.no_country_code``.
 
-# Separators the fast path removes; phonenumbers treats each of them as punctuation.
-_PHONE_SEPARATORS = str.maketrans("", "", " -.()/")
+# Separators the fast path removes; phonenumbers treats each of them as punctuation. Deleted from the
+# ASCII bytes: ``bytes.translate`` deletes in one C pass, ``str.translate`` looks each character up in a
+# dict (five times slower, and the most expensive step of a phone number).
+_PHONE_SEPARATORS = b" -.()/"
 _MIN_NATIONAL_LENGTH = 2  # phonenumbers' _MIN_LENGTH_FOR_NSN
 _MAX_NATIONAL_LENGTH = 17  # phonenumbers' _MAX_LENGTH_FOR_NSN
-_LONGEST_LENGTH_TABULATED = _MAX_NATIONAL_LENGTH + 1  # every longer number is as TOO_LONG as this one
+_LONGEST_FAST = 20  # the fast path's longest digits; phonenumbers' own longest national number is 17
+_LONGEST_LENGTH_TABULATED = _LONGEST_FAST + 1  # every longer number is as TOO_LONG as this one
+
+_IS_POSSIBLE = ValidationResult.IS_POSSIBLE
+_KEEPS_NATIONAL_PREFIX = (
+    ValidationResult.TOO_SHORT,
+    ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+    ValidationResult.INVALID_LENGTH,
+)
+
+
+def _never_valid(national: str) -> bool:
+    return False
 
 
 class _PhonePlan:
@@ -40,10 +54,12 @@ class _PhonePlan:
     __slots__ = (
         "calling_code",
         "international_prefix",
+        "keeps_national_prefix",
         "leading_digits",
         "length_results",
         "lengths",
         "local_lengths",
+        "matches",
         "national_pattern",
         "national_prefix",
         "transforms_prefix",
@@ -57,6 +73,11 @@ class _PhonePlan:
         self.transforms_prefix = bool(metadata.national_prefix_transform_rule)
         general = metadata.general_desc
         self.national_pattern = _compile_or_none(general.national_number_pattern)
+        # phonenumbers' ``_match_national_number(national, general_desc, False)``, truthy when it matches;
+        # the pattern's own method, as the fast path calls it for nearly every number.
+        self.matches: Callable[[str], object] = (
+            self.national_pattern.fullmatch if self.national_pattern is not None else _never_valid
+        )
         self.lengths = tuple(general.possible_length)
         self.local_lengths = frozenset(general.possible_length_local_only)
         self.leading_digits = _compile_or_none(metadata.leading_digits)
@@ -65,10 +86,8 @@ class _PhonePlan:
         self.length_results = tuple(
             self._length_result(length) for length in range(_LONGEST_LENGTH_TABULATED + 1)
         )
-
-    def matches(self, national: str) -> bool:
-        """phonenumbers' ``_match_national_number(national, general_desc, False)``."""
-        return self.national_pattern is not None and self.national_pattern.fullmatch(national) is not None
+        # phonenumbers keeps a trunk prefix when the number without it would not have a possible length.
+        self.keeps_national_prefix = tuple(result in _KEEPS_NATIONAL_PREFIX for result in self.length_results)
 
     def is_valid(self, national: str) -> bool:
         """phonenumbers' ``_number_type_helper(national, metadata) != UNKNOWN``."""
@@ -192,43 +211,75 @@ def _load_validator(calling_code: str) -> Callable[[str], bool]:
         plan = _PHONE_CALLING_CODES[calling_code]
         return plan.is_valid if plan is not None else _never_valid
     plans = [plan for plan in (_PHONE_REGIONS[region] for region in regions) if plan is not None]
+    first_claimant = _first_claimant([plan for plan in plans if plan.leading_digits is not None])
 
     def is_valid(national: str) -> bool:
+        claimant = first_claimant(national)
         for plan in plans:
-            if plan.leading_digits is None:
-                if plan.is_valid(national):
-                    return True
-            elif plan.leading_digits.match(national):
+            if plan is claimant:
                 return plan.is_valid(national)
+            if plan.leading_digits is None and plan.is_valid(national):
+                return True
         return False
 
     return is_valid
 
 
-def _never_valid(national: str) -> bool:
-    return False
+def _first_claimant(plans: list[_PhonePlan]) -> Callable[[str], _PhonePlan | None]:
+    """
+    The first of ``plans`` whose leading digits start a number, in one regex call: +1 has 23 such
+    regions, and a number none of them claims (most of the US) would try each in turn. An alternation
+    takes its first alternative that matches, so the outermost group that took part names the plan.
+    """
+    if not plans:
+        return lambda national: None
+    alternatives, plan_of_group, group = [], {}, 1
+    for plan in plans:
+        alternatives.append(f"({plan.leading_digits.pattern})")
+        plan_of_group[group] = plan
+        group += 1 + plan.leading_digits.groups  # the plan's own groups are numbered inside its group
+    claims = re.compile("|".join(alternatives))
+
+    def first_claimant(national: str) -> _PhonePlan | None:
+        match = claims.match(national)
+        return None if match is None else plan_of_group[match.lastindex]
+
+    return first_claimant
 
 
 _VALIDATORS = _LazyPlans(_load_validator)
 
 
-def _load_validity_filter(calling_code: str) -> Callable[[str], bool]:
+def _load_validity_filter(calling_code: str) -> Callable[[str], object]:
     """
-    A cheap necessary condition for ``+<calling_code><rest>`` to be valid. For a code of one region,
-    when no national prefix starts ``rest``, the national number is ``rest`` itself: it needs a valid
-    length and the general pattern. Otherwise no shortcut (True).
+    A cheap necessary condition (truthy when met) for ``+<calling_code><rest>`` to be valid. When the
+    calling code's national prefix does not start ``rest``, the national number is ``rest`` itself:
+    valid in one of the code's regions, it has that region's length and matches its general pattern.
+    For a code shared by regions (+7, +44, ...) only the lengths are checked: trying every region's
+    pattern costs what the full check does.
     """
     plan = _PHONE_CALLING_CODES[calling_code]
-    if plan is None or len(COUNTRY_CODE_TO_REGION_CODE[int(calling_code)]) > 1:
+    if plan is None:
         return _maybe
-    prefix, lengths, matches = plan.national_prefix, frozenset(plan.lengths), plan.matches
+    regions = COUNTRY_CODE_TO_REGION_CODE[int(calling_code)]
+    prefix = plan.national_prefix
+    if len(regions) > 1:
+        lengths = frozenset(length for region in regions for length in _region_lengths(region))
+        matches = _maybe
+    else:
+        lengths, matches = frozenset(plan.lengths), plan.matches
 
-    def may_be_valid(rest: str) -> bool:
+    def may_be_valid(rest: str) -> object:
         if prefix is not None and prefix.match(rest) is not None:
             return True
         return len(rest) in lengths and matches(rest)
 
     return may_be_valid
+
+
+def _region_lengths(region: str) -> tuple[int, ...]:
+    plan = _PHONE_REGIONS[region]
+    return plan.lengths if plan is not None else ()
 
 
 def _maybe(rest: str) -> bool:
@@ -238,17 +289,11 @@ def _maybe(rest: str) -> bool:
 _MAY_BE_VALID = _LazyPlans(_load_validity_filter)
 
 
-def _split_calling_code(digits: str) -> tuple[str, str] | None:
-    """
-    phonenumbers' ``_extract_country_code`` for ``digits`` of three or more: the 1-3 digit calling code
-    and the rest, or None.
-    """
-    size = _CALLING_CODE_SIZES.get(digits[:3])
-    return None if size is None else (digits[:size], digits[size:])
-
-
 def _calling_code_sizes() -> dict[str, int]:
-    """For each three-digit start, the length of the calling code it starts with (the shortest)."""
+    """
+    For each three-digit start, the length of the calling code it starts with (the shortest): phonenumbers'
+    ``_extract_country_code`` for digits of three or more, as one dict lookup.
+    """
     sizes = {}
     for start in range(100, 1000):  # a calling code never starts with 0
         text = str(start)
@@ -269,14 +314,15 @@ def normalize_phone(value: object, country: str | None) -> str | Dropped:
     go. Numbers phonenumbers does not consider possible (too short, too long) and all-zero numbers are
     dropped; valid-looking but unassigned ranges are kept (Meta's own example 555 numbers).
     """
-    text = clean(value)
+    # clean(value), without a call for the usual ASCII text: e-mails and phones are rarely cached
+    text = value.strip() if value.__class__ is str and value.isascii() else clean(value)
     if not text:
         return missing_or(text, PHONE_INVALID)
-    if is_sha256_hex(text):  # before any digit is stripped
+    if len(text) == 64 and is_sha256_hex(text):  # before any digit is stripped; the length first: no call
         return text.lower()
     simple = _phone_digits(text)
     if simple is not None:
-        result = _phone_fast(*simple, country)
+        result = _phone_fast(simple[0], simple[1], country)
         if result is not None:
             return result
     return _phone_reference(text, country)
@@ -288,9 +334,13 @@ def _phone_digits(text: str) -> tuple[str, bool] | None:
     calling code (after "+" or an international "00"). None for any other writing.
     """
     has_plus = text[0] == "+"
-    digits = (text[1:] if has_plus else text).translate(_PHONE_SEPARATORS)
-    if not (digits.isascii() and digits.isdigit()):
+    number = text[1:] if has_plus else text
+    if not number.isascii():
         return None
+    ascii_digits = number.encode().translate(None, _PHONE_SEPARATORS)
+    if not ascii_digits.isdigit():
+        return None
+    digits = ascii_digits.decode()
     if not has_plus and text.startswith("00") and "1" <= digits[2:3] <= "9":
         return digits[2:], True
     return digits, has_plus
@@ -300,44 +350,42 @@ def _phone_fast(digits: str, has_plus: bool, region: str | None) -> str | Droppe
     """
     ``_phone_reference`` for digits-only input, without calling phonenumbers; None when unsure.
 
+    Called for nearly every phone of a batch: readings stay tuples and helpers few (a Python call
+    costs about what a regex match does).
+
     :param digits: the number's digits, after the "+" or international "00" if ``has_plus``.
     :param has_plus: whether the number was written with its calling code.
     :param region: the row's country, upper-case ISO alpha-2, or None.
     """
-    if not 4 <= len(digits) <= 20:
+    if not 4 <= len(digits) <= _LONGEST_FAST:
         return None
+    code_size = _CALLING_CODE_SIZES.get(digits[:3])  # "+digits" read as calling code + national number
     if has_plus:
-        return _fast_wire(_fast_international(digits))
+        if code_size is None:
+            return None
+        reading = _fast_possible(digits[:code_size], digits[code_size:], None)
+        return reading[0] + reading[1] if reading.__class__ is tuple else reading
     national = _fast_national(digits, region) if region is not None else PHONE_NO_COUNTRY_CODE
     if national is None:
         return None
-    split = _split_calling_code(digits)
     # Without a calling code, or when cheap checks rule out validity, "+digits" is no valid number.
-    if split is not None and _MAY_BE_VALID[split[0]](split[1]):
-        international = _fast_possible(*split, _PHONE_CALLING_CODES[split[0]])
+    if code_size is not None and _MAY_BE_VALID[digits[:code_size]](digits[code_size:]):
+        international = _fast_possible(digits[:code_size], digits[code_size:], None)
         if international is None:
             return None
         # The national reading wins when valid; the "+digits" one only matters when it is valid.
-        if international == national:
-            return _fast_wire(national)
-        if international.__class__ is tuple and _is_valid(*international):
-            if national.__class__ is tuple and _is_valid(*national):
-                return _fast_wire(national)
-            return _fast_wire(international)
-    return _fast_wire(national)
+        if _only_international_valid(international, national):
+            return international[0] + international[1]
+    return national[0] + national[1] if national.__class__ is tuple else national
 
 
-def _fast_wire(reading: tuple[str, str] | Dropped | None) -> str | Dropped | None:
-    return reading[0] + reading[1] if reading.__class__ is tuple else reading
-
-
-def _fast_international(digits: str) -> tuple[str, str] | Dropped | None:
-    """``+digits`` as (calling code, national number), or why it is no possible number; None when unsure."""
-    split = _split_calling_code(digits)
-    if split is None:
-        return None
-    calling_code, national = split
-    return _fast_possible(calling_code, national, _PHONE_CALLING_CODES[calling_code])
+def _only_international_valid(
+    international: tuple[str, str] | Dropped, national: tuple[str, str] | Dropped
+) -> bool:
+    """Whether the "+digits" reading is a valid number, different from and beating the national one."""
+    if international == national or international.__class__ is not tuple or not _is_valid(*international):
+        return False
+    return national.__class__ is not tuple or not _is_valid(*national)
 
 
 def _fast_national(digits: str, region: str) -> tuple[str, str] | Dropped | None:
@@ -357,39 +405,39 @@ def _fast_national(digits: str, region: str) -> tuple[str, str] | Dropped | None
         if (not region_plan.matches(digits) and region_plan.matches(potential)) or (
             region_plan.length_result(digits) == ValidationResult.TOO_LONG
         ):
-            national, plan = potential, _PHONE_CALLING_CODES[calling_code]
+            national, plan = potential, None
     return _fast_possible(calling_code, national, plan)
 
 
 def _fast_possible(
     calling_code: str, national: str, plan: _PhonePlan | None
 ) -> tuple[str, str] | Dropped | None:
-    """The trunk prefix taken off ``national``, then phonenumbers' possible-number checks."""
+    """
+    The trunk prefix taken off ``national``, then phonenumbers' possible-number checks.
+
+    :param plan: the plan whose trunk prefix ``national`` may carry; None: the calling code's own.
+    """
     main_plan = _PHONE_CALLING_CODES[calling_code]
+    if plan is None:
+        plan = main_plan
     if plan is None or main_plan is None:
         return None
     if len(national) < _MIN_NATIONAL_LENGTH:
         return PHONE_INVALID
-    potential = plan.strip_national_prefix(national)  # the trunk "0" of "+44 (0)20 ..." or "020 ..."
-    if potential is None:
-        return None
-    if plan.length_results[min(len(potential), _LONGEST_LENGTH_TABULATED)] not in _KEEPS_NATIONAL_PREFIX:
+    potential = national
+    if plan.national_prefix is not None and plan.national_prefix.match(national) is not None:
+        potential = plan.strip_national_prefix(national)  # the trunk "0" of "+44 (0)20 ..." or "020 ..."
+        if potential is None:
+            return None
+    if not plan.keeps_national_prefix[len(potential)]:
         national = potential
-    if len(national) > _MAX_NATIONAL_LENGTH:
-        return PHONE_INVALID
-    if main_plan.length_results[len(national)] != _IS_POSSIBLE:
+    if main_plan.length_results[len(national)] != _IS_POSSIBLE:  # also past _MAX_NATIONAL_LENGTH
         return PHONE_INVALID
     if not national.strip("0"):
         return PHONE_INVALID
     return calling_code, national
 
 
-_IS_POSSIBLE = ValidationResult.IS_POSSIBLE
-_KEEPS_NATIONAL_PREFIX = (
-    ValidationResult.TOO_SHORT,
-    ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
-    ValidationResult.INVALID_LENGTH,
-)
 _INTERNATIONAL_00 = re.compile(r"00[\s\-.()/]*[1-9]")
 
 

@@ -7,7 +7,9 @@ staging (:mod:`.first_sync`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,6 +40,8 @@ __all__ = ["RemovalsRefusedError", "SyncOptions", "SyncRun", "parse_membership"]
 log = logging.getLogger(__name__)
 
 ON_REFUSED_REMOVALS = ("fail", "warn")
+#: The cyclic garbage collector's first threshold while a run runs (see :func:`fewer_collections`).
+GC_THRESHOLD = 50_000
 #: The model a run syncs: chunks of rows, or a query it may read more than once.
 Model = Iterable[Sequence[Sequence[Any]]] | ModelQuery
 
@@ -200,7 +204,7 @@ class SyncRun:
         :raises SyncPlanError: duplicates, the removal guard, or an empty full refresh; nothing was sent.
         """
         self.store.ensure_tables()
-        with self.lease:
+        with self.lease, fewer_collections():
             if not self.options.dry_run:
                 self._reconcile()
             self._run(model)
@@ -401,6 +405,25 @@ class SyncRun:
             log.warning("%s", message)
             return
         raise RemovalsRefusedError(message, self.report)
+
+
+@contextlib.contextmanager
+def fewer_collections(threshold: int = GC_THRESHOLD) -> Iterator[None]:
+    """Run the cyclic garbage collector less often meanwhile (its first threshold raised, then restored).
+
+    A run allocates millions of short-lived rows and tuples, none of them in a cycle; at Python's default
+    threshold (700 allocations) the collector keeps scanning the task's whole heap (Airflow's own objects
+    included) for nothing: 15% of a first sync's CPU at 200k rows. Memory does not grow: reference
+    counting frees the rows, and the collector still runs.
+
+    :param threshold: the first threshold meanwhile (never lowered).
+    """
+    first, *older = gc.get_threshold()
+    gc.set_threshold(max(first, threshold), *older)
+    try:
+        yield
+    finally:
+        gc.set_threshold(first, *older)
 
 
 def _close(chunks: Iterable[Any]) -> None:

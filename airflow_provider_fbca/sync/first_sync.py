@@ -2,7 +2,7 @@
 
 What a run refuses before anything is created or sent still is: a first pass reads the model once (so a
 missing column or a cell the driver cannot read fails it, as in a staged run), parses every membership
-cell, and keeps 8 bytes per row (a 64-bit digest of each key as sent). Only when no two keys can be equal
+cell, and keeps 8 bytes per row (a 64-bit hash of each key as sent). Only when no two keys can be equal
 and no key looks personal does the run stream; otherwise it takes the staged path, which refuses the model
 exactly as any run does (a key shared with a row the preparer rejects is no duplicate there, so the staged
 verdict is the one that counts). Reading the rows costs a fraction of preparing them.
@@ -10,14 +10,13 @@ verdict is the one that counts). Reading the rows costs a fraction of preparing 
 
 from __future__ import annotations
 
-import hashlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_fbca.sync.plan import SyncMode, SyncPlan
-from airflow_provider_fbca.sync.row_key import PERSONAL, row_key_problem
+from airflow_provider_fbca.sync.row_key import PERSONAL, clean_keys, row_key_problem
 from airflow_provider_fbca.sync.state import StagedRow
 
 _BUCKETS = 256
@@ -44,11 +43,12 @@ def scan_keys(
     key_normalizer: Callable[[Any], str],
     membership: Callable[[Any], bool] | None = None,
 ) -> KeyScan:
-    """Read the model once, holding a 64-bit digest per key, and tell whether the run may stream.
+    """Read the model once, holding a 64-bit hash per key, and tell whether the run may stream.
 
-    Two keys with equal digests count as possibly equal (a false alarm only costs the staged path). The
-    digests are kept in 256 arrays by their low byte, so the check sorts small lists, never a million
-    Python integers at once.
+    Two keys with equal hashes count as possibly equal (a false alarm only costs the staged path). The
+    hashes are Python's own string hashes (salted per process, which only has to tell this run's keys
+    apart; computed in C) kept in 256 arrays by their low byte, so the check sorts small lists, never a
+    million Python integers at once.
 
     :param chunks: the model's rows (identifier values in mapping order, then membership).
     :param key_index: the position of the EXTERN_ID cell.
@@ -62,21 +62,20 @@ def scan_keys(
     personal = False
     for chunk in chunks:
         rows += len(chunk)
-        for row in chunk:
-            members += 1 if membership is None or membership(row[-1]) else 0
-            if personal:
-                continue  # the staged path decides; the membership cells are still checked
-            key = key_normalizer(row[key_index])
-            personal = row_key_problem(key) in PERSONAL
-            digest = _key_digest(key)
+        members += len(chunk) if membership is None else sum(map(membership, [row[-1] for row in chunk]))
+        if personal:
+            continue  # the staged path decides; the membership cells are still checked
+        keys = list(map(key_normalizer, [row[key_index] for row in chunk]))
+        personal = _any_personal(keys)
+        for digest in map(hash, keys):
             buckets[digest & (_BUCKETS - 1)].append(digest)
     repeated = any(len(set(bucket)) < len(bucket) for bucket in buckets)
     return KeyScan(rows, members, streamable=rows > 0 and not personal and not repeated)
 
 
-def _key_digest(key: str) -> int:
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+def _any_personal(keys: list[str]) -> bool:
+    """Whether a key looks personal (a batch of plain keys is cleared at once)."""
+    return not clean_keys(keys) and any(row_key_problem(key) in PERSONAL for key in keys)
 
 
 class StreamedPage(list):  # type: ignore[type-arg]

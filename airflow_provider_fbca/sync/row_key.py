@@ -9,6 +9,7 @@ cannot be stored or indexed (too long, control characters such as NUL) only reje
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from airflow_provider_fbca.identifiers import normalize
 from airflow_provider_fbca.sync.plan import SyncPlanError
@@ -50,6 +51,20 @@ def row_key_problem(key: str) -> str | None:
     if key.startswith("+") and normalize("PHONE", key):
         return PHONE
     return None
+
+
+def clean_keys(keys: Sequence[str]) -> bool:
+    """Whether :func:`row_key_problem` finds nothing in any of the keys, told from their joined text.
+
+    The hot path of a million rows: a batch of plain customer ids (no key empty or too long, none with a
+    control character, an "@" or a leading "+") is cleared by a few passes in C, not a call per key.
+
+    :param keys: EXTERN_IDs as prepared for the wire.
+    """
+    if not all(keys) or max(map(len, keys), default=0) > MAX_ROW_KEY_LENGTH:
+        return False
+    joined = " ".join(keys)
+    return "@" not in joined and "+" not in joined and not _CONTROL.search(joined)
 
 
 def refuse_personal_key(reason: str, row: int | None) -> PersonalRowKeyError:

@@ -232,12 +232,13 @@ class PlanSender:
 
     def _add_pages(self, pages: Iterable[list[StagedRow]], total: int, encode: Any) -> SessionResult:
         audience_id, extra = self.options.audience_id, self._extra()
+        owed = self.journal.owed_count() > 0  # the removals went first: an addition session owes no more
 
         def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
             return self.client.add_users(audience_id, self.schema, data, session=session, **extra)
 
         def acknowledge(page: list[StagedRow], session: dict[str, Any]) -> None:
-            self.journal.added(session["session_id"], session["batch_seq"], page)
+            self.journal.added(session["session_id"], session["batch_seq"], page, owed=owed)
 
         session = self._new_session(ADD, total, encode, send, acknowledge)
         result = session.run(pages)

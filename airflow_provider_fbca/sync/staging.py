@@ -19,7 +19,12 @@ from airflow_provider_fbca.sync.dialects import client_row_digest
 from airflow_provider_fbca.sync.plan import RowStager, load_defaults
 from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
-from airflow_provider_fbca.sync.row_key import PERSONAL, refuse_personal_key, row_key_problem
+from airflow_provider_fbca.sync.row_key import (
+    PERSONAL,
+    clean_keys,
+    refuse_personal_key,
+    row_key_problem,
+)
 from airflow_provider_fbca.sync.state import StagedRow, StateStore
 
 if TYPE_CHECKING:
@@ -207,10 +212,11 @@ class ModelStager:
     ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
         has_membership, report = self.options.has_membership, self.report
         key_index, stage = self.row_stager.key_index, self.row_stager.stage
+        check_keys = not clean_keys([wire_row[key_index] for wire_row in prepared.rows])
         staged = []
         for wire_row, prepared_index in zip(prepared.rows, prepared.kept, strict=True):
             source_index = fresh[prepared_index]
-            if problem := row_key_problem(wire_row[key_index]):
+            if check_keys and (problem := row_key_problem(wire_row[key_index])):
                 if problem in PERSONAL:
                     raise refuse_personal_key(
                         problem, None if first_row is None else first_row + source_index

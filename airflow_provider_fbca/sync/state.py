@@ -179,6 +179,24 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _write_ahead_log(conn: Any) -> None:
+    """Put an SQLite state database in WAL mode, its commits synchronized FULL (this connection only).
+
+    A run commits twice per page (journaled, then acknowledged). In the default rollback mode each commit
+    rewrites pages through a journal file, creates and deletes it, and waits for several flushes to disk:
+    about a third of a first sync's time. In WAL mode a commit appends to the log and flushes it once.
+    FULL, not NORMAL: a journal row must survive a power loss once its page may have reached Meta (NORMAL
+    could undo the last commits, and the state would not know what Meta holds); the one flush per commit
+    costs little next to rollback mode's. WAL is a property of the database file (other connections keep
+    working, readers no longer wait for the writer); the mode cannot change inside a transaction, or for
+    an in-memory database, which then keep theirs.
+    """
+    if conn.in_transaction:
+        return
+    conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    conn.execute("PRAGMA synchronous = FULL").close()
+
+
 class LeaseRecord(NamedTuple):
     """The lease row of a sync, as another run reads it to explain a refusal.
 
@@ -228,6 +246,7 @@ class StateStore:
             # SQLite's default 2 MiB page cache makes the stage join thrash its temporary file; a fixed
             # 64 MiB keeps memory bounded (it does not grow with the model) and the join several times faster.
             conn.execute(f"PRAGMA temp.cache_size = -{SQLITE_CACHE_KIB}")
+            _write_ahead_log(conn)
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -343,7 +362,7 @@ class StateStore:
             " session_id BIGINT NOT NULL,"
             " batch_seq INTEGER NOT NULL,"
             " kind VARCHAR(10) NOT NULL,"  # add, remove or replace
-            " row_key TEXT NOT NULL,"
+            " row_key TEXT NOT NULL,"  # empty: a packed page (see journal.PACKED)
             " key_schema TEXT NOT NULL,"
             " identifiers TEXT NOT NULL,"  # exactly as sent (withheld shared identifiers blank)
             " id_digest VARCHAR(64) NOT NULL,"

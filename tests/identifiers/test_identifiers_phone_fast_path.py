@@ -9,13 +9,16 @@ without "+", with a digit too many or too few, parsed with the right, a wrong, o
 
 from __future__ import annotations
 
+import random
+
 import phonenumbers
 import pytest
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
+from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
 
 from airflow_provider_fbca import identifiers
 from airflow_provider_fbca.identifiers import Dropped
-from airflow_provider_fbca.identifiers.phone import _phone_digits, _phone_fast, _phone_reference
+from airflow_provider_fbca.identifiers.phone import _is_valid, _phone_digits, _phone_fast, _phone_reference
 
 TYPES = (PhoneNumberType.FIXED_LINE, PhoneNumberType.MOBILE, PhoneNumberType.TOLL_FREE)
 
@@ -96,3 +99,27 @@ def test_fast_path_decides_the_common_shapes_itself() -> None:
 def test_national_number_without_country_is_not_guessed() -> None:
     # "6505551212" could be read as Singapore (+65) 05551212; without a country it is dropped.
     assert identifiers.normalize_with_reason("PHONE", "6505551212") == ("", "phone.no_country_code")
+
+
+def test_validity_fast_path_equals_phonenumbers_for_codes_shared_by_regions() -> None:
+    # +1 (25 regions), +44, +61, ...: the first region claiming a number decides, found in one regex call.
+    rng = random.Random(12)
+    checked = 0
+    for code, regions in COUNTRY_CODE_TO_REGION_CODE.items():
+        if len(regions) < 2:
+            continue
+        nationals = [
+            phonenumbers.national_significant_number(example)
+            for region in regions
+            for number_type in TYPES
+            if (example := phonenumbers.example_number_for_type(region, number_type)) is not None
+        ]
+        nationals += [
+            "".join(rng.choice("0123456789") for _ in range(rng.randint(6, 12))) for _ in range(400)
+        ]
+        for national in nationals:
+            number = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+            national = phonenumbers.national_significant_number(number)  # leading zeros go, as parsed
+            assert _is_valid(str(code), national) == phonenumbers.is_valid_number(number), (code, national)
+            checked += 1
+    assert checked > 4000

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
 
-from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun, parse_membership
+from airflow_provider_fbca.sync.engine import GC_THRESHOLD, SyncOptions, SyncRun, parse_membership
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, RemovalGuardError, SyncMode, SyncPlanError
 from airflow_provider_fbca.sync.state import StateStore
 from tests.sync.conftest import PassThroughPreparer, RecordingAudience
@@ -242,3 +243,12 @@ def test_duplicates_among_rows_skipped_as_unchanged_are_refused(store: StateStor
     assert len(audience.calls) == calls
     report = sync(store, audience, model("a", "b", "c"))
     assert (report["unchanged"], report["rows_prepared"], report["session_ids"]) == (3, 0, [])
+
+
+def test_a_run_collects_garbage_less_often_and_restores_the_collector(store: StateStore) -> None:
+    audience, thresholds = RecordingAudience(), []
+    audience.before_add = lambda: thresholds.append(gc.get_threshold()[0])
+    before = gc.get_threshold()
+    sync(store, audience, [("cust-1", "a" * 64)])
+    assert thresholds == [GC_THRESHOLD]
+    assert gc.get_threshold() == before

@@ -16,7 +16,7 @@ from airflow_provider_fbca.identifiers import RowPreparer, prepare
 from airflow_provider_fbca.sandbox import Sandbox
 from airflow_provider_fbca.sandbox.state import REPLACE_WINDOW_S, ManualClock
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
-from airflow_provider_fbca.sync.journal import PageJournal
+from airflow_provider_fbca.sync.journal import PageJournal, pack_rows, unpack_rows
 from airflow_provider_fbca.sync.state import StagedRow, StateStore
 from tests.conftest import facebook_connection
 
@@ -100,3 +100,29 @@ def test_reconciling_twice_is_reconciling_once(store: StateStore) -> None:
     # a is unconfirmed with the identifiers sent; its old identifiers are owed (Meta may hold both).
     assert after_once == ([("a", "EXTERN_ID,EMAIL", "a\x1fnew", 1)], 1)
     assert store.fetch_one(f"SELECT fingerprint, source_digest FROM {store.table}") == ("unconfirmed", None)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [],
+        [("a", "EXTERN_ID,EMAIL", "a\x1fh1", "d-a"), ("b", "EXTERN_ID,EMAIL", "b\x1f", "d-b")],
+        # A text holding a separator, or starting like the JSON form, goes through JSON.
+        [("a\x1cb", "EXTERN_ID", "a\x1cb", "d"), ("c", "EXTERN_ID", "c", "d-c")],
+        [("a\x1db", "EXTERN_ID", "x", "d")],
+        [("\x1ea", "EXTERN_ID", "\x1ea", "d")],
+    ],
+)
+def test_a_packed_page_unpacks_to_its_rows(rows: list[tuple[str, ...]]) -> None:
+    assert unpack_rows(pack_rows(rows)) == rows
+
+
+def test_a_page_is_journaled_as_one_row_and_reconciled_per_person(store: StateStore) -> None:
+    store.ensure_tables()
+    journal = PageJournal(store, "k")
+    rows = [(key, "EXTERN_ID,EMAIL", f"{key}\x1fh", f"d-{key}") for key in ("a", "b\x1cc", "d")]
+    journal.record("add", 1, 1, rows)
+    assert store.fetch_one(f"SELECT COUNT(*) FROM {store.pages_table}") == (1,)
+    assert journal.reconcile() == 3
+    assert sorted(store.iter_rows("k")) == sorted((key, schema, ids, 1) for key, schema, ids, _ in rows)
+    assert store.fetch_one(f"SELECT COUNT(*) FROM {store.pages_table}") == (0,)

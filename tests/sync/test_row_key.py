@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_fbca.sync.row_key import MAX_ROW_KEY_LENGTH, refuse_personal_key, row_key_problem
+from airflow_provider_fbca.sync.row_key import (
+    MAX_ROW_KEY_LENGTH,
+    clean_keys,
+    refuse_personal_key,
+    row_key_problem,
+)
 
 
 @pytest.mark.parametrize(
@@ -27,6 +32,14 @@ from airflow_provider_fbca.sync.row_key import MAX_ROW_KEY_LENGTH, refuse_person
 )
 def test_row_key_problems(key: str, problem: str | None) -> None:
     assert row_key_problem(key) == problem
+    # A batch is cleared at once only when no key of it has a problem (a doubtful one is checked alone).
+    if problem is not None:
+        assert not clean_keys(["cust-00001", key])
+
+
+def test_a_batch_of_plain_keys_is_clean() -> None:
+    assert clean_keys(["cust-00001", "1234567890", "x" * MAX_ROW_KEY_LENGTH])
+    assert clean_keys([])
 
 
 def test_the_refusal_describes_and_names_the_fix() -> None:

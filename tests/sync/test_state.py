@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,18 @@ def test_a_schema_qualified_state_table_works(store: StateStore) -> None:
     sync(qualified, audience, [("a", "h-a"), ("b", "h-b")])
     report = sync(qualified, audience, [("a", "h-a")])
     assert (report["removed"], report["unchanged"], qualified.count("act_1:42")) == (1, 1, 1)
+
+
+def test_an_sqlite_state_commits_through_a_write_ahead_log(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "state.db")
+    StateStore(conn, "fbca_sync_state")
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL: a journal row outlives a power loss
+
+
+def test_a_connection_inside_a_transaction_keeps_its_journal_mode(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "state.db")
+    conn.execute("CREATE TABLE t (x INTEGER)")
+    conn.execute("INSERT INTO t VALUES (1)")  # opens a transaction: the mode cannot change now
+    StateStore(conn, "fbca_sync_state")
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
