@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
+from airflow_provider_fbca.sync.multirow import execute_multirow
+
 _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: PostgreSQL truncates longer identifiers; refuse them rather than collide silently.
 MAX_NAME_LENGTH = 63
@@ -179,20 +181,21 @@ def utc_now() -> str:
 
 
 def _write_ahead_log(conn: Any) -> None:
-    """Put an SQLite state database in WAL mode, its commits synchronized NORMAL (this connection only).
+    """Put an SQLite state database in WAL mode, its commits synchronized FULL (this connection only).
 
     A run commits twice per page (journaled, then acknowledged). In the default rollback mode each commit
-    rewrites pages through a journal file and waits for two flushes to disk: about a third of a first
-    sync's time. In WAL mode a commit appends to the log and waits for none; it is as durable against a
-    killed process (the guarantee of the journal: the operating system keeps what was written) and stays
-    atomic through a power loss, which may only undo the last commits. WAL is a property of the database
-    file (other connections keep working, readers no longer wait for the writer); the mode cannot change
-    inside a transaction, or for an in-memory database, which then keep theirs.
+    rewrites pages through a journal file, creates and deletes it, and waits for several flushes to disk:
+    about a third of a first sync's time. In WAL mode a commit appends to the log and flushes it once.
+    FULL, not NORMAL: a journal row must survive a power loss once its page may have reached Meta (NORMAL
+    could undo the last commits, and the state would not know what Meta holds); the one flush per commit
+    costs little next to rollback mode's. WAL is a property of the database file (other connections keep
+    working, readers no longer wait for the writer); the mode cannot change inside a transaction, or for
+    an in-memory database, which then keep theirs.
     """
     if conn.in_transaction:
         return
     conn.execute("PRAGMA journal_mode = WAL").fetchall()
-    conn.execute("PRAGMA synchronous = NORMAL").close()
+    conn.execute("PRAGMA synchronous = FULL").close()
 
 
 class LeaseRecord(NamedTuple):
@@ -234,6 +237,7 @@ class StateStore:
         self.layout_table = quote_table_name(table, LAYOUT_SUFFIX)
         self.placeholder = placeholder
         self.is_sqlite = type(conn).__module__.startswith("sqlite3")
+        self.is_postgres = type(conn).__module__.startswith("psycopg")
         #: Run inside every commit's transaction while a run holds the sync's lease (see
         #: :meth:`.lease.SyncLease.fence`): raises when another run took the lease, so nothing is committed.
         self.fence: Callable[[], None] | None = None
@@ -257,10 +261,14 @@ class StateStore:
         return cursor
 
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run a per-row statement for each row; on PostgreSQL in multi-row statements (see :mod:`.multirow`:
+        psycopg's ``executemany`` sends one statement per row; SQLite's loops in C and stays).
+        """
         rows = list(rows)
-        if rows:
+        statement = self.sql(statement)
+        if rows and not (self.is_postgres and execute_multirow(self.conn, statement, rows)):
             cursor = self.conn.cursor()
-            cursor.executemany(self.sql(statement), rows)
+            cursor.executemany(statement, rows)
             cursor.close()
 
     def fetch_one(self, statement: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
@@ -345,7 +353,7 @@ class StateStore:
         transaction-level advisory lock named after the state table serializes them. N partitions of a
         sync start together.
         """
-        if type(self.conn).__module__.startswith("psycopg"):
+        if self.is_postgres:
             self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"fbca:{self.table}",)).close()
 
     def ensure_tables(self) -> None:

@@ -80,7 +80,7 @@ def test_an_sqlite_state_commits_through_a_write_ahead_log(tmp_path: Path) -> No
     conn = sqlite3.connect(tmp_path / "state.db")
     StateStore(conn, "fbca_sync_state")
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL: a journal row outlives a power loss
 
 
 def test_a_connection_inside_a_transaction_keeps_its_journal_mode(tmp_path: Path) -> None:
