@@ -348,8 +348,8 @@ class SyncAudienceOperator(BaseOperator):
             if audience_id and not self.full_refresh:
                 check_layout(store, f"{account}:{audience_id}", self.partitions)
             shares = ShareRecorder(store) if self.full_refresh and not self.dry_run else None
-            if self.partitions == 1 and shares is None:  # one query, read again or diffed in place
-                model = self._model(store, source_hook)
+            if shares is None:  # one query (a share's, filtered), read again or diffed in place
+                model = self._model(store, source_hook, preparer.column_of(EXTERN_ID))
             rejects = None
             if not self.dry_run:
                 rejects = RejectsTable(
@@ -383,7 +383,7 @@ class SyncAudienceOperator(BaseOperator):
             try:
                 if model is not None:
                     report = self._sync_run.run(model)
-                else:  # a partition's share (or a full refresh noting each row's partition)
+                else:  # a share filtered as read (or a full refresh noting each row's partition)
                     key_index = preparer.column_of(EXTERN_ID)
                     # closing: a run failing mid-read closes the warehouse connection now, in this thread.
                     with closing(self._read_chunks(source_hook, key_index, shares)) as chunks:
@@ -568,22 +568,33 @@ class SyncAudienceOperator(BaseOperator):
             )
         return hook
 
-    def _model(self, store: StateStore, source_hook: DbApiHook) -> ModelQuery:
-        """The model's query (mapped columns in mapping order, the data processing options, then
-        membership): diffed in the warehouse when the state lives there and its SQL dialect is known (one
-        connection for both), else read by the worker through a connection of its own."""
+    def _model(self, store: StateStore, source_hook: DbApiHook, key_index: int) -> ModelQuery | None:
+        """The query of this task's share of the model (mapped columns in mapping order, the data
+        processing options, then membership): diffed in the warehouse when the state lives there and its
+        SQL dialect is known (one connection for both), else read by the worker through a connection of
+        its own. A partition's share is the model's query filtered in the warehouse, so it takes the same
+        path as one partition (a streamed first sync, a diff in place); None when the warehouse's driver
+        cannot filter it (:meth:`_read_chunks` filters the rows as read).
+
+        :param key_index: the position of the EXTERN_ID column among the mapped columns.
+        """
         wanted = list(self.mapping.values())
         if self.membership_column is not None:
             wanted.append(self.membership_column)
         constants = tuple(value for _, value in self._processing_cells())
-        if shares_database(self.sql_conn_id, self.state_conn_id, store.conn):
+        pushdown = shares_database(self.sql_conn_id, self.state_conn_id, store.conn)
+        conn = store.conn if pushdown else source_hook.get_conn()
+        share = Share(self.sql, wanted, key_index, self.partition, self.partitions, self.fetch_size)
+        sql = share.query(conn)
+        if sql is None:
+            if not pushdown:
+                conn.close()
+            return None
+        if pushdown:
             return PushdownModel(
-                store, self.sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping)
+                store, sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping)
             )
-        conn = source_hook.get_conn()
-        return ModelQuery(
-            conn, self.sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping)
-        )
+        return ModelQuery(conn, sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping))
 
     def _leave_refresh_to_partition_zero(self) -> dict[str, Any]:
         """A full refresh of a partitioned sync is one replace of the whole audience, by partition 0."""

@@ -1,6 +1,7 @@
 """The sync engine behind SyncAudienceOperator: plain Python over DB-API connections, no Airflow import.
 
-- :mod:`.state`: the state table (what the last run synced) and the temporary stage table of this run.
+- :mod:`.state`: the state table (what the last run synced); :mod:`.state_names` checks its tables' names,
+  :mod:`.stored_rows` is a stored row, :mod:`.stage_table` the temporary stage table of this run.
 - :mod:`.plan`: diff planning (new / updated / unchanged / gone), sync modes, duplicates, the removal guard.
 - :mod:`.removal_budget`: the removal guard of a partitioned sync: the whole run's budget, empty and broken shares.
 - :mod:`.batches`: upload sessions of at most 10,000 rows, each page recorded before it is sent.

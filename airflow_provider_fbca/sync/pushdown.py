@@ -119,33 +119,32 @@ class PushdownModel(ModelQuery):
         """
         select = self.select  # first: reading the query's columns ends the transaction
         store, known, model = self.store, _known(stage), _model(stage)
+        store.refresh_statistics()
         store.execute(
             f"CREATE TEMPORARY TABLE {known} AS SELECT DISTINCT source_digest FROM {store.table}"
             f" WHERE sync_key = ? AND source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}",
             (sync_key,),
         ).close()
         store.execute(f"CREATE INDEX {known}_digest ON {known} (source_digest)").close()
+        store.analyze(known)
         fresh = "k.source_digest IS NULL"
         cells = ", ".join(
             f"CASE WHEN {fresh} THEN m.c{index} END AS c{index}" for index in range(len(self.wanted))
         )
         # The model's query goes to the driver untouched: no parameters (a "?" or "%" in it stays itself).
+        # The fence keeps the database from computing each digest twice (for the join, then the result).
         # The digest column is cast so that SQLite gives it an integer affinity: compared with the known
         # digests (BIGINT) through an index of a column without affinity, SQLite would scan it per row.
         cursor = store.conn.cursor()
         cursor.execute(
             f"CREATE TEMPORARY TABLE {model} AS SELECT CAST(m.{DIGEST_COLUMN} AS BIGINT) AS {DIGEST_COLUMN},"
-            f" CASE WHEN {fresh} THEN 1 ELSE 0 END AS fresh, {cells} FROM ({select}) AS m"
+            f" CASE WHEN {fresh} THEN 1 ELSE 0 END AS fresh, {cells} FROM ({select}{self.dialect.fence}) AS m"
             f" LEFT JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
         )
         cursor.close()
         store.execute(f"CREATE INDEX {model}_digest ON {model} ({DIGEST_COLUMN}) WHERE fresh = 0").close()
-        duplicates = store.fetch_all(
-            f"SELECT s.row_key FROM {store.table} AS s JOIN (SELECT {DIGEST_COLUMN} AS d FROM {model}"
-            f" WHERE fresh = 0 GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1) AS twice ON twice.d = s.source_digest"
-            f" WHERE s.sync_key = ? AND {known_rows_filter(members_only, 's.member')}",
-            (sync_key,),
-        )
+        store.analyze(model)
+        duplicates = self._duplicates(model, sync_key, members_only)
         stage.create_unseen()
         store.execute(
             f"INSERT INTO {stage.unseen} (source_digest) SELECT k.source_digest FROM {known} AS k"
@@ -158,6 +157,21 @@ class PushdownModel(ModelQuery):
         rows = int(store.fetch_one(f"SELECT COUNT(*) FROM {model}")[0])
         store.commit()
         return rows, known_count - unseen_count, [str(row[0]) for row in duplicates]
+
+    def _duplicates(self, model: str, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
+        """The keys of known rows whose cells two model rows share (the same EXTERN_ID twice).
+
+        The model's repeated digests come first: usually none, and then the state is not read at all.
+        """
+        store = self.store
+        twice = f"SELECT {DIGEST_COLUMN} AS d FROM {model} WHERE fresh = 0 GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1"
+        if not store.fetch_one(f"SELECT EXISTS ({twice})")[0]:
+            return []
+        return store.fetch_all(
+            f"SELECT s.row_key FROM {store.table} AS s JOIN ({twice}) AS twice ON twice.d = s.source_digest"
+            f" WHERE s.sync_key = ? AND {known_rows_filter(members_only, 's.member')}",
+            (sync_key,),
+        )
 
     def drop(self, stage: StageTable) -> None:
         """Drop the diff's temporary tables (best effort: they go with the connection anyway)."""

@@ -79,34 +79,40 @@ class Removals:
         store.execute(f"DELETE FROM {self.ids} WHERE value IS NULL OR value = ''").close()
         store.execute(f"CREATE INDEX {self.ids}_value ON {self.ids} (key_name, value)").close()
         store.execute(f"CREATE INDEX {self.ids}_rid ON {self.ids} (rid)").close()
-        for key in sorted(keys):
-            self._mark_shared(key)
+        store.analyze(self.rows, self.ids)
+        for key_schema in self._held_schemas() if keys else []:
+            self._mark_shared(key_schema, [(i, key) for i, key in _withholdable(key_schema) if key in keys])
         store.commit()
         return int(store.fetch_one(f"SELECT COUNT(*) FROM {self.ids} WHERE shared = 1")[0])
 
-    def _mark_shared(self, key: str) -> None:
-        """Mark the removal identifiers of one key that a row staying in or added to the audience holds.
+    def _mark_shared(self, key_schema: str, positions: list[tuple[int, str]]) -> None:
+        """Mark the removal identifiers that a row of one schema staying in or added to the audience holds.
 
-        Each staying row is probed against the (few) removal identifiers' index: one scan of the state
-        per schema and position, never a sort of every value it holds. CROSS JOIN keeps SQLite's loop
-        order (state outside); PostgreSQL plans it as any join.
+        One scan of the state per schema, whatever the number of withheld keys: each staying row's
+        identifiers at ``positions`` are probed against the (few) removal identifiers' index. CROSS JOIN
+        keeps SQLite's loop order (state outside); PostgreSQL plans it as any join (a hash join, given the
+        temporary tables' statistics).
+
+        :param key_schema: a schema of the rows staying in or added to the audience.
+        :param positions: ``(position, key)`` of the withheld keys in that schema that removal rows carry.
         """
+        if not positions:
+            return
         store, t, ids = self.store, self.stage.name, self.ids
-        for key_schema in self._held_schemas():
-            positions = [index for index, name in enumerate(key_schema.split(",")) if name == key]
-            for position in positions:
-                # Staying: members of the state that this run does not remove (or re-identify), and additions.
-                store.execute(
-                    f"UPDATE {ids} SET shared = 1 WHERE key_name = ? AND shared = 0 AND value IN ("
-                    f"SELECT r.value FROM {store.table} AS s CROSS JOIN {ids} AS r"
-                    f" WHERE s.sync_key = ? AND s.member = 1 AND s.key_schema = ? AND r.key_name = ?"
-                    f" AND r.value = {store.identifier_at('s.identifiers', position)}"
-                    f" AND NOT EXISTS (SELECT 1 FROM {t} AS x WHERE x.row_key = s.row_key AND x.to_remove = 1)"
-                    f" UNION ALL SELECT r.value FROM {t} AS a CROSS JOIN {ids} AS r"
-                    " WHERE a.to_add = 1 AND a.key_schema = ? AND r.key_name = ?"
-                    f" AND r.value = {store.identifier_at('a.identifiers', position)})",
-                    (key, self.sync_key, key_schema, key, key_schema, key),
-                ).close()
+        # A constant table of (position, key): column1 and column2 in SQLite and PostgreSQL alike.
+        at = "(VALUES " + ", ".join(f"({int(i)}, '{key}')" for i, key in positions) + ") AS p"
+        # Staying: members of the state that this run does not remove (or re-identify), and additions.
+        store.execute(
+            f"UPDATE {ids} SET shared = 1 WHERE shared = 0 AND (key_name, value) IN ("
+            f"SELECT r.key_name, r.value FROM {store.table} AS s CROSS JOIN {at} CROSS JOIN {ids} AS r"
+            " WHERE s.sync_key = ? AND s.member = 1 AND s.key_schema = ? AND r.key_name = p.column2"
+            f" AND r.value = {store.identifier_at('s.identifiers', 'p.column1')}"
+            f" AND NOT EXISTS (SELECT 1 FROM {t} AS x WHERE x.row_key = s.row_key AND x.to_remove = 1)"
+            f" UNION ALL SELECT r.key_name, r.value FROM {t} AS a CROSS JOIN {at} CROSS JOIN {ids} AS r"
+            " WHERE a.to_add = 1 AND a.key_schema = ? AND r.key_name = p.column2"
+            f" AND r.value = {store.identifier_at('a.identifiers', 'p.column1')})",
+            (self.sync_key, key_schema, key_schema),
+        ).close()
 
     def _held_schemas(self) -> list[str]:
         rows = self.store.fetch_all(

@@ -52,23 +52,33 @@ class Share:
         :param conn: an open DB-API connection to the warehouse (left open).
         :param shares: where a full refresh notes each row's partition.
         """
-        dialect = dialect_for(conn)
-        if dialect is not None and dialect.name == "sqlite":
-            register_functions(conn)
+        dialect = _dialect(conn)
+        query = self.query(conn)
         if shares is not None:
             yield from self._read_tagged(conn, dialect, shares)
-        elif self.partitions == 1:
-            yield from read_model(conn, self.sql, self.wanted, self.fetch_size)
-        elif dialect is not None:
-            column = self.wanted[self.key_index]
-            sql = partition_query(self.sql, column, self.partition, self.partitions, dialect)
-            yield from read_model(conn, sql, self.wanted, self.fetch_size)
+        elif query is not None:
+            yield from read_model(conn, query, self.wanted, self.fetch_size)
         else:
             log.warning("No partition filter for this warehouse's driver: filtering the rows here")
             for chunk in read_model(conn, self.sql, self.wanted, self.fetch_size):
                 yield [
                     row for row in chunk if in_partition(row[self.key_index], self.partition, self.partitions)
                 ]
+
+    def query(self, conn: Any) -> str | None:
+        """The share's query, filtered in the warehouse (the model's query when there is one share); None
+        when the connection's driver has no dialect entry, and the rows must be filtered as read.
+
+        :param conn: an open DB-API connection to the warehouse (SQLite's gets the hash function).
+        """
+        if self.partitions == 1:
+            return self.sql
+        dialect = _dialect(conn)
+        if dialect is None:
+            return None
+        return partition_query(
+            self.sql, self.wanted[self.key_index], self.partition, self.partitions, dialect
+        )
 
     def _read_tagged(self, conn: Any, dialect: Dialect | None, shares: ShareRecorder) -> Iterator[list[Row]]:
         key = self.key_index
@@ -81,6 +91,14 @@ class Share:
         for chunk in read_model(conn, sql, [*self.wanted, PARTITION_COLUMN], self.fetch_size):
             shares.record((row_key(row[key]), int(row[-1])) for row in chunk)
             yield [row[:-1] for row in chunk]
+
+
+def _dialect(conn: Any) -> Dialect | None:
+    """The connection's dialect, with SQLite's functions registered on it."""
+    dialect = dialect_for(conn)
+    if dialect is not None and dialect.name == "sqlite":
+        register_functions(conn)
+    return dialect
 
 
 def row_key(cell: Any) -> str:

@@ -1,4 +1,4 @@
-"""The sync state table and the per-run stage table, over any DB-API connection (SQLite, PostgreSQL).
+"""The sync state table, over any DB-API connection (SQLite, PostgreSQL).
 
 The state table holds, per sync (ad account + audience) and per row key (the EXTERN_ID as sent), what the
 last run left in the audience: a fingerprint of the prepared row, a digest of its identifiers, and the
@@ -10,40 +10,67 @@ that a run holds (see :mod:`.lease`), and the write-ahead journal of :mod:`.jour
 (pages sent and not yet answered), ``<table>_owed`` (old identifiers whose removal Meta has not taken yet)
 and ``<table>_refresh`` (a full refresh that has not finished).
 
-The stage table is a temporary table of this run's prepared model. The diff is a join between the two, done
-by the database, so memory does not grow with the model.
+Table names are checked in :mod:`.state_names`, a stored row's shape is :mod:`.stored_rows`, and the per-run
+stage table (this run's prepared model, joined with the state by the database, so memory does not grow with
+the model) is :mod:`.stage_table`; all are importable from here as before.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-_SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: PostgreSQL truncates longer identifiers; refuse them rather than collide silently.
-MAX_NAME_LENGTH = 63
-SESSIONS_SUFFIX = "_sessions"
-LOCKS_SUFFIX = "_locks"
-PAGES_SUFFIX = "_pages"
-OWED_SUFFIX = "_owed"
-REFRESH_SUFFIX = "_refresh"
-LAYOUT_SUFFIX = "_layout"
-REMOVALS_SUFFIX = "_removals"  # the removal ledger of partitioned runs (see .removal_budget)
-#: Every companion table is named ``<state_table><suffix>``: a state table name must fit with each.
-STATE_TABLE_SUFFIXES = (
-    "",
-    SESSIONS_SUFFIX,
-    LOCKS_SUFFIX,
-    PAGES_SUFFIX,
-    OWED_SUFFIX,
-    REFRESH_SUFFIX,
+from airflow_provider_fbca.sync.multirow import execute_multirow
+from airflow_provider_fbca.sync.stage_table import STAGE_LOAD_COLUMNS, StageTable
+from airflow_provider_fbca.sync.state_names import (
     LAYOUT_SUFFIX,
+    LOCKS_SUFFIX,
+    MAX_NAME_LENGTH,
+    OWED_SUFFIX,
+    PAGES_SUFFIX,
+    REFRESH_SUFFIX,
     REMOVALS_SUFFIX,
+    SESSIONS_SUFFIX,
+    STATE_TABLE_SUFFIXES,
+    check_state_table,
+    quote_table_name,
 )
+from airflow_provider_fbca.sync.stored_rows import (
+    StagedRow,
+    _identifier_at,
+    decode_identifiers,
+    encode_identifiers,
+)
+
+# The state's names, rows and stage table live in modules of their own; importers keep importing them here.
+__all__ = [
+    "LAYOUT_SUFFIX",
+    "LOCKS_SUFFIX",
+    "MAX_NAME_LENGTH",
+    "OWED_SUFFIX",
+    "PAGES_SUFFIX",
+    "REFRESH_SUFFIX",
+    "REMOVALS_SUFFIX",
+    "SESSIONS_SUFFIX",
+    "STAGE_LOAD_COLUMNS",
+    "STATE_TABLE_SUFFIXES",
+    "UNCONFIRMED",
+    "UPSERT_CLAUSE",
+    "LeaseRecord",
+    "StageTable",
+    "StagedRow",
+    "StateStore",
+    "check_state_table",
+    "decode_identifiers",
+    "encode_identifiers",
+    "known_rows_filter",
+    "quote_table_name",
+    "streaming_cursor",
+    "utc_now",
+]
+
 #: The fingerprint of a state row Meta may or may not hold as recorded (a page sent but never answered):
 #: it equals no real fingerprint, so the next run sends the row again if the model still has it.
 UNCONFIRMED = "unconfirmed"
@@ -54,106 +81,6 @@ UPSERT_CLAUSE = (
     " id_digest = excluded.id_digest, key_schema = excluded.key_schema, identifiers = excluded.identifiers,"
     " member = excluded.member, source_digest = excluded.source_digest, synced_at = excluded.synced_at"
 )
-
-# The columns a stage row is loaded with, in order (see StagedRow).
-STAGE_LOAD_COLUMNS = (
-    "row_key",
-    "fingerprint",
-    "id_digest",
-    "key_schema",
-    "identifiers",
-    "member",
-    "in_state",
-    "old_member",
-    "to_add",
-    "to_record",
-    "source_digest",
-)
-
-
-def quote_table_name(name: str, suffix: str = "") -> str:
-    """Validate a table name (``table`` or ``schema.table``) and return it double-quoted for SQL.
-
-    :param name: the table name as configured by the user.
-    :param suffix: appended to the table part before validation (e.g. ``_sessions``).
-    :raises ValueError: when a part is not a plain SQL identifier or is too long.
-    """
-    parts = name.split(".")
-    if len(parts) > 2:
-        raise ValueError(f"State table name {name!r} has more than one dot; use 'table' or 'schema.table'.")
-    parts[-1] += suffix
-    for part in parts:
-        # fullmatch: with match, "$" lets a trailing newline through.
-        if not _SQL_NAME.fullmatch(part) or len(part) > MAX_NAME_LENGTH:
-            raise ValueError(
-                f"State table name {name!r} is not a plain SQL identifier (letters, digits and underscores, "
-                f"not starting with a digit, at most {MAX_NAME_LENGTH - len(suffix)} characters)."
-            )
-    return ".".join(f'"{part}"' for part in parts)
-
-
-def check_state_table(name: object) -> None:
-    """Refuse a state table name that it or one of its companion tables could not be created under.
-
-    :param name: the ``state_table`` as configured (checked at DAG parse time).
-    :raises ValueError: not a string, not a plain SQL identifier, or too long once a suffix is appended.
-    """
-    if not isinstance(name, str):
-        raise ValueError(
-            f"state_table must be a string ('table' or 'schema.table'), not {type(name).__name__}."
-        )
-    for suffix in STATE_TABLE_SUFFIXES:
-        quote_table_name(name, suffix)
-
-
-class StagedRow(NamedTuple):
-    """One prepared model row as the stage table stores it.
-
-    :param row_key: the EXTERN_ID as sent to Meta.
-    :param fingerprint: digest of the whole prepared row (schema, identifiers and LOOKALIKE_VALUE).
-    :param id_digest: digest of the identifiers only; differs from the stored one when the person must
-        first be removed with their previous identifiers.
-    :param key_schema: the wire schema, comma-joined (e.g. ``EXTERN_ID,EMAIL,PHONE``).
-    :param identifiers: the wire row, as :func:`encode_identifiers` stores it (hashes and unhashed ids).
-    :param member: 1 when the row belongs in the audience, 0 when its membership column says it does not.
-    :param source_digest: a 64-bit digest of the raw source cells: the next run skips preparing a row
-        whose raw cells did not change.
-    """
-
-    row_key: str
-    fingerprint: str
-    id_digest: str
-    key_schema: str
-    identifiers: str
-    member: int
-    source_digest: int | None = None
-
-
-_SEPARATOR = "\x1f"  # ASCII unit separator: never in a hash, an id or a number
-_JSON_MARK = "\x1e"  # prefix of the rare rows stored as JSON because a value holds the separator
-
-
-def encode_identifiers(values: Sequence[str]) -> str:
-    """Store a wire row compactly; splitting it back is several times faster than JSON."""
-    joined = _SEPARATOR.join(values)
-    # One count instead of a scan per value: the hot path of staging a million rows.
-    if joined.count(_SEPARATOR) != len(values) - 1 or joined.startswith(_JSON_MARK):
-        return _JSON_MARK + json.dumps(list(values), ensure_ascii=False)
-    return joined
-
-
-def decode_identifiers(text: str) -> list[str]:
-    """The wire row stored by :func:`encode_identifiers`."""
-    if text.startswith(_JSON_MARK):
-        return json.loads(text[1:])
-    return text.split(_SEPARATOR)
-
-
-def _identifier_at(text: str | None, position: int) -> str | None:
-    if text is None:
-        return None
-    values = decode_identifiers(text)
-    return values[position] if 0 <= position < len(values) else None
 
 
 def known_rows_filter(members_only: bool, member_column: str) -> str:
@@ -234,6 +161,7 @@ class StateStore:
         self.layout_table = quote_table_name(table, LAYOUT_SUFFIX)
         self.placeholder = placeholder
         self.is_sqlite = type(conn).__module__.startswith("sqlite3")
+        self.is_postgres = type(conn).__module__.startswith("psycopg")
         #: Run inside every commit's transaction while a run holds the sync's lease (see
         #: :meth:`.lease.SyncLease.fence`): raises when another run took the lease, so nothing is committed.
         self.fence: Callable[[], None] | None = None
@@ -257,10 +185,14 @@ class StateStore:
         return cursor
 
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run a per-row statement for each row; on PostgreSQL in multi-row statements (see :mod:`.multirow`:
+        psycopg's ``executemany`` sends one statement per row; SQLite's loops in C and stays).
+        """
         rows = list(rows)
-        if rows:
+        statement = self.sql(statement)
+        if rows and not (self.is_postgres and execute_multirow(self.conn, statement, rows)):
             cursor = self.conn.cursor()
-            cursor.executemany(self.sql(statement), rows)
+            cursor.executemany(statement, rows)
             cursor.close()
 
     def fetch_one(self, statement: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
@@ -289,17 +221,50 @@ class StateStore:
                 raise
         self.conn.commit()
 
-    def identifier_at(self, column: str, position: int) -> str:
+    def analyze(self, *tables: str) -> None:
+        """Give PostgreSQL's planner the row counts of freshly loaded temporary tables.
+
+        Autovacuum never analyzes temporary tables: without statistics the planner takes a table of
+        thousands of rows for one row and nests a scan of the state inside a loop over it (minutes at
+        200,000 rows). SQLite plans these joins well from its indexes alone.
+
+        :param tables: the temporary tables' names.
+        """
+        if not self.is_sqlite:
+            for table in tables:
+                self.execute(f"ANALYZE {table}").close()
+
+    def refresh_statistics(self) -> None:
+        """Analyze the state table when a large write left PostgreSQL's statistics of it stale.
+
+        A first sync writes the whole state; autovacuum analyzes it up to a minute later, and a run
+        starting before that plans its joins with the state as if it were nearly empty (sequential scans
+        where an index lookup of a few keys would do: twice as slow at 200,000 rows). The threshold is
+        autovacuum's own (10% of the rows changed since the last analysis, plus 1,000).
+        """
+        if self.is_sqlite:
+            return
+        row = self.fetch_one(
+            "SELECT n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables WHERE relid = to_regclass(?)",
+            (self.table,),
+        )
+        if row and int(row[0]) > 0.1 * int(row[1]) + 1000:
+            self.execute(f"ANALYZE {self.table}").close()
+        self.commit()
+
+    def identifier_at(self, column: str, position: int | str) -> str:
         """SQL for the identifier at ``position`` of a stored wire row (see :func:`encode_identifiers`).
 
         :param column: the SQL column (or expression) holding the stored identifiers.
-        :param position: the identifier's index in the row's key schema.
+        :param position: the identifier's index in the row's key schema: a number, or a column of ours
+            holding it (a name, never user input).
         """
+        at = str(int(position)) if isinstance(position, int) else position
         if self.is_sqlite:
-            return f"fbca_identifier({column}, {int(position)})"
+            return f"fbca_identifier({column}, {at})"
         return (
-            f"CASE WHEN left({column}, 1) = chr(30) THEN (substr({column}, 2)::json ->> {int(position)})"
-            f" ELSE split_part({column}, chr(31), {int(position) + 1}) END"
+            f"CASE WHEN left({column}, 1) = chr(30) THEN (substr({column}, 2)::json ->> {at})"
+            f" ELSE split_part({column}, chr(31), {at} + 1) END"
         )
 
     # -- schema ---------------------------------------------------------------------------------------
@@ -312,7 +277,7 @@ class StateStore:
         transaction-level advisory lock named after the state table serializes them. N partitions of a
         sync start together.
         """
-        if type(self.conn).__module__.startswith("psycopg"):
+        if self.is_postgres:
             self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"fbca:{self.table}",)).close()
 
     def ensure_tables(self) -> None:
@@ -575,107 +540,3 @@ class StateStore:
         )
         self.conn.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
         return LeaseRecord(str(row[0]), str(row[1]), str(row[2]), float(row[3])) if row else None
-
-
-class StageTable:
-    """A temporary table holding this run's prepared model, joined with the state by :mod:`.plan`.
-
-    Temporary tables live as long as the connection and survive commits on SQLite and PostgreSQL.
-    """
-
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
-        self.name = f"fbca_stage_{secrets.token_hex(6)}"
-        self.unseen_loaded = False
-
-    def create(self) -> None:
-        self.store.execute(
-            f"CREATE TEMPORARY TABLE {self.name} ("
-            " row_key TEXT NOT NULL,"
-            " fingerprint VARCHAR(64),"
-            " id_digest VARCHAR(64),"
-            " key_schema TEXT,"
-            " identifiers TEXT,"
-            " member INTEGER,"  # NULL: a row of the state that left the model (gone)
-            " in_state INTEGER NOT NULL DEFAULT 0,"
-            " old_fingerprint VARCHAR(64),"
-            " old_id_digest VARCHAR(64),"
-            " old_key_schema TEXT,"
-            " old_identifiers TEXT,"
-            " old_member INTEGER,"
-            " changed INTEGER NOT NULL DEFAULT 0,"  # the fingerprint differs from the stored one
-            " ids_changed INTEGER NOT NULL DEFAULT 0,"  # so do the identifiers (not just the value)
-            " to_add INTEGER NOT NULL DEFAULT 0,"
-            " to_remove INTEGER NOT NULL DEFAULT 0,"
-            " to_record INTEGER NOT NULL DEFAULT 0,"
-            " source_digest BIGINT)"
-        ).close()
-        self.store.commit()
-
-    def load(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Append rows shaped like :data:`STAGE_LOAD_COLUMNS` (one chunk at a time)."""
-        rows = list(rows)
-        if not rows:
-            return
-        columns = ", ".join(STAGE_LOAD_COLUMNS)
-        cursor = self.store.conn.cursor()
-        if hasattr(cursor, "copy"):  # psycopg 3: COPY is an order of magnitude faster than INSERTs
-            with cursor.copy(f"COPY {self.name} ({columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            markers = ", ".join("?" for _ in STAGE_LOAD_COLUMNS)
-            cursor.executemany(
-                self.store.sql(f"INSERT INTO {self.name} ({columns}) VALUES ({markers})"), rows
-            )
-        cursor.close()
-
-    def index(self) -> None:
-        """Index the loaded rows by key (before the duplicate check and the join)."""
-        self.store.execute(f"CREATE INDEX {self.name}_key ON {self.name} (row_key)").close()
-        self.store.commit()
-
-    def index_actions(self) -> None:
-        """Index the planned actions so that each upload page is a range scan."""
-        # Partial indexes: an incremental run indexes only the few rows it sends.
-        self.store.execute(f"CREATE INDEX {self.name}_add ON {self.name} (row_key) WHERE to_add = 1").close()
-        self.store.execute(
-            f"CREATE INDEX {self.name}_remove ON {self.name} (old_key_schema, row_key) WHERE to_remove = 1"
-        ).close()
-        self.store.commit()
-
-    @property
-    def unseen(self) -> str:
-        """The temporary table of the known source digests this run did not see."""
-        return f"{self.name}_unseen"
-
-    def create_unseen(self) -> None:
-        """Create the (empty) table of the known source digests no model row had (rows changed or gone)."""
-        self.store.execute(f"CREATE TEMPORARY TABLE {self.unseen} (source_digest BIGINT NOT NULL)").close()
-
-    def index_unseen(self) -> None:
-        """Index the loaded unseen digests (the plan joins the state with them)."""
-        self.store.execute(f"CREATE INDEX {self.unseen}_digest ON {self.unseen} (source_digest)").close()
-        self.store.commit()
-        self.unseen_loaded = True
-
-    def load_unseen(self, digests: Iterable[int]) -> None:
-        """Record the known source digests no model row had (rows changed or gone)."""
-        self.create_unseen()
-        batch: list[tuple[int]] = []
-        for digest in digests:
-            batch.append((digest,))
-            if len(batch) == 10_000:
-                self.store.executemany(f"INSERT INTO {self.unseen} (source_digest) VALUES (?)", batch)
-                batch = []
-        self.store.executemany(f"INSERT INTO {self.unseen} (source_digest) VALUES (?)", batch)
-        self.index_unseen()
-
-    def drop(self) -> None:
-        try:
-            self.store.conn.rollback()
-            self.store.execute(f"DROP TABLE IF EXISTS {self.unseen}").close()
-            self.store.execute(f"DROP TABLE IF EXISTS {self.name}").close()
-            self.store.commit()
-        except Exception:  # best effort: the table is temporary and goes with the connection anyway
-            pass

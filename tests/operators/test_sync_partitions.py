@@ -96,15 +96,18 @@ def audiences_named(sandbox: Any, name: str) -> list[str]:
 
 
 def test_partitions_started_together_create_one_audience_and_sync_the_model(
-    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     def make(**kwargs: Any) -> SyncAudienceOperator:
         return make_operator(warehouse, fb_conn_id, state_table, **kwargs)
 
     v1 = [customer(i) for i in range(80)]
     warehouse.write(v1)
-    first = sync_all(make, warehouse)
+    with caplog.at_level("INFO", logger="airflow_provider_fbca.sync.engine"):
+        first = sync_all(make, warehouse)
     assert not [r for r in first if isinstance(r, Exception)], first
+    # Each share, filtered in the warehouse, is synced as one task's query is: its first sync streams.
+    assert caplog.text.count("Plan (streamed first sync)") == PARTITIONS
     # One audience, created by one partition while the others (started at the same time on PostgreSQL)
     # waited on the creation lease.
     assert audiences_named(sandbox, "Customers") == [first[0]["audience_id"]]

@@ -84,3 +84,19 @@ def test_removals_never_take_out_people_who_share_an_identifier(
     assert (report["removed"], report["updated_identifiers"]) == (2, 1)
     assert members(sandbox, audience_id) == model_members(rows)  # the family stays
     assert report["identifiers_withheld_shared"] == 1  # the family inbox on cust-00000's removal row
+
+
+def test_removals_spare_a_new_row_taking_over_an_identifier(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    # A person leaves and, in the same run, a new row arrives with their e-mail (a reassigned inbox):
+    # the removal row must not carry it, or it would take out the newcomer just added.
+    rows = [customer(i) for i in range(10)]
+    warehouse.write(rows)
+    audience_id = run(make_operator(warehouse, fb_conn_id, state_table))["audience_id"]
+    rows = [*rows[1:], customer(50, email=customer(0)[1])]
+    warehouse.write(rows)
+    report = run(make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id))
+    assert (report["removed"], report["added"]) == (1, 1)
+    assert report["identifiers_withheld_shared"] == 1
+    assert members(sandbox, audience_id) == model_members(rows)  # the newcomer stays

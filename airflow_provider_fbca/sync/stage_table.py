@@ -1,0 +1,132 @@
+"""The per-run stage table: this run's prepared model, joined with the state by the database."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_fbca.sync.state import StateStore
+
+# The columns a stage row is loaded with, in order (see StagedRow).
+STAGE_LOAD_COLUMNS = (
+    "row_key",
+    "fingerprint",
+    "id_digest",
+    "key_schema",
+    "identifiers",
+    "member",
+    "in_state",
+    "old_member",
+    "to_add",
+    "to_record",
+    "source_digest",
+)
+
+
+class StageTable:
+    """A temporary table holding this run's prepared model, joined with the state by :mod:`.plan`.
+
+    Temporary tables live as long as the connection and survive commits on SQLite and PostgreSQL.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.name = f"fbca_stage_{secrets.token_hex(6)}"
+        self.unseen_loaded = False
+
+    def create(self) -> None:
+        self.store.execute(
+            f"CREATE TEMPORARY TABLE {self.name} ("
+            " row_key TEXT NOT NULL,"
+            " fingerprint VARCHAR(64),"
+            " id_digest VARCHAR(64),"
+            " key_schema TEXT,"
+            " identifiers TEXT,"
+            " member INTEGER,"  # NULL: a row of the state that left the model (gone)
+            " in_state INTEGER NOT NULL DEFAULT 0,"
+            " old_fingerprint VARCHAR(64),"
+            " old_id_digest VARCHAR(64),"
+            " old_key_schema TEXT,"
+            " old_identifiers TEXT,"
+            " old_member INTEGER,"
+            " changed INTEGER NOT NULL DEFAULT 0,"  # the fingerprint differs from the stored one
+            " ids_changed INTEGER NOT NULL DEFAULT 0,"  # so do the identifiers (not just the value)
+            " to_add INTEGER NOT NULL DEFAULT 0,"
+            " to_remove INTEGER NOT NULL DEFAULT 0,"
+            " to_record INTEGER NOT NULL DEFAULT 0,"
+            " source_digest BIGINT)"
+        ).close()
+        self.store.commit()
+
+    def load(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Append rows shaped like :data:`STAGE_LOAD_COLUMNS` (one chunk at a time)."""
+        rows = list(rows)
+        if not rows:
+            return
+        columns = ", ".join(STAGE_LOAD_COLUMNS)
+        cursor = self.store.conn.cursor()
+        if hasattr(cursor, "copy"):  # psycopg 3: COPY is an order of magnitude faster than INSERTs
+            with cursor.copy(f"COPY {self.name} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            markers = ", ".join("?" for _ in STAGE_LOAD_COLUMNS)
+            cursor.executemany(
+                self.store.sql(f"INSERT INTO {self.name} ({columns}) VALUES ({markers})"), rows
+            )
+        cursor.close()
+
+    def index(self) -> None:
+        """Index the loaded rows by key (before the duplicate check and the join)."""
+        self.store.execute(f"CREATE INDEX {self.name}_key ON {self.name} (row_key)").close()
+        self.store.analyze(self.name)
+        self.store.commit()
+
+    def index_actions(self) -> None:
+        """Index the planned actions so that each upload page is a range scan."""
+        # Partial indexes: an incremental run indexes only the few rows it sends.
+        self.store.execute(f"CREATE INDEX {self.name}_add ON {self.name} (row_key) WHERE to_add = 1").close()
+        self.store.execute(
+            f"CREATE INDEX {self.name}_remove ON {self.name} (old_key_schema, row_key) WHERE to_remove = 1"
+        ).close()
+        self.store.analyze(self.name)
+        self.store.commit()
+
+    @property
+    def unseen(self) -> str:
+        """The temporary table of the known source digests this run did not see."""
+        return f"{self.name}_unseen"
+
+    def create_unseen(self) -> None:
+        """Create the (empty) table of the known source digests no model row had (rows changed or gone)."""
+        self.store.execute(f"CREATE TEMPORARY TABLE {self.unseen} (source_digest BIGINT NOT NULL)").close()
+
+    def index_unseen(self) -> None:
+        """Index the loaded unseen digests (the plan joins the state with them)."""
+        self.store.execute(f"CREATE INDEX {self.unseen}_digest ON {self.unseen} (source_digest)").close()
+        self.store.analyze(self.unseen)
+        self.store.commit()
+        self.unseen_loaded = True
+
+    def load_unseen(self, digests: Iterable[int]) -> None:
+        """Record the known source digests no model row had (rows changed or gone)."""
+        self.create_unseen()
+        batch: list[tuple[int]] = []
+        for digest in digests:
+            batch.append((digest,))
+            if len(batch) == 10_000:
+                self.store.executemany(f"INSERT INTO {self.unseen} (source_digest) VALUES (?)", batch)
+                batch = []
+        self.store.executemany(f"INSERT INTO {self.unseen} (source_digest) VALUES (?)", batch)
+        self.index_unseen()
+
+    def drop(self) -> None:
+        try:
+            self.store.conn.rollback()
+            self.store.execute(f"DROP TABLE IF EXISTS {self.unseen}").close()
+            self.store.execute(f"DROP TABLE IF EXISTS {self.name}").close()
+            self.store.commit()
+        except Exception:  # best effort: the table is temporary and goes with the connection anyway
+            pass
