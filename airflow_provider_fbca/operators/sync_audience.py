@@ -29,15 +29,14 @@ from airflow_provider_fbca.operators.arguments import (
     read_optional_text,
     read_sync_mode,
 )
+from airflow_provider_fbca.operators.audience_resolution import AudienceResolution
 from airflow_provider_fbca.operators.lineage import query_lineage, sync_lineage
 from airflow_provider_fbca.operators.outlets import check_audience_outlets, record_audience_update
 from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_size
 from airflow_provider_fbca.operators.task_context import lease_holder, run_key, run_label
-from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.engine import RemovalsRefusedError, SyncOptions, SyncRun
-from airflow_provider_fbca.sync.journal import PageJournal
-from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, run_exclusively
+from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
 from airflow_provider_fbca.sync.partitions import (
     ShareRecorder,
     check_layout,
@@ -65,11 +64,9 @@ if TYPE_CHECKING:
 
 DEFAULT_STATE_TABLE = "fbca_sync_state"
 DEFAULT_FETCH_SIZE = 10_000
-#: How long a partition waits for another one creating their audience (one create call, a few seconds).
-CREATE_WAIT_S = 120.0
 
 
-class SyncAudienceOperator(BaseOperator):
+class SyncAudienceOperator(AudienceResolution, BaseOperator):
     """
     Sync the rows of a SQL query into a Meta customer-file Custom Audience.
 
@@ -477,85 +474,6 @@ class SyncAudienceOperator(BaseOperator):
         if self._report is None:
             return query
         return sync_lineage(query, self._report["ad_account_id"], self._report)
-
-    # -- the audience ---------------------------------------------------------------------------------
-
-    def _resolve_audience(self, sends_values: bool) -> str | None:
-        """The id of the audience to sync into, after checking it can take the sync; None when it is
-        to be created (once the model passed every check)."""
-        if self.audience_id:
-            audience = self.hook.get_audience(str(self.audience_id), fields=AUDIENCE_FIELDS)
-        else:
-            audience = self.hook.find_audience(str(self.audience_name), fields=AUDIENCE_FIELDS)
-            if audience is None:
-                if not self.create_audience:
-                    raise ValueError(
-                        f"No audience named {self.audience_name!r} in ad account {self.hook.ad_account_id}. "
-                        "Set create_audience=True to create it, or give its audience_id."
-                    )
-                if self.dry_run:
-                    self.log.info(
-                        "Dry run: audience %r does not exist and would be created", self.audience_name
-                    )
-                return None
-        audience_id = str(audience["id"])
-        check_audience(
-            audience,
-            sends_values=sends_values,
-            ad_account_id=self.hook.ad_account_id,
-            replace_is_ours=lambda: self._refresh_is_open(audience_id),
-        )
-        return audience_id
-
-    def _refresh_is_open(self, audience_id: str) -> bool:
-        """Whether the state holds a full refresh of this audience that a killed run left open."""
-        state_hook = self._sql_hook(self.state_conn_id)
-        conn = state_hook.get_conn()
-        try:
-            store = StateStore(conn, self.state_table, state_hook.placeholder)
-            store.ensure_tables()
-            return PageJournal(store, f"{self.hook.ad_account_id}:{audience_id}").open_refresh() is not None
-        finally:
-            conn.close()
-
-    def _create_audience(self, state_hook: DbApiHook, context: Context) -> tuple[str, str]:
-        """Create the named audience, once: its id and the sync key of this run's state.
-
-        The partitions of a sync start together, and each found no audience of that name. So creation holds
-        a lease on the name (a row of the locks table, through a connection of its own): the first partition
-        creates the audience, the others wait for the lease, then find it by name and sync into it.
-        """
-        account = self.hook.ad_account_id
-        conn = state_hook.get_conn()
-        try:
-            store = StateStore(conn, self.state_table, state_hook.placeholder)
-            lease = SyncLease(
-                store,
-                f"create:{account}:{self.audience_name}",
-                describe=f"the creation of audience {self.audience_name!r} in {account}",
-                lease_minutes=self.lease_minutes,
-                holder=lease_holder(context),
-            )
-            audience_id = run_exclusively(lease, self._find_or_create_audience, wait_s=CREATE_WAIT_S)
-            check_layout(store, f"{account}:{audience_id}", self.partitions)
-        finally:
-            conn.close()
-        return audience_id, f"{account}:{audience_id}" + partition_suffix(self.partition, self.partitions)
-
-    def _find_or_create_audience(self) -> str:
-        """The named audience's id: found (another partition created it meanwhile) or created now."""
-        sends_values = LOOKALIKE_VALUE in self._key_names
-        audience = self.hook.find_audience(str(self.audience_name), fields=AUDIENCE_FIELDS)
-        if audience is not None:
-            check_audience(audience, sends_values=sends_values, ad_account_id=self.hook.ad_account_id)
-            self.log.info("Audience %r was created meanwhile (by another partition)", self.audience_name)
-            return str(audience["id"])
-        return self.hook.create_audience(
-            str(self.audience_name),
-            description=self.audience_description,
-            customer_file_source=self.customer_file_source,
-            is_value_based=self.is_value_based,
-        )
 
     # -- the rows -------------------------------------------------------------------------------------
 
