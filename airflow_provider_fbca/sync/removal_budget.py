@@ -188,7 +188,7 @@ class RemovalLedger:
             return entry.removals
         store = self.store
         try:
-            if type(store.conn).__module__.startswith("psycopg"):  # SQLite serializes on the write below
+            if store.is_postgres:  # SQLite serializes on the write below
                 lock = f"fbca-removals:{store.table}:{self.sync_key}:{self.run_key}"
                 store.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (lock,)).close()
             if record:
