@@ -3,11 +3,13 @@
 Each model row gets a source digest computed by the database (:func:`.dialects.row_digest`: a fixed,
 NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An incremental run then:
 
-1. copies the digests the state knows into a temporary table (``known``) and the model's digests into
-   another (``model``), both inside the database;
-2. finds, in SQL, the known digests no model row has (``unseen``: rows changed or gone), how many known
-   digests the model has (the unchanged rows, only counted), and the known digests two model rows share
-   (the same cells twice: a duplicate EXTERN_ID, ``GROUP BY ... HAVING COUNT(*) > 1``);
+1. copies the digests the state knows into a temporary table (``known``);
+2. finds, in SQL, the model rows whose digest is not known (new or changed: their cells go into a
+   temporary table ``model``), the known digests no model row has (``unseen``: rows changed or gone), how
+   many known digests the model has (the unchanged rows, only counted), and the known digests two model
+   rows share (the same cells twice: a duplicate EXTERN_ID). PostgreSQL does it in one pass, a hash full
+   join of the model's digests with the known ones that writes only what differs; SQLite keeps every
+   model row's digest in ``model`` and joins it again;
 3. streams to the worker only the model rows whose digest the state does not know (new or changed).
 
 The rest of the run (preparing those rows, the stage, the plan, the sending) is the client-side run's, so
@@ -107,8 +109,7 @@ class PushdownModel(ModelQuery):
     def diff(self, stage: StageTable, sync_key: str, *, members_only: bool) -> tuple[int, int, list[str]]:
         """Diff the model's digests against the state's, in the database; load the stage's ``unseen``.
 
-        The model's query runs once, into a temporary table holding every row's digest and only the new
-        or changed rows' cells.
+        The model's query runs once, into a temporary table holding the new or changed rows' cells.
 
         :param stage: the run's stage table (created).
         :param sync_key: the sync.
@@ -118,15 +119,84 @@ class PushdownModel(ModelQuery):
             the keys of known rows whose cells two model rows share (duplicates).
         """
         select = self.select  # first: reading the query's columns ends the transaction
-        store, known, model = self.store, _known(stage), _model(stage)
+        store, known = self.store, _known(stage)
         store.refresh_statistics()
         store.execute(
             f"CREATE TEMPORARY TABLE {known} AS SELECT DISTINCT source_digest FROM {store.table}"
             f" WHERE sync_key = ? AND source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}",
             (sync_key,),
         ).close()
+        known_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
+        stage.create_unseen()
+        if store.is_postgres:
+            store.analyze(known)
+            rows, matched = self._diff_in_one_pass(stage, select)
+            seen = known_count - int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
+            # Each model row matches one known digest at most (they are distinct): more matching rows
+            # than matched digests means two model rows share the cells of a known row.
+            duplicates = []
+            if matched > seen:
+                duplicates = self._duplicates(self._repeated_digests(stage, select), sync_key, members_only)
+        else:
+            rows, twice = self._diff_in_tables(stage, select)
+            seen = known_count - int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
+            duplicates = self._duplicates(twice, sync_key, members_only)
+        stage.index_unseen()
+        store.commit()
+        return rows, seen, [str(row[0]) for row in duplicates]
+
+    def _diff_in_one_pass(self, stage: StageTable, select: str) -> tuple[int, int]:
+        """PostgreSQL: one hash full join of the model's digests with the known ones, keeping only what
+        differs: the new or changed rows (into ``model``) and the known digests no row has (``unseen``).
+
+        The unchanged rows are only counted: nothing is written or indexed for them.
+
+        :returns: the model's rows, and how many of them have a known digest.
+        """
+        store, known, model = self.store, _known(stage), _model(stage)
+        cells = [f"c{index}" for index in range(len(self.wanted))]
+        # The table's columns take the query's types, without running it (LIMIT 0).
+        store.execute(
+            f"CREATE TEMPORARY TABLE {model} AS SELECT {DIGEST_COLUMN}, 1 AS fresh, {', '.join(cells)}"
+            f" FROM ({select}) AS m LIMIT 0"
+        ).close()
+        fresh = "k.source_digest IS NULL"
+        kept = ", ".join(f"CASE WHEN {fresh} THEN m.{cell} END AS {cell}" for cell in cells)
+        # The model's query goes to the driver untouched: no parameters (a "?" or "%" in it stays itself).
+        cursor = store.conn.cursor()
+        cursor.execute(
+            f"WITH j AS (SELECT m.{DIGEST_COLUMN} AS d, k.source_digest AS kd, {kept}"
+            f" FROM ({select}{self.dialect.fence}) AS m FULL JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}),"
+            f" fresh AS (INSERT INTO {model} SELECT d, 1, {', '.join(cells)} FROM j WHERE kd IS NULL),"
+            f" unseen AS (INSERT INTO {stage.unseen} (source_digest) SELECT kd FROM j WHERE d IS NULL)"
+            " SELECT COUNT(d), COUNT(d) + COUNT(kd) - COUNT(*) FROM j"
+        )
+        rows, matched = cursor.fetchone()
+        cursor.close()
+        return int(rows), int(matched)
+
+    def _repeated_digests(self, stage: StageTable, select: str) -> str:
+        """The digests two model rows share, into ``model`` (``fresh = 0``); a query of them.
+
+        The one-pass diff kept no unchanged row: the model's query runs again, only when a known row's
+        cells come twice (the run then fails on the duplicate).
+        """
+        cursor = self.store.conn.cursor()
+        cursor.execute(
+            f"INSERT INTO {_model(stage)} ({DIGEST_COLUMN}, fresh) SELECT {DIGEST_COLUMN}, 0 FROM ({select})"
+            f" AS m GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1"
+        )
+        cursor.close()
+        return f"SELECT {DIGEST_COLUMN} AS d FROM {_model(stage)} WHERE fresh = 0"
+
+    def _diff_in_tables(self, stage: StageTable, select: str) -> tuple[int, str]:
+        """Every model row's digest into ``model`` (with the new or changed rows' cells), indexed, then
+        the known digests no row has into ``unseen``.
+
+        :returns: the model's rows, and a query of the known digests two model rows share.
+        """
+        store, known, model = self.store, _known(stage), _model(stage)
         store.execute(f"CREATE INDEX {known}_digest ON {known} (source_digest)").close()
-        store.analyze(known)
         fresh = "k.source_digest IS NULL"
         cells = ", ".join(
             f"CASE WHEN {fresh} THEN m.c{index} END AS c{index}" for index in range(len(self.wanted))
@@ -143,28 +213,23 @@ class PushdownModel(ModelQuery):
         )
         cursor.close()
         store.execute(f"CREATE INDEX {model}_digest ON {model} ({DIGEST_COLUMN}) WHERE fresh = 0").close()
-        store.analyze(model)
-        duplicates = self._duplicates(model, sync_key, members_only)
-        stage.create_unseen()
         store.execute(
             f"INSERT INTO {stage.unseen} (source_digest) SELECT k.source_digest FROM {known} AS k"
             f" WHERE NOT EXISTS (SELECT 1 FROM {model} AS m WHERE m.fresh = 0"
             f" AND m.{DIGEST_COLUMN} = k.source_digest)"
         ).close()
-        stage.index_unseen()
-        known_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
-        unseen_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
         rows = int(store.fetch_one(f"SELECT COUNT(*) FROM {model}")[0])
-        store.commit()
-        return rows, known_count - unseen_count, [str(row[0]) for row in duplicates]
+        twice = f"SELECT {DIGEST_COLUMN} AS d FROM {model} WHERE fresh = 0 GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1"
+        return rows, twice
 
-    def _duplicates(self, model: str, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
+    def _duplicates(self, twice: str, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
         """The keys of known rows whose cells two model rows share (the same EXTERN_ID twice).
 
         The model's repeated digests come first: usually none, and then the state is not read at all.
+
+        :param twice: a query of the digests two model rows share (column ``d``).
         """
         store = self.store
-        twice = f"SELECT {DIGEST_COLUMN} AS d FROM {model} WHERE fresh = 0 GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1"
         if not store.fetch_one(f"SELECT EXISTS ({twice})")[0]:
             return []
         return store.fetch_all(
