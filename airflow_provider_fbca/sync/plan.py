@@ -362,18 +362,21 @@ def mark_leaving_rows(store: StateStore, stage: StageTable) -> None:
 
 
 def addition_pages(store: StateStore, stage: StageTable, page_size: int) -> Iterator[list[StagedRow]]:
-    """Pages of stage rows to add, in key order."""
-    last = ""
+    """Pages of stage rows to add, in key order.
+
+    Only their keys leave the database when the stage kept its rows (:attr:`StageTable.kept`).
+    """
+    kept, last = stage.kept, ""
+    columns = "row_key" if kept is not None else ", ".join(StagedRow._fields)
     while True:
         page = store.fetch_all(
-            "SELECT row_key, fingerprint, id_digest, key_schema, identifiers, member, source_digest"
-            f" FROM {stage.name}"
+            f"SELECT {columns} FROM {stage.name}"
             f" WHERE to_add = 1 AND row_key > ? ORDER BY row_key LIMIT {int(page_size)}",
             (last,),
         )
         if not page:
             return
-        yield [StagedRow(*row) for row in page]
+        yield [kept[row[0]] for row in page] if kept is not None else [StagedRow(*row) for row in page]
         last = page[-1][0]
 
 

@@ -6,6 +6,8 @@ import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_fbca.sync.stored_rows import StagedRow
+
 if TYPE_CHECKING:
     from airflow_provider_fbca.sync.state import StateStore
 
@@ -23,6 +25,9 @@ STAGE_LOAD_COLUMNS = (
     "to_record",
     "source_digest",
 )
+#: The most loaded rows a stage keeps in memory too (about 1 KB each), so that sending them does not read
+#: them back from the database (see :attr:`StageTable.kept`).
+KEPT_ROWS = 50_000
 
 
 class StageTable:
@@ -31,10 +36,17 @@ class StageTable:
     Temporary tables live as long as the connection and survive commits on SQLite and PostgreSQL.
     """
 
+    #: The most loaded rows kept in memory too (tests lower it).
+    keep_rows = KEPT_ROWS
+
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self.name = f"fbca_stage_{secrets.token_hex(6)}"
         self.unseen_loaded = False
+        self.kept: dict[str, StagedRow] | None = {}
+        """The loaded rows by key while they are few (an incremental run stages only its new and changed
+        rows), None past :attr:`keep_rows`: the additions are then read back from the table. The plan
+        never rewrites a loaded row's prepared columns, so the kept rows stay what the table holds."""
 
     def create(self) -> None:
         self.store.execute(
@@ -65,6 +77,7 @@ class StageTable:
         rows = list(rows)
         if not rows:
             return
+        self._keep(rows)
         columns = ", ".join(STAGE_LOAD_COLUMNS)
         cursor = self.store.conn.cursor()
         if hasattr(cursor, "copy"):  # psycopg 3: COPY is an order of magnitude faster than INSERTs
@@ -77,6 +90,15 @@ class StageTable:
                 self.store.sql(f"INSERT INTO {self.name} ({columns}) VALUES ({markers})"), rows
             )
         cursor.close()
+
+    def _keep(self, rows: list[tuple[Any, ...]]) -> None:
+        if self.kept is None:
+            return
+        if len(self.kept) + len(rows) > self.keep_rows:
+            self.kept = None
+            return
+        for row in rows:
+            self.kept[row[0]] = StagedRow(*row[:6], row[10])
 
     def index(self) -> None:
         """Index the loaded rows by key (before the duplicate check and the join)."""

@@ -19,6 +19,7 @@ from airflow_provider_fbca.sync.plan import DuplicateKeysError, SyncMode
 from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.source import ModelQuery
+from airflow_provider_fbca.sync.stage_table import StageTable
 from airflow_provider_fbca.sync.state import StateStore
 from tests.sync.conftest import PassThroughPreparer, RecordingAudience
 
@@ -133,6 +134,22 @@ def test_upsert_and_delete_modes(store: StateStore, mode: SyncMode) -> None:
     twin.sync(mode=mode)
     twin.sync(mode=SyncMode.MIRROR)  # tracked-only rows (delete mode) are sent once mirror wants them
     twin.sync(mode=SyncMode.MIRROR)
+
+
+@pytest.mark.parametrize("keep_rows", [0, 1, 10])
+def test_additions_are_the_staged_rows_whether_kept_in_memory_or_read_back(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, keep_rows: int
+) -> None:
+    """Past ``StageTable.keep_rows`` staged rows the additions are read back from the stage table."""
+    monkeypatch.setattr(StageTable, "keep_rows", keep_rows)
+    twin = Twin(store)
+    twin.write([(1, "a@x", "1"), (2, "b@x", "2"), (3, "c@x", "3")])
+    twin.sync()
+    twin.write([(1, "a2@x", "1"), (2, "b@x", "2"), (4, "d@x", "4"), (5, "e@x", "5")])
+    report = twin.sync()
+    assert (report["added"], report["updated"], report["removed"]) == (2, 1, 1)
+    expected = {"1": ("1", "a2@x", "1"), "2": ("2", "b@x", "2"), "4": ("4", "d@x", "4"), "5": ("5", "e@x", "5")}
+    assert twin.audiences["pushdown"].members == expected
 
 
 def test_membership_column(store: StateStore) -> None:
