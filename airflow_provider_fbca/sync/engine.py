@@ -26,6 +26,7 @@ from airflow_provider_fbca.sync.plan import (
     build_plan,
     check_duplicates,
     check_removal_guard,
+    record_source_digests,
 )
 from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.rejects import RejectsTable
@@ -242,7 +243,7 @@ class SyncRun:
         return self.options.full_refresh or self.open_refresh is not None
 
     def _run(self, model: Model) -> None:
-        self.state_empty = self.store.count(self.options.sync_key) == 0
+        self.state_empty = self.store.is_empty(self.options.sync_key)
         if isinstance(model, PushdownModel):
             model.bind(self.digest_seed)
         if isinstance(model, ModelQuery) and self._streams(model):
@@ -282,6 +283,8 @@ class SyncRun:
                 self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
                 self._create_audience()
                 self._sender().send(stage, plan)
+                if seen is not None:  # rows were skipped by source digest: let the next run skip these
+                    record_source_digests(self.store, stage, self.options.sync_key)
         finally:
             if pushdown is not None:
                 pushdown.drop(stage)

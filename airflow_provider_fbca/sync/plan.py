@@ -392,3 +392,23 @@ def record_tracked_rows(store: StateStore, stage: StageTable, sync_key: str) -> 
         f" FROM {stage.name} WHERE to_record = 1 {UPSERT_CLAUSE}",
         (sync_key, utc_now()),
     ).close()
+
+
+def record_source_digests(store: StateStore, stage: StageTable, sync_key: str) -> None:
+    """Give the state the source digests of the staged rows that turned out unchanged.
+
+    A row is staged when its source digest is not the state's: its cells changed, or only their digest
+    did (a column's type, a new digest encoding), or a change of its cells changed nothing once prepared.
+    Without its new digest, such a row would be prepared again by every later run. Nothing is sent for
+    these rows, so their digests are recorded whatever becomes of the run's uploads.
+    """
+    t = stage.name
+    store.execute(
+        f"UPDATE {store.table} AS s SET source_digest = {t}.source_digest FROM {t}"
+        f" WHERE s.sync_key = ? AND s.row_key = {t}.row_key AND {t}.member = 1 AND {t}.in_state = 1"
+        f" AND {t}.changed = 0 AND {t}.to_add = 0 AND {t}.to_remove = 0 AND {t}.to_record = 0"
+        f" AND {t}.source_digest IS NOT NULL AND s.fingerprint = {t}.fingerprint"
+        f" AND (s.source_digest IS NULL OR s.source_digest <> {t}.source_digest)",
+        (sync_key,),
+    ).close()
+    store.commit()

@@ -358,6 +358,12 @@ class StateStore:
         """How many rows the state holds for a sync."""
         return int(self.fetch_one(f"SELECT COUNT(*) FROM {self.table} WHERE sync_key = ?", (sync_key,))[0])
 
+    def is_empty(self, sync_key: str) -> bool:
+        """Whether the state holds no row of a sync (one index probe, where counting reads them all)."""
+        return not self.fetch_one(
+            f"SELECT EXISTS (SELECT 1 FROM {self.table} WHERE sync_key = ?)", (sync_key,)
+        )[0]
+
     def delete_keys(self, sync_key: str, row_keys: Iterable[str], *, commit: bool = True) -> None:
         """Forget rows whose removal Meta acknowledged.
 

@@ -123,6 +123,8 @@ def test_mirror_over_changes_nulls_and_type_changes(store: StateStore) -> None:
     twin.make_id_text()
     report = twin.sync()
     assert report["rows_prepared"] == 4 and report["unchanged"] == 4
+    report = twin.sync()
+    assert report["rows_prepared"] == 0 and report["unchanged"] == 4
 
 
 @pytest.mark.parametrize("mode", [SyncMode.UPSERT, SyncMode.DELETE])
@@ -148,7 +150,12 @@ def test_additions_are_the_staged_rows_whether_kept_in_memory_or_read_back(
     twin.write([(1, "a2@x", "1"), (2, "b@x", "2"), (4, "d@x", "4"), (5, "e@x", "5")])
     report = twin.sync()
     assert (report["added"], report["updated"], report["removed"]) == (2, 1, 1)
-    expected = {"1": ("1", "a2@x", "1"), "2": ("2", "b@x", "2"), "4": ("4", "d@x", "4"), "5": ("5", "e@x", "5")}
+    expected = {
+        "1": ("1", "a2@x", "1"),
+        "2": ("2", "b@x", "2"),
+        "4": ("4", "d@x", "4"),
+        "5": ("5", "e@x", "5"),
+    }
     assert twin.audiences["pushdown"].members == expected
 
 

@@ -39,6 +39,7 @@ def test_tables_are_created_once_and_hold_no_raw_values(store: StateStore) -> No
     [(key, schema, identifiers, member)] = list(store.iter_rows("act_1:42"))
     assert (key, schema, identifiers, member) == ("cust-1", "EXTERN_ID,EMAIL", f"cust-1\x1f{'a' * 64}", 1)
     assert store.count("other-sync") == 0
+    assert store.is_empty("other-sync") and not store.is_empty("act_1:42")
 
 
 @pytest.mark.parametrize("values", [["a", "b" * 64], ["x\x1fy", ""], ["\x1estart", "z"], ["only"]])
