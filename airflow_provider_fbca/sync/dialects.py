@@ -45,6 +45,7 @@ class Dialect:
     :param partition_hash: a non-negative integer hash of a column; ``{column}``.
     :param row_function: a function computing a row's digest at once (``{seed}``, ``{columns}``), used
         instead of the encoding of :func:`cell_encoding` and ``digest64``; None for the encoding.
+    :param row_cell: what ``row_function`` receives of each cell (``{expr}``), comma-separated values.
     :param fence: appended to a subquery so that the database computes its columns once per row rather
         than inlining them into the outer query, which would compute a row's digest once per use (in the
         join with the state and again in the result); empty when the dialect needs none.
@@ -59,6 +60,7 @@ class Dialect:
     digest64: str
     partition_hash: str
     row_function: str | None = None
+    row_cell: str = "{expr}"
     fence: str = ""
 
     def row_digest(self, columns: Sequence[str], seed: str) -> str:
@@ -68,7 +70,8 @@ class Dialect:
         :param seed: what else changes the rows' preparation (mapping, default country); a literal.
         """
         if self.row_function is not None:
-            return self.row_function.format(seed=quote_literal(seed), columns=", ".join(columns))
+            cells = ", ".join(self.row_cell.format(expr=column) for column in columns)
+            return self.row_function.format(seed=quote_literal(seed), columns=cells)
         parts = [quote_literal(seed)]
         for column in columns:
             parts += ["'|'", cell_encoding(self, column)]
@@ -89,6 +92,12 @@ DIALECTS: dict[str, Dialect] = {
             # The first 64 bits of the MD5, as a signed bigint (a bit(64) casts to bigint two's-complement).
             digest64="('x' || substr(md5({text}), 1, 16))::bit(64)::bigint",
             partition_hash="(hashtextextended(CAST({column} AS TEXT), 0) & 9223372036854775807)",
+            # A row's digest: each cell's type oid and quote_nullable() text (NULL unquoted, a value as
+            # a literal whose quotes are doubled: no cell can end early), comma-joined, hashed to 64 bits
+            # by the hash PostgreSQL partitions by (stable across its versions). A quarter of the CPU of
+            # MD5 over length-prefixed cells: the bulk of a 1%-changed run's diff.
+            row_function="hashtextextended(concat_ws(',', {seed}, {columns}), 0)",
+            row_cell="pg_typeof({expr})::oid, quote_nullable({expr})",
             fence=" OFFSET 0",
         ),
         Dialect(

@@ -127,6 +127,21 @@ def test_mirror_over_changes_nulls_and_type_changes(store: StateStore) -> None:
     assert report["rows_prepared"] == 0 and report["unchanged"] == 4
 
 
+def test_a_state_digested_by_an_earlier_version_is_prepared_again_once(store: StateStore) -> None:
+    """An upgrade that changes the digest encoding: the first run prepares every row again and sends
+    nothing; it records the new digests, so the next run prepares nothing."""
+    twin = Twin(store)
+    twin.write([(1, "a@x", "1"), (2, "b@x", None), (3, None, None)])
+    twin.sync()
+    for state in (twin.store, twin.push_store):  # digests of another encoding
+        state.execute(f"UPDATE {state.table} SET source_digest = source_digest / 2 + 1").close()
+        state.conn.commit()
+    report = twin.sync()
+    assert (report["rows_prepared"], report["unchanged"], report["rows_sent"]) == (3, 3, 0)
+    report = twin.sync()
+    assert (report["rows_prepared"], report["unchanged"], report["rows_sent"]) == (0, 3, 0)
+
+
 @pytest.mark.parametrize("mode", [SyncMode.UPSERT, SyncMode.DELETE])
 def test_upsert_and_delete_modes(store: StateStore, mode: SyncMode) -> None:
     twin = Twin(store)
