@@ -33,6 +33,9 @@ from airflow_provider_fbca.sync.state import StageTable, StateStore, known_rows_
 
 #: The column holding the database's digest of a row, first in every row the pushdown reads.
 DIGEST_COLUMN = "fbca_source_digest"
+#: PostgreSQL's memory for each hash of the diff, for its transaction only: a hash of a million digests
+#: takes about 40 MB; with the default 4 MB the known digests' DISTINCT and the full join spill to disk.
+DIFF_WORK_MEM = "64MB"
 
 
 class PushdownModel(ModelQuery):
@@ -121,6 +124,8 @@ class PushdownModel(ModelQuery):
         select = self.select  # first: reading the query's columns ends the transaction
         store, known = self.store, _known(stage)
         store.refresh_statistics()
+        if store.is_postgres:
+            store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'").close()
         store.execute(
             f"CREATE TEMPORARY TABLE {known} AS SELECT DISTINCT source_digest FROM {store.table}"
             f" WHERE sync_key = ? AND source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}",
