@@ -160,15 +160,15 @@ class PushdownModel(ModelQuery):
         """
         store, known, model = self.store, _known(stage), _model(stage)
         cells = [f"c{index}" for index in range(len(self.wanted))]
-        # The table's columns take the query's types, without running it (LIMIT 0).
-        store.execute(
-            f"CREATE TEMPORARY TABLE {model} AS SELECT {DIGEST_COLUMN}, 1 AS fresh, {', '.join(cells)}"
-            f" FROM ({select}) AS m LIMIT 0"
-        ).close()
         fresh = "k.source_digest IS NULL"
         kept = ", ".join(f"CASE WHEN {fresh} THEN m.{cell} END AS {cell}" for cell in cells)
         # The model's query goes to the driver untouched: no parameters (a "?" or "%" in it stays itself).
         cursor = store.conn.cursor()
+        # The table's columns take the query's types, without running it (LIMIT 0).
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {model} AS SELECT {DIGEST_COLUMN}, 1 AS fresh, {', '.join(cells)}"
+            f" FROM ({select}) AS m LIMIT 0"
+        )
         cursor.execute(
             f"WITH j AS (SELECT m.{DIGEST_COLUMN} AS d, k.source_digest AS kd, {kept}"
             f" FROM ({select}{self.dialect.fence}) AS m FULL JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}),"

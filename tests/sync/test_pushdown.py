@@ -203,11 +203,14 @@ def test_a_model_query_with_placeholders_and_percent_signs_is_left_alone(store: 
     twin = Twin(store)
     twin.write([(1, "a%?@x", "1"), (2, "b@x", "2")])
     sql = f"SELECT * FROM {twin.table} WHERE email LIKE '%?%' OR email = 'b@x'"
-    model = PushdownModel(twin.push_store, sql, twin.wanted, fetch_size=10)
-    run = SyncRun(
-        twin.push_store,
-        twin.audiences["pushdown"],
-        PassThroughPreparer(SCHEMA),
-        SyncOptions("42", "act_1:42", source_key_index=0),
-    )
-    assert run.run(model).as_dict()["added"] == 2
+
+    def run() -> dict[str, Any]:
+        model = PushdownModel(twin.push_store, sql, twin.wanted, fetch_size=10)
+        options = SyncOptions("42", "act_1:42", source_key_index=0)
+        sync = SyncRun(twin.push_store, twin.audiences["pushdown"], PassThroughPreparer(SCHEMA), options)
+        return sync.run(model).as_dict()
+
+    assert run()["added"] == 2  # a first sync: streamed
+    twin.write([(1, "a%?@x", "1"), (2, "b@x", "22")])
+    report = run()  # the diff in the database
+    assert (report["updated"], report["unchanged"]) == (1, 1)
