@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from airflow_provider_fbca.sync.partitions import partition_suffix
 from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncPlan
-from airflow_provider_fbca.sync.state import REMOVALS_SUFFIX, StateStore, quote_table_name
+from airflow_provider_fbca.sync.state import REMOVALS_SUFFIX, StageTable, StateStore, quote_table_name
 
 #: How many standard deviations of sampling noise a slice's removals may stray above the whole's fraction.
 SIGMAS = 3
@@ -53,6 +54,7 @@ class PartitionRemovals:
     :param removals: the rows its plan removes (gone or non-member).
     :param slice_rows: the rows of its slice of the state.
     :param share_rows: the model rows its share read.
+    :param sent: the removals its earlier tries in this run already sent (Meta acknowledged them).
     """
 
     partition: int
@@ -60,10 +62,18 @@ class PartitionRemovals:
     removals: int
     slice_rows: int
     share_rows: int
+    sent: int = 0
 
     @property
     def name(self) -> str:
         return f"partition {self.partition} of {self.partitions}"
+
+    @property
+    def described(self) -> str:
+        """Its removals in the run, for a message."""
+        if not self.sent:
+            return f"this partition {self.removals}"
+        return f"this partition {self.removals} more after the {self.sent} its earlier tries sent"
 
 
 def slice_ceiling(max_fraction: float, slice_rows: int) -> float:
@@ -128,7 +138,7 @@ def check_whole_sync(
     if share > max_fraction:
         raise WholeSyncRemovalError(
             f"With {entry.name}, this run would remove {run_removals} of the audience's {audience_rows} "
-            f"synced rows ({share:.0%}; this partition {entry.removals}), more than max_removal_fraction="
+            f"synced rows ({share:.0%}; {entry.described}), more than max_removal_fraction="
             f"{max_fraction} of the whole sync. Nothing was sent by this partition; the partitions that "
             "recorded their removals before it sync. The guard stops an upstream job that returned too "
             "little from emptying the audience: check the model's query. If the removal is intended, rerun "
@@ -136,11 +146,28 @@ def check_whole_sync(
         )
 
 
+class LedgerEntry(NamedTuple):
+    """One partition's row of the ledger.
+
+    :param removals: its removals in the run: those its earlier tries sent, plus those its latest try
+        planned.
+    :param slice_rows: its slice when its first try planned.
+    :param sent: the removals Meta acknowledged, over every try of the run.
+    """
+
+    removals: int
+    slice_rows: int
+    sent: int
+
+
 class RemovalLedger:
     """The removals the partitions of one run planned, in ``<state_table>_removals``.
 
-    One row per (audience, run, partition): its planned removals and the size of its slice when it
-    planned them. A retried partition replaces its own row, so a run's total never counts it twice.
+    One row per (audience, run, partition): its removals in the run, the size of its slice when its first
+    try planned, and the removals Meta acknowledged so far (counted in the transaction that forgets them,
+    :meth:`count_sent`). A retried partition's row counts what its earlier tries sent plus what it plans
+    now: a removal sent by an earlier try is gone from the state, so the retry does not plan it again,
+    and one the retry sends again (in flight when its try died, or refused) was never counted as sent.
 
     :param store: the state store (the ledger lives beside the state; its connection is the run's).
     :param sync_key: the audience's unpartitioned sync key (ad account + audience).
@@ -158,9 +185,11 @@ class RemovalLedger:
         self.table = quote_table_name(store.table_name, REMOVALS_SUFFIX)
 
     def ensure_table(self) -> None:
-        """Create the ledger on first use (under the lock the state's tables are created under)."""
-        self.store.lock_table_creation()
-        self.store.execute(
+        """Create the ledger on first use (under the lock the state's tables are created under); a ledger
+        written before it counted the removals sent gains the column (its entries count none sent)."""
+        store = self.store
+        store.lock_table_creation()
+        store.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             " sync_key VARCHAR(255) NOT NULL,"
             " run_key VARCHAR(255) NOT NULL,"
@@ -168,20 +197,27 @@ class RemovalLedger:
             " removals BIGINT NOT NULL,"
             " slice_rows BIGINT NOT NULL,"
             " recorded_at VARCHAR(40) NOT NULL,"
+            " sent BIGINT NOT NULL DEFAULT 0,"
             " PRIMARY KEY (sync_key, run_key, part))"
         ).close()
-        self.store.commit()
+        cursor = store.execute(f"SELECT * FROM {self.table} WHERE 1 = 0")
+        columns = {column[0].lower() for column in cursor.description}
+        cursor.close()
+        if "sent" not in columns:
+            store.execute(f"ALTER TABLE {self.table} ADD COLUMN sent BIGINT NOT NULL DEFAULT 0").close()
+        store.commit()
 
     def claim(self, entry: PartitionRemovals, max_fraction: float | None, *, record: bool = True) -> int:
         """Record the partition's planned removals and check the run's total, in one transaction.
 
         On PostgreSQL an advisory lock on the audience and run serializes the partitions' claims; on SQLite
         the write that records the entry takes the database's write lock first. A refused claim is rolled
-        back: a partition that sends nothing spends nothing of the budget.
+        back: a partition that sends nothing spends nothing of the budget (what its earlier tries sent
+        stays counted).
 
         :param max_fraction: the whole sync's fraction; None turns the guard off (nothing is recorded).
         :param record: False for a dry run: check against what the others recorded, record nothing.
-        :returns: the run's planned removals so far, this partition's included.
+        :returns: the run's removals so far, this partition's included.
         :raises WholeSyncRemovalError: the run's total would exceed the budget; nothing was recorded.
         """
         if max_fraction is None:
@@ -193,15 +229,14 @@ class RemovalLedger:
                 store.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (lock,)).close()
             if record:
                 self._record(entry)
-            entries = {
-                int(part): (int(removals), int(slice_rows))
-                for part, removals, slice_rows in store.fetch_all(
-                    f"SELECT part, removals, slice_rows FROM {self.table} WHERE sync_key = ? AND run_key = ?",
-                    (self.sync_key, self.run_key),
-                )
-            }
-            entries[entry.partition] = (entry.removals, entry.slice_rows)
-            run_removals = sum(removals for removals, _ in entries.values())
+            entries = self._entries()
+            earlier = entries.get(entry.partition)
+            if earlier is not None:
+                entry = replace(entry, sent=earlier.sent)
+            if not record:  # what recording would have written
+                slice_rows = entry.slice_rows if earlier is None else earlier.slice_rows
+                entries[entry.partition] = LedgerEntry(entry.sent + entry.removals, slice_rows, entry.sent)
+            run_removals = sum(e.removals for e in entries.values())
             audience_rows = self._audience_rows(entries, entry.partitions)
             check_whole_sync(entry, run_removals, audience_rows, max_fraction)
         except BaseException:
@@ -210,23 +245,40 @@ class RemovalLedger:
         store.commit()  # fenced: a partition whose lease was taken over records nothing
         return run_removals
 
+    def count_sent(self, partition: int, removals: int) -> None:
+        """Count removals Meta acknowledged to the partition's entry, in the caller's transaction (the
+        journal's, which forgets them in the state: both are written, or neither)."""
+        self.store.execute(
+            f"UPDATE {self.table} SET sent = sent + ? WHERE sync_key = ? AND run_key = ? AND part = ?",
+            (removals, self.sync_key, self.run_key, partition),
+        ).close()
+
+    def _entries(self) -> dict[int, LedgerEntry]:
+        rows = self.store.fetch_all(
+            f"SELECT part, removals, slice_rows, sent FROM {self.table} WHERE sync_key = ? AND run_key = ?",
+            (self.sync_key, self.run_key),
+        )
+        return {int(part): LedgerEntry(*map(int, values)) for part, *values in rows}
+
     def _record(self, entry: PartitionRemovals) -> None:
+        """Write the partition's entry: a retry's removals are what its run sent plus its new plan, and
+        its slice stays as the first try found it."""
         now = self.clock()
         recorded_at = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
         expired = datetime.fromtimestamp(now - LEDGER_RETENTION_S, timezone.utc).isoformat(timespec="seconds")
         self.store.execute(
-            f"INSERT INTO {self.table} (sync_key, run_key, part, removals, slice_rows, recorded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sync_key, run_key, part) DO UPDATE SET"
-            " removals = excluded.removals, slice_rows = excluded.slice_rows, recorded_at = excluded.recorded_at",
+            f"INSERT INTO {self.table} (sync_key, run_key, part, removals, slice_rows, recorded_at, sent)"
+            " VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (sync_key, run_key, part) DO UPDATE SET"
+            f" removals = {self.table}.sent + excluded.removals, recorded_at = excluded.recorded_at",
             (self.sync_key, self.run_key, entry.partition, entry.removals, entry.slice_rows, recorded_at),
         ).close()
         self.store.execute(
             f"DELETE FROM {self.table} WHERE sync_key = ? AND recorded_at < ?", (self.sync_key, expired)
         ).close()
 
-    def _audience_rows(self, entries: dict[int, tuple[int, int]], partitions: int) -> int:
-        """The whole audience's state: each recorded slice as it was when its partition planned (its
-        sending since does not move the budget), every other slice as it is now."""
+    def _audience_rows(self, entries: dict[int, LedgerEntry], partitions: int) -> int:
+        """The whole audience's state: each recorded slice as it was when its partition first planned (the
+        removals sent since do not move the budget), every other slice as it is now."""
         keys = [
             self.sync_key + partition_suffix(k, partitions) for k in range(partitions) if k not in entries
         ]
@@ -238,11 +290,11 @@ class RemovalLedger:
                     f"SELECT COUNT(*) FROM {self.store.table} WHERE sync_key IN ({markers})", keys
                 )[0]
             )
-        return now + sum(slice_rows for _, slice_rows in entries.values())
+        return now + sum(e.slice_rows for e in entries.values())
 
 
 class WholeSyncGuard:
-    """The removal guard of one partition of a sync (called by :class:`.engine.SyncRun` with its plan).
+    """The removal guard of one partition of a sync (an :class:`.engine.RemovalGuard`).
 
     :param ledger: the run's ledger.
     :param partition: this partition.
@@ -266,15 +318,21 @@ class WholeSyncGuard:
         self.max_fraction = max_fraction
         self.dry_run = dry_run
 
-    def __call__(self, plan: SyncPlan, share_rows: int) -> None:
+    def check(self, plan: SyncPlan, stage: StageTable, rows_read: int) -> None:
         """Check the plan; record its removals in the ledger when it passes.
 
-        :param share_rows: the model rows the partition's share read.
+        :param stage: the staged model (unused: the plan's counts are the partition's).
+        :param rows_read: the model rows the partition's share read.
         :raises RemovalGuardError: an empty or broken share, or the run over its budget; nothing was sent.
         """
         if self.max_fraction is None:
             return
-        entry = PartitionRemovals(self.partition, self.partitions, plan.removals, plan.state_rows, share_rows)
+        entry = PartitionRemovals(self.partition, self.partitions, plan.removals, plan.state_rows, rows_read)
         check_share(entry, self.max_fraction)
         self.ledger.ensure_table()
         self.ledger.claim(entry, self.max_fraction, record=not self.dry_run)
+
+    def removals_sent(self, removals: int) -> None:
+        """Count what Meta removed in the ledger (a run with the guard off, or a dry run, claimed nothing)."""
+        if removals and self.max_fraction is not None and not self.dry_run:
+            self.ledger.count_sent(self.partition, removals)

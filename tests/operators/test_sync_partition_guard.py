@@ -141,6 +141,37 @@ def test_a_retried_partition_is_not_counted_twice(
     assert set(members(sandbox, audience_id)) == {row[0] for row in model} - gone
 
 
+def test_a_retried_partition_counts_the_removals_its_failed_try_sent(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    make, model, shares = first_sync(warehouse, fb_conn_id, state_table, 100, 2)
+    audience_id = make().audience_id
+    # Each partition loses 12: 24 of the audience's 100 rows, over its 20%. Partition 0's first try
+    # removes 8 of its 12 (two pages of 4, acknowledged), then Meta fails its third page.
+    assert all(12 / len(s) < slice_ceiling(0.2, len(s)) for s in shares)
+    gone = {k: leaving(shares, {k: 12}) for k in (0, 1)}
+    warehouse.write([row for row in model if row[0] not in gone[0] | gone[1]])
+    acknowledged = {"method": "DELETE", "path": "/users$", "delay_s": 0.001}
+    sandbox.set_faults([acknowledged, acknowledged, FAILING_REMOVAL])
+
+    def partition(k: int, try_number: int) -> Any:
+        operator = make(partitions=2, partition=k, max_removal_fraction=0.2, batch_size=4, max_in_flight=1)
+        task_context = context("churn", k)
+        task_context["ti"].try_number = try_number
+        return outcome(operator, task_context)
+
+    failed = partition(0, 1)
+    assert isinstance(failed, Exception) and "190" in str(failed), failed
+    assert len(gone[0] - set(members(sandbox, audience_id))) == 8
+    # The retry removes the 4 left; the run has then removed 12, not 4, of partition 0's slice as the run
+    # found it. Counting only the retry's plan (4 of a slice 8 smaller) let partition 1's 12 pass: 16 of 92.
+    assert partition(0, 2)["removed"] == 4
+    refused = partition(1, 1)
+    assert isinstance(refused, WholeSyncRemovalError), refused
+    assert "remove 24 of the audience's 100 synced rows" in str(refused)
+    assert set(members(sandbox, audience_id)) == {row[0] for row in model} - gone[0]
+
+
 def test_the_run_sharing_a_budget_is_the_dag_the_task_and_airflows_run() -> None:
     mapped = [context("scheduled__2026-11-30", k) for k in range(3)]
     assert {run_key(c) for c in mapped} == {"partitioned.sync/scheduled__2026-11-30"}
