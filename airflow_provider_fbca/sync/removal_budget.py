@@ -10,7 +10,12 @@ each one, under its lease and before it sends anything, records its planned remo
 the run's total stays within ``max_removal_fraction`` of the whole audience's state. Two checks of the
 partition's own come first: a hash spreads the rows evenly, so each slice is a random sample of the
 audience, and a slice that loses far more than the whole may lose is a share that came back wrong, not
-churn (:func:`check_share`).
+churn (:func:`check_share`). A retried partition counts what its earlier tries sent (the journal counts
+each acknowledged removal page in the ledger) plus what it plans now.
+
+A full refresh replaces the whole audience in one run, under the unpartitioned key, which holds nothing
+once a partitioned sync split the state into slices: :class:`FullRefreshGuard` judges it against every
+slice.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import NamedTuple
 
-from airflow_provider_fbca.sync.partitions import partition_suffix
-from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncPlan
+from airflow_provider_fbca.sync.partitions import partition_suffix, recorded_partitions
+from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncPlan, check_removal_guard
 from airflow_provider_fbca.sync.state import REMOVALS_SUFFIX, StageTable, StateStore, quote_table_name
 
 #: How many standard deviations of sampling noise a slice's removals may stray above the whole's fraction.
@@ -43,6 +48,10 @@ class BrokenShareError(RemovalGuardError):
 
 class WholeSyncRemovalError(RemovalGuardError):
     """The partitions of a run would together remove more than the whole sync may."""
+
+
+class FullRefreshRemovalError(RemovalGuardError):
+    """A full refresh would remove more of a partitioned audience's whole state than allowed."""
 
 
 @dataclass(frozen=True)
@@ -336,3 +345,83 @@ class WholeSyncGuard:
         """Count what Meta removed in the ledger (a run with the guard off, or a dry run, claimed nothing)."""
         if removals and self.max_fraction is not None and not self.dry_run:
             self.ledger.count_sent(self.partition, removals)
+
+
+class FullRefreshGuard:
+    """The removal guard of a full refresh (an :class:`.engine.RemovalGuard`), judging the whole audience.
+
+    A full refresh replaces the whole audience (usersreplace): everyone the state knows and the model does
+    not hold as a member leaves it. It runs under the audience's unpartitioned key; when the state lies in
+    the slices of a partitioned sync (the layout records N > 1), the plan sees none of it, so the removals
+    are counted over every slice, and the unpartitioned key, each person once. An audience whose state is
+    unpartitioned keeps the unpartitioned guard (:func:`.plan.check_removal_guard`).
+
+    :param store: the state store.
+    :param sync_key: the audience's unpartitioned sync key.
+    :param max_fraction: ``max_removal_fraction``; None turns the guard off.
+    """
+
+    def __init__(self, store: StateStore, sync_key: str, max_fraction: float | None) -> None:
+        self.store = store
+        self.sync_key = sync_key
+        self.max_fraction = max_fraction
+
+    def check(self, plan: SyncPlan, stage: StageTable, rows_read: int) -> None:
+        """Refuse a replace that would remove more than ``max_fraction`` of the whole audience's state.
+
+        :param stage: the staged model (every model row: a full refresh skips none).
+        :param rows_read: the model rows read (unused: the stage holds them).
+        :raises RemovalGuardError: the replace removes too much; nothing was sent.
+        """
+        layout = recorded_partitions(self.store, self.sync_key)
+        if layout is None or layout == 1:
+            check_removal_guard(plan, self.max_fraction)
+            return
+        if self.max_fraction is None:
+            return
+        audience_rows, removals = self._count(stage, layout)
+        check_full_refresh(removals, audience_rows, layout, self.max_fraction)
+
+    def removals_sent(self, removals: int) -> None:
+        """Nothing to count: a full refresh is one task, judged before it sends."""
+
+    def _count(self, stage: StageTable, layout: int) -> tuple[int, int]:
+        """``(rows, rows the model does not hold as members)`` of the whole audience's state: every slice
+        of ``layout``, and the rows of the unpartitioned key no slice holds (a full refresh killed midway
+        rebuilt part of the state there)."""
+        slices = [self.sync_key + partition_suffix(k, layout) for k in range(layout)]
+        markers = ", ".join("?" for _ in slices)
+        state = self.store.table
+        row = self.store.fetch_one(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM"
+            f" {stage.name} AS m WHERE m.row_key = w.row_key AND m.member = 1) THEN 0 ELSE 1 END), 0) FROM"
+            f" (SELECT row_key FROM {state} WHERE sync_key IN ({markers})"
+            f" UNION ALL SELECT s.row_key FROM {state} AS s WHERE s.sync_key = ? AND NOT EXISTS"
+            f" (SELECT 1 FROM {state} AS o WHERE o.sync_key IN ({markers}) AND o.row_key = s.row_key)) AS w",
+            (*slices, self.sync_key, *slices),
+        )
+        self.store.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
+        return int(row[0]), int(row[1])
+
+
+def check_full_refresh(removals: int, audience_rows: int, layout: int, max_fraction: float | None) -> None:
+    """Refuse a full refresh that would remove too large a share of a partitioned audience's state.
+
+    :param removals: the state's rows the model does not hold as members.
+    :param audience_rows: the rows of the whole audience's state.
+    :param layout: how many partitions wrote the state.
+    :param max_fraction: ``max_removal_fraction``; None turns the guard off.
+    :raises FullRefreshRemovalError: ``removals`` is more than ``max_fraction`` of ``audience_rows``.
+    """
+    if max_fraction is None or removals == 0 or audience_rows == 0:
+        return
+    share = removals / audience_rows
+    if share > max_fraction:
+        raise FullRefreshRemovalError(
+            f"This full refresh would replace the audience with a model that leaves out {removals} of its "
+            f"{audience_rows} synced rows ({share:.0%}, counted over every slice of the {layout} partitions "
+            f"that wrote its state), more than max_removal_fraction={max_fraction}. Nothing was sent. "
+            "usersreplace replaces the whole audience, so a model that came back empty or broken would "
+            "wipe it: check the model's query. If the removal is intended, rerun with a higher "
+            f"max_removal_fraction ({_OVERRIDE})."
+        )

@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_fbca.sync.partitions import partition_suffix
+from airflow_provider_fbca.sync.partitions import check_layout, partition_suffix
 from airflow_provider_fbca.sync.plan import RemovalGuardError
 from airflow_provider_fbca.sync.removal_budget import (
     BrokenShareError,
     EmptyShareError,
+    FullRefreshGuard,
+    FullRefreshRemovalError,
     PartitionRemovals,
     RemovalLedger,
     WholeSyncRemovalError,
@@ -22,7 +24,13 @@ from airflow_provider_fbca.sync.removal_budget import (
     check_whole_sync,
     slice_ceiling,
 )
-from airflow_provider_fbca.sync.state import REMOVALS_SUFFIX, StagedRow, StateStore, quote_table_name
+from airflow_provider_fbca.sync.state import (
+    REMOVALS_SUFFIX,
+    StagedRow,
+    StageTable,
+    StateStore,
+    quote_table_name,
+)
 
 AUDIENCE = "act_1:42"
 
@@ -214,3 +222,31 @@ def test_partitions_claiming_at_the_same_time_never_overspend(store: StateStore)
     assert sorted(o for o in outcomes if isinstance(o, int)) == [10, 20, 30, 40]
     assert sum(isinstance(o, WholeSyncRemovalError) for o in outcomes) == 4
     assert sum(row[2] for row in recorded(store)) == 40
+
+
+def test_a_full_refresh_counts_the_whole_audience_each_person_once(store: StateStore) -> None:
+    fill_slices(store, 25)  # 100 rows in the slices of 4 partitions
+    check_layout(store, AUDIENCE, 4)
+    # A repartitioning refresh killed midway rebuilt part of the state under the unpartitioned key: five
+    # people also in a slice, five new ones.
+    rebuilt = [f"0-{i}" for i in range(5)] + [f"new-{i}" for i in range(5)]
+    store.upsert(AUDIENCE, [StagedRow(key, "f", "d", "EXTERN_ID", key, 1) for key in rebuilt])
+    # The model: everyone but 30 people of the slices; and one non-member, who leaves too.
+    keys = [f"{k}-{i}" for k in range(4) for i in range(25)][30:] + [f"new-{i}" for i in range(5)]
+    stage = StageTable(store)
+    stage.create()
+    stage.load(
+        (key, "f", "d", "EXTERN_ID", key, 0 if key == "new-0" else 1, 0, None, 1, 0, None) for key in keys
+    )
+    stage.index()
+
+    def judge(fraction: float | None) -> None:
+        # The plan is the unpartitioned key's (it sees no slice): the guard counts from the stage instead.
+        FullRefreshGuard(store, AUDIENCE, fraction).check(None, stage, len(keys))  # type: ignore[arg-type]
+
+    judge(0.3)
+    judge(None)
+    with pytest.raises(
+        FullRefreshRemovalError, match=r"leaves out 31 of its 105 synced rows \(30%.*4 partitions"
+    ):
+        judge(0.29)
