@@ -373,11 +373,11 @@ class FullRefreshGuard:
         :param rows_read: the model rows read (unused: the stage holds them).
         :raises RemovalGuardError: the replace removes too much; nothing was sent.
         """
+        if self.max_fraction is None:
+            return
         layout = recorded_partitions(self.store, self.sync_key)
         if layout is None or layout == 1:
             check_removal_guard(plan, self.max_fraction)
-            return
-        if self.max_fraction is None:
             return
         audience_rows, removals = self._count(stage, layout)
         check_full_refresh(removals, audience_rows, layout, self.max_fraction)
