@@ -24,6 +24,7 @@ from airflow_provider_fbca.sync.removal_budget import (
 from tests.operators.conftest import Warehouse, customer
 from tests.operators.test_sync_audience import make_operator, members, user_uploads
 from tests.operators.test_sync_partitions import context, outcome, share, sync_all
+from tests.operators.test_sync_recovery import hold, kill_in_flight, query, start
 
 #: A removal Meta fails for good (an expired token) the first time it is asked.
 FAILING_REMOVAL = {
@@ -167,6 +168,39 @@ def test_a_retried_partition_counts_the_removals_its_failed_try_sent(
     # The retry removes the 4 left; the run has then removed 12, not 4, of partition 0's slice as the run
     # found it. Counting only the retry's plan (4 of a slice 8 smaller) let partition 1's 12 pass: 16 of 92.
     assert try_partition(make, 0, 2, **pages)["removed"] == 4
+    refused = try_partition(make, 1, 1, **pages)
+    assert isinstance(refused, WholeSyncRemovalError), refused
+    assert "remove 24 of the audience's 100 synced rows" in str(refused)
+    assert set(members(sandbox, audience_id)) == {row[0] for row in model} - gone[0]
+
+
+def test_a_partition_killed_between_removal_batches_counts_what_it_sent(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    make, audience_id, model, gone = churned(warehouse, fb_conn_id, state_table, 12)
+    pages = {"batch_size": 4, "max_in_flight": 1}
+    # Partition 0's first try, in a process of its own, is killed (SIGKILL) while its third removal page
+    # is at Meta: two pages (8 removals) were acknowledged, the third is applied after the kill.
+    sent_before = len(user_uploads(sandbox))
+    hold(sandbox, "DELETE", "/users$", 3)
+    first_try = {"run_id": "churn", "map_index": 0, "try_number": 1}
+    process = start(
+        warehouse,
+        fb_conn_id,
+        state_table,
+        task_instance=first_try,
+        audience_id=audience_id,
+        partitions=2,
+        partition=0,
+        max_removal_fraction=0.2,
+        **pages,
+    )
+    kill_in_flight(process, sandbox, warehouse, state_table, "remove", sent_before + 3)
+    query(warehouse, f"DELETE FROM {state_table}_locks")  # the dead run's lease (or wait lease_minutes)
+
+    # The retry sends the page in flight again (it may not have landed): 4 removals, never counted as sent.
+    retry = try_partition(make, 0, 2, **pages)
+    assert (retry["reconciled_rows"], retry["removed"]) == (4, 4)
     refused = try_partition(make, 1, 1, **pages)
     assert isinstance(refused, WholeSyncRemovalError), refused
     assert "remove 24 of the audience's 100 synced rows" in str(refused)
