@@ -177,6 +177,7 @@ class SyncRun:
         self.schema = list(preparer.schema)
         self.state_empty = True
         self.key_normalizer = key_normalizer or _default_key_normalizer
+        self.normalize_keys = _default_keys_normalizer if key_normalizer is None else _each(key_normalizer)
         self.digest_seed = f"{self.schema!r}|{options.has_membership}|{digest_seed}|"
         self.report = SyncReport(
             audience_id=options.audience_id,
@@ -336,7 +337,7 @@ class SyncRun:
         membership = parse_membership if options.has_membership else None
         chunks = model.rows()
         try:
-            scan = scan_keys(chunks, options.source_key_index, self.key_normalizer, membership)
+            scan = scan_keys(chunks, options.source_key_index, self.normalize_keys, membership)
         finally:
             _close(chunks)
         if not scan.streamable:
@@ -457,6 +458,19 @@ def _default_key_normalizer(value: Any) -> str:
 
     key = normalize_extern_id(value, None)
     return key if isinstance(key, str) else ""
+
+
+def _default_keys_normalizer(values: list[Any]) -> list[str]:
+    """:func:`_default_key_normalizer` over a column: a column of text (the usual one) is only trimmed,
+    which ``str.strip`` does in C (a first sync's first pass runs it on every row)."""
+    if set(map(type, values)) <= {str}:
+        return list(map(str.strip, values))
+    return list(map(_default_key_normalizer, values))
+
+
+def _each(normalize: Callable[[Any], str]) -> Callable[[list[Any]], list[str]]:
+    """A per-cell key rule applied to a column."""
+    return lambda values: list(map(normalize, values))
 
 
 def _describe(plan: SyncPlan) -> str:

@@ -8,8 +8,8 @@ from airflow_provider_fbca.sync.engine import parse_membership
 from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages
 
 
-def _strip(value: object) -> str:
-    return str(value).strip()
+def _strip(values: list[object]) -> list[str]:
+    return [str(value).strip() for value in values]
 
 
 def test_distinct_keys_stream_and_are_counted() -> None:
@@ -54,3 +54,17 @@ def test_pages_carry_their_wire_rows() -> None:
         ["staged-4"],
     ]
     assert pages[-1].wire == [["wire-4"]]
+
+
+def test_the_column_rule_keys_every_cell_as_the_cell_rule_does() -> None:
+    from decimal import Decimal
+
+    from airflow_provider_fbca.sync.engine import _default_key_normalizer, _default_keys_normalizer
+
+    class Text(str):
+        pass
+
+    text = [" a ", "b\t", "\u00a0c\u2003", "", "d"]
+    mixed = [*text, 12, 34.0, Decimal("56.00"), None, b" e ", Text(" f ")]
+    for column in (text, mixed):
+        assert _default_keys_normalizer(column) == [_default_key_normalizer(cell) for cell in column]
