@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import compress
 from typing import Any, Protocol
 
 from airflow_provider_fbca.sync.batches import HEARTBEAT_S, MAX_BATCH_SIZE, MAX_IN_FLIGHT
@@ -32,8 +33,8 @@ from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.sending import AudienceClient, PlanSender, RemovalsRefusedError
 from airflow_provider_fbca.sync.source import ModelQuery
-from airflow_provider_fbca.sync.staging import ModelStager, parse_membership
-from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore
+from airflow_provider_fbca.sync.staging import ModelStager, Staged, parse_membership
+from airflow_provider_fbca.sync.state import StageTable, StateStore
 from airflow_provider_fbca.sync.worker import MIN_ROWS as WORKER_MIN_ROWS
 from airflow_provider_fbca.sync.worker import PreparerProcess
 
@@ -370,16 +371,17 @@ class SyncRun:
 
     def _streamed_rows(
         self, model: ModelQuery, non_members: list[int], worker: PreparerProcess | None
-    ) -> Iterator[tuple[StagedRow, Any]]:
-        """The model's member rows, prepared, as the session asks for them; counts the non-members."""
+    ) -> Iterator[Staged]:
+        """The model's member rows, prepared, a chunk at a time as the session asks for them; counts the
+        non-members."""
         digested = isinstance(model, PushdownModel)
         chunks = model.digested_rows() if digested else model.rows()
-        for rows in self.stager.prepare_stream(chunks, digested, worker):
-            for row, wire_row in rows:
-                if row.member:
-                    yield row, wire_row
-                else:
-                    non_members[0] += 1
+        for staged, wire_rows in self.stager.prepare_stream(chunks, digested, worker):
+            if not all(row.member for row in staged):
+                members = [row.member for row in staged]
+                non_members[0] += members.count(0)
+                staged, wire_rows = list(compress(staged, members)), list(compress(wire_rows, members))
+            yield staged, wire_rows
             self.lease.keep_alive()
 
     # -- sending --------------------------------------------------------------------------------------

@@ -86,20 +86,24 @@ class StreamedPage(list):  # type: ignore[type-arg]
     wire: list[list[str]]
 
 
-def streamed_pages(rows: Iterable[tuple[StagedRow, list[str]]], size: int) -> Iterator[StreamedPage]:
+def streamed_pages(chunks: Iterable[tuple[list[StagedRow], list[Any]]], size: int) -> Iterator[StreamedPage]:
     """Regroup prepared rows into pages of ``size`` (the last one shorter).
 
-    :param rows: ``(staged row, wire row)`` pairs, from chunks of any size.
+    :param chunks: stage rows and their wire rows (in the same order), in chunks of any size.
     :param size: rows per page.
     """
     page, wire = StreamedPage(), []
-    for staged, wire_row in rows:
-        page.append(staged)
-        wire.append(wire_row)
-        if len(page) == size:
-            page.wire = wire
-            yield page
-            page, wire = StreamedPage(), []
+    for staged, wire_rows in chunks:
+        start = 0
+        while start < len(staged):
+            end = start + size - len(page)
+            page += staged[start:end]
+            wire += wire_rows[start:end]
+            start = end
+            if len(page) == size:
+                page.wire = wire
+                yield page
+                page, wire = StreamedPage(), []
     if page:
         page.wire = wire
         yield page

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from airflow_provider_fbca.sync.engine import RowPreparerLike, SyncOptions
     from airflow_provider_fbca.sync.worker import PreparerProcess
 
+#: A chunk's prepared rows: their stage rows and, in the same order, their wire rows (what is sent).
+Staged = tuple[list[StagedRow], list[Sequence[str]]]
+
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off", ""})
 
@@ -122,7 +125,7 @@ class ModelStager:
         defaults = {
             member: load_defaults(member, self.options.adds_enabled, state_empty) for member in (0, 1)
         }
-        return [(*row[:6], *defaults[row.member], row.source_digest) for row, _ in self.prepare(chunk)]
+        return [(*row[:6], *defaults[row.member], row.source_digest) for row in self.prepare(chunk)[0]]
 
     def stage_digested(
         self, chunk: Sequence[Sequence[Any]], state_empty: bool, count_read: bool = False
@@ -137,11 +140,11 @@ class ModelStager:
         }
         return [
             (*row[:6], *defaults[row.member], row.source_digest)
-            for row, _ in self.prepare_digested(chunk, count_read)
+            for row in self.prepare_digested(chunk, count_read)[0]
         ]
 
-    def prepare(self, chunk: Sequence[Sequence[Any]]) -> Iterator[tuple[StagedRow, Sequence[str]]]:
-        """Prepare the chunk's rows whose source cells changed: ``(staged row, wire row)`` each.
+    def prepare(self, chunk: Sequence[Sequence[Any]]) -> Staged:
+        """Prepare the chunk's rows whose source cells changed: their stage rows and wire rows.
 
         :param chunk: source rows (identifier values in mapping order, then membership).
         """
@@ -163,9 +166,7 @@ class ModelStager:
                 seen[position] = 1
         return self._prepare(chunk, fresh, digests, self.report.rows_read - len(chunk) + 1)
 
-    def prepare_digested(
-        self, chunk: Sequence[Sequence[Any]], count_read: bool = False
-    ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
+    def prepare_digested(self, chunk: Sequence[Sequence[Any]], count_read: bool = False) -> Staged:
         """Prepare rows the database digested (``(digest, *cells)``), every one of them.
 
         :param chunk: digested rows.
@@ -179,9 +180,9 @@ class ModelStager:
 
     def prepare_stream(
         self, chunks: Iterable[Sequence[Sequence[Any]]], digested: bool, worker: PreparerProcess | None
-    ) -> Iterator[Iterator[tuple[StagedRow, Sequence[str]]]]:
-        """A first sync's chunks, prepared (see :meth:`prepare` and :meth:`prepare_digested`): one
-        iterator of ``(staged row, wire row)`` per chunk.
+    ) -> Iterator[Staged]:
+        """A first sync's chunks, prepared (see :meth:`prepare` and :meth:`prepare_digested`): stage rows
+        and wire rows per chunk.
 
         With a worker process, chunk k+1 is read and sent to it before chunk k's rows are handed out, so
         the worker prepares it while this process stages, journals and sends chunk k.
@@ -207,7 +208,7 @@ class ModelStager:
 
     def _prepared_by(
         self, worker: PreparerProcess, chunk: Sequence[Sequence[Any]], first_row: int, digested: bool
-    ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
+    ) -> Staged:
         """The worker's answer to ``chunk``, staged and counted as :meth:`_prepare` does."""
         digests, prepared, encoded = worker.result()
         if digested:
@@ -238,14 +239,14 @@ class ModelStager:
         fresh: Sequence[int],
         digests: Sequence[int],
         first_row: int | None,
-    ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
+    ) -> Staged:
         """Prepare the ``fresh`` rows of the chunk; count what the preparer rejected and dropped.
 
         :param first_row: the position of the chunk's first row in the query's result (1-based), for the
             refusal of a personal EXTERN_ID; None when rows do not come in the query's order.
         """
         if not fresh:
-            return iter(())
+            return [], []
         values = self._values(chunk, fresh)
         prepared = self.preparer.prepare_rows(values)
         self._count(values, len(values), prepared)
@@ -259,27 +260,46 @@ class ModelStager:
         first_row: int | None,
         prepared: Any,
         encoded: Sequence[tuple[str, str, str]] | None = None,
-    ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
-        """The kept rows' stage rows (``encoded``: the kept rows as :meth:`.RowStager.encode` encodes them,
-        when a worker process did); refuses a personal EXTERN_ID, rejects a key the state cannot hold."""
-        has_membership, report = self.options.has_membership, self.report
-        key_index, stage = self.row_stager.key_index, self.row_stager.stage
-        check_keys = not clean_keys([wire_row[key_index] for wire_row in prepared.rows])
-        staged = []
-        encodings = [None] * len(prepared.rows) if encoded is None else encoded
-        for wire_row, prepared_index, encoding in zip(prepared.rows, prepared.kept, encodings, strict=True):
-            source_index = fresh[prepared_index]
-            if check_keys and (problem := row_key_problem(wire_row[key_index])):
-                if problem in PERSONAL:
-                    raise refuse_personal_key(
-                        problem, None if first_row is None else first_row + source_index
-                    )
+    ) -> Staged:
+        """The kept rows' stage rows and wire rows (``encoded``: the kept rows as :meth:`.RowStager.encode`
+        encodes them, when a worker process did); refuses a personal EXTERN_ID, rejects a key the state
+        cannot hold."""
+        key_index = self.row_stager.key_index
+        wire_rows: list[Sequence[str]] = prepared.rows
+        sources = [fresh[index] for index in prepared.kept]  # each kept row's index in the chunk
+        if not clean_keys([wire_row[key_index] for wire_row in wire_rows]):
+            wire_rows, sources, encoded = self._checked_keys(wire_rows, sources, encoded, first_row)
+        members = None
+        if self.options.has_membership:
+            members = [parse_membership(chunk[index][-1]) for index in sources]
+        source_digests = [digests[index] for index in sources]
+        return self.row_stager.stage_rows(wire_rows, members, source_digests, encoded), wire_rows
+
+    def _checked_keys(
+        self,
+        wire_rows: list[Sequence[str]],
+        sources: list[int],
+        encoded: Sequence[tuple[str, str, str]] | None,
+        first_row: int | None,
+    ) -> tuple[list[Sequence[str]], list[int], list[tuple[str, str, str]] | None]:
+        """The rows whose EXTERN_ID can key a row (the others rejected and counted), a batch whose keys
+        :func:`.clean_keys` did not clear; refuses the run at the first personal one."""
+        key_index, report = self.row_stager.key_index, self.report
+        kept: list[int] = []
+        for position, (wire_row, source_index) in enumerate(zip(wire_rows, sources, strict=True)):
+            problem = row_key_problem(wire_row[key_index])
+            if problem in PERSONAL:
+                raise refuse_personal_key(problem, None if first_row is None else first_row + source_index)
+            if problem:
                 report.rejected += 1
                 report.rejected_by_reason[problem] += 1
-                continue
-            member = parse_membership(chunk[source_index][-1]) if has_membership else True
-            staged.append((stage(wire_row, member, digests[source_index], encoding), wire_row))
-        return iter(staged)
+            else:
+                kept.append(position)
+        return (
+            [wire_rows[position] for position in kept],
+            [sources[position] for position in kept],
+            None if encoded is None else [encoded[position] for position in kept],
+        )
 
 
 def _position(sorted_values: array[int], value: int) -> int:

@@ -43,6 +43,16 @@ def encode_identifiers(values: Sequence[str]) -> str:
     return joined
 
 
+def encode_identifiers_many(rows: Sequence[Sequence[str]]) -> list[str]:
+    """:func:`encode_identifiers` of each row; a batch none of whose values holds the separator or the
+    JSON mark (every batch of hashes and ids) is joined in C and checked once."""
+    joined = list(map(_SEPARATOR.join, rows))
+    text = "".join(joined)
+    if text.count(_SEPARATOR) == sum(map(len, rows)) - len(rows) and _JSON_MARK not in text:
+        return joined
+    return list(map(encode_identifiers, rows))
+
+
 def decode_identifiers(text: str) -> list[str]:
     """The wire row stored by :func:`encode_identifiers`."""
     if text.startswith(_JSON_MARK):
