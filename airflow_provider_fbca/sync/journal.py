@@ -52,7 +52,7 @@ def pack_rows(rows: Sequence[Sequence[str]]) -> str:
 
     Joining is an order of magnitude cheaper than JSON, and a page is packed before every request.
     """
-    text = _ROW.join(_FIELD.join(row) for row in rows)
+    text = _ROW.join(map(_FIELD.join, rows))
     # Counting the separators proves no text holds one (the hot path: one pass, no scan per value).
     clean = text.count(_FIELD) == 3 * len(rows) and text.count(_ROW) == max(len(rows) - 1, 0)
     if clean and not text.startswith(_JSON_MARK):
