@@ -44,11 +44,16 @@ def _encode(value: Any, parts: list[str]) -> None:
 
 
 def _plain_text_rows(rows: list[Any]) -> bool:
-    """Whether ``rows`` is a list of rows (lists or tuples of text) none of whose values JSON escapes."""
-    if not rows or not set(map(type, rows)) <= {list, tuple} or min(map(len, rows)) == 0:
+    """Whether ``rows`` is a list of rows (lists or tuples of text, all as long) none of whose values JSON
+    escapes. Checked a column at a time: a column of digests and plain ids is letters and digits only, which
+    one C pass tells (``bytes.isalnum``), a few times faster than looking for what JSON escapes."""
+    if not rows or not set(map(type, rows)) <= {list, tuple} or len(set(map(len, rows))) != 1:
         return False
     try:
-        ascii_text = "".join(map("".join, rows)).encode("ascii")
+        for column in zip(*rows, strict=True):
+            text = "".join(column).encode("ascii")
+            if not text.isalnum() and len(text.translate(None, _ESCAPED)) != len(text):
+                return False
     except (TypeError, UnicodeEncodeError):  # a value that is no text, or text JSON would escape
         return False
-    return len(ascii_text.translate(None, _ESCAPED)) == len(ascii_text)
+    return bool(rows[0])
