@@ -13,6 +13,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_fbca.sync.dialects import client_row_digest
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 #: A chunk's prepared rows: their stage rows and, in the same order, their wire rows (what is sent).
 Staged = tuple[list[StagedRow], list[Sequence[str]]]
+
+#: A digested row's digest and cells (``(digest, *cells)``); a source row's cells without its membership.
+_DIGEST, _CELLS, _IDENTIFIER_CELLS = itemgetter(0), itemgetter(slice(1, None)), itemgetter(slice(None, -1))
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off", ""})
@@ -174,9 +178,9 @@ class ModelStager:
         """
         if count_read:
             self.report.rows_read += len(chunk)
-        cells = [row[1:] for row in chunk]
+        cells = list(map(_CELLS, chunk))
         first_row = self.report.rows_read - len(chunk) + 1 if count_read else None
-        return self._prepare(cells, range(len(cells)), [row[0] for row in chunk], first_row)
+        return self._prepare(cells, range(len(cells)), list(map(_DIGEST, chunk)), first_row)
 
     def prepare_stream(
         self, chunks: Iterable[Sequence[Sequence[Any]]], digested: bool, worker: PreparerProcess | None
@@ -212,7 +216,7 @@ class ModelStager:
         """The worker's answer to ``chunk``, staged and counted as :meth:`_prepare` does."""
         digests, prepared, encoded = worker.result()
         if digested:
-            chunk, digests = [row[1:] for row in chunk], [row[0] for row in chunk]
+            chunk, digests = list(map(_CELLS, chunk)), list(map(_DIGEST, chunk))
         fresh = range(len(chunk))
         values = self._values(chunk, fresh) if self.rejects is not None else ()
         self._count(values, len(chunk), prepared)
@@ -220,8 +224,8 @@ class ModelStager:
 
     def _values(self, chunk: Sequence[Sequence[Any]], fresh: Sequence[int]) -> list[Sequence[Any]]:
         """The identifier cells of the ``fresh`` rows, as the preparer takes them."""
-        has_membership = self.options.has_membership
-        return [chunk[i][:-1] if has_membership else chunk[i] for i in fresh]
+        rows = chunk if len(fresh) == len(chunk) else [chunk[i] for i in fresh]  # all fresh: a first sync
+        return list(map(_IDENTIFIER_CELLS, rows)) if self.options.has_membership else list(rows)
 
     def _count(self, values: Sequence[Sequence[Any]], prepared_rows: int, prepared: Any) -> None:
         """Count what the preparer rejected and dropped; list the rows that lost values."""
@@ -266,7 +270,7 @@ class ModelStager:
         cannot hold."""
         key_index = self.row_stager.key_index
         wire_rows: list[Sequence[str]] = prepared.rows
-        sources = [fresh[index] for index in prepared.kept]  # each kept row's index in the chunk
+        sources = list(map(fresh.__getitem__, prepared.kept))  # each kept row's index in the chunk
         if not clean_keys([wire_row[key_index] for wire_row in wire_rows]):
             wire_rows, sources, encoded = self._checked_keys(wire_rows, sources, encoded, first_row)
         members = None
