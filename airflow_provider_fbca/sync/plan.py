@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from itertools import repeat
@@ -130,6 +130,9 @@ class RowStager:
         :param source_digests: each row's source digest.
         :param encoded: the rows' :meth:`encode`, when computed already (by a preparing worker process).
         """
+        identifiers: Iterable[str]
+        fingerprints: Iterable[str]
+        id_digests: Iterable[str]
         if encoded is not None or self.value_index is not None:
             encodings = encoded if encoded is not None else list(map(self.encode, wire_rows))
             identifiers, fingerprints, id_digests = (
@@ -139,10 +142,7 @@ class RowStager:
             )
         else:
             identifiers = encode_identifiers_many(wire_rows)
-            prefix, blake2b = self.digest_prefix, hashlib.blake2b
-            fingerprints = [
-                blake2b((prefix + text).encode("utf-8"), digest_size=16).hexdigest() for text in identifiers
-            ]
+            fingerprints = list(map(_digest, map(self.digest_prefix.__add__, identifiers)))  # as encode()
             id_digests = fingerprints
         fields = zip(
             map(itemgetter(self.key_index), wire_rows),
