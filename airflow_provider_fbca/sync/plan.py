@@ -300,9 +300,11 @@ def find_duplicates(
     staged = f"SELECT row_key FROM {stage.name} WHERE member IS NOT NULL GROUP BY row_key HAVING COUNT(*) > 1"
     keys = {row[0] for row in store.fetch_all(staged)} | set(seen_keys)
     if stage.unseen_loaded:
+        # CROSS JOIN keeps SQLite's loop order: the few staged rows outside, each a key lookup in the state
+        # (without statistics SQLite would scan the whole state instead); PostgreSQL plans it as any join.
         clashing = (
-            f"SELECT t.row_key FROM {stage.name} AS t JOIN {store.table} AS s"
-            f" ON s.sync_key = ? AND s.row_key = t.row_key WHERE {seen_state_rows(stage, adds_enabled)}"
+            f"SELECT t.row_key FROM {stage.name} AS t CROSS JOIN {store.table} AS s"
+            f" WHERE s.sync_key = ? AND s.row_key = t.row_key AND {seen_state_rows(stage, adds_enabled)}"
         )
         keys |= {row[0] for row in store.fetch_all(clashing, (sync_key,))}
     return len(keys), sorted(keys)[:DUPLICATE_SAMPLE_SIZE]
