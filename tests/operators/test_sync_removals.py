@@ -100,3 +100,18 @@ def test_removals_spare_a_new_row_taking_over_an_identifier(
     assert (report["removed"], report["added"]) == (1, 1)
     assert report["identifiers_withheld_shared"] == 1
     assert members(sandbox, audience_id) == model_members(rows)  # the newcomer stays
+
+
+def test_removals_spare_people_staying_unchanged_who_share_an_identifier(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    # Only rows the run does not touch hold the family inbox: found in the state, not among the additions.
+    rows = [customer(i, email="family@example.com") for i in range(3)] + [customer(i) for i in range(3, 6)]
+    warehouse.write(rows)
+    audience_id = run(make_operator(warehouse, fb_conn_id, state_table))["audience_id"]
+    rows = rows[1:]
+    warehouse.write(rows)
+    report = run(make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id))
+    assert (report["removed"], report["added"], report["updated"]) == (1, 0, 0)
+    assert report["identifiers_withheld_shared"] == 1
+    assert members(sandbox, audience_id) == model_members(rows)  # the family stays
