@@ -296,7 +296,7 @@ class SyncRun:
             else:
                 self.removal_guard.check(plan, stage, self.report.rows_read)
             if not self.options.dry_run:
-                if not self.state_empty:
+                if not (self.state_empty or self.full_refresh):  # a full refresh rewrites the whole state
                     record_source_digests(self.store, stage, self.options.sync_key)
                 self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
                 self._create_audience()
