@@ -92,7 +92,9 @@ def test_journal_pages_are_stored_uncompressed_and_an_older_table_is_switched(st
     assert storage() == "e"
     store.execute(f"ALTER TABLE {store.pages_table} ALTER COLUMN identifiers SET STORAGE EXTENDED").close()
     store.commit()
-    rows = [(f"cust-{n:05d}", "EXTERN_ID,EMAIL", f"cust-{n:05d}\x1f{n:064x}", f"{n:064x}") for n in range(5000)]
+    rows = [
+        (f"cust-{n:05d}", "EXTERN_ID,EMAIL", f"cust-{n:05d}\x1f{n:064x}", f"{n:064x}") for n in range(5000)
+    ]
     PageJournal(store, "act_1:42").record(ADD, 7, 1, rows)
     store.ensure_tables()
     assert storage() == "e"
