@@ -76,18 +76,8 @@ __all__ = [
 UNCONFIRMED = "unconfirmed"
 SQLITE_CACHE_KIB = 64 * 1024
 #: How an insert into the state table overwrites the row of the same key (SQLite and PostgreSQL alike).
-#: The state's columns, in the order :meth:`StateStore.upsert` writes them.
-STATE_COLUMNS = (
-    "sync_key",
-    "row_key",
-    "fingerprint",
-    "id_digest",
-    "key_schema",
-    "identifiers",
-    "member",
-    "source_digest",
-    "synced_at",
-)
+#: The state's columns, in the order :meth:`StateStore.upsert` writes them: a staged row, keyed and dated.
+STATE_COLUMNS = ("sync_key", *StagedRow._fields, "synced_at")
 UPSERT_CLAUSE = (
     "ON CONFLICT (sync_key, row_key) DO UPDATE SET fingerprint = excluded.fingerprint,"
     " id_digest = excluded.id_digest, key_schema = excluded.key_schema, identifiers = excluded.identifiers,"
@@ -419,20 +409,7 @@ class StateStore:
             was there after all.
         """
         now = utc_now()
-        values = [
-            (
-                sync_key,
-                row.row_key,
-                row.fingerprint,
-                row.id_digest,
-                row.key_schema,
-                row.identifiers,
-                row.member,
-                row.source_digest,
-                now,
-            )
-            for row in rows
-        ]
+        values = [(sync_key, *row, now) for row in rows]
         if not (new and self.is_postgres and copy_new_rows(self.conn, self.table, STATE_COLUMNS, values)):
             self.executemany(
                 f"INSERT INTO {self.table} ({', '.join(STATE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
