@@ -35,7 +35,7 @@ from airflow_provider_fbca.operators.outlets import check_audience_outlets, reco
 from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_size
 from airflow_provider_fbca.operators.task_context import lease_holder, run_key, run_label
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
-from airflow_provider_fbca.sync.engine import RemovalsRefusedError, SyncOptions, SyncRun
+from airflow_provider_fbca.sync.engine import RemovalGuard, RemovalsRefusedError, SyncOptions, SyncRun
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
 from airflow_provider_fbca.sync.partitions import (
     ShareRecorder,
@@ -52,7 +52,7 @@ from airflow_provider_fbca.sync.rejects import (
     RejectsTable,
     check_max_rejects_recorded,
 )
-from airflow_provider_fbca.sync.removal_budget import RemovalLedger, WholeSyncGuard
+from airflow_provider_fbca.sync.removal_budget import FullRefreshGuard, RemovalLedger, WholeSyncGuard
 from airflow_provider_fbca.sync.report import SyncReport, format_report
 from airflow_provider_fbca.sync.share import Share
 from airflow_provider_fbca.sync.source import ModelQuery
@@ -398,14 +398,20 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
 
     def _removal_guard(
         self, store: StateStore, sync_key: str, audience_id: str | None, context: Context
-    ) -> WholeSyncGuard | None:
-        """A partition's removal guard, judging the whole sync (None: the unpartitioned guard judges the run).
+    ) -> RemovalGuard | None:
+        """A removal guard judging the whole audience (None: the unpartitioned guard judges the run).
 
-        A new audience has no state to remove from; a full refresh is one run of the whole audience.
+        A new audience has no state to remove from. A full refresh is one run of the whole audience, whose
+        state may lie in the slices of a partitioned sync (whatever ``partitions`` says now); a partition
+        shares the budget of its run.
 
         :param sync_key: the audience's unpartitioned sync key.
         """
-        if self.partitions == 1 or self.full_refresh or not audience_id:
+        if not audience_id:
+            return None
+        if self.full_refresh:
+            return FullRefreshGuard(store, sync_key, self.max_removal_fraction)
+        if self.partitions == 1:
             return None
         ledger = RemovalLedger(store, sync_key, run_key(context))
         return WholeSyncGuard(
@@ -502,8 +508,7 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
         constants = tuple(value for _, value in self._processing_cells())
         pushdown = shares_database(self.sql_conn_id, self.state_conn_id, store.conn)
         conn = store.conn if pushdown else source_hook.get_conn()
-        share = Share(self.sql, wanted, key_index, self.partition, self.partitions, self.fetch_size)
-        sql = share.query(conn)
+        sql = self._share(wanted, key_index).query(conn)
         if sql is None:
             if not pushdown:
                 conn.close()
@@ -513,6 +518,16 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
                 store, sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping)
             )
         return ModelQuery(conn, sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping))
+
+    def _share(self, wanted: list[str], key_index: int, shares: ShareRecorder | None = None) -> Share:
+        """This task's share of the model's query. A full refresh (partition 0's) reads the whole model:
+        a dry run plans it against the whole audience; a replace notes each row's partition in ``shares``.
+
+        :param wanted: the columns to read.
+        :param key_index: the position of the EXTERN_ID column among them.
+        """
+        partitions = 1 if self.full_refresh and shares is None else self.partitions
+        return Share(self.sql, wanted, key_index, self.partition, partitions, self.fetch_size)
 
     def _leave_refresh_to_partition_zero(self) -> dict[str, Any]:
         """A full refresh of a partitioned sync is one replace of the whole audience, by partition 0."""
@@ -550,8 +565,7 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
         mapped = len(self.mapping)
         conn = source_hook.get_conn()
         try:
-            share = Share(self.sql, wanted, key_index, self.partition, self.partitions, self.fetch_size)
-            for chunk in share.read(conn, shares):
+            for chunk in self._share(wanted, key_index, shares).read(conn, shares):
                 # The sync-wide data processing options go after the mapped cells; membership stays last.
                 yield [(*row[:mapped], *constants, *row[mapped:]) for row in chunk] if constants else chunk
         finally:

@@ -56,6 +56,22 @@ class RowPreparerLike(Protocol):
     def prepare_rows(self, rows: Sequence[Sequence[Any]]) -> Any: ...
 
 
+class RemovalGuard(Protocol):
+    """Judges a plan's removals in place of :func:`.plan.check_removal_guard`: the whole sync's guard of a
+    partition, or of the full refresh of an audience whose state lies in slices (:mod:`.removal_budget`)."""
+
+    def check(self, plan: SyncPlan, stage: StageTable, rows_read: int) -> None:
+        """Refuse the plan before anything is sent (raises a :class:`.plan.RemovalGuardError`).
+
+        :param stage: the staged model, joined with the state.
+        :param rows_read: the model rows read.
+        """
+
+    def removals_sent(self, removals: int) -> None:
+        """Meta acknowledged ``removals`` rows leaving the audience (called in the transaction that
+        forgets them)."""
+
+
 @dataclass(frozen=True)
 class SyncOptions:
     """How one run syncs.
@@ -145,8 +161,8 @@ class SyncRun:
         just before the first upload (never in a dry run), it creates the audience and returns its id and
         the sync key of its state. So a run that fails on the model (a missing column, duplicates, the
         removal guard) leaves no empty audience behind.
-    :param removal_guard: judges the plan's removals instead of :func:`.plan.check_removal_guard`, given
-        the plan and the model rows read (a partition's whole-sync guard, :mod:`.removal_budget`).
+    :param removal_guard: judges the plan's removals instead of :func:`.plan.check_removal_guard`, and is
+        told of the removals Meta acknowledged (see :class:`RemovalGuard`).
     """
 
     #: The fewest rows a streamed first sync prepares in a worker process (tests lower it).
@@ -165,7 +181,7 @@ class SyncRun:
         clock: Callable[[], float] = time.time,
         rejects: RejectsTable | None = None,
         create_audience: Callable[[], tuple[str, str]] | None = None,
-        removal_guard: Callable[[SyncPlan, int], None] | None = None,
+        removal_guard: RemovalGuard | None = None,
     ) -> None:
         self.store = store
         self.rejects = rejects
@@ -197,7 +213,7 @@ class SyncRun:
             clock=clock,
         )
         self.heartbeat_s = HEARTBEAT_S  # how often the lease is looked after while a batch is in flight
-        self.journal = PageJournal(store, options.sync_key)
+        self.journal = self._journal(options.sync_key)
         self.open_refresh: OpenRefresh | None = None
         self.refusals: list[str] = []  # Meta's refusals of removals, described
 
@@ -277,7 +293,7 @@ class SyncRun:
             if self.removal_guard is None:
                 check_removal_guard(plan, self.options.max_removal_fraction)
             else:
-                self.removal_guard(plan, self.report.rows_read)
+                self.removal_guard.check(plan, stage, self.report.rows_read)
             if not self.options.dry_run:
                 self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
                 self._create_audience()
@@ -389,8 +405,13 @@ class SyncRun:
             return
         audience_id, sync_key = self.create_audience()
         self.options = replace(self.options, audience_id=audience_id, sync_key=sync_key)
-        self.journal = PageJournal(self.store, sync_key)
+        self.journal = self._journal(sync_key)
         self.report.audience_id = audience_id
+
+    def _journal(self, sync_key: str) -> PageJournal:
+        """The journal of the sync's state; it tells the removal guard what Meta removed."""
+        guard = self.removal_guard
+        return PageJournal(self.store, sync_key, on_removed=guard.removals_sent if guard else None)
 
     def _sender(self) -> PlanSender:
         sender = PlanSender(

@@ -29,7 +29,7 @@ other writes of a run: the lease itself, :mod:`.lease`, and the session ids draw
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from airflow_provider_fbca.sync.plan import record_tracked_rows
@@ -106,11 +106,16 @@ class PageJournal:
 
     :param store: the state store (tables created by ``ensure_tables``).
     :param sync_key: the sync.
+    :param on_removed: told how many rows leaving the audience each acknowledged removal page removed, in
+        the transaction that forgets them (a partition's removal ledger counts what its run sent).
     """
 
-    def __init__(self, store: StateStore, sync_key: str) -> None:
+    def __init__(
+        self, store: StateStore, sync_key: str, on_removed: Callable[[int], None] | None = None
+    ) -> None:
         self.store = store
         self.sync_key = sync_key
+        self.on_removed = on_removed
 
     def _commit(self) -> None:
         """End one write transaction (``StateStore.commit`` checks the run's lease first)."""
@@ -192,6 +197,8 @@ class PageJournal:
         store = self.store
         store.delete_keys(self.sync_key, [row.row_key for row in rows if row.origin != OWED], commit=False)
         self._delete_owed([row for row in rows if row.origin == OWED])
+        if self.on_removed is not None:
+            self.on_removed(sum(1 for row in rows if row.origin == LEAVING))
         self.settle(session_id, batch_seq)
 
     def refused(self, session_id: int, batch_seq: int, rows: Sequence[RemovalRow]) -> None:

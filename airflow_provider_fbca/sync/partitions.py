@@ -154,8 +154,11 @@ def check_layout(store: StateStore, sync_key: str, partitions: int) -> None:
     each reads back what was recorded: a run with another number started at the same time is refused.
 
     :param sync_key: the sync's unpartitioned key (ad account + audience).
-    :raises PartitionLayoutError: the state was written by another number of partitions.
+    :raises PartitionLayoutError: the state was written by another number of partitions, or a full
+        refresh of it is unfinished.
     """
+    if partitions > 1:
+        check_refresh_finished(store, sync_key)
     recorded = recorded_partitions(store, sync_key)
     if recorded is None and partitions > 1:
         store.execute(
@@ -172,6 +175,26 @@ def check_layout(store: StateStore, sync_key: str, partitions: int) -> None:
             f"slices of {recorded} cannot be read as slices of {partitions}: set partitions={recorded} "
             "again, or repartition as docs/partitions.md describes (one full refresh with partitions=1, "
             "then the new number). Nothing was read or sent."
+        )
+
+
+def check_refresh_finished(store: StateStore, sync_key: str) -> None:
+    """Refuse a partitioned run while a full refresh of the audience is unfinished.
+
+    The full refresh runs under the unpartitioned key, which no partition reads: a killed one would stay
+    open, Meta would end its replace with what it received (the audience then holds part of the model),
+    and the slices, still saying everyone is a member, would never send the rest.
+
+    :raises PartitionLayoutError: the refresh a killed run left open; nothing was read or sent.
+    """
+    row = store.fetch_one(f"SELECT 1 FROM {store.refresh_table} WHERE sync_key = ?", (sync_key,))
+    store.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
+    if row:
+        raise PartitionLayoutError(
+            f"A full refresh of {sync_key} was left unfinished (its run was killed or failed midway): Meta "
+            "replaces the audience with what that run sent, so the partitions' slices of the state no "
+            "longer say who is in it. Rerun with full_refresh=True: partition 0 finishes the replace and "
+            "splits the state into the partitions' slices. Nothing was read or sent."
         )
 
 

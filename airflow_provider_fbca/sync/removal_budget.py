@@ -10,7 +10,12 @@ each one, under its lease and before it sends anything, records its planned remo
 the run's total stays within ``max_removal_fraction`` of the whole audience's state. Two checks of the
 partition's own come first: a hash spreads the rows evenly, so each slice is a random sample of the
 audience, and a slice that loses far more than the whole may lose is a share that came back wrong, not
-churn (:func:`check_share`).
+churn (:func:`check_share`). A retried partition counts what its earlier tries sent (the journal counts
+each acknowledged removal page in the ledger) plus what it plans now.
+
+A full refresh replaces the whole audience in one run, under the unpartitioned key, which holds nothing
+once a partitioned sync split the state into slices: :class:`FullRefreshGuard` judges it against every
+slice.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import NamedTuple
 
-from airflow_provider_fbca.sync.partitions import partition_suffix
-from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncPlan
-from airflow_provider_fbca.sync.state import REMOVALS_SUFFIX, StateStore, quote_table_name
+from airflow_provider_fbca.sync.partitions import partition_suffix, recorded_partitions
+from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncPlan, check_removal_guard
+from airflow_provider_fbca.sync.state import REMOVALS_SUFFIX, StageTable, StateStore, quote_table_name
 
 #: How many standard deviations of sampling noise a slice's removals may stray above the whole's fraction.
 SIGMAS = 3
@@ -44,6 +50,10 @@ class WholeSyncRemovalError(RemovalGuardError):
     """The partitions of a run would together remove more than the whole sync may."""
 
 
+class FullRefreshRemovalError(RemovalGuardError):
+    """A full refresh would remove more of a partitioned audience's whole state than allowed."""
+
+
 @dataclass(frozen=True)
 class PartitionRemovals:
     """What one partition's plan would remove.
@@ -53,6 +63,7 @@ class PartitionRemovals:
     :param removals: the rows its plan removes (gone or non-member).
     :param slice_rows: the rows of its slice of the state.
     :param share_rows: the model rows its share read.
+    :param sent: the removals its earlier tries in this run already sent (Meta acknowledged them).
     """
 
     partition: int
@@ -60,10 +71,18 @@ class PartitionRemovals:
     removals: int
     slice_rows: int
     share_rows: int
+    sent: int = 0
 
     @property
     def name(self) -> str:
         return f"partition {self.partition} of {self.partitions}"
+
+    @property
+    def described(self) -> str:
+        """Its removals in the run, for a message."""
+        if not self.sent:
+            return f"this partition {self.removals}"
+        return f"this partition {self.removals} more after the {self.sent} its earlier tries sent"
 
 
 def slice_ceiling(max_fraction: float, slice_rows: int) -> float:
@@ -128,7 +147,7 @@ def check_whole_sync(
     if share > max_fraction:
         raise WholeSyncRemovalError(
             f"With {entry.name}, this run would remove {run_removals} of the audience's {audience_rows} "
-            f"synced rows ({share:.0%}; this partition {entry.removals}), more than max_removal_fraction="
+            f"synced rows ({share:.0%}; {entry.described}), more than max_removal_fraction="
             f"{max_fraction} of the whole sync. Nothing was sent by this partition; the partitions that "
             "recorded their removals before it sync. The guard stops an upstream job that returned too "
             "little from emptying the audience: check the model's query. If the removal is intended, rerun "
@@ -136,11 +155,28 @@ def check_whole_sync(
         )
 
 
+class LedgerEntry(NamedTuple):
+    """One partition's row of the ledger.
+
+    :param removals: its removals in the run: those its earlier tries sent, plus those its latest try
+        planned.
+    :param slice_rows: its slice when its first try planned.
+    :param sent: the removals Meta acknowledged, over every try of the run.
+    """
+
+    removals: int
+    slice_rows: int
+    sent: int
+
+
 class RemovalLedger:
     """The removals the partitions of one run planned, in ``<state_table>_removals``.
 
-    One row per (audience, run, partition): its planned removals and the size of its slice when it
-    planned them. A retried partition replaces its own row, so a run's total never counts it twice.
+    One row per (audience, run, partition): its removals in the run, the size of its slice when its first
+    try planned, and the removals Meta acknowledged so far (counted in the transaction that forgets them,
+    :meth:`count_sent`). A retried partition's row counts what its earlier tries sent plus what it plans
+    now: a removal sent by an earlier try is gone from the state, so the retry does not plan it again,
+    and one the retry sends again (in flight when its try died, or refused) was never counted as sent.
 
     :param store: the state store (the ledger lives beside the state; its connection is the run's).
     :param sync_key: the audience's unpartitioned sync key (ad account + audience).
@@ -158,9 +194,11 @@ class RemovalLedger:
         self.table = quote_table_name(store.table_name, REMOVALS_SUFFIX)
 
     def ensure_table(self) -> None:
-        """Create the ledger on first use (under the lock the state's tables are created under)."""
-        self.store.lock_table_creation()
-        self.store.execute(
+        """Create the ledger on first use (under the lock the state's tables are created under); a ledger
+        written before it counted the removals sent gains the column (its entries count none sent)."""
+        store = self.store
+        store.lock_table_creation()
+        store.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             " sync_key VARCHAR(255) NOT NULL,"
             " run_key VARCHAR(255) NOT NULL,"
@@ -168,20 +206,27 @@ class RemovalLedger:
             " removals BIGINT NOT NULL,"
             " slice_rows BIGINT NOT NULL,"
             " recorded_at VARCHAR(40) NOT NULL,"
+            " sent BIGINT NOT NULL DEFAULT 0,"
             " PRIMARY KEY (sync_key, run_key, part))"
         ).close()
-        self.store.commit()
+        cursor = store.execute(f"SELECT * FROM {self.table} WHERE 1 = 0")
+        columns = {column[0].lower() for column in cursor.description}
+        cursor.close()
+        if "sent" not in columns:
+            store.execute(f"ALTER TABLE {self.table} ADD COLUMN sent BIGINT NOT NULL DEFAULT 0").close()
+        store.commit()
 
     def claim(self, entry: PartitionRemovals, max_fraction: float | None, *, record: bool = True) -> int:
         """Record the partition's planned removals and check the run's total, in one transaction.
 
         On PostgreSQL an advisory lock on the audience and run serializes the partitions' claims; on SQLite
         the write that records the entry takes the database's write lock first. A refused claim is rolled
-        back: a partition that sends nothing spends nothing of the budget.
+        back: a partition that sends nothing spends nothing of the budget (what its earlier tries sent
+        stays counted).
 
         :param max_fraction: the whole sync's fraction; None turns the guard off (nothing is recorded).
         :param record: False for a dry run: check against what the others recorded, record nothing.
-        :returns: the run's planned removals so far, this partition's included.
+        :returns: the run's removals so far, this partition's included.
         :raises WholeSyncRemovalError: the run's total would exceed the budget; nothing was recorded.
         """
         if max_fraction is None:
@@ -193,15 +238,14 @@ class RemovalLedger:
                 store.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (lock,)).close()
             if record:
                 self._record(entry)
-            entries = {
-                int(part): (int(removals), int(slice_rows))
-                for part, removals, slice_rows in store.fetch_all(
-                    f"SELECT part, removals, slice_rows FROM {self.table} WHERE sync_key = ? AND run_key = ?",
-                    (self.sync_key, self.run_key),
-                )
-            }
-            entries[entry.partition] = (entry.removals, entry.slice_rows)
-            run_removals = sum(removals for removals, _ in entries.values())
+            entries = self._entries()
+            earlier = entries.get(entry.partition)
+            if earlier is not None:
+                entry = replace(entry, sent=earlier.sent)
+            if not record:  # what recording would have written
+                slice_rows = entry.slice_rows if earlier is None else earlier.slice_rows
+                entries[entry.partition] = LedgerEntry(entry.sent + entry.removals, slice_rows, entry.sent)
+            run_removals = sum(e.removals for e in entries.values())
             audience_rows = self._audience_rows(entries, entry.partitions)
             check_whole_sync(entry, run_removals, audience_rows, max_fraction)
         except BaseException:
@@ -210,23 +254,40 @@ class RemovalLedger:
         store.commit()  # fenced: a partition whose lease was taken over records nothing
         return run_removals
 
+    def count_sent(self, partition: int, removals: int) -> None:
+        """Count removals Meta acknowledged to the partition's entry, in the caller's transaction (the
+        journal's, which forgets them in the state: both are written, or neither)."""
+        self.store.execute(
+            f"UPDATE {self.table} SET sent = sent + ? WHERE sync_key = ? AND run_key = ? AND part = ?",
+            (removals, self.sync_key, self.run_key, partition),
+        ).close()
+
+    def _entries(self) -> dict[int, LedgerEntry]:
+        rows = self.store.fetch_all(
+            f"SELECT part, removals, slice_rows, sent FROM {self.table} WHERE sync_key = ? AND run_key = ?",
+            (self.sync_key, self.run_key),
+        )
+        return {int(part): LedgerEntry(*map(int, values)) for part, *values in rows}
+
     def _record(self, entry: PartitionRemovals) -> None:
+        """Write the partition's entry: a retry's removals are what its run sent plus its new plan, and
+        its slice stays as the first try found it."""
         now = self.clock()
         recorded_at = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
         expired = datetime.fromtimestamp(now - LEDGER_RETENTION_S, timezone.utc).isoformat(timespec="seconds")
         self.store.execute(
-            f"INSERT INTO {self.table} (sync_key, run_key, part, removals, slice_rows, recorded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sync_key, run_key, part) DO UPDATE SET"
-            " removals = excluded.removals, slice_rows = excluded.slice_rows, recorded_at = excluded.recorded_at",
+            f"INSERT INTO {self.table} (sync_key, run_key, part, removals, slice_rows, recorded_at, sent)"
+            " VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (sync_key, run_key, part) DO UPDATE SET"
+            f" removals = {self.table}.sent + excluded.removals, recorded_at = excluded.recorded_at",
             (self.sync_key, self.run_key, entry.partition, entry.removals, entry.slice_rows, recorded_at),
         ).close()
         self.store.execute(
             f"DELETE FROM {self.table} WHERE sync_key = ? AND recorded_at < ?", (self.sync_key, expired)
         ).close()
 
-    def _audience_rows(self, entries: dict[int, tuple[int, int]], partitions: int) -> int:
-        """The whole audience's state: each recorded slice as it was when its partition planned (its
-        sending since does not move the budget), every other slice as it is now."""
+    def _audience_rows(self, entries: dict[int, LedgerEntry], partitions: int) -> int:
+        """The whole audience's state: each recorded slice as it was when its partition first planned (the
+        removals sent since do not move the budget), every other slice as it is now."""
         keys = [
             self.sync_key + partition_suffix(k, partitions) for k in range(partitions) if k not in entries
         ]
@@ -238,11 +299,11 @@ class RemovalLedger:
                     f"SELECT COUNT(*) FROM {self.store.table} WHERE sync_key IN ({markers})", keys
                 )[0]
             )
-        return now + sum(slice_rows for _, slice_rows in entries.values())
+        return now + sum(e.slice_rows for e in entries.values())
 
 
 class WholeSyncGuard:
-    """The removal guard of one partition of a sync (called by :class:`.engine.SyncRun` with its plan).
+    """The removal guard of one partition of a sync (an :class:`.engine.RemovalGuard`).
 
     :param ledger: the run's ledger.
     :param partition: this partition.
@@ -266,15 +327,101 @@ class WholeSyncGuard:
         self.max_fraction = max_fraction
         self.dry_run = dry_run
 
-    def __call__(self, plan: SyncPlan, share_rows: int) -> None:
+    def check(self, plan: SyncPlan, stage: StageTable, rows_read: int) -> None:
         """Check the plan; record its removals in the ledger when it passes.
 
-        :param share_rows: the model rows the partition's share read.
+        :param stage: the staged model (unused: the plan's counts are the partition's).
+        :param rows_read: the model rows the partition's share read.
         :raises RemovalGuardError: an empty or broken share, or the run over its budget; nothing was sent.
         """
         if self.max_fraction is None:
             return
-        entry = PartitionRemovals(self.partition, self.partitions, plan.removals, plan.state_rows, share_rows)
+        entry = PartitionRemovals(self.partition, self.partitions, plan.removals, plan.state_rows, rows_read)
         check_share(entry, self.max_fraction)
         self.ledger.ensure_table()
         self.ledger.claim(entry, self.max_fraction, record=not self.dry_run)
+
+    def removals_sent(self, removals: int) -> None:
+        """Count what Meta removed in the ledger (a run with the guard off, or a dry run, claimed nothing)."""
+        if removals and self.max_fraction is not None and not self.dry_run:
+            self.ledger.count_sent(self.partition, removals)
+
+
+class FullRefreshGuard:
+    """The removal guard of a full refresh (an :class:`.engine.RemovalGuard`), judging the whole audience.
+
+    A full refresh replaces the whole audience (usersreplace): everyone the state knows and the model does
+    not hold as a member leaves it. It runs under the audience's unpartitioned key; when the state lies in
+    the slices of a partitioned sync (the layout records N > 1), the plan sees none of it, so the removals
+    are counted over every slice, and the unpartitioned key, each person once. An audience whose state is
+    unpartitioned keeps the unpartitioned guard (:func:`.plan.check_removal_guard`).
+
+    :param store: the state store.
+    :param sync_key: the audience's unpartitioned sync key.
+    :param max_fraction: ``max_removal_fraction``; None turns the guard off.
+    """
+
+    def __init__(self, store: StateStore, sync_key: str, max_fraction: float | None) -> None:
+        self.store = store
+        self.sync_key = sync_key
+        self.max_fraction = max_fraction
+
+    def check(self, plan: SyncPlan, stage: StageTable, rows_read: int) -> None:
+        """Refuse a replace that would remove more than ``max_fraction`` of the whole audience's state.
+
+        :param stage: the staged model (every model row: a full refresh skips none).
+        :param rows_read: the model rows read (unused: the stage holds them).
+        :raises RemovalGuardError: the replace removes too much; nothing was sent.
+        """
+        if self.max_fraction is None:
+            return
+        layout = recorded_partitions(self.store, self.sync_key)
+        if layout is None or layout == 1:
+            check_removal_guard(plan, self.max_fraction)
+            return
+        audience_rows, removals = self._count(stage, layout)
+        check_full_refresh(removals, audience_rows, layout, self.max_fraction)
+
+    def removals_sent(self, removals: int) -> None:
+        """Nothing to count: a full refresh is one task, judged before it sends."""
+
+    def _count(self, stage: StageTable, layout: int) -> tuple[int, int]:
+        """``(rows, rows the model does not hold as members)`` of the whole audience's state: every slice
+        of ``layout``, and the rows of the unpartitioned key no slice holds (a full refresh killed midway
+        rebuilt part of the state there)."""
+        slices = [self.sync_key + partition_suffix(k, layout) for k in range(layout)]
+        markers = ", ".join("?" for _ in slices)
+        state = self.store.table
+        row = self.store.fetch_one(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM"
+            f" {stage.name} AS m WHERE m.row_key = w.row_key AND m.member = 1) THEN 0 ELSE 1 END), 0) FROM"
+            f" (SELECT row_key FROM {state} WHERE sync_key IN ({markers})"
+            f" UNION ALL SELECT s.row_key FROM {state} AS s WHERE s.sync_key = ? AND NOT EXISTS"
+            f" (SELECT 1 FROM {state} AS o WHERE o.sync_key IN ({markers}) AND o.row_key = s.row_key)) AS w",
+            (*slices, self.sync_key, *slices),
+        )
+        self.store.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
+        return int(row[0]), int(row[1])
+
+
+def check_full_refresh(removals: int, audience_rows: int, layout: int, max_fraction: float | None) -> None:
+    """Refuse a full refresh that would remove too large a share of a partitioned audience's state.
+
+    :param removals: the state's rows the model does not hold as members.
+    :param audience_rows: the rows of the whole audience's state.
+    :param layout: how many partitions wrote the state.
+    :param max_fraction: ``max_removal_fraction``; None turns the guard off.
+    :raises FullRefreshRemovalError: ``removals`` is more than ``max_fraction`` of ``audience_rows``.
+    """
+    if max_fraction is None or removals == 0 or audience_rows == 0:
+        return
+    share = removals / audience_rows
+    if share > max_fraction:
+        raise FullRefreshRemovalError(
+            f"This full refresh would replace the audience with a model that leaves out {removals} of its "
+            f"{audience_rows} synced rows ({share:.0%}, counted over every slice of the {layout} partitions "
+            f"that wrote its state), more than max_removal_fraction={max_fraction}. Nothing was sent. "
+            "usersreplace replaces the whole audience, so a model that came back empty or broken would "
+            "wipe it: check the model's query. If the removal is intended, rerun with a higher "
+            f"max_removal_fraction ({_OVERRIDE})."
+        )

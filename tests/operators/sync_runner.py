@@ -2,7 +2,9 @@
 
 ``python -m tests.operators.sync_runner '<json>'``: the JSON holds the operator's keyword arguments and,
 optionally, ``worker_min_rows`` (overrides ``SyncRun.worker_min_rows``) and ``kill_on``: a regex; when the state store is about to execute a statement matching it, the
-process kills itself with SIGKILL (a worker dying at exactly that point, e.g. inside reconciliation).
+process kills itself with SIGKILL (a worker dying at exactly that point, e.g. inside reconciliation), and
+``task_instance``: the keyword arguments of a :class:`tests.operators.test_sync_partitions.TaskInstance`
+(``run_id``, ``map_index``, ``try_number``), so that the run belongs to an Airflow run.
 The Airflow connections come from the environment (AIRFLOW_CONN_*), as the test defined them.
 """
 
@@ -39,7 +41,12 @@ def main(config: dict[str, Any]) -> None:
         from airflow_provider_fbca.sync.engine import SyncRun
 
         SyncRun.worker_min_rows = config["worker_min_rows"]
-    SyncAudienceOperator(task_id="killed_sync", **config["operator"]).execute({})
+    context: dict[str, Any] = {}
+    if config.get("task_instance"):  # the run, mapped task and try it is in Airflow (a partition's budget)
+        from tests.operators.test_sync_partitions import TaskInstance
+
+        context["ti"] = TaskInstance(**config["task_instance"])
+    SyncAudienceOperator(task_id="killed_sync", **config["operator"]).execute(context)
 
 
 if __name__ == "__main__":

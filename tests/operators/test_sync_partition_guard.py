@@ -10,17 +10,21 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
 from airflow_provider_fbca.operators.task_context import run_key
 from airflow_provider_fbca.sync.removal_budget import (
     BrokenShareError,
     EmptyShareError,
+    FullRefreshRemovalError,
     WholeSyncRemovalError,
     slice_ceiling,
 )
 from tests.operators.conftest import Warehouse, customer
-from tests.operators.test_sync_audience import make_operator, members
+from tests.operators.test_sync_audience import make_operator, members, user_uploads
 from tests.operators.test_sync_partitions import context, outcome, share, sync_all
+from tests.operators.test_sync_recovery import hold, kill_in_flight, query, start
 
 #: A removal Meta fails for good (an expired token) the first time it is asked.
 FAILING_REMOVAL = {
@@ -57,16 +61,32 @@ def leaving(shares: list[set[str]], counts: dict[int, int]) -> set[str]:
     return {key for k, count in counts.items() for key in sorted(shares[k])[:count]}
 
 
+def churned(
+    warehouse: Warehouse, fb_conn_id: str, state_table: str, each: int
+) -> tuple[Callable[..., SyncAudienceOperator], str, list[tuple[Any, ...]], dict[int, set[str]]]:
+    """100 customers synced by 2 partitions, then ``each`` people of each share leave the model (well
+    within what churn of 20% leaves a slice of its size): the operator factory, the audience, the first
+    model and each partition's leaving ids."""
+    make, model, shares = first_sync(warehouse, fb_conn_id, state_table, 100, 2)
+    assert all(each / len(s) < slice_ceiling(0.2, len(s)) for s in shares)
+    gone = {k: leaving(shares, {k: each}) for k in (0, 1)}
+    warehouse.write([row for row in model if row[0] not in gone[0] | gone[1]])
+    return make, make().audience_id, model, gone
+
+
+def try_partition(make: Callable[..., SyncAudienceOperator], k: int, try_number: int, **kwargs: Any) -> Any:
+    """Try ``try_number`` of partition k of 2 in the Airflow run "churn" (20% budget): report or error."""
+    operator = make(partitions=2, partition=k, max_removal_fraction=0.2, **kwargs)
+    task_context = context("churn", k)
+    task_context["ti"].try_number = try_number
+    return outcome(operator, task_context)
+
+
 def test_the_partitions_of_a_run_share_one_budget_of_removals(
     warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
 ) -> None:
-    make, model, shares = first_sync(warehouse, fb_conn_id, state_table, 100, 2)
-    audience_id = make().audience_id
-    # Each partition loses 12 rows, well within what churn of 20% leaves a slice of its size; together
-    # they lose 24 of the audience's 100 rows, more than its 20%.
-    assert all(12 / len(s) < slice_ceiling(0.2, len(s)) for s in shares)
-    gone = {k: leaving(shares, {k: 12}) for k in (0, 1)}
-    warehouse.write([row for row in model if row[0] not in gone[0] | gone[1]])
+    # Each partition loses 12 rows; together they lose 24 of the audience's 100 rows, more than its 20%.
+    make, audience_id, model, gone = churned(warehouse, fb_conn_id, state_table, 12)
     reports = sync_all(make, warehouse, 2, run_id="churn", max_removal_fraction=0.2)
 
     refused = [k for k, r in enumerate(reports) if isinstance(r, Exception)]
@@ -121,24 +141,108 @@ def test_a_broken_share_is_refused_and_chance_churn_in_a_small_slice_passes(
 def test_a_retried_partition_is_not_counted_twice(
     warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
 ) -> None:
-    make, model, shares = first_sync(warehouse, fb_conn_id, state_table, 100, 2)
-    audience_id = make().audience_id
     # Each partition loses 8: 16 of 100 fit the 20% budget; counting partition 0 twice (24) would not.
-    gone = leaving(shares, {0: 8, 1: 8})
-    warehouse.write([row for row in model if row[0] not in gone])
+    make, audience_id, model, gone = churned(warehouse, fb_conn_id, state_table, 8)
     sandbox.set_faults([FAILING_REMOVAL])
 
-    def partition(k: int, try_number: int) -> Any:
-        operator = make(partitions=2, partition=k, max_removal_fraction=0.2)
-        task_context = context("churn", k)
-        task_context["ti"].try_number = try_number
-        return outcome(operator, task_context)
-
-    failed = partition(0, 1)  # claimed its 8 removals, then Meta failed the removal
+    failed = try_partition(make, 0, 1)  # claimed its 8 removals, then Meta failed the removal
     assert isinstance(failed, Exception) and "190" in str(failed), failed
-    assert partition(0, 2)["removed"] == 8  # the retry replaces its claim
-    assert partition(1, 1)["removed"] == 8
-    assert set(members(sandbox, audience_id)) == {row[0] for row in model} - gone
+    assert try_partition(make, 0, 2)["removed"] == 8  # the retry replaces its claim
+    assert try_partition(make, 1, 1)["removed"] == 8
+    assert set(members(sandbox, audience_id)) == {row[0] for row in model} - gone[0] - gone[1]
+
+
+def test_a_retried_partition_counts_the_removals_its_failed_try_sent(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    # Each partition loses 12: 24 of the audience's 100 rows, over its 20%. Partition 0's first try
+    # removes 8 of its 12 (two pages of 4, acknowledged), then Meta fails its third page.
+    make, audience_id, model, gone = churned(warehouse, fb_conn_id, state_table, 12)
+    acknowledged = {"method": "DELETE", "path": "/users$", "delay_s": 0.001}
+    sandbox.set_faults([acknowledged, acknowledged, FAILING_REMOVAL])
+    pages = {"batch_size": 4, "max_in_flight": 1}
+
+    failed = try_partition(make, 0, 1, **pages)
+    assert isinstance(failed, Exception) and "190" in str(failed), failed
+    assert len(gone[0] - set(members(sandbox, audience_id))) == 8
+    # The retry removes the 4 left; the run has then removed 12, not 4, of partition 0's slice as the run
+    # found it. Counting only the retry's plan (4 of a slice 8 smaller) let partition 1's 12 pass: 16 of 92.
+    assert try_partition(make, 0, 2, **pages)["removed"] == 4
+    refused = try_partition(make, 1, 1, **pages)
+    assert isinstance(refused, WholeSyncRemovalError), refused
+    assert "remove 24 of the audience's 100 synced rows" in str(refused)
+    assert set(members(sandbox, audience_id)) == {row[0] for row in model} - gone[0]
+
+
+def test_a_partition_killed_between_removal_batches_counts_what_it_sent(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    make, audience_id, model, gone = churned(warehouse, fb_conn_id, state_table, 12)
+    pages = {"batch_size": 4, "max_in_flight": 1}
+    # Partition 0's first try, in a process of its own, is killed (SIGKILL) while its third removal page
+    # is at Meta: two pages (8 removals) were acknowledged, the third is applied after the kill.
+    sent_before = len(user_uploads(sandbox))
+    hold(sandbox, "DELETE", "/users$", 3)
+    first_try = {"run_id": "churn", "map_index": 0, "try_number": 1}
+    process = start(
+        warehouse,
+        fb_conn_id,
+        state_table,
+        task_instance=first_try,
+        audience_id=audience_id,
+        partitions=2,
+        partition=0,
+        max_removal_fraction=0.2,
+        **pages,
+    )
+    kill_in_flight(process, sandbox, warehouse, state_table, "remove", sent_before + 3)
+    query(warehouse, f"DELETE FROM {state_table}_locks")  # the dead run's lease (or wait lease_minutes)
+
+    # The retry sends the page in flight again (it may not have landed): 4 removals, never counted as sent.
+    retry = try_partition(make, 0, 2, **pages)
+    assert (retry["reconciled_rows"], retry["removed"]) == (4, 4)
+    refused = try_partition(make, 1, 1, **pages)
+    assert isinstance(refused, WholeSyncRemovalError), refused
+    assert "remove 24 of the audience's 100 synced rows" in str(refused)
+    assert set(members(sandbox, audience_id)) == {row[0] for row in model} - gone[0]
+
+
+@pytest.mark.parametrize("partitions", [2, 4, 1], ids=["repartition", "same-number", "back-to-one"])
+def test_a_full_refresh_of_a_partitioned_audience_is_judged_against_every_slice(
+    partitions: int, warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    make, model, _ = first_sync(warehouse, fb_conn_id, state_table, 80, 4)
+    audience_id = make().audience_id
+    everyone, uploads = {row[0] for row in model}, len(user_uploads(sandbox))
+    # The model lost three quarters of its rows (an upstream load failed). The state lies in the 4 slices;
+    # the refresh runs under the audience's unpartitioned key, which holds none of it.
+    warehouse.write(model[:20])
+    refused, *others = sync_all(make, warehouse, partitions, full_refresh=True, max_removal_fraction=0.2)
+
+    assert isinstance(refused, FullRefreshRemovalError), refused
+    message = str(refused)
+    assert "leaves out 60 of its 80 synced rows" in message and "of the 4 partitions" in message
+    assert "max_removal_fraction=0.2" in message and "check the model's query" in message
+    assert "cust-" not in message and "@" not in message
+    assert [r["session_ids"] for r in others] == [[]] * (partitions - 1)
+    assert (set(members(sandbox, audience_id)), len(user_uploads(sandbox))) == (everyone, uploads)
+    # Nothing changed in the state either: the 4 partitions sync on and find nothing to send.
+    warehouse.write(model)
+    assert [r["session_ids"] for r in sync_all(make, warehouse, 4)] == [[]] * 4
+
+    # Within the fraction (10 of 80 leave): a dry run reads the whole model and passes; then the refresh
+    # replaces the audience and splits the state into the new slices.
+    kept = model[10:]
+    warehouse.write(kept)
+    dry = make(partitions=partitions, partition=0, full_refresh=True, dry_run=True, max_removal_fraction=0.2)
+    assert dry.execute({})["rows_read"] == len(kept)
+    assert len(user_uploads(sandbox)) == uploads
+    refresh = sync_all(make, warehouse, partitions, full_refresh=True, max_removal_fraction=0.2)
+    assert refresh[0]["added"] == len(kept)
+    assert set(members(sandbox, audience_id)) == {row[0] for row in kept}
+    uploads = len(user_uploads(sandbox))
+    assert [r["session_ids"] for r in sync_all(make, warehouse, partitions)] == [[]] * partitions
+    assert len(user_uploads(sandbox)) == uploads
 
 
 def test_the_run_sharing_a_budget_is_the_dag_the_task_and_airflows_run() -> None:

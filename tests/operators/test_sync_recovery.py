@@ -80,9 +80,13 @@ def start(
     state_table: str,
     kill_on: str = "",
     worker_min_rows: int | None = None,
+    task_instance: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> Any:
-    """The operator in a subprocess (same connections, through the environment)."""
+    """The operator in a subprocess (same connections, through the environment).
+
+    :param task_instance: the run, mapped task and try it is in Airflow (see :mod:`.sync_runner`).
+    """
     operator = {
         "sql": warehouse.sql,
         "sql_conn_id": warehouse.conn_id,
@@ -92,7 +96,14 @@ def start(
         "batch_size": BATCH,
         **kwargs,
     }
-    config = json.dumps({"operator": operator, "kill_on": kill_on, "worker_min_rows": worker_min_rows})
+    config = json.dumps(
+        {
+            "operator": operator,
+            "kill_on": kill_on,
+            "worker_min_rows": worker_min_rows,
+            "task_instance": task_instance,
+        }
+    )
     return subprocess.Popen(
         [sys.executable, "-m", "tests.operators.sync_runner", config],
         cwd=REPO_ROOT,

@@ -16,7 +16,15 @@ from airflow_provider_fbca.identifiers import RowPreparer, prepare
 from airflow_provider_fbca.sandbox import Sandbox
 from airflow_provider_fbca.sandbox.state import REPLACE_WINDOW_S, ManualClock
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
-from airflow_provider_fbca.sync.journal import PageJournal, pack_rows, unpack_rows
+from airflow_provider_fbca.sync.journal import (
+    LEAVING,
+    OWED,
+    UPDATE,
+    PageJournal,
+    RemovalRow,
+    pack_rows,
+    unpack_rows,
+)
 from airflow_provider_fbca.sync.state import StagedRow, StateStore
 from tests.conftest import facebook_connection
 
@@ -126,3 +134,17 @@ def test_a_page_is_journaled_as_one_row_and_reconciled_per_person(store: StateSt
     assert journal.reconcile() == 3
     assert sorted(store.iter_rows("k")) == sorted((key, schema, ids, 1) for key, schema, ids, _ in rows)
     assert store.fetch_one(f"SELECT COUNT(*) FROM {store.pages_table}") == (0,)
+
+
+def test_an_acknowledged_removal_page_tells_how_many_rows_left_the_audience(store: StateStore) -> None:
+    store.ensure_tables()
+    counted: list[int] = []
+    journal = PageJournal(store, "k", on_removed=counted.append)
+    page = [
+        RemovalRow(rid, key, "EXTERN_ID", key, f"d-{key}", origin, key)
+        for rid, (key, origin) in enumerate([("a", LEAVING), ("b", UPDATE), ("c", OWED), ("d", LEAVING)])
+    ]
+    journal.record("remove", 1, 1, [(row.row_key, row.key_schema, row.sent, row.id_digest) for row in page])
+    journal.removed(1, 1, page)
+    # The leaving rows only: an updated row's old identifiers and an owed removal are no one leaving.
+    assert counted == [2]

@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_fbca.sync.partitions import partition_suffix
+from airflow_provider_fbca.sync.partitions import check_layout, partition_suffix
 from airflow_provider_fbca.sync.plan import RemovalGuardError
 from airflow_provider_fbca.sync.removal_budget import (
     BrokenShareError,
     EmptyShareError,
+    FullRefreshGuard,
+    FullRefreshRemovalError,
     PartitionRemovals,
     RemovalLedger,
     WholeSyncRemovalError,
@@ -22,7 +24,13 @@ from airflow_provider_fbca.sync.removal_budget import (
     check_whole_sync,
     slice_ceiling,
 )
-from airflow_provider_fbca.sync.state import REMOVALS_SUFFIX, StagedRow, StateStore, quote_table_name
+from airflow_provider_fbca.sync.state import (
+    REMOVALS_SUFFIX,
+    StagedRow,
+    StageTable,
+    StateStore,
+    quote_table_name,
+)
 
 AUDIENCE = "act_1:42"
 
@@ -121,6 +129,50 @@ def test_a_retried_partition_replaces_its_entry_and_is_never_counted_twice(store
     assert recorded(store) == [("dag.sync/run-1", 0, 12), ("dag.sync/run-1", 1, 8)]
 
 
+def test_a_retried_partition_counts_what_its_earlier_tries_sent_and_its_first_slice(
+    store: StateStore,
+) -> None:
+    fill_slices(store, 25)
+    book = ledger(store)
+    assert book.claim(entry(0, 12), 0.2) == 12
+    # Meta acknowledged 8 of them (the journal counts them as it forgets them), then the try died.
+    book.count_sent(0, 8)
+    store.delete_keys(AUDIENCE + partition_suffix(0, 4), [f"0-{i}" for i in range(8)])
+    # The retry plans the 4 left, of a slice of 17: the run's removals stay 12 of the audience's 100.
+    assert book.claim(entry(0, 4, slice_rows=17), 0.2) == 12
+    book.claim(entry(1, 8), 0.2, record=False)  # a dry run counts the same
+    with pytest.raises(WholeSyncRemovalError, match=r"remove 21 of the audience's 100 .*this partition 9\)"):
+        book.claim(entry(1, 9), 0.2)
+    # A dry run of partition 0 again (refused partition 1 spent nothing): its 8 sent count, its plan replaces
+    # the 4 it planned before.
+    assert book.claim(entry(0, 12, slice_rows=17), 0.2, record=False) == 20
+    with pytest.raises(
+        WholeSyncRemovalError, match="this partition 13 more after the 8 its earlier tries sent"
+    ):
+        book.claim(entry(0, 13, slice_rows=17), 0.2, record=False)
+    assert recorded(store) == [("dag.sync/run-1", 0, 12)]
+
+
+def test_a_ledger_from_before_the_count_of_removals_sent_gains_it(store: StateStore) -> None:
+    fill_slices(store, 25)
+    table = quote_table_name(store.table_name, REMOVALS_SUFFIX)
+    store.execute(
+        f"CREATE TABLE {table} (sync_key VARCHAR(255) NOT NULL, run_key VARCHAR(255) NOT NULL,"
+        " part INTEGER NOT NULL, removals BIGINT NOT NULL, slice_rows BIGINT NOT NULL,"
+        " recorded_at VARCHAR(40) NOT NULL, PRIMARY KEY (sync_key, run_key, part))"
+    ).close()
+    store.execute(
+        f"INSERT INTO {table} VALUES (?, 'dag.sync/run-1', 0, 10, 25, '2027-01-15T08:00:00+00:00')",
+        (AUDIENCE,),
+    ).close()
+    store.commit()
+    book = ledger(store)  # upgrades the table
+    book.count_sent(0, 3)
+    assert book.claim(entry(1, 10), 0.2) == 20
+    assert book.claim(entry(0, 2), 0.2) == 15  # 3 sent + 2 planned, then partition 1's 10
+    assert recorded(store) == [("dag.sync/run-1", 0, 5), ("dag.sync/run-1", 1, 10)]
+
+
 def test_a_slice_is_counted_as_its_partition_found_it(store: StateStore) -> None:
     fill_slices(store, 25)
     book = ledger(store)
@@ -170,3 +222,31 @@ def test_partitions_claiming_at_the_same_time_never_overspend(store: StateStore)
     assert sorted(o for o in outcomes if isinstance(o, int)) == [10, 20, 30, 40]
     assert sum(isinstance(o, WholeSyncRemovalError) for o in outcomes) == 4
     assert sum(row[2] for row in recorded(store)) == 40
+
+
+def test_a_full_refresh_counts_the_whole_audience_each_person_once(store: StateStore) -> None:
+    fill_slices(store, 25)  # 100 rows in the slices of 4 partitions
+    check_layout(store, AUDIENCE, 4)
+    # A repartitioning refresh killed midway rebuilt part of the state under the unpartitioned key: five
+    # people also in a slice, five new ones.
+    rebuilt = [f"0-{i}" for i in range(5)] + [f"new-{i}" for i in range(5)]
+    store.upsert(AUDIENCE, [StagedRow(key, "f", "d", "EXTERN_ID", key, 1) for key in rebuilt])
+    # The model: everyone but 30 people of the slices; and one non-member, who leaves too.
+    keys = [f"{k}-{i}" for k in range(4) for i in range(25)][30:] + [f"new-{i}" for i in range(5)]
+    stage = StageTable(store)
+    stage.create()
+    stage.load(
+        (key, "f", "d", "EXTERN_ID", key, 0 if key == "new-0" else 1, 0, None, 1, 0, None) for key in keys
+    )
+    stage.index()
+
+    def judge(fraction: float | None) -> None:
+        # The plan is the unpartitioned key's (it sees no slice): the guard counts from the stage instead.
+        FullRefreshGuard(store, AUDIENCE, fraction).check(None, stage, len(keys))  # type: ignore[arg-type]
+
+    judge(0.3)
+    judge(None)
+    with pytest.raises(
+        FullRefreshRemovalError, match=r"leaves out 31 of its 105 synced rows \(30%.*4 partitions"
+    ):
+        judge(0.29)
