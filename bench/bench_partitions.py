@@ -162,11 +162,19 @@ def _settle(cluster: LocalCluster, airflow: list[int]) -> float:
         180,
         "the DAG processor to parse both DAGs",
     )
-    execution_api = cluster.env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
-    requests.get(f"{execution_api}health", timeout=120).raise_for_status()
+    health = cluster.env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] + "health"
+    cluster.wait_for(lambda: _answers(health), 180, "the API server to answer on the execution API")
     before = _cpu_s(airflow)
     time.sleep(SETTLE_S)
     return _cpu_s(airflow) - before
+
+
+def _answers(url: str) -> bool:
+    """Whether a GET of the URL succeeds (False while the server does not listen yet)."""
+    try:
+        return requests.get(url, timeout=120).ok
+    except requests.ConnectionError:
+        return False
 
 
 def _cpu_s(pids: list[int]) -> float:
