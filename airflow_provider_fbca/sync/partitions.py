@@ -173,8 +173,8 @@ def check_layout(store: StateStore, sync_key: str, partitions: int) -> None:
             f"The state of {sync_key} was written by partitions={recorded}; this run has "
             f"partitions={partitions}. A row's partition depends on the number of partitions, so the "
             f"slices of {recorded} cannot be read as slices of {partitions}: set partitions={recorded} "
-            "again, or repartition as docs/partitions.md describes (one full refresh with partitions=1, "
-            "then the new number). Nothing was read or sent."
+            f"again, or repartition by running once with partitions={partitions} and full_refresh=True "
+            '(docs/partitions.md, "Changing N"). Nothing was read or sent.'
         )
 
 

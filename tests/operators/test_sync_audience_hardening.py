@@ -218,8 +218,9 @@ def test_on_kill_releases_the_lease_and_the_killed_run_writes_nothing_more(
     rows = [customer(i) for i in range(30)]
     warehouse.write(rows)
     audience_id = FacebookCustomAudiencesHook(fb_conn_id).create_audience("Customers")
-    # The first batch hangs long enough for the task to be killed while it is in flight.
-    hold_first_upload(sandbox)
+    # The first batch hangs long enough for the task to be killed while it is in flight, even on a loaded
+    # machine (2 s was once too short there: the batch came back before the kill).
+    hold_first_upload(sandbox, seconds=5)
     operator = make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id, batch_size=10)
     outcome: dict[str, Any] = {}
 
@@ -239,7 +240,11 @@ def test_on_kill_releases_the_lease_and_the_killed_run_writes_nothing_more(
     finally:
         thread.join(timeout=60)
     assert isinstance(outcome.get("error"), SyncLeaseLostError), outcome
-    # Meta applied the batch in flight, but the killed run recorded nothing and sent nothing more.
+    # Meta applies the batch in flight once its hold ends, but the killed run recorded nothing and sent
+    # nothing more.
+    deadline = time.monotonic() + 30
+    while not user_uploads(sandbox) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(user_uploads(sandbox)) == 1 and state_rows(warehouse, state_table) == {}
     retry = run(make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id))
     assert retry["added"] == 30

@@ -152,8 +152,10 @@ def test_a_change_of_the_number_of_partitions_is_refused_unless_a_full_refresh_r
     warehouse.write(rows)
     audience_id = sync_all(make, warehouse, 2)[0]["audience_id"]
     for partitions in (4, 1):
-        with pytest.raises(PartitionLayoutError, match="written by partitions=2; this run has"):
+        with pytest.raises(PartitionLayoutError, match="written by partitions=2; this run has") as refused:
             make(audience_id=audience_id, partitions=partitions, partition=0).execute({})
+        # The message names the documented path, which the rest of this test takes.
+        assert f"running once with partitions={partitions} and full_refresh=True" in str(refused.value)
 
     # The path to 4: one full refresh with partitions=4. Partition 0 replaces the audience with the whole
     # model and splits the state; the others send nothing. Meanwhile five people left the model.
