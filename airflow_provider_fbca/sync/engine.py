@@ -27,6 +27,7 @@ from airflow_provider_fbca.sync.plan import (
     build_plan,
     check_duplicates,
     check_removal_guard,
+    record_source_digests,
 )
 from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.rejects import RejectsTable
@@ -297,6 +298,8 @@ class SyncRun:
             else:
                 self.removal_guard.check(plan, stage, self.report.rows_read)
             if not self.options.dry_run:
+                if not (self.state_empty or self.full_refresh):  # a full refresh rewrites the whole state
+                    record_source_digests(self.store, stage, self.options.sync_key)
                 self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
                 self._create_audience()
                 self._sender().send(stage, plan)

@@ -155,13 +155,22 @@ class PageJournal:
 
     # -- Meta's answers -------------------------------------------------------------------------------
 
-    def added(self, session_id: int, batch_seq: int, rows: Sequence[StagedRow], *, owed: bool = True) -> None:
+    def added(
+        self,
+        session_id: int,
+        batch_seq: int,
+        rows: Sequence[StagedRow],
+        *,
+        owed: bool = True,
+        new: bool = False,
+    ) -> None:
         """Meta acknowledged an addition page: record its rows, settle it.
 
         :param owed: old identifiers may be owed for removal (False when the sync owes none: a delete
             per row would find nothing).
+        :param new: the rows are expected to be new to the state (see :meth:`.StateStore.upsert`).
         """
-        self.store.upsert(self.sync_key, rows, commit=False)
+        self.store.upsert(self.sync_key, rows, commit=False, new=new)
         if owed:  # old identifiers owed for removal that the model wants again are no longer owed
             self._delete_owed(rows)
         self.settle(session_id, batch_seq)

@@ -346,9 +346,11 @@ def find_duplicates(
     staged = f"SELECT row_key FROM {stage.name} WHERE member IS NOT NULL GROUP BY row_key HAVING COUNT(*) > 1"
     keys = {row[0] for row in store.fetch_all(staged)} | set(seen_keys)
     if stage.unseen_loaded:
+        # CROSS JOIN keeps SQLite's loop order: the few staged rows outside, each a key lookup in the state
+        # (without statistics SQLite would scan the whole state instead); PostgreSQL plans it as any join.
         clashing = (
-            f"SELECT t.row_key FROM {stage.name} AS t JOIN {store.table} AS s"
-            f" ON s.sync_key = ? AND s.row_key = t.row_key WHERE {seen_state_rows(stage, adds_enabled)}"
+            f"SELECT t.row_key FROM {stage.name} AS t CROSS JOIN {store.table} AS s"
+            f" WHERE s.sync_key = ? AND s.row_key = t.row_key AND {seen_state_rows(stage, adds_enabled)}"
         )
         keys |= {row[0] for row in store.fetch_all(clashing, (sync_key,))}
     return len(keys), sorted(keys)[:DUPLICATE_SAMPLE_SIZE]
@@ -421,6 +423,26 @@ def addition_pages(store: StateStore, stage: StageTable, page_size: int) -> Iter
             return
         yield [StagedRow(*row) for row in page]
         last = page[-1][0]
+
+
+def record_source_digests(store: StateStore, stage: StageTable, sync_key: str) -> None:
+    """Record the source digests of staged rows that prepared to exactly what the state holds.
+
+    Such a row was staged because the state did not know its source cells' digest (the cells changed
+    without changing the prepared row, or the digest's encoding changed, as after an upgrade): recording
+    it lets the next run skip the row instead of preparing it again on every run. Nothing is sent for these
+    rows, so their digest may be recorded before the sending, whatever becomes of it.
+    """
+    t = stage.name
+    store.execute(
+        f"UPDATE {store.table} SET source_digest = (SELECT MIN(t.source_digest) FROM {t} AS t"
+        f" WHERE t.row_key = {store.table}.row_key) WHERE sync_key = ? AND row_key IN ("
+        f"SELECT t.row_key FROM {t} AS t CROSS JOIN {store.table} AS s WHERE s.sync_key = ?"
+        " AND s.row_key = t.row_key AND t.member = s.member AND t.fingerprint = s.fingerprint"
+        " AND t.source_digest IS NOT NULL AND (s.source_digest IS NULL OR s.source_digest <> t.source_digest))",
+        (sync_key, sync_key),
+    ).close()
+    store.commit()
 
 
 def record_tracked_rows(store: StateStore, stage: StageTable, sync_key: str) -> None:

@@ -120,13 +120,7 @@ class PushdownModel(ModelQuery):
         select = self.select  # first: reading the query's columns ends the transaction
         store, known, model = self.store, _known(stage), _model(stage)
         store.refresh_statistics()
-        store.execute(
-            f"CREATE TEMPORARY TABLE {known} AS SELECT DISTINCT source_digest FROM {store.table}"
-            f" WHERE sync_key = ? AND source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}",
-            (sync_key,),
-        ).close()
-        store.execute(f"CREATE INDEX {known}_digest ON {known} (source_digest)").close()
-        store.analyze(known)
+        self._load_known(known, sync_key, members_only)
         fresh = "k.source_digest IS NULL"
         cells = ", ".join(
             f"CASE WHEN {fresh} THEN m.c{index} END AS c{index}" for index in range(len(self.wanted))
@@ -142,14 +136,12 @@ class PushdownModel(ModelQuery):
             f" LEFT JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
         )
         cursor.close()
-        store.execute(f"CREATE INDEX {model}_digest ON {model} ({DIGEST_COLUMN}) WHERE fresh = 0").close()
-        store.analyze(model)
-        duplicates = self._duplicates(model, sync_key, members_only)
+        seen = self._index_seen(stage)
+        duplicates = self._duplicates(stage, sync_key, members_only)
         stage.create_unseen()
         store.execute(
             f"INSERT INTO {stage.unseen} (source_digest) SELECT k.source_digest FROM {known} AS k"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {model} AS m WHERE m.fresh = 0"
-            f" AND m.{DIGEST_COLUMN} = k.source_digest)"
+            f" WHERE NOT EXISTS ({seen})"
         ).close()
         stage.index_unseen()
         known_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
@@ -158,14 +150,70 @@ class PushdownModel(ModelQuery):
         store.commit()
         return rows, known_count - unseen_count, [str(row[0]) for row in duplicates]
 
-    def _duplicates(self, model: str, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
+    def _load_known(self, known: str, sync_key: str, members_only: bool) -> None:
+        """Copy the distinct source digests the state knows into the temporary table ``known``.
+
+        On SQLite the table is keyed by the digest itself (an INTEGER PRIMARY KEY is the rowid), filled in
+        digest order: appending sorted keys costs a third of removing duplicates through a temporary
+        B-tree and then indexing the result, and every later lookup is a rowid lookup.
+        """
+        store = self.store
+        where = f"sync_key = ? AND source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}"
+        if store.is_sqlite:
+            store.execute(f"CREATE TEMPORARY TABLE {known} (source_digest INTEGER PRIMARY KEY)").close()
+            store.execute(
+                f"INSERT OR IGNORE INTO {known} SELECT source_digest FROM {store.table} WHERE {where}"
+                " ORDER BY source_digest",
+                (sync_key,),
+            ).close()
+            return
+        store.execute(
+            f"CREATE TEMPORARY TABLE {known} AS SELECT DISTINCT source_digest FROM {store.table} WHERE {where}",
+            (sync_key,),
+        ).close()
+        store.execute(f"CREATE INDEX {known}_digest ON {known} (source_digest)").close()
+        store.analyze(known)
+
+    def _index_seen(self, stage: StageTable) -> str:
+        """Index the known digests the model has; return the subquery finding a known digest ``k`` among them.
+
+        On SQLite they go into a table keyed by the digest, in digest order (like ``known``), so that the
+        unseen digests are found by a rowid lookup per known digest rather than an index search of the
+        model. PostgreSQL indexes the model's digests.
+        """
+        store, model = self.store, _model(stage)
+        if store.is_sqlite:
+            seen = _seen(stage)
+            store.execute(f"CREATE TEMPORARY TABLE {seen} (source_digest INTEGER PRIMARY KEY)").close()
+            store.execute(
+                f"INSERT OR IGNORE INTO {seen} SELECT {DIGEST_COLUMN} FROM {model} WHERE fresh = 0"
+                f" ORDER BY {DIGEST_COLUMN}"
+            ).close()
+            return f"SELECT 1 FROM {seen} AS m WHERE m.source_digest = k.source_digest"
+        store.execute(f"CREATE INDEX {model}_digest ON {model} ({DIGEST_COLUMN}) WHERE fresh = 0").close()
+        store.analyze(model)
+        return f"SELECT 1 FROM {model} AS m WHERE m.fresh = 0 AND m.{DIGEST_COLUMN} = k.source_digest"
+
+    def _repeats_known_digest(self, stage: StageTable, twice: str) -> bool:
+        """Whether two model rows share a known digest (a duplicate EXTERN_ID), read cheaply first.
+
+        On SQLite the ``seen`` table holds each of the model's known digests once: fewer of them than model
+        rows of known digests means a repeat; the model's digests are not indexed there.
+        """
+        store = self.store
+        if store.is_sqlite:
+            rows = store.fetch_one(f"SELECT COUNT(*) FROM {_model(stage)} WHERE fresh = 0")[0]
+            return int(rows) > int(store.fetch_one(f"SELECT COUNT(*) FROM {_seen(stage)}")[0])
+        return bool(store.fetch_one(f"SELECT EXISTS ({twice})")[0])
+
+    def _duplicates(self, stage: StageTable, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
         """The keys of known rows whose cells two model rows share (the same EXTERN_ID twice).
 
         The model's repeated digests come first: usually none, and then the state is not read at all.
         """
-        store = self.store
+        store, model = self.store, _model(stage)
         twice = f"SELECT {DIGEST_COLUMN} AS d FROM {model} WHERE fresh = 0 GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1"
-        if not store.fetch_one(f"SELECT EXISTS ({twice})")[0]:
+        if not self._repeats_known_digest(stage, twice):
             return []
         return store.fetch_all(
             f"SELECT s.row_key FROM {store.table} AS s JOIN ({twice}) AS twice ON twice.d = s.source_digest"
@@ -177,7 +225,7 @@ class PushdownModel(ModelQuery):
         """Drop the diff's temporary tables (best effort: they go with the connection anyway)."""
         try:
             self.store.conn.rollback()
-            for table in (_known(stage), _model(stage)):
+            for table in (_known(stage), _model(stage), _seen(stage)):
                 self.store.execute(f"DROP TABLE IF EXISTS {table}").close()
             self.store.commit()
         except Exception:
@@ -190,6 +238,10 @@ def _known(stage: StageTable) -> str:
 
 def _model(stage: StageTable) -> str:
     return f"{stage.name}_model"
+
+
+def _seen(stage: StageTable) -> str:
+    return f"{stage.name}_seen"
 
 
 def shares_database(sql_conn_id: str, state_conn_id: str, conn: Any) -> bool:

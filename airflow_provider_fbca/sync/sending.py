@@ -229,9 +229,16 @@ class PlanSender:
         :param pages: pages of staged rows carrying their wire rows.
         :param estimated_total: the rows the pages should hold (rows the preparer rejects make it more).
         """
-        return self._add_pages(pages, estimated_total, encode_streamed)
+        return self._add_pages(pages, estimated_total, encode_streamed, new=True)
 
-    def _add_pages(self, pages: Iterable[list[StagedRow]], total: int, encode: Any) -> SessionResult:
+    def _add_pages(
+        self, pages: Iterable[list[StagedRow]], total: int, encode: Any, *, new: bool = False
+    ) -> SessionResult:
+        """Send pages of additions in one session, journaled.
+
+        :param new: the rows are expected to be new to the state (a streamed first sync into an empty
+            slice, under the lease): recorded by COPY where the database has it (:meth:`.StateStore.upsert`).
+        """
         audience_id, extra = self.options.audience_id, self._extra()
         owed = self.journal.owed_count() > 0  # the removals went first: an addition session owes no more
 
@@ -239,7 +246,7 @@ class PlanSender:
             return self.client.add_users(audience_id, self.schema, data, session=session, **extra)
 
         def acknowledge(page: list[StagedRow], session: dict[str, Any]) -> None:
-            self.journal.added(session["session_id"], session["batch_seq"], page, owed=owed)
+            self.journal.added(session["session_id"], session["batch_seq"], page, owed=owed, new=new)
 
         session = self._new_session(ADD, total, encode, send, acknowledge)
         result = session.run(pages)

@@ -240,7 +240,11 @@ def test_on_kill_releases_the_lease_and_the_killed_run_writes_nothing_more(
     finally:
         thread.join(timeout=60)
     assert isinstance(outcome.get("error"), SyncLeaseLostError), outcome
-    # Meta applied the batch in flight, but the killed run recorded nothing and sent nothing more.
+    # Meta applies the batch in flight once its hold ends, but the killed run recorded nothing and sent
+    # nothing more.
+    deadline = time.monotonic() + 30
+    while not user_uploads(sandbox) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(user_uploads(sandbox)) == 1 and state_rows(warehouse, state_table) == {}
     retry = run(make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id))
     assert retry["added"] == 30

@@ -157,7 +157,7 @@ def test_a_run_killed_at_any_phase_is_repaired_by_the_next(
         )
         assert len(user_uploads(sandbox)) == sent_before
     elif phase == "pushdown_diff":  # the state shares the warehouse: the diff runs there, killed midway
-        kill_on = r"CREATE INDEX fbca_stage_\w+_model_\w+"
+        kill_on = r"INSERT INTO fbca_stage_\w+_unseen"  # the model's digests are in, the unseen not yet
         finish_killed(start(warehouse, fb_conn_id, state_table, kill_on=kill_on, **options))
         assert len(user_uploads(sandbox)) == sent_before
     elif phase in ("add", "reconciliation"):

@@ -122,6 +122,8 @@ def test_mirror_over_changes_nulls_and_type_changes(store: StateStore) -> None:
     twin.make_id_text()
     report = twin.sync()
     assert report["rows_prepared"] == 4 and report["unchanged"] == 4
+    # The new digests are recorded (as after an upgrade changing the encoding): prepared once, not every run.
+    assert twin.sync()["rows_prepared"] == 0
 
 
 @pytest.mark.parametrize("mode", [SyncMode.UPSERT, SyncMode.DELETE])
