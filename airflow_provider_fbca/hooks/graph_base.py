@@ -8,7 +8,6 @@ results. Importing this module installs the URL filter of :mod:`.redaction`.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -32,6 +31,7 @@ from airflow_provider_fbca.hooks.graph_connection import (
     normalize_ad_account_id,
 )
 from airflow_provider_fbca.hooks.graph_errors import build_graph_error, is_retryable
+from airflow_provider_fbca.hooks.json_body import dumps_compact
 from airflow_provider_fbca.hooks.redaction import URL_IN_TEXT, mask_secrets, redact
 from airflow_provider_fbca.hooks.throttle import Usage, backoff_s, parse_usage, pause_before_next_call
 
@@ -303,7 +303,7 @@ class BaseGraphApiHook(BaseHook):
         data = None
         if body is not None:
             # JSON, not form encoding: 10,000 rows of hashes encode ten times faster and Meta accepts both.
-            data = json.dumps(body, separators=(",", ":"))
+            data = dumps_compact(body)
             headers["Content-Type"] = "application/json"
         url = f"{credentials.base_url}/{credentials.api_version}/{path.strip('/')}"
         return self.get_conn().request(

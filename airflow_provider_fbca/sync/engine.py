@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import compress
 from typing import Any, Protocol
 
 from airflow_provider_fbca.sync.batches import HEARTBEAT_S, MAX_BATCH_SIZE, MAX_IN_FLIGHT
@@ -33,8 +34,8 @@ from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.sending import AudienceClient, PlanSender, RemovalsRefusedError
 from airflow_provider_fbca.sync.source import ModelQuery
-from airflow_provider_fbca.sync.staging import ModelStager, parse_membership
-from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore
+from airflow_provider_fbca.sync.staging import ModelStager, Staged, parse_membership
+from airflow_provider_fbca.sync.state import StageTable, StateStore
 from airflow_provider_fbca.sync.worker import MIN_ROWS as WORKER_MIN_ROWS
 from airflow_provider_fbca.sync.worker import PreparerProcess
 
@@ -194,6 +195,7 @@ class SyncRun:
         self.schema = list(preparer.schema)
         self.state_empty = True
         self.key_normalizer = key_normalizer or _default_key_normalizer
+        self.normalize_keys = _default_keys_normalizer if key_normalizer is None else _each(key_normalizer)
         self.digest_seed = f"{self.schema!r}|{options.has_membership}|{digest_seed}|"
         self.report = SyncReport(
             audience_id=options.audience_id,
@@ -296,11 +298,11 @@ class SyncRun:
             else:
                 self.removal_guard.check(plan, stage, self.report.rows_read)
             if not self.options.dry_run:
+                if not (self.state_empty or self.full_refresh):  # a full refresh rewrites the whole state
+                    record_source_digests(self.store, stage, self.options.sync_key)
                 self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
                 self._create_audience()
                 self._sender().send(stage, plan)
-                if seen is not None:  # rows were skipped by source digest: let the next run skip these
-                    record_source_digests(self.store, stage, self.options.sync_key)
         finally:
             if pushdown is not None:
                 pushdown.drop(stage)
@@ -355,7 +357,7 @@ class SyncRun:
         membership = parse_membership if options.has_membership else None
         chunks = model.rows()
         try:
-            scan = scan_keys(chunks, options.source_key_index, self.key_normalizer, membership)
+            scan = scan_keys(chunks, options.source_key_index, self.normalize_keys, membership)
         finally:
             _close(chunks)
         if not scan.streamable:
@@ -388,16 +390,17 @@ class SyncRun:
 
     def _streamed_rows(
         self, model: ModelQuery, non_members: list[int], worker: PreparerProcess | None
-    ) -> Iterator[tuple[StagedRow, Any]]:
-        """The model's member rows, prepared, as the session asks for them; counts the non-members."""
+    ) -> Iterator[Staged]:
+        """The model's member rows, prepared, a chunk at a time as the session asks for them; counts the
+        non-members."""
         digested = isinstance(model, PushdownModel)
         chunks = model.digested_rows() if digested else model.rows()
-        for rows in self.stager.prepare_stream(chunks, digested, worker):
-            for row, wire_row in rows:
-                if row.member:
-                    yield row, wire_row
-                else:
-                    non_members[0] += 1
+        for staged, wire_rows in self.stager.prepare_stream(chunks, digested, worker):
+            if not all(row.member for row in staged):
+                members = [row.member for row in staged]
+                non_members[0] += members.count(0)
+                staged, wire_rows = list(compress(staged, members)), list(compress(wire_rows, members))
+            yield staged, wire_rows
             self.lease.keep_alive()
 
     # -- sending --------------------------------------------------------------------------------------
@@ -481,6 +484,19 @@ def _default_key_normalizer(value: Any) -> str:
 
     key = normalize_extern_id(value, None)
     return key if isinstance(key, str) else ""
+
+
+def _default_keys_normalizer(values: list[Any]) -> list[str]:
+    """:func:`_default_key_normalizer` over a column: a column of text (the usual one) is only trimmed,
+    which ``str.strip`` does in C (a first sync's first pass runs it on every row)."""
+    if set(map(type, values)) <= {str}:
+        return list(map(str.strip, values))
+    return list(map(_default_key_normalizer, values))
+
+
+def _each(normalize: Callable[[Any], str]) -> Callable[[list[Any]], list[str]]:
+    """A per-cell key rule applied to a column."""
+    return lambda values: list(map(normalize, values))
 
 
 def _describe(plan: SyncPlan) -> str:

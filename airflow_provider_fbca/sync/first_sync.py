@@ -13,6 +13,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from airflow_provider_fbca.sync.plan import SyncMode, SyncPlan
@@ -40,7 +41,7 @@ class KeyScan:
 def scan_keys(
     chunks: Iterable[Sequence[Sequence[Any]]],
     key_index: int,
-    key_normalizer: Callable[[Any], str],
+    normalize_keys: Callable[[list[Any]], list[str]],
     membership: Callable[[Any], bool] | None = None,
 ) -> KeyScan:
     """Read the model once, holding a 64-bit hash per key, and tell whether the run may stream.
@@ -52,7 +53,7 @@ def scan_keys(
 
     :param chunks: the model's rows (identifier values in mapping order, then membership).
     :param key_index: the position of the EXTERN_ID cell.
-    :param key_normalizer: the EXTERN_ID rule (the key as sent).
+    :param normalize_keys: the EXTERN_ID rule over a column of cells (the keys as sent).
     :param membership: parses a row's last cell, its membership (raises on one that is neither true nor
         false); None without a membership column.
     :raises ValueError: a membership cell is neither true nor false.
@@ -65,7 +66,7 @@ def scan_keys(
         members += len(chunk) if membership is None else sum(map(membership, [row[-1] for row in chunk]))
         if personal:
             continue  # the staged path decides; the membership cells are still checked
-        keys = list(map(key_normalizer, [row[key_index] for row in chunk]))
+        keys = normalize_keys(list(map(itemgetter(key_index), chunk)))
         personal = _any_personal(keys)
         for digest in map(hash, keys):
             buckets[digest & (_BUCKETS - 1)].append(digest)
@@ -85,20 +86,24 @@ class StreamedPage(list):  # type: ignore[type-arg]
     wire: list[list[str]]
 
 
-def streamed_pages(rows: Iterable[tuple[StagedRow, list[str]]], size: int) -> Iterator[StreamedPage]:
+def streamed_pages(chunks: Iterable[tuple[list[StagedRow], list[Any]]], size: int) -> Iterator[StreamedPage]:
     """Regroup prepared rows into pages of ``size`` (the last one shorter).
 
-    :param rows: ``(staged row, wire row)`` pairs, from chunks of any size.
+    :param chunks: stage rows and their wire rows (in the same order), in chunks of any size.
     :param size: rows per page.
     """
     page, wire = StreamedPage(), []
-    for staged, wire_row in rows:
-        page.append(staged)
-        wire.append(wire_row)
-        if len(page) == size:
-            page.wire = wire
-            yield page
-            page, wire = StreamedPage(), []
+    for staged, wire_rows in chunks:
+        start = 0
+        while start < len(staged):
+            end = start + size - len(page)
+            page += staged[start:end]
+            wire += wire_rows[start:end]
+            start = end
+            if len(page) == size:
+                page.wire = wire
+                yield page
+                page, wire = StreamedPage(), []
     if page:
         page.wire = wire
         yield page

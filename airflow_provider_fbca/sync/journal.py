@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import NamedTuple
 
 from airflow_provider_fbca.sync.plan import record_tracked_rows
@@ -52,10 +53,11 @@ def pack_rows(rows: Sequence[Sequence[str]]) -> str:
 
     Joining is an order of magnitude cheaper than JSON, and a page is packed before every request.
     """
-    text = _ROW.join(_FIELD.join(row) for row in rows)
-    # Counting the separators proves no text holds one (the hot path: one pass, no scan per value).
-    clean = text.count(_FIELD) == 3 * len(rows) and text.count(_ROW) == max(len(rows) - 1, 0)
-    if clean and not text.startswith(_JSON_MARK):
+    # The texts run together: two searches (memchr, in C) prove none holds a separator, far cheaper than
+    # counting the separators of the packed text or a scan per value (the hot path of a first sync).
+    values = "".join(chain.from_iterable(rows))
+    text = _ROW.join(map(_FIELD.join, rows))
+    if _FIELD not in values and _ROW not in values and not text.startswith(_JSON_MARK):
         return text
     return _JSON_MARK + json.dumps([list(row) for row in rows], ensure_ascii=False)
 
@@ -153,13 +155,22 @@ class PageJournal:
 
     # -- Meta's answers -------------------------------------------------------------------------------
 
-    def added(self, session_id: int, batch_seq: int, rows: Sequence[StagedRow], *, owed: bool = True) -> None:
+    def added(
+        self,
+        session_id: int,
+        batch_seq: int,
+        rows: Sequence[StagedRow],
+        *,
+        owed: bool = True,
+        new: bool = False,
+    ) -> None:
         """Meta acknowledged an addition page: record its rows, settle it.
 
         :param owed: old identifiers may be owed for removal (False when the sync owes none: a delete
             per row would find nothing).
+        :param new: the rows are expected to be new to the state (see :meth:`.StateStore.upsert`).
         """
-        self.store.upsert(self.sync_key, rows, commit=False)
+        self.store.upsert(self.sync_key, rows, commit=False, new=new)
         if owed:  # old identifiers owed for removal that the model wants again are no longer owed
             self._delete_owed(rows)
         self.settle(session_id, batch_seq)

@@ -16,10 +16,13 @@ cells did not change since the state recorded them are not even staged: the engi
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from itertools import repeat
+from operator import itemgetter
 
 from airflow_provider_fbca.sync.state import (
     UNCONFIRMED,
@@ -31,6 +34,7 @@ from airflow_provider_fbca.sync.state import (
     known_rows_filter,
     utc_now,
 )
+from airflow_provider_fbca.sync.stored_rows import encode_identifiers_many
 
 EXTERN_ID = "EXTERN_ID"
 LOOKALIKE_VALUE = "LOOKALIKE_VALUE"
@@ -67,6 +71,10 @@ class RemovalGuardError(SyncPlanError):
 
 def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+#: Builds a StagedRow from a tuple of its fields, in C (``StagedRow(*fields)`` runs Python per row).
+_staged_row = functools.partial(tuple.__new__, StagedRow)
 
 
 class RowStager:
@@ -108,6 +116,44 @@ class RowStager:
             1 if member else 0,
             source_digest,
         )
+
+    def stage_rows(
+        self,
+        wire_rows: Sequence[Sequence[str]],
+        members: Sequence[bool] | None,
+        source_digests: Sequence[int | None],
+        encoded: Sequence[tuple[str, str, str]] | None = None,
+    ) -> list[StagedRow]:
+        """:meth:`stage` of each wire row, a batch at once (the hot path of a first sync).
+
+        :param members: each row's membership; None: every row is a member.
+        :param source_digests: each row's source digest.
+        :param encoded: the rows' :meth:`encode`, when computed already (by a preparing worker process).
+        """
+        identifiers: Iterable[str]
+        fingerprints: Iterable[str]
+        id_digests: Iterable[str]
+        if encoded is not None or self.value_index is not None:
+            encodings = encoded if encoded is not None else list(map(self.encode, wire_rows))
+            identifiers, fingerprints, id_digests = (
+                map(itemgetter(0), encodings),
+                map(itemgetter(1), encodings),
+                map(itemgetter(2), encodings),
+            )
+        else:
+            identifiers = encode_identifiers_many(wire_rows)
+            fingerprints = list(map(_digest, map(self.digest_prefix.__add__, identifiers)))  # as encode()
+            id_digests = fingerprints
+        fields = zip(
+            map(itemgetter(self.key_index), wire_rows),
+            fingerprints,
+            id_digests,
+            repeat(self.key_schema),
+            identifiers,
+            repeat(1) if members is None else map(int, members),
+            source_digests,
+        )
+        return list(map(_staged_row, fields))
 
     def encode(self, wire_row: Sequence[str]) -> tuple[str, str, str]:
         """A wire row's identifiers as stored, its fingerprint and its identifier digest."""
@@ -303,8 +349,8 @@ def find_duplicates(
     staged = f"SELECT row_key FROM {stage.name} WHERE member IS NOT NULL GROUP BY row_key HAVING COUNT(*) > 1"
     keys = {row[0] for row in store.fetch_all(staged)} | set(seen_keys)
     if stage.unseen_loaded:
-        # One probe of the state's key per staged row (the new and changed rows: few); the fence keeps
-        # PostgreSQL from making it a join that hashes the whole state (a second at a million rows).
+        # One probe of the state's key per staged row (the new and changed rows: few), on SQLite as on
+        # PostgreSQL, where the fence keeps it from becoming a join that hashes the whole state.
         fence = " OFFSET 0" if store.is_postgres else ""
         clashing = (
             f"SELECT t.row_key FROM {stage.name} AS t WHERE EXISTS (SELECT 1 FROM {store.table} AS s"
@@ -386,6 +432,26 @@ def addition_pages(store: StateStore, stage: StageTable, page_size: int) -> Iter
         last = page[-1][0]
 
 
+def record_source_digests(store: StateStore, stage: StageTable, sync_key: str) -> None:
+    """Record the source digests of staged rows that prepared to exactly what the state holds.
+
+    Such a row was staged because the state did not know its source cells' digest (the cells changed
+    without changing the prepared row, or the digest's encoding changed, as after an upgrade): recording
+    it lets the next run skip the row instead of preparing it again on every run. Nothing is sent for these
+    rows, so their digest may be recorded before the sending, whatever becomes of it.
+    """
+    t = stage.name
+    store.execute(
+        f"UPDATE {store.table} SET source_digest = (SELECT MIN(t.source_digest) FROM {t} AS t"
+        f" WHERE t.row_key = {store.table}.row_key) WHERE sync_key = ? AND row_key IN ("
+        f"SELECT t.row_key FROM {t} AS t CROSS JOIN {store.table} AS s WHERE s.sync_key = ?"
+        " AND s.row_key = t.row_key AND t.member = s.member AND t.fingerprint = s.fingerprint"
+        " AND t.source_digest IS NOT NULL AND (s.source_digest IS NULL OR s.source_digest <> t.source_digest))",
+        (sync_key, sync_key),
+    ).close()
+    store.commit()
+
+
 def record_tracked_rows(store: StateStore, stage: StageTable, sync_key: str) -> None:
     """Delete mode: remember new rows (as never sent) so they can be removed once they leave the model.
 
@@ -398,23 +464,3 @@ def record_tracked_rows(store: StateStore, stage: StageTable, sync_key: str) -> 
         f" FROM {stage.name} WHERE to_record = 1 {UPSERT_CLAUSE}",
         (sync_key, utc_now()),
     ).close()
-
-
-def record_source_digests(store: StateStore, stage: StageTable, sync_key: str) -> None:
-    """Give the state the source digests of the staged rows that turned out unchanged.
-
-    A row is staged when its source digest is not the state's: its cells changed, or only their digest
-    did (a column's type, a new digest encoding), or a change of its cells changed nothing once prepared.
-    Without its new digest, such a row would be prepared again by every later run. Nothing is sent for
-    these rows, so their digests are recorded whatever becomes of the run's uploads.
-    """
-    t = stage.name
-    store.execute(
-        f"UPDATE {store.table} AS s SET source_digest = {t}.source_digest FROM {t}"
-        f" WHERE s.sync_key = ? AND s.row_key = {t}.row_key AND {t}.member = 1 AND {t}.in_state = 1"
-        f" AND {t}.changed = 0 AND {t}.to_add = 0 AND {t}.to_remove = 0 AND {t}.to_record = 0"
-        f" AND {t}.source_digest IS NOT NULL AND s.fingerprint = {t}.fingerprint"
-        f" AND (s.source_digest IS NULL OR s.source_digest <> {t}.source_digest)",
-        (sync_key,),
-    ).close()
-    store.commit()

@@ -112,7 +112,8 @@ class PushdownModel(ModelQuery):
     def diff(self, stage: StageTable, sync_key: str, *, members_only: bool) -> tuple[int, int, list[str]]:
         """Diff the model's digests against the state's, in the database; load the stage's ``unseen``.
 
-        The model's query runs once, into a temporary table holding the new or changed rows' cells.
+        The model's query runs once, into a temporary table holding every row's digest and only the new
+        or changed rows' cells.
 
         :param stage: the run's stage table (created).
         :param sync_key: the sync.
@@ -122,43 +123,53 @@ class PushdownModel(ModelQuery):
             the keys of known rows whose cells two model rows share (duplicates).
         """
         select = self.select  # first: reading the query's columns ends the transaction
-        store, known = self.store, _known(stage)
+        store, known, model = self.store, _known(stage), _model(stage)
         store.refresh_statistics()
         if store.is_postgres:
             store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'").close()
-        store.execute(
-            f"CREATE TEMPORARY TABLE {known} AS SELECT DISTINCT source_digest FROM {store.table}"
-            f" WHERE sync_key = ? AND source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}",
-            (sync_key,),
-        ).close()
-        known_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
-        stage.create_unseen()
+        self._load_known(known, sync_key, members_only)
         if store.is_postgres:
-            store.analyze(known)
-            rows, matched = self._diff_in_one_pass(stage, select)
-            seen = known_count - int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
-            # Each model row matches one known digest at most (they are distinct): more matching rows
-            # than matched digests means two model rows share the cells of a known row.
-            duplicates = []
-            if matched > seen:
-                duplicates = self._duplicates(self._repeated_digests(stage, select), sync_key, members_only)
-        else:
-            rows, twice = self._diff_in_tables(stage, select)
-            seen = known_count - int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
-            duplicates = self._duplicates(twice, sync_key, members_only)
+            return self._diff_in_one_pass(stage, select, sync_key, members_only)
+        fresh = "k.source_digest IS NULL"
+        cells = ", ".join(
+            f"CASE WHEN {fresh} THEN m.c{index} END AS c{index}" for index in range(len(self.wanted))
+        )
+        # The model's query goes to the driver untouched: no parameters (a "?" or "%" in it stays itself).
+        # The fence keeps the database from computing each digest twice (for the join, then the result).
+        # The digest column is cast so that SQLite gives it an integer affinity: compared with the known
+        # digests (BIGINT) through an index of a column without affinity, SQLite would scan it per row.
+        cursor = store.conn.cursor()
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {model} AS SELECT CAST(m.{DIGEST_COLUMN} AS BIGINT) AS {DIGEST_COLUMN},"
+            f" CASE WHEN {fresh} THEN 1 ELSE 0 END AS fresh, {cells} FROM ({select}{self.dialect.fence}) AS m"
+            f" LEFT JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
+        )
+        cursor.close()
+        seen = self._index_seen(stage)
+        duplicates = self._duplicates(stage, sync_key, members_only)
+        stage.create_unseen()
+        store.execute(
+            f"INSERT INTO {stage.unseen} (source_digest) SELECT k.source_digest FROM {known} AS k"
+            f" WHERE NOT EXISTS ({seen})"
+        ).close()
         stage.index_unseen()
+        known_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
+        unseen_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
+        rows = int(store.fetch_one(f"SELECT COUNT(*) FROM {model}")[0])
         store.commit()
-        return rows, seen, [str(row[0]) for row in duplicates]
+        return rows, known_count - unseen_count, [str(row[0]) for row in duplicates]
 
-    def _diff_in_one_pass(self, stage: StageTable, select: str) -> tuple[int, int]:
+    def _diff_in_one_pass(
+        self, stage: StageTable, select: str, sync_key: str, members_only: bool
+    ) -> tuple[int, int, list[str]]:
         """PostgreSQL: one hash full join of the model's digests with the known ones, keeping only what
         differs: the new or changed rows (into ``model``) and the known digests no row has (``unseen``).
 
-        The unchanged rows are only counted: nothing is written or indexed for them.
-
-        :returns: the model's rows, and how many of them have a known digest.
+        The unchanged rows are only counted: nothing is written or indexed for them. Returns as
+        :meth:`diff`.
         """
         store, known, model = self.store, _known(stage), _model(stage)
+        stage.create_unseen()
         cells = [f"c{index}" for index in range(len(self.wanted))]
         fresh = "k.source_digest IS NULL"
         kept = ", ".join(f"CASE WHEN {fresh} THEN m.{cell} END AS {cell}" for cell in cells)
@@ -176,9 +187,23 @@ class PushdownModel(ModelQuery):
             f" unseen AS (INSERT INTO {stage.unseen} (source_digest) SELECT kd FROM j WHERE d IS NULL)"
             " SELECT COUNT(d), COUNT(d) + COUNT(kd) - COUNT(*) FROM j"
         )
-        rows, matched = cursor.fetchone()
+        rows, matched = (int(value) for value in cursor.fetchone())
         cursor.close()
-        return int(rows), int(matched)
+        known_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
+        seen = known_count - int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
+        stage.index_unseen()
+        # Each model row matches one known digest at most (they are distinct): more matching rows than
+        # matched digests means two model rows share the cells of a known row.
+        duplicates = []
+        if matched > seen:
+            twice = self._repeated_digests(stage, select)
+            duplicates = store.fetch_all(
+                f"SELECT s.row_key FROM {store.table} AS s JOIN ({twice}) AS twice ON twice.d = s.source_digest"
+                f" WHERE s.sync_key = ? AND {known_rows_filter(members_only, 's.member')}",
+                (sync_key,),
+            )
+        store.commit()
+        return rows, seen, [str(row[0]) for row in duplicates]
 
     def _repeated_digests(self, stage: StageTable, select: str) -> str:
         """The digests two model rows share, into ``model`` (``fresh = 0``); a query of them.
@@ -194,48 +219,69 @@ class PushdownModel(ModelQuery):
         cursor.close()
         return f"SELECT {DIGEST_COLUMN} AS d FROM {_model(stage)} WHERE fresh = 0"
 
-    def _diff_in_tables(self, stage: StageTable, select: str) -> tuple[int, str]:
-        """Every model row's digest into ``model`` (with the new or changed rows' cells), indexed, then
-        the known digests no row has into ``unseen``.
+    def _load_known(self, known: str, sync_key: str, members_only: bool) -> None:
+        """Copy the distinct source digests the state knows into the temporary table ``known``.
 
-        :returns: the model's rows, and a query of the known digests two model rows share.
+        On SQLite the table is keyed by the digest itself (an INTEGER PRIMARY KEY is the rowid), filled in
+        digest order: appending sorted keys costs a third of removing duplicates through a temporary
+        B-tree and then indexing the result, and every later lookup is a rowid lookup.
         """
-        store, known, model = self.store, _known(stage), _model(stage)
-        store.execute(f"CREATE INDEX {known}_digest ON {known} (source_digest)").close()
-        fresh = "k.source_digest IS NULL"
-        cells = ", ".join(
-            f"CASE WHEN {fresh} THEN m.c{index} END AS c{index}" for index in range(len(self.wanted))
-        )
-        # The model's query goes to the driver untouched: no parameters (a "?" or "%" in it stays itself).
-        # The fence keeps the database from computing each digest twice (for the join, then the result).
-        # The digest column is cast so that SQLite gives it an integer affinity: compared with the known
-        # digests (BIGINT) through an index of a column without affinity, SQLite would scan it per row.
-        cursor = store.conn.cursor()
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE {model} AS SELECT CAST(m.{DIGEST_COLUMN} AS BIGINT) AS {DIGEST_COLUMN},"
-            f" CASE WHEN {fresh} THEN 1 ELSE 0 END AS fresh, {cells} FROM ({select}{self.dialect.fence}) AS m"
-            f" LEFT JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
-        )
-        cursor.close()
-        store.execute(f"CREATE INDEX {model}_digest ON {model} ({DIGEST_COLUMN}) WHERE fresh = 0").close()
+        store = self.store
+        where = f"sync_key = ? AND source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}"
+        if store.is_sqlite:
+            store.execute(f"CREATE TEMPORARY TABLE {known} (source_digest INTEGER PRIMARY KEY)").close()
+            store.execute(
+                f"INSERT OR IGNORE INTO {known} SELECT source_digest FROM {store.table} WHERE {where}"
+                " ORDER BY source_digest",
+                (sync_key,),
+            ).close()
+            return
         store.execute(
-            f"INSERT INTO {stage.unseen} (source_digest) SELECT k.source_digest FROM {known} AS k"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {model} AS m WHERE m.fresh = 0"
-            f" AND m.{DIGEST_COLUMN} = k.source_digest)"
+            f"CREATE TEMPORARY TABLE {known} AS SELECT DISTINCT source_digest FROM {store.table} WHERE {where}",
+            (sync_key,),
         ).close()
-        rows = int(store.fetch_one(f"SELECT COUNT(*) FROM {model}")[0])
-        twice = f"SELECT {DIGEST_COLUMN} AS d FROM {model} WHERE fresh = 0 GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1"
-        return rows, twice
+        store.analyze(known)  # the one-pass diff hashes it: no index
 
-    def _duplicates(self, twice: str, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
+    def _index_seen(self, stage: StageTable) -> str:
+        """Index the known digests the model has; return the subquery finding a known digest ``k`` among them.
+
+        On SQLite they go into a table keyed by the digest, in digest order (like ``known``), so that the
+        unseen digests are found by a rowid lookup per known digest rather than an index search of the
+        model. PostgreSQL indexes the model's digests.
+        """
+        store, model = self.store, _model(stage)
+        if store.is_sqlite:
+            seen = _seen(stage)
+            store.execute(f"CREATE TEMPORARY TABLE {seen} (source_digest INTEGER PRIMARY KEY)").close()
+            store.execute(
+                f"INSERT OR IGNORE INTO {seen} SELECT {DIGEST_COLUMN} FROM {model} WHERE fresh = 0"
+                f" ORDER BY {DIGEST_COLUMN}"
+            ).close()
+            return f"SELECT 1 FROM {seen} AS m WHERE m.source_digest = k.source_digest"
+        store.execute(f"CREATE INDEX {model}_digest ON {model} ({DIGEST_COLUMN}) WHERE fresh = 0").close()
+        store.analyze(model)
+        return f"SELECT 1 FROM {model} AS m WHERE m.fresh = 0 AND m.{DIGEST_COLUMN} = k.source_digest"
+
+    def _repeats_known_digest(self, stage: StageTable, twice: str) -> bool:
+        """Whether two model rows share a known digest (a duplicate EXTERN_ID), read cheaply first.
+
+        On SQLite the ``seen`` table holds each of the model's known digests once: fewer of them than model
+        rows of known digests means a repeat; the model's digests are not indexed there.
+        """
+        store = self.store
+        if store.is_sqlite:
+            rows = store.fetch_one(f"SELECT COUNT(*) FROM {_model(stage)} WHERE fresh = 0")[0]
+            return int(rows) > int(store.fetch_one(f"SELECT COUNT(*) FROM {_seen(stage)}")[0])
+        return bool(store.fetch_one(f"SELECT EXISTS ({twice})")[0])
+
+    def _duplicates(self, stage: StageTable, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
         """The keys of known rows whose cells two model rows share (the same EXTERN_ID twice).
 
         The model's repeated digests come first: usually none, and then the state is not read at all.
-
-        :param twice: a query of the digests two model rows share (column ``d``).
         """
-        store = self.store
-        if not store.fetch_one(f"SELECT EXISTS ({twice})")[0]:
+        store, model = self.store, _model(stage)
+        twice = f"SELECT {DIGEST_COLUMN} AS d FROM {model} WHERE fresh = 0 GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1"
+        if not self._repeats_known_digest(stage, twice):
             return []
         return store.fetch_all(
             f"SELECT s.row_key FROM {store.table} AS s JOIN ({twice}) AS twice ON twice.d = s.source_digest"
@@ -247,7 +293,7 @@ class PushdownModel(ModelQuery):
         """Drop the diff's temporary tables (best effort: they go with the connection anyway)."""
         try:
             self.store.conn.rollback()
-            for table in (_known(stage), _model(stage)):
+            for table in (_known(stage), _model(stage), _seen(stage)):
                 self.store.execute(f"DROP TABLE IF EXISTS {table}").close()
             self.store.commit()
         except Exception:
@@ -260,6 +306,10 @@ def _known(stage: StageTable) -> str:
 
 def _model(stage: StageTable) -> str:
     return f"{stage.name}_model"
+
+
+def _seen(stage: StageTable) -> str:
+    return f"{stage.name}_seen"
 
 
 def shares_database(sql_conn_id: str, state_conn_id: str, conn: Any) -> bool:

@@ -11,11 +11,17 @@ the model.
 
 The removal rows are the stage's (rows leaving the audience, old identifiers of updated rows) and the
 owed ones (removals Meta refused earlier, see :mod:`.journal`), gathered in one temporary table.
+
+Finding the holders reads every staying row of the state. On SQLite, extracting each row's identifiers
+and probing them in SQL is most of an incremental run's time, so a registered function first keeps only
+the state rows that may hold a removal identifier (a fixed-size bitmap of the removal values' hashes: no
+false negative, memory bounded whatever the number of removals), and the exact join runs on those few.
+PostgreSQL extracts and joins in C, with a hash join: it reads the state itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 from airflow_provider_fbca.identifiers import MATCH_KEYS
 from airflow_provider_fbca.sync.journal import LEAVING, OWED, UPDATE, RemovalRow
@@ -24,6 +30,8 @@ from airflow_provider_fbca.sync.state import StageTable, StateStore, decode_iden
 #: The keys a removal row leaves out when a staying row shares the value: strong identifiers (EXTERN_ID,
 #: the row's own key, is not an identifier in this sense and is always carried).
 WITHHELD_WHEN_SHARED = frozenset(key.name for key in MATCH_KEYS if key.strong and key.identifier)
+#: The SQLite function keeping the state rows that may hold a removal identifier (see :class:`MayHold`).
+MAY_HOLD_FUNCTION = "fbca_may_hold"
 
 
 class Removals:
@@ -40,6 +48,7 @@ class Removals:
         self.sync_key = sync_key
         self.rows = f"{stage.name}_rm"
         self.ids = f"{stage.name}_rmid"
+        self.holders = f"{stage.name}_hold"
 
     def build(self) -> int:
         """Gather the removal rows, find their shared identifiers; return how many are withheld."""
@@ -80,19 +89,46 @@ class Removals:
         store.execute(f"CREATE INDEX {self.ids}_value ON {self.ids} (key_name, value)").close()
         store.execute(f"CREATE INDEX {self.ids}_rid ON {self.ids} (rid)").close()
         store.analyze(self.rows, self.ids)
-        for key_schema in self._held_schemas() if keys else []:
-            self._mark_shared(key_schema, [(i, key) for i, key in _withholdable(key_schema) if key in keys])
+        if keys:
+            holders = self._may_hold(keys) if store.is_sqlite else store.table
+            for key_schema in self._held_schemas(holders):
+                positions = [(i, key) for i, key in _withholdable(key_schema) if key in keys]
+                self._mark_shared(holders, key_schema, positions)
         store.commit()
         return int(store.fetch_one(f"SELECT COUNT(*) FROM {self.ids} WHERE shared = 1")[0])
 
-    def _mark_shared(self, key_schema: str, positions: list[tuple[int, str]]) -> None:
+    def _may_hold(self, keys: Collection[str]) -> str:
+        """Copy the state's member rows that may hold a removal identifier into a temporary table.
+
+        One scan of the state; the registered :class:`MayHold` drops nearly every row before SQL looks at it.
+        The removal values stream into its table (memory does not grow with the removals).
+
+        :param keys: the withheld keys the removal rows carry.
+        :returns: the table's name: it has the state's columns the exact join reads.
+        """
+        store = self.store
+        may_hold = MayHold(keys, int(store.fetch_one(f"SELECT COUNT(*) FROM {self.ids}")[0]))
+        cursor = store.execute(f"SELECT value FROM {self.ids}")
+        while rows := cursor.fetchmany(10_000):
+            may_hold.add(row[0] for row in rows)
+        cursor.close()
+        store.conn.create_function(MAY_HOLD_FUNCTION, 2, may_hold.check, deterministic=True)
+        store.execute(
+            f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema, identifiers"
+            f" FROM {store.table} WHERE sync_key = ? AND member = 1 AND {MAY_HOLD_FUNCTION}(key_schema, identifiers)",
+            (self.sync_key,),
+        ).close()
+        return self.holders
+
+    def _mark_shared(self, holders: str, key_schema: str, positions: list[tuple[int, str]]) -> None:
         """Mark the removal identifiers that a row of one schema staying in or added to the audience holds.
 
-        One scan of the state per schema, whatever the number of withheld keys: each staying row's
+        One scan of the holders per schema, whatever the number of withheld keys: each staying row's
         identifiers at ``positions`` are probed against the (few) removal identifiers' index. CROSS JOIN
-        keeps SQLite's loop order (state outside); PostgreSQL plans it as any join (a hash join, given the
+        keeps SQLite's loop order (holders outside); PostgreSQL plans it as any join (a hash join, given the
         temporary tables' statistics).
 
+        :param holders: the state table, or the table of its rows that may hold a removal identifier.
         :param key_schema: a schema of the rows staying in or added to the audience.
         :param positions: ``(position, key)`` of the withheld keys in that schema that removal rows carry.
         """
@@ -104,7 +140,7 @@ class Removals:
         # Staying: members of the state that this run does not remove (or re-identify), and additions.
         store.execute(
             f"UPDATE {ids} SET shared = 1 WHERE shared = 0 AND (key_name, value) IN ("
-            f"SELECT r.key_name, r.value FROM {store.table} AS s CROSS JOIN {at} CROSS JOIN {ids} AS r"
+            f"SELECT r.key_name, r.value FROM {holders} AS s CROSS JOIN {at} CROSS JOIN {ids} AS r"
             " WHERE s.sync_key = ? AND s.member = 1 AND s.key_schema = ? AND r.key_name = p.column2"
             f" AND r.value = {store.identifier_at('s.identifiers', 'p.column1')}"
             f" AND NOT EXISTS (SELECT 1 FROM {t} AS x WHERE x.row_key = s.row_key AND x.to_remove = 1)"
@@ -114,9 +150,9 @@ class Removals:
             (self.sync_key, key_schema, key_schema),
         ).close()
 
-    def _held_schemas(self) -> list[str]:
+    def _held_schemas(self, holders: str) -> list[str]:
         rows = self.store.fetch_all(
-            f"SELECT DISTINCT key_schema FROM {self.store.table} WHERE sync_key = ? AND member = 1"
+            f"SELECT DISTINCT key_schema FROM {holders} WHERE sync_key = ? AND member = 1"
             f" UNION SELECT DISTINCT key_schema FROM {self.stage.name} WHERE to_add = 1",
             (self.sync_key,),
         )
@@ -158,9 +194,62 @@ class Removals:
             last = int(page[-1][0])
 
     def drop(self) -> None:
-        for table in (self.ids, self.rows):
+        for table in (self.holders, self.ids, self.rows):
             self.store.execute(f"DROP TABLE IF EXISTS {table}").close()
         self.store.commit()
+
+
+class MayHold:
+    """Whether a stored row may hold one of the removal identifiers: SQLite's prefilter of the holders.
+
+    A table of flags indexed by the values' hashes (Python's own, stable within the process): a row none of
+    whose withheld values hits a flag holds none of them; a hit is only "maybe" (another value may share
+    the flag), and the exact join settles it. The table is sized to the removals (about 1.5% of misses hit
+    a flag) and small enough to stay in the processor's cache; it never exceeds 8 MiB.
+
+    :param keys: the withheld keys the removal rows carry (the positions checked in each schema).
+    :param expected: how many values :meth:`add` will be given (sizes the table).
+    """
+
+    def __init__(self, keys: Collection[str], expected: int) -> None:
+        size = 1 << 16
+        while size < 64 * expected and size < 1 << 23:
+            size <<= 1
+        self.mask = size - 1
+        self.flags = bytearray(size)
+        self.keys = frozenset(keys)
+        self.positions: dict[str, tuple[int, ...]] = {}
+        self.last: tuple[str, tuple[int, ...]] = ("", ())
+
+    def add(self, values: Iterable[str]) -> None:
+        """Flag removal identifiers' values."""
+        flags, mask = self.flags, self.mask
+        for value in values:
+            flags[hash(value) & mask] = 1
+
+    def check(self, key_schema: str, identifiers: str) -> int:
+        """1 when the row may hold a removal identifier at a withheld position of its schema, else 0.
+
+        Called once per state row: the schema's positions are kept from the previous row (a sync's rows
+        share one or two schemas).
+
+        :param key_schema: the stored row's schema.
+        :param identifiers: the stored row's identifiers (see :func:`.state.encode_identifiers`).
+        """
+        schema, positions = self.last
+        if key_schema != schema:
+            positions = self.positions.get(key_schema)
+            if positions is None:
+                positions = tuple(i for i, key in _withholdable(key_schema) if key in self.keys)
+                self.positions[key_schema] = positions
+            self.last = (key_schema, positions)
+        if not positions:
+            return 0
+        values, flags, mask = decode_identifiers(identifiers), self.flags, self.mask
+        for position in positions:
+            if position < len(values) and flags[hash(values[position]) & mask]:
+                return 1
+        return 0
 
 
 def _withholdable(key_schema: str) -> list[tuple[int, str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_fbca.sync.batches import SessionResult, UploadSession
@@ -228,9 +229,16 @@ class PlanSender:
         :param pages: pages of staged rows carrying their wire rows.
         :param estimated_total: the rows the pages should hold (rows the preparer rejects make it more).
         """
-        return self._add_pages(pages, estimated_total, encode_streamed)
+        return self._add_pages(pages, estimated_total, encode_streamed, new=True)
 
-    def _add_pages(self, pages: Iterable[list[StagedRow]], total: int, encode: Any) -> SessionResult:
+    def _add_pages(
+        self, pages: Iterable[list[StagedRow]], total: int, encode: Any, *, new: bool = False
+    ) -> SessionResult:
+        """Send pages of additions in one session, journaled.
+
+        :param new: the rows are expected to be new to the state (a streamed first sync into an empty
+            slice, under the lease): recorded by COPY where the database has it (:meth:`.StateStore.upsert`).
+        """
         audience_id, extra = self.options.audience_id, self._extra()
         owed = self.journal.owed_count() > 0  # the removals went first: an addition session owes no more
 
@@ -238,7 +246,7 @@ class PlanSender:
             return self.client.add_users(audience_id, self.schema, data, session=session, **extra)
 
         def acknowledge(page: list[StagedRow], session: dict[str, Any]) -> None:
-            self.journal.added(session["session_id"], session["batch_seq"], page, owed=owed)
+            self.journal.added(session["session_id"], session["batch_seq"], page, owed=owed, new=new)
 
         session = self._new_session(ADD, total, encode, send, acknowledge)
         result = session.run(pages)
@@ -325,7 +333,13 @@ def _journal_rows(page: list[Any]) -> list[tuple[str, str, str, str]]:
     """``(row_key, key_schema, identifiers as sent, id_digest)`` of a page's rows, for the journal."""
     if page and isinstance(page[0], RemovalRow):
         return [(row.row_key, row.key_schema, row.sent, row.id_digest) for row in page]
-    return [(row.row_key, row.key_schema, row.identifiers, row.id_digest) for row in page]
+    return list(map(_STAGED_JOURNAL_FIELDS, page))
+
+
+#: A StagedRow's journal fields (see :func:`_journal_rows`), picked in C: a first sync journals every row.
+_STAGED_JOURNAL_FIELDS = itemgetter(
+    *(StagedRow._fields.index(name) for name in ("row_key", "key_schema", "identifiers", "id_digest"))
+)
 
 
 def _is_refusal(error: Exception) -> bool:

@@ -34,6 +34,13 @@ def column_picker(columns: Sequence[str], wanted: Sequence[str]) -> Callable[[Ro
     :param wanted: the columns the mapping (and membership column) names.
     :raises ValueError: a wanted column is not in the result; nothing has been created or sent yet.
     """
+    indices = _column_indices(columns, wanted)
+    # itemgetter with one index returns a bare value: keep rows as tuples.
+    return operator.itemgetter(*indices) if len(indices) > 1 else (lambda row: (row[indices[0]],))
+
+
+def _column_indices(columns: Sequence[str], wanted: Sequence[str]) -> list[int]:
+    """The positions of the wanted columns (case-insensitively) in the result; see :func:`column_picker`."""
     position = {name.lower(): index for index, name in enumerate(columns)}
     missing = [name for name in wanted if name.lower() not in position]
     if missing:
@@ -41,9 +48,7 @@ def column_picker(columns: Sequence[str], wanted: Sequence[str]) -> Callable[[Ro
             f"The query returns no column {missing}; it returns {list(columns)}. Fix the mapping (or "
             "membership_column), or select the column in the query."
         )
-    indices = [position[name.lower()] for name in wanted]
-    # itemgetter with one index returns a bare value: keep rows as tuples.
-    return operator.itemgetter(*indices) if len(indices) > 1 else (lambda row: (row[indices[0]],))
+    return [position[name.lower()] for name in wanted]
 
 
 def _column_names(cursor: Any) -> list[str]:
@@ -72,6 +77,7 @@ def read_model(
         cursor.execute(statement)
         columns = _column_names(cursor)
         pick: Callable[[Row], Row] | None = None
+        as_fetched = False  # the result is the wanted columns in order: tuples need no picking
         read = 0
         while True:
             try:
@@ -83,10 +89,11 @@ def read_model(
                 # (PostgresHook's driver under SQLAlchemy 1.4, which Airflow 3.0 pins) describe them only then.
                 columns = _column_names(cursor)
                 pick = column_picker(columns, wanted)
+                as_fetched = _column_indices(columns, wanted) == list(range(len(columns)))
             if not rows:
                 return
             read += len(rows)
-            yield [pick(row) for row in rows]
+            yield rows if as_fetched and type(rows[0]) is tuple else [pick(row) for row in rows]
     finally:
         cursor.close()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_fbca.sync.dialects import client_row_digest
@@ -30,6 +31,12 @@ from airflow_provider_fbca.sync.state import StagedRow, StateStore
 if TYPE_CHECKING:
     from airflow_provider_fbca.sync.engine import RowPreparerLike, SyncOptions
     from airflow_provider_fbca.sync.worker import PreparerProcess
+
+#: A chunk's prepared rows: their stage rows and, in the same order, their wire rows (what is sent).
+Staged = tuple[list[StagedRow], list[Sequence[str]]]
+
+#: A digested row's digest and cells (``(digest, *cells)``); a source row's cells without its membership.
+_DIGEST, _CELLS, _IDENTIFIER_CELLS = itemgetter(0), itemgetter(slice(1, None)), itemgetter(slice(None, -1))
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off", ""})
@@ -122,7 +129,7 @@ class ModelStager:
         defaults = {
             member: load_defaults(member, self.options.adds_enabled, state_empty) for member in (0, 1)
         }
-        return [(*row[:6], *defaults[row.member], row.source_digest) for row, _ in self.prepare(chunk)]
+        return [(*row[:6], *defaults[row.member], row.source_digest) for row in self.prepare(chunk)[0]]
 
     def stage_digested(
         self, chunk: Sequence[Sequence[Any]], state_empty: bool, count_read: bool = False
@@ -137,11 +144,11 @@ class ModelStager:
         }
         return [
             (*row[:6], *defaults[row.member], row.source_digest)
-            for row, _ in self.prepare_digested(chunk, count_read)
+            for row in self.prepare_digested(chunk, count_read)[0]
         ]
 
-    def prepare(self, chunk: Sequence[Sequence[Any]]) -> Iterator[tuple[StagedRow, Sequence[str]]]:
-        """Prepare the chunk's rows whose source cells changed: ``(staged row, wire row)`` each.
+    def prepare(self, chunk: Sequence[Sequence[Any]]) -> Staged:
+        """Prepare the chunk's rows whose source cells changed: their stage rows and wire rows.
 
         :param chunk: source rows (identifier values in mapping order, then membership).
         """
@@ -163,9 +170,7 @@ class ModelStager:
                 seen[position] = 1
         return self._prepare(chunk, fresh, digests, self.report.rows_read - len(chunk) + 1)
 
-    def prepare_digested(
-        self, chunk: Sequence[Sequence[Any]], count_read: bool = False
-    ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
+    def prepare_digested(self, chunk: Sequence[Sequence[Any]], count_read: bool = False) -> Staged:
         """Prepare rows the database digested (``(digest, *cells)``), every one of them.
 
         :param chunk: digested rows.
@@ -173,15 +178,15 @@ class ModelStager:
         """
         if count_read:
             self.report.rows_read += len(chunk)
-        cells = [row[1:] for row in chunk]
+        cells = list(map(_CELLS, chunk))
         first_row = self.report.rows_read - len(chunk) + 1 if count_read else None
-        return self._prepare(cells, range(len(cells)), [row[0] for row in chunk], first_row)
+        return self._prepare(cells, range(len(cells)), list(map(_DIGEST, chunk)), first_row)
 
     def prepare_stream(
         self, chunks: Iterable[Sequence[Sequence[Any]]], digested: bool, worker: PreparerProcess | None
-    ) -> Iterator[Iterator[tuple[StagedRow, Sequence[str]]]]:
-        """A first sync's chunks, prepared (see :meth:`prepare` and :meth:`prepare_digested`): one
-        iterator of ``(staged row, wire row)`` per chunk.
+    ) -> Iterator[Staged]:
+        """A first sync's chunks, prepared (see :meth:`prepare` and :meth:`prepare_digested`): stage rows
+        and wire rows per chunk.
 
         With a worker process, chunk k+1 is read and sent to it before chunk k's rows are handed out, so
         the worker prepares it while this process stages, journals and sends chunk k.
@@ -207,11 +212,11 @@ class ModelStager:
 
     def _prepared_by(
         self, worker: PreparerProcess, chunk: Sequence[Sequence[Any]], first_row: int, digested: bool
-    ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
+    ) -> Staged:
         """The worker's answer to ``chunk``, staged and counted as :meth:`_prepare` does."""
         digests, prepared, encoded = worker.result()
         if digested:
-            chunk, digests = [row[1:] for row in chunk], [row[0] for row in chunk]
+            chunk, digests = list(map(_CELLS, chunk)), list(map(_DIGEST, chunk))
         fresh = range(len(chunk))
         values = self._values(chunk, fresh) if self.rejects is not None else ()
         self._count(values, len(chunk), prepared)
@@ -219,8 +224,8 @@ class ModelStager:
 
     def _values(self, chunk: Sequence[Sequence[Any]], fresh: Sequence[int]) -> list[Sequence[Any]]:
         """The identifier cells of the ``fresh`` rows, as the preparer takes them."""
-        has_membership = self.options.has_membership
-        return [chunk[i][:-1] if has_membership else chunk[i] for i in fresh]
+        rows = chunk if len(fresh) == len(chunk) else [chunk[i] for i in fresh]  # all fresh: a first sync
+        return list(map(_IDENTIFIER_CELLS, rows)) if self.options.has_membership else list(rows)
 
     def _count(self, values: Sequence[Sequence[Any]], prepared_rows: int, prepared: Any) -> None:
         """Count what the preparer rejected and dropped; list the rows that lost values."""
@@ -238,14 +243,14 @@ class ModelStager:
         fresh: Sequence[int],
         digests: Sequence[int],
         first_row: int | None,
-    ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
+    ) -> Staged:
         """Prepare the ``fresh`` rows of the chunk; count what the preparer rejected and dropped.
 
         :param first_row: the position of the chunk's first row in the query's result (1-based), for the
             refusal of a personal EXTERN_ID; None when rows do not come in the query's order.
         """
         if not fresh:
-            return iter(())
+            return [], []
         values = self._values(chunk, fresh)
         prepared = self.preparer.prepare_rows(values)
         self._count(values, len(values), prepared)
@@ -259,27 +264,46 @@ class ModelStager:
         first_row: int | None,
         prepared: Any,
         encoded: Sequence[tuple[str, str, str]] | None = None,
-    ) -> Iterator[tuple[StagedRow, Sequence[str]]]:
-        """The kept rows' stage rows (``encoded``: the kept rows as :meth:`.RowStager.encode` encodes them,
-        when a worker process did); refuses a personal EXTERN_ID, rejects a key the state cannot hold."""
-        has_membership, report = self.options.has_membership, self.report
-        key_index, stage = self.row_stager.key_index, self.row_stager.stage
-        check_keys = not clean_keys([wire_row[key_index] for wire_row in prepared.rows])
-        staged = []
-        encodings = [None] * len(prepared.rows) if encoded is None else encoded
-        for wire_row, prepared_index, encoding in zip(prepared.rows, prepared.kept, encodings, strict=True):
-            source_index = fresh[prepared_index]
-            if check_keys and (problem := row_key_problem(wire_row[key_index])):
-                if problem in PERSONAL:
-                    raise refuse_personal_key(
-                        problem, None if first_row is None else first_row + source_index
-                    )
+    ) -> Staged:
+        """The kept rows' stage rows and wire rows (``encoded``: the kept rows as :meth:`.RowStager.encode`
+        encodes them, when a worker process did); refuses a personal EXTERN_ID, rejects a key the state
+        cannot hold."""
+        key_index = self.row_stager.key_index
+        wire_rows: list[Sequence[str]] = prepared.rows
+        sources = list(map(fresh.__getitem__, prepared.kept))  # each kept row's index in the chunk
+        if not clean_keys([wire_row[key_index] for wire_row in wire_rows]):
+            wire_rows, sources, encoded = self._checked_keys(wire_rows, sources, encoded, first_row)
+        members = None
+        if self.options.has_membership:
+            members = [parse_membership(chunk[index][-1]) for index in sources]
+        source_digests = [digests[index] for index in sources]
+        return self.row_stager.stage_rows(wire_rows, members, source_digests, encoded), wire_rows
+
+    def _checked_keys(
+        self,
+        wire_rows: list[Sequence[str]],
+        sources: list[int],
+        encoded: Sequence[tuple[str, str, str]] | None,
+        first_row: int | None,
+    ) -> tuple[list[Sequence[str]], list[int], list[tuple[str, str, str]] | None]:
+        """The rows whose EXTERN_ID can key a row (the others rejected and counted), a batch whose keys
+        :func:`.clean_keys` did not clear; refuses the run at the first personal one."""
+        key_index, report = self.row_stager.key_index, self.report
+        kept: list[int] = []
+        for position, (wire_row, source_index) in enumerate(zip(wire_rows, sources, strict=True)):
+            problem = row_key_problem(wire_row[key_index])
+            if problem in PERSONAL:
+                raise refuse_personal_key(problem, None if first_row is None else first_row + source_index)
+            if problem:
                 report.rejected += 1
                 report.rejected_by_reason[problem] += 1
-                continue
-            member = parse_membership(chunk[source_index][-1]) if has_membership else True
-            staged.append((stage(wire_row, member, digests[source_index], encoding), wire_row))
-        return iter(staged)
+            else:
+                kept.append(position)
+        return (
+            [wire_rows[position] for position in kept],
+            [sources[position] for position in kept],
+            None if encoded is None else [encoded[position] for position in kept],
+        )
 
 
 def _position(sorted_values: array[int], value: int) -> int:

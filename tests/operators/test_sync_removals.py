@@ -73,14 +73,13 @@ def test_removals_never_take_out_people_who_share_an_identifier(
     warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
 ) -> None:
     # Ten people share a family inbox; one of them leaves, and so does a person of their own.
-    rows = [customer(i, email="family@example.com") for i in range(10)] + [customer(i) for i in range(10, 20)]
-    warehouse.write(rows)
-    audience_id = run(make_operator(warehouse, fb_conn_id, state_table))["audience_id"]
-    rows = [row for row in rows if row[0] not in ("cust-00000", "cust-00010")]
+    first = [customer(i, email="family@example.com") for i in range(10)] + [
+        customer(i) for i in range(10, 20)
+    ]
+    rows = [row for row in first if row[0] not in ("cust-00000", "cust-00010")]
     # One more moves into the family inbox: the removal of its old e-mail is not affected.
     rows = [customer(11, email="family@example.com") if row[0] == "cust-00011" else row for row in rows]
-    warehouse.write(rows)
-    report = run(make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id))
+    audience_id, report = _two_runs(warehouse, fb_conn_id, state_table, first, rows)
     assert (report["removed"], report["updated_identifiers"]) == (2, 1)
     assert members(sandbox, audience_id) == model_members(rows)  # the family stays
     assert report["identifiers_withheld_shared"] == 1  # the family inbox on cust-00000's removal row
@@ -91,12 +90,31 @@ def test_removals_spare_a_new_row_taking_over_an_identifier(
 ) -> None:
     # A person leaves and, in the same run, a new row arrives with their e-mail (a reassigned inbox):
     # the removal row must not carry it, or it would take out the newcomer just added.
-    rows = [customer(i) for i in range(10)]
-    warehouse.write(rows)
-    audience_id = run(make_operator(warehouse, fb_conn_id, state_table))["audience_id"]
-    rows = [*rows[1:], customer(50, email=customer(0)[1])]
-    warehouse.write(rows)
-    report = run(make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id))
+    first = [customer(i) for i in range(10)]
+    rows = [*first[1:], customer(50, email=customer(0)[1])]
+    audience_id, report = _two_runs(warehouse, fb_conn_id, state_table, first, rows)
     assert (report["removed"], report["added"]) == (1, 1)
     assert report["identifiers_withheld_shared"] == 1
     assert members(sandbox, audience_id) == model_members(rows)  # the newcomer stays
+
+
+def test_removals_spare_people_staying_unchanged_who_share_an_identifier(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    # Only rows the run does not touch hold the family inbox: found in the state, not among the additions.
+    first = [customer(i, email="family@example.com") for i in range(3)] + [customer(i) for i in range(3, 6)]
+    rows = first[1:]
+    audience_id, report = _two_runs(warehouse, fb_conn_id, state_table, first, rows)
+    assert (report["removed"], report["added"], report["updated"]) == (1, 0, 0)
+    assert report["identifiers_withheld_shared"] == 1
+    assert members(sandbox, audience_id) == model_members(rows)  # the family stays
+
+
+def _two_runs(
+    warehouse: Warehouse, fb_conn_id: str, state_table: str, first: list[Any], then: list[Any]
+) -> tuple[str, dict[str, Any]]:
+    """Sync ``first`` into a new audience, then ``then``; the audience id and the second run's report."""
+    warehouse.write(first)
+    audience_id = run(make_operator(warehouse, fb_conn_id, state_table))["audience_id"]
+    warehouse.write(then)
+    return audience_id, run(make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id))

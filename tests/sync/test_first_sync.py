@@ -8,8 +8,8 @@ from airflow_provider_fbca.sync.engine import parse_membership
 from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages
 
 
-def _strip(value: object) -> str:
-    return str(value).strip()
+def _strip(values: list[object]) -> list[str]:
+    return [str(value).strip() for value in values]
 
 
 def test_distinct_keys_stream_and_are_counted() -> None:
@@ -46,11 +46,29 @@ def test_many_keys_in_few_buckets_are_told_apart() -> None:
 
 
 def test_pages_carry_their_wire_rows() -> None:
-    rows = [(f"staged-{i}", [f"wire-{i}"]) for i in range(5)]
-    pages = list(streamed_pages(rows, 2))  # type: ignore[arg-type]
+    chunks = [
+        ([f"staged-{i}" for i in chunk], [[f"wire-{i}"] for i in chunk])
+        for chunk in ([0], [1, 2, 3], [], [4])
+    ]
+    pages = list(streamed_pages(chunks, 2))  # type: ignore[arg-type]
     assert [list(page) for page in pages] == [
         ["staged-0", "staged-1"],
         ["staged-2", "staged-3"],
         ["staged-4"],
     ]
-    assert pages[-1].wire == [["wire-4"]]
+    assert [page.wire for page in pages] == [[["wire-0"], ["wire-1"]], [["wire-2"], ["wire-3"]], [["wire-4"]]]
+    assert [len(page) for page in streamed_pages([(list(range(7)), list(range(7)))], 3)] == [3, 3, 1]
+
+
+def test_the_column_rule_keys_every_cell_as_the_cell_rule_does() -> None:
+    from decimal import Decimal
+
+    from airflow_provider_fbca.sync.engine import _default_key_normalizer, _default_keys_normalizer
+
+    class Text(str):
+        pass
+
+    text = [" a ", "b\t", "\u00a0c\u2003", "", "d"]
+    mixed = [*text, 12, 34.0, Decimal("56.00"), None, b" e ", Text(" f ")]
+    for column in (text, mixed):
+        assert _default_keys_normalizer(column) == [_default_key_normalizer(cell) for cell in column]

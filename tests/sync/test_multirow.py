@@ -99,3 +99,31 @@ def test_an_upsert_takes_rows_only_with_distinct_conflict_keys() -> None:
 )
 def test_other_statements_keep_executemany(statement: str) -> None:
     assert multirow(statement) is None
+
+
+def test_new_rows_leave_what_the_upsert_leaves_even_when_one_was_there(store: StateStore) -> None:
+    # A streamed first sync's pages are expected new (COPY on PostgreSQL); a row already there, or one
+    # repeated in the page, must still end as the upsert leaves it, and the transaction stay usable.
+    store.ensure_tables()
+    store.upsert(SYNC, [_row(n) for n in range(ROWS)], new=True)
+    store.upsert(SYNC, [_row(ROWS + 1), _row(3, "changed"), _row(ROWS + 1, "repeated")], new=True)
+    store.upsert(SYNC, [_row(n, "next") for n in range(ROWS + 2, ROWS + 5)], new=True, commit=False)
+    store.conn.rollback()  # an uncommitted page is not recorded: the upsert committed nothing itself
+    expected = {f"cust-{n:05d}": "f" for n in range(ROWS)} | {"cust-00003": "changed"}
+    assert _fingerprints(store) == expected | {f"cust-{ROWS + 1:05d}": "repeated"}
+
+
+@pytest.mark.parametrize("store", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_postgres_copies_new_rows_instead_of_upserting_them(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # COPY costs PostgreSQL about a third of a multi-row upsert, whose conflict check costs as much as
+    # the insert; the upsert runs only for a page holding a row already there.
+    store.ensure_tables()
+
+    def no_upsert(*args: Any, **kwargs: Any) -> bool:
+        raise AssertionError("new rows upserted")
+
+    monkeypatch.setattr("airflow_provider_fbca.sync.state.execute_multirow", no_upsert)
+    store.upsert(SYNC, [_row(n) for n in range(ROWS)], new=True)
+    assert store.count(SYNC) == ROWS

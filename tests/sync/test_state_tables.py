@@ -74,3 +74,28 @@ def test_first_runs_creating_the_tables_at_once_do_not_collide(postgres_server: 
     finally:
         for conn in conns:
             conn.close()
+
+
+@pytest.mark.parametrize("store", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_journal_pages_are_stored_uncompressed_and_an_older_table_is_switched(store: StateStore) -> None:
+    """Compressing a ~1 MB packed page cost PostgreSQL more than writing it; a pending page written by an
+    older version (compressed) still reads back after the switch."""
+    from airflow_provider_fbca.sync.journal import ADD, PageJournal, pack_rows
+
+    def storage() -> str:
+        return store.fetch_one(
+            "SELECT attstorage FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'identifiers'",
+            (store.pages_table,),
+        )[0]
+
+    store.ensure_tables()
+    assert storage() == "e"
+    store.execute(f"ALTER TABLE {store.pages_table} ALTER COLUMN identifiers SET STORAGE EXTENDED").close()
+    store.commit()
+    rows = [
+        (f"cust-{n:05d}", "EXTERN_ID,EMAIL", f"cust-{n:05d}\x1f{n:064x}", f"{n:064x}") for n in range(5000)
+    ]
+    PageJournal(store, "act_1:42").record(ADD, 7, 1, rows)
+    store.ensure_tables()
+    assert storage() == "e"
+    assert store.fetch_one(f"SELECT identifiers FROM {store.pages_table}") == (pack_rows(rows),)
