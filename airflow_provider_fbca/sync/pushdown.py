@@ -196,12 +196,7 @@ class PushdownModel(ModelQuery):
         # matched digests means two model rows share the cells of a known row.
         duplicates = []
         if matched > seen:
-            twice = self._repeated_digests(stage, select)
-            duplicates = store.fetch_all(
-                f"SELECT s.row_key FROM {store.table} AS s JOIN ({twice}) AS twice ON twice.d = s.source_digest"
-                f" WHERE s.sync_key = ? AND {known_rows_filter(members_only, 's.member')}",
-                (sync_key,),
-            )
+            duplicates = self._keys_of_digests(self._repeated_digests(stage, select), sync_key, members_only)
         store.commit()
         return rows, seen, [str(row[0]) for row in duplicates]
 
@@ -279,12 +274,17 @@ class PushdownModel(ModelQuery):
 
         The model's repeated digests come first: usually none, and then the state is not read at all.
         """
-        store, model = self.store, _model(stage)
+        model = _model(stage)
         twice = f"SELECT {DIGEST_COLUMN} AS d FROM {model} WHERE fresh = 0 GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1"
         if not self._repeats_known_digest(stage, twice):
             return []
+        return self._keys_of_digests(twice, sync_key, members_only)
+
+    def _keys_of_digests(self, digests: str, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
+        """The keys of the known rows whose source digest a query (its column ``d``) returns."""
+        store = self.store
         return store.fetch_all(
-            f"SELECT s.row_key FROM {store.table} AS s JOIN ({twice}) AS twice ON twice.d = s.source_digest"
+            f"SELECT s.row_key FROM {store.table} AS s JOIN ({digests}) AS twice ON twice.d = s.source_digest"
             f" WHERE s.sync_key = ? AND {known_rows_filter(members_only, 's.member')}",
             (sync_key,),
         )
