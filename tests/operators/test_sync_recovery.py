@@ -28,8 +28,10 @@ from tests.operators.test_sync_audience import MAPPING, make_operator, run, user
 from tests.sync.test_worker import wait_ended, worker_pids
 
 BATCH = 5
-#: How long the sandbox holds the request the test kills the run under (it is applied afterwards).
-HOLD_S = 1.0
+#: How long the sandbox holds the request the test kills the run under (it is applied afterwards). Long
+#: enough for the kill to land first on a loaded machine: at 1 s, a run of the suite beside another one
+#: saw the held page answered and acknowledged before the kill.
+HOLD_S = 2.0
 
 V1 = [customer(i) for i in range(30)]
 # Five leave, ten arrive, two change e-mail: removal pages [0-4] [10, 11], addition pages
