@@ -21,6 +21,7 @@ and no test runs them.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ from typing import Any
 #: The names of the functions registered on SQLite connections (see :func:`register_functions`).
 SQLITE_DIGEST_FUNCTION = "fbca_digest64"
 SQLITE_ROW_DIGEST_FUNCTION = "fbca_row_digest"
+#: The types of the values SQLite hands a registered function (INTEGER, REAL, TEXT, BLOB, NULL).
+SQLITE_VALUE_TYPES = frozenset({int, float, str, bytes, type(None)})
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class Dialect:
     :param fence: appended to a subquery so that the database computes its columns once per row rather
         than inlining them into the outer query, which would compute a row's digest once per use (in the
         join with the state and again in the result); empty when the dialect needs none.
+    :param client_digest: ``row_function`` is :func:`client_row_digest` itself, over the cells as the
+        database hands them to a function: the client computes the same digest from the fetched cells,
+        when the driver converted none of them (:func:`fetched_as_stored`).
     """
 
     name: str
@@ -62,6 +68,7 @@ class Dialect:
     row_function: str | None = None
     row_cell: str = "{expr}"
     fence: str = ""
+    client_digest: bool = False
 
     def row_digest(self, columns: Sequence[str], seed: str) -> str:
         """A signed 64-bit digest of a row's cells (plus a seed), computed by the database.
@@ -112,6 +119,7 @@ DIALECTS: dict[str, Dialect] = {
             row_function=SQLITE_ROW_DIGEST_FUNCTION + "({seed}, {columns})",
             # A subquery with a LIMIT is not flattened into a join: it runs as a co-routine.
             fence=" LIMIT -1",
+            client_digest=True,
         ),
         # Designed, untested: no test runs these entries.
         Dialect(
@@ -242,6 +250,24 @@ def client_row_digest(seed: str, cells: Sequence[Any]) -> int:
 
 def _sqlite_row_digest(seed: str, *cells: Any) -> int:
     return client_row_digest(seed, cells)
+
+
+def fetched_as_stored(conn: Any, cell_types: frozenset[type]) -> bool:
+    """Whether the cells a sqlite3 connection fetched are the values a registered function receives.
+
+    A function receives each value as SQLite stores it; a fetch may convert it: a ``text_factory`` other
+    than ``str``, or a converter (``detect_types``, which the connection does not expose). Only sqlite3's
+    own converters may be registered, and they make dates, never one of :data:`SQLITE_VALUE_TYPES`: so
+    cells of those types alone were fetched unconverted.
+
+    :param conn: the open sqlite3 connection the cells came from.
+    :param cell_types: the Python types of every cell fetched.
+    """
+    own = all(
+        getattr(convert, "__module__", None) == sqlite3.dbapi2.__name__
+        for convert in sqlite3.converters.values()
+    )
+    return own and conn.text_factory is str and cell_types <= SQLITE_VALUE_TYPES
 
 
 def register_functions(conn: Any) -> None:

@@ -355,7 +355,7 @@ class SyncRun:
         if not first or options.source_key_index is None or self.journal.owed_count():
             return False
         membership = parse_membership if options.has_membership else None
-        chunks = model.rows()
+        chunks = model.cells()  # the constants change neither the keys nor the membership
         try:
             scan = scan_keys(chunks, options.source_key_index, self.normalize_keys, membership)
         finally:
@@ -371,7 +371,8 @@ class SyncRun:
             worker = self._preparer_process(scan.rows)
             if worker is not None:
                 stack.enter_context(worker)  # closed after the pages: a generator's cursor goes first
-            pages = streamed_pages(self._streamed_rows(model, non_members, worker), options.batch_size)
+            rows = self._streamed_rows(model, non_members, worker, scan.cell_types)
+            pages = streamed_pages(rows, options.batch_size)
             stack.callback(_close, pages)
             result = self._sender().add_stream(pages, scan.members)
         if self.rejects is not None:
@@ -389,12 +390,24 @@ class SyncRun:
         return PreparerProcess(arguments, self.digest_seed)
 
     def _streamed_rows(
-        self, model: ModelQuery, non_members: list[int], worker: PreparerProcess | None
+        self,
+        model: ModelQuery,
+        non_members: list[int],
+        worker: PreparerProcess | None,
+        cell_types: frozenset[type],
     ) -> Iterator[Staged]:
         """The model's member rows, prepared, a chunk at a time as the session asks for them; counts the
-        non-members."""
+        non-members.
+
+        :param cell_types: the types of the cells the first pass read (the client may digest them).
+        """
+        chunks: Iterator[list[tuple[Any, ...]]]
         digested = isinstance(model, PushdownModel)
-        chunks = model.digested_rows() if digested else model.rows()
+        if isinstance(model, PushdownModel):
+            client = model.client_digests(cell_types)
+            chunks = model.client_digested_rows() if client else model.digested_rows()
+        else:
+            chunks = model.rows()
         for staged, wire_rows in self.stager.prepare_stream(chunks, digested, worker):
             if not all(row.member for row in staged):
                 members = [row.member for row in staged]

@@ -127,7 +127,11 @@ class ModelQuery:
 
     def rows(self) -> Iterator[list[Row]]:
         """The query's rows in chunks: the mapped cells, the constants, then membership."""
-        return self.with_constants(read_model(self.conn, self.sql, self.wanted, self.fetch_size), mapped_at=0)
+        return self.with_constants(self.cells(), mapped_at=0)
+
+    def cells(self) -> Iterator[list[Row]]:
+        """The query's rows in chunks as fetched: the mapped cells, then membership (no constants)."""
+        return read_model(self.conn, self.sql, self.wanted, self.fetch_size)
 
     def with_constants(self, chunks: Iterator[list[Row]], mapped_at: int) -> Iterator[list[Row]]:
         """Chunks with the constant cells inserted after the mapped ones.

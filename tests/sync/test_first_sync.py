@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
+import sqlite3
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from airflow_provider_fbca.sync.engine import parse_membership
+from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun, parse_membership
 from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages
+from airflow_provider_fbca.sync.pushdown import PushdownModel
+from airflow_provider_fbca.sync.state import StateStore
+from tests.sync.conftest import PassThroughPreparer, RecordingAudience
 
 
 def _strip(values: list[object]) -> list[str]:
@@ -72,3 +80,113 @@ def test_the_column_rule_keys_every_cell_as_the_cell_rule_does() -> None:
     mixed = [*text, 12, 34.0, Decimal("56.00"), None, b" e ", Text(" f ")]
     for column in (text, mixed):
         assert _default_keys_normalizer(column) == [_default_key_normalizer(cell) for cell in column]
+
+
+# -- the SQLite row digest, computed by the client from the fetched cells --------------------------------
+
+#: Cells the database and the client could digest apart, if the client's cells were not the database's.
+TRICKY_CELLS = [
+    ("5", 5, 1),
+    ("05", 5.0, 0),
+    ("1e3", -0.0, None),
+    ("9223372036854775807", 2**62 + 1, "yes"),
+    ("0.1", 0.1, 1),
+    (None, 1e300, 1),
+    ("", b"\x00\xff'\"\\", 1),
+    ("Zoë 東京 🙂", "Ä\u0301\n\t'\"\\", 1),
+    (b"blob", None, 0),
+    ("  padded  ", "NULL", 1),
+]
+
+
+def _model_table(conn: Any, declared: str = "") -> None:
+    conn.execute(f"CREATE TABLE model (a {declared}, b, member)")
+    conn.executemany("INSERT INTO model VALUES (?, ?, ?)", TRICKY_CELLS)
+    conn.commit()
+
+
+def _pushdown(store: StateStore, constants: tuple[Any, ...] = ()) -> PushdownModel:
+    model = PushdownModel(
+        store, "SELECT * FROM model", ["a", "b", "member"], 3, constants=constants, mapped=2
+    )
+    model.bind("('EXTERN_ID', 'EMAIL')|True|country=None|")
+    return model
+
+
+def _cell_types(model: PushdownModel) -> frozenset[type]:
+    return frozenset(type(cell) for chunk in model.cells() for row in chunk for cell in row)
+
+
+@pytest.mark.parametrize("constants", [(), (("LDU",), 0, 0)])
+def test_the_client_digests_the_rows_as_sqlite_does(tmp_path: Path, constants: tuple[Any, ...]) -> None:
+    conn = sqlite3.connect(tmp_path / "w.db")
+    _model_table(conn)
+    model = _pushdown(StateStore(conn, "fbca_state"), constants)
+    assert model.client_digests(_cell_types(model))
+    by_sqlite = [row for chunk in model.digested_rows() for row in chunk]
+    by_client = [row for chunk in model.client_digested_rows() for row in chunk]
+    assert len(by_sqlite) == len(TRICKY_CELLS)
+    assert by_client == by_sqlite  # digests, cells and constants alike
+    assert len({row[0] for row in by_client}) == len(TRICKY_CELLS)
+    conn.close()
+
+
+def test_converted_cells_leave_the_digest_to_sqlite(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "w.db", detect_types=sqlite3.PARSE_DECLTYPES)
+    conn.execute("CREATE TABLE model (a DATE, b, member)")
+    conn.execute("INSERT INTO model VALUES ('2020-01-02', 'x', 1)")
+    conn.commit()
+    model = _pushdown(StateStore(conn, "fbca_state"))
+    assert datetime.date in _cell_types(model)  # sqlite3's own converter made a date of the text
+    assert not model.client_digests(_cell_types(model))
+    conn.close()
+
+
+def test_a_text_factory_or_a_converter_of_ones_own_leaves_the_digest_to_sqlite(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "w.db")
+    _model_table(conn)
+    model = _pushdown(StateStore(conn, "fbca_state"))
+    plain = _cell_types(model)
+    conn.text_factory = lambda data: data.decode().upper()
+    assert not model.client_digests(plain)
+    conn.text_factory = str
+    sqlite3.register_converter("FBCA_TEST_UPPER", lambda data: data.upper())
+    try:
+        assert not model.client_digests(plain)  # it returns bytes: no type tells it ran
+    finally:
+        del sqlite3.converters["FBCA_TEST_UPPER"]
+    assert model.client_digests(plain)
+    conn.close()
+
+
+def test_a_streamed_first_sync_records_the_digests_the_next_run_computes_in_sqlite(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = sqlite3.connect(tmp_path / "w.db")
+    conn.execute("CREATE TABLE model (id, email, phone)")
+    rows = [(f"id-{i}", f"p{i}@example.com", i) for i in range(7)] + [
+        (7, b"\x01", None),
+        ("id-8", "Zoë", 1.5),
+    ]
+    conn.executemany("INSERT INTO model VALUES (?, ?, ?)", rows)
+    conn.commit()
+    store, audience = StateStore(conn, "fbca_state"), RecordingAudience()
+
+    def sync_run() -> SyncRun:
+        options = SyncOptions("42", "act_1:42", source_key_index=0)
+        return SyncRun(store, audience, PassThroughPreparer(("EXTERN_ID", "EMAIL", "PHONE")), options)
+
+    def model() -> PushdownModel:
+        return PushdownModel(store, "SELECT * FROM model", ["id", "email", "phone"], 2)
+
+    with caplog.at_level("INFO"):
+        first = sync_run().run(model())
+    assert "streamed first sync" in caplog.text
+    assert first.plan is not None and first.plan.new_rows == len(rows) == len(audience.members)
+    by_sqlite = model()
+    by_sqlite.bind(sync_run().digest_seed)
+    digests = sorted(row[0] for chunk in by_sqlite.digested_rows() for row in chunk)
+    assert sorted(store.source_digests("act_1:42", members_only=True)) == digests
+    second = sync_run().run(model())
+    assert second.plan is not None and second.plan.unchanged == len(rows)
+    conn.close()
