@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import operator
 from collections.abc import Callable, Iterable, Sequence
@@ -41,7 +40,7 @@ def _cache_filler(compute: Callable[..., object], cache: dict[object, object]) -
             cache.clear()
         # A try, not contextlib.suppress: a column of distinct values (ZIP codes) misses on every row, and
         # entering and leaving a context manager costs ten times the try.
-        try:
+        try:  # noqa: SIM105 (the context manager is what this avoids)
             cache[arguments if len(arguments) > 1 else arguments[0]] = result
         except TypeError:  # an unhashable value (e.g. an array column) is computed, not cached
             pass
