@@ -118,10 +118,17 @@ class PageJournal:
         self.store = store
         self.sync_key = sync_key
         self.on_removed = on_removed
+        self._open = False  # an acknowledged page's writes wait for the next commit (see ``added``)
 
     def _commit(self) -> None:
         """End one write transaction (``StateStore.commit`` checks the run's lease first)."""
         self.store.commit()
+        self._open = False
+
+    def save(self) -> None:
+        """Commit the acknowledged pages whose transaction :meth:`added` left open, if any."""
+        if self._open:
+            self._commit()
 
     # -- before sending -------------------------------------------------------------------------------
 
@@ -132,7 +139,8 @@ class PageJournal:
         batch_seq: int,
         rows: Sequence[tuple[str, str, str, str]],
     ) -> None:
-        """Record a page as pending, right before it is sent.
+        """Record a page as pending, right before it is sent; commits the acknowledged pages whose
+        transaction :meth:`added` left open with it.
 
         :param kind: :data:`ADD`, :data:`REMOVE` or :data:`REPLACE`.
         :param rows: ``(row_key, key_schema, identifiers as sent, id_digest)`` per row.
@@ -163,17 +171,22 @@ class PageJournal:
         *,
         owed: bool = True,
         new: bool = False,
+        commit: bool = True,
     ) -> None:
         """Meta acknowledged an addition page: record its rows, settle it.
 
         :param owed: old identifiers may be owed for removal (False when the sync owes none: a delete
             per row would find nothing).
         :param new: the rows are expected to be new to the state (see :meth:`.StateStore.upsert`).
+        :param commit: commit now; False leaves the transaction open, for the next page's :meth:`record`
+            to commit with its own writes (one commit per page, not two) or :meth:`save`. Until then a
+            kill loses the acknowledgement only: the page is still pending, so the next run reconciles it
+            as possibly applied, as it does a page in flight.
         """
         self.store.upsert(self.sync_key, rows, commit=False, new=new)
         if owed:  # old identifiers owed for removal that the model wants again are no longer owed
             self._delete_owed(rows)
-        self.settle(session_id, batch_seq)
+        self.settle(session_id, batch_seq, commit=commit)
 
     def replaced(
         self, session_id: int, batch_seq: int, rows: Sequence[StagedRow], *, clear: bool, last: bool
@@ -231,13 +244,19 @@ class PageJournal:
             [(self.sync_key, row.row_key, row.id_digest) for row in rows],
         )
 
-    def settle(self, session_id: int, batch_seq: int) -> None:
-        """Drop a page from the journal (alone: a page Meta refused and that changes nothing)."""
+    def settle(self, session_id: int, batch_seq: int, *, commit: bool = True) -> None:
+        """Drop a page from the journal (alone: a page Meta refused and that changes nothing).
+
+        :param commit: commit now (see :meth:`added`).
+        """
         self.store.execute(
             f"DELETE FROM {self.store.pages_table} WHERE sync_key = ? AND session_id = ? AND batch_seq = ?",
             (self.sync_key, session_id, batch_seq),
         ).close()
-        self._commit()
+        if commit:
+            self._commit()
+        else:
+            self._open = True
 
     # -- the next run ---------------------------------------------------------------------------------
 

@@ -143,7 +143,9 @@ class PlanSender:
             session_id = self.store.new_session_id(self.options.sync_key, kind)
 
         def acknowledge_and_renew(page: Any, session: dict[str, Any]) -> None:
-            acknowledge(page, session)  # record what Meta accepted first, even if the lease turns out lost
+            # Record what Meta accepted first: committed, or left open for the next commit, which a
+            # renewal is while the lease holds (a lost lease rolls it back, as the fence does).
+            acknowledge(page, session)
             self.lease.keep_alive()
 
         def record(page: Any, session: dict[str, Any]) -> None:
@@ -246,10 +248,15 @@ class PlanSender:
             return self.client.add_users(audience_id, self.schema, data, session=session, **extra)
 
         def acknowledge(page: list[StagedRow], session: dict[str, Any]) -> None:
-            self.journal.added(session["session_id"], session["batch_seq"], page, owed=owed, new=new)
+            # Committed with the next page's record: one commit per page (or by save, after the last).
+            journal.added(session["session_id"], session["batch_seq"], page, owed=owed, new=new, commit=False)
 
+        journal = self.journal
         session = self._new_session(ADD, total, encode, send, acknowledge)
-        result = session.run(pages)
+        try:
+            result = session.run(pages)
+        finally:
+            journal.save()  # what Meta acknowledged is recorded, even when a later page failed
         self._finish(result)
         return result
 

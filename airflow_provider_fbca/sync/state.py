@@ -530,7 +530,13 @@ class StateStore:
         )
         renewed = cursor.rowcount == 1
         cursor.close()
-        self.conn.commit()
+        # The commit may carry writes of the run (an acknowledged page, see PageJournal.added): renewed,
+        # the run holds the lease as the fence would check; not renewed, they are rolled back as the fence
+        # rolls back.
+        if renewed:
+            self.conn.commit()
+        else:
+            self.conn.rollback()
         return renewed
 
     def hold_lease(self, sync_key: str, owner: str) -> bool:

@@ -148,3 +148,70 @@ def test_an_acknowledged_removal_page_tells_how_many_rows_left_the_audience(stor
     journal.removed(1, 1, page)
     # The leaving rows only: an updated row's old identifiers and an owed removal are no one leaving.
     assert counted == [2]
+
+
+def _journal_fields(row: StagedRow) -> tuple[str, str, str, str]:
+    return row.row_key, row.key_schema, row.identifiers, row.id_digest
+
+
+def test_an_acknowledged_page_is_committed_with_the_next_pages_record(store: StateStore) -> None:
+    """One commit per page: an acknowledgement left open is lost by a kill, never half applied."""
+    store.ensure_tables()
+    a, b = (StagedRow(key, f"f-{key}", f"d-{key}", "EXTERN_ID,EMAIL", f"{key}\x1fh", 1, 7) for key in "ab")
+    journal = PageJournal(store, "k")
+    journal.record("add", 1, 1, [_journal_fields(a)])
+    journal.added(1, 1, [a], commit=False)
+    store.conn.rollback()  # killed before the next commit: page 1 is still pending, the state empty
+    assert store.fetch_one(f"SELECT COUNT(*) FROM {store.pages_table}") == (1,)
+    assert list(store.iter_rows("k")) == []
+    journal = PageJournal(store, "k")
+    journal.added(1, 1, [a], commit=False)
+    journal.record("add", 1, 2, [_journal_fields(b)])  # one commit: page 1 applied, page 2 pending
+    store.conn.rollback()
+    assert store.fetch_all(f"SELECT batch_seq FROM {store.pages_table}") == [(2,)]
+    assert store.fetch_all(f"SELECT row_key, fingerprint FROM {store.table}") == [("a", "f-a")]
+    journal.added(1, 2, [b], commit=False)
+    journal.save()  # after the last page
+    store.conn.rollback()
+    assert store.fetch_one(f"SELECT COUNT(*) FROM {store.pages_table}") == (0,)
+    assert sorted(store.fetch_all(f"SELECT row_key, fingerprint FROM {store.table}")) == [
+        ("a", "f-a"),
+        ("b", "f-b"),
+    ]
+
+
+class CountingStore(StateStore):
+    """A state store counting its fenced commits (each one a flush of the database to disk)."""
+
+    commits = 0
+
+    def commit(self) -> None:
+        self.commits += 1
+        super().commit()
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_a_sync_commits_once_per_page_sent(tmp_path: Any, streamed: bool) -> None:
+    import sqlite3
+
+    from airflow_provider_fbca.sync.source import ModelQuery
+    from tests.sync.conftest import PassThroughPreparer, RecordingAudience
+
+    def commits(pages: int) -> int:
+        conn = sqlite3.connect(tmp_path / f"{pages}.db")
+        conn.execute("CREATE TABLE model (id, email)")
+        conn.executemany(
+            "INSERT INTO model VALUES (?, ?)", [(f"id-{i:03}", f"h{i}") for i in range(2 * pages)]
+        )
+        conn.commit()
+        store = CountingStore(conn, "state")
+        model: Any = ModelQuery(conn, "SELECT * FROM model", ["id", "email"], 5)  # a first sync streams
+        if not streamed:
+            model = list(model.rows())  # rows given as such are staged
+        options = SyncOptions("42", "k", batch_size=2, source_key_index=0)
+        run = SyncRun(store, RecordingAudience(), PassThroughPreparer(("EXTERN_ID", "EMAIL")), options)
+        assert run.run(model).as_dict()["added"] == 2 * pages
+        conn.close()
+        return store.commits
+
+    assert commits(7) - commits(3) == 4  # one per page: the record of one, the acknowledgement of another

@@ -247,3 +247,20 @@ def test_concurrent_takers_get_the_lease_once(store: StateStore) -> None:
     finally:
         for other in stores:
             other.conn.close()
+
+
+def test_a_renewal_commits_the_runs_writes_only_while_it_holds_the_lease(
+    store: StateStore, other_store: StateStore
+) -> None:
+    """An acknowledged page's writes may wait for the next commit (one commit per page): a renewal is
+    one, so it commits them as the fence would, and rolls them back once the lease is lost."""
+    hold_lease(store, "this-run", T0, minutes=30)
+    row = StagedRow("a", "f-a", "d-a", "EXTERN_ID,EMAIL", "a\x1fh", 1, 7)
+    store.upsert(SYNC_KEY, [row], commit=False)
+    assert store.renew_lease(SYNC_KEY, "this-run", T0 + 60 * MINUTE)
+    assert [key for key, *_ in other_store.iter_rows(SYNC_KEY)] == ["a"]
+    other_store.release_lease(SYNC_KEY, "this-run")  # as on_kill does: the run lost its lease
+    store.upsert(SYNC_KEY, [row._replace(row_key="b")], commit=False)
+    assert not store.renew_lease(SYNC_KEY, "this-run", T0 + 90 * MINUTE)
+    assert [key for key, *_ in other_store.iter_rows(SYNC_KEY)] == ["a"]
+    assert [key for key, *_ in store.iter_rows(SYNC_KEY)] == ["a"]  # rolled back, not left pending
