@@ -109,8 +109,9 @@ def utc_now() -> str:
 def _write_ahead_log(conn: Any) -> None:
     """Put an SQLite state database in WAL mode, its commits synchronized FULL (this connection only).
 
-    A run commits twice per page (journaled, then acknowledged). In the default rollback mode each commit
-    rewrites pages through a journal file, creates and deletes it, and waits for several flushes to disk:
+    A run commits once per page (journaled, with an earlier page's acknowledgement). In the default
+    rollback mode each commit rewrites pages through a journal file, creates and deletes it, and waits for
+    several flushes to disk:
     about a third of a first sync's time. In WAL mode a commit appends to the log and flushes it once.
     FULL, not NORMAL: a journal row must survive a power loss once its page may have reached Meta (NORMAL
     could undo the last commits, and the state would not know what Meta holds); the one flush per commit
