@@ -7,10 +7,15 @@ to the state and deletes it from the journal; when Meta refuses a removal, one t
 still owed. So at any moment the state database knows what Meta surely holds (the state), what it may hold
 (pending pages) and what it still holds against the model's wish (refused removals).
 
+A streamed first sync's pages hold rows new to the state (an empty slice, under the lease): their state
+rows are written **ahead**, with the page's pending row (kind :data:`ADD_AHEAD`, holding only their keys),
+so that an acknowledgement only settles the page, and the identifiers are written once, not twice.
+
 A run killed with pages in flight leaves them pending. The next run first **reconciles** them, in one
 transaction, as "possibly applied": a pending addition becomes a state row whose fingerprint is
 :data:`~.state.UNCONFIRMED`, so the plan sends it again if the model still wants it and removes it with
-exactly the identifiers sent if not; a pending removal makes its state row unconfirmed the same way. A kill
+exactly the identifiers sent if not; a pending removal, or a page written ahead, makes its state rows
+unconfirmed the same way (the same rows as a pending addition of new rows gives). A kill
 during reconciliation rolls the whole transaction back, so reconciling again is the same as reconciling
 once.
 
@@ -37,6 +42,8 @@ from airflow_provider_fbca.sync.plan import record_tracked_rows
 from airflow_provider_fbca.sync.state import UNCONFIRMED, StagedRow, StageTable, StateStore, utc_now
 
 ADD, REMOVE, REPLACE = "add", "remove", "replace"
+#: The kind of a pending page whose rows, all new to the state, were written to it ahead (see :meth:`PageJournal.record_new`).
+ADD_AHEAD = "add-ahead"
 #: The ``row_key`` of a packed page row of ``<table>_pages``: its ``identifiers`` column holds the page's
 #: rows, ``(row_key, key_schema, identifiers as sent, id_digest)`` each, packed by :func:`pack_rows` (no
 #: row key is empty: the stager rejects an empty EXTERN_ID). Reconciliation unpacks it, one pending row
@@ -161,6 +168,26 @@ class PageJournal:
             ).close()
         self._commit()
 
+    def record_new(self, session_id: int, batch_seq: int, rows: Sequence[StagedRow]) -> None:
+        """Record a page of rows new to the state right before it is sent, their state rows written ahead.
+
+        For a streamed first sync (an empty slice, under the lease): the page's pending row holds only the
+        rows' keys, and Meta's acknowledgement only settles it (:meth:`settle`). Until then the page is
+        pending, and a run reconciling it marks its state rows unconfirmed: the rows a pending addition
+        of new rows gives. Commits the acknowledged pages whose transaction :meth:`added` left open with it.
+
+        :param rows: the page's rows, none of whose keys the state holds.
+        """
+        store = self.store
+        store.upsert(self.sync_key, rows, commit=False, new=True)
+        keys = pack_rows([(row.row_key,) for row in rows])
+        store.execute(
+            f"INSERT INTO {store.pages_table} (sync_key, session_id, batch_seq, kind, row_key, key_schema,"
+            " identifiers, id_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.sync_key, session_id, batch_seq, ADD_AHEAD, PACKED, "", keys, ""),
+        ).close()
+        self._commit()
+
     # -- Meta's answers -------------------------------------------------------------------------------
 
     def added(
@@ -170,20 +197,18 @@ class PageJournal:
         rows: Sequence[StagedRow],
         *,
         owed: bool = True,
-        new: bool = False,
         commit: bool = True,
     ) -> None:
         """Meta acknowledged an addition page: record its rows, settle it.
 
         :param owed: old identifiers may be owed for removal (False when the sync owes none: a delete
             per row would find nothing).
-        :param new: the rows are expected to be new to the state (see :meth:`.StateStore.upsert`).
         :param commit: commit now; False leaves the transaction open, for the next page's :meth:`record`
             to commit with its own writes (one commit per page, not two) or :meth:`save`. Until then a
             kill loses the acknowledgement only: the page is still pending, so the next run reconciles it
             as possibly applied, as it does a page in flight.
         """
-        self.store.upsert(self.sync_key, rows, commit=False, new=new)
+        self.store.upsert(self.sync_key, rows, commit=False)
         if owed:  # old identifiers owed for removal that the model wants again are no longer owed
             self._delete_owed(rows)
         self.settle(session_id, batch_seq, commit=commit)
@@ -290,7 +315,9 @@ class PageJournal:
                 " synced_at = excluded.synced_at",
                 (UNCONFIRMED, utc_now(), key),
             ).close()
-            self._unconfirm(f"SELECT row_key FROM {p} WHERE sync_key = ? AND kind = '{REMOVE}'")
+            self._unconfirm(
+                f"SELECT row_key FROM {p} WHERE sync_key = ? AND kind IN ('{REMOVE}', '{ADD_AHEAD}')"
+            )
             store.execute(f"DELETE FROM {p} WHERE sync_key = ?", (key,)).close()
         if self.owed_count():
             self._unconfirm(f"SELECT row_key FROM {store.owed_table} WHERE sync_key = ?")
@@ -305,10 +332,13 @@ class PageJournal:
             (key, PACKED),
         )
         for session_id, batch_seq, kind, rows in packed:
+            unpacked = unpack_rows(rows)
+            if kind == ADD_AHEAD:  # keys only: their state rows were written ahead
+                unpacked = [(row_key, "", "", "") for (row_key,) in unpacked]
             store.executemany(
                 f"INSERT INTO {p} (sync_key, session_id, batch_seq, kind, row_key, key_schema, identifiers,"
                 " id_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(key, session_id, batch_seq, kind, *row) for row in unpack_rows(rows)],
+                [(key, session_id, batch_seq, kind, *row) for row in unpacked],
             )
         if packed:
             store.execute(f"DELETE FROM {p} WHERE sync_key = ? AND row_key = ?", (key, PACKED)).close()

@@ -138,7 +138,13 @@ class PlanSender:
         session_id: int | None = None,
         first_batch_seq: int = 1,
         refuse: Any = None,
+        record_page: Any = None,
     ) -> UploadSession[Any]:
+        """An upload session of the run, every page journaled.
+
+        :param record_page: records a page as pending, with its ``session`` object (default: its rows in
+            the journal, :meth:`.PageJournal.record`).
+        """
         if session_id is None:
             session_id = self.store.new_session_id(self.options.sync_key, kind)
 
@@ -149,6 +155,9 @@ class PlanSender:
             self.lease.keep_alive()
 
         def record(page: Any, session: dict[str, Any]) -> None:
+            if record_page is not None:
+                record_page(page, session)
+                return
             sent = _journal_rows(page)
             self.journal.record(kind, session["session_id"], session["batch_seq"], sent)
 
@@ -238,21 +247,32 @@ class PlanSender:
     ) -> SessionResult:
         """Send pages of additions in one session, journaled.
 
-        :param new: the rows are expected to be new to the state (a streamed first sync into an empty
-            slice, under the lease): recorded by COPY where the database has it (:meth:`.StateStore.upsert`).
+        :param new: the rows are new to the state (a streamed first sync into an empty slice, under the
+            lease, owing nothing): their state rows are written ahead with each page's pending row
+            (:meth:`.PageJournal.record_new`; by COPY where the database has it), so that Meta's
+            acknowledgement only settles the page.
         """
         audience_id, extra = self.options.audience_id, self._extra()
-        owed = self.journal.owed_count() > 0  # the removals went first: an addition session owes no more
+        journal = self.journal
+        owed = journal.owed_count() > 0  # the removals went first: an addition session owes no more
+        ahead = new and not owed
 
         def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
             return self.client.add_users(audience_id, self.schema, data, session=session, **extra)
 
+        def record_new(page: list[StagedRow], session: dict[str, Any]) -> None:
+            journal.record_new(session["session_id"], session["batch_seq"], page)
+
         def acknowledge(page: list[StagedRow], session: dict[str, Any]) -> None:
             # Committed with the next page's record: one commit per page (or by save, after the last).
-            journal.added(session["session_id"], session["batch_seq"], page, owed=owed, new=new, commit=False)
+            if ahead:
+                journal.settle(session["session_id"], session["batch_seq"], commit=False)
+            else:
+                journal.added(session["session_id"], session["batch_seq"], page, owed=owed, commit=False)
 
-        journal = self.journal
-        session = self._new_session(ADD, total, encode, send, acknowledge)
+        session = self._new_session(
+            ADD, total, encode, send, acknowledge, record_page=record_new if ahead else None
+        )
         try:
             result = session.run(pages)
         finally:

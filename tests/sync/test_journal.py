@@ -215,3 +215,38 @@ def test_a_sync_commits_once_per_page_sent(tmp_path: Any, streamed: bool) -> Non
         return store.commits
 
     assert commits(7) - commits(3) == 4  # one per page: the record of one, the acknowledgement of another
+
+
+def _state_rows(store: StateStore, sync_key: str) -> list[tuple[Any, ...]]:
+    """The state rows of a sync, all but when they were recorded."""
+    return sorted(
+        store.fetch_all(
+            f"SELECT row_key, fingerprint, id_digest, key_schema, identifiers, member, source_digest"
+            f" FROM {store.table} WHERE sync_key = ?",
+            (sync_key,),
+        )
+    )
+
+
+def test_new_rows_written_ahead_of_their_page_reconcile_as_a_pending_addition_does(store: StateStore) -> None:
+    """A streamed first sync writes a page's new state rows with its pending row, which holds their keys."""
+    store.ensure_tables()
+    rows = [
+        StagedRow(key, f"f-{key}", f"d-{key}", "EXTERN_ID,EMAIL", f"{key}\x1fh", 1, 7)
+        for key in ("a", "b\x1dc")
+    ]
+    ahead = PageJournal(store, "ahead")
+    ahead.record_new(1, 1, rows)  # then killed, the page in flight
+    assert store.fetch_one(f"SELECT COUNT(*) FROM {store.pages_table}") == (1,)
+    assert _state_rows(store, "ahead")[0][1] == "f-a"
+    journaled = PageJournal(store, "journaled")
+    journaled.record("add", 1, 1, [_journal_fields(row) for row in rows])
+    assert (ahead.reconcile(), journaled.reconcile()) == (2, 2)
+    assert _state_rows(store, "ahead") == _state_rows(store, "journaled")
+    assert {fingerprint for _, fingerprint, *_ in _state_rows(store, "ahead")} == {"unconfirmed"}
+    assert ahead.reconcile() == 0
+    # Acknowledged, a page written ahead is only settled: its rows stay as written.
+    ahead.record_new(2, 1, [rows[0]._replace(row_key="d")])
+    ahead.settle(2, 1)
+    assert ("d", "f-a", "d-a", "EXTERN_ID,EMAIL", "a\x1fh", 1, 7) in _state_rows(store, "ahead")
+    assert store.fetch_one(f"SELECT COUNT(*) FROM {store.pages_table}") == (0,)
