@@ -4,8 +4,10 @@ Before a page is sent, its rows (the identifiers exactly as sent, add or remove,
 recorded as **pending** in ``<table>_pages``: one row per page, its rows packed (see :data:`PACKED`), so
 that journaling a page costs one insert and settling it one delete, not one per person. When Meta acknowledges the page, one transaction applies it
 to the state and deletes it from the journal; when Meta refuses a removal, one transaction records what is
-still owed. So at any moment the state database knows what Meta surely holds (the state), what it may hold
-(pending pages) and what it still holds against the model's wish (refused removals).
+still owed. So at any moment the state database knows what Meta surely holds (the state, but for the rows
+of pending pages written ahead), what it may hold (pending pages) and what it still holds against the
+model's wish (refused removals). A run reconciles the pending pages before it plans (a dry run, which
+writes nothing, plans the rows of a page written ahead as held).
 
 A streamed first sync's pages hold rows new to the state (an empty slice, under the lease): their state
 rows are written **ahead**, with the page's pending row (kind :data:`ADD_AHEAD`, holding only their keys),

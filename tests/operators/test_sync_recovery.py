@@ -224,7 +224,7 @@ def test_a_streamed_first_sync_killed_with_batches_in_flight_is_repaired_by_the_
     if prepared_by == "worker":
         wait_for(lambda: len(worker_pids(process.pid)) == 1, "the preparing worker")
     workers = worker_pids(process.pid)
-    kill_in_flight(process, sandbox, warehouse, state_table, "add", 3)
+    kill_in_flight(process, sandbox, warehouse, state_table, "add-ahead", 3)  # its rows written ahead
     assert all(wait_ended(pid) for pid in workers), "a worker outlived its killed run"
     query(warehouse, f"DELETE FROM {state_table}_locks")
     final = v3()
