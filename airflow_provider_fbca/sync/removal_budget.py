@@ -455,14 +455,17 @@ class FullRefreshGuard:
 
     def tally(self, stage: StageTable, layout: int) -> AudienceTally:
         """The stage against the whole audience's state: every slice of ``layout``, and the rows of the
-        unpartitioned key no slice holds (a full refresh killed midway rebuilt part of the state there);
-        one pass over them, each probing the stage's key index."""
+        unpartitioned key no slice holds (a full refresh killed midway rebuilt part of the state there).
+
+        One pass over those rows, each probing the stage's key: at 400k rows it costs about 0.55 s of CPU
+        on SQLite and 0.8 s on PostgreSQL (docs/partitions.md), beside a replace that prepares and sends
+        every row.
+        """
         slices = [self.sync_key + partition_suffix(k, layout) for k in range(layout)]
         markers = ", ".join("?" for _ in slices)
-        state, columns = self.store.table, "sync_key, row_key, fingerprint, id_digest, member"
+        state = self.store.table
         known = f"m.member = 1 AND w.member = 1 AND w.fingerprint <> '{UNCONFIRMED}'"
         counts = (
-            "COUNT(*)",
             "CASE WHEN m.member = 1 THEN 0 ELSE 1 END",
             "CASE WHEN m.member IS NULL THEN 1 ELSE 0 END",
             "CASE WHEN m.member = 0 THEN 1 ELSE 0 END",
@@ -470,18 +473,17 @@ class FullRefreshGuard:
             f"CASE WHEN {known} AND m.fingerprint <> w.fingerprint THEN 1 ELSE 0 END",
             f"CASE WHEN {known} AND m.id_digest <> w.id_digest THEN 1 ELSE 0 END",
         )
-        sums = ", ".join(count if count == "COUNT(*)" else f"SUM({count})" for count in counts)
+        sums = ", ".join(f"SUM({count})" for count in counts)
         rows = self.store.fetch_all(
-            f"SELECT w.sync_key, {sums} FROM"
-            f" (SELECT {columns} FROM {state} WHERE sync_key IN ({markers})"
-            f" UNION ALL SELECT {columns} FROM {state} AS s WHERE s.sync_key = ? AND NOT EXISTS"
-            f" (SELECT 1 FROM {state} AS o WHERE o.sync_key IN ({markers}) AND o.row_key = s.row_key)) AS w"
+            f"SELECT w.sync_key, COUNT(*), {sums} FROM {state} AS w"
             f" LEFT JOIN {stage.name} AS m ON m.row_key = w.row_key AND m.member IS NOT NULL"
+            f" WHERE w.sync_key IN ({markers}, ?) AND (w.sync_key <> ? OR NOT EXISTS"
+            f" (SELECT 1 FROM {state} AS o WHERE o.sync_key IN ({markers}) AND o.row_key = w.row_key))"
             " GROUP BY w.sync_key",
-            (*slices, self.sync_key, *slices),
+            (*slices, self.sync_key, self.sync_key, *slices),
         )
         self.store.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
-        totals = [sum(int(row[i]) for row in rows) for i in range(1, len(counts) + 1)]
+        totals = [sum(int(row[i]) for row in rows) for i in range(1, len(counts) + 2)]
         partition_of = {key: k for k, key in enumerate(slices)}
         by_partition = {partition_of[row[0]]: int(row[2]) for row in rows if row[0] in partition_of}
         return AudienceTally(*totals, removals_by_partition=dict(sorted(by_partition.items())))
