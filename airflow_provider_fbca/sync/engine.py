@@ -283,8 +283,7 @@ class SyncRun:
             try:
                 plan = self._plan(model, stage, pushdown if skips else None)
             except SyncPlanError:
-                if self.removal_guard is not None and not self.options.dry_run:
-                    self.removal_guard.withdraw()
+                self._withdraw_removals()
                 raise
             if not self.options.dry_run:
                 if not (self.state_empty or self.full_refresh):  # a full refresh rewrites the whole state
@@ -331,6 +330,21 @@ class SyncRun:
             self.report.plan = judged
             log.info("Plan over the whole audience's state: %s", _describe(judged))
         return judged
+
+    def _withdraw_removals(self) -> None:
+        """The run was refused before sending: tell the removal guard it plans nothing. A failure to do so
+        is logged, not raised: the refusal is the error to show, and a plan not withdrawn only makes the
+        whole sync's budget count too much, never too little."""
+        if self.removal_guard is None or self.options.dry_run:
+            return
+        try:
+            self.removal_guard.withdraw()
+        except Exception as error:
+            log.warning(
+                "Could not withdraw this refused run's planned removals from the sync's budget (%s); the "
+                "budget counts them until the partition's next try",
+                type(error).__name__,
+            )
 
     # -- staging --------------------------------------------------------------------------------------
 

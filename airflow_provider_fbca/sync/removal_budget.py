@@ -230,8 +230,9 @@ class RemovalLedger:
 
         On PostgreSQL an advisory lock on the audience and run serializes the partitions' claims; on SQLite
         the write that records the entry takes the database's write lock first. A refused claim is rolled
-        back, and the partition's plan withdrawn (:meth:`withdraw`): a partition that sends nothing spends
-        nothing of the budget (what its earlier tries sent stays counted).
+        back, and the refused try then withdraws what an earlier try planned (:meth:`withdraw`, called by
+        the run for every refusal before sending): a partition that sends nothing spends nothing of the
+        budget (what its earlier tries sent stays counted).
 
         :param max_fraction: the whole sync's fraction; None turns the guard off (nothing is recorded).
         :param record: False for a dry run: check against what the others recorded, record nothing.
@@ -257,11 +258,6 @@ class RemovalLedger:
             run_removals = sum(e.removals for e in entries.values())
             audience_rows = self._audience_rows(entries, entry.partitions)
             check_whole_sync(entry, run_removals, audience_rows, max_fraction)
-        except WholeSyncRemovalError:
-            store.conn.rollback()
-            if record:
-                self.withdraw(entry.partition)
-            raise
         except BaseException:
             store.conn.rollback()
             raise

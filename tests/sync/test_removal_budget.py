@@ -20,6 +20,7 @@ from airflow_provider_fbca.sync.removal_budget import (
     FullRefreshRemovalError,
     PartitionRemovals,
     RemovalLedger,
+    WholeSyncGuard,
     WholeSyncRemovalError,
     check_share,
     check_whole_sync,
@@ -164,16 +165,20 @@ def test_a_refused_try_withdraws_its_earlier_plan_and_keeps_what_was_sent(store:
     # nothing, so only its 3 sent stay counted, not try 1's 12.
     with pytest.raises(WholeSyncRemovalError, match="remove 21 of"):
         book.claim(entry(0, 10, slice_rows=22), 0.2)
+    assert recorded(store) == [("dag.sync/run-1", 0, 12), ("dag.sync/run-1", 1, 8)]  # rolled back
+    book.withdraw(0)  # what the refused run does next
     assert recorded(store) == [("dag.sync/run-1", 0, 3), ("dag.sync/run-1", 1, 8)]
     assert book.claim(entry(2, 9), 0.2) == 20  # room the stale 12 would have taken
     # A try refused before it claims (a broken share, duplicates) withdraws the same way.
     book.withdraw(2)
     assert recorded(store)[2] == ("dag.sync/run-1", 2, 0)
     assert book.claim(entry(0, 9, slice_rows=22), 0.2) == 20  # try 3 of partition 0 fits: 3 + 9 + 8
-    # A dry run never withdraws: it claims nothing.
-    with pytest.raises(WholeSyncRemovalError):
-        book.claim(entry(3, 1), 0.2, record=False)
+    # A refused dry run, or a run with the guard off, withdraws nothing: it claimed nothing.
+    WholeSyncGuard(book, 0, 4, 0.2, dry_run=True).withdraw()
+    WholeSyncGuard(book, 0, 4, None).withdraw()
     assert [row[2] for row in recorded(store)] == [12, 8, 0]
+    WholeSyncGuard(book, 0, 4, 0.2).withdraw()
+    assert [row[2] for row in recorded(store)] == [3, 8, 0]
 
 
 def test_a_ledger_from_before_the_count_of_removals_sent_gains_it(store: StateStore) -> None:
