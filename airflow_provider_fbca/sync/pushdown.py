@@ -24,6 +24,7 @@ from typing import Any
 
 from airflow_provider_fbca.sync.dialects import (
     Dialect,
+    cell_types,
     dialect_for,
     quote_name,
     register_functions,
@@ -84,9 +85,11 @@ class PushdownModel(ModelQuery):
     def select(self) -> str:
         """``SELECT <digest> AS fbca_source_digest, <wanted columns> FROM (<query>) AS fbca_model``."""
         if self._select is None:
-            columns = [quote_name(name) for name in query_columns(self.store.conn, self.sql, self.wanted)]
+            conn = self.store.conn
+            columns = [quote_name(name) for name in query_columns(conn, self.sql, self.wanted)]
+            types = cell_types(conn, self.dialect, self.sql, columns)
             # The constants are no column: a change of them must change every digest all the same.
-            digest = self.dialect.row_digest(columns, f"{self.seed}{self.constants!r}")
+            digest = self.dialect.row_digest(columns, f"{self.seed}{self.constants!r}", types)
             cells = ", ".join(f"{column} AS c{index}" for index, column in enumerate(columns))
             self._select = f"SELECT {digest} AS {DIGEST_COLUMN}, {cells} FROM ({self.sql}) AS fbca_model"
         return self._select
@@ -122,7 +125,7 @@ class PushdownModel(ModelQuery):
         :returns: the model's rows, how many known digests the model has (rows skipped as unchanged), and
             the keys of known rows whose cells two model rows share (duplicates).
         """
-        select = self.select  # first: reading the query's columns ends the transaction
+        select = self.select  # first: reading the query's columns and types ends the transaction
         store, known, model = self.store, _known(stage), _model(stage)
         store.refresh_statistics()
         if store.is_postgres:
