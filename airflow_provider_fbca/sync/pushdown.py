@@ -130,9 +130,9 @@ class PushdownModel(ModelQuery):
         store.refresh_statistics()
         if store.is_postgres:
             store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'").close()
-        self._load_known(known, sync_key, members_only)
+        known_count = self._load_known(known, sync_key, members_only)
         if store.is_postgres:
-            return self._diff_in_one_pass(stage, select, sync_key, members_only)
+            return self._diff_in_one_pass(stage, select, sync_key, members_only, known_count)
         fresh = "k.source_digest IS NULL"
         cells = ", ".join(
             f"CASE WHEN {fresh} THEN m.c{index} END AS c{index}" for index in range(len(self.wanted))
@@ -156,20 +156,21 @@ class PushdownModel(ModelQuery):
             f" WHERE NOT EXISTS ({seen})"
         ).close()
         stage.index_unseen()
-        known_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
         unseen_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
         rows = int(store.fetch_one(f"SELECT COUNT(*) FROM {model}")[0])
         store.commit()
         return rows, known_count - unseen_count, [str(row[0]) for row in duplicates]
 
     def _diff_in_one_pass(
-        self, stage: StageTable, select: str, sync_key: str, members_only: bool
+        self, stage: StageTable, select: str, sync_key: str, members_only: bool, known_count: int
     ) -> tuple[int, int, list[str]]:
         """PostgreSQL: one hash full join of the model's digests with the known ones, keeping only what
         differs: the new or changed rows (into ``model``) and the known digests no row has (``unseen``).
 
         The unchanged rows are only counted: nothing is written or indexed for them. Returns as
         :meth:`diff`.
+
+        :param known_count: how many digests ``known`` holds.
         """
         store, known, model = self.store, _known(stage), _model(stage)
         stage.create_unseen()
@@ -192,7 +193,6 @@ class PushdownModel(ModelQuery):
         )
         rows, matched = (int(value) for value in cursor.fetchone())
         cursor.close()
-        known_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
         seen = known_count - int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
         stage.index_unseen()
         # Each model row matches one known digest at most (they are distinct): more matching rows than
@@ -217,12 +217,17 @@ class PushdownModel(ModelQuery):
         cursor.close()
         return f"SELECT {DIGEST_COLUMN} AS d FROM {_model(stage)} WHERE fresh = 0"
 
-    def _load_known(self, known: str, sync_key: str, members_only: bool) -> None:
-        """Copy the distinct source digests the state knows into the temporary table ``known``.
+    def _load_known(self, known: str, sync_key: str, members_only: bool) -> int:
+        """Copy the distinct source digests the state knows into the temporary table ``known``; how many.
 
         On SQLite the table is keyed by the digest itself (an INTEGER PRIMARY KEY is the rowid), filled in
         digest order: appending sorted keys costs a third of removing duplicates through a temporary
         B-tree and then indexing the result, and every later lookup is a rowid lookup.
+
+        PostgreSQL copies them as they are: a sync's state holds one row per key, and a row's digest
+        covers its key's own cell, so two of its rows share a digest only by a 64-bit collision (whose
+        model rows the duplicate check then stops, as it would with the digest once). Removing duplicates
+        (a hash of every digest) was a fifth of the diff's CPU.
         """
         store = self.store
         where = f"sync_key = ? AND source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}"
@@ -233,12 +238,15 @@ class PushdownModel(ModelQuery):
                 " ORDER BY source_digest",
                 (sync_key,),
             ).close()
-            return
-        store.execute(
-            f"CREATE TEMPORARY TABLE {known} AS SELECT DISTINCT source_digest FROM {store.table} WHERE {where}",
+            return int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
+        cursor = store.execute(
+            f"CREATE TEMPORARY TABLE {known} AS SELECT source_digest FROM {store.table} WHERE {where}",
             (sync_key,),
-        ).close()
+        )
+        count = int(cursor.rowcount)
+        cursor.close()
         store.analyze(known)  # the one-pass diff hashes it: no index
+        return count
 
     def _index_seen(self, stage: StageTable) -> str:
         """Index the known digests the model has; return the subquery finding a known digest ``k`` among them.
