@@ -195,8 +195,8 @@ class PushdownModel(ModelQuery):
         cursor.close()
         seen = known_count - int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
         stage.index_unseen()
-        # Each model row matches one known digest at most (they are distinct): more matching rows than
-        # matched digests means two model rows share the cells of a known row.
+        # Each model row matches one known digest at most (distinct but for a 64-bit collision, see
+        # _load_known): more matching rows than matched digests means two model rows share a known row's cells.
         duplicates = []
         if matched > seen:
             duplicates = self._keys_of_digests(self._repeated_digests(stage, select), sync_key, members_only)
@@ -218,9 +218,9 @@ class PushdownModel(ModelQuery):
         return f"SELECT {DIGEST_COLUMN} AS d FROM {_model(stage)} WHERE fresh = 0"
 
     def _load_known(self, known: str, sync_key: str, members_only: bool) -> int:
-        """Copy the distinct source digests the state knows into the temporary table ``known``; how many.
+        """Copy the source digests the state knows into the temporary table ``known``; how many.
 
-        On SQLite the table is keyed by the digest itself (an INTEGER PRIMARY KEY is the rowid), filled in
+        On SQLite the table is keyed by the digest itself (each is copied once) (an INTEGER PRIMARY KEY is the rowid), filled in
         digest order: appending sorted keys costs a third of removing duplicates through a temporary
         B-tree and then indexing the result, and every later lookup is a rowid lookup.
 

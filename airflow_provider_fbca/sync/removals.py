@@ -28,6 +28,7 @@ from collections.abc import Collection, Iterable, Iterator
 from airflow_provider_fbca.identifiers import MATCH_KEYS
 from airflow_provider_fbca.sync.journal import LEAVING, OWED, UPDATE, RemovalRow
 from airflow_provider_fbca.sync.state import StageTable, StateStore, decode_identifiers, encode_identifiers
+from airflow_provider_fbca.sync.stored_rows import split_value_sql, stored_as_json_sql
 
 #: The keys a removal row leaves out when a staying row shares the value: strong identifiers (EXTERN_ID,
 #: the row's own key, is not an identifier in this sense and is always carried).
@@ -146,7 +147,7 @@ class Removals:
         conditions, params = [], [self.sync_key, *schemas]
         for key_schema in schemas:
             probes = [
-                f"split_part(identifiers, chr(31), {position + 1}) IN {removal_values}"
+                f"{split_value_sql('identifiers', str(position))} IN {removal_values}"
                 for position, key in _withholdable(key_schema)
                 if key in keys
             ]
@@ -157,7 +158,7 @@ class Removals:
         store.execute(
             f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema, identifiers"
             f" FROM {store.table} WHERE sync_key = ? AND member = 1 AND (key_schema NOT IN ({markers})"
-            f" OR left(identifiers, 1) = chr(30){''.join(' OR ' + condition for condition in conditions)})",
+            f" OR {stored_as_json_sql('identifiers')}{''.join(' OR ' + condition for condition in conditions)})",
             params,
         ).close()
         store.analyze(self.holders)

@@ -42,6 +42,8 @@ from airflow_provider_fbca.sync.stored_rows import (
     _identifier_at,
     decode_identifiers,
     encode_identifiers,
+    split_value_sql,
+    stored_as_json_sql,
 )
 
 # The state's names, rows and stage table live in modules of their own; importers keep importing them here.
@@ -277,8 +279,8 @@ class StateStore:
         if self.is_sqlite:
             return f"fbca_identifier({column}, {at})"
         return (
-            f"CASE WHEN left({column}, 1) = chr(30) THEN (substr({column}, 2)::json ->> {at})"
-            f" ELSE split_part({column}, chr(31), {at} + 1) END"
+            f"CASE WHEN {stored_as_json_sql(column)} THEN (substr({column}, 2)::json ->> {at})"
+            f" ELSE {split_value_sql(column, at)} END"
         )
 
     # -- schema ---------------------------------------------------------------------------------------
