@@ -18,9 +18,10 @@ A batch is packed with C-level ``map`` calls only: no Python loop per row.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
+from operator import itemgetter
 
 from airflow_provider_fbca.sandbox.validation import (
     HASHED_KEYS,
@@ -57,12 +58,25 @@ class _Layout:
         )
 
     def pack(self, rows: list[list[str]]) -> list[bytes]:
-        """Pack rows whose hashed values are all digests or "" (C-level maps only)."""
+        """Pack rows whose hashed values are all digests or "" (C-level maps only).
+
+        A batch whose every hashed value is present shares one presence pattern, and a lone hashed (or
+        plain) column needs no joining: the bytes are the same, with fewer steps per row.
+        """
         hashed = list(map(column_getter(self.hashed), rows))
-        presence = map(bytes, map(map, repeat(bool), hashed))
-        digests = map(bytes.fromhex, map("".join, hashed))
-        plain = map(str.encode, map(SEPARATOR.join, map(column_getter(self.plain), rows)))
-        return list(map(b"".join, zip(repeat(self.prefix + _PACKED), presence, digests, plain)))
+        values = list(chain.from_iterable(hashed))
+        prefix = self.prefix + _PACKED
+        if all(values):
+            prefix += b"\x01" * len(self.hashed)
+            parts: list[Iterable[bytes]] = []
+        else:
+            parts = [map(bytes, map(map, repeat(bool), hashed))]
+        parts.append(map(bytes.fromhex, values if len(self.hashed) == 1 else map("".join, hashed)))
+        if len(self.plain) == 1:
+            parts.append(map(str.encode, map(itemgetter(self.plain[0]), rows)))
+        else:
+            parts.append(map(str.encode, map(SEPARATOR.join, map(column_getter(self.plain), rows))))
+        return list(map(b"".join, zip(repeat(prefix), *parts)))
 
     def as_text(self, row: list[str]) -> bytes:
         return self.prefix + _TEXT + json.dumps(row, ensure_ascii=False).encode()
@@ -123,21 +137,19 @@ class MemberStore:
         """
         layout = self._layout(schema)
         members = self._members
-        fresh: dict[bytes, list[str]] = {}
         encoded = _encode(layout, rows, packable)
-        for member, row in zip(encoded, rows, strict=True):
-            if member not in members:
-                fresh.setdefault(member, row)
+        # A member's bytes are its row's content: rows repeated in the batch are equal, any one will do.
+        fresh = dict(zip(encoded, rows, strict=True))
+        if not members.keys().isdisjoint(fresh.keys()):  # a C-level pass over the smaller of the two
+            fresh = {member: row for member, row in fresh.items() if member not in members}
         members.update(dict.fromkeys(fresh))
-        if people is not None:
+        if people is not None and max(people, default=-1) >= 0:
             for member, person in zip(encoded, people, strict=True):
                 if person >= 0 and member in fresh and member not in self._person:
                     self._person[member] = person
                     self._people[person] = self._people.get(person, 0) + 1
         for position, key in layout.strong:
-            self._index_column(
-                key, [(row[position], member) for member, row in fresh.items() if row[position]]
-            )
+            self._index_column(key, list(map(itemgetter(position), fresh.values())), list(fresh))
         return len(fresh)
 
     def remove(self, schema: tuple[str, ...], rows: list[list[str]]) -> int:
@@ -228,13 +240,22 @@ class MemberStore:
         layout_id, _, body = member.partition(_SCHEMA_END)
         return self._layouts[int(layout_id)].unpack(body)
 
-    def _index_column(self, key: str, pairs: list[tuple[str, bytes]]) -> None:
-        """Index one strong column of new members: in one C-level update when no token is taken yet."""
-        tokens = [hash((key, value)) for value, _ in pairs]
+    def _index_column(self, key: str, values: list[str], members: list[bytes]) -> None:
+        """Index one strong column of new members (an empty value indexes nothing): in one C-level update
+        when no token is taken yet.
+
+        :param key: the column's key.
+        :param values: each new member's value in that column.
+        :param members: the new members, in the same order.
+        """
+        if not all(values):
+            kept = [(value, member) for value, member in zip(values, members, strict=True) if value]
+            values, members = [value for value, _ in kept], [member for _, member in kept]
+        tokens = list(map(hash, zip(repeat(key), values)))  # hash((key, value)), in C
         if len(set(tokens)) == len(tokens) and self._index.keys().isdisjoint(tokens):
-            self._index.update(zip(tokens, [member for _, member in pairs], strict=True))
+            self._index.update(zip(tokens, members, strict=True))
             return
-        for token, (_, member) in zip(tokens, pairs, strict=True):
+        for token, member in zip(tokens, members, strict=True):
             self._link(token, member)
 
     def _link(self, token: int, member: bytes) -> None:
