@@ -171,9 +171,9 @@ def _run(
 
 class CpuSampler:
     """Reads, every :data:`SAMPLE_S`, the own CPU seconds of every process of the cluster, PostgreSQL and the
-    sandbox, and labels each: the task processes (children of a LocalExecutor worker), Airflow's services
-    (their workers included), PostgreSQL's backends by database (Airflow's metadata, or the warehouse that
-    holds the sync's state too), PostgreSQL's own processes, the sandbox.
+    sandbox, and labels each: the task processes (children of a LocalExecutor worker), the workers that
+    supervise them (heartbeats, logs), Airflow's other services, PostgreSQL's backends by database (Airflow's
+    metadata, or the warehouse that holds the sync's state too), PostgreSQL's own processes, the sandbox.
 
     The group totals (:func:`_cpu_s`) hide where the CPU goes: a task's own start, or PostgreSQL serving
     Airflow, cost a partitioned run per task.
@@ -243,6 +243,8 @@ class CpuSampler:
                     return label
             return "PostgreSQL (its own processes)"
         if group == "Airflow":
+            if " ".join(process.cmdline()).startswith(WORKER_TITLE):
+                return "Airflow task supervisors"
             parent = process.parent()
             if parent is not None and " ".join(parent.cmdline()).startswith(WORKER_TITLE):
                 return "tasks"
