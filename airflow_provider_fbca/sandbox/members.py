@@ -11,7 +11,8 @@ of distinct people its members match (:meth:`MemberStore.matched_people`), not i
 
 A row's bytes depend only on its content, so adding the same person twice changes nothing. Removals
 find members through an index keyed by the *hash* of each strong identifier (an int, not the
-identifier's text), which keeps the index small; every hit is checked against the member itself.
+identifier's text), which keeps the index small; every hit is checked against the member itself. The
+index is brought up to date when it is read: an audience only ever added to (a first sync) never builds it.
 A batch is packed with C-level ``map`` calls only: no Python loop per row.
 """
 
@@ -109,6 +110,8 @@ class MemberStore:
         self._layout_ids: dict[tuple[str, ...], int] = {}
         self._members: dict[bytes, None] = {}
         self._index: dict[int, _Entry] = {}
+        # Strong-identifier tokens of added members, with those members, not yet in the index (see _indexed).
+        self._unindexed: list[tuple[list[int], list[bytes]]] = []
         # member -> the population person it matched; person -> how many members match them
         self._person: dict[bytes, int] = {}
         self._people: dict[int, int] = {}
@@ -172,11 +175,12 @@ class MemberStore:
         :param rows: the removal rows as lists of text.
         """
         strong = self._layout(schema).strong
+        index = self._indexed()
         found: dict[bytes, None] = {}
         for row in rows:
             for position, key in strong:
                 value = row[position]
-                entry = self._index.get(hash((key, value))) if value else None
+                entry = index.get(hash((key, value))) if value else None
                 if entry is None:
                     continue
                 for member in [entry] if isinstance(entry, bytes) else entry:
@@ -241,8 +245,7 @@ class MemberStore:
         return self._layouts[int(layout_id)].unpack(body)
 
     def _index_column(self, key: str, values: list[str], members: list[bytes]) -> None:
-        """Index one strong column of new members (an empty value indexes nothing): in one C-level update
-        when no token is taken yet.
+        """Note one strong column of new members for the index (an empty value indexes nothing).
 
         :param key: the column's key.
         :param values: each new member's value in that column.
@@ -251,7 +254,17 @@ class MemberStore:
         if not all(values):
             kept = [(value, member) for value, member in zip(values, members, strict=True) if value]
             values, members = [value for value, _ in kept], [member for _, member in kept]
-        tokens = list(map(hash, zip(repeat(key), values)))  # hash((key, value)), in C
+        self._unindexed.append((list(map(hash, zip(repeat(key), values))), members))  # hash((key, value))
+
+    def _indexed(self) -> dict[int, _Entry]:
+        """The index, with the members added since it was last read folded in, in the order they came."""
+        for tokens, members in self._unindexed:
+            self._fold(tokens, members)
+        self._unindexed.clear()
+        return self._index
+
+    def _fold(self, tokens: list[int], members: list[bytes]) -> None:
+        """Index members by their tokens: in one C-level update when no token is taken yet."""
         if len(set(tokens)) == len(tokens) and self._index.keys().isdisjoint(tokens):
             self._index.update(zip(tokens, members, strict=True))
             return
@@ -268,7 +281,7 @@ class MemberStore:
             entry.append(member)
 
     def _unlink(self, token: int, member: bytes) -> None:
-        entry = self._index.get(token)
+        entry = self._indexed().get(token)
         if entry is None:
             return
         if isinstance(entry, bytes):
