@@ -100,3 +100,17 @@ def test_rows_with_and_without_every_digest_pack_to_what_they_hold() -> None:
         {"EXTERN_ID": "f"},
     ]
     assert store.add(schema, [full[1], gaps[0]], [True, True]) == 0, "packed alone, the same bytes"
+
+
+def test_removals_find_members_added_before_and_after_the_index_was_last_read() -> None:
+    store = MemberStore()
+    schema = ("EXTERN_ID", "EMAIL")
+    shared = sha256("family@example.com")
+    store.add(schema, [["a", shared], ["b", sha256("b")]])
+    assert store.remove(("EXTERN_ID",), [["b"]]) == 1  # reads the index: a and b are in it
+    store.add(schema, [["c", shared], ["d", sha256("d")]])  # after the read: not in it yet
+    store.add(schema, [["e", shared]])
+    assert len(store.find(("EMAIL",), [[shared]])) == 3, "finding changes nothing"
+    assert store.remove(("EMAIL",), [[shared]]) == 3, "a from before the read, c and e from after"
+    assert store.remove(("EXTERN_ID",), [["d"], ["a"]]) == 1
+    assert len(store) == 0
