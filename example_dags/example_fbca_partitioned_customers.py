@@ -71,7 +71,8 @@ def fbca_partitioned_customers() -> None:
             "gender": "gender",
         },
         default_country="US",
-        # Judged per partition: a partition whose share came back (almost) empty stops, the others sync.
+        # Judged for the whole sync: the partitions of a run may together remove 20% of the audience, and
+        # a partition whose share came back empty or broken stops on its own while the others sync.
         max_removal_fraction=0.2,
         partitions=PARTITIONS,
     ).expand(partition=list(range(PARTITIONS)))

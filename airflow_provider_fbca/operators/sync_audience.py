@@ -364,6 +364,7 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
                     rejects.move_to(sync_key)
                 return audience_id, sync_key
 
+            guard = self._removal_guard(store, f"{account}:{audience_id}", audience_id, context)
             self._sync_run = SyncRun(
                 store,
                 self.hook,
@@ -375,7 +376,7 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
                 # removal guard): a failed run leaves no empty audience behind.
                 create_audience=None if audience_id else create_audience,
                 rejects=rejects,
-                removal_guard=self._removal_guard(store, f"{account}:{audience_id}", audience_id, context),
+                removal_guard=guard,
             )
             try:
                 if model is not None:
@@ -388,6 +389,8 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
             except RemovalsRefusedError as refused:  # the additions landed: show what the run did
                 self._log_report(refused.report, audience_id, account, context, rejects)
                 raise
+            if isinstance(guard, FullRefreshGuard):  # the slices of the state it replaced
+                report.removed_by_partition = guard.removals_by_partition
             if shares is not None:  # the state was rebuilt under the unpartitioned key: slice it
                 shares.split(self._sync_run.options.sync_key, self.partitions)
         finally:

@@ -24,6 +24,7 @@ from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, c
 from airflow_provider_fbca.sync.plan import (
     SyncMode,
     SyncPlan,
+    SyncPlanError,
     build_plan,
     check_duplicates,
     check_removal_guard,
@@ -62,16 +63,22 @@ class RemovalGuard(Protocol):
     """Judges a plan's removals in place of :func:`.plan.check_removal_guard`: the whole sync's guard of a
     partition, or of the full refresh of an audience whose state lies in slices (:mod:`.removal_budget`)."""
 
-    def check(self, plan: SyncPlan, stage: StageTable, rows_read: int) -> None:
+    def check(self, plan: SyncPlan, stage: StageTable, rows_read: int) -> SyncPlan:
         """Refuse the plan before anything is sent (raises a :class:`.plan.RemovalGuardError`).
 
         :param stage: the staged model, joined with the state.
         :param rows_read: the model rows read.
+        :returns: the plan the run reports: counted against the whole audience's state where the run's
+            sync key does not hold it (a full refresh of a partitioned audience).
         """
 
     def removals_sent(self, removals: int) -> None:
         """Meta acknowledged ``removals`` rows leaving the audience (called in the transaction that
         forgets them)."""
+
+    def withdraw(self) -> None:
+        """The run was refused before it sent anything (by a guard, or the duplicate check): it plans no
+        removal, whatever an earlier try of it planned."""
 
 
 @dataclass(frozen=True)
@@ -273,30 +280,11 @@ class SyncRun:
         stage = StageTable(self.store)
         stage.create()
         try:
-            seen = self._stage(model, stage, pushdown if skips else None)
-            check_duplicates(
-                self.store,
-                stage,
-                self.options.sync_key,
-                seen_keys=self.stager.seen_duplicate_keys,
-                adds_enabled=self.options.adds_enabled,
-            )
-            plan = build_plan(
-                self.store,
-                stage,
-                self.options.sync_key,
-                self.options.mode,
-                adds_enabled=self.options.adds_enabled,
-                state_empty=self.state_empty,
-                full_refresh=self.full_refresh,
-                seen=seen,
-            )
-            self.report.plan = plan
-            log.info("Plan: %s", _describe(plan))
-            if self.removal_guard is None:
-                check_removal_guard(plan, self.options.max_removal_fraction)
-            else:
-                self.removal_guard.check(plan, stage, self.report.rows_read)
+            try:
+                plan = self._plan(model, stage, pushdown if skips else None)
+            except SyncPlanError:
+                self._withdraw_removals()
+                raise
             if not self.options.dry_run:
                 if not (self.state_empty or self.full_refresh):  # a full refresh rewrites the whole state
                     record_source_digests(self.store, stage, self.options.sync_key)
@@ -307,6 +295,56 @@ class SyncRun:
             if pushdown is not None:
                 pushdown.drop(stage)
             stage.drop()
+
+    def _plan(self, model: Model, stage: StageTable, diff: PushdownModel | None) -> SyncPlan:
+        """Stage the model, check it for duplicates, plan, and judge the plan's removals; nothing is sent.
+
+        :param diff: the model, when the diff runs in the warehouse.
+        :raises SyncPlanError: duplicates, or the removal guard refused the plan.
+        """
+        seen = self._stage(model, stage, diff)
+        check_duplicates(
+            self.store,
+            stage,
+            self.options.sync_key,
+            seen_keys=self.stager.seen_duplicate_keys,
+            adds_enabled=self.options.adds_enabled,
+        )
+        plan = build_plan(
+            self.store,
+            stage,
+            self.options.sync_key,
+            self.options.mode,
+            adds_enabled=self.options.adds_enabled,
+            state_empty=self.state_empty,
+            full_refresh=self.full_refresh,
+            seen=seen,
+        )
+        self.report.plan = plan
+        log.info("Plan: %s", _describe(plan))
+        if self.removal_guard is None:
+            check_removal_guard(plan, self.options.max_removal_fraction)
+            return plan
+        judged = self.removal_guard.check(plan, stage, self.report.rows_read)
+        if judged is not plan:
+            self.report.plan = judged
+            log.info("Plan over the whole audience's state: %s", _describe(judged))
+        return judged
+
+    def _withdraw_removals(self) -> None:
+        """The run was refused before sending: tell the removal guard it plans nothing. A failure to do so
+        is logged, not raised: the refusal is the error to show, and a plan not withdrawn only makes the
+        whole sync's budget count too much, never too little."""
+        if self.removal_guard is None or self.options.dry_run:
+            return
+        try:
+            self.removal_guard.withdraw()
+        except Exception as error:
+            log.warning(
+                "Could not withdraw this refused run's planned removals from the sync's budget (%s); the "
+                "budget counts them until the partition's next try",
+                type(error).__name__,
+            )
 
     # -- staging --------------------------------------------------------------------------------------
 

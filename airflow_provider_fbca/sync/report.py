@@ -38,6 +38,9 @@ class SyncReport:
     """Removal rows an earlier run owed (refused then), sent again by this run."""
     identifiers_withheld_shared: int = 0
     """Identifiers left out of removal rows because a row staying in the audience holds them."""
+    removed_by_partition: dict[int, int] = field(default_factory=dict)
+    """A full refresh of a partitioned audience: the people the replace drops from each partition's slice
+    of the state it replaces (``removed`` is their sum, with any row only the unpartitioned key held)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-serializable report (the operator's return value)."""
@@ -76,6 +79,12 @@ class SyncReport:
             "removals_refused": self.removals_refused,
             "owed_removals_sent": self.owed_removals_sent,
             "identifiers_withheld_shared": self.identifiers_withheld_shared,
+            # Only where the state lay in slices: keys as text, as JSON (XCom) writes them.
+            **(
+                {"removed_by_partition": {str(k): n for k, n in self.removed_by_partition.items()}}
+                if self.removed_by_partition
+                else {}
+            ),
         }
 
 

@@ -9,7 +9,9 @@ services start, the metadata database is migrated): it is the only test of the e
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ pytestmark = [pytest.mark.dags, pytest.mark.postgres]
 
 DAG_ID = "fbca_partitioned_customers"
 PARTITIONS = 4
+#: The example DAG's default audience name (its param).
+AUDIENCE_NAME = "Warehouse customers (partitioned)"
 #: Long enough that the partitions' runs overlap whatever the spread of their start times on a busy host.
 UPLOAD_HOLD_S = 6
 
@@ -57,6 +61,13 @@ def test_the_local_executor_runs_the_mapped_partitions_at_the_same_time(
         runs = cluster.wait_for_tasks(DAG_ID, run_id, "sync", PARTITIONS)
 
     assert [run.map_index for run in runs] == list(range(PARTITIONS))
+    # The partitions, each a process of its own started at once, created the audience once, and it holds
+    # the model.
+    audiences = [a for a in dag_sandbox.state.audiences.values() if a.name == AUDIENCE_NAME]
+    assert len(audiences) == 1, [a.name for a in dag_sandbox.state.audiences.values()]
+    with contextlib.closing(sqlite3.connect(warehouse)) as db:
+        model = {row[0] for row in db.execute("SELECT external_id FROM customers")}
+    assert {m["EXTERN_ID"] for m in dag_sandbox.members(audiences[0].id)} == model
     overlap = max_overlap(runs)
     assert overlap >= 2, f"the partitions ran one after another: {runs}"
     # Every partition held its upload, each in a process of its own, at the same time as another.

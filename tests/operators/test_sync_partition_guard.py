@@ -152,6 +152,38 @@ def test_a_retried_partition_is_not_counted_twice(
     assert set(members(sandbox, audience_id)) == {row[0] for row in model} - gone[0] - gone[1]
 
 
+def test_a_refused_try_withdraws_its_earlier_plan_from_the_runs_budget(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    make, model, shares = first_sync(warehouse, fb_conn_id, state_table, 100, 2)
+    audience_id = make().audience_id
+    everyone = {row[0] for row in model}
+
+    def model_without(counts: dict[int, int]) -> set[str]:
+        gone = leaving(shares, counts)
+        warehouse.write([row for row in model if row[0] not in gone])
+        return gone
+
+    # Try 1 of partition 0 plans 12 removals (claimed in the ledger), then Meta fails the removal.
+    model_without({0: 12})
+    sandbox.set_faults([FAILING_REMOVAL])
+    failed = try_partition(make, 0, 1)
+    assert isinstance(failed, Exception) and "190" in str(failed), failed
+    # Try 2 finds its share broken (its upstream lost most of it) and is refused before sending.
+    broken = math.ceil(0.6 * len(shares[0]))
+    assert broken / len(shares[0]) > slice_ceiling(0.2, len(shares[0]))
+    model_without({0: broken})
+    assert isinstance(try_partition(make, 0, 2), BrokenShareError)
+    # The upstream is repaired: partition 0 loses 4, partition 1 loses 12; 16 of 100 fit the 20% budget.
+    # Try 1's stale 12 would have refused partition 1 (12 + 12 = 24 of 100); the refused try planned
+    # nothing, so partition 1 syncs, and partition 0's next retry too.
+    assert 12 / len(shares[1]) < slice_ceiling(0.2, len(shares[1]))
+    gone = model_without({0: 4, 1: 12})
+    assert try_partition(make, 1, 1)["removed"] == 12
+    assert try_partition(make, 0, 3)["removed"] == 4
+    assert set(members(sandbox, audience_id)) == everyone - gone
+
+
 def test_a_retried_partition_counts_the_removals_its_failed_try_sent(
     warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
 ) -> None:
@@ -211,7 +243,7 @@ def test_a_partition_killed_between_removal_batches_counts_what_it_sent(
 def test_a_full_refresh_of_a_partitioned_audience_is_judged_against_every_slice(
     partitions: int, warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
 ) -> None:
-    make, model, _ = first_sync(warehouse, fb_conn_id, state_table, 80, 4)
+    make, model, shares = first_sync(warehouse, fb_conn_id, state_table, 80, 4)
     audience_id = make().audience_id
     everyone, uploads = {row[0] for row in model}, len(user_uploads(sandbox))
     # The model lost three quarters of its rows (an upstream load failed). The state lies in the 4 slices;
@@ -238,7 +270,14 @@ def test_a_full_refresh_of_a_partitioned_audience_is_judged_against_every_slice(
     assert dry.execute({})["rows_read"] == len(kept)
     assert len(user_uploads(sandbox)) == uploads
     refresh = sync_all(make, warehouse, partitions, full_refresh=True, max_removal_fraction=0.2)
-    assert refresh[0]["added"] == len(kept)
+    # The report counts the replace against the 4 slices it replaced: the 10 people it dropped, from the
+    # slices that held them; the 70 others were members already.
+    dropped = [sum(1 for row in model[:10] if row[0] in shares[k]) for k in range(4)]
+    assert (refresh[0]["removed"], refresh[0]["removed_by_partition"]) == (
+        10,
+        {str(k): dropped[k] for k in range(4)},
+    )
+    assert (refresh[0]["added"], refresh[0]["unchanged"], refresh[0]["rows_sent"]) == (0, 70, 70)
     assert set(members(sandbox, audience_id)) == {row[0] for row in kept}
     uploads = len(user_uploads(sandbox))
     assert [r["session_ids"] for r in sync_all(make, warehouse, partitions)] == [[]] * partitions

@@ -163,7 +163,10 @@ def test_a_change_of_the_number_of_partitions_is_refused_unless_a_full_refresh_r
     warehouse.write(rows)
     refresh = sync_all(make, warehouse, 4, audience_id=audience_id, full_refresh=True)
     assert [len(r["session_ids"]) for r in refresh] == [1, 0, 0, 0]
-    assert refresh[0]["added"] == len(rows)
+    # Its report counts the state it replaced (the 2 slices): 5 people dropped, none added.
+    assert (refresh[0]["removed"], refresh[0]["added"], refresh[0]["rows_sent"]) == (5, 0, len(rows))
+    assert set(refresh[0]["removed_by_partition"]) == {"0", "1"}
+    assert sum(refresh[0]["removed_by_partition"].values()) == 5
     assert set(members(sandbox, audience_id)) == {row[0] for row in rows}
     # Every partition now knows its slice: a run with the new number sends nothing, then follows churn.
     uploads = len(user_uploads(sandbox))
@@ -174,8 +177,12 @@ def test_a_change_of_the_number_of_partitions_is_refused_unless_a_full_refresh_r
     churn = sync_all(make, warehouse, 4, audience_id=audience_id)
     assert (sum(r["removed"] for r in churn), sum(r["added"] for r in churn)) == (3, 1)
     assert set(members(sandbox, audience_id)) == {row[0] for row in rows}
-    # And back to one task the same way.
-    make(audience_id=audience_id, full_refresh=True).execute({})
+    # And back to one task the same way (two more people left: the report counts them over the 4 slices).
+    rows = rows[2:]
+    warehouse.write(rows)
+    back = make(audience_id=audience_id, full_refresh=True).execute({})
+    assert (back["removed"], back["added"], sum(back["removed_by_partition"].values())) == (2, 0, 2)
+    assert set(members(sandbox, audience_id)) == {row[0] for row in rows}
     assert make(audience_id=audience_id).execute({})["session_ids"] == []
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import fields, replace
 from typing import Any
 
 import pytest
 
 from airflow_provider_fbca.sync.partitions import check_layout, partition_suffix
-from airflow_provider_fbca.sync.plan import RemovalGuardError
+from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncMode, SyncPlan
 from airflow_provider_fbca.sync.removal_budget import (
     BrokenShareError,
     EmptyShareError,
@@ -19,6 +20,7 @@ from airflow_provider_fbca.sync.removal_budget import (
     FullRefreshRemovalError,
     PartitionRemovals,
     RemovalLedger,
+    WholeSyncGuard,
     WholeSyncRemovalError,
     check_share,
     check_whole_sync,
@@ -153,6 +155,32 @@ def test_a_retried_partition_counts_what_its_earlier_tries_sent_and_its_first_sl
     assert recorded(store) == [("dag.sync/run-1", 0, 12)]
 
 
+def test_a_refused_try_withdraws_its_earlier_plan_and_keeps_what_was_sent(store: StateStore) -> None:
+    fill_slices(store, 25)  # 100 rows; 0.2: 20 removals for the whole run
+    book = ledger(store)
+    assert book.claim(entry(0, 12), 0.2) == 12  # try 1 plans 12, Meta takes 3 of them, then it fails
+    book.count_sent(0, 3)
+    assert book.claim(entry(1, 8), 0.2) == 20
+    # Try 2 of partition 0 plans 10 (3 sent + 10 = 13, with partition 1's 8: 21 of 100): refused. It sends
+    # nothing, so only its 3 sent stay counted, not try 1's 12.
+    with pytest.raises(WholeSyncRemovalError, match="remove 21 of"):
+        book.claim(entry(0, 10, slice_rows=22), 0.2)
+    assert recorded(store) == [("dag.sync/run-1", 0, 12), ("dag.sync/run-1", 1, 8)]  # rolled back
+    book.withdraw(0)  # what the refused run does next
+    assert recorded(store) == [("dag.sync/run-1", 0, 3), ("dag.sync/run-1", 1, 8)]
+    assert book.claim(entry(2, 9), 0.2) == 20  # room the stale 12 would have taken
+    # A try refused before it claims (a broken share, duplicates) withdraws the same way.
+    book.withdraw(2)
+    assert recorded(store)[2] == ("dag.sync/run-1", 2, 0)
+    assert book.claim(entry(0, 9, slice_rows=22), 0.2) == 20  # try 3 of partition 0 fits: 3 + 9 + 8
+    # A refused dry run, or a run with the guard off, withdraws nothing: it claimed nothing.
+    WholeSyncGuard(book, 0, 4, 0.2, dry_run=True).withdraw()
+    WholeSyncGuard(book, 0, 4, None).withdraw()
+    assert [row[2] for row in recorded(store)] == [12, 8, 0]
+    WholeSyncGuard(book, 0, 4, 0.2).withdraw()
+    assert [row[2] for row in recorded(store)] == [3, 8, 0]
+
+
 def test_a_ledger_from_before_the_count_of_removals_sent_gains_it(store: StateStore) -> None:
     fill_slices(store, 25)
     table = quote_table_name(store.table_name, REMOVALS_SUFFIX)
@@ -224,6 +252,14 @@ def test_partitions_claiming_at_the_same_time_never_overspend(store: StateStore)
     assert sum(row[2] for row in recorded(store)) == 40
 
 
+def refresh_plan(members: int) -> SyncPlan:
+    """The plan of a full refresh under the unpartitioned key, which holds none of the slices: every
+    member of the model is new, nothing leaves."""
+    counts = dict.fromkeys(f.name for f in fields(SyncPlan) if f.name not in ("mode", "full_refresh"))
+    plan = SyncPlan(SyncMode.MIRROR, True, **{name: 0 for name in counts})
+    return replace(plan, new_rows=members, to_add=members)
+
+
 def test_a_full_refresh_counts_the_whole_audience_each_person_once(store: StateStore) -> None:
     fill_slices(store, 25)  # 100 rows in the slices of 4 partitions
     check_layout(store, AUDIENCE, 4)
@@ -231,22 +267,53 @@ def test_a_full_refresh_counts_the_whole_audience_each_person_once(store: StateS
     # people also in a slice, five new ones.
     rebuilt = [f"0-{i}" for i in range(5)] + [f"new-{i}" for i in range(5)]
     store.upsert(AUDIENCE, [StagedRow(key, "f", "d", "EXTERN_ID", key, 1) for key in rebuilt])
-    # The model: everyone but 30 people of the slices; and one non-member, who leaves too.
+    # The model: everyone but 30 people of the slices (all 25 of slice 0, 5 of slice 1); one non-member,
+    # who leaves too; 3 people of slice 3 with new identifiers and 2 with a new value only.
     keys = [f"{k}-{i}" for k in range(4) for i in range(25)][30:] + [f"new-{i}" for i in range(5)]
+    changed = {"3-0": ("g", "e"), "3-1": ("g", "e"), "3-2": ("g", "e"), "3-3": ("g", "d"), "3-4": ("g", "d")}
     stage = StageTable(store)
     stage.create()
     stage.load(
-        (key, "f", "d", "EXTERN_ID", key, 0 if key == "new-0" else 1, 0, None, 1, 0, None) for key in keys
+        (
+            key,
+            *changed.get(key, ("f", "d")),
+            "EXTERN_ID",
+            key,
+            0 if key == "new-0" else 1,
+            0,
+            None,
+            1,
+            0,
+            None,
+        )
+        for key in keys
     )
     stage.index()
 
-    def judge(fraction: float | None) -> None:
-        # The plan is the unpartitioned key's (it sees no slice): the guard counts from the stage instead.
-        FullRefreshGuard(store, AUDIENCE, fraction).check(None, stage, len(keys))  # type: ignore[arg-type]
+    def judge(fraction: float | None) -> tuple[SyncPlan, dict[int, int]]:
+        guard = FullRefreshGuard(store, AUDIENCE, fraction)
+        return guard.check(refresh_plan(len(keys) - 1), stage, len(keys)), guard.removals_by_partition
 
-    judge(0.3)
-    judge(None)
+    assert judge(0.3) == judge(None)
+    plan, by_partition = judge(0.3)
+    # Counted as the unpartitioned plan counts its own state: 105 people, each once.
+    assert (plan.state_rows, plan.removals, plan.gone, plan.non_members_in_state) == (105, 31, 30, 1)
+    assert (plan.added, plan.new_rows, plan.updates_sent, plan.to_add) == (0, 0, 74, 74)
+    assert (plan.unchanged, plan.updated, plan.updated_identifiers) == (69, 5, 3)
+    assert by_partition == {0: 25, 1: 5, 2: 0, 3: 0}  # new-0 was in no slice
     with pytest.raises(
         FullRefreshRemovalError, match=r"leaves out 31 of its 105 synced rows \(30%.*4 partitions"
     ):
         judge(0.29)
+
+
+def test_an_unpartitioned_full_refresh_keeps_its_plan_and_guard(store: StateStore) -> None:
+    store.ensure_tables()
+    store.upsert(AUDIENCE, [StagedRow(f"k-{i}", "f", "d", "EXTERN_ID", f"k-{i}", 1) for i in range(10)])
+    stage = StageTable(store)
+    stage.create()
+    plan = replace(refresh_plan(4), state_rows=10, removals=6)
+    guard = FullRefreshGuard(store, AUDIENCE, 0.6)
+    assert guard.check(plan, stage, 4) is plan and guard.removals_by_partition == {}
+    with pytest.raises(RemovalGuardError, match="remove 6 of the 10 rows"):
+        FullRefreshGuard(store, AUDIENCE, 0.5).check(plan, stage, 4)
