@@ -13,13 +13,16 @@ Usage: ``python bench/bench_partitions.py [--rows 400000]``.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import json
 import os
 import sys
 import tempfile
 import textwrap
+import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +41,12 @@ from local_cluster import (  # noqa: E402
 )
 
 UPLOAD_DELAY_S = 0.5
+#: How often the CPU sampler reads every process's own CPU seconds (a process ending between two reads
+#: loses at most this much of its figure; the group totals, read from the process trees, lose nothing).
+SAMPLE_S = 0.1
+#: The title Airflow's LocalExecutor gives its workers; a worker's children are the task processes.
+WORKER_TITLE = "airflow worker -- LocalExecutor"
+
 PARTITIONS = 4
 TARGET = 0.4
 #: Waited before the first run, once both DAGs are parsed: the end of the services' start falls in neither run.
@@ -70,6 +79,18 @@ DAG_FILE = textwrap.dedent(
 )
 
 
+def _compile_provider() -> None:
+    """Compile the provider's bytecode, as installing it with pip does.
+
+    Every task process imports the provider. From a source checkout under ``PYTHONDONTWRITEBYTECODE``
+    (this project's containers), each one compiled it again (about 75 ms of CPU), which an installed
+    provider never pays; the partitioned run paid it once per partition.
+    """
+    import airflow_provider_fbca
+
+    compileall.compile_dir(Path(airflow_provider_fbca.__file__).parent, quiet=1)
+
+
 def _fill_warehouse(server: dict, dbname: str, rows: int) -> None:
     import psycopg
 
@@ -81,6 +102,24 @@ def _fill_warehouse(server: dict, dbname: str, rows: int) -> None:
             " ' Person.' || i || '@Example.com' AS email FROM generate_series(1, %s) AS i",
             (rows,),
         )
+
+
+def _vacuum(server: dict, dbname: str) -> None:
+    """Vacuum and analyze the warehouse (and the sync's state in it) between the runs, then write the dirty
+    pages out (a checkpoint).
+
+    Autovacuum visits a table some time after many rows were written to it (up to a minute later): the
+    1-partition run's 400,000 state rows were vacuumed during the next run, and the CPU (1.8 s in one run)
+    was charged to the partitioned run, on the 2 cores it needed; so would the background writing of the
+    pages the previous run (or this vacuum) left dirty. Done here, neither run pays for the other's writes.
+    """
+    import psycopg
+
+    with psycopg.connect(
+        host=server["host"], port=server["port"], user=server["user"], dbname=dbname, autocommit=True
+    ) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+        conn.execute("CHECKPOINT")
 
 
 def _connections(server: dict, warehouse_db: str, sandbox_url: str) -> dict[str, str]:
@@ -126,16 +165,26 @@ class Run:
     rows: int
     cpu_s: dict[str, float]
     load: float
+    detail_s: dict[str, float]
+    task_cpu_s: list[float]
 
 
-def _run(cluster: LocalCluster, sandbox_url: str, partitions: int, processes: dict[str, list[int]]) -> Run:
+def _run(
+    cluster: LocalCluster,
+    sandbox_url: str,
+    partitions: int,
+    processes: dict[str, list[int]],
+    sampler: CpuSampler,
+) -> Run:
     """Run the DAG of ``partitions`` once: the first sync task's start to the last one's end."""
     dag_id = f"bench_partitions_{partitions}"
     already = len(_uploads(sandbox_url))
     before = {name: _cpu_s(pids) for name, pids in processes.items()}
+    sampled = sampler.snapshot()
     run_id = cluster.trigger(dag_id)
     runs = cluster.wait_for_tasks(dag_id, run_id, "sync", partitions, timeout_s=1800)
     cpu = {name: _cpu_s(pids) - before[name] for name, pids in processes.items()}
+    detail, tasks = sampler.since(sampled)
     first = min(run.start for run in runs)
     uploads = _uploads(sandbox_url)[already:]
     return Run(
@@ -146,7 +195,92 @@ def _run(cluster: LocalCluster, sandbox_url: str, partitions: int, processes: di
         sum(entry["rows"] or 0 for entry in uploads),
         cpu,
         os.getloadavg()[0],
+        detail,
+        tasks,
     )
+
+
+class CpuSampler:
+    """Reads, every :data:`SAMPLE_S`, the own CPU seconds of every process of the cluster, PostgreSQL and the
+    sandbox, and labels each: the task processes (children of a LocalExecutor worker), the workers that
+    supervise them (heartbeats, logs), Airflow's other services, PostgreSQL's backends by database (Airflow's
+    metadata, or the warehouse that holds the sync's state too), PostgreSQL's own processes, the sandbox.
+
+    The group totals (:func:`_cpu_s`) hide where the CPU goes: a task's own start, or PostgreSQL serving
+    Airflow, cost a partitioned run per task.
+
+    :param roots: the processes whose trees are read, by label (``Airflow``, ``PostgreSQL``, ``sandbox``).
+    :param databases: a PostgreSQL database's name -> the label of its backends.
+    """
+
+    def __init__(self, roots: dict[str, list[int]], databases: dict[str, str]) -> None:
+        self.roots, self.databases = roots, databases
+        self._seen: dict[tuple[int, float], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def snapshot(self) -> dict[tuple[int, float], tuple[str, float]]:
+        """The CPU seconds read so far, by process (after a fresh read)."""
+        self._read()
+        with self._lock:
+            return dict(self._seen)
+
+    def since(
+        self, before: dict[tuple[int, float], tuple[str, float]]
+    ) -> tuple[dict[str, float], list[float]]:
+        """The CPU seconds each label used since ``before``, and each task process's."""
+        now = self.snapshot()
+        by_label: dict[str, float] = defaultdict(float)
+        tasks = []
+        for key, (label, seconds) in now.items():
+            used = seconds - before.get(key, (label, 0.0))[1]
+            by_label[label] += used
+            if label == "tasks" and used > 0:
+                tasks.append(used)
+        return dict(sorted(by_label.items())), sorted(tasks)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self._read()
+
+    def _read(self) -> None:
+        read: dict[tuple[int, float], tuple[str, float]] = {}
+        for group, pids in self.roots.items():
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    root = psutil.Process(pid)
+                    for process in [root, *root.children(recursive=True)]:
+                        with contextlib.suppress(psutil.Error):
+                            times = process.cpu_times()
+                            label = self._label(group, process)
+                            read[(process.pid, process.create_time())] = (label, times.user + times.system)
+        with self._lock:
+            self._seen.update(read)
+
+    def _label(self, group: str, process: psutil.Process) -> str:
+        if group == "PostgreSQL":
+            title = " ".join(process.cmdline())
+            for database, label in self.databases.items():
+                if f" {database} " in title:
+                    return label
+            return "PostgreSQL (its own processes)"
+        if group == "Airflow":
+            if " ".join(process.cmdline()).startswith(WORKER_TITLE):
+                return "Airflow task supervisors"
+            parent = process.parent()
+            if parent is not None and " ".join(parent.cmdline()).startswith(WORKER_TITLE):
+                return "tasks"
+            return "Airflow services"
+        return group
 
 
 def _settle(cluster: LocalCluster, airflow: list[int]) -> float:
@@ -208,9 +342,12 @@ def _uploads(sandbox_url: str) -> list[dict]:
 def _describe(run: Run) -> str:
     tasks = ", ".join(f"+{start:.1f} s for {duration:.1f} s" for start, duration in run.tasks)
     cpu = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in run.cpu_s.items())
+    detail = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in run.detail_s.items())
+    each = ", ".join(f"{seconds:.2f}" for seconds in run.task_cpu_s)
     return (
         f"{run.partitions} partition(s): {run.wall_s:6.1f} s; {run.uploads} uploads of {run.rows:,} rows;"
         f" tasks started at {tasks}\n  CPU: {cpu}; load average {run.load:.1f} on {os.cpu_count()} cores"
+        f"\n  CPU sampled every {SAMPLE_S} s: {detail}; each task process {each} s"
     )
 
 
@@ -225,6 +362,7 @@ def main() -> None:
     if bindir is None:
         print("skipped: PostgreSQL binaries not found (make test installs Debian's postgresql as root)")
         return
+    _compile_provider()
     with (
         contextlib.nullcontext(args.home)
         if args.home
@@ -252,9 +390,21 @@ def main() -> None:
                     "PostgreSQL": [_postgres_pid(server)],
                     "sandbox": [sandbox.pid],
                 }
+                databases = {
+                    cluster.metadata_db: "PostgreSQL (Airflow's metadata)",
+                    warehouse_db: "PostgreSQL (warehouse and state)",
+                }
+                roots = {
+                    "Airflow": processes["Airflow (services and tasks)"],
+                    "PostgreSQL": processes["PostgreSQL"],
+                    "sandbox": processes["sandbox"],
+                }
                 settling = _settle(cluster, processes["Airflow (services and tasks)"])
-                one = _run(cluster, url, 1, processes)
-                many = _run(cluster, url, PARTITIONS, processes)
+                with CpuSampler(roots, databases) as sampler:
+                    _vacuum(server, warehouse_db)
+                    one = _run(cluster, url, 1, processes, sampler)
+                    _vacuum(server, warehouse_db)
+                    many = _run(cluster, url, PARTITIONS, processes, sampler)
         finally:
             sandbox.terminate()
             sandbox.wait(timeout=30)

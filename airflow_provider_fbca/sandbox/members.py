@@ -11,16 +11,18 @@ of distinct people its members match (:meth:`MemberStore.matched_people`), not i
 
 A row's bytes depend only on its content, so adding the same person twice changes nothing. Removals
 find members through an index keyed by the *hash* of each strong identifier (an int, not the
-identifier's text), which keeps the index small; every hit is checked against the member itself.
+identifier's text), which keeps the index small; every hit is checked against the member itself. The
+index is brought up to date when it is read: an audience only ever added to (a first sync) never builds it.
 A batch is packed with C-level ``map`` calls only: no Python loop per row.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
+from operator import itemgetter
 
 from airflow_provider_fbca.sandbox.validation import (
     HASHED_KEYS,
@@ -57,12 +59,25 @@ class _Layout:
         )
 
     def pack(self, rows: list[list[str]]) -> list[bytes]:
-        """Pack rows whose hashed values are all digests or "" (C-level maps only)."""
+        """Pack rows whose hashed values are all digests or "" (C-level maps only).
+
+        A batch whose every hashed value is present shares one presence pattern, and a lone hashed (or
+        plain) column needs no joining: the bytes are the same, with fewer steps per row.
+        """
         hashed = list(map(column_getter(self.hashed), rows))
-        presence = map(bytes, map(map, repeat(bool), hashed))
-        digests = map(bytes.fromhex, map("".join, hashed))
-        plain = map(str.encode, map(SEPARATOR.join, map(column_getter(self.plain), rows)))
-        return list(map(b"".join, zip(repeat(self.prefix + _PACKED), presence, digests, plain)))
+        values = list(chain.from_iterable(hashed))
+        prefix = self.prefix + _PACKED
+        if all(values):
+            prefix += b"\x01" * len(self.hashed)
+            parts: list[Iterable[bytes]] = []
+        else:
+            parts = [map(bytes, map(map, repeat(bool), hashed))]
+        parts.append(map(bytes.fromhex, values if len(self.hashed) == 1 else map("".join, hashed)))
+        if len(self.plain) == 1:
+            parts.append(map(str.encode, map(itemgetter(self.plain[0]), rows)))
+        else:
+            parts.append(map(str.encode, map(SEPARATOR.join, map(column_getter(self.plain), rows))))
+        return list(map(b"".join, zip(repeat(prefix), *parts)))
 
     def as_text(self, row: list[str]) -> bytes:
         return self.prefix + _TEXT + json.dumps(row, ensure_ascii=False).encode()
@@ -95,6 +110,8 @@ class MemberStore:
         self._layout_ids: dict[tuple[str, ...], int] = {}
         self._members: dict[bytes, None] = {}
         self._index: dict[int, _Entry] = {}
+        # Strong-identifier tokens of added members, with those members, not yet in the index (see _indexed).
+        self._unindexed: list[tuple[list[int], list[bytes]]] = []
         # member -> the population person it matched; person -> how many members match them
         self._person: dict[bytes, int] = {}
         self._people: dict[int, int] = {}
@@ -123,21 +140,19 @@ class MemberStore:
         """
         layout = self._layout(schema)
         members = self._members
-        fresh: dict[bytes, list[str]] = {}
         encoded = _encode(layout, rows, packable)
-        for member, row in zip(encoded, rows, strict=True):
-            if member not in members:
-                fresh.setdefault(member, row)
+        # A member's bytes are its row's content: rows repeated in the batch are equal, any one will do.
+        fresh = dict(zip(encoded, rows, strict=True))
+        if not members.keys().isdisjoint(fresh.keys()):  # a C-level pass over the smaller of the two
+            fresh = {member: row for member, row in fresh.items() if member not in members}
         members.update(dict.fromkeys(fresh))
-        if people is not None:
+        if people is not None and max(people, default=-1) >= 0:
             for member, person in zip(encoded, people, strict=True):
                 if person >= 0 and member in fresh and member not in self._person:
                     self._person[member] = person
                     self._people[person] = self._people.get(person, 0) + 1
         for position, key in layout.strong:
-            self._index_column(
-                key, [(row[position], member) for member, row in fresh.items() if row[position]]
-            )
+            self._index_column(key, list(map(itemgetter(position), fresh.values())), list(fresh))
         return len(fresh)
 
     def remove(self, schema: tuple[str, ...], rows: list[list[str]]) -> int:
@@ -160,11 +175,12 @@ class MemberStore:
         :param rows: the removal rows as lists of text.
         """
         strong = self._layout(schema).strong
+        index = self._indexed()
         found: dict[bytes, None] = {}
         for row in rows:
             for position, key in strong:
                 value = row[position]
-                entry = self._index.get(hash((key, value))) if value else None
+                entry = index.get(hash((key, value))) if value else None
                 if entry is None:
                     continue
                 for member in [entry] if isinstance(entry, bytes) else entry:
@@ -228,13 +244,31 @@ class MemberStore:
         layout_id, _, body = member.partition(_SCHEMA_END)
         return self._layouts[int(layout_id)].unpack(body)
 
-    def _index_column(self, key: str, pairs: list[tuple[str, bytes]]) -> None:
-        """Index one strong column of new members: in one C-level update when no token is taken yet."""
-        tokens = [hash((key, value)) for value, _ in pairs]
+    def _index_column(self, key: str, values: list[str], members: list[bytes]) -> None:
+        """Note one strong column of new members for the index (an empty value indexes nothing).
+
+        :param key: the column's key.
+        :param values: each new member's value in that column.
+        :param members: the new members, in the same order.
+        """
+        if not all(values):
+            kept = [(value, member) for value, member in zip(values, members, strict=True) if value]
+            values, members = [value for value, _ in kept], [member for _, member in kept]
+        self._unindexed.append((list(map(hash, zip(repeat(key), values))), members))  # hash((key, value))
+
+    def _indexed(self) -> dict[int, _Entry]:
+        """The index, with the members added since it was last read folded in, in the order they came."""
+        for tokens, members in self._unindexed:
+            self._fold(tokens, members)
+        self._unindexed.clear()
+        return self._index
+
+    def _fold(self, tokens: list[int], members: list[bytes]) -> None:
+        """Index members by their tokens: in one C-level update when no token is taken yet."""
         if len(set(tokens)) == len(tokens) and self._index.keys().isdisjoint(tokens):
-            self._index.update(zip(tokens, [member for _, member in pairs], strict=True))
+            self._index.update(zip(tokens, members, strict=True))
             return
-        for token, (_, member) in zip(tokens, pairs, strict=True):
+        for token, member in zip(tokens, members, strict=True):
             self._link(token, member)
 
     def _link(self, token: int, member: bytes) -> None:
@@ -247,7 +281,7 @@ class MemberStore:
             entry.append(member)
 
     def _unlink(self, token: int, member: bytes) -> None:
-        entry = self._index.get(token)
+        entry = self._indexed().get(token)
         if entry is None:
             return
         if isinstance(entry, bytes):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property, lru_cache
+from itertools import repeat
 from operator import itemgetter
 
 
@@ -373,17 +374,22 @@ class Population:
         :param extern_ids: the ad account's EXTERN_ID mappings.
         """
         position = {key: i for i, key in enumerate(schema)}
-        columns = []
+        people = [NO_MATCH] * len(rows)
+        unmatched = range(len(rows))
         for rule, rule_index in zip(MATCH_RULES, self._index, strict=True):
+            if not unmatched:
+                break
             if set(rule) <= position.keys():
                 getter: Callable[[list[str]], object] = itemgetter(*(position[key] for key in rule))
-                columns.append(map(rule_index.get, map(hash, map(getter, rows))))
-        if not columns:
-            people = [NO_MATCH] * len(rows)
-        else:
-            people = [
-                next((p for p in found if p is not None), NO_MATCH) for found in zip(*columns, strict=True)
-            ]
+                # Each rule looks up only the rows no earlier rule matched (the first rule: every row).
+                asked = rows if len(unmatched) == len(rows) else list(map(rows.__getitem__, unmatched))
+                found = list(map(rule_index.get, map(hash, map(getter, asked)), repeat(NO_MATCH)))
+                if len(unmatched) == len(rows):
+                    people = found
+                else:
+                    for row, person in zip(unmatched, found, strict=True):
+                        people[row] = person
+                unmatched = [row for row in unmatched if people[row] == NO_MATCH] if NO_MATCH in found else []
         if extern_ids is not None and "EXTERN_ID" in position:
             extern_ids.link([row[position["EXTERN_ID"]] for row in rows], people)
         return people
@@ -407,6 +413,13 @@ class ExternIds:
         :param people: each row's person, or :data:`NO_MATCH`; unmatched rows are filled in.
         """
         known = self.known
+        if all(ids):  # C-level when every row matched, or none did (then nothing is learned meanwhile)
+            if NO_MATCH not in people:
+                known.update(zip(ids, people, strict=True))
+                return
+            if people.count(NO_MATCH) == len(people):
+                people[:] = map(known.get, ids, repeat(NO_MATCH))
+                return
         for row, (extern_id, person) in enumerate(zip(ids, people, strict=True)):
             if not extern_id:
                 continue

@@ -16,7 +16,9 @@ Finding the holders reads every staying row of the state. On SQLite, extracting 
 and probing them in SQL is most of an incremental run's time, so a registered function first keeps only
 the state rows that may hold a removal identifier (a fixed-size bitmap of the removal values' hashes: no
 false negative, memory bounded whatever the number of removals), and the exact join runs on those few.
-PostgreSQL extracts and joins in C, with a hash join: it reads the state itself.
+PostgreSQL does the same in one scan of the state in SQL (:meth:`Removals._probable_holders`): each row's
+values at its schema's withheld positions probe a hash of the removal values, and the exact join runs on
+the rows that hit.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Collection, Iterable, Iterator
 from airflow_provider_fbca.identifiers import MATCH_KEYS
 from airflow_provider_fbca.sync.journal import LEAVING, OWED, UPDATE, RemovalRow
 from airflow_provider_fbca.sync.state import StageTable, StateStore, decode_identifiers, encode_identifiers
-from airflow_provider_fbca.sync.stored_rows import leading_identifiers
+from airflow_provider_fbca.sync.stored_rows import leading_identifiers, split_value_sql, stored_as_json_sql
 
 #: The keys a removal row leaves out when a staying row shares the value: strong identifiers (EXTERN_ID,
 #: the row's own key, is not an identifier in this sense and is always carried).
@@ -91,7 +93,7 @@ class Removals:
         store.execute(f"CREATE INDEX {self.ids}_rid ON {self.ids} (rid)").close()
         store.analyze(self.rows, self.ids)
         if keys:
-            holders = self._may_hold(keys) if store.is_sqlite else store.table
+            holders = self._may_hold(keys) if store.is_sqlite else self._probable_holders(keys)
             for key_schema in self._held_schemas(holders):
                 positions = [(i, key) for i, key in _withholdable(key_schema) if key in keys]
                 self._mark_shared(holders, key_schema, positions)
@@ -119,6 +121,47 @@ class Removals:
             f" FROM {store.table} WHERE sync_key = ? AND member = 1 AND {MAY_HOLD_FUNCTION}(key_schema, identifiers)",
             (self.sync_key,),
         ).close()
+        return self.holders
+
+    def _probable_holders(self, keys: Collection[str]) -> str:
+        """PostgreSQL: copy the state's member rows that may hold a removal identifier into a temporary table.
+
+        One scan of the state, which probes at most one hash of the (few) removal values per withheld
+        position of a row's schema, each value split out of the stored row as it is (no per-position row,
+        no JSON): the exact join (:meth:`_mark_shared`) then reads a few rows, not the state. A row whose
+        schema no removal or addition has (a mapping changed since it was sent), or stored as JSON (a value
+        holds the separator), is copied as it is: the exact join settles it too.
+
+        :param keys: the withheld keys the removal rows carry.
+        :returns: the table's name: it has the state's columns the exact join reads.
+        """
+        store = self.store
+        schemas = [
+            row[0]
+            for row in store.fetch_all(
+                f"SELECT key_schema FROM {self.rows} UNION SELECT key_schema FROM {self.stage.name}"
+                " WHERE to_add = 1 AND key_schema IS NOT NULL"
+            )
+        ]
+        removal_values = f"(SELECT value FROM {self.ids})"
+        conditions, params = [], [self.sync_key, *schemas]
+        for key_schema in schemas:
+            probes = [
+                f"{split_value_sql('identifiers', str(position))} IN {removal_values}"
+                for position, key in _withholdable(key_schema)
+                if key in keys
+            ]
+            if probes:
+                conditions.append(f"(key_schema = ? AND ({' OR '.join(probes)}))")
+                params.append(key_schema)
+        markers = ", ".join("?" for _ in schemas)
+        store.execute(
+            f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema, identifiers"
+            f" FROM {store.table} WHERE sync_key = ? AND member = 1 AND (key_schema NOT IN ({markers})"
+            f" OR {stored_as_json_sql('identifiers')}{''.join(' OR ' + condition for condition in conditions)})",
+            params,
+        ).close()
+        store.analyze(self.holders)
         return self.holders
 
     def _mark_shared(self, holders: str, key_schema: str, positions: list[tuple[int, str]]) -> None:

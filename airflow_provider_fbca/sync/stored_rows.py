@@ -73,6 +73,16 @@ def leading_identifiers(text: str, count: int) -> list[str]:
     return text.split(_SEPARATOR, count)
 
 
+def stored_as_json_sql(column: str) -> str:
+    """PostgreSQL: whether a stored wire row (a SQL column) is stored as JSON (see :func:`encode_identifiers`)."""
+    return f"left({column}, 1) = chr({ord(_JSON_MARK)})"
+
+
+def split_value_sql(column: str, position: str) -> str:
+    """PostgreSQL: the value at a 0-based ``position`` (SQL) of a stored wire row not stored as JSON."""
+    return f"split_part({column}, chr({ord(_SEPARATOR)}), {position} + 1)"
+
+
 def _identifier_at(text: str | None, position: int) -> str | None:
     if text is None or position < 0:
         return None

@@ -67,3 +67,50 @@ def test_members_sharing_an_identifier_are_all_removed() -> None:
     store.add(("EXTERN_ID", "EMAIL"), [["c", shared]])
     assert store.remove(("EMAIL",), [[shared]]) == 3
     assert len(store) == 0
+
+
+def test_a_batch_mixing_stored_repeated_and_new_rows_stores_each_new_member_once() -> None:
+    store = MemberStore()
+    schema = ("EXTERN_ID", "EMAIL")
+    first = [["a", sha256("a")], ["b", sha256("b")]]
+    assert store.add(schema, first, None, [1, -1]) == 2
+    batch = [["b", sha256("b")], ["c", sha256("c")], ["c", sha256("c")], ["d", ""]]
+    assert store.add(schema, batch, None, [-1, 2, 2, 3]) == 2, "b is stored, c comes twice"
+    assert [row["EXTERN_ID"] for row in store.rows()] == ["a", "b", "c", "d"]
+    assert store.matched_people() == 3
+    assert store.remove(("EMAIL",), [[sha256("c")]]) == 1
+    assert store.remove(("EXTERN_ID",), [["d"]]) == 1, "a member with an empty e-mail is found by its id"
+    assert store.remove(("EMAIL",), [[""]]) == 0, "an empty value finds nobody"
+    assert [row["EXTERN_ID"] for row in store.rows()] == ["a", "b"]
+
+
+def test_rows_with_and_without_every_digest_pack_to_what_they_hold() -> None:
+    """A batch whose every hashed value is present shares one presence pattern; one with a blank does not."""
+    schema = ("EXTERN_ID", "EMAIL", "PHONE", "MADID")
+    full = [["a", sha256("a"), sha256("1"), "m-a"], ["b", sha256("b"), sha256("2"), "m-b"]]
+    gaps = [["c", "", sha256("3"), "m-c"], ["d", sha256("d"), "", ""]]
+    store = MemberStore()
+    store.add(schema, full)
+    store.add(schema, gaps)
+    store.add(("EMAIL",), [[sha256("e")]])
+    store.add(("EXTERN_ID",), [["f"]])
+    assert list(store.rows()) == [
+        *(dict(zip(schema, row, strict=True)) for row in full + gaps),
+        {"EMAIL": sha256("e")},
+        {"EXTERN_ID": "f"},
+    ]
+    assert store.add(schema, [full[1], gaps[0]], [True, True]) == 0, "packed alone, the same bytes"
+
+
+def test_removals_find_members_added_before_and_after_the_index_was_last_read() -> None:
+    store = MemberStore()
+    schema = ("EXTERN_ID", "EMAIL")
+    shared = sha256("family@example.com")
+    store.add(schema, [["a", shared], ["b", sha256("b")]])
+    assert store.remove(("EXTERN_ID",), [["b"]]) == 1  # reads the index: a and b are in it
+    store.add(schema, [["c", shared], ["d", sha256("d")]])  # after the read: not in it yet
+    store.add(schema, [["e", shared]])
+    assert len(store.find(("EMAIL",), [[shared]])) == 3, "finding changes nothing"
+    assert store.remove(("EMAIL",), [[shared]]) == 3, "a from before the read, c and e from after"
+    assert store.remove(("EXTERN_ID",), [["d"], ["a"]]) == 1
+    assert len(store) == 0

@@ -18,7 +18,7 @@ import pytest
 from sandbox_support import SMALL_POPULATION, Graph, sha256
 
 from airflow_provider_fbca.sandbox import CUSTOMER_COLUMNS, Sandbox, generate_customers
-from airflow_provider_fbca.sandbox.population import Population
+from airflow_provider_fbca.sandbox.population import NO_MATCH, ExternIds, Population
 
 COUNTRIES = {
     "us": "us",
@@ -200,3 +200,39 @@ def test_matching_on_names_and_zip_alone(sb: Sandbox, graph: Graph) -> None:
         ["", "", "", fn, ln, sha256("00000"), ""],
     ]
     assert upload_and_count_matches(graph, rows, 5)["num_matched"] == "1"
+
+
+def test_a_row_takes_the_first_rule_that_finds_someone_and_only_unmatched_rows_try_the_next() -> None:
+    """Rules are tried in order per row: e-mail before phone, then names with ZIP; a row no rule finds
+    matches nobody. The batch mixes rows matched by each rule, so later rules see only some rows."""
+    population = Population(SMALL_POPULATION, seed=5)
+    people = [population.person(number) for number in (1, 2, 3)]
+    wire = [{key: sha256(value) for key, value in person.normalized().items()} for person in people]
+    schema = ("EXTERN_ID", "EMAIL", "PHONE", "FN", "LN", "ZIP")
+    rows = [
+        ["a", wire[0]["EMAIL"], wire[1]["PHONE"], "", "", ""],  # e-mail wins over the phone
+        ["b", sha256("nobody@example.net"), wire[1]["PHONE"], "", "", ""],  # the phone finds person 2
+        ["c", "", "", wire[2]["FN"], wire[2]["LN"], wire[2]["ZIP"]],  # names and ZIP find person 3
+        ["d", sha256("nobody@example.net"), "", wire[2]["FN"], "", ""],  # no rule finds anyone
+        ["e", wire[1]["EMAIL"], "", "", "", ""],
+    ]
+    assert population.match_rows(schema, rows) == [1, 2, 3, NO_MATCH, 2]
+    assert population.match_rows(schema, rows[3:4]) == [NO_MATCH]
+    assert population.match_rows(("EXTERN_ID",), rows) == [NO_MATCH] * 5, "no rule without its keys"
+
+
+def test_extern_ids_are_learned_from_matched_rows_in_order() -> None:
+    known: dict[str, int] = {"old": 7}
+    ids = ExternIds(known)
+    everyone = [4, 5]
+    ids.link(["x", "y"], everyone)  # every row matched: all learned
+    assert known == {"old": 7, "x": 4, "y": 5} and everyone == [4, 5]
+    nobody = [NO_MATCH, NO_MATCH, NO_MATCH]
+    ids.link(["old", "x", "new"], nobody)  # no row matched: each matched through an id learned before
+    assert nobody == [7, 4, NO_MATCH] and "new" not in known
+    mixed = [NO_MATCH, 9, NO_MATCH, NO_MATCH]
+    ids.link(["z", "z", "z", ""], mixed)  # a row learns "z" for the rows after it, not before
+    assert mixed == [NO_MATCH, 9, 9, NO_MATCH] and known["z"] == 9
+    with_blank = [NO_MATCH, NO_MATCH]
+    ids.link(["", "y"], with_blank)  # a row without an id matches nobody through one
+    assert with_blank == [NO_MATCH, 5] and "" not in known

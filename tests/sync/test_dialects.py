@@ -8,6 +8,7 @@ import pytest
 
 from airflow_provider_fbca.sync.dialects import (
     DIALECTS,
+    cell_types,
     client_row_digest,
     dialect_for,
     digest64,
@@ -114,3 +115,29 @@ def test_sqlite_row_digest_is_the_clients(tmp_path: Any) -> None:
     pairs = conn.execute(f"SELECT x, y, {digest} FROM t").fetchall()
     assert [value for *_, value in pairs] == [client_row_digest("seed", (x, y)) for x, y, _ in pairs]
     conn.close()
+
+
+def test_cell_types_read_once_digest_as_computed_per_row(store: StateStore) -> None:
+    """The types inlined as literals give every row the digest that computing them per row gives, for
+    an int, a text, a domain and an all-NULL column (the states of earlier runs keep matching)."""
+    dialect = dialect_for(store.conn)
+    assert dialect is not None
+    if dialect.name == "sqlite":
+        register_functions(store.conn)
+        store.execute("CREATE TEMPORARY TABLE t (x, y, z, w)").close()
+    else:
+        store.execute("CREATE DOMAIN pg_temp.email_text AS TEXT").close()
+        store.execute("CREATE TEMPORARY TABLE t (x INTEGER, y TEXT, z pg_temp.email_text, w BIGINT)").close()
+    store.executemany("INSERT INTO t VALUES (?, ?, ?, NULL)", [(5, "5", "a@b"), (None, "", None)])
+    store.commit()
+    columns, sql = ['"x"', '"y"', '"z"', '"w"'], "SELECT x, y, z, w FROM t"
+    types = cell_types(store.conn, dialect, sql, columns)
+    assert (types is None) == (dialect.name == "sqlite")
+    if types is not None:
+        assert len(set(types)) == 4  # int, text, the domain, bigint: four types
+    per_row, read_once = (
+        store.fetch_all(f"SELECT {dialect.row_digest(columns, 'seed', kinds)} FROM ({sql}) AS m ORDER BY 1")
+        for kinds in (None, types)
+    )
+    assert per_row == read_once
+    assert len(set(per_row)) == 2

@@ -231,3 +231,22 @@ def test_a_model_query_with_placeholders_and_percent_signs_is_left_alone(store: 
     twin.write([(1, "a%?@x", "1"), (2, "b@x", "22")])
     report = run()  # the diff in the database
     assert (report["updated"], report["unchanged"]) == (1, 1)
+
+
+def test_a_killed_pushdown_run_converges_to_the_client_side_result(store: StateStore) -> None:
+    twin = Twin(store)
+    first = [(i, f"{i}@x", "family" if i < 3 else str(i)) for i in range(8)]
+    twin.write(first)
+    twin.sync()
+    # Changed e-mails (their old identifiers removed, the shared phone withheld), one gone, two new.
+    twin.write([(i, f"{i}@new" if i % 2 else f"{i}@x", "family" if i < 3 else str(i)) for i in range(1, 10)])
+    pushed = twin.audiences["pushdown"]
+    pushed.kill_after(len(pushed.calls) + 1)
+    with pytest.raises(ConnectionError):
+        twin._run("pushdown")
+    pushed.kill_after(None)
+    assert twin._run("pushdown").reconciled_rows
+    twin._run("client")
+    assert pushed.members == twin.audiences["client"].members
+    assert _state(twin.push_store) == _state(twin.store)
+    assert twin.sync()["rows_sent"] == 0  # both settled alike: nothing left to send

@@ -1,14 +1,15 @@
-"""SQLite's prefilter of the state rows that may hold a removal identifier (:class:`.removals.MayHold`).
+"""The prefilters of the state rows that may hold a removal identifier: SQLite's (:class:`.removals.MayHold`)
+and PostgreSQL's (in SQL).
 
-The prefilter may let a non-holder through (the exact join settles it) but must never drop a holder,
+A prefilter may let a non-holder through (the exact join settles it) but must never drop a holder,
 whatever the schema or the stored form of the row. End to end, on SQLite and PostgreSQL:
 ``tests/operators/test_sync_removals.py``.
 """
 
 from __future__ import annotations
 
-from airflow_provider_fbca.sync.removals import MayHold
-from airflow_provider_fbca.sync.state import encode_identifiers
+from airflow_provider_fbca.sync.removals import MayHold, Removals
+from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, encode_identifiers
 
 SHARED = "f" * 64  # a hashed e-mail two people share
 
@@ -54,3 +55,42 @@ def test_only_the_withheld_positions_are_read_whatever_the_row_length() -> None:
     # The value after the withheld position, or a row shorter than its schema: no holder.
     assert may_hold.check("EXTERN_ID,PHONE,FN", encode_identifiers(["k3", "c" * 64, SHARED])) == 0
     assert may_hold.check("EXTERN_ID,EMAIL,PHONE", encode_identifiers(["k4", SHARED])) == 0
+
+
+def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(store: StateStore) -> None:
+    """One removal row (schema A) whose e-mail a JSON-stored row holds, and whose phone a row of an older
+    mapping holds at another position: both withheld. Another removal row's e-mail, held only as a phone,
+    is not."""
+    schema_a, schema_b = "EXTERN_ID,EMAIL,PHONE", "EXTERN_ID,PHONE,EMAIL"
+    email, phone, other, email2, phone2 = "e" * 64, "p" * 64, "o" * 64, "e2" * 32, "p2" * 32
+    store.ensure_tables()
+    store.upsert(
+        "s",
+        [
+            StagedRow("r", "f", "d", schema_a, encode_identifiers(["r", email, phone]), 1),
+            StagedRow("old", "f", "d", schema_b, encode_identifiers(["old", phone, other]), 1),
+            StagedRow("j\x1fk", "f", "d", schema_a, encode_identifiers(["j\x1fk", email, other]), 1),
+            StagedRow("swap", "f", "d", schema_a, encode_identifiers(["swap", other, email2]), 1),
+            StagedRow("gone", "f", "d", schema_a, encode_identifiers(["gone", other, phone]), 0),
+        ],
+    )
+    stage = StageTable(store)
+    stage.create()
+    store.execute(
+        f"INSERT INTO {stage.name} (row_key, member, in_state, old_id_digest, old_key_schema, old_identifiers,"
+        " old_member, to_remove) VALUES ('r', 0, 1, 'd', ?, ?, 1, 1), ('r2', 0, 1, 'd', ?, ?, 1, 1)",
+        (
+            schema_a,
+            encode_identifiers(["r", email, phone]),
+            schema_a,
+            encode_identifiers(["r2", email2, phone2]),
+        ),
+    ).close()
+    store.commit()
+    removals = Removals(store, stage, "s")
+    assert removals.build() == 2
+    (page,) = removals.pages(schema_a, 10)
+    sent = [encode_identifiers(["r", "", ""]), encode_identifiers(["r2", email2, phone2])]
+    assert [row.sent for row in page] == sent
+    removals.drop()
+    stage.drop()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_fbca.sync.state import (
+    StagedRow,
     StateStore,
     decode_identifiers,
     encode_identifiers,
@@ -90,3 +91,30 @@ def test_a_connection_inside_a_transaction_keeps_its_journal_mode(tmp_path: Path
     conn.execute("INSERT INTO t VALUES (1)")  # opens a transaction: the mode cannot change now
     StateStore(conn, "fbca_sync_state")
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_refreshed_statistics_cover_the_planning_columns_only(store: StateStore) -> None:
+    """After a large write, a run analyzes the columns its plans need, from a small sample; the wide
+    columns are left to autovacuum's own analysis. SQLite, which plans from its indexes, analyzes nothing."""
+    store.ensure_tables()
+    rows = [
+        StagedRow(f"k{i}", "f" * 32, "d" * 32, "EXTERN_ID,EMAIL", f"k{i}\x1f{'e' * 64}", 1, i)
+        for i in range(5000)
+    ]
+    store.upsert("s", rows)
+    if store.is_postgres:  # the write's counts reach pg_stat_user_tables at once, not within a second
+        store.execute("SELECT pg_stat_force_next_flush()").close()
+        store.commit()
+    store.refresh_statistics()
+    if store.is_sqlite:
+        assert not store.fetch_all("SELECT name FROM sqlite_master WHERE name = 'sqlite_stat1'")
+        return
+    analyzed = {
+        row[0]
+        for row in store.fetch_all(
+            "SELECT attname FROM pg_stats WHERE schemaname = current_schema() AND tablename = ?",
+            (store.table_name,),
+        )
+    }
+    store.commit()
+    assert analyzed == {"sync_key", "row_key", "member", "source_digest"}
