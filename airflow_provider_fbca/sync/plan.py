@@ -262,6 +262,15 @@ def _mark_differences(store: StateStore, stage: StageTable, sync_key: str, adds_
         f" WHERE NOT EXISTS (SELECT 1 FROM {store.table} AS s WHERE s.sync_key = ? AND s.row_key = {t}.row_key)",
         (sync_key,),
     ).close()
+    # SQLite, without statistics, takes "s.sync_key = ?" for selective: it would walk every state row of the
+    # sync and probe the stage for it. Joining through the stage's own rows first (CROSS JOIN keeps that
+    # order) probes the state's key once per stage row: an incremental run stages few rows.
+    state = f"{t} AS x CROSS JOIN {store.table} AS s" if store.is_sqlite else f"{store.table} AS s"
+    keys = (
+        f"x.row_key = {t}.row_key AND s.row_key = x.row_key"
+        if store.is_sqlite
+        else f"s.row_key = {t}.row_key"
+    )
     store.execute(
         f"UPDATE {t} SET old_fingerprint = s.fingerprint, old_id_digest = s.id_digest,"
         " old_key_schema = s.key_schema, old_identifiers = s.identifiers, old_member = s.member,"
@@ -274,7 +283,7 @@ def _mark_differences(store: StateStore, stage: StageTable, sync_key: str, adds_
         "  THEN 1 ELSE 0 END,"
         f" to_record = CASE WHEN {t}.member = 1 AND {adds} = 0 AND s.member = 0"
         f"  AND s.fingerprint <> {t}.fingerprint THEN 1 ELSE 0 END"
-        f" FROM {store.table} AS s WHERE s.sync_key = ? AND s.row_key = {t}.row_key"
+        f" FROM {state} WHERE s.sync_key = ? AND {keys}"
         f" AND (s.fingerprint <> {t}.fingerprint OR s.member = 0 OR {t}.member = 0)",
         (sync_key,),
     ).close()

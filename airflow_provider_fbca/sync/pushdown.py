@@ -8,8 +8,9 @@ NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An i
    temporary table ``model``), the known digests no model row has (``unseen``: rows changed or gone), how
    many known digests the model has (the unchanged rows, only counted), and the known digests two model
    rows share (the same cells twice: a duplicate EXTERN_ID). PostgreSQL does it in one pass, a hash full
-   join of the model's digests with the known ones that writes only what differs; SQLite keeps every
-   model row's digest in ``model`` and joins it again;
+   join of the model's digests with the known ones that writes only what differs; SQLite keeps, for
+   each unchanged model row, its known digest's ordinal in ``model``, and marks the ordinals met in a
+   byte array;
 3. streams to the worker only the model rows whose digest the state does not know (new or changed).
 
 The rest of the run (preparing those rows, the stage, the plan, the sending) is the client-side run's, so
@@ -171,17 +172,15 @@ class PushdownModel(ModelQuery):
         cursor = store.conn.cursor()
         cursor.execute(
             f"CREATE TEMPORARY TABLE {model} AS SELECT CAST(m.{DIGEST_COLUMN} AS BIGINT) AS {DIGEST_COLUMN},"
-            f" CASE WHEN {fresh} THEN 1 ELSE 0 END AS fresh, {cells} FROM ({select}{self.dialect.fence}) AS m"
-            f" LEFT JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
+            f" CASE WHEN {fresh} THEN 1 ELSE 0 END AS fresh, k.n AS known_n, {cells}"
+            f" FROM ({select}{self.dialect.fence}) AS m LEFT JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
         )
         cursor.close()
-        seen = self._index_seen(stage)
-        duplicates = self._duplicates(stage, sync_key, members_only)
         stage.create_unseen()
-        store.execute(
-            f"INSERT INTO {stage.unseen} (source_digest) SELECT k.source_digest FROM {known} AS k"
-            f" WHERE NOT EXISTS ({seen})"
-        ).close()
+        duplicates = []
+        if self._mark_seen(stage):
+            digests = f"SELECT source_digest AS d FROM {_seen(stage)}"
+            duplicates = self._keys_of_digests(digests, sync_key, members_only)
         stage.index_unseen()
         unseen_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
         rows = int(store.fetch_one(f"SELECT COUNT(*) FROM {model}")[0])
@@ -247,9 +246,10 @@ class PushdownModel(ModelQuery):
     def _load_known(self, known: str, sync_key: str, members_only: bool) -> int:
         """Copy the source digests the state knows into the temporary table ``known``; how many.
 
-        On SQLite the table is keyed by the digest itself (each is copied once) (an INTEGER PRIMARY KEY is the rowid), filled in
-        digest order: appending sorted keys costs a third of removing duplicates through a temporary
-        B-tree and then indexing the result, and every later lookup is a rowid lookup.
+        On SQLite each digest gets an ordinal, 1, 2, ... in digest order (the rowid), so that
+        :meth:`_mark_seen` can mark the digests the model has in a byte array; the digests are unique
+        (filled in digest order, the table and its index are appended to: a third of the cost of removing
+        duplicates through a temporary B-tree and then indexing the result).
 
         PostgreSQL copies them as they are: a sync's state holds one row per key, and a row's digest
         covers its key's own cell, so two of its rows share a digest only by a 64-bit collision (whose
@@ -259,9 +259,11 @@ class PushdownModel(ModelQuery):
         store = self.store
         where = f"sync_key = ? AND source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}"
         if store.is_sqlite:
-            store.execute(f"CREATE TEMPORARY TABLE {known} (source_digest INTEGER PRIMARY KEY)").close()
             store.execute(
-                f"INSERT OR IGNORE INTO {known} SELECT source_digest FROM {store.table} WHERE {where}"
+                f"CREATE TEMPORARY TABLE {known} (n INTEGER PRIMARY KEY, source_digest INTEGER NOT NULL UNIQUE)"
+            ).close()
+            store.execute(
+                f"INSERT OR IGNORE INTO {known} (source_digest) SELECT source_digest FROM {store.table} WHERE {where}"
                 " ORDER BY source_digest",
                 (sync_key,),
             ).close()
@@ -275,48 +277,35 @@ class PushdownModel(ModelQuery):
         store.analyze(known)  # the one-pass diff hashes it: no index
         return count
 
-    def _index_seen(self, stage: StageTable) -> str:
-        """Index the known digests the model has; return the subquery finding a known digest ``k`` among them.
+    def _mark_seen(self, stage: StageTable) -> bool:
+        """SQLite: load the known digests no model row has into ``unseen``, and the ones two model rows share
+        into ``seen``; return whether there are such repeats (a duplicate EXTERN_ID).
 
-        On SQLite they go into a table keyed by the digest, in digest order (like ``known``), so that the
-        unseen digests are found by a rowid lookup per known digest rather than an index search of the
-        model. PostgreSQL indexes the model's digests.
+        The model's unchanged rows carry their known digest's ordinal: a byte per known digest marks the
+        ordinals met, once or twice (a megabyte per million known rows). This replaces sorting the model's
+        known digests and looking each known digest up among them: two passes of SQLite's sorter and
+        B-trees, for what is one pass over the model's ordinals.
         """
-        store, model = self.store, _model(stage)
-        if store.is_sqlite:
-            seen = _seen(stage)
-            store.execute(f"CREATE TEMPORARY TABLE {seen} (source_digest INTEGER PRIMARY KEY)").close()
-            store.execute(
-                f"INSERT OR IGNORE INTO {seen} SELECT {DIGEST_COLUMN} FROM {model} WHERE fresh = 0"
-                f" ORDER BY {DIGEST_COLUMN}"
-            ).close()
-            return f"SELECT 1 FROM {seen} AS m WHERE m.source_digest = k.source_digest"
-        store.execute(f"CREATE INDEX {model}_digest ON {model} ({DIGEST_COLUMN}) WHERE fresh = 0").close()
-        store.analyze(model)
-        return f"SELECT 1 FROM {model} AS m WHERE m.fresh = 0 AND m.{DIGEST_COLUMN} = k.source_digest"
-
-    def _repeats_known_digest(self, stage: StageTable, twice: str) -> bool:
-        """Whether two model rows share a known digest (a duplicate EXTERN_ID), read cheaply first.
-
-        On SQLite the ``seen`` table holds each of the model's known digests once: fewer of them than model
-        rows of known digests means a repeat; the model's digests are not indexed there.
-        """
-        store = self.store
-        if store.is_sqlite:
-            rows = store.fetch_one(f"SELECT COUNT(*) FROM {_model(stage)} WHERE fresh = 0")[0]
-            return int(rows) > int(store.fetch_one(f"SELECT COUNT(*) FROM {_seen(stage)}")[0])
-        return bool(store.fetch_one(f"SELECT EXISTS ({twice})")[0])
-
-    def _duplicates(self, stage: StageTable, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
-        """The keys of known rows whose cells two model rows share (the same EXTERN_ID twice).
-
-        The model's repeated digests come first: usually none, and then the state is not read at all.
-        """
-        model = _model(stage)
-        twice = f"SELECT {DIGEST_COLUMN} AS d FROM {model} WHERE fresh = 0 GROUP BY {DIGEST_COLUMN} HAVING COUNT(*) > 1"
-        if not self._repeats_known_digest(stage, twice):
-            return []
-        return self._keys_of_digests(twice, sync_key, members_only)
+        store, known, seen = self.store, _known(stage), _seen(stage)
+        store.execute(f"CREATE TEMPORARY TABLE {seen} (source_digest INTEGER PRIMARY KEY)").close()
+        met = bytearray(int(store.fetch_one(f"SELECT COALESCE(MAX(n), 0) FROM {known}")[0]) + 1)
+        met[0] = 1  # no ordinal 0
+        twice = _KnownCopy(store, known, seen)
+        cursor = store.execute(f"SELECT known_n FROM {_model(stage)} WHERE fresh = 0")
+        while rows := cursor.fetchmany(self.fetch_size):
+            for (ordinal,) in rows:
+                if met[ordinal]:
+                    twice.add(ordinal)
+                met[ordinal] = 1
+        cursor.close()
+        twice.flush()
+        unseen = _KnownCopy(store, known, stage.unseen)
+        ordinal = met.find(0)
+        while ordinal != -1:
+            unseen.add(ordinal)
+            ordinal = met.find(0, ordinal + 1)
+        unseen.flush()
+        return twice.copied > 0
 
     def _keys_of_digests(self, digests: str, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
         """The keys of the known rows whose source digest a query (its column ``d``) returns."""
@@ -336,6 +325,36 @@ class PushdownModel(ModelQuery):
             self.store.commit()
         except Exception:
             pass
+
+
+class _KnownCopy:
+    """Copies the known digests of ordinals into a table, a page of ordinals at a time (bounded memory).
+
+    :param store: the state store.
+    :param known: the ``known`` table (ordinal ``n``, ``source_digest``).
+    :param table: the table receiving the digests (a ``source_digest`` column).
+    """
+
+    PAGE = 10_000
+
+    def __init__(self, store: StateStore, known: str, table: str) -> None:
+        self.store, self.known, self.table = store, known, table
+        self.ordinals: list[tuple[int]] = []
+        self.copied = 0
+
+    def add(self, ordinal: int) -> None:
+        self.ordinals.append((ordinal,))
+        if len(self.ordinals) >= self.PAGE:
+            self.flush()
+
+    def flush(self) -> None:
+        # OR IGNORE: an ordinal met three times is added twice.
+        self.store.executemany(
+            f"INSERT OR IGNORE INTO {self.table} (source_digest) SELECT source_digest FROM {self.known} WHERE n = ?",
+            self.ordinals,
+        )
+        self.copied += len(self.ordinals)
+        self.ordinals = []
 
 
 def _known(stage: StageTable) -> str:

@@ -28,7 +28,7 @@ from collections.abc import Collection, Iterable, Iterator
 from airflow_provider_fbca.identifiers import MATCH_KEYS
 from airflow_provider_fbca.sync.journal import LEAVING, OWED, UPDATE, RemovalRow
 from airflow_provider_fbca.sync.state import StageTable, StateStore, decode_identifiers, encode_identifiers
-from airflow_provider_fbca.sync.stored_rows import split_value_sql, stored_as_json_sql
+from airflow_provider_fbca.sync.stored_rows import leading_identifiers, split_value_sql, stored_as_json_sql
 
 #: The keys a removal row leaves out when a staying row shares the value: strong identifiers (EXTERN_ID,
 #: the row's own key, is not an identifier in this sense and is always carried).
@@ -263,7 +263,7 @@ class MayHold:
         self.flags = bytearray(size)
         self.keys = frozenset(keys)
         self.positions: dict[str, tuple[int, ...]] = {}
-        self.last: tuple[str, tuple[int, ...]] = ("", ())
+        self.last: tuple[str, tuple[int, ...], int] = ("", (), 0)
 
     def add(self, values: Iterable[str]) -> None:
         """Flag removal identifiers' values."""
@@ -280,16 +280,18 @@ class MayHold:
         :param key_schema: the stored row's schema.
         :param identifiers: the stored row's identifiers (see :func:`.state.encode_identifiers`).
         """
-        schema, positions = self.last
+        schema, positions, count = self.last
         if key_schema != schema:
             positions = self.positions.get(key_schema)
             if positions is None:
                 positions = tuple(i for i, key in _withholdable(key_schema) if key in self.keys)
                 self.positions[key_schema] = positions
-            self.last = (key_schema, positions)
+            count = positions[-1] + 1 if positions else 0
+            self.last = (key_schema, positions, count)
         if not positions:
             return 0
-        values, flags, mask = decode_identifiers(identifiers), self.flags, self.mask
+        # Split only as far as the last withheld position: the rest of the row is never read.
+        values, flags, mask = leading_identifiers(identifiers, count), self.flags, self.mask
         for position in positions:
             if position < len(values) and flags[hash(values[position]) & mask]:
                 return 1

@@ -46,6 +46,17 @@ def test_the_table_grows_with_the_removals_and_stays_bounded() -> None:
     assert len(MayHold({"EMAIL"}, expected=10**9).flags) == 1 << 23
 
 
+def test_only_the_withheld_positions_are_read_whatever_the_row_length() -> None:
+    may_hold = MayHold({"PHONE"}, expected=1)
+    may_hold.add([SHARED])
+    # The value last in its row, then followed by more values: a holder either way.
+    assert may_hold.check("EXTERN_ID,EMAIL,PHONE", encode_identifiers(["k1", "a" * 64, SHARED])) == 1
+    assert may_hold.check("EXTERN_ID,PHONE,FN", encode_identifiers(["k2", SHARED, "b" * 64])) == 1
+    # The value after the withheld position, or a row shorter than its schema: no holder.
+    assert may_hold.check("EXTERN_ID,PHONE,FN", encode_identifiers(["k3", "c" * 64, SHARED])) == 0
+    assert may_hold.check("EXTERN_ID,EMAIL,PHONE", encode_identifiers(["k4", SHARED])) == 0
+
+
 def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(store: StateStore) -> None:
     """One removal row (schema A) whose e-mail a JSON-stored row holds, and whose phone a row of an older
     mapping holds at another position: both withheld. Another removal row's e-mail, held only as a phone,
