@@ -446,13 +446,18 @@ class SyncRun:
             chunks = model.client_digested_rows() if client else model.digested_rows()
         else:
             chunks = model.rows()
-        for staged, wire_rows in self.stager.prepare_stream(chunks, digested, worker):
-            if not all(row.member for row in staged):
-                members = [row.member for row in staged]
-                non_members[0] += members.count(0)
-                staged, wire_rows = list(compress(staged, members)), list(compress(wire_rows, members))
-            yield staged, wire_rows
-            self.lease.keep_alive()
+        # Closed here, not by the garbage collector: an exception's traceback keeps a failed stream's
+        # frames alive, and a collection in another thread could not close the cursor of this connection.
+        try:
+            for staged, wire_rows in self.stager.prepare_stream(chunks, digested, worker):
+                if not all(row.member for row in staged):
+                    members = [row.member for row in staged]
+                    non_members[0] += members.count(0)
+                    staged, wire_rows = list(compress(staged, members)), list(compress(wire_rows, members))
+                yield staged, wire_rows
+                self.lease.keep_alive()
+        finally:
+            _close(chunks)
 
     # -- sending --------------------------------------------------------------------------------------
 

@@ -190,3 +190,54 @@ def test_a_streamed_first_sync_records_the_digests_the_next_run_computes_in_sqli
     second = sync_run().run(model())
     assert second.plan is not None and second.plan.unchanged == len(rows)
     conn.close()
+
+
+class _WatchedModel(PushdownModel):
+    """A pushdown model that records when the stream of its rows is closed."""
+
+    closed: list[str]
+
+    def client_digested_rows(self) -> Any:
+        try:
+            yield from super().client_digested_rows()
+        finally:
+            self.closed.append("client")
+
+    def digested_rows(self, stage: Any = None) -> Any:
+        try:
+            yield from super().digested_rows(stage)
+        finally:
+            self.closed.append("sqlite")
+
+
+class _FailingPreparer(PassThroughPreparer):
+    """Fails on the second chunk, in the middle of the stream."""
+
+    def __init__(self, schema: tuple[str, ...]) -> None:
+        super().__init__(schema)
+        self.calls = 0
+
+    def prepare_rows(self, rows: Any) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("preparation failed")
+        return super().prepare_rows(rows)
+
+
+def test_a_stream_that_fails_midway_closes_the_model_read_at_once(tmp_path: Path) -> None:
+    """The model's cursor is closed in the run's own thread, not left to a garbage collection that may
+    run in another thread (where sqlite3 refuses to touch the connection) while the error is held."""
+    conn = sqlite3.connect(tmp_path / "w.db")
+    conn.execute("CREATE TABLE model (id, email)")
+    conn.executemany("INSERT INTO model VALUES (?, ?)", [(f"id-{i}", f"p{i}@example.com") for i in range(9)])
+    conn.commit()
+    store = StateStore(conn, "fbca_state")
+    model = _WatchedModel(store, "SELECT * FROM model", ["id", "email"], 3)
+    model.closed = []
+    options = SyncOptions("42", "act_1:42", source_key_index=0, batch_size=3)
+    run = SyncRun(store, RecordingAudience(), _FailingPreparer(("EXTERN_ID", "EMAIL")), options)
+    with pytest.raises(RuntimeError, match="preparation failed") as failure:
+        run.run(model)
+    assert failure.value is not None  # the error, and its traceback's frames, are still held here
+    assert model.closed == ["client"]
+    conn.close()
