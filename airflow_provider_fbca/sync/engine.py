@@ -410,6 +410,7 @@ class SyncRun:
             if worker is not None:
                 stack.enter_context(worker)  # closed after the pages: a generator's cursor goes first
             rows = self._streamed_rows(model, non_members, worker, scan.cell_types)
+            stack.callback(_close, rows)  # this frame holds it too: an error's traceback would keep it open
             pages = streamed_pages(rows, options.batch_size)
             stack.callback(_close, pages)
             result = self._sender().add_stream(pages, scan.members)

@@ -224,19 +224,24 @@ class _FailingPreparer(PassThroughPreparer):
         return super().prepare_rows(rows)
 
 
-def test_a_stream_that_fails_midway_closes_the_model_read_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("failing", ["preparation", "upload"])
+def test_a_stream_that_fails_midway_closes_the_model_read_at_once(tmp_path: Path, failing: str) -> None:
     """The model's cursor is closed in the run's own thread, not left to a garbage collection that may
     run in another thread (where sqlite3 refuses to touch the connection) while the error is held."""
     conn = sqlite3.connect(tmp_path / "w.db")
     conn.execute("CREATE TABLE model (id, email)")
-    conn.executemany("INSERT INTO model VALUES (?, ?)", [(f"id-{i}", f"p{i}@example.com") for i in range(9)])
+    conn.executemany("INSERT INTO model VALUES (?, ?)", [(f"id-{i}", f"p{i}@example.com") for i in range(30)])
     conn.commit()
     store = StateStore(conn, "fbca_state")
     model = _WatchedModel(store, "SELECT * FROM model", ["id", "email"], 3)
     model.closed = []
     options = SyncOptions("42", "act_1:42", source_key_index=0, batch_size=3)
-    run = SyncRun(store, RecordingAudience(), _FailingPreparer(("EXTERN_ID", "EMAIL")), options)
-    with pytest.raises(RuntimeError, match="preparation failed") as failure:
+    schema, audience = ("EXTERN_ID", "EMAIL"), RecordingAudience()
+    preparer = _FailingPreparer(schema) if failing == "preparation" else PassThroughPreparer(schema)
+    if failing == "upload":
+        audience.kill_after(1)
+    run = SyncRun(store, audience, preparer, options)
+    with pytest.raises((RuntimeError, ConnectionError)) as failure:
         run.run(model)
     assert failure.value is not None  # the error, and its traceback's frames, are still held here
     assert model.closed == ["client"]
