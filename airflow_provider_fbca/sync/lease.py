@@ -46,6 +46,9 @@ MAX_RENEW_INTERVAL_S = 60.0
 #: The shortest lease: it must outlast several renewals, and a run in flight renews every HEARTBEAT_S at
 #: best, so anything shorter lapses while a single batch is in flight.
 MIN_LEASE_MINUTES = 6 * HEARTBEAT_S / 60
+#: :func:`run_exclusively`'s first wait for a held lease, and its longest (the waits double in between).
+FIRST_POLL_S = 0.05
+MAX_POLL_S = 1.0
 
 
 class SyncLeaseError(RuntimeError):
@@ -235,21 +238,25 @@ def run_exclusively(
     *,
     wait_s: float,
     sleep: Callable[[float], None] = time.sleep,
-    poll_s: float = 1.0,
+    first_poll_s: float = FIRST_POLL_S,
+    max_poll_s: float = MAX_POLL_S,
 ) -> T:
     """Run ``action`` while holding ``lease``, waiting up to ``wait_s`` for another holder to finish.
 
     For a short step that N tasks starting together must do once (creating their audience): the first
-    takes the lease and does it; the others wait for it, then find it done.
+    takes the lease and does it; the others wait for it, then find it done. The step takes one call to
+    Meta, so the waits start short and double up to ``max_poll_s``: a fixed wait of a second made every
+    partition that met the lease held wait a whole second for a step done in a few tens of milliseconds.
 
     :param lease: a lease on what the step is about (on a store of its own: a lease sets its store's fence).
     :param action: the step; it must find out itself whether another holder did it already.
     :param wait_s: how long to wait for the lease before giving up.
     :param sleep: waits between attempts (tests inject one).
-    :param poll_s: how long each wait is.
+    :param first_poll_s: the first wait; each next one is twice as long.
+    :param max_poll_s: the longest wait (one attempt, a single insert, per wait at most).
     :raises SyncLeaseHeldError: the lease stayed held for ``wait_s``.
     """
-    waited = 0.0
+    waited, poll_s = 0.0, first_poll_s
     while True:
         try:
             lease.acquire()
@@ -259,6 +266,7 @@ def run_exclusively(
                 raise
             sleep(poll_s)
             waited += poll_s
+            poll_s = min(2 * poll_s, max_poll_s)
     try:
         return action()
     finally:

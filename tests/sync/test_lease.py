@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
-from airflow_provider_fbca.sync.lease import SyncLease, SyncLeaseHeldError, SyncLeaseLostError
+from airflow_provider_fbca.sync.lease import (
+    SyncLease,
+    SyncLeaseHeldError,
+    SyncLeaseLostError,
+    run_exclusively,
+)
 from airflow_provider_fbca.sync.plan import SyncMode
 from airflow_provider_fbca.sync.state import StagedRow, StateStore
 from tests.sync.conftest import PassThroughPreparer, RecordingAudience
@@ -264,3 +269,35 @@ def test_a_renewal_commits_the_runs_writes_only_while_it_holds_the_lease(
     assert not store.renew_lease(SYNC_KEY, "this-run", T0 + 90 * MINUTE)
     assert [key for key, *_ in other_store.iter_rows(SYNC_KEY)] == ["a"]
     assert [key for key, *_ in store.iter_rows(SYNC_KEY)] == ["a"]  # rolled back, not left pending
+
+
+def test_a_step_run_exclusively_waits_briefly_for_a_holder_that_finishes_soon(
+    store: StateStore, other_store: StateStore
+) -> None:
+    """Partitions creating their audience: one holds the creation lease for a single call to Meta, so the
+    others retry after short waits that grow, not after a second each."""
+    hold_lease(other_store, "creating-partition", T0)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:  # the creating partition is done
+            other_store.release_lease(SYNC_KEY, "creating-partition")
+
+    lease = SyncLease(store, SYNC_KEY, describe="the creation", clock=Clock(T0 + 1))
+    done = run_exclusively(lease, lambda: store.lease(SYNC_KEY).owner == lease.owner, wait_s=120, sleep=sleep)
+    assert done  # the step ran holding the lease
+    assert waits == [0.05, 0.1, 0.2]
+    assert other_store.lease(SYNC_KEY) is None  # and released it
+
+
+def test_a_step_run_exclusively_gives_up_once_the_lease_stayed_held_for_wait_s(
+    store: StateStore, other_store: StateStore
+) -> None:
+    hold_lease(other_store, "stuck-partition", T0)
+    waits: list[float] = []
+    lease = SyncLease(store, SYNC_KEY, describe="the creation", clock=Clock(T0 + 1))
+    with pytest.raises(SyncLeaseHeldError):
+        run_exclusively(lease, lambda: pytest.fail("ran without the lease"), wait_s=5, sleep=waits.append)
+    assert max(waits) == 1.0 and 5 <= sum(waits) < 6  # waits grow to a second, and stop past wait_s
+    assert other_store.lease(SYNC_KEY).owner == "stuck-partition"
