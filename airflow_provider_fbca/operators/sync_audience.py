@@ -346,7 +346,10 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
                 check_layout(store, f"{account}:{audience_id}", self.partitions)
             shares = ShareRecorder(store) if self.full_refresh and not self.dry_run else None
             if shares is None:  # one query (a share's, filtered), read again or diffed in place
-                model = self._model(store, source_hook, preparer.column_of(EXTERN_ID))
+                # A first sync (an empty slice) reads its share twice: a partition's is copied once.
+                first = not self.dry_run and store.is_empty(options.sync_key)
+                store.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
+                model = self._model(store, source_hook, preparer.column_of(EXTERN_ID), stage=first)
             rejects = None
             if not self.dry_run:
                 rejects = RejectsTable(
@@ -495,7 +498,9 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
             )
         return hook
 
-    def _model(self, store: StateStore, source_hook: DbApiHook, key_index: int) -> ModelQuery | None:
+    def _model(
+        self, store: StateStore, source_hook: DbApiHook, key_index: int, *, stage: bool = False
+    ) -> ModelQuery | None:
         """The query of this task's share of the model (mapped columns in mapping order, the data
         processing options, then membership): diffed in the warehouse when the state lives there and its
         SQL dialect is known (one connection for both), else read by the worker through a connection of
@@ -504,6 +509,8 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
         cannot filter it (:meth:`_read_chunks` filters the rows as read).
 
         :param key_index: the position of the EXTERN_ID column among the mapped columns.
+        :param stage: the run reads the share twice (a first sync): copy a partition's share once (see
+            :meth:`.Share.staged_query`).
         """
         wanted = list(self.mapping.values())
         if self.membership_column is not None:
@@ -511,7 +518,8 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
         constants = tuple(value for _, value in self._processing_cells())
         pushdown = shares_database(self.sql_conn_id, self.state_conn_id, store.conn)
         conn = store.conn if pushdown else source_hook.get_conn()
-        sql = self._share(wanted, key_index).query(conn)
+        share = self._share(wanted, key_index)
+        sql = share.staged_query(conn) if stage else share.query(conn)
         if sql is None:
             if not pushdown:
                 conn.close()

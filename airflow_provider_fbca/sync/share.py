@@ -3,6 +3,11 @@
 The query is wrapped in the dialect's hash filter, so the warehouse does the filtering; a driver without
 a dialect entry gets every row and the share is filtered here. A full refresh of a partitioned sync reads
 every row and notes each one's partition (see :class:`.partitions.ShareRecorder`).
+
+A partition's first sync reads its share twice (the duplicate check's pass, then the stream it sends),
+and each filtered read scans the whole model and hashes every key: N partitions scanned it 2N times. On
+PostgreSQL the share is copied once into a temporary table, which both passes read
+(:meth:`Share.staged_query`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_fbca.identifiers import prepare
-from airflow_provider_fbca.sync.dialects import Dialect, dialect_for, register_functions
+from airflow_provider_fbca.sync.dialects import Dialect, dialect_for, quote_name, register_functions
 from airflow_provider_fbca.sync.partitions import (
     PARTITION_COLUMN,
     ShareRecorder,
@@ -22,9 +27,15 @@ from airflow_provider_fbca.sync.partitions import (
     partition_query,
     tagged_query,
 )
-from airflow_provider_fbca.sync.source import Row, read_model
+from airflow_provider_fbca.sync.source import Row, query_columns, read_model
 
 log = logging.getLogger(__name__)
+
+#: The temporary table a partition's share is copied into (see :meth:`Share.staged_query`).
+SHARE_TABLE = "fbca_share"
+#: The dialects whose share is copied: a temporary table outlives the connection's transactions there,
+#: and N partitions running at once need a server database (SQLite takes one writer at a time).
+_STAGED_DIALECTS = frozenset({"postgresql"})
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,32 @@ class Share:
         return partition_query(
             self.sql, self.wanted[self.key_index], self.partition, self.partitions, dialect
         )
+
+    def staged_query(self, conn: Any) -> str | None:
+        """The share copied once into a temporary table of the connection, and the query reading it; for
+        one share, or a dialect that does not copy (see :data:`_STAGED_DIALECTS`), :meth:`query`.
+
+        For a run that reads its share twice (a first sync): the warehouse filters the model once, and both
+        passes read the same rows, whatever changes in the model's tables between them. Only the wanted
+        columns are copied (a query may return two columns of one name, which a table cannot hold).
+
+        :param conn: an open DB-API connection to the warehouse; the table lives as long as it does.
+        """
+        query = self.query(conn)
+        dialect = _dialect(conn)
+        if self.partitions == 1 or query is None or dialect is None or dialect.name not in _STAGED_DIALECTS:
+            return query
+        columns = ", ".join(map(quote_name, dict.fromkeys(query_columns(conn, query, self.wanted))))
+        cursor = conn.cursor()
+        try:
+            cursor.execute(f"DROP TABLE IF EXISTS {SHARE_TABLE}")
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE {SHARE_TABLE} AS SELECT {columns} FROM ({query}) AS fbca_model"
+            )
+        finally:
+            cursor.close()
+        conn.commit()
+        return f"SELECT * FROM {SHARE_TABLE}"
 
     def _read_tagged(self, conn: Any, dialect: Dialect | None, shares: ShareRecorder) -> Iterator[list[Row]]:
         key = self.key_index

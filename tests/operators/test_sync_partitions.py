@@ -11,7 +11,7 @@ import pytest
 from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
 from airflow_provider_fbca.sync.dialects import dialect_for, register_functions
 from airflow_provider_fbca.sync.partitions import PartitionLayoutError, partition_query
-from tests.operators.conftest import Warehouse, customer
+from tests.operators.conftest import Warehouse, customer, set_connection
 from tests.operators.test_sync_audience import expected, make_operator, members, user_uploads
 
 PARTITIONS = 4
@@ -202,3 +202,58 @@ def test_a_partition_out_of_range_is_refused(
             operator_or_error.execute({})
     else:
         assert "partition must be a whole number from 0 to 3" in str(operator_or_error)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("state", ["warehouse", "another connection"])
+def test_a_partitions_first_sync_has_the_warehouse_filter_its_share_once(
+    postgres_warehouse: Warehouse,
+    postgres_server: dict[str, Any],
+    sandbox: Any,
+    fb_conn_id: str,
+    state_table: str,
+    state: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first sync reads its share twice (the duplicate check's pass, then the stream): the warehouse
+    filters the model once per partition, into a temporary table both passes read, not once per pass (a
+    whole scan of the model each time). The state may share the warehouse's connection (the diff in place)
+    or have its own (the rows read by the worker).
+    """
+    warehouse = postgres_warehouse
+    rows = [customer(i) for i in range(80)]
+    warehouse.write(rows)
+    # Each row the model's query yields takes a number from a sequence: the warehouse's reads of the model.
+    sequence = f"{warehouse.table}_reads"
+    conn = warehouse._connect()
+    conn.execute(f"CREATE SEQUENCE {sequence}")
+    conn.commit()
+    warehouse.sql = warehouse.sql.replace("\nFROM", f", nextval('{sequence}') AS n\nFROM")
+    extra: dict[str, Any] = {}
+    if state == "another connection":
+        server = postgres_server
+        login = {"host": server["host"], "port": server["port"], "login": server["user"]}
+        set_connection(monkeypatch, "own_state", conn_type="postgres", schema=server["dbname"], **login)
+        extra["state_conn_id"] = "own_state"
+
+    def make(**kwargs: Any) -> SyncAudienceOperator:
+        return make_operator(warehouse, fb_conn_id, state_table, **extra, **kwargs)
+
+    def reads() -> int:
+        (taken,) = conn.execute(f"SELECT last_value * is_called::int FROM {sequence}").fetchone()
+        conn.commit()
+        return taken
+
+    try:
+        first = sync_all(make, warehouse)
+        assert not [r for r in first if isinstance(r, Exception)], first
+        # The filter runs inside the query (before the sequence's column), so a read yields the share only.
+        assert reads() == len(rows)  # each row read once, by its partition
+        audience_id = first[0]["audience_id"]
+        assert {key: m["EMAIL"] for key, m in members(sandbox, audience_id).items()} == expected(rows)
+        # The next run (the model unchanged) reads the share once, unstaged: same rows, nothing sent.
+        again = sync_all(make, warehouse, audience_id=audience_id)
+        assert [r["session_ids"] for r in again] == [[]] * PARTITIONS
+        assert [r["unchanged"] for r in again] == [r["added"] for r in first]
+    finally:
+        conn.close()
