@@ -91,7 +91,8 @@ class UploadSession(Generic[Row]):
 
         The first batch goes alone (it opens the session: a replace's batch 1 must land before any other)
         and so does the last (it closes the session, so every other batch must have landed). Each page is
-        recorded (``record``) right before it is sent, so a kill leaves every page in flight pending.
+        recorded (``record``) before it is sent, so a kill leaves every page in flight pending: a page that
+        goes with others in flight is recorded before waiting for room, a page going alone once it has room.
         """
         result = SessionResult(self.session_id, self.kind)
         in_flight: deque[tuple[Future[dict[str, Any]], list[Row], dict[str, Any]]] = deque()
@@ -109,9 +110,13 @@ class UploadSession(Generic[Row]):
                 data = self.encode(page)
                 alone = last or batch_seq == first + 1  # after the first batch, before the last one
                 room = 0 if alone else self.max_in_flight - 1
+                if room and self.record is not None:
+                    # Recorded while the batches before it are in flight, so that the journal's write is
+                    # not on the round trip's path: recorded and not yet sent, it is pending, as if in flight.
+                    self.record(page, session)
                 while len(in_flight) > room:
                     self._settle(*in_flight.popleft(), result)
-                if self.record is not None:
+                if not room and self.record is not None:
                     self.record(page, session)
                 in_flight.append((sender.submit(self.send, data, session), page, session))
             while in_flight:
