@@ -31,8 +31,9 @@ from airflow_provider_fbca.sync.source import Row, query_columns, read_model
 
 log = logging.getLogger(__name__)
 
-#: The temporary table a partition's share is copied into (see :meth:`Share.staged_query`).
-SHARE_TABLE = "fbca_share"
+#: The temporary table a partition's share is copied into (see :meth:`Share.staged_query`), named in the
+#: session's own schema: a table of that name elsewhere on the search path is never read or dropped.
+SHARE_TABLE = "pg_temp.fbca_share"
 #: The dialects whose share is copied: a temporary table outlives the connection's transactions there,
 #: and N partitions running at once need a server database (SQLite takes one writer at a time).
 _STAGED_DIALECTS = frozenset({"postgresql"})
@@ -97,7 +98,9 @@ class Share:
 
         For a run that reads its share twice (a first sync): the warehouse filters the model once, and both
         passes read the same rows, whatever changes in the model's tables between them. Only the wanted
-        columns are copied (a query may return two columns of one name, which a table cannot hold).
+        columns are copied (a query may return two columns of one name, which a table cannot hold). A
+        warehouse that refuses the table (a read-only replica, a role without the TEMPORARY privilege)
+        gets :meth:`query`: each pass filters the model, as before.
 
         :param conn: an open DB-API connection to the warehouse; the table lives as long as it does.
         """
@@ -109,9 +112,14 @@ class Share:
         cursor = conn.cursor()
         try:
             cursor.execute(f"DROP TABLE IF EXISTS {SHARE_TABLE}")
-            cursor.execute(
-                f"CREATE TEMPORARY TABLE {SHARE_TABLE} AS SELECT {columns} FROM ({query}) AS fbca_model"
+            cursor.execute(f"CREATE TABLE {SHARE_TABLE} AS SELECT {columns} FROM ({query}) AS fbca_model")
+        except Exception as error:  # the driver's own error class; its message may quote the query only
+            conn.rollback()
+            log.info(
+                "The share could not be copied into a temporary table (%s): each pass filters the model",
+                type(error).__name__,
             )
+            return query
         finally:
             cursor.close()
         conn.commit()

@@ -205,7 +205,9 @@ def test_a_partition_out_of_range_is_refused(
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("state", ["warehouse", "another connection"])
+@pytest.mark.parametrize(
+    "state", ["warehouse", "another connection", "another connection, read-only warehouse"]
+)
 def test_a_partitions_first_sync_has_the_warehouse_filter_its_share_once(
     postgres_warehouse: Warehouse,
     postgres_server: dict[str, Any],
@@ -214,11 +216,14 @@ def test_a_partitions_first_sync_has_the_warehouse_filter_its_share_once(
     state_table: str,
     state: str,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A first sync reads its share twice (the duplicate check's pass, then the stream): the warehouse
     filters the model once per partition, into a temporary table both passes read, not once per pass (a
     whole scan of the model each time). The state may share the warehouse's connection (the diff in place)
-    or have its own (the rows read by the worker).
+    or have its own (the rows read by the worker). A warehouse that refuses a temporary table (a read-only
+    replica) is filtered once per pass, as before (a read-only transaction cannot take numbers from a
+    sequence: the log says so instead).
     """
     warehouse = postgres_warehouse
     rows = [customer(i) for i in range(80)]
@@ -227,14 +232,28 @@ def test_a_partitions_first_sync_has_the_warehouse_filter_its_share_once(
     sequence = f"{warehouse.table}_reads"
     conn = warehouse._connect()
     conn.execute(f"CREATE SEQUENCE {sequence}")
+    # A table of the user's with the temporary table's name is neither read nor dropped.
+    conn.execute("CREATE TABLE fbca_share (mine TEXT)")
+    conn.execute("INSERT INTO fbca_share VALUES ('kept')")
     conn.commit()
-    warehouse.sql = warehouse.sql.replace("\nFROM", f", nextval('{sequence}') AS n\nFROM")
+    read_only = "read-only" in state
+    if not read_only:
+        warehouse.sql = warehouse.sql.replace("\nFROM", f", nextval('{sequence}') AS n\nFROM")
     extra: dict[str, Any] = {}
-    if state == "another connection":
-        server = postgres_server
-        login = {"host": server["host"], "port": server["port"], "login": server["user"]}
-        set_connection(monkeypatch, "own_state", conn_type="postgres", schema=server["dbname"], **login)
+    server = postgres_server
+    login = {
+        "host": server["host"],
+        "port": server["port"],
+        "login": server["user"],
+        "schema": server["dbname"],
+    }
+    if state != "warehouse":
+        set_connection(monkeypatch, "own_state", conn_type="postgres", **login)
         extra["state_conn_id"] = "own_state"
+    if read_only:
+        options = {"options": "-c default_transaction_read_only=on"}
+        set_connection(monkeypatch, "replica", conn_type="postgres", extra=options, **login)
+        monkeypatch.setattr(warehouse, "conn_id", "replica")
 
     def make(**kwargs: Any) -> SyncAudienceOperator:
         return make_operator(warehouse, fb_conn_id, state_table, **extra, **kwargs)
@@ -245,15 +264,22 @@ def test_a_partitions_first_sync_has_the_warehouse_filter_its_share_once(
         return taken
 
     try:
-        first = sync_all(make, warehouse)
+        with caplog.at_level("INFO", logger="airflow_provider_fbca.sync.share"):
+            first = sync_all(make, warehouse)
         assert not [r for r in first if isinstance(r, Exception)], first
-        # The filter runs inside the query (before the sequence's column), so a read yields the share only.
-        assert reads() == len(rows)  # each row read once, by its partition
+        refused = caplog.text.count("could not be copied into a temporary table (ReadOnlySqlTransaction)")
+        assert refused == (PARTITIONS if read_only else 0)
+        if not read_only:  # the filter runs inside the query, before the sequence: a read yields the share
+            assert reads() == len(rows)  # each row read once, by its partition
         audience_id = first[0]["audience_id"]
         assert {key: m["EMAIL"] for key, m in members(sandbox, audience_id).items()} == expected(rows)
         # The next run (the model unchanged) reads the share once, unstaged: same rows, nothing sent.
         again = sync_all(make, warehouse, audience_id=audience_id)
         assert [r["session_ids"] for r in again] == [[]] * PARTITIONS
         assert [r["unchanged"] for r in again] == [r["added"] for r in first]
+        assert conn.execute("SELECT mine FROM public.fbca_share").fetchall() == [("kept",)]
     finally:
+        conn.rollback()
+        conn.execute("DROP TABLE IF EXISTS public.fbca_share")
+        conn.commit()
         conn.close()
