@@ -16,7 +16,8 @@ import pytest
 
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, SyncMode
-from airflow_provider_fbca.sync.pushdown import PushdownModel, _KnownCopy
+from airflow_provider_fbca.sync import pushdown
+from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.source import ModelQuery
 from airflow_provider_fbca.sync.stage_table import StageTable
@@ -204,7 +205,7 @@ def test_the_known_digests_met_are_counted_a_page_at_a_time(
 ) -> None:
     """SQLite marks the known digests the model has in a byte array, and copies the unseen and the repeated
     ones a page at a time: pages of one ordinal, a row three times, several rows gone, one changed."""
-    monkeypatch.setattr(_KnownCopy, "PAGE", 1)
+    monkeypatch.setattr(pushdown, "_ORDINALS_PAGE", 1)
     twin = Twin(store)
     rows = [(key, f"{key}@x", str(key)) for key in range(1, 8)]
     twin.write(rows)
@@ -213,7 +214,7 @@ def test_the_known_digests_met_are_counted_a_page_at_a_time(
     twin.refused(DuplicateKeysError)
     twin.write([*rows[:3], (4, "new@x", "4")])  # three gone, one changed
     report = twin.sync()
-    assert (report["unchanged"], report["updated"], report["removed"]) == (3, 1, 3)
+    assert (report["unchanged"], report["updated"], report["removed"], report["rows_read"]) == (3, 1, 3, 4)
 
 
 def test_a_model_query_with_placeholders_and_percent_signs_is_left_alone(store: StateStore) -> None:
