@@ -190,13 +190,16 @@ class PushdownModel(ModelQuery):
         # The mark returns 0: an unchanged row is marked once (a LEFT JOIN's WHERE is evaluated per joined
         # row, a non-deterministic function never factored out) and never written.
         cursor = store.conn.cursor()
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE {model} AS SELECT CAST(m.{DIGEST_COLUMN} AS BIGINT) AS {DIGEST_COLUMN},"
-            f" 1 AS fresh, {cells} FROM ({select}{self.dialect.fence}) AS m"
-            f" LEFT JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
-            f" WHERE {fresh} OR {MET_FUNCTION}(k.n)"
-        )
-        cursor.close()
+        try:
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE {model} AS SELECT CAST(m.{DIGEST_COLUMN} AS BIGINT) AS {DIGEST_COLUMN},"
+                f" 1 AS fresh, {cells} FROM ({select}{self.dialect.fence}) AS m"
+                f" LEFT JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
+                f" WHERE {fresh} OR {MET_FUNCTION}(k.n)"
+            )
+        finally:
+            cursor.close()
+            store.conn.create_function(MET_FUNCTION, 1, None)  # the connection lets go of the marks
         stage.create_unseen()
         seen = _seen(stage)
         store.execute(f"CREATE TEMPORARY TABLE {seen} (source_digest INTEGER PRIMARY KEY)").close()
@@ -341,9 +344,11 @@ class _MetOrdinals:
         self.met[0] = 1  # no ordinal 0
         self.rows = 0
 
-    def mark(self, ordinal: int) -> int:
+    def mark(self, ordinal: int | None) -> int:
         """Mark an ordinal met by an unchanged model row (the registered function); 0, so that SQL keeps
-        the row out of ``model``."""
+        the row out of ``model``. A new or changed row (no ordinal: were SQL to ask) is kept: 1."""
+        if ordinal is None:
+            return 1
         self.met[ordinal] = self.NEXT[self.met[ordinal]]
         self.rows += 1
         return 0

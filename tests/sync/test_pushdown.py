@@ -251,3 +251,12 @@ def test_a_killed_pushdown_run_converges_to_the_client_side_result(store: StateS
     assert pushed.members == twin.audiences["client"].members
     assert _state(twin.push_store) == _state(twin.store)
     assert twin.sync()["rows_sent"] == 0  # both settled alike: nothing left to send
+
+
+def test_the_met_ordinals_tell_the_unmet_and_the_repeated_apart() -> None:
+    """SQLite's marks of the known digests the model met: unmet, once, twice or more (bounded: a byte each)."""
+    met = pushdown._MetOrdinals(5)
+    for ordinal in (1, 3, 3, 4, 4, 4):
+        assert met.mark(ordinal) == 0  # an unchanged row is never written
+    assert met.mark(None) == 1  # a new or changed row is kept
+    assert (list(met.ordinals(twice=False)), list(met.ordinals(twice=True)), met.rows) == ([2, 5], [3, 4], 6)
