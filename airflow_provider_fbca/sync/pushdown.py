@@ -157,7 +157,7 @@ class PushdownModel(ModelQuery):
             the keys of known rows whose cells two model rows share (duplicates).
         """
         select = self.select  # first: reading the query's columns and types ends the transaction
-        store, known, model = self.store, _known(stage), _model(stage)
+        store, known = self.store, _known(stage)
         store.refresh_statistics()
         if store.is_postgres:
             store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'").close()

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_fbca.sync import pushdown
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, SyncMode
-from airflow_provider_fbca.sync import pushdown
 from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.source import ModelQuery
