@@ -30,6 +30,7 @@ from airflow_provider_fbca.sync.plan import (
     check_removal_guard,
     record_source_digests,
 )
+from airflow_provider_fbca.sync.preview import reconciled_view
 from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
@@ -240,9 +241,11 @@ class SyncRun:
         """
         self.store.ensure_tables()
         with self.lease, fewer_collections():
-            if not self.options.dry_run:
+            if self.options.dry_run:
+                self._preview(model)
+            else:
                 self._reconcile()
-            self._run(model)
+                self._run(model)
         self._check_refusals()
         return self.report
 
@@ -262,6 +265,20 @@ class SyncRun:
                 "the current model (usersreplace), then removes the rows it sent that left the model",
                 self.open_refresh.session_id,
             )
+
+    def _preview(self, model: Model) -> None:
+        """Plan a dry run against the state as the next sending run will find it: reconciled, in
+        temporary copies (:mod:`.preview`), and with the full refresh a killed run left open."""
+        with reconciled_view(self.store, self.options.sync_key) as pending:
+            self.report.reconciled_rows = pending
+            if pending:
+                log.info(
+                    "An earlier run of this sync ended with %d row(s) sent but not answered; this preview "
+                    "counts them as the next sending run will: possibly applied",
+                    pending,
+                )
+            self.open_refresh = self.journal.open_refresh()
+            self._run(model)
 
     @property
     def full_refresh(self) -> bool:
