@@ -78,8 +78,8 @@ class RemovalGuard(Protocol):
         forgets them)."""
 
     def withdraw(self) -> None:
-        """The run was refused before it sent anything (by a guard, or the duplicate check): it plans no
-        removal, whatever an earlier try of it planned."""
+        """The run was refused before it sent anything (by a guard, or the duplicate check), or failed
+        while sending: it carries out no more removals than it sent, whatever it or an earlier try planned."""
 
 
 @dataclass(frozen=True)
@@ -307,7 +307,11 @@ class SyncRun:
                     record_source_digests(self.store, stage, self.options.sync_key)
                 self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
                 self._create_audience()
-                self._sender().send(stage, plan)
+                try:
+                    self._sender().send(stage, plan)
+                except Exception:
+                    self._withdraw_removals()  # only what was sent, or may have been, stays counted
+                    raise
         finally:
             if pushdown is not None:
                 pushdown.drop(stage)
@@ -349,16 +353,16 @@ class SyncRun:
         return judged
 
     def _withdraw_removals(self) -> None:
-        """The run was refused before sending: tell the removal guard it plans nothing. A failure to do so
-        is logged, not raised: the refusal is the error to show, and a plan not withdrawn only makes the
-        whole sync's budget count too much, never too little."""
+        """The run was refused before sending, or failed while sending: tell the removal guard it carries
+        out no more of its plan. A failure to do so is logged, not raised: the run's error is the one to
+        show, and a plan not withdrawn only makes the whole sync's budget count too much, never too little."""
         if self.removal_guard is None or self.options.dry_run:
             return
         try:
             self.removal_guard.withdraw()
         except Exception as error:
             log.warning(
-                "Could not withdraw this refused run's planned removals from the sync's budget (%s); the "
+                "Could not withdraw the removals this run did not send from the sync's budget (%s); the "
                 "budget counts them until the partition's next try",
                 type(error).__name__,
             )

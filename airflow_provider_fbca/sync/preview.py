@@ -89,12 +89,9 @@ def _copy(store: StateStore, sync_key: str, names: dict[str, str]) -> StateStore
     store.execute(
         f"CREATE UNIQUE INDEX {names['owed']}_key ON {names['owed']} (sync_key, row_key, id_digest)"
     ).close()
-    # The keys the pages name (the first field of every packed row, whatever the page's kind).
     store.execute(f"CREATE TEMPORARY TABLE {names['keys']} (row_key TEXT NOT NULL)").close()
     pages = store.fetch_all(f"SELECT row_key, identifiers FROM {names['pages']}")
-    keys = [
-        (row[0],) for key, packed in pages for row in (unpack_rows(packed) if key == PACKED else [(key,)])
-    ]
+    keys = [(row_key,) for key, packed in pages for row_key in page_keys(key, packed)]
     store.executemany(f"INSERT INTO {names['keys']} (row_key) VALUES (?)", keys)
     _empty_copy(store, names["state"], store.table)
     store.execute(f"CREATE UNIQUE INDEX {names['state']}_key ON {names['state']} (sync_key, row_key)").close()
@@ -112,3 +109,13 @@ def _copy(store: StateStore, sync_key: str, names: dict[str, str]) -> StateStore
 def _empty_copy(store: StateStore, name: str, table: str) -> None:
     """A temporary table with the columns of ``table``, empty."""
     store.execute(f"CREATE TEMPORARY TABLE {name} AS SELECT * FROM {table} WHERE 1 = 0").close()
+
+
+def page_keys(row_key: str, identifiers: str) -> list[str]:
+    """The keys a row of the journal's pages names: a packed page's (each packed row's first field,
+    whatever the page's kind), or its own.
+
+    :param row_key: the page row's ``row_key`` (:data:`.journal.PACKED` for a packed page).
+    :param identifiers: its ``identifiers``.
+    """
+    return [row[0] for row in unpack_rows(identifiers)] if row_key == PACKED else [row_key]
