@@ -18,7 +18,7 @@ nothing, and a try that fails while sending counts only what it sent and what it
 The audience the budget is a fraction of counts the rows the state says Meta holds: not the rows a killed
 run left possibly unapplied (marked unconfirmed, or named by a page still pending, e.g. a first sync's
 rows written ahead of their page, or by old identifiers owed), which reconciliation marks unconfirmed and
-the plan sends again as new (:func:`possibly_unapplied`). A partition's own slice is counted the same way,
+the plan sends again as new (:func:`held_rows`). A partition's own slice is counted the same way,
 after its reconciliation.
 
 A full refresh replaces the whole audience in one run, under the unpartitioned key, which holds nothing
@@ -79,7 +79,7 @@ class PartitionRemovals:
     :param partitions: how many partitions share the audience.
     :param removals: the rows its plan removes (gone or non-member).
     :param slice_rows: the rows of its slice of the state that Meta holds (none a killed run left
-        possibly unapplied: see :func:`possibly_unapplied`).
+        possibly unapplied: see :func:`held_rows`).
     :param share_rows: the model rows its share read.
     :param sent: the removals its earlier tries in this run already sent (Meta acknowledged them).
     """
@@ -330,15 +330,7 @@ class RemovalLedger:
         keys = [
             self.sync_key + partition_suffix(k, partitions) for k in range(partitions) if k not in entries
         ]
-        now = 0
-        if keys:
-            markers = ", ".join("?" for _ in keys)
-            now = int(
-                self.store.fetch_one(
-                    f"SELECT COUNT(*) FROM {self.store.table} WHERE sync_key IN ({markers})", keys
-                )[0]
-            )
-            now -= possibly_unapplied(self.store, keys)
+        now = held_rows(self.store, keys) if keys else 0
         return now + sum(e.slice_rows for e in entries.values())
 
 
@@ -351,17 +343,31 @@ def unconfirmed_rows(store: StateStore, stage: StageTable) -> int:
     return int(row[0])
 
 
-def possibly_unapplied(store: StateStore, sync_keys: list[str]) -> int:
-    """How many state rows of these syncs a killed run left possibly unapplied at Meta.
+def held_rows(store: StateStore, sync_keys: list[str]) -> int:
+    """How many state rows of these syncs Meta surely holds: all, less those a killed run left possibly
+    unapplied.
 
-    Those marked unconfirmed, and the member rows that reconciling the syncs' journals will mark so: the
-    rows a pending page names (a first sync's rows written ahead of their page, a removal or an update in
-    flight) and those whose old identifiers are owed (see :meth:`.journal.PageJournal.reconcile`). The
-    plan sends them again as new, so the budget does not count them as held. Runs in the caller's
-    transaction; the journal's names go to a temporary table only when there are any.
+    Those are the rows marked unconfirmed, and the member rows that reconciling the syncs' journals will
+    mark so: the rows a pending page names (a first sync's rows written ahead of their page, a removal or
+    an update in flight) and those whose old identifiers are owed (see
+    :meth:`.journal.PageJournal.reconcile`). The plan sends them again as new, so the budget does not
+    count them as held. One scan of the rows (about 0.07 s of CPU per 300,000 on SQLite, beside 0.015 s
+    for counting them), and a probe per name. Runs in the caller's transaction.
 
     :param sync_keys: the syncs (slices), at least one.
     """
+    markers = ", ".join("?" for _ in sync_keys)
+    rows, unconfirmed = store.fetch_one(
+        f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN fingerprint = ? THEN 1 ELSE 0 END), 0) FROM {store.table}"
+        f" WHERE sync_key IN ({markers})",
+        (UNCONFIRMED, *sync_keys),
+    )
+    return int(rows) - int(unconfirmed) - _named_held_rows(store, sync_keys)
+
+
+def _named_held_rows(store: StateStore, sync_keys: list[str]) -> int:
+    """How many confirmed member rows of these syncs a pending page or an owed identifier names: each
+    name probes the state's key (a killed run leaves a few pages, the scan of every row is done once)."""
     markers = ", ".join("?" for _ in sync_keys)
     pages = store.fetch_all(
         f"SELECT sync_key, row_key, identifiers FROM {store.pages_table} WHERE sync_key IN ({markers})",
@@ -370,31 +376,28 @@ def possibly_unapplied(store: StateStore, sync_keys: list[str]) -> int:
     owed = store.fetch_one(
         f"SELECT EXISTS (SELECT 1 FROM {store.owed_table} WHERE sync_key IN ({markers}))", sync_keys
     )
-    unapplied = f"s.fingerprint = '{UNCONFIRMED}'"
+    if not (pages or owed[0]):
+        return 0
     named = f"fbca_named_{secrets.token_hex(6)}"
-    if pages or owed[0]:
-        store.execute(
-            f"CREATE TEMPORARY TABLE {named} (sync_key VARCHAR(255) NOT NULL, row_key TEXT NOT NULL)"
-        ).close()
-        store.executemany(
-            f"INSERT INTO {named} (sync_key, row_key) VALUES (?, ?)",
-            [(key, row_key) for key, page_key, packed in pages for row_key in page_keys(page_key, packed)],
-        )
-        store.execute(
-            f"INSERT INTO {named} (sync_key, row_key) SELECT sync_key, row_key FROM {store.owed_table}"
-            f" WHERE sync_key IN ({markers})",
-            sync_keys,
-        ).close()
-        unapplied += (
-            f" OR (s.member = 1 AND EXISTS (SELECT 1 FROM {named} AS n"
-            " WHERE n.sync_key = s.sync_key AND n.row_key = s.row_key))"
-        )
-    row = store.fetch_one(
-        f"SELECT COUNT(*) FROM {store.table} AS s WHERE s.sync_key IN ({markers}) AND ({unapplied})",
-        sync_keys,
+    store.execute(
+        f"CREATE TEMPORARY TABLE {named} (sync_key VARCHAR(255) NOT NULL, row_key TEXT NOT NULL)"
+    ).close()
+    store.executemany(
+        f"INSERT INTO {named} (sync_key, row_key) VALUES (?, ?)",
+        [(key, row_key) for key, page_key, packed in pages for row_key in page_keys(page_key, packed)],
     )
-    if pages or owed[0]:  # a failure rolls the claim's transaction back, this table's creation with it
-        store.execute(f"DROP TABLE {named}").close()
+    store.execute(
+        f"INSERT INTO {named} (sync_key, row_key) SELECT sync_key, row_key FROM {store.owed_table}"
+        f" WHERE sync_key IN ({markers})",
+        sync_keys,
+    ).close()
+    store.analyze(named)
+    row = store.fetch_one(
+        f"SELECT COUNT(*) FROM (SELECT DISTINCT sync_key, row_key FROM {named}) AS n JOIN {store.table} AS s"
+        " ON s.sync_key = n.sync_key AND s.row_key = n.row_key WHERE s.member = 1 AND s.fingerprint <> ?",
+        (UNCONFIRMED,),
+    )
+    store.execute(f"DROP TABLE {named}").close()  # on a failure the caller's rollback drops it
     return int(row[0])
 
 
