@@ -18,6 +18,7 @@ from itertools import compress
 from typing import Any, Protocol
 
 from airflow_provider_fbca.sync.batches import HEARTBEAT_S, MAX_BATCH_SIZE, MAX_IN_FLIGHT
+from airflow_provider_fbca.sync.driver_errors import from_driver, model_query_error
 from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages, streamed_plan
 from airflow_provider_fbca.sync.journal import OpenRefresh, PageJournal
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, check_lease_minutes
@@ -378,9 +379,7 @@ class SyncRun:
         empty, stager = self.state_empty, self.stager
         chunks: Iterable[Sequence[Sequence[Any]]]
         if diff is not None:
-            self.report.rows_read, seen, stager.seen_duplicate_keys = diff.diff(
-                stage, self.options.sync_key, members_only=self.options.adds_enabled
-            )
+            self.report.rows_read, seen, stager.seen_duplicate_keys = self._diff(diff, stage)
             chunks, stage_rows = diff.digested_rows(stage), stager.stage_digested
         elif isinstance(model, PushdownModel):
             chunks = model.digested_rows()
@@ -405,6 +404,17 @@ class SyncRun:
         if self.stager.known_digests is not None:
             stage.load_unseen(self.stager.unseen_digests())
         return self.stager.seen_count
+
+    def _diff(self, diff: PushdownModel, stage: StageTable) -> tuple[int, int, list[str]]:
+        """Diff the model in the database (see :meth:`.PushdownModel.diff`); a driver's failure on the
+        model's query is raised without the cell its message quotes (:func:`.driver_errors.model_query_error`)."""
+        try:
+            return diff.diff(stage, self.options.sync_key, members_only=self.options.adds_enabled)
+        except Exception as error:
+            if not from_driver(error):
+                raise
+            failure = model_query_error(error)
+        raise failure  # here, not in the handler: the driver's error is not even its context
 
     def _streams(self, model: ModelQuery) -> bool:
         """Stream a first sync: read, prepare and send at once (see :mod:`.first_sync`); False when the

@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_fbca.sync.pg_copy import copy_rows
+from airflow_provider_fbca.sync.driver_errors import copy_rows
 from airflow_provider_fbca.sync.stored_rows import StagedRow
 
 if TYPE_CHECKING:

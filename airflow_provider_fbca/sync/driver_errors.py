@@ -1,17 +1,28 @@
-"""PostgreSQL's ``COPY`` of a run's rows, its refusals told without the rows' values.
+"""A database driver's refusals told without the rows' values, which their messages quote.
 
 PostgreSQL quotes the row it refuses: a value in the message (``invalid input syntax for type integer:
 "..."``), the whole row in a ``DETAIL`` line (``Failing row contains (...)``) and the copied line in a
 ``CONTEXT`` line. The rows a run copies hold EXTERN_IDs and the identifiers Meta takes unhashed (MADID,
-APPUID, PAGEUID), so such a message in the task's log, or in the exception Airflow records, would leak
-them. A refusal is raised again as the same error class, its message made of what names no value: the
-SQLSTATE, the table, the column, the constraint and the fix.
+APPUID, PAGEUID), and the model's query that a run diffs in the database reads raw cells, so such a
+message in the task's log, or in the exception Airflow records, would leak them.
+
+- A refused ``COPY`` (:func:`copy_rows`) is raised again as the same error class, its message made of
+  what names no value: the SQLSTATE, the table, the column, the constraint and the fix.
+- A model's query that fails in the database while a run diffs it (:func:`model_query_error`) becomes a
+  :class:`~.source.ModelReadError` with the driver's first line, its quoted texts replaced by their length
+  (as a failed fetch is told, :func:`.source.describe_fetch_error`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # .source imports the state, whose writes copy through this module
+    from airflow_provider_fbca.sync.source import ModelReadError
+
+#: The modules of the drivers whose errors may quote a row (the tested dialects and the designed ones).
+DRIVER_MODULES = ("psycopg", "psycopg2", "sqlite3", "snowflake", "google", "redshift_connector", "databricks")
 
 #: What to do, by SQLSTATE class (its first two characters); see :func:`refusal_hint`.
 _HINTS = {
@@ -47,7 +58,7 @@ def copy_rows(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Se
             for row in rows:
                 copy.write_row(row)
     except Exception as error:
-        if not type(error).__module__.startswith("psycopg"):
+        if not from_driver(error):
             raise
         refusal = redacted(error, table)
     if refusal is not None:  # raised here, not in the handler: the original is not even its context
@@ -87,3 +98,23 @@ def refusal_hint(error: Exception) -> str:
     if sqlstate is None and "NUL (0x00)" in str(error):
         return _NUL_HINT
     return _HINTS.get((sqlstate or "")[:2], _OTHER_HINT)
+
+
+def from_driver(error: BaseException) -> bool:
+    """Whether a database driver raised the error (see :data:`DRIVER_MODULES`)."""
+    return type(error).__module__.split(".")[0] in DRIVER_MODULES
+
+
+def model_query_error(error: Exception) -> ModelReadError:
+    """The error to raise for a driver's failure on the model's query, run in the database by a diff.
+
+    :param error: the driver's error (e.g. a cast in the query that a cell fails).
+    """
+    from airflow_provider_fbca.sync.source import ModelReadError, redact_quoted
+
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return ModelReadError(
+        f"Running the model's query in the database failed ({type(error).__name__}: "
+        f"{redact_quoted(first_line)}; the rest of the driver's message is left out, as it may quote the "
+        "row). Fix or filter out the value the query fails on (a cast or a function that some cell breaks)."
+    )

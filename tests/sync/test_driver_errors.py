@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import traceback
+from typing import Any
 
 import pytest
 
+from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.pushdown import PushdownModel
+from airflow_provider_fbca.sync.source import ModelReadError
 from airflow_provider_fbca.sync.state import STAGE_LOAD_COLUMNS, StagedRow, StageTable, StateStore
+from tests.sync.conftest import PassThroughPreparer, RecordingAudience
 
 SECRET = "jane.doe@example.com"
 
@@ -76,3 +81,28 @@ def test_a_key_holding_nul_is_refused_with_the_fix(store: StateStore) -> None:
         store.upsert("act_1:42", [row], new=True)
     assert "jane" not in _told(refused.value)
     store.conn.rollback()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_model_query_failing_on_a_cell_in_the_diff_is_told_without_it(store: StateStore) -> None:
+    """A run diffing the model in the database runs its query there: a cast that a cell breaks fails it,
+    and PostgreSQL's message quotes the cell."""
+    model = f"{store.table_name}_model"
+    store.execute(f"CREATE TABLE {model} (id TEXT, email TEXT)").close()
+    store.execute(f"INSERT INTO {model} VALUES ('1', '5'), ('2', '6')").close()
+    store.conn.commit()
+
+    def sync(cells: str) -> Any:
+        options = SyncOptions("42", "act_1:42", source_key_index=0)
+        run = SyncRun(store, RecordingAudience(), PassThroughPreparer(("EXTERN_ID", "EMAIL")), options)
+        return run.run(PushdownModel(store, f"SELECT id, {cells} AS email FROM {model}", ["id", "email"], 10))
+
+    sync("email")  # the first sync; the next run diffs in the database
+    store.execute(f"INSERT INTO {model} VALUES ('3', ?)", (SECRET,)).close()
+    store.conn.commit()
+    with pytest.raises(
+        ModelReadError, match=r"InvalidTextRepresentation: .*<20 characters>.*Fix or filter"
+    ) as e:
+        sync("CAST(CAST(email AS INTEGER) AS TEXT)")
+    assert SECRET not in _told(e.value)
