@@ -196,7 +196,9 @@ class RemovalLedger:
     now: a removal sent by an earlier try is gone from the state, so the retry does not plan it again,
     and one the retry sends again (in flight when its try died, or refused) was never counted as sent. A
     try refused before it sends (by a guard, or the duplicate check) plans nothing: :meth:`withdraw` leaves
-    its row counting only what was sent, so a stale plan takes no budget from the other partitions.
+    its row counting only what was sent, so a stale plan takes no budget from the other partitions. A try
+    that fails while sending withdraws the same way, its removal pages still in flight counted too (Meta
+    may have applied them; the journal holds them pending, so its retry plans them again).
 
     :param store: the state store (the ledger lives beside the state; its connection is the run's).
     :param sync_key: the audience's unpartitioned sync key (ad account + audience).
