@@ -257,7 +257,9 @@ class CpuSampler:
     def _read(self) -> None:
         read: dict[tuple[int, float], tuple[str, float]] = {}
         with self._lock:
-            known = {key: label for key, (label, _) in self._seen.items() if label != POSTGRES_OWN}
+            # Airflow's task processes are relabeled (forked, they bear their worker's title at first).
+            databases = set(self.databases.values())
+            known = {key: label for key, (label, _) in self._seen.items() if label in databases}
         for group, pids in self.roots.items():
             for pid in pids:
                 with contextlib.suppress(psutil.Error):
