@@ -301,15 +301,17 @@ def _cell_lines(position: int, column: _Column, names: list[str], namespace: dic
         namespace[f"fill_{position}"] = _cache_filler(column.preparer, cache)
         # A miss is get's None (no preparer returns None), not a KeyError: raising and catching one costs
         # several lookups, and a column of distinct values (ZIP codes, cities) misses on most rows.
+        found = "found" if len(names) > 1 or column.is_country else names[0]  # unpacked after the lookup
         lines = [
             "try:",
-            f"    found = cached_{position}(({value}))",
+            f"    {found} = cached_{position}(({value}))",
             "except TypeError:",
-            "    found = None",
-            "if found is None:",
-            f"    found = fill_{position}({value})",
-            f"{targets} = found",
+            f"    {found} = None",
+            f"if {found} is None:",
+            f"    {found} = fill_{position}({value})",
         ]
+        if found != targets:
+            lines.append(f"{targets} = found")
     else:
         namespace[f"cell_{position}"] = column.preparer
         lines = [f"{targets} = cell_{position}({value})"]

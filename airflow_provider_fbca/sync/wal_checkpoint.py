@@ -76,10 +76,11 @@ class WalCheckpointer:
             while True:
                 self._wake.wait()
                 self._wake.clear()
+                stop = self._stop  # read first: asked to stop, this checkpoint still sees every commit
                 # PASSIVE: copies what no reader still needs, never waits for the run's connection. Also
                 # when stopping: the run's last commits are copied here, not by the run's thread.
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                if self._stop:
+                if stop:
                     return
         except sqlite3.Error as error:  # the log stays longer; the run's next checkpoint copies it
             log.warning("A background checkpoint of the state's log failed (%s)", type(error).__name__)
