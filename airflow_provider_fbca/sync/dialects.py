@@ -20,6 +20,7 @@ and no test runs them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 from collections.abc import Sequence
@@ -282,13 +283,22 @@ def digest64(text: str | None) -> int | None:
 def client_row_digest(seed: str, cells: Sequence[Any]) -> int:
     """The digest of a row's source cells as the client computes it (no pushdown), signed 64-bit.
 
-    ``repr`` of the cells' tuple: NULL-safe (``None``) and typed (``5`` and ``'5'`` differ).
+    BLAKE2b (8 bytes) of the seed followed by ``repr`` of the cells' tuple: NULL-safe (``None``) and typed
+    (``5`` and ``'5'`` differ). The seed's part of the hash is computed once per seed (:func:`_seed_hash`)
+    and copied per row: hashing is a stream, so the digest is that of the concatenation, as before.
 
     :param seed: what else changes the rows' preparation (mapping, default country).
     :param cells: the row's cells as the driver returns them.
     """
-    text = f"{seed}{tuple(cells)!r}".encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+    state = _seed_hash(seed).copy()
+    state.update(repr(tuple(cells)).encode("utf-8", "surrogatepass"))
+    return int.from_bytes(state.digest(), "big", signed=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _seed_hash(seed: str) -> Any:
+    """The BLAKE2b state after the seed (a run has one seed; a few runs may share a process)."""
+    return hashlib.blake2b(seed.encode("utf-8", "surrogatepass"), digest_size=8)
 
 
 def _sqlite_row_digest(seed: str, *cells: Any) -> int:

@@ -8,9 +8,9 @@ NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An i
    temporary table ``model``), the known digests no model row has (``unseen``: rows changed or gone), how
    many known digests the model has (the unchanged rows, only counted), and the known digests two model
    rows share (the same cells twice: a duplicate EXTERN_ID). PostgreSQL does it in one pass, a hash full
-   join of the model's digests with the known ones that writes only what differs; SQLite keeps, for
-   each unchanged model row, its known digest's ordinal in ``model``, and marks the ordinals met in a
-   byte array;
+   join of the model's digests with the known ones that writes only what differs; SQLite joins them
+   likewise, and each unchanged model row marks its known digest's ordinal in a byte array (a registered
+   function) instead of being written;
 3. streams to the worker only the model rows whose digest the state does not know (new or changed).
 
 The rest of the run (preparing those rows, the stage, the plan, the sending) is the client-side run's, so
@@ -20,7 +20,8 @@ digest, so that the next run can skip what did not change.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from airflow_provider_fbca.sync.dialects import (
@@ -40,6 +41,9 @@ DIGEST_COLUMN = "fbca_source_digest"
 #: PostgreSQL's memory for each hash of the diff, for its transaction only: a hash of a million digests
 #: takes about 40 MB; with the default 4 MB the known digests' DISTINCT and the full join spill to disk.
 DIFF_WORK_MEM = "64MB"
+#: The SQLite function an unchanged model row marks its known digest's ordinal with (see :class:`_MetOrdinals`).
+MET_FUNCTION = "fbca_met_ordinal"
+_ORDINALS_PAGE = 10_000
 
 
 class PushdownModel(ModelQuery):
@@ -143,8 +147,7 @@ class PushdownModel(ModelQuery):
     def diff(self, stage: StageTable, sync_key: str, *, members_only: bool) -> tuple[int, int, list[str]]:
         """Diff the model's digests against the state's, in the database; load the stage's ``unseen``.
 
-        The model's query runs once, into a temporary table holding every row's digest and only the new
-        or changed rows' cells.
+        The model's query runs once; only the new or changed rows are written (into a temporary table).
 
         :param stage: the run's stage table (created).
         :param sync_key: the sync.
@@ -154,14 +157,29 @@ class PushdownModel(ModelQuery):
             the keys of known rows whose cells two model rows share (duplicates).
         """
         select = self.select  # first: reading the query's columns and types ends the transaction
-        store, known, model = self.store, _known(stage), _model(stage)
+        store, known = self.store, _known(stage)
         store.refresh_statistics()
         if store.is_postgres:
             store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'").close()
         known_count = self._load_known(known, sync_key, members_only)
         if store.is_postgres:
             return self._diff_in_one_pass(stage, select, sync_key, members_only, known_count)
+        return self._diff_marking_ordinals(stage, select, sync_key, members_only, known_count)
+
+    def _diff_marking_ordinals(
+        self, stage: StageTable, select: str, sync_key: str, members_only: bool, known_count: int
+    ) -> tuple[int, int, list[str]]:
+        """SQLite: one pass of the model joined with ``known``, writing only the new or changed rows (into
+        ``model``); each unchanged row marks its known digest's ordinal instead (:class:`_MetOrdinals`,
+        a registered function), so nothing is written or read back for it. Returns as :meth:`diff`.
+
+        :param known_count: how many digests ``known`` holds.
+        """
+        store, known, model = self.store, _known(stage), _model(stage)
+        met = _MetOrdinals(int(store.fetch_one(f"SELECT COALESCE(MAX(n), 0) FROM {known}")[0]))
+        store.conn.create_function(MET_FUNCTION, 1, met.mark, deterministic=False)
         fresh = "k.source_digest IS NULL"
+        # Each cell as an expression, as before: a column would give ``model`` its declared type's affinity.
         cells = ", ".join(
             f"CASE WHEN {fresh} THEN m.c{index} END AS c{index}" for index in range(len(self.wanted))
         )
@@ -169,21 +187,31 @@ class PushdownModel(ModelQuery):
         # The fence keeps the database from computing each digest twice (for the join, then the result).
         # The digest column is cast so that SQLite gives it an integer affinity: compared with the known
         # digests (BIGINT) through an index of a column without affinity, SQLite would scan it per row.
+        # The mark returns 0: an unchanged row is marked once (a LEFT JOIN's WHERE is evaluated per joined
+        # row, a non-deterministic function never factored out) and never written.
         cursor = store.conn.cursor()
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE {model} AS SELECT CAST(m.{DIGEST_COLUMN} AS BIGINT) AS {DIGEST_COLUMN},"
-            f" CASE WHEN {fresh} THEN 1 ELSE 0 END AS fresh, k.n AS known_n, {cells}"
-            f" FROM ({select}{self.dialect.fence}) AS m LEFT JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
-        )
-        cursor.close()
+        try:
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE {model} AS SELECT CAST(m.{DIGEST_COLUMN} AS BIGINT) AS {DIGEST_COLUMN},"
+                f" 1 AS fresh, {cells} FROM ({select}{self.dialect.fence}) AS m"
+                f" LEFT JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
+                f" WHERE {fresh} OR {MET_FUNCTION}(k.n)"
+            )
+        finally:
+            cursor.close()
+            store.conn.create_function(MET_FUNCTION, 1, None)  # the connection lets go of the marks
         stage.create_unseen()
+        seen = _seen(stage)
+        store.execute(f"CREATE TEMPORARY TABLE {seen} (source_digest INTEGER PRIMARY KEY)").close()
+        _copy_ordinals(store, known, seen, met.ordinals(twice=True))
         duplicates = []
-        if self._mark_seen(stage):
-            digests = f"SELECT source_digest AS d FROM {_seen(stage)}"
+        if store.fetch_one(f"SELECT 1 FROM {seen} LIMIT 1"):
+            digests = f"SELECT source_digest AS d FROM {seen}"
             duplicates = self._keys_of_digests(digests, sync_key, members_only)
+        _copy_ordinals(store, known, stage.unseen, met.ordinals(twice=False))
         stage.index_unseen()
         unseen_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
-        rows = int(store.fetch_one(f"SELECT COUNT(*) FROM {model}")[0])
+        rows = met.rows + int(store.fetch_one(f"SELECT COUNT(*) FROM {model}")[0])
         store.commit()
         return rows, known_count - unseen_count, [str(row[0]) for row in duplicates]
 
@@ -247,7 +275,7 @@ class PushdownModel(ModelQuery):
         """Copy the source digests the state knows into the temporary table ``known``; how many.
 
         On SQLite each digest gets an ordinal, 1, 2, ... in digest order (the rowid), so that
-        :meth:`_mark_seen` can mark the digests the model has in a byte array; the digests are unique
+        :class:`_MetOrdinals` can mark the digests the model has in a byte array; the digests are unique
         (filled in digest order, the table and its index are appended to: a third of the cost of removing
         duplicates through a temporary B-tree and then indexing the result).
 
@@ -277,36 +305,6 @@ class PushdownModel(ModelQuery):
         store.analyze(known)  # the one-pass diff hashes it: no index
         return count
 
-    def _mark_seen(self, stage: StageTable) -> bool:
-        """SQLite: load the known digests no model row has into ``unseen``, and the ones two model rows share
-        into ``seen``; return whether there are such repeats (a duplicate EXTERN_ID).
-
-        The model's unchanged rows carry their known digest's ordinal: a byte per known digest marks the
-        ordinals met, once or twice (a megabyte per million known rows). This replaces sorting the model's
-        known digests and looking each known digest up among them: two passes of SQLite's sorter and
-        B-trees, for what is one pass over the model's ordinals.
-        """
-        store, known, seen = self.store, _known(stage), _seen(stage)
-        store.execute(f"CREATE TEMPORARY TABLE {seen} (source_digest INTEGER PRIMARY KEY)").close()
-        met = bytearray(int(store.fetch_one(f"SELECT COALESCE(MAX(n), 0) FROM {known}")[0]) + 1)
-        met[0] = 1  # no ordinal 0
-        twice = _KnownCopy(store, known, seen)
-        cursor = store.execute(f"SELECT known_n FROM {_model(stage)} WHERE fresh = 0")
-        while rows := cursor.fetchmany(self.fetch_size):
-            for (ordinal,) in rows:
-                if met[ordinal]:
-                    twice.add(ordinal)
-                met[ordinal] = 1
-        cursor.close()
-        twice.flush()
-        unseen = _KnownCopy(store, known, stage.unseen)
-        ordinal = met.find(0)
-        while ordinal != -1:
-            unseen.add(ordinal)
-            ordinal = met.find(0, ordinal + 1)
-        unseen.flush()
-        return twice.copied > 0
-
     def _keys_of_digests(self, digests: str, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
         """The keys of the known rows whose source digest a query (its column ``d``) returns."""
         store = self.store
@@ -327,34 +325,50 @@ class PushdownModel(ModelQuery):
             pass
 
 
-class _KnownCopy:
-    """Copies the known digests of ordinals into a table, a page of ordinals at a time (bounded memory).
+class _MetOrdinals:
+    """The known digests' ordinals the model's unchanged rows met: a byte per ordinal (a megabyte per
+    million known rows), 0 unmet, 1 met once, 2 met twice or more (two model rows share a known row's
+    cells: a duplicate EXTERN_ID).
 
-    :param store: the state store.
-    :param known: the ``known`` table (ordinal ``n``, ``source_digest``).
-    :param table: the table receiving the digests (a ``source_digest`` column).
+    Replaces writing every unchanged row's ordinal into ``model`` and reading them back, and before that
+    sorting the model's known digests and looking each known digest up among them.
+
+    :param last: the largest ordinal (ordinals run from 1).
     """
 
-    PAGE = 10_000
+    #: A byte's next value when its ordinal is met again.
+    NEXT = b"\x01\x02\x02"
 
-    def __init__(self, store: StateStore, known: str, table: str) -> None:
-        self.store, self.known, self.table = store, known, table
-        self.ordinals: list[tuple[int]] = []
-        self.copied = 0
+    def __init__(self, last: int) -> None:
+        self.met = bytearray(last + 1)
+        self.met[0] = 1  # no ordinal 0
+        self.rows = 0
 
-    def add(self, ordinal: int) -> None:
-        self.ordinals.append((ordinal,))
-        if len(self.ordinals) >= self.PAGE:
-            self.flush()
+    def mark(self, ordinal: int | None) -> int:
+        """Mark an ordinal met by an unchanged model row (the registered function); 0, so that SQL keeps
+        the row out of ``model``. A new or changed row (no ordinal: were SQL to ask) is kept: 1."""
+        if ordinal is None:
+            return 1
+        self.met[ordinal] = self.NEXT[self.met[ordinal]]
+        self.rows += 1
+        return 0
 
-    def flush(self) -> None:
-        # OR IGNORE: an ordinal met three times is added twice.
-        self.store.executemany(
-            f"INSERT OR IGNORE INTO {self.table} (source_digest) SELECT source_digest FROM {self.known} WHERE n = ?",
-            self.ordinals,
-        )
-        self.copied += len(self.ordinals)
-        self.ordinals = []
+    def ordinals(self, *, twice: bool) -> Iterator[int]:
+        """The ordinals met twice or more (``twice``), or never met."""
+        met, value = self.met, 2 if twice else 0
+        ordinal = met.find(value)
+        while ordinal != -1:
+            yield ordinal
+            ordinal = met.find(value, ordinal + 1)
+
+
+def _copy_ordinals(store: StateStore, known: str, table: str, ordinals: Iterable[int]) -> None:
+    """Copy the known digests of ordinals into a table (a ``source_digest`` column), a page of ordinals
+    at a time (bounded memory)."""
+    statement = f"INSERT INTO {table} (source_digest) SELECT source_digest FROM {known} WHERE n = ?"
+    ordinals = iter(ordinals)
+    while page := [(ordinal,) for ordinal in itertools.islice(ordinals, _ORDINALS_PAGE)]:
+        store.executemany(statement, page)
 
 
 def _known(stage: StageTable) -> str:

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_fbca.sync import pushdown
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, SyncMode
-from airflow_provider_fbca.sync.pushdown import PushdownModel, _KnownCopy
+from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.source import ModelQuery
 from airflow_provider_fbca.sync.stage_table import StageTable
@@ -204,7 +205,7 @@ def test_the_known_digests_met_are_counted_a_page_at_a_time(
 ) -> None:
     """SQLite marks the known digests the model has in a byte array, and copies the unseen and the repeated
     ones a page at a time: pages of one ordinal, a row three times, several rows gone, one changed."""
-    monkeypatch.setattr(_KnownCopy, "PAGE", 1)
+    monkeypatch.setattr(pushdown, "_ORDINALS_PAGE", 1)
     twin = Twin(store)
     rows = [(key, f"{key}@x", str(key)) for key in range(1, 8)]
     twin.write(rows)
@@ -213,7 +214,7 @@ def test_the_known_digests_met_are_counted_a_page_at_a_time(
     twin.refused(DuplicateKeysError)
     twin.write([*rows[:3], (4, "new@x", "4")])  # three gone, one changed
     report = twin.sync()
-    assert (report["unchanged"], report["updated"], report["removed"]) == (3, 1, 3)
+    assert (report["unchanged"], report["updated"], report["removed"], report["rows_read"]) == (3, 1, 3, 4)
 
 
 def test_a_model_query_with_placeholders_and_percent_signs_is_left_alone(store: StateStore) -> None:
@@ -250,3 +251,12 @@ def test_a_killed_pushdown_run_converges_to_the_client_side_result(store: StateS
     assert pushed.members == twin.audiences["client"].members
     assert _state(twin.push_store) == _state(twin.store)
     assert twin.sync()["rows_sent"] == 0  # both settled alike: nothing left to send
+
+
+def test_the_met_ordinals_tell_the_unmet_and_the_repeated_apart() -> None:
+    """SQLite's marks of the known digests the model met: unmet, once, twice or more (bounded: a byte each)."""
+    met = pushdown._MetOrdinals(5)
+    for ordinal in (1, 3, 3, 4, 4, 4):
+        assert met.mark(ordinal) == 0  # an unchanged row is never written
+    assert met.mark(None) == 1  # a new or changed row is kept
+    assert (list(met.ordinals(twice=False)), list(met.ordinals(twice=True)), met.rows) == ([2, 5], [3, 4], 6)
