@@ -94,7 +94,9 @@ class Dialect:
                     for position, type_ in enumerate(types)
                 ]
             else:
-                cell_seeds = [quote_literal(f"{seed}|{position}|{value}") for position, value in enumerate(types)]
+                cell_seeds = [
+                    quote_literal(f"{seed}|{position}|{value}") for position, value in enumerate(types)
+                ]
                 types = [quote_literal(str(value)) for value in types]
             cells = self.row_join.join(
                 self.row_cell.format(expr=column, type=type_, cell_seed=cell_seed)

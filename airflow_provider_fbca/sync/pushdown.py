@@ -199,9 +199,9 @@ class PushdownModel(ModelQuery):
         :param known_count: how many digests ``known`` holds.
         """
         store, known, model = self.store, _known(stage), _model(stage)
-        stage.create_unseen()
+        stage.create_unseen(keyed=True)
         cells = [f"c{index}" for index in range(len(self.wanted))]
-        fresh = "k.source_digest IS NULL"
+        fresh = "k.row_key IS NULL"
         kept = ", ".join(f"CASE WHEN {fresh} THEN m.{cell} END AS {cell}" for cell in cells)
         # The model's query goes to the driver untouched: no parameters (a "?" or "%" in it stays itself).
         cursor = store.conn.cursor()
@@ -210,16 +210,17 @@ class PushdownModel(ModelQuery):
             f"CREATE TEMPORARY TABLE {model} AS SELECT {DIGEST_COLUMN}, 1 AS fresh, {', '.join(cells)}"
             f" FROM ({select}) AS m LIMIT 0"
         )
+        # j: a row per model row (d) and per state row no model row matched (kr, and kd when known).
         cursor.execute(
-            f"WITH j AS (SELECT m.{DIGEST_COLUMN} AS d, k.source_digest AS kd, {kept}"
+            f"WITH j AS (SELECT m.{DIGEST_COLUMN} AS d, k.source_digest AS kd, k.row_key AS kr, {kept}"
             f" FROM ({select}{self.dialect.fence}) AS m FULL JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}),"
-            f" fresh AS (INSERT INTO {model} SELECT d, 1, {', '.join(cells)} FROM j WHERE kd IS NULL),"
-            f" unseen AS (INSERT INTO {stage.unseen} (source_digest) SELECT kd FROM j WHERE d IS NULL)"
-            " SELECT COUNT(d), COUNT(d) + COUNT(kd) - COUNT(*) FROM j"
+            f" fresh AS (INSERT INTO {model} SELECT d, 1, {', '.join(cells)} FROM j WHERE kr IS NULL),"
+            f" unseen AS (INSERT INTO {stage.unseen} (source_digest, row_key) SELECT kd, kr FROM j WHERE d IS NULL)"
+            " SELECT COUNT(d), COUNT(d) + COUNT(kr) - COUNT(*), COUNT(kd) FILTER (WHERE d IS NULL) FROM j"
         )
-        rows, matched = (int(value) for value in cursor.fetchone())
+        rows, matched, unseen = (int(value) for value in cursor.fetchone())
         cursor.close()
-        seen = known_count - int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
+        seen = known_count - unseen
         stage.index_unseen()
         # Each model row matches one known digest at most (distinct but for a 64-bit collision, see
         # _load_known): more matching rows than matched digests means two model rows share a known row's cells.
@@ -254,7 +255,9 @@ class PushdownModel(ModelQuery):
         PostgreSQL copies them as they are: a sync's state holds one row per key, and a row's digest
         covers its key's own cell, so two of its rows share a digest only by a 64-bit collision (whose
         model rows the duplicate check then stops, as it would with the digest once). Removing duplicates
-        (a hash of every digest) was a fifth of the diff's CPU.
+        (a hash of every digest) was a fifth of the diff's CPU. It copies every row of the sync, with its
+        key, the digest only of a known one: the diff's ``unseen`` then holds every state row no model
+        row matched, which the plan reads by key instead of scanning the state again.
         """
         store = self.store
         where = f"sync_key = ? AND source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}"
@@ -268,14 +271,14 @@ class PushdownModel(ModelQuery):
                 (sync_key,),
             ).close()
             return int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
-        cursor = store.execute(
-            f"CREATE TEMPORARY TABLE {known} AS SELECT source_digest FROM {store.table} WHERE {where}",
+        digest = f"CASE WHEN source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')} THEN source_digest END"
+        store.execute(
+            f"CREATE TEMPORARY TABLE {known} AS SELECT {digest} AS source_digest, row_key FROM {store.table}"
+            " WHERE sync_key = ?",
             (sync_key,),
-        )
-        count = int(cursor.rowcount)
-        cursor.close()
+        ).close()
         store.analyze(known)  # the one-pass diff hashes it: no index
-        return count
+        return int(store.fetch_one(f"SELECT COUNT(source_digest) FROM {known}")[0])
 
     def _mark_seen(self, stage: StageTable) -> bool:
         """SQLite: load the known digests no model row has into ``unseen``, and the ones two model rows share

@@ -244,12 +244,14 @@ class StateStore:
 
         :param tables: the temporary tables' names.
         """
-        if self.is_sqlite:
+        if self.is_sqlite or not tables:
             return
-        self.execute(f"SET LOCAL default_statistics_target = {REFRESH_SAMPLE_TARGET}").close()
-        for table in tables:
-            self.execute(f"ANALYZE {table}").close()
-        self.execute("SET LOCAL default_statistics_target = DEFAULT").close()
+        # One round trip: without parameters, psycopg sends the statements as one simple query.
+        analyze = "".join(f"ANALYZE {table}; " for table in tables)
+        self.execute(
+            f"SET LOCAL default_statistics_target = {REFRESH_SAMPLE_TARGET}; {analyze}"
+            "SET LOCAL default_statistics_target = DEFAULT"
+        ).close()
 
     def refresh_statistics(self) -> None:
         """Analyze the state table's planning columns when a large write left PostgreSQL's statistics of
