@@ -188,7 +188,7 @@ class PushdownModel(ModelQuery):
         return rows, known_count - unseen_count, [str(row[0]) for row in duplicates]
 
     def _diff_in_one_pass(
-        self, stage: StageTable, select: str, sync_key: str, members_only: bool, known_count: int
+        self, stage: StageTable, select: str, sync_key: str, members_only: bool, known_rows: int
     ) -> tuple[int, int, list[str]]:
         """PostgreSQL: one hash full join of the model's digests with the known ones, keeping only what
         differs: the new or changed rows (into ``model``) and the known digests no row has (``unseen``).
@@ -196,7 +196,7 @@ class PushdownModel(ModelQuery):
         The unchanged rows are only counted: nothing is written or indexed for them. Returns as
         :meth:`diff`.
 
-        :param known_count: how many digests ``known`` holds.
+        :param known_rows: how many rows ``known`` holds (every state row of the sync).
         """
         store, known, model = self.store, _known(stage), _model(stage)
         stage.create_unseen(keyed=True)
@@ -216,16 +216,18 @@ class PushdownModel(ModelQuery):
             f" FROM ({select}{self.dialect.fence}) AS m FULL JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}),"
             f" fresh AS (INSERT INTO {model} SELECT d, 1, {', '.join(cells)} FROM j WHERE kr IS NULL),"
             f" unseen AS (INSERT INTO {stage.unseen} (source_digest, row_key) SELECT kd, kr FROM j WHERE d IS NULL)"
-            " SELECT COUNT(d), COUNT(d) + COUNT(kr) - COUNT(*), COUNT(kd) FILTER (WHERE d IS NULL) FROM j"
+            " SELECT COUNT(d), COUNT(d) + COUNT(kr) - COUNT(*), COUNT(kr) FROM j"
         )
-        rows, matched, unseen = (int(value) for value in cursor.fetchone())
+        rows, matched, state_rows = (int(value) for value in cursor.fetchone())
         cursor.close()
-        seen = known_count - unseen
         stage.index_unseen()
-        # Each model row matches one known digest at most (distinct but for a 64-bit collision, see
-        # _load_known): more matching rows than matched digests means two model rows share a known row's cells.
+        # A state row comes once in j, or once per model row matching it: past one, a model row repeats
+        # another's cells (the digests of a sync's state rows are distinct but for a 64-bit collision,
+        # see _load_known). The matched state rows are the model rows skipped as unchanged.
+        repeats = state_rows - known_rows
+        seen = matched - repeats
         duplicates = []
-        if matched > seen:
+        if repeats:
             duplicates = self._keys_of_digests(self._repeated_digests(stage, select), sync_key, members_only)
         store.commit()
         return rows, seen, [str(row[0]) for row in duplicates]
@@ -245,7 +247,7 @@ class PushdownModel(ModelQuery):
         return f"SELECT {DIGEST_COLUMN} AS d FROM {_model(stage)} WHERE fresh = 0"
 
     def _load_known(self, known: str, sync_key: str, members_only: bool) -> int:
-        """Copy the source digests the state knows into the temporary table ``known``; how many.
+        """Copy the source digests the state knows into the temporary table ``known``; how many rows it has.
 
         On SQLite each digest gets an ordinal, 1, 2, ... in digest order (the rowid), so that
         :meth:`_mark_seen` can mark the digests the model has in a byte array; the digests are unique
@@ -272,13 +274,15 @@ class PushdownModel(ModelQuery):
             ).close()
             return int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
         digest = f"CASE WHEN source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')} THEN source_digest END"
-        store.execute(
+        cursor = store.execute(
             f"CREATE TEMPORARY TABLE {known} AS SELECT {digest} AS source_digest, row_key FROM {store.table}"
             " WHERE sync_key = ?",
             (sync_key,),
-        ).close()
+        )
+        copied = int(cursor.rowcount)
+        cursor.close()
         store.analyze(known)  # the one-pass diff hashes it: no index
-        return int(store.fetch_one(f"SELECT COUNT(source_digest) FROM {known}")[0])
+        return copied
 
     def _mark_seen(self, stage: StageTable) -> bool:
         """SQLite: load the known digests no model row has into ``unseen``, and the ones two model rows share
