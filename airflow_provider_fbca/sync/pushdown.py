@@ -3,14 +3,16 @@
 Each model row gets a source digest computed by the database (:func:`.dialects.row_digest`: a fixed,
 NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An incremental run then:
 
-1. copies the digests the state knows into a temporary table (``known``);
+1. copies the digests the state knows into a temporary table (``known``; PostgreSQL copies every state
+   row's key with it, the digest only of a known row);
 2. finds, in SQL, the model rows whose digest is not known (new or changed: their cells go into a
    temporary table ``model``), the known digests no model row has (``unseen``: rows changed or gone), how
    many known digests the model has (the unchanged rows, only counted), and the known digests two model
    rows share (the same cells twice: a duplicate EXTERN_ID). PostgreSQL does it in one pass, a hash full
-   join of the model's digests with the known ones that writes only what differs; SQLite keeps, for
-   each unchanged model row, its known digest's ordinal in ``model``, and marks the ordinals met in a
-   byte array;
+   join of the model's digests with the known ones that writes only what differs, its ``unseen`` the
+   keys of every state row no model row matched (the plan reads them by key, not by scanning the
+   state); SQLite keeps, for each unchanged model row, its known digest's ordinal in ``model``, and marks
+   the ordinals met in a byte array;
 3. streams to the worker only the model rows whose digest the state does not know (new or changed).
 
 The rest of the run (preparing those rows, the stage, the plan, the sending) is the client-side run's, so
