@@ -18,6 +18,7 @@ from itertools import compress
 from typing import Any, Protocol
 
 from airflow_provider_fbca.sync.batches import HEARTBEAT_S, MAX_BATCH_SIZE, MAX_IN_FLIGHT
+from airflow_provider_fbca.sync.driver_errors import from_driver, model_query_error
 from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages, streamed_plan
 from airflow_provider_fbca.sync.journal import OpenRefresh, PageJournal
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, check_lease_minutes
@@ -30,6 +31,7 @@ from airflow_provider_fbca.sync.plan import (
     check_removal_guard,
     record_source_digests,
 )
+from airflow_provider_fbca.sync.preview import reconciled_view
 from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
@@ -77,8 +79,8 @@ class RemovalGuard(Protocol):
         forgets them)."""
 
     def withdraw(self) -> None:
-        """The run was refused before it sent anything (by a guard, or the duplicate check): it plans no
-        removal, whatever an earlier try of it planned."""
+        """The run was refused before it sent anything (by a guard, or the duplicate check), or failed
+        while sending: it carries out no more removals than it sent, whatever it or an earlier try planned."""
 
 
 @dataclass(frozen=True)
@@ -240,9 +242,11 @@ class SyncRun:
         """
         self.store.ensure_tables()
         with self.lease, fewer_collections():
-            if not self.options.dry_run:
+            if self.options.dry_run:
+                self._preview(model)
+            else:
                 self._reconcile()
-            self._run(model)
+                self._run(model)
         self._check_refusals()
         return self.report
 
@@ -262,6 +266,20 @@ class SyncRun:
                 "the current model (usersreplace), then removes the rows it sent that left the model",
                 self.open_refresh.session_id,
             )
+
+    def _preview(self, model: Model) -> None:
+        """Plan a dry run against the state as the next sending run will find it: reconciled, in
+        temporary copies (:mod:`.preview`), and with the full refresh a killed run left open."""
+        with reconciled_view(self.store, self.options.sync_key) as pending:
+            self.report.reconciled_rows = pending
+            if pending:
+                log.info(
+                    "An earlier run of this sync ended with %d row(s) sent but not answered; this preview "
+                    "counts them as the next sending run will: possibly applied",
+                    pending,
+                )
+            self.open_refresh = self.journal.open_refresh()
+            self._run(model)
 
     @property
     def full_refresh(self) -> bool:
@@ -290,7 +308,11 @@ class SyncRun:
                     record_source_digests(self.store, stage, self.options.sync_key)
                 self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
                 self._create_audience()
-                self._sender().send(stage, plan)
+                try:
+                    self._sender().send(stage, plan)
+                except Exception:
+                    self._withdraw_removals()  # only what was sent, or may have been, stays counted
+                    raise
         finally:
             if pushdown is not None:
                 pushdown.drop(stage)
@@ -332,16 +354,16 @@ class SyncRun:
         return judged
 
     def _withdraw_removals(self) -> None:
-        """The run was refused before sending: tell the removal guard it plans nothing. A failure to do so
-        is logged, not raised: the refusal is the error to show, and a plan not withdrawn only makes the
-        whole sync's budget count too much, never too little."""
+        """The run was refused before sending, or failed while sending: tell the removal guard it carries
+        out no more of its plan. A failure to do so is logged, not raised: the run's error is the one to
+        show, and a plan not withdrawn only makes the whole sync's budget count too much, never too little."""
         if self.removal_guard is None or self.options.dry_run:
             return
         try:
             self.removal_guard.withdraw()
         except Exception as error:
             log.warning(
-                "Could not withdraw this refused run's planned removals from the sync's budget (%s); the "
+                "Could not withdraw the removals this run did not send from the sync's budget (%s); the "
                 "budget counts them until the partition's next try",
                 type(error).__name__,
             )
@@ -357,9 +379,7 @@ class SyncRun:
         empty, stager = self.state_empty, self.stager
         chunks: Iterable[Sequence[Sequence[Any]]]
         if diff is not None:
-            self.report.rows_read, seen, stager.seen_duplicate_keys = diff.diff(
-                stage, self.options.sync_key, members_only=self.options.adds_enabled
-            )
+            self.report.rows_read, seen, stager.seen_duplicate_keys = self._diff(diff, stage)
             chunks, stage_rows = diff.digested_rows(stage), stager.stage_digested
         elif isinstance(model, PushdownModel):
             chunks = model.digested_rows()
@@ -384,6 +404,17 @@ class SyncRun:
         if self.stager.known_digests is not None:
             stage.load_unseen(self.stager.unseen_digests())
         return self.stager.seen_count
+
+    def _diff(self, diff: PushdownModel, stage: StageTable) -> tuple[int, int, list[str]]:
+        """Diff the model in the database (see :meth:`.PushdownModel.diff`); a driver's failure on the
+        model's query is raised without the cell its message quotes (:func:`.driver_errors.model_query_error`)."""
+        try:
+            return diff.diff(stage, self.options.sync_key, members_only=self.options.adds_enabled)
+        except Exception as error:
+            if not from_driver(error):
+                raise
+            failure = model_query_error(error)
+        raise failure  # here, not in the handler: the driver's error is not even its context
 
     def _streams(self, model: ModelQuery) -> bool:
         """Stream a first sync: read, prepare and send at once (see :mod:`.first_sync`); False when the

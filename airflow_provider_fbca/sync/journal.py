@@ -7,7 +7,7 @@ to the state and deletes it from the journal; when Meta refuses a removal, one t
 still owed. So at any moment the state database knows what Meta surely holds (the state, but for the rows
 of pending pages written ahead), what it may hold (pending pages) and what it still holds against the
 model's wish (refused removals). A run reconciles the pending pages before it plans (a dry run, which
-writes nothing, plans the rows of a page written ahead as held).
+writes nothing, reconciles temporary copies: see :mod:`.preview`).
 
 A streamed first sync's pages hold rows new to the state (an empty slice, under the lease): their state
 rows are written **ahead**, with the page's pending row (kind :data:`ADD_AHEAD`, holding only their keys),

@@ -27,6 +27,8 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
+from airflow_provider_fbca.sync.driver_errors import copy_rows
+
 #: Rows per statement: 1,000 rows of 9 columns stay far below PostgreSQL's 65,535 parameters.
 ROWS_PER_STATEMENT = 1000
 _INSERT = re.compile(
@@ -139,9 +141,7 @@ def copy_new_rows(conn: Any, table: str, columns: Sequence[str], rows: list[Sequ
     with cursor:
         cursor.execute("SAVEPOINT fbca_copy")
         try:
-            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+            copy_rows(cursor, table, columns, rows)  # a refusal quotes no value (see .driver_errors)
         except UniqueViolation:
             cursor.execute("ROLLBACK TO SAVEPOINT fbca_copy")
             return False

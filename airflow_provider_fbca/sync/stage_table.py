@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_fbca.sync.driver_errors import copy_rows
 from airflow_provider_fbca.sync.stored_rows import StagedRow
 
 if TYPE_CHECKING:
@@ -84,9 +85,7 @@ class StageTable:
         columns = ", ".join(STAGE_LOAD_COLUMNS)
         cursor = self.store.conn.cursor()
         if hasattr(cursor, "copy"):  # psycopg 3: COPY is an order of magnitude faster than INSERTs
-            with cursor.copy(f"COPY {self.name} ({columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+            copy_rows(cursor, self.name, STAGE_LOAD_COLUMNS, rows)  # a refusal quotes no value
         else:
             markers = ", ".join("?" for _ in STAGE_LOAD_COLUMNS)
             cursor.executemany(

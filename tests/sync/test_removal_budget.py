@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.journal import REMOVE, PageJournal
 from airflow_provider_fbca.sync.partitions import check_layout, partition_suffix
 from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncMode, SyncPlan
 from airflow_provider_fbca.sync.removal_budget import (
@@ -24,15 +26,19 @@ from airflow_provider_fbca.sync.removal_budget import (
     WholeSyncRemovalError,
     check_share,
     check_whole_sync,
+    held_rows,
+    in_flight_removals,
     slice_ceiling,
 )
 from airflow_provider_fbca.sync.state import (
     REMOVALS_SUFFIX,
+    UNCONFIRMED,
     StagedRow,
     StageTable,
     StateStore,
     quote_table_name,
 )
+from tests.sync.conftest import PassThroughPreparer, RecordingAudience
 
 AUDIENCE = "act_1:42"
 
@@ -317,3 +323,112 @@ def test_an_unpartitioned_full_refresh_keeps_its_plan_and_guard(store: StateStor
     assert guard.check(plan, stage, 4) is plan and guard.removals_by_partition == {}
     with pytest.raises(RemovalGuardError, match="remove 6 of the 10 rows"):
         FullRefreshGuard(store, AUDIENCE, 0.5).check(plan, stage, 4)
+
+
+# -- what the budget counts as held, and what a failed try keeps -----------------------------------------
+
+
+def slice_key(k: int, partitions: int = 4) -> str:
+    return AUDIENCE + partition_suffix(k, partitions)
+
+
+def test_rows_a_killed_run_left_possibly_unapplied_do_not_widen_the_budget(store: StateStore) -> None:
+    """Partition 3's killed first sync wrote 20 rows ahead of a page never answered, and partition 2 holds
+    5 rows a reconciled run left unconfirmed: reconciliation sends them again, so Meta may not hold them."""
+    fill_slices(store, 25)  # 100 rows Meta holds; 0.2: 20 removals for the whole run
+    written_ahead = [StagedRow(f"new-{i}", "f", "d", "EXTERN_ID", f"new-{i}", 1) for i in range(20)]
+    PageJournal(store, slice_key(3)).record_new(7, 1, written_ahead)
+    store.execute(
+        f"UPDATE {store.table} SET fingerprint = ? WHERE sync_key = ? AND row_key IN"
+        " ('2-0', '2-1', '2-2', '2-3', '2-4')",
+        (UNCONFIRMED, slice_key(2)),
+    ).close()
+    store.commit()
+    assert store.count(slice_key(3)) == 45 and held_rows(store, [slice_key(2), slice_key(3)]) == 45
+    book = ledger(store)
+    # 100 - 5 = 95 held besides partition 0's: 20 of 120 counted would pass; 20 of 95 is over 20%.
+    with pytest.raises(WholeSyncRemovalError, match="remove 20 of the audience's 95 synced rows"):
+        book.claim(entry(0, 20, slice_rows=25), 0.2)
+    assert book.claim(entry(0, 19, slice_rows=25), 0.2) == 19
+    assert store.fetch_all(f"SELECT COUNT(*) FROM {store.pages_table}") == [(1,)]  # read, never reconciled
+
+
+def test_a_try_failed_while_sending_keeps_what_it_sent_and_what_it_left_in_flight(store: StateStore) -> None:
+    fill_slices(store, 25)
+    book = ledger(store)
+    assert book.claim(entry(0, 12), 0.2) == 12
+    book.count_sent(0, 4)  # page 1 of 4 removals acknowledged
+    journal = PageJournal(store, slice_key(0))
+    journal.record(REMOVE, 9, 2, [(f"0-{i}", "EXTERN_ID", f"0-{i}", "d") for i in range(4, 8)])  # in flight
+    assert in_flight_removals(store, slice_key(0)) == 4 and in_flight_removals(store, slice_key(1)) == 0
+    WholeSyncGuard(book, 0, 4, 0.2).withdraw()  # then the try failed: page 3 was never sent
+    assert recorded(store) == [("dag.sync/run-1", 0, 8)]
+    assert book.claim(entry(1, 12), 0.2) == 20  # room the 4 removals never sent would have taken
+
+
+def test_a_partitions_own_rows_left_unconfirmed_are_not_counted_as_held(store: StateStore) -> None:
+    """Its slice counts as the other partitions count it: 10 of its 100 rows were reconciled unconfirmed."""
+    store.ensure_tables()
+    for k in (1, 2, 3):
+        store.upsert(
+            slice_key(k), [StagedRow(f"{k}-{i}", "f", "d", "EXTERN_ID", f"{k}-{i}", 1) for i in range(10)]
+        )
+    rows = [(f"0-{i:02}", f"h-{i}") for i in range(100)]
+
+    def sync(model: list[tuple[str, str]], run: str) -> Any:
+        options = SyncOptions("42", slice_key(0), source_key_index=0, max_removal_fraction=0.2)
+        guard = WholeSyncGuard(ledger(store, f"dag.sync/{run}"), 0, 4, 0.2)
+        run = SyncRun(
+            store,
+            RecordingAudience(),
+            PassThroughPreparer(("EXTERN_ID", "EMAIL")),
+            options,
+            removal_guard=guard,
+        )
+        return run.run([model])
+
+    sync(rows, "first")
+    store.execute(
+        f"UPDATE {store.table} SET fingerprint = ?, source_digest = NULL WHERE sync_key = ? AND row_key >= '0-90'",
+        (UNCONFIRMED, slice_key(0)),
+    ).close()
+    store.commit()
+    # 25 leave: 25 of 30 + 100 would be 19%; of the 30 + 90 rows Meta surely holds, 21%.
+    with pytest.raises(WholeSyncRemovalError, match="remove 25 of the audience's 120 synced rows"):
+        sync(rows[25:], "second")
+    assert sync(rows[24:], "third").plan.removals == 24
+
+
+class _FailingRemovals(RecordingAudience):
+    """Meta acknowledges the first ``acknowledged`` removal pages, then the connection fails."""
+
+    def __init__(self, acknowledged: int) -> None:
+        super().__init__()
+        self.acknowledged = acknowledged
+
+    def remove_users(self, audience_id: str, schema: Any, data: Any, session: Any = None, **_: Any) -> dict:
+        if sum(1 for call in self.calls if call[0] == "remove") >= self.acknowledged:
+            raise ConnectionError("the connection dropped")
+        return super().remove_users(audience_id, schema, data, session)
+
+
+def test_a_try_failed_while_sending_leaves_its_unsent_plan_to_the_other_partitions(store: StateStore) -> None:
+    """Partition 0's try plans 12 removals, Meta takes a page of 4, the next is lost in flight and the third
+    never sent: 8 stay counted, so partition 1's 12 fit the run's 20 (of 100), where 12 + 12 would not."""
+    store.ensure_tables()
+
+    def sync(k: int, audience: RecordingAudience, leaving: int = 12, run: str = "run-1") -> Any:
+        options = SyncOptions("42", slice_key(k, 2), source_key_index=0, batch_size=4, max_in_flight=1)
+        guard = WholeSyncGuard(ledger(store, f"dag.sync/{run}"), k, 2, 0.2)
+        model = [(f"{k}-{i:02}", f"h-{k}-{i}") for i in range(leaving, 50)]
+        run = SyncRun(
+            store, audience, PassThroughPreparer(("EXTERN_ID", "EMAIL")), options, removal_guard=guard
+        )
+        return run.run([model])
+
+    for k in (0, 1):
+        sync(k, RecordingAudience(), leaving=0, run="first")
+    with pytest.raises(ConnectionError):
+        sync(0, _FailingRemovals(acknowledged=1))
+    assert recorded(store)[-1] == ("dag.sync/run-1", 0, 8)
+    assert sync(1, RecordingAudience()).plan.removals == 12

@@ -1,0 +1,108 @@
+"""A refused COPY is told without the rows' values (PostgreSQL quotes them in its message)."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import pytest
+
+from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.pushdown import PushdownModel
+from airflow_provider_fbca.sync.source import ModelReadError
+from airflow_provider_fbca.sync.state import STAGE_LOAD_COLUMNS, StagedRow, StageTable, StateStore
+from tests.sync.conftest import PassThroughPreparer, RecordingAudience
+
+SECRET = "jane.doe@example.com"
+
+
+def _told(error: BaseException) -> str:
+    """Everything a task log shows of an error: its traceback, with its cause and context."""
+    return "".join(traceback.format_exception(error))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_refused_stage_copy_names_the_fix_not_the_row(store: StateStore) -> None:
+    """PostgreSQL's own message would quote the value and its CONTEXT line the whole copied line."""
+    import psycopg
+
+    store.ensure_tables()
+    stage = StageTable(store)
+    stage.create()
+    row = (
+        SECRET,
+        "f",
+        "d",
+        "EXTERN_ID",
+        SECRET,
+        SECRET,
+        1,
+        1,
+        1,
+        0,
+        None,
+    )  # a text where member's integer goes
+    assert len(row) == len(STAGE_LOAD_COLUMNS)
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation) as refused:
+        stage.load([row])
+    assert SECRET not in _told(refused.value)
+    assert "SQLSTATE 22P02" in str(refused.value) and "Fix: a value does not fit its column" in str(
+        refused.value
+    )
+    store.conn.rollback()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_refused_state_copy_names_the_fix_not_the_row(store: StateStore) -> None:
+    """A NOT NULL violation's DETAIL line holds the whole failing row: identifiers and all."""
+    import psycopg
+
+    store.ensure_tables()
+    row = StagedRow(SECRET, None, "d", "EXTERN_ID,MADID", f"{SECRET}\x1fmadid-of-jane", 1, 7)  # type: ignore[arg-type]
+    with pytest.raises(psycopg.errors.NotNullViolation) as refused:
+        store.upsert("act_1:42", [row], new=True)  # new rows go by COPY
+    told = _told(refused.value)
+    assert SECRET not in told and "madid-of-jane" not in told
+    assert "column fingerprint" in str(refused.value) and "SQLSTATE 23502" in str(refused.value)
+    store.conn.rollback()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_key_holding_nul_is_refused_with_the_fix(store: StateStore) -> None:
+    """The driver's own refusal (PostgreSQL text holds no NUL) names the fix in the model's query."""
+    import psycopg
+
+    store.ensure_tables()
+    row = StagedRow("jane\x00doe", "f", "d", "EXTERN_ID", "jane\x00doe", 1, 7)
+    with pytest.raises(psycopg.DataError, match=r"replace\(column, chr\(0\), ''\)") as refused:
+        store.upsert("act_1:42", [row], new=True)
+    assert "jane" not in _told(refused.value)
+    store.conn.rollback()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_model_query_failing_on_a_cell_in_the_diff_is_told_without_it(store: StateStore) -> None:
+    """A run diffing the model in the database runs its query there: a cast that a cell breaks fails it,
+    and PostgreSQL's message quotes the cell."""
+    model = f"{store.table_name}_model"
+    store.execute(f"CREATE TABLE {model} (id TEXT, email TEXT)").close()
+    store.execute(f"INSERT INTO {model} VALUES ('1', '5'), ('2', '6')").close()
+    store.conn.commit()
+
+    def sync(cells: str) -> Any:
+        options = SyncOptions("42", "act_1:42", source_key_index=0)
+        run = SyncRun(store, RecordingAudience(), PassThroughPreparer(("EXTERN_ID", "EMAIL")), options)
+        return run.run(PushdownModel(store, f"SELECT id, {cells} AS email FROM {model}", ["id", "email"], 10))
+
+    sync("email")  # the first sync; the next run diffs in the database
+    store.execute(f"INSERT INTO {model} VALUES ('3', ?)", (SECRET,)).close()
+    store.conn.commit()
+    with pytest.raises(
+        ModelReadError, match=r"InvalidTextRepresentation: .*<20 characters>.*Fix or filter"
+    ) as e:
+        sync("CAST(CAST(email AS INTEGER) AS TEXT)")
+    assert SECRET not in _told(e.value)
