@@ -56,6 +56,11 @@ class ByteCountingProxy:
         while True:
             client, _ = self.listener.accept()
             server = socket.create_connection(("127.0.0.1", self.target_port))
+            # As PostgreSQL and libpq do on their own sockets: with Nagle's algorithm, a reply the server
+            # writes in two parts (a notice, then the result) waits for the client's delayed ACK, 20-40 ms
+            # per such statement, a latency a direct connection never has.
+            for end in (client, server):
+                end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import hashlib
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from airflow_provider_fbca.identifiers.reasons import (
     ROW_NO_VALUE,
     Dropped,
 )
-from airflow_provider_fbca.identifiers.text import HEX_DIGITS, is_sha256_hex, sha256_hex
+from airflow_provider_fbca.identifiers.text import HEX_DIGITS, SHA256, is_sha256_hex, sha256_hex
 from airflow_provider_fbca.identifiers.wire import wire_preparer
 
 # Values of the repetitive keys (names, places, dates, countries) are prepared once per preparer and then
@@ -219,7 +218,7 @@ def _compile_row_loop(columns: Sequence[_Column]) -> Callable[..., None]:
     namespace: dict[str, object] = {
         "Dropped": Dropped,
         "usable_processing": usable_processing,
-        "sha256": hashlib.sha256,
+        "sha256": SHA256,
         "HEX_DIGITS": HEX_DIGITS,
     }
     body: list[str] = []
@@ -290,22 +289,29 @@ def _cell_lines(position: int, column: _Column, names: list[str], namespace: dic
     """
     The loop's lines that set ``names`` (and ``region``, for COUNTRY) from ``row[position]``.
 
-    A cached column is a dict lookup inline, without a call: the mapping's repetitive keys are most of
-    its columns, and a call per value costs more than the lookup itself. A miss (or an unhashable value)
-    calls the filler, which prepares the value and stores it.
+    A cached column is a dict lookup inline (``dict.get``, the only call): the mapping's repetitive keys
+    are most of its columns. A miss (or an unhashable value) calls the filler, which prepares the value
+    and stores it.
     """
     value = f"row[{position}], region" if column.takes_region else f"row[{position}]"
     targets = f"{names[0]}, region" if column.is_country else ", ".join(names)
     if column.cached:
         cache: dict[object, object] = {}
-        namespace[f"cache_{position}"] = cache
+        namespace[f"cached_{position}"] = cache.get
         namespace[f"fill_{position}"] = _cache_filler(column.preparer, cache)
+        # A miss is get's None (no preparer returns None), not a KeyError: raising and catching one costs
+        # several lookups, and a column of distinct values (ZIP codes, cities) misses on most rows.
+        found = "found" if len(names) > 1 or column.is_country else names[0]  # unpacked after the lookup
         lines = [
             "try:",
-            f"    {targets} = cache_{position}[{value}]",
-            "except (KeyError, TypeError):",
-            f"    {targets} = fill_{position}({value})",
+            f"    {found} = cached_{position}(({value}))",
+            "except TypeError:",
+            f"    {found} = None",
+            f"if {found} is None:",
+            f"    {found} = fill_{position}({value})",
         ]
+        if found != targets:
+            lines.append(f"{targets} = found")
     else:
         namespace[f"cell_{position}"] = column.preparer
         lines = [f"{targets} = cell_{position}({value})"]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from airflow_provider_fbca.identifiers.address import region_of
 from airflow_provider_fbca.identifiers.keys import MatchKey, match_key
 from airflow_provider_fbca.identifiers.reasons import Dropped, Normalizer
-from airflow_provider_fbca.identifiers.text import HEX_DIGITS, is_sha256_hex, sha256_hex
+from airflow_provider_fbca.identifiers.text import HEX_DIGITS, SHA256, is_sha256_hex, sha256_hex
 
 
 def normalize_with_reason(key: str, value: object, *, country: str | None = None) -> tuple[str, str | None]:
@@ -72,6 +70,6 @@ def wire_preparer(spec: MatchKey) -> Normalizer:
             return normalized
         if len(normalized) == 64 and not normalized.strip(HEX_DIGITS):
             return normalized  # already a digest (lowercased by the normalizer)
-        return hashlib.sha256(normalized.encode()).hexdigest()
+        return SHA256(normalized.encode()).hexdigest()
 
     return prepare_cell

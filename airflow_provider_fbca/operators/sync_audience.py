@@ -36,6 +36,7 @@ from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_siz
 from airflow_provider_fbca.operators.task_context import lease_holder, run_key, run_label
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
 from airflow_provider_fbca.sync.engine import RemovalGuard, RemovalsRefusedError, SyncOptions, SyncRun
+from airflow_provider_fbca.sync.full_refresh_guard import FullRefreshGuard
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
 from airflow_provider_fbca.sync.partitions import (
     ShareRecorder,
@@ -52,7 +53,7 @@ from airflow_provider_fbca.sync.rejects import (
     RejectsTable,
     check_max_rejects_recorded,
 )
-from airflow_provider_fbca.sync.removal_budget import FullRefreshGuard, RemovalLedger, WholeSyncGuard
+from airflow_provider_fbca.sync.removal_budget import RemovalLedger, WholeSyncGuard
 from airflow_provider_fbca.sync.report import SyncReport, format_report
 from airflow_provider_fbca.sync.share import Share
 from airflow_provider_fbca.sync.source import ModelQuery

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from itertools import chain
+from operator import itemgetter
 from typing import NamedTuple
 
 from airflow_provider_fbca.sync.plan import record_tracked_rows
@@ -55,6 +56,7 @@ _FIELD, _ROW, _JSON_MARK = "\x1c", "\x1d", "\x1e"  # ASCII file, group and recor
 #: Where a removal row comes from: a row leaving the audience (gone or non-member), the old identifiers of
 #: an updated row, or an earlier run's refused removal still owed.
 LEAVING, UPDATE, OWED = "leaving", "update", "owed"
+_ROW_KEY = itemgetter(StagedRow._fields.index("row_key"))
 
 
 def pack_rows(rows: Sequence[Sequence[str]]) -> str:
@@ -182,7 +184,7 @@ class PageJournal:
         """
         store = self.store
         store.upsert(self.sync_key, rows, commit=False, new=True)
-        keys = pack_rows([(row.row_key,) for row in rows])
+        keys = pack_rows(list(zip(map(_ROW_KEY, rows))))  # one-text rows, built in C
         store.execute(
             f"INSERT INTO {store.pages_table} (sync_key, session_id, batch_seq, kind, row_key, key_schema,"
             " identifiers, id_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

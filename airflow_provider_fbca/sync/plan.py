@@ -231,13 +231,19 @@ def build_plan(
         _mark_differences(store, stage, sync_key, adds_enabled)
         remove_gone = _flag(mode in (SyncMode.MIRROR, SyncMode.DELETE) and not full_refresh)
         t = stage.name
+        # The state rows the stage lacks: those the model left or changed (skipped rows were unchanged).
+        # With a keyed ``unseen`` they are its rows, read by key; else a scan of the sync's state.
+        source, conditions = f"{store.table} AS s", ["s.sync_key = ?"]
+        if seen is not None and stage.unseen_keyed:
+            source = f"{stage.unseen} AS u JOIN {store.table} AS s ON s.row_key = u.row_key"
+        elif seen is not None:
+            conditions.append(f"NOT ({seen_state_rows(stage, adds_enabled)})")
+        conditions.append(f"NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.row_key = s.row_key)")
         store.execute(
             f"INSERT INTO {t} (row_key, member, in_state, old_fingerprint, old_id_digest, old_key_schema,"
             " old_identifiers, old_member, to_add, to_remove, to_record)"
             " SELECT s.row_key, NULL, 1, s.fingerprint, s.id_digest, s.key_schema, s.identifiers, s.member,"
-            f" 0, {remove_gone}, 0 FROM {store.table} AS s WHERE s.sync_key = ?"
-            f" AND NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.row_key = s.row_key)"
-            + ("" if seen is None else f" AND NOT ({seen_state_rows(stage, adds_enabled)})"),
+            f" 0, {remove_gone}, 0 FROM {source} WHERE {' AND '.join(conditions)}",
             (sync_key,),
         ).close()
         if full_refresh:  # usersreplace sends every member row, removes the rest
@@ -302,6 +308,8 @@ def load_defaults(member: int, adds_enabled: bool, state_empty: bool) -> tuple[i
 
 def seen_state_rows(stage: StageTable, adds_enabled: bool) -> str:
     """SQL condition on state rows ``s``: a model row of this run had exactly its source cells."""
+    if stage.unseen_keyed:  # every row of the sync no model row matched is there
+        return f"NOT EXISTS (SELECT 1 FROM {stage.unseen} AS u WHERE u.row_key = s.row_key)"
     return (
         f"s.source_digest IS NOT NULL AND {known_rows_filter(adds_enabled, 's.member')}"
         f" AND s.source_digest NOT IN (SELECT source_digest FROM {stage.unseen})"

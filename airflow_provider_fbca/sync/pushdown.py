@@ -3,14 +3,16 @@
 Each model row gets a source digest computed by the database (:func:`.dialects.row_digest`: a fixed,
 NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An incremental run then:
 
-1. copies the digests the state knows into a temporary table (``known``);
+1. copies the digests the state knows into a temporary table (``known``; PostgreSQL copies every state
+   row's key with it, the digest only of a known row);
 2. finds, in SQL, the model rows whose digest is not known (new or changed: their cells go into a
    temporary table ``model``), the known digests no model row has (``unseen``: rows changed or gone), how
    many known digests the model has (the unchanged rows, only counted), and the known digests two model
    rows share (the same cells twice: a duplicate EXTERN_ID). PostgreSQL does it in one pass, a hash full
-   join of the model's digests with the known ones that writes only what differs; SQLite joins them
-   likewise, and each unchanged model row marks its known digest's ordinal in a byte array (a registered
-   function) instead of being written;
+   join of the model's digests with the known ones that writes only what differs, its ``unseen`` the
+   keys of every state row no model row matched (the plan reads them by key, not by scanning the
+   state); SQLite joins them likewise, and each unchanged model row marks its known digest's ordinal in a
+   byte array (a registered function) instead of being written;
 3. streams to the worker only the model rows whose digest the state does not know (new or changed).
 
 The rest of the run (preparing those rows, the stage, the plan, the sending) is the client-side run's, so
@@ -216,7 +218,7 @@ class PushdownModel(ModelQuery):
         return rows, known_count - unseen_count, [str(row[0]) for row in duplicates]
 
     def _diff_in_one_pass(
-        self, stage: StageTable, select: str, sync_key: str, members_only: bool, known_count: int
+        self, stage: StageTable, select: str, sync_key: str, members_only: bool, known_rows: int
     ) -> tuple[int, int, list[str]]:
         """PostgreSQL: one hash full join of the model's digests with the known ones, keeping only what
         differs: the new or changed rows (into ``model``) and the known digests no row has (``unseen``).
@@ -224,12 +226,12 @@ class PushdownModel(ModelQuery):
         The unchanged rows are only counted: nothing is written or indexed for them. Returns as
         :meth:`diff`.
 
-        :param known_count: how many digests ``known`` holds.
+        :param known_rows: how many rows ``known`` holds (every state row of the sync).
         """
         store, known, model = self.store, _known(stage), _model(stage)
-        stage.create_unseen()
+        stage.create_unseen(keyed=True)
         cells = [f"c{index}" for index in range(len(self.wanted))]
-        fresh = "k.source_digest IS NULL"
+        fresh = "k.row_key IS NULL"
         kept = ", ".join(f"CASE WHEN {fresh} THEN m.{cell} END AS {cell}" for cell in cells)
         # The model's query goes to the driver untouched: no parameters (a "?" or "%" in it stays itself).
         cursor = store.conn.cursor()
@@ -238,21 +240,24 @@ class PushdownModel(ModelQuery):
             f"CREATE TEMPORARY TABLE {model} AS SELECT {DIGEST_COLUMN}, 1 AS fresh, {', '.join(cells)}"
             f" FROM ({select}) AS m LIMIT 0"
         )
+        # j: a row per model row (d) and per state row no model row matched (kr, and kd when known).
         cursor.execute(
-            f"WITH j AS (SELECT m.{DIGEST_COLUMN} AS d, k.source_digest AS kd, {kept}"
+            f"WITH j AS (SELECT m.{DIGEST_COLUMN} AS d, k.source_digest AS kd, k.row_key AS kr, {kept}"
             f" FROM ({select}{self.dialect.fence}) AS m FULL JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}),"
-            f" fresh AS (INSERT INTO {model} SELECT d, 1, {', '.join(cells)} FROM j WHERE kd IS NULL),"
-            f" unseen AS (INSERT INTO {stage.unseen} (source_digest) SELECT kd FROM j WHERE d IS NULL)"
-            " SELECT COUNT(d), COUNT(d) + COUNT(kd) - COUNT(*) FROM j"
+            f" fresh AS (INSERT INTO {model} SELECT d, 1, {', '.join(cells)} FROM j WHERE kr IS NULL),"
+            f" unseen AS (INSERT INTO {stage.unseen} (source_digest, row_key) SELECT kd, kr FROM j WHERE d IS NULL)"
+            " SELECT COUNT(d), COUNT(d) + COUNT(kr) - COUNT(*), COUNT(kr) FROM j"
         )
-        rows, matched = (int(value) for value in cursor.fetchone())
+        rows, matched, state_rows = (int(value) for value in cursor.fetchone())
         cursor.close()
-        seen = known_count - int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
         stage.index_unseen()
-        # Each model row matches one known digest at most (distinct but for a 64-bit collision, see
-        # _load_known): more matching rows than matched digests means two model rows share a known row's cells.
+        # A state row comes once in j, or once per model row matching it: past one, a model row repeats
+        # another's cells (the digests of a sync's state rows are distinct but for a 64-bit collision,
+        # see _load_known). The matched state rows are the model rows skipped as unchanged.
+        repeats = state_rows - known_rows
+        seen = matched - repeats
         duplicates = []
-        if matched > seen:
+        if repeats:
             duplicates = self._keys_of_digests(self._repeated_digests(stage, select), sync_key, members_only)
         store.commit()
         return rows, seen, [str(row[0]) for row in duplicates]
@@ -272,7 +277,7 @@ class PushdownModel(ModelQuery):
         return f"SELECT {DIGEST_COLUMN} AS d FROM {_model(stage)} WHERE fresh = 0"
 
     def _load_known(self, known: str, sync_key: str, members_only: bool) -> int:
-        """Copy the source digests the state knows into the temporary table ``known``; how many.
+        """Copy the source digests the state knows into the temporary table ``known``; how many rows it has.
 
         On SQLite each digest gets an ordinal, 1, 2, ... in digest order (the rowid), so that
         :class:`_MetOrdinals` can mark the digests the model has in a byte array; the digests are unique
@@ -282,7 +287,9 @@ class PushdownModel(ModelQuery):
         PostgreSQL copies them as they are: a sync's state holds one row per key, and a row's digest
         covers its key's own cell, so two of its rows share a digest only by a 64-bit collision (whose
         model rows the duplicate check then stops, as it would with the digest once). Removing duplicates
-        (a hash of every digest) was a fifth of the diff's CPU.
+        (a hash of every digest) was a fifth of the diff's CPU. It copies every row of the sync, with its
+        key, the digest only of a known one: the diff's ``unseen`` then holds every state row no model
+        row matched, which the plan reads by key instead of scanning the state again.
         """
         store = self.store
         where = f"sync_key = ? AND source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}"
@@ -296,14 +303,16 @@ class PushdownModel(ModelQuery):
                 (sync_key,),
             ).close()
             return int(store.fetch_one(f"SELECT COUNT(*) FROM {known}")[0])
+        digest = f"CASE WHEN source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')} THEN source_digest END"
         cursor = store.execute(
-            f"CREATE TEMPORARY TABLE {known} AS SELECT source_digest FROM {store.table} WHERE {where}",
+            f"CREATE TEMPORARY TABLE {known} AS SELECT {digest} AS source_digest, row_key FROM {store.table}"
+            " WHERE sync_key = ?",
             (sync_key,),
         )
-        count = int(cursor.rowcount)
+        copied = int(cursor.rowcount)
         cursor.close()
         store.analyze(known)  # the one-pass diff hashes it: no index
-        return count
+        return copied
 
     def _keys_of_digests(self, digests: str, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
         """The keys of the known rows whose source digest a query (its column ``d``) returns."""

@@ -32,6 +32,7 @@ from airflow_provider_fbca.sync.plan import (
 from airflow_provider_fbca.sync.removals import Removals
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, decode_identifiers
+from airflow_provider_fbca.sync.wal_checkpoint import WalCheckpointer
 
 if TYPE_CHECKING:
     from airflow_provider_fbca.sync.engine import SyncOptions
@@ -262,6 +263,7 @@ class PlanSender:
 
         def record_new(page: list[StagedRow], session: dict[str, Any]) -> None:
             journal.record_new(session["session_id"], session["batch_seq"], page)
+            checkpointer.committed()
 
         def acknowledge(page: list[StagedRow], session: dict[str, Any]) -> None:
             # Committed with the next page's record: one commit per page (or by save, after the last).
@@ -273,10 +275,13 @@ class PlanSender:
         session = self._new_session(
             ADD, total, encode, send, acknowledge, record_page=record_new if ahead else None
         )
-        try:
-            result = session.run(pages)
-        finally:
-            journal.save()  # what Meta acknowledged is recorded, even when a later page failed
+        # Pages written ahead are megabytes a commit: their log is copied back from another thread.
+        checkpointer = WalCheckpointer(self.store.conn if ahead else None)
+        with checkpointer:
+            try:
+                result = session.run(pages)
+            finally:
+                journal.save()  # what Meta acknowledged is recorded, even when a later page failed
         self._finish(result)
         return result
 

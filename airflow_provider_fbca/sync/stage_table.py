@@ -44,6 +44,9 @@ class StageTable:
         self.store = store
         self.name = f"fbca_stage_{secrets.token_hex(6)}"
         self.unseen_loaded = False
+        #: ``unseen`` holds the key of every state row of the sync no model row matched (known or not),
+        #: not only the known digests: the plan then reads those rows by key instead of scanning the state.
+        self.unseen_keyed = False
         self.kept: dict[str, StagedRow] | None = {}
         """The loaded rows by key while they are few (an incremental run stages only its new and changed
         rows), None past :attr:`keep_rows`: the additions are then read back from the table. The plan
@@ -120,13 +123,20 @@ class StageTable:
         """The temporary table of the known source digests this run did not see."""
         return f"{self.name}_unseen"
 
-    def create_unseen(self) -> None:
-        """Create the (empty) table of the known source digests no model row had (rows changed or gone)."""
-        self.store.execute(f"CREATE TEMPORARY TABLE {self.unseen} (source_digest BIGINT NOT NULL)").close()
+    def create_unseen(self, *, keyed: bool = False) -> None:
+        """Create the (empty) table of the known source digests no model row had (rows changed or gone).
+
+        :param keyed: it holds instead the keys (and digests, when known) of every state row of the sync
+            that no model row matched, known by digest or not (see :attr:`unseen_keyed`).
+        """
+        columns = "source_digest BIGINT, row_key TEXT NOT NULL" if keyed else "source_digest BIGINT NOT NULL"
+        self.store.execute(f"CREATE TEMPORARY TABLE {self.unseen} ({columns})").close()
+        self.unseen_keyed = keyed
 
     def index_unseen(self) -> None:
-        """Index the loaded unseen digests (the plan joins the state with them)."""
-        self.store.execute(f"CREATE INDEX {self.unseen}_digest ON {self.unseen} (source_digest)").close()
+        """Index the loaded unseen digests, or keys (the plan joins the state with them)."""
+        column = "row_key" if self.unseen_keyed else "source_digest"
+        self.store.execute(f"CREATE INDEX {self.unseen}_{column} ON {self.unseen} ({column})").close()
         self.store.analyze(self.unseen)
         self.store.commit()
         self.unseen_loaded = True

@@ -270,13 +270,17 @@ class ModelStager:
         cannot hold."""
         key_index = self.row_stager.key_index
         wire_rows: list[Sequence[str]] = prepared.rows
-        sources = list(map(fresh.__getitem__, prepared.kept))  # each kept row's index in the chunk
+        # Every row of the chunk prepared and kept (a first sync's chunk, as a rule): each kept row's index
+        # in the chunk is its own, and so are the digests' positions.
+        whole = fresh == range(len(chunk)) and len(prepared.kept) == len(chunk)
+        sources = prepared.kept if whole else list(map(fresh.__getitem__, prepared.kept))
         if not clean_keys([wire_row[key_index] for wire_row in wire_rows]):
             wire_rows, sources, encoded = self._checked_keys(wire_rows, sources, encoded, first_row)
+            whole = len(sources) == len(chunk)
         members = None
         if self.options.has_membership:
             members = [parse_membership(chunk[index][-1]) for index in sources]
-        source_digests = [digests[index] for index in sources]
+        source_digests = list(digests) if whole else [digests[index] for index in sources]
         return self.row_stager.stage_rows(wire_rows, members, source_digests, encoded), wire_rows
 
     def _checked_keys(

@@ -238,11 +238,20 @@ class StateStore:
         thousands of rows for one row and nests a scan of the state inside a loop over it (minutes at
         200,000 rows). SQLite plans these joins well from its indexes alone.
 
+        The plans need each table's row count and the share of a few flag values, which a sample of
+        :data:`REFRESH_SAMPLE_TARGET` x 300 rows tells as well as the default 30,000: the largest of these
+        tables (the known digests, a row per state row) is analyzed in a quarter of the time.
+
         :param tables: the temporary tables' names.
         """
-        if not self.is_sqlite:
-            for table in tables:
-                self.execute(f"ANALYZE {table}").close()
+        if self.is_sqlite or not tables:
+            return
+        # One round trip: without parameters, psycopg sends the statements as one simple query.
+        analyze = "".join(f"ANALYZE {table}; " for table in tables)
+        self.execute(
+            f"SET LOCAL default_statistics_target = {REFRESH_SAMPLE_TARGET}; {analyze}"
+            "SET LOCAL default_statistics_target = DEFAULT"
+        ).close()
 
     def refresh_statistics(self) -> None:
         """Analyze the state table's planning columns when a large write left PostgreSQL's statistics of

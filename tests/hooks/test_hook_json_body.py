@@ -29,6 +29,7 @@ BODIES = [
     _upload([tuple(row) for row in PLAIN]),
     _upload([*PLAIN, ['a "quoted" id', _digest(1), ""]]),
     _upload([*PLAIN, ["back\\slash", _digest(2), ""]]),
+    _upload([*PLAIN, ['a","b', _digest(2), '"],["']]),  # the separators' own text inside values
     _upload([*PLAIN, ["tab\there", _digest(3), ""]]),
     _upload([*PLAIN, ["nul\x00", _digest(4), "\x1f"]]),
     _upload([*PLAIN, ["del\x7f", _digest(5), ""]]),

@@ -8,6 +8,7 @@ must give the bytes the one-value-at-a-time rules give (``prepare``, ``_phone_re
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 from decimal import Decimal
@@ -18,7 +19,7 @@ import pytest
 from airflow_provider_fbca.identifiers import RowPreparer, normalize, prepare
 from airflow_provider_fbca.identifiers.phone import _phone_digits, _phone_fast, _phone_reference
 from airflow_provider_fbca.identifiers.reasons import Dropped
-from airflow_provider_fbca.identifiers.text import clean, is_sha256_hex
+from airflow_provider_fbca.identifiers.text import SHA256, clean, is_sha256_hex
 
 BENCH = Path(__file__).parents[2] / "bench" / "bench_identifiers.py"
 DIGEST = "A" * 63 + "f"  # an uppercase SHA-256 hex digest: passes through lowercased
@@ -129,3 +130,8 @@ def test_email_check_in_two_parts_equals_the_whole_address_pattern() -> None:
             expected = email if _EMAIL.fullmatch(email) else ""
             assert normalize("EMAIL", text) == expected, text
     assert sum(bool(normalize("EMAIL", text)) for text in samples) > 100  # valid addresses were tried too
+
+
+@pytest.mark.parametrize("text", ["", "a", "person.1@example.com", "são paulo", "東京", "x" * 200])
+def test_the_hot_paths_sha256_is_hashlibs(text: str) -> None:
+    assert SHA256(text.encode()).hexdigest() == hashlib.sha256(text.encode()).hexdigest()

@@ -14,10 +14,10 @@ import pytest
 
 from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
 from airflow_provider_fbca.operators.task_context import run_key
+from airflow_provider_fbca.sync.full_refresh_guard import FullRefreshRemovalError
 from airflow_provider_fbca.sync.removal_budget import (
     BrokenShareError,
     EmptyShareError,
-    FullRefreshRemovalError,
     WholeSyncRemovalError,
     slice_ceiling,
 )

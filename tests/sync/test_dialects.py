@@ -26,6 +26,9 @@ ROWS: list[tuple[Any, Any]] = [
     ("a:b", "c"),
     ("a", "b:c"),
     ("é", None),
+    ("a", ""),  # ("", "a") swapped
+    ("a", "a"),  # the same cell in both columns, twice: each position hashes apart
+    ("b", "b"),
 ]
 
 
@@ -94,6 +97,23 @@ def test_postgresql_and_sqlite_digest_the_same_text_alike(store: StateStore) -> 
     text = "seed|ü:1:x"
     expression = dialect.digest64.format(text="?")
     assert int(store.fetch_one(f"SELECT {expression}", (text,))[0]) == digest64(text)
+
+
+@pytest.mark.postgres
+def test_postgresql_digests_cells_by_their_bytes_not_their_collation(store: StateStore) -> None:
+    """A case-insensitive column still digests "Abc" and "abc" apart: the EXTERN_ID changed."""
+    if store.is_sqlite:
+        pytest.skip("SQLite digests the fetched values")
+    dialect = dialect_for(store.conn)
+    assert dialect is not None
+    store.execute(
+        "CREATE COLLATION pg_temp.fbca_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+    ).close()
+    store.execute("CREATE TEMPORARY TABLE t (x TEXT COLLATE pg_temp.fbca_ci)").close()
+    store.executemany("INSERT INTO t VALUES (?)", [("Abc",), ("abc",)])
+    digest = dialect.row_digest(['"x"'], "seed")
+    digests = store.fetch_all(f"SELECT {digest} FROM t")
+    assert len({row[0] for row in digests}) == 2
 
 
 def test_every_dialect_spells_every_expression() -> None:

@@ -192,6 +192,27 @@ def test_a_streamed_first_sync_records_the_digests_the_next_run_computes_in_sqli
     conn.close()
 
 
+def test_a_streamed_first_syncs_state_rows_are_checkpointed_by_another_connection(tmp_path: Path) -> None:
+    """The log of the pages written ahead is copied back to the database file by a thread of its own (see
+    :mod:`.wal_checkpoint`), not in the run's commits: the file alone holds them once the run is over,
+    far below SQLite's own 1000-page threshold and with the run's connection still open."""
+    from tests.sync.test_wal_checkpoint import rows_in_the_database_file
+
+    path = tmp_path / "w.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE model (id, email)")
+    conn.executemany("INSERT INTO model VALUES (?, ?)", [(f"id-{i}", f"p{i}@example.com") for i in range(30)])
+    conn.commit()
+    store, audience = StateStore(conn, "fbca_state"), RecordingAudience()
+    options = SyncOptions("42", "act_1:42", source_key_index=0, batch_size=4)
+    run = SyncRun(store, audience, PassThroughPreparer(("EXTERN_ID", "EMAIL")), options)
+    report = run.run(PushdownModel(store, "SELECT * FROM model", ["id", "email"], 5))
+    assert report.plan is not None and report.plan.new_rows == 30 == len(audience.members)
+    assert rows_in_the_database_file(path, "fbca_state", tmp_path) == 30
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    conn.close()
+
+
 class _WatchedModel(PushdownModel):
     """A pushdown model that records when the stream of its rows is closed."""
 

@@ -143,6 +143,24 @@ def test_a_state_digested_by_an_earlier_version_is_prepared_again_once(store: St
     assert (report["rows_prepared"], report["unchanged"], report["rows_sent"]) == (0, 3, 0)
 
 
+def test_state_rows_without_a_digest_are_planned_like_changed_ones(store: StateStore) -> None:
+    """State rows known by no source digest (left by a run that recorded none) are no model row's: the
+    diff counts each among the rows it did not see, so one the model left is removed, one it still has
+    is prepared again (nothing sent), and a changed one is updated; the digests are then recorded."""
+    twin = Twin(store)
+    twin.write([(1, "a@x", "1"), (2, "b@x", "2"), (3, "c@x", "3"), (4, "d@x", "4")])
+    twin.sync()
+    for state in (twin.store, twin.push_store):
+        state.execute(f"UPDATE {state.table} SET source_digest = NULL WHERE row_key <> '4'").close()
+        state.conn.commit()
+    twin.write([(1, "a@x", "1"), (3, "c2@x", "3"), (4, "d@x", "4")])
+    report = twin.sync()
+    assert (report["removed"], report["updated"], report["unchanged"]) == (1, 1, 2)
+    assert report["rows_prepared"] == 2
+    report = twin.sync()
+    assert (report["rows_prepared"], report["unchanged"], report["rows_sent"]) == (0, 3, 0)
+
+
 @pytest.mark.parametrize("mode", [SyncMode.UPSERT, SyncMode.DELETE])
 def test_upsert_and_delete_modes(store: StateStore, mode: SyncMode) -> None:
     twin = Twin(store)

@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.full_refresh_guard import FullRefreshGuard, FullRefreshRemovalError
 from airflow_provider_fbca.sync.journal import REMOVE, PageJournal
 from airflow_provider_fbca.sync.partitions import check_layout, partition_suffix
 from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncMode, SyncPlan
 from airflow_provider_fbca.sync.removal_budget import (
     BrokenShareError,
     EmptyShareError,
-    FullRefreshGuard,
-    FullRefreshRemovalError,
     PartitionRemovals,
     RemovalLedger,
     WholeSyncGuard,
