@@ -17,6 +17,7 @@ each row's partition as it reads it, and splits the rebuilt state into the new s
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterable
 from typing import Any
 
@@ -202,21 +203,21 @@ class ShareRecorder:
     """Where a full refresh of a partitioned sync notes each row's partition, to split the state it rebuilt.
 
     A temporary table on the state connection: ``(row_key, partition)``, filled while the rows are read.
+    Its name is the run's own, like the run's other temporary tables: a fixed name would meet a user's
+    table of that name in the state database, which an unqualified ``DROP TABLE IF EXISTS`` dropped.
 
     :param store: the state store (its connection holds the temporary table).
     """
 
-    TABLE = "fbca_shares"
-
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        store.execute(f"DROP TABLE IF EXISTS {self.TABLE}").close()
+        self.table = f"fbca_shares_{secrets.token_hex(6)}"
         store.execute(
-            f"CREATE TEMPORARY TABLE {self.TABLE} (row_key TEXT NOT NULL, part INTEGER NOT NULL)"
+            f"CREATE TEMPORARY TABLE {self.table} (row_key TEXT NOT NULL, part INTEGER NOT NULL)"
         ).close()
 
     def record(self, shares: Iterable[tuple[str, int]]) -> None:
-        self.store.executemany(f"INSERT INTO {self.TABLE} (row_key, part) VALUES (?, ?)", shares)
+        self.store.executemany(f"INSERT INTO {self.table} (row_key, part) VALUES (?, ?)", shares)
 
     def split(self, sync_key: str, partitions: int) -> None:
         """Move the state the full refresh rebuilt under ``sync_key`` into the slices of ``partitions``,
@@ -233,11 +234,11 @@ class ShareRecorder:
                 for table in tables:
                     store.execute(f"DELETE FROM {table} WHERE sync_key = ?", (old,)).close()
         if partitions > 1:
-            store.execute(f"CREATE INDEX {self.TABLE}_key ON {self.TABLE} (row_key)").close()
+            store.execute(f"CREATE INDEX {self.table}_key ON {self.table} (row_key)").close()
             for partition in range(partitions):
                 store.execute(
                     f"UPDATE {store.table} SET sync_key = ? WHERE sync_key = ? AND row_key IN"
-                    f" (SELECT row_key FROM {self.TABLE} WHERE part = ?)",
+                    f" (SELECT row_key FROM {self.table} WHERE part = ?)",
                     (sync_key + partition_suffix(partition, partitions), sync_key, partition),
                 ).close()
         store.execute(f"DELETE FROM {store.layout_table} WHERE sync_key = ?", (sync_key,)).close()
@@ -246,5 +247,5 @@ class ShareRecorder:
                 f"INSERT INTO {store.layout_table} (sync_key, partitions, recorded_at) VALUES (?, ?, ?)",
                 (sync_key, partitions, utc_now()),
             ).close()
-        store.execute(f"DROP TABLE IF EXISTS {self.TABLE}").close()
+        store.execute(f"DROP TABLE IF EXISTS {self.table}").close()
         store.commit()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -142,6 +143,23 @@ def test_partitions_started_together_create_one_audience_and_sync_the_model(
     assert len(user_uploads(sandbox)) == uploads
 
 
+@contextlib.contextmanager
+def users_own_table(warehouse: Warehouse, name: str) -> Iterator[None]:
+    """A table of the user's in the warehouse (which holds the state), checked intact after the block."""
+    conn = warehouse._connect()
+    try:
+        conn.execute(f"CREATE TABLE {name} (mine TEXT)")
+        conn.execute(f"INSERT INTO {name} VALUES ('kept')")
+        conn.commit()
+        yield
+        assert conn.execute(f"SELECT mine FROM {name}").fetchall() == [("kept",)]
+    finally:
+        conn.rollback()
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+        conn.commit()
+        conn.close()
+
+
 def test_a_change_of_the_number_of_partitions_is_refused_unless_a_full_refresh_repartitions(
     warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
 ) -> None:
@@ -161,7 +179,8 @@ def test_a_change_of_the_number_of_partitions_is_refused_unless_a_full_refresh_r
     # model and splits the state; the others send nothing. Meanwhile five people left the model.
     rows = rows[5:]
     warehouse.write(rows)
-    refresh = sync_all(make, warehouse, 4, audience_id=audience_id, full_refresh=True)
+    with users_own_table(warehouse, "fbca_shares"):  # named like a temporary table of the refresh's
+        refresh = sync_all(make, warehouse, 4, audience_id=audience_id, full_refresh=True)
     assert [len(r["session_ids"]) for r in refresh] == [1, 0, 0, 0]
     # Its report counts the state it replaced (the 2 slices): 5 people dropped, none added.
     assert (refresh[0]["removed"], refresh[0]["added"], refresh[0]["rows_sent"]) == (5, 0, len(rows))
