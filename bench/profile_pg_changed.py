@@ -49,7 +49,7 @@ def server_cpu(datadir: Path) -> float:
         except OSError:
             continue
         # utime, stime (fields 14, 15); the postmaster's cutime, cstime (16, 17) count reaped backends.
-        total += sum(int(value) for value in fields[11:13 if pid != postmaster else 15]) / tick
+        total += sum(int(value) for value in fields[11 : 13 if pid != postmaster else 15]) / tick
     return total
 
 
@@ -96,7 +96,7 @@ def statement_profile(log: str) -> list[tuple[str, int, float, float]]:
     # A statement's usage is logged just after its duration, by the same backend (without its text).
     last: dict[str, str] = {}
     starts = list(ENTRY.finditer(log))
-    for entry, following in zip(starts, [*starts[1:], None]):
+    for entry, following in zip(starts, [*starts[1:], None], strict=True):
         pid, text = entry.group(1), log[entry.end() : following.start() if following else len(log)]
         if found := DURATION.search(text):
             last[pid] = _shape(found.group(2))
@@ -113,7 +113,9 @@ def _shape(statement: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--warehouse", type=Path)
     parser.add_argument("--top", type=int, default=25)
@@ -135,7 +137,10 @@ def main() -> None:
         try:
             with throwaway_postgres(bindir) as server:
                 direct = psycopg.connect(
-                    host=server["host"], port=server["port"], user=server["user"], dbname=server["dbname"],
+                    host=server["host"],
+                    port=server["port"],
+                    user=server["user"],
+                    dbname=server["dbname"],
                     autocommit=True,
                 )
                 datadir = Path(direct.execute("SHOW data_directory").fetchone()[0])
@@ -169,7 +174,9 @@ def main() -> None:
             f"{label:>16} of {rows:,} rows: wall {figures['wall']:6.2f} s | client CPU {figures['client_cpu']:6.2f} s"
             f" | server CPU {figures['server_cpu']:6.2f} s | HTTP wait {figures['http_wait']:6.2f} s"
         )
-    print(f"changed sync, server statements: {sum(r[2] for r in profile) / 1000:.2f} s in {sum(r[1] for r in profile)}")
+    print(
+        f"changed sync, server statements: {sum(r[2] for r in profile) / 1000:.2f} s in {sum(r[1] for r in profile)}"
+    )
     for shape, count, ms, cpu in profile[: args.top]:
         print(f"{ms / 1000:7.3f} s {cpu:7.3f} s CPU {count:5d}x  {shape}")
 

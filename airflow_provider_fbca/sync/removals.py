@@ -35,6 +35,9 @@ from airflow_provider_fbca.sync.stored_rows import leading_identifiers, split_va
 WITHHELD_WHEN_SHARED = frozenset(key.name for key in MATCH_KEYS if key.strong and key.identifier)
 #: The SQLite function keeping the state rows that may hold a removal identifier (see :class:`MayHold`).
 MAY_HOLD_FUNCTION = "fbca_may_hold"
+#: PostgreSQL's memory per removal value for the holders' hashes (see :func:`fit_hash_memory`): its planner
+#: counts some 100 bytes for a hashed SHA-256 value (the value, a tuple header), doubled for a margin.
+HASH_BYTES_PER_VALUE = 256
 
 
 class Removals:
@@ -155,6 +158,7 @@ class Removals:
                 conditions.append(f"(key_schema = ? AND ({' OR '.join(probes)}))")
                 params.append(key_schema)
         markers = ", ".join("?" for _ in schemas)
+        fit_hash_memory(store, self.ids)
         store.execute(
             f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema, identifiers"
             f" FROM {store.table} WHERE sync_key = ? AND member = 1 AND (key_schema NOT IN ({markers})"
@@ -296,6 +300,23 @@ class MayHold:
             if position < len(values) and flags[hash(values[position]) & mask]:
                 return 1
         return 0
+
+
+def fit_hash_memory(store: StateStore, values: str) -> None:
+    """Give PostgreSQL's hashes of a table's rows ``work_mem`` enough, for the transaction (never less).
+
+    The holders' scan probes the removal values through ``IN`` subqueries joined by ``OR``, which the
+    planner cannot turn into a join: it hashes the values only when their hash fits in ``work_mem`` (times
+    ``hash_mem_multiplier``). Past that (some 80,000 values at the default 4 MB: a few per cent of a
+    million rows changed) it compares every state row with the values one by one, hours at a million rows.
+
+    :param store: the state store (PostgreSQL).
+    :param values: the temporary table of the values (its row count sizes the memory).
+    """
+    setting = (
+        f"GREATEST(pg_size_bytes(current_setting('work_mem')), COUNT(*) * {HASH_BYTES_PER_VALUE}) / 1024"
+    )
+    store.fetch_one(f"SELECT set_config('work_mem', ({setting})::text || 'kB', true) FROM {values}")
 
 
 def _withholdable(key_schema: str) -> list[tuple[int, str]]:

@@ -8,6 +8,8 @@ whatever the schema or the stored form of the row. End to end, on SQLite and Pos
 
 from __future__ import annotations
 
+import pytest
+
 from airflow_provider_fbca.sync.removals import MayHold, Removals
 from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, encode_identifiers
 
@@ -92,5 +94,45 @@ def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(s
     (page,) = removals.pages(schema_a, 10)
     sent = [encode_identifiers(["r", "", ""]), encode_identifiers(["r2", email2, phone2])]
     assert [row.sent for row in page] == sent
+    removals.drop()
+    stage.drop()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_the_holders_scan_hashes_removal_values_past_the_sessions_work_mem(store: StateStore) -> None:
+    """4,000 removal values (2,000 rows, an e-mail and a phone each) do not fit a hash in the session's
+    64 kB of work_mem: without more memory for its transaction, the holders' scan would compare each state
+    row with every value in turn (hours at a million rows). The plan of the scan (auto_explain, told to this
+    client) hashes them; the session's own setting is back after the build."""
+    schema = "EXTERN_ID,EMAIL,PHONE"
+    store.ensure_tables()
+    store.upsert(
+        "s", [StagedRow("stay", "f", "d", schema, encode_identifiers(["stay", "e" * 64, "p" * 64]), 1)]
+    )
+    stage = StageTable(store)
+    stage.create()
+    store.execute(
+        f"INSERT INTO {stage.name} (row_key, member, in_state, old_id_digest, old_key_schema, old_identifiers,"
+        " old_member, to_remove) SELECT 'k' || i, 0, 1, 'd', %s, 'k' || i || chr(31) || md5('e' || i)"
+        " || md5('e' || i) || chr(31) || md5('p' || i) || md5('p' || i), 1, 1 FROM generate_series(1, 2000) AS i",
+        (schema,),
+    ).close()
+    store.commit()
+    plans: list[str] = []
+    store.conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+    store.execute("LOAD 'auto_explain'").close()
+    for setting in (
+        "work_mem = '64kB'",
+        "auto_explain.log_min_duration = 0",
+        "auto_explain.log_level = notice",
+    ):
+        store.execute(f"SET {setting}").close()
+    store.commit()
+    removals = Removals(store, stage, "s")
+    assert removals.build() == 0
+    (holders_plan,) = [plan for plan in plans if f"CREATE TEMPORARY TABLE {removals.holders}" in plan]
+    assert "hashed SubPlan" in holders_plan
+    assert store.fetch_one("SHOW work_mem") == ("64kB",)
     removals.drop()
     stage.drop()
