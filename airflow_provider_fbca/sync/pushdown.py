@@ -240,20 +240,13 @@ class PushdownModel(ModelQuery):
             f"CREATE TEMPORARY TABLE {model} AS SELECT {DIGEST_COLUMN}, 1 AS fresh, {', '.join(cells)}"
             f" FROM ({select}) AS m LIMIT 0"
         )
-        # j: a row per model row and per state row no model row matched; its side says which: 0 a model
-        # row matching a state row, 1 a model row matching none (its digest d and cells kept), 2 a state
-        # row no model row matched (its key kr and known digest kd kept). j is stored once for its three
-        # readers: a matched row, nearly every row of an incremental run, is stored as its side alone.
-        side = f"CASE WHEN {fresh} THEN 1 WHEN m.{DIGEST_COLUMN} IS NULL THEN 2 ELSE 0 END"
+        # j: a row per model row (d) and per state row no model row matched (kr, and kd when known).
         cursor.execute(
-            f"WITH j AS (SELECT {side} AS side, CASE WHEN {fresh} THEN m.{DIGEST_COLUMN} END AS d,"
-            f" CASE WHEN m.{DIGEST_COLUMN} IS NULL THEN k.source_digest END AS kd,"
-            f" CASE WHEN m.{DIGEST_COLUMN} IS NULL THEN k.row_key END AS kr, {kept}"
+            f"WITH j AS (SELECT m.{DIGEST_COLUMN} AS d, k.source_digest AS kd, k.row_key AS kr, {kept}"
             f" FROM ({select}{self.dialect.fence}) AS m FULL JOIN {known} AS k ON k.source_digest = m.{DIGEST_COLUMN}),"
-            f" fresh AS (INSERT INTO {model} SELECT d, 1, {', '.join(cells)} FROM j WHERE side = 1),"
-            f" unseen AS (INSERT INTO {stage.unseen} (source_digest, row_key) SELECT kd, kr FROM j WHERE side = 2)"
-            " SELECT COUNT(*) FILTER (WHERE side < 2), COUNT(*) FILTER (WHERE side = 0),"
-            " COUNT(*) FILTER (WHERE side <> 1) FROM j"
+            f" fresh AS (INSERT INTO {model} SELECT d, 1, {', '.join(cells)} FROM j WHERE kr IS NULL),"
+            f" unseen AS (INSERT INTO {stage.unseen} (source_digest, row_key) SELECT kd, kr FROM j WHERE d IS NULL)"
+            " SELECT COUNT(d), COUNT(d) + COUNT(kr) - COUNT(*), COUNT(kr) FROM j"
         )
         rows, matched, state_rows = (int(value) for value in cursor.fetchone())
         cursor.close()
