@@ -28,7 +28,7 @@ from airflow_provider_fbca.sync.plan import (
     SyncPlanError,
     build_plan,
     check_duplicates,
-    check_removal_guard,
+    judge_removals,
     record_source_digests,
 )
 from airflow_provider_fbca.sync.preview import reconciled_view
@@ -345,7 +345,7 @@ class SyncRun:
         self.report.plan = plan
         log.info("Plan: %s", _describe(plan))
         if self.removal_guard is None:
-            check_removal_guard(plan, self.options.max_removal_fraction)
+            judge_removals(self.store, stage, plan, self.options.max_removal_fraction)
             return plan
         judged = self.removal_guard.check(plan, stage, self.report.rows_read)
         if judged is not plan:

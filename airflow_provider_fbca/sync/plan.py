@@ -403,23 +403,82 @@ def check_duplicates(
         )
 
 
-def check_removal_guard(plan: SyncPlan, max_removal_fraction: float | None) -> None:
+#: How to turn any removal guard off for one run (its messages name it).
+GUARD_OFF_HINT = "max_removal_fraction=None turns the guard off for a run whose removals are intended"
+
+
+def exceeds_removal_budget(removals: int, held: int, max_fraction: float | None) -> bool:
+    """Whether a run's removals are more than ``max_fraction`` of the rows Meta surely holds.
+
+    Every removal guard judges the same way. The audience is the rows the state says Meta holds: not those
+    a killed run left possibly unapplied (unconfirmed, see :func:`unconfirmed_rows`), which the run sends
+    again as new. Their removals still count (Meta may hold them). So a state that holds rows but none
+    surely (a first sync killed with every page in flight) refuses any removal: a model that came back
+    empty would otherwise remove whatever of that first sync reached Meta, unguarded.
+
+    :param removals: the rows the run would remove.
+    :param held: the rows Meta surely holds.
+    :param max_fraction: the largest allowed share (0..1); None turns the guard off.
+    """
+    if max_fraction is None or removals == 0:
+        return False
+    return held <= 0 or removals / held > max_fraction
+
+
+def describe_removals(removals: int, held: int, unconfirmed: int) -> str:
+    """The share a refused run would remove, and the rows it left out of the audience, for a message."""
+    share = f"{removals / held:.0%}" if held > 0 else "none of the state's rows is surely held"
+    if unconfirmed:
+        share += (
+            f"; the {unconfirmed} rows an interrupted run left possibly unapplied are not counted as held:"
+            " this run sends them again, or removes them"
+        )
+    return share
+
+
+def removal_override(removals: int, held: int) -> str:
+    """What lets an intended removal through: a higher max_removal_fraction, unless no fraction can."""
+    if removals > held:
+        return (
+            "rerun it with max_removal_fraction=None: no fraction lets a run remove more rows than Meta surely "
+            f"holds ({GUARD_OFF_HINT}; the run after it, its rows confirmed, is guarded again)"
+        )
+    return f"rerun with a higher max_removal_fraction ({GUARD_OFF_HINT})"
+
+
+def check_removal_guard(plan: SyncPlan, max_removal_fraction: float | None, unconfirmed: int = 0) -> None:
     """Fail before anything is sent when a run would remove too large a share of the synced rows.
 
-    :param max_removal_fraction: the largest allowed share (0..1) of the state's rows; None turns the
-        guard off.
+    :param max_removal_fraction: the largest allowed share (0..1) of the state's rows Meta surely holds;
+        None turns the guard off.
+    :param unconfirmed: the state's rows a killed run left possibly unapplied (see
+        :func:`exceeds_removal_budget`; :func:`unconfirmed_rows` counts them).
     """
-    if max_removal_fraction is None or plan.state_rows == 0 or plan.removals == 0:
-        return
-    share = plan.removals / plan.state_rows
-    if share > max_removal_fraction:
+    held = plan.state_rows - unconfirmed
+    if exceeds_removal_budget(plan.removals, held, max_removal_fraction):
         raise RemovalGuardError(
-            f"This {plan.mode.value} run would remove {plan.removals} of the {plan.state_rows} rows synced "
-            f"so far ({share:.0%}), more than max_removal_fraction={max_removal_fraction}. Nothing was sent. "
-            "This guard stops an upstream job that returned nothing, or too little, from emptying the "
-            "audience. Check the model's query; if the removal is intended, rerun with a higher "
-            "max_removal_fraction (or None to turn the guard off)."
+            f"This {plan.mode.value} run would remove {plan.removals} of the {held} rows synced so far "
+            f"({describe_removals(plan.removals, held, unconfirmed)}), more than max_removal_fraction="
+            f"{max_removal_fraction}. Nothing was sent. This guard stops an upstream job that returned "
+            "nothing, or too little, from emptying the audience. Check the model's query; if the removal "
+            f"is intended, {removal_override(plan.removals, held)}."
         )
+
+
+def judge_removals(store: StateStore, stage: StageTable, plan: SyncPlan, max_fraction: float | None) -> None:
+    """:func:`check_removal_guard` on a planned stage: the rows it found unconfirmed are counted only
+    when the plan removes something (one scan of the stage)."""
+    if max_fraction is not None and plan.removals:
+        check_removal_guard(plan, max_fraction, unconfirmed_rows(store, stage))
+
+
+def unconfirmed_rows(store: StateStore, stage: StageTable) -> int:
+    """How many state rows a planned stage found unconfirmed (every one is in the stage: the skipped
+    rows are those whose source digest the state knows, which an unconfirmed row has not)."""
+    row = store.fetch_one(
+        f"SELECT COUNT(*) FROM {stage.name} WHERE in_state = 1 AND old_fingerprint = ?", (UNCONFIRMED,)
+    )
+    return int(row[0])
 
 
 def mark_leaving_rows(store: StateStore, stage: StageTable) -> None:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.sync.engine import GC_THRESHOLD, SyncOptions, SyncRun, parse_membership
+from airflow_provider_fbca.sync.journal import PageJournal
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, RemovalGuardError, SyncMode, SyncPlanError
-from airflow_provider_fbca.sync.state import StateStore
+from airflow_provider_fbca.sync.state import StagedRow, StateStore
 from tests.sync.conftest import PassThroughPreparer, RecordingAudience
 
 SCHEMA = ("EXTERN_ID", "EMAIL")
@@ -137,6 +138,55 @@ def test_guard_stops_a_run_that_would_empty_the_audience(store: StateStore) -> N
     assert report["removed"] == 2
     report = sync(store, audience, [], max_removal_fraction=None)
     assert report["removed"] == 2 and audience.members == {}
+
+
+def written_ahead(store: StateStore, *keys: str) -> None:
+    """A first sync killed with a page of these rows in flight: their state rows written ahead of it."""
+    rows = [StagedRow(key, "f", "d", "EXTERN_ID", key, 1) for key in keys]
+    store.ensure_tables()
+    PageJournal(store, "act_1:42").record_new(9, 1, rows)
+
+
+def test_the_guard_counts_as_the_audience_only_the_rows_meta_surely_holds(store: StateStore) -> None:
+    """As the whole sync's guard of a partitioned run does: 60 of the 100 state rows were written ahead of a
+    page a killed run never had answered; reconciled, they are sent again, so Meta may not hold them."""
+    audience = RecordingAudience()
+    held, ahead = [f"h{i:02}" for i in range(40)], [f"u{i:02}" for i in range(60)]
+    sync(store, audience, model(*held))
+    written_ahead(store, *ahead)
+    calls = len(audience.calls)
+    # 25 of the 100 state rows leave (25%): of the 40 Meta surely holds, 62%.
+    for _ in range(2):  # refused again on a plain rerun: nothing changed
+        with pytest.raises(RemovalGuardError) as refused:
+            sync(store, audience, model(*held, *ahead[25:]))
+        message = str(refused.value)
+        assert "remove 25 of the 40 rows synced so far (62%; the 60 rows an interrupted run" in message
+        assert "rerun with a higher max_removal_fraction" in message
+    assert len(audience.calls) == calls and store.count("act_1:42") == 100
+    # The override the message names lets the intended removal through; the run after it is guarded as usual.
+    report = sync(store, audience, model(*held, *ahead[25:]), max_removal_fraction=0.7)
+    assert (report["removed"], report["added"]) == (25, 35)
+    assert sync(store, audience, model(*held, *ahead[26:]))["removed"] == 1
+    with pytest.raises(RemovalGuardError, match="remove 74 of the 74 rows synced so far \\(100%\\)"):
+        sync(store, audience, [])
+
+
+def test_a_state_none_of_whose_rows_meta_surely_holds_refuses_any_removal(store: StateStore) -> None:
+    """A first sync killed with its only page in flight: a model that came back without some of its rows
+    could be a broken one removing whatever of the page reached Meta. Only the guard off lets it through."""
+    audience = RecordingAudience()
+    keys = [f"u{i:02}" for i in range(50)]
+    written_ahead(store, *keys)
+    for fraction in (0.5, 1.0):
+        with pytest.raises(RemovalGuardError) as refused:
+            sync(store, audience, model(*keys[1:]), max_removal_fraction=fraction)
+        message = str(refused.value)
+        assert "remove 1 of the 0 rows synced so far (none of the state's rows is surely held" in message
+        assert "rerun it with max_removal_fraction=None" in message
+    assert audience.calls == [] and store.count("act_1:42") == 50
+    sync(store, audience, model(*keys))  # removing nothing passes
+    report = sync(store, audience, model(*keys[1:]), max_removal_fraction=None)
+    assert report["removed"] == 1 and set(audience.members) == set(keys[1:])
 
 
 def test_dry_run_sends_nothing_and_keeps_the_state(store: StateStore) -> None:

@@ -431,3 +431,50 @@ def test_a_try_failed_while_sending_leaves_its_unsent_plan_to_the_other_partitio
         sync(0, _FailingRemovals(acknowledged=1))
     assert recorded(store)[-1] == ("dag.sync/run-1", 0, 8)
     assert sync(1, RecordingAudience()).plan.removals == 12
+
+
+def test_a_whole_sync_over_slices_none_of_whose_rows_meta_surely_holds_refuses_any_removal() -> None:
+    """Every slice's first sync was killed with its pages in flight: as the unpartitioned guard, any
+    removal is refused, and only the guard off (which the message names) lets it through."""
+    with pytest.raises(WholeSyncRemovalError) as refused:
+        check_whole_sync(entry(0, 1, slice_rows=0), run_removals=1, audience_rows=0, max_fraction=1.0)
+    assert "none of the state's rows is surely held" in str(refused.value)
+    assert "rerun it with max_removal_fraction=None" in str(refused.value)
+    check_whole_sync(entry(0, 1, slice_rows=0), run_removals=1, audience_rows=0, max_fraction=None)
+
+
+def test_a_full_refresh_counts_as_the_audience_only_the_rows_meta_surely_holds(store: StateStore) -> None:
+    """As the whole sync's guard: partition 3's killed first sync wrote 20 rows ahead of a page never
+    answered, and 5 rows of partition 2 are unconfirmed; the refresh does not reconcile the slices."""
+    fill_slices(store, 25)
+    check_layout(store, AUDIENCE, 4)
+    ahead = [StagedRow(f"new-{i}", "f", "d", "EXTERN_ID", f"new-{i}", 1) for i in range(20)]
+    PageJournal(store, slice_key(3)).record_new(7, 1, ahead)
+    store.execute(
+        f"UPDATE {store.table} SET fingerprint = ? WHERE sync_key = ? AND row_key IN"
+        " ('2-0', '2-1', '2-2', '2-3', '2-4')",
+        (UNCONFIRMED, slice_key(2)),
+    ).close()
+    store.commit()
+
+    def judge(leaving: int, fraction: float | None) -> SyncPlan:
+        keys = [f"{k}-{i}" for k in range(4) for i in range(25)][leaving:] + [row.row_key for row in ahead]
+        stage = StageTable(store)
+        stage.create()
+        stage.load((key, "f", "d", "EXTERN_ID", key, 1, 0, None, 1, 0, None) for key in keys)
+        stage.index()
+        try:
+            return FullRefreshGuard(store, AUDIENCE, fraction).check(
+                refresh_plan(len(keys)), stage, len(keys)
+            )
+        finally:
+            stage.drop()
+
+    # 20 of the 120 state rows (17%) leave: of the 95 Meta surely holds, 21%.
+    with pytest.raises(FullRefreshRemovalError) as refused:
+        judge(20, 0.2)
+    message = str(refused.value)
+    assert "leaves out 20 of its 95 synced rows (21%; the 25 rows an interrupted run left" in message
+    assert "rerun with a higher max_removal_fraction" in message
+    assert judge(20, None).state_rows == 120 and judge(19, 0.2).removals == 19
+    assert store.fetch_all(f"SELECT COUNT(*) FROM {store.pages_table}") == [(1,)]  # read, never reconciled
