@@ -331,10 +331,9 @@ def slice_key(k: int, partitions: int = 4) -> str:
     return AUDIENCE + partition_suffix(k, partitions)
 
 
-def test_rows_a_killed_run_left_possibly_unapplied_do_not_widen_the_budget(store: StateStore) -> None:
-    """Partition 3's killed first sync wrote 20 rows ahead of a page never answered, and partition 2 holds
-    5 rows a reconciled run left unconfirmed: reconciliation sends them again, so Meta may not hold them."""
-    fill_slices(store, 25)  # 100 rows Meta holds; 0.2: 20 removals for the whole run
+def leave_killed_runs_rows(store: StateStore) -> list[StagedRow]:
+    """Partition 3's killed first sync wrote 20 rows ahead of a page never answered (returned), and 5 rows
+    of partition 2 are unconfirmed (a reconciled run left them so)."""
     written_ahead = [StagedRow(f"new-{i}", "f", "d", "EXTERN_ID", f"new-{i}", 1) for i in range(20)]
     PageJournal(store, slice_key(3)).record_new(7, 1, written_ahead)
     store.execute(
@@ -343,6 +342,14 @@ def test_rows_a_killed_run_left_possibly_unapplied_do_not_widen_the_budget(store
         (UNCONFIRMED, slice_key(2)),
     ).close()
     store.commit()
+    return written_ahead
+
+
+def test_rows_a_killed_run_left_possibly_unapplied_do_not_widen_the_budget(store: StateStore) -> None:
+    """Partition 3's killed first sync wrote 20 rows ahead of a page never answered, and partition 2 holds
+    5 rows a reconciled run left unconfirmed: reconciliation sends them again, so Meta may not hold them."""
+    fill_slices(store, 25)  # 100 rows Meta holds; 0.2: 20 removals for the whole run
+    leave_killed_runs_rows(store)
     assert store.count(slice_key(3)) == 45 and held_rows(store, [slice_key(2), slice_key(3)]) == 45
     book = ledger(store)
     # 100 - 5 = 95 held besides partition 0's: 20 of 120 counted would pass; 20 of 95 is over 20%.
@@ -448,14 +455,7 @@ def test_a_full_refresh_counts_as_the_audience_only_the_rows_meta_surely_holds(s
     answered, and 5 rows of partition 2 are unconfirmed; the refresh does not reconcile the slices."""
     fill_slices(store, 25)
     check_layout(store, AUDIENCE, 4)
-    ahead = [StagedRow(f"new-{i}", "f", "d", "EXTERN_ID", f"new-{i}", 1) for i in range(20)]
-    PageJournal(store, slice_key(3)).record_new(7, 1, ahead)
-    store.execute(
-        f"UPDATE {store.table} SET fingerprint = ? WHERE sync_key = ? AND row_key IN"
-        " ('2-0', '2-1', '2-2', '2-3', '2-4')",
-        (UNCONFIRMED, slice_key(2)),
-    ).close()
-    store.commit()
+    ahead = leave_killed_runs_rows(store)
 
     def judge(leaving: int, fraction: float | None) -> SyncPlan:
         keys = [f"{k}-{i}" for k in range(4) for i in range(25)][leaving:] + [row.row_key for row in ahead]
