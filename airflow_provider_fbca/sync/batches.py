@@ -65,7 +65,11 @@ class UploadSession(Generic[Row]):
         as pending: write-ahead).
     :param refuse: called with a page, its ``session`` object and the error when Meta's answer is an
         error; returns True when the refusal was recorded and the session goes on with the next page.
-    :param max_in_flight: batches sent at once (the first and the last batch always go alone).
+    :param max_in_flight: batches sent at once (the last batch always goes alone, and so does the first
+        with ``first_alone``).
+    :param first_alone: the first batch must land before any other is sent: a replace's batch 1 starts its
+        session, and Meta refuses any other batch before it (2650/1870147). ``/users`` sessions have no such
+        rule, so their first batches go together and the window is full from the start.
     :param first_batch_seq: the ``batch_seq`` of the first page (a replace resumed after a kill goes on
         after the batches already sent).
     :param heartbeat: called every ``heartbeat_s`` seconds while a batch is in flight, in the caller's
@@ -85,12 +89,13 @@ class UploadSession(Generic[Row]):
     refuse: Callable[[list[Row], dict[str, Any], Exception], bool] | None = None
     first_batch_seq: int = 1
     max_in_flight: int = 1
+    first_alone: bool = False
 
     def run(self, pages: Iterable[list[Row]]) -> SessionResult:
         """Send the pages in order, at most ``max_in_flight`` at once; acknowledge each in order.
 
-        The first batch goes alone (it opens the session: a replace's batch 1 must land before any other)
-        and so does the last (it closes the session, so every other batch must have landed). Each page is
+        The last batch goes alone (it closes the session, so every other batch must have landed), and so
+        does the first with ``first_alone`` (a replace's batch 1 must land before any other). Each page is
         recorded (``record``) before it is sent, so a kill leaves every page in flight pending: a page that
         goes with others in flight is recorded before waiting for room, a page going alone once it has room.
         """
@@ -108,7 +113,8 @@ class UploadSession(Generic[Row]):
                     "estimated_num_total": self.total,
                 }
                 data = self.encode(page)
-                alone = last or batch_seq == first + 1  # after the first batch, before the last one
+                # The last batch waits for every other; with first_alone, the second waits for the first.
+                alone = last or (self.first_alone and batch_seq == first + 1)
                 room = 0 if alone else self.max_in_flight - 1
                 if room and self.record is not None:
                     # Recorded while the batches before it are in flight, so that the journal's write is

@@ -175,6 +175,8 @@ class PlanSender:
             refuse=refuse,
             first_batch_seq=first_batch_seq,
             max_in_flight=self.options.max_in_flight,
+            # A replace's batch 1 starts it; a resumed one's first batch tells whether it can go on.
+            first_alone=kind == REPLACE,
         )
 
     def _extra(self) -> dict[str, Any]:

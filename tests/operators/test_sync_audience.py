@@ -241,6 +241,22 @@ def test_full_refresh_replaces_an_audience_with_members(
     assert (report["unchanged"], report["session_ids"]) == (15, [])
 
 
+def test_a_replace_sends_its_later_batches_only_once_batch_one_landed(
+    sqlite_warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    # Several batches may fly at once, but a replace's batch 1 starts its session: a batch 2 that reached
+    # Meta first would be refused (2650/1870147). The sandbox holds batch 1 back to let one overtake it.
+    audience_id = FacebookCustomAudiencesHook(fb_conn_id).create_audience("Replaced in batches")
+    faults = [{"method": "POST", "path": "/usersreplace", "delay_s": 0.3}]
+    requests.post(f"{sandbox.url}/_sandbox/faults", json={"faults": faults}, timeout=10).raise_for_status()
+    rows = [customer(i) for i in range(15)]
+    sqlite_warehouse.write(rows)
+    options = {"audience_id": audience_id, "full_refresh": True, "batch_size": 5, "max_in_flight": 2}
+    report = run(make_operator(sqlite_warehouse, fb_conn_id, state_table, **options))
+    assert [(s["kind"], s["batches"]) for s in report["sessions"]] == [("replace", 3)]
+    assert set(members(sandbox, audience_id)) == set(expected(rows))
+
+
 def test_value_based_audience(
     sqlite_warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
 ) -> None:

@@ -232,7 +232,10 @@ def test_on_kill_releases_the_lease_and_the_killed_run_writes_nothing_more(
     # The first batch hangs long enough for the task to be killed while it is in flight, even on a loaded
     # machine (2 s was once too short there: the batch came back before the kill).
     hold_first_upload(sandbox, seconds=5)
-    operator = make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id, batch_size=10)
+    # One batch in flight: with more, whether the second left before the kill would depend on timing.
+    operator = make_operator(
+        warehouse, fb_conn_id, state_table, audience_id=audience_id, batch_size=10, max_in_flight=1
+    )
     outcome: dict[str, Any] = {}
 
     def execute() -> None:

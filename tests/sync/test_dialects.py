@@ -100,10 +100,9 @@ def test_postgresql_and_sqlite_digest_the_same_text_alike(store: StateStore) -> 
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)  # SQLite digests the fetched values
 def test_postgresql_digests_cells_by_their_bytes_not_their_collation(store: StateStore) -> None:
     """A case-insensitive column still digests "Abc" and "abc" apart: the EXTERN_ID changed."""
-    if store.is_sqlite:
-        pytest.skip("SQLite digests the fetched values")
     dialect = dialect_for(store.conn)
     assert dialect is not None
     store.execute(

@@ -10,16 +10,19 @@ import pytest
 from airflow_provider_fbca.sync.batches import UploadSession
 
 
-def _session(max_in_flight: int, events: list[tuple[str, int]], send: Any) -> UploadSession[int]:
+def _session(
+    max_in_flight: int, events: list[tuple[str, int]], send: Any, *, first_alone: bool = False
+) -> UploadSession[int]:
     return UploadSession(
         1,
-        "add",
+        "replace" if first_alone else "add",
         6,
         encode=lambda page: page,
         send=send,
         acknowledge=lambda page, session: events.append(("ack", session["batch_seq"])),
         record=lambda page, session: events.append(("record", session["batch_seq"])),
         max_in_flight=max_in_flight,
+        first_alone=first_alone,
     )
 
 
@@ -32,21 +35,34 @@ def test_batches_overlap_and_are_acknowledged_in_order() -> None:
         seq = session["batch_seq"]
         flags[seq] = session["last_batch_flag"]
         arrived[seq].set()
-        if seq == 3 and not arrived[4].wait(10):  # batch 4 goes out while batch 3 is in flight
-            raise AssertionError("batch 4 was not sent while batch 3 was in flight")
+        # Batch 2 goes out while batch 1 is in flight (a /users session has no opening batch), and 4 with 3.
+        if seq in (1, 3) and not arrived[seq + 1].wait(10):
+            raise AssertionError(f"batch {seq + 1} was not sent while batch {seq} was in flight")
         return {"num_received": seq}
 
     result = _session(2, events, send).run([[i] for i in range(6)])
     assert result.batches == 6 and result.rows == 6
     assert [seq for kind, seq in events if kind == "ack"] == [1, 2, 3, 4, 5, 6]
-    # Write-ahead: every batch is recorded before it is sent; the first and the last go alone.
+    # Write-ahead: every batch is recorded before it is sent; the last goes alone.
     assert [seq for kind, seq in events if kind == "record"] == [1, 2, 3, 4, 5, 6]
-    assert events.index(("record", 2)) > events.index(("ack", 1))
+    assert events.index(("record", 2)) < events.index(("ack", 1))
     assert events.index(("record", 6)) > events.index(("ack", 5))
     # A batch going with others in flight is recorded while they fly, before waiting for room: the
     # journal's write is off the round trip's path (recorded and not yet sent, it is pending all the same).
     assert events.index(("record", 4)) < events.index(("ack", 2))
     assert flags == {1: False, 2: False, 3: False, 4: False, 5: False, 6: True}
+
+
+def test_a_session_whose_first_batch_opens_it_sends_the_second_only_once_the_first_landed() -> None:
+    events: list[tuple[str, int]] = []
+
+    def send(data: list[int], session: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    _session(2, events, send, first_alone=True).run([[i] for i in range(6)])
+    assert events.index(("record", 2)) > events.index(("ack", 1))
+    assert events.index(("record", 6)) > events.index(("ack", 5))
+    assert events.index(("record", 4)) < events.index(("ack", 3))  # the window is used after batch 1
 
 
 def test_one_in_flight_sends_one_batch_at_a_time() -> None:

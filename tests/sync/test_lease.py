@@ -196,7 +196,8 @@ def test_a_run_whose_lease_was_taken_over_stops_before_its_next_write(
     audience.before_add = stalled_batch
     keys = [f"k{i:02}" for i in range(6)]
     with pytest.raises(SyncLeaseLostError, match=r"lost its lease.*Stopped before writing to the state"):
-        sync_run(store, audience, clock, batch_size=2).run(chunks_of(model(*keys), []))
+        # One batch in flight: a batch sent with the stalled one would have left before the stall.
+        sync_run(store, audience, clock, batch_size=2, max_in_flight=1).run(chunks_of(model(*keys), []))
     # The next batch was never sent, and nothing was written after the takeover.
     assert (len(audience.calls), store.count(SYNC_KEY), other_store.count(SYNC_KEY)) == (1, 0, 0)
     assert other_store.lease(SYNC_KEY).owner == "intruder"  # the loser did not release the winner's lease
