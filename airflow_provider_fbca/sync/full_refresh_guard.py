@@ -31,8 +31,9 @@ class AudienceTally(NamedTuple):
     """A full refresh's model against the whole audience's state (every slice, each person once).
 
     :param state_rows: the state's rows.
-    :param held: those Meta surely holds (none a killed run left possibly unapplied: see
-        :func:`.removal_budget.held_rows`).
+    :param held: the audience its removals are judged against: the state's rows less the unconfirmed
+        ones the replace drops and the confirmed ones a pending page or owed identifier names.
+    :param unconfirmed_dropped: the rows the replace drops that a killed run left possibly unapplied.
     :param removals: the state's rows the model does not hold as members (the replace drops them).
     :param gone: those the model does not hold at all.
     :param non_members: those the model holds as non-members.
@@ -45,6 +46,7 @@ class AudienceTally(NamedTuple):
 
     state_rows: int
     held: int
+    unconfirmed_dropped: int
     removals: int
     gone: int
     non_members: int
@@ -90,9 +92,7 @@ class FullRefreshGuard:
             judge_removals(self.store, stage, plan, self.max_fraction)
             return plan
         tally = self.tally(stage, layout)
-        check_full_refresh(
-            tally.removals, tally.held, layout, self.max_fraction, tally.state_rows - tally.held
-        )
+        check_full_refresh(tally.removals, tally.held, layout, self.max_fraction, tally.unconfirmed_dropped)
         self.removals_by_partition = tally.removals_by_partition
         return whole_audience_plan(plan, tally)
 
@@ -105,9 +105,10 @@ class FullRefreshGuard:
     def tally(self, stage: StageTable, layout: int) -> AudienceTally:
         """The stage against the whole audience's state: every slice of ``layout``, and the rows of the
         unpartitioned key no slice holds (a full refresh killed midway rebuilt part of the state there).
-        The rows Meta surely holds leave out, as the whole sync's guard does, those unconfirmed and those
-        a slice's pending page or owed identifier names (the slices' journals are not reconciled by this
-        run: see :func:`.removal_budget.held_rows`).
+        The audience the removals are judged against (see :func:`.plan.exceeds_removal_budget`) leaves out
+        the unconfirmed rows the replace drops, and the confirmed rows a slice's pending page or owed
+        identifier names (the slices' journals are not reconciled by this run: see
+        :func:`.removal_budget.held_rows`; a killed run leaves a few pages, so these are few).
 
         One pass over those rows, each probing the stage's key: at 400k rows it costs about 0.55 s of CPU
         on SQLite and 0.8 s on PostgreSQL (docs/partitions.md), beside a replace that prepares and sends
@@ -118,7 +119,7 @@ class FullRefreshGuard:
         state = self.store.table
         known = f"m.member = 1 AND w.member = 1 AND w.fingerprint <> '{UNCONFIRMED}'"
         counts = (
-            f"CASE WHEN w.fingerprint <> '{UNCONFIRMED}' THEN 1 ELSE 0 END",
+            f"CASE WHEN w.fingerprint = '{UNCONFIRMED}' AND COALESCE(m.member, 0) <> 1 THEN 1 ELSE 0 END",
             "CASE WHEN m.member = 1 THEN 0 ELSE 1 END",
             "CASE WHEN m.member IS NULL THEN 1 ELSE 0 END",
             "CASE WHEN m.member = 0 THEN 1 ELSE 0 END",
@@ -135,13 +136,19 @@ class FullRefreshGuard:
             " GROUP BY w.sync_key",
             (*slices, self.sync_key, self.sync_key, *slices),
         )
-        state_rows, confirmed, *totals = (sum(int(row[i]) for row in rows) for i in range(1, len(counts) + 2))
-        held = confirmed - named_held_rows(self.store, [*slices, self.sync_key]) if confirmed else 0
+        state_rows, unconfirmed_dropped, *totals = (
+            sum(int(row[i]) for row in rows) for i in range(1, len(counts) + 2)
+        )
+        held = state_rows - unconfirmed_dropped - named_held_rows(self.store, [*slices, self.sync_key])
         self.store.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
         partition_of = {key: k for k, key in enumerate(slices)}
         by_partition = {partition_of[row[0]]: int(row[3]) for row in rows if row[0] in partition_of}
         return AudienceTally(
-            state_rows, held, *totals, removals_by_partition=dict(sorted(by_partition.items()))
+            state_rows,
+            held,
+            unconfirmed_dropped,
+            *totals,
+            removals_by_partition=dict(sorted(by_partition.items())),
         )
 
 
@@ -168,11 +175,11 @@ def check_full_refresh(
     """Refuse a full refresh that would remove too large a share of a partitioned audience's state.
 
     :param removals: the state's rows the model does not hold as members.
-    :param audience_rows: the rows of the whole audience's state that Meta surely holds (see
+    :param audience_rows: the audience the removals are judged against, over every slice (see
         :func:`.plan.exceeds_removal_budget`).
     :param layout: how many partitions wrote the state.
     :param max_fraction: ``max_removal_fraction``; None turns the guard off.
-    :param unconfirmed: the state's other rows, which a killed run left possibly unapplied.
+    :param unconfirmed: the removals that are rows a killed run left possibly unapplied.
     :raises FullRefreshRemovalError: ``removals`` is more than ``max_fraction`` of ``audience_rows``.
     """
     if not exceeds_removal_budget(removals, audience_rows, max_fraction):

@@ -316,11 +316,16 @@ def seen_state_rows(stage: StageTable, adds_enabled: bool) -> str:
     )
 
 
+def removal_condition(full_refresh: bool) -> str:
+    """SQL condition on stage rows: the row leaves the audience (gone or non-member) and the run removes
+    it (a full refresh removes what it does not send, through usersreplace)."""
+    return f"(to_remove = 1 OR {_flag(full_refresh)} = 1) AND in_state = 1 AND (member IS NULL OR member = 0)"
+
+
 def _count(store: StateStore, stage: StageTable, mode: SyncMode, full_refresh: bool, seen: int) -> SyncPlan:
     # A row an interrupted run sent without an answer counts as new: Meta may not hold it.
     unconfirmed = f"COALESCE(old_fingerprint, '') = '{UNCONFIRMED}'"
     known = f"member = 1 AND in_state = 1 AND old_member = 1 AND NOT ({unconfirmed})"
-    leaving = "in_state = 1 AND (member IS NULL OR member = 0)"
     full = _flag(full_refresh)
     conditions = {
         "state_rows": "in_state = 1",
@@ -334,8 +339,7 @@ def _count(store: StateStore, stage: StageTable, mode: SyncMode, full_refresh: b
         "to_add": "to_add = 1",
         "to_remove": "to_remove = 1",
         "to_record": "to_record = 1",
-        # A full refresh removes what it does not send, through usersreplace.
-        "removals": f"(to_remove = 1 OR {full} = 1) AND {leaving}",
+        "removals": removal_condition(full_refresh),
         "updates_sent": f"to_add = 1 AND {known}",
         "skipped_by_mode": f"{full} = 0 AND ((member = 1 AND to_add = 0 AND NOT ({known} AND changed = 0))"
         " OR (member IS NULL AND to_remove = 0))",
@@ -408,16 +412,18 @@ GUARD_OFF_HINT = "max_removal_fraction=None turns the guard off for a run whose 
 
 
 def exceeds_removal_budget(removals: int, held: int, max_fraction: float | None) -> bool:
-    """Whether a run's removals are more than ``max_fraction`` of the rows Meta surely holds.
+    """Whether a run's removals are more than ``max_fraction`` of the audience they are judged against.
 
-    Every removal guard judges the same way. The audience is the rows the state says Meta holds: not those
-    a killed run left possibly unapplied (unconfirmed, see :func:`unconfirmed_rows`), which the run sends
-    again as new. Their removals still count (Meta may hold them). So a state that holds rows but none
-    surely (a first sync killed with every page in flight) refuses any removal: a model that came back
-    empty would otherwise remove whatever of that first sync reached Meta, unguarded.
+    Every removal guard judges the same way. The audience is the state's rows less those this run removes
+    that a killed run left possibly unapplied (unconfirmed, see :func:`unconfirmed_removals`): Meta may
+    never have received them, so they do not make the audience larger, while their removals still count
+    (Meta may hold them). The unconfirmed rows the model keeps do count: this run sends them again, so
+    after it Meta holds them. So a run after a kill that left most rows unconfirmed is judged by the
+    model's churn, as any other run, and is not refused until someone turns the guard off; a model that
+    came back empty removes every row, and with nothing held beside them is refused.
 
     :param removals: the rows the run would remove.
-    :param held: the rows Meta surely holds.
+    :param held: the audience: the state's rows less the unconfirmed rows the run removes.
     :param max_fraction: the largest allowed share (0..1); None turns the guard off.
     """
     if max_fraction is None or removals == 0:
@@ -427,11 +433,11 @@ def exceeds_removal_budget(removals: int, held: int, max_fraction: float | None)
 
 def describe_removals(removals: int, held: int, unconfirmed: int) -> str:
     """The share a refused run would remove, and the rows it left out of the audience, for a message."""
-    share = f"{removals / held:.0%}" if held > 0 else "none of the state's rows is surely held"
+    share = f"{removals / held:.0%}" if held > 0 else "every row it removes may never have reached Meta"
     if unconfirmed:
         share += (
-            f"; the {unconfirmed} rows an interrupted run left possibly unapplied are not counted as held:"
-            " this run sends them again, or removes them"
+            f"; {unconfirmed} of its removals are rows an interrupted run left possibly unapplied, not"
+            " counted in the audience"
         )
     return share
 
@@ -440,7 +446,7 @@ def removal_override(removals: int, held: int) -> str:
     """What lets an intended removal through: a higher max_removal_fraction, unless no fraction can."""
     if removals > held:
         return (
-            "rerun it with max_removal_fraction=None: no fraction lets a run remove more rows than Meta surely "
+            "rerun it with max_removal_fraction=None: no fraction lets a run remove more rows than the audience "
             f"holds ({GUARD_OFF_HINT}; the run after it, its rows confirmed, is guarded again)"
         )
     return f"rerun with a higher max_removal_fraction ({GUARD_OFF_HINT})"
@@ -449,10 +455,10 @@ def removal_override(removals: int, held: int) -> str:
 def check_removal_guard(plan: SyncPlan, max_removal_fraction: float | None, unconfirmed: int = 0) -> None:
     """Fail before anything is sent when a run would remove too large a share of the synced rows.
 
-    :param max_removal_fraction: the largest allowed share (0..1) of the state's rows Meta surely holds;
-        None turns the guard off.
-    :param unconfirmed: the state's rows a killed run left possibly unapplied (see
-        :func:`exceeds_removal_budget`; :func:`unconfirmed_rows` counts them).
+    :param max_removal_fraction: the largest allowed share (0..1) of the audience (see
+        :func:`exceeds_removal_budget`); None turns the guard off.
+    :param unconfirmed: the rows the run removes that a killed run left possibly unapplied
+        (:func:`unconfirmed_removals` counts them).
     """
     held = plan.state_rows - unconfirmed
     if exceeds_removal_budget(plan.removals, held, max_removal_fraction):
@@ -466,17 +472,19 @@ def check_removal_guard(plan: SyncPlan, max_removal_fraction: float | None, unco
 
 
 def judge_removals(store: StateStore, stage: StageTable, plan: SyncPlan, max_fraction: float | None) -> None:
-    """:func:`check_removal_guard` on a planned stage: the rows it found unconfirmed are counted only
+    """:func:`check_removal_guard` on a planned stage: the unconfirmed rows it removes are counted only
     when the plan removes something (one scan of the stage)."""
     if max_fraction is not None and plan.removals:
-        check_removal_guard(plan, max_fraction, unconfirmed_rows(store, stage))
+        check_removal_guard(plan, max_fraction, unconfirmed_removals(store, stage, plan.full_refresh))
 
 
-def unconfirmed_rows(store: StateStore, stage: StageTable) -> int:
-    """How many state rows a planned stage found unconfirmed (every one is in the stage: the skipped
-    rows are those whose source digest the state knows, which an unconfirmed row has not)."""
+def unconfirmed_removals(store: StateStore, stage: StageTable, full_refresh: bool) -> int:
+    """How many of a planned stage's removals are state rows it found unconfirmed (every unconfirmed row
+    is in the stage: the skipped rows are those whose source digest the state knows, which an unconfirmed
+    row has not)."""
     row = store.fetch_one(
-        f"SELECT COUNT(*) FROM {stage.name} WHERE in_state = 1 AND old_fingerprint = ?", (UNCONFIRMED,)
+        f"SELECT COUNT(*) FROM {stage.name} WHERE old_fingerprint = ? AND {removal_condition(full_refresh)}",
+        (UNCONFIRMED,),
     )
     return int(row[0])
 

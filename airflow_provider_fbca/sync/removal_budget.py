@@ -44,7 +44,7 @@ from airflow_provider_fbca.sync.plan import (
     describe_removals,
     exceeds_removal_budget,
     removal_override,
-    unconfirmed_rows,
+    unconfirmed_removals,
 )
 from airflow_provider_fbca.sync.preview import page_keys
 from airflow_provider_fbca.sync.state import (
@@ -157,7 +157,7 @@ def check_whole_sync(
 
     :param entry: the partition checking.
     :param run_removals: the removals of every partition of the run that recorded its plan, its own included.
-    :param audience_rows: the rows of the whole audience's state (every slice) that Meta surely holds
+    :param audience_rows: the audience the removals are judged against, over every slice
         (see :func:`.plan.exceeds_removal_budget`: none held refuses any removal).
     :param max_fraction: the whole sync's fraction; None turns the guard off.
     :raises WholeSyncRemovalError: ``run_removals`` is more than ``max_fraction`` of ``audience_rows``.
@@ -434,14 +434,15 @@ class WholeSyncGuard:
     def check(self, plan: SyncPlan, stage: StageTable, rows_read: int) -> SyncPlan:
         """Check the plan; record its removals in the ledger when it passes.
 
-        :param stage: the staged model, joined with the state (its rows unconfirmed are not counted as held).
+        :param stage: the staged model, joined with the state (the unconfirmed rows it removes are not counted in
+            the slice).
         :param rows_read: the model rows the partition's share read.
         :returns: the plan (a partition's report counts its own slice).
         :raises RemovalGuardError: an empty or broken share, or the run over its budget; nothing was sent.
         """
         if self.max_fraction is None:
             return plan
-        held = plan.state_rows - unconfirmed_rows(self.ledger.store, stage)
+        held = plan.state_rows - unconfirmed_removals(self.ledger.store, stage, plan.full_refresh)
         entry = PartitionRemovals(self.partition, self.partitions, plan.removals, held, rows_read)
         check_share(entry, self.max_fraction)
         self.ledger.ensure_table()

@@ -230,11 +230,7 @@ def test_a_streamed_first_sync_killed_with_batches_in_flight_is_repaired_by_the_
     final = v3()
     warehouse.write(final)
     options = {"audience_name": "streamed", "batch_size": BATCH}
-    # How much of the first sync the kill leaves unconfirmed depends on timing, and the removal guard counts
-    # as the audience only the rows Meta surely holds: v3 drops 3 of the first page's 5, which may be all
-    # it holds. The guard is not what this test is about (tests/sync/test_engine.py has it refuse such a
-    # run, and let it through with max_removal_fraction=None): the repairing run turns it off.
-    retry = run(make_operator(warehouse, fb_conn_id, state_table, **options, max_removal_fraction=None))
+    retry = run(make_operator(warehouse, fb_conn_id, state_table, **options))
     audience_id = retry["audience_id"]
     assert retry["reconciled_rows"] > 0
     assert members(sandbox, audience_id) == model_members(final), retry
