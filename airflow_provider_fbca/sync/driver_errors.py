@@ -6,8 +6,10 @@ PostgreSQL quotes the row it refuses: a value in the message (``invalid input sy
 APPUID, PAGEUID), and the model's query that a run diffs in the database reads raw cells, so such a
 message in the task's log, or in the exception Airflow records, would leak them.
 
-- A refused ``COPY`` (:func:`copy_rows`) is raised again as the same error class, its message made of
-  what names no value: the SQLSTATE, the table, the column, the constraint and the fix.
+- A refused ``COPY`` (:func:`copy_rows`), or a refused write of the state's rows in multi-row statements
+  (:func:`.multirow.write_rows`: state upserts, journal pages, owed identifiers), is raised again as the
+  same error class, its message made of what names no value: the SQLSTATE, the table, the column, the
+  constraint and the fix (:func:`without_values`).
 - A model's query that fails in the database while a run diffs it (:func:`model_query_error`) becomes a
   :class:`~.source.ModelReadError` with the driver's first line, its quoted texts replaced by their length
   (as a failed fetch is told, :func:`.source.describe_fetch_error`).
@@ -15,8 +17,8 @@ message in the task's log, or in the exception Airflow records, would leak them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # .source imports the state, whose writes copy through this module
     from airflow_provider_fbca.sync.source import ModelReadError
@@ -41,6 +43,8 @@ _NUL_HINT = (
 )
 _OTHER_HINT = "rerun the task; if it fails again, the SQLSTATE names the database's problem."
 
+T = TypeVar("T")
+
 
 def copy_rows(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """``COPY`` rows into a table through a psycopg cursor; a refusal is raised without the rows' values.
@@ -52,25 +56,40 @@ def copy_rows(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Se
     :raises psycopg.Error: the driver's or the server's refusal, of the class it had, with a message that
         quotes no value (:func:`redacted`).
     """
-    refusal = None
-    try:
+
+    def copy_all() -> None:
         with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+
+    without_values(copy_all, table, "COPY")
+
+
+def without_values(write: Callable[[], T], table: str, action: str) -> T:
+    """Run a write of rows; a database driver's refusal is raised without the rows' values.
+
+    :param write: writes the rows (its transaction stays open; a refusal aborts it).
+    :param table: the table written.
+    :param action: what the write is, for the message (``COPY``, ``multi-row INSERT``...).
+    :raises Exception: the driver's or the server's refusal, of the class it had, with a message that
+        quotes no value (:func:`redacted`); any other error as it was.
+    """
+    try:
+        return write()
     except Exception as error:
         if not from_driver(error):
             raise
-        refusal = redacted(error, table)
-    if refusal is not None:  # raised here, not in the handler: the original is not even its context
-        raise refusal
+        refusal = redacted(error, table, action)
+    raise refusal  # here, not in the handler: the original is not even its context
 
 
-def redacted(error: Exception, table: str) -> Exception:
+def redacted(error: Exception, table: str, action: str = "COPY") -> Exception:
     """The driver's error again, its message naming the SQLSTATE, the table's column and constraint and
     the fix, never a value of the row.
 
-    :param error: a psycopg error raised by a ``COPY``.
-    :param table: the table copied into.
+    :param error: a psycopg error raised by a write of rows.
+    :param table: the table written.
+    :param action: what the write was (``COPY``, ``multi-row INSERT``...).
     """
     sqlstate = getattr(error, "sqlstate", None)
     diag = getattr(error, "diag", None)
@@ -85,7 +104,7 @@ def redacted(error: Exception, table: str) -> Exception:
     ]
     where = f"{table}" + (f" ({', '.join(named)})" if named else "")
     message = (
-        f"PostgreSQL refused the COPY of this run's rows into {where}: {type(error).__name__}"
+        f"PostgreSQL refused the {action} of this run's rows into {where}: {type(error).__name__}"
         f"{f', SQLSTATE {sqlstate}' if sqlstate else ''}. Its own message is left out: it quotes the row's "
         f"values, which may be personal data. Fix: {refusal_hint(error)}"
     )
@@ -93,7 +112,7 @@ def redacted(error: Exception, table: str) -> Exception:
 
 
 def refusal_hint(error: Exception) -> str:
-    """What to do about a refused ``COPY``, from its SQLSTATE (or, for the driver's own, its kind)."""
+    """What to do about a refused write of rows, from its SQLSTATE (or, for the driver's own, its kind)."""
     sqlstate = getattr(error, "sqlstate", None)
     if sqlstate is None and "NUL (0x00)" in str(error):
         return _NUL_HINT

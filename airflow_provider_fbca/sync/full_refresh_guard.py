@@ -11,8 +11,15 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from airflow_provider_fbca.sync.partitions import partition_suffix, recorded_partitions
-from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncPlan, check_removal_guard
-from airflow_provider_fbca.sync.removal_budget import GUARD_OFF_HINT
+from airflow_provider_fbca.sync.plan import (
+    RemovalGuardError,
+    SyncPlan,
+    describe_removals,
+    exceeds_removal_budget,
+    judge_removals,
+    removal_override,
+)
+from airflow_provider_fbca.sync.removal_budget import named_held_rows
 from airflow_provider_fbca.sync.state import UNCONFIRMED, StageTable, StateStore
 
 
@@ -24,6 +31,9 @@ class AudienceTally(NamedTuple):
     """A full refresh's model against the whole audience's state (every slice, each person once).
 
     :param state_rows: the state's rows.
+    :param held: the audience its removals are judged against: the state's rows less the unconfirmed
+        ones the replace drops and the confirmed ones a pending page or owed identifier names.
+    :param unconfirmed_dropped: the rows the replace drops that a killed run left possibly unapplied.
     :param removals: the state's rows the model does not hold as members (the replace drops them).
     :param gone: those the model does not hold at all.
     :param non_members: those the model holds as non-members.
@@ -35,6 +45,8 @@ class AudienceTally(NamedTuple):
     """
 
     state_rows: int
+    held: int
+    unconfirmed_dropped: int
     removals: int
     gone: int
     non_members: int
@@ -77,10 +89,10 @@ class FullRefreshGuard:
         """
         layout = recorded_partitions(self.store, self.sync_key)
         if layout is None or layout == 1:
-            check_removal_guard(plan, self.max_fraction)
+            judge_removals(self.store, stage, plan, self.max_fraction)
             return plan
         tally = self.tally(stage, layout)
-        check_full_refresh(tally.removals, tally.state_rows, layout, self.max_fraction)
+        check_full_refresh(tally.removals, tally.held, layout, self.max_fraction, tally.unconfirmed_dropped)
         self.removals_by_partition = tally.removals_by_partition
         return whole_audience_plan(plan, tally)
 
@@ -93,6 +105,10 @@ class FullRefreshGuard:
     def tally(self, stage: StageTable, layout: int) -> AudienceTally:
         """The stage against the whole audience's state: every slice of ``layout``, and the rows of the
         unpartitioned key no slice holds (a full refresh killed midway rebuilt part of the state there).
+        The audience the removals are judged against (see :func:`.plan.exceeds_removal_budget`) leaves out
+        the unconfirmed rows the replace drops, and the confirmed rows a slice's pending page or owed
+        identifier names (the slices' journals are not reconciled by this run: see
+        :func:`.removal_budget.held_rows`; a killed run leaves a few pages, so these are few).
 
         One pass over those rows, each probing the stage's key: at 400k rows it costs about 0.55 s of CPU
         on SQLite and 0.8 s on PostgreSQL (docs/partitions.md), beside a replace that prepares and sends
@@ -103,6 +119,7 @@ class FullRefreshGuard:
         state = self.store.table
         known = f"m.member = 1 AND w.member = 1 AND w.fingerprint <> '{UNCONFIRMED}'"
         counts = (
+            f"CASE WHEN w.fingerprint = '{UNCONFIRMED}' AND COALESCE(m.member, 0) <> 1 THEN 1 ELSE 0 END",
             "CASE WHEN m.member = 1 THEN 0 ELSE 1 END",
             "CASE WHEN m.member IS NULL THEN 1 ELSE 0 END",
             "CASE WHEN m.member = 0 THEN 1 ELSE 0 END",
@@ -119,11 +136,20 @@ class FullRefreshGuard:
             " GROUP BY w.sync_key",
             (*slices, self.sync_key, self.sync_key, *slices),
         )
+        state_rows, unconfirmed_dropped, *totals = (
+            sum(int(row[i]) for row in rows) for i in range(1, len(counts) + 2)
+        )
+        held = state_rows - unconfirmed_dropped - named_held_rows(self.store, [*slices, self.sync_key])
         self.store.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
-        totals = [sum(int(row[i]) for row in rows) for i in range(1, len(counts) + 2)]
         partition_of = {key: k for k, key in enumerate(slices)}
-        by_partition = {partition_of[row[0]]: int(row[2]) for row in rows if row[0] in partition_of}
-        return AudienceTally(*totals, removals_by_partition=dict(sorted(by_partition.items())))
+        by_partition = {partition_of[row[0]]: int(row[3]) for row in rows if row[0] in partition_of}
+        return AudienceTally(
+            state_rows,
+            held,
+            unconfirmed_dropped,
+            *totals,
+            removals_by_partition=dict(sorted(by_partition.items())),
+        )
 
 
 def whole_audience_plan(plan: SyncPlan, tally: AudienceTally) -> SyncPlan:
@@ -143,24 +169,26 @@ def whole_audience_plan(plan: SyncPlan, tally: AudienceTally) -> SyncPlan:
     )
 
 
-def check_full_refresh(removals: int, audience_rows: int, layout: int, max_fraction: float | None) -> None:
+def check_full_refresh(
+    removals: int, audience_rows: int, layout: int, max_fraction: float | None, unconfirmed: int = 0
+) -> None:
     """Refuse a full refresh that would remove too large a share of a partitioned audience's state.
 
     :param removals: the state's rows the model does not hold as members.
-    :param audience_rows: the rows of the whole audience's state.
+    :param audience_rows: the audience the removals are judged against, over every slice (see
+        :func:`.plan.exceeds_removal_budget`).
     :param layout: how many partitions wrote the state.
     :param max_fraction: ``max_removal_fraction``; None turns the guard off.
+    :param unconfirmed: the removals that are rows a killed run left possibly unapplied.
     :raises FullRefreshRemovalError: ``removals`` is more than ``max_fraction`` of ``audience_rows``.
     """
-    if max_fraction is None or removals == 0 or audience_rows == 0:
+    if not exceeds_removal_budget(removals, audience_rows, max_fraction):
         return
-    share = removals / audience_rows
-    if share > max_fraction:
-        raise FullRefreshRemovalError(
-            f"This full refresh would replace the audience with a model that leaves out {removals} of its "
-            f"{audience_rows} synced rows ({share:.0%}, counted over every slice of the {layout} partitions "
-            f"that wrote its state), more than max_removal_fraction={max_fraction}. Nothing was sent. "
-            "usersreplace replaces the whole audience, so a model that came back empty or broken would "
-            "wipe it: check the model's query. If the removal is intended, rerun with a higher "
-            f"max_removal_fraction ({GUARD_OFF_HINT})."
-        )
+    raise FullRefreshRemovalError(
+        f"This full refresh would replace the audience with a model that leaves out {removals} of its "
+        f"{audience_rows} synced rows ({describe_removals(removals, audience_rows, unconfirmed)}; counted "
+        f"over every slice of the {layout} partitions that wrote its state), more than "
+        f"max_removal_fraction={max_fraction}. Nothing was sent. usersreplace replaces the whole audience, "
+        "so a model that came back empty or broken would wipe it: check the model's query. If the removal "
+        f"is intended, {removal_override(removals, audience_rows)}."
+    )

@@ -17,6 +17,10 @@ Two shapes are rewritten, the ones the state uses; any other statement (or drive
   With ``ON CONFLICT (k1, ...) DO UPDATE`` PostgreSQL refuses a statement touching one row twice, so
   rows repeating a conflict key keep ``executemany`` (row by row, each update sees the one before).
 - ``DELETE FROM t WHERE c1 = %s AND c2 = %s ...``: ``WHERE (c1, c2, ...) IN (VALUES (...), ...)``.
+
+PostgreSQL's refusal of a row (a constraint, a type) quotes it in its ``DETAIL`` line; the rows hold
+EXTERN_IDs and identifiers Meta takes unhashed, so every write here, a statement of many rows or the
+``executemany`` it falls back to, is refused without them (:func:`.driver_errors.without_values`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
-from airflow_provider_fbca.sync.driver_errors import copy_rows
+from airflow_provider_fbca.sync.driver_errors import copy_rows, without_values
 
 #: Rows per statement: 1,000 rows of 9 columns stay far below PostgreSQL's 65,535 parameters.
 ROWS_PER_STATEMENT = 1000
@@ -36,6 +40,7 @@ _INSERT = re.compile(
 )
 _DELETE = re.compile(r"^(?P<head>DELETE FROM \S+ WHERE )(?P<conditions>\w+ = %s(?: AND \w+ = %s)*)$")
 _CONFLICT_UPDATE = re.compile(r"ON CONFLICT \((?P<keys>[^)]*)\) DO UPDATE")
+_TABLE = re.compile(r"^(?:INSERT INTO|DELETE FROM|UPDATE) (?P<table>\S+)")
 
 
 class MultiRow:
@@ -101,6 +106,33 @@ def raw_cursor(conn: Any) -> Any | None:
     except ImportError:
         return None
     return RawCursor(conn) if isinstance(conn, Connection) else None
+
+
+def write_rows(conn: Any, statement: str, rows: list[Sequence[Any]]) -> None:
+    """Run a per-row statement for every row of a PostgreSQL connection: in multi-row statements where it
+    can (:func:`execute_multirow`), else by ``executemany``; a refusal quotes no value of the rows.
+
+    :param conn: the connection (psycopg 3 or 2).
+    :param statement: the per-row statement, with ``%s`` markers.
+    :param rows: the rows' parameters.
+    :raises Exception: the driver's refusal, of its class, naming the table and the fix (see
+        :func:`.driver_errors.redacted`).
+    """
+    table = _TABLE.match(statement)
+    without_values(
+        lambda: execute_multirow(conn, statement, rows) or _execute_many(conn, statement, rows),
+        table["table"] if table else "the state's tables",
+        "multi-row write",
+    )
+
+
+def _execute_many(conn: Any, statement: str, rows: list[Sequence[Any]]) -> bool:
+    cursor = conn.cursor()
+    try:
+        cursor.executemany(statement, rows)
+    finally:
+        cursor.close()
+    return True
 
 
 def execute_multirow(conn: Any, statement: str, rows: list[Sequence[Any]]) -> bool:

@@ -37,7 +37,15 @@ from typing import NamedTuple
 
 from airflow_provider_fbca.sync.journal import REMOVE
 from airflow_provider_fbca.sync.partitions import partition_suffix
-from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncPlan
+from airflow_provider_fbca.sync.plan import (
+    GUARD_OFF_HINT,
+    RemovalGuardError,
+    SyncPlan,
+    describe_removals,
+    exceeds_removal_budget,
+    removal_override,
+    unconfirmed_removals,
+)
 from airflow_provider_fbca.sync.preview import page_keys
 from airflow_provider_fbca.sync.state import (
     REMOVALS_SUFFIX,
@@ -51,7 +59,6 @@ from airflow_provider_fbca.sync.state import (
 SIGMAS = 3
 #: Entries of older runs are forgotten after this long (a run's partitions finish within hours).
 LEDGER_RETENTION_S = 30 * 24 * 3600
-GUARD_OFF_HINT = "max_removal_fraction=None turns the guard off for a run whose removals are intended"
 
 
 class EmptyShareError(RemovalGuardError):
@@ -139,7 +146,7 @@ def check_share(entry: PartitionRemovals, max_fraction: float | None) -> None:
             "sampling noise). Nothing was sent by this partition. A hash spreads the rows evenly, so a slice "
             "losing this much is a share that came back wrong (its part of an upstream load failed, a filter "
             "broke): check the model's query for the rows of this partition and rerun it. If the removal is "
-            f"intended, rerun with a higher max_removal_fraction ({GUARD_OFF_HINT})."
+            f"intended, {removal_override(entry.removals, entry.slice_rows)}."
         )
 
 
@@ -150,22 +157,21 @@ def check_whole_sync(
 
     :param entry: the partition checking.
     :param run_removals: the removals of every partition of the run that recorded its plan, its own included.
-    :param audience_rows: the rows of the whole audience's state (every slice).
+    :param audience_rows: the audience the removals are judged against, over every slice
+        (see :func:`.plan.exceeds_removal_budget`: none held refuses any removal).
     :param max_fraction: the whole sync's fraction; None turns the guard off.
     :raises WholeSyncRemovalError: ``run_removals`` is more than ``max_fraction`` of ``audience_rows``.
     """
-    if max_fraction is None or entry.removals == 0 or audience_rows == 0:
+    if entry.removals == 0 or not exceeds_removal_budget(run_removals, audience_rows, max_fraction):
         return
-    share = run_removals / audience_rows
-    if share > max_fraction:
-        raise WholeSyncRemovalError(
-            f"With {entry.name}, this run would remove {run_removals} of the audience's {audience_rows} "
-            f"synced rows ({share:.0%}; {entry.described}), more than max_removal_fraction="
-            f"{max_fraction} of the whole sync. Nothing was sent by this partition; the partitions that "
-            "recorded their removals before it sync. The guard stops an upstream job that returned too "
-            "little from emptying the audience: check the model's query. If the removal is intended, rerun "
-            f"with a higher max_removal_fraction ({GUARD_OFF_HINT})."
-        )
+    raise WholeSyncRemovalError(
+        f"With {entry.name}, this run would remove {run_removals} of the audience's {audience_rows} synced "
+        f"rows ({describe_removals(run_removals, audience_rows, 0)}; {entry.described}), more than "
+        f"max_removal_fraction={max_fraction} of the whole sync. Nothing was sent by this partition; the "
+        "partitions that recorded their removals before it sync. The guard stops an upstream job that "
+        "returned too little from emptying the audience: check the model's query. If the removal is "
+        f"intended, {removal_override(run_removals, audience_rows)}."
+    )
 
 
 class LedgerEntry(NamedTuple):
@@ -331,15 +337,6 @@ class RemovalLedger:
         return now + sum(e.slice_rows for e in entries.values())
 
 
-def unconfirmed_rows(store: StateStore, stage: StageTable) -> int:
-    """How many state rows a planned stage found unconfirmed (every one is in the stage: the skipped
-    rows are those whose source digest the state knows, which an unconfirmed row has not)."""
-    row = store.fetch_one(
-        f"SELECT COUNT(*) FROM {stage.name} WHERE in_state = 1 AND old_fingerprint = ?", (UNCONFIRMED,)
-    )
-    return int(row[0])
-
-
 def held_rows(store: StateStore, sync_keys: list[str]) -> int:
     """How many state rows of these syncs Meta surely holds: all, less those a killed run left possibly
     unapplied.
@@ -359,10 +356,10 @@ def held_rows(store: StateStore, sync_keys: list[str]) -> int:
         f" WHERE sync_key IN ({markers})",
         (UNCONFIRMED, *sync_keys),
     )
-    return int(rows) - int(unconfirmed) - _named_held_rows(store, sync_keys)
+    return int(rows) - int(unconfirmed) - named_held_rows(store, sync_keys)
 
 
-def _named_held_rows(store: StateStore, sync_keys: list[str]) -> int:
+def named_held_rows(store: StateStore, sync_keys: list[str]) -> int:
     """How many confirmed member rows of these syncs a pending page or an owed identifier names: each
     name probes the state's key (a killed run leaves a few pages, the scan of every row is done once)."""
     markers = ", ".join("?" for _ in sync_keys)
@@ -437,14 +434,15 @@ class WholeSyncGuard:
     def check(self, plan: SyncPlan, stage: StageTable, rows_read: int) -> SyncPlan:
         """Check the plan; record its removals in the ledger when it passes.
 
-        :param stage: the staged model, joined with the state (its rows unconfirmed are not counted as held).
+        :param stage: the staged model, joined with the state (the unconfirmed rows it removes are not counted in
+            the slice).
         :param rows_read: the model rows the partition's share read.
         :returns: the plan (a partition's report counts its own slice).
         :raises RemovalGuardError: an empty or broken share, or the run over its budget; nothing was sent.
         """
         if self.max_fraction is None:
             return plan
-        held = plan.state_rows - unconfirmed_rows(self.ledger.store, stage)
+        held = plan.state_rows - unconfirmed_removals(self.ledger.store, stage, plan.full_refresh)
         entry = PartitionRemovals(self.partition, self.partitions, plan.removals, held, rows_read)
         check_share(entry, self.max_fraction)
         self.ledger.ensure_table()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from airflow_provider_fbca.sync.multirow import copy_new_rows, execute_multirow
+from airflow_provider_fbca.sync.multirow import copy_new_rows, write_rows
 from airflow_provider_fbca.sync.stage_table import STAGE_LOAD_COLUMNS, StageTable
 from airflow_provider_fbca.sync.state_names import (
     LAYOUT_SUFFIX,
@@ -196,11 +196,14 @@ class StateStore:
 
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run a per-row statement for each row; on PostgreSQL in multi-row statements (see :mod:`.multirow`:
-        psycopg's ``executemany`` sends one statement per row; SQLite's loops in C and stays).
+        psycopg's ``executemany`` sends one statement per row; SQLite's loops in C and stays), a refusal
+        quoting none of the rows' values.
         """
         rows = list(rows)
         statement = self.sql(statement)
-        if rows and not (self.is_postgres and execute_multirow(self.conn, statement, rows)):
+        if rows and self.is_postgres:
+            write_rows(self.conn, statement, rows)
+        elif rows:
             cursor = self.conn.cursor()
             cursor.executemany(statement, rows)
             cursor.close()

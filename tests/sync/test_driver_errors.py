@@ -1,4 +1,5 @@
-"""A refused COPY is told without the rows' values (PostgreSQL quotes them in its message)."""
+"""A refused COPY or multi-row write is told without the rows' values (PostgreSQL quotes them in its
+message)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+from airflow_provider_fbca.sync.journal import UPDATE, PageJournal, RemovalRow
 from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.source import ModelReadError
 from airflow_provider_fbca.sync.state import STAGE_LOAD_COLUMNS, StagedRow, StageTable, StateStore
@@ -17,8 +19,13 @@ SECRET = "jane.doe@example.com"
 
 
 def _told(error: BaseException) -> str:
-    """Everything a task log shows of an error: its traceback, with its cause and context."""
-    return "".join(traceback.format_exception(error))
+    """Everything a task log shows of an error: its traceback, with its cause and context, and the
+    messages and arguments of every error of the chain (which a handler up the stack might log)."""
+    told, seen = ["".join(traceback.format_exception(error))], error
+    while seen is not None:
+        told += [str(seen), repr(seen.args)]
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(told)
 
 
 @pytest.mark.postgres
@@ -106,3 +113,58 @@ def test_a_model_query_failing_on_a_cell_in_the_diff_is_told_without_it(store: S
     ) as e:
         sync("CAST(CAST(email AS INTEGER) AS TEXT)")
     assert SECRET not in _told(e.value)
+
+
+def _refuse_values_of(store: StateStore, table: str) -> None:
+    """A CHECK constraint no row naming Jane passes, added as a hand-altered table would have it (not
+    validated against the rows there already)."""
+    store.execute(
+        f"ALTER TABLE {table} ADD CONSTRAINT fbca_refuses_a_person CHECK (position('jane' in identifiers) = 0) NOT VALID"
+    ).close()
+    store.commit()
+
+
+def _jane(key: str = SECRET) -> StagedRow:
+    return StagedRow(key, "f", "d", "EXTERN_ID,MADID", f"{SECRET}\x1fmadid-of-jane", 1, 7)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+@pytest.mark.parametrize(
+    "write",
+    [
+        pytest.param(lambda store: store.upsert("act_1:42", [_jane()]), id="state-upsert"),
+        # Rows repeating a key are upserted row by row (executemany): refused the same way.
+        pytest.param(
+            lambda store: store.upsert("act_1:42", [_jane(), _jane()]), id="state-upsert-row-by-row"
+        ),
+        pytest.param(
+            lambda store: PageJournal(store, "act_1:42").refused(
+                3,
+                1,
+                [RemovalRow(0, SECRET, "EXTERN_ID,MADID", f"{SECRET}\x1fmadid-of-jane", "d", UPDATE, "")],
+            ),
+            id="owed-identifiers",
+        ),
+        pytest.param(lambda store: PageJournal(store, "act_1:42").reconcile(), id="journal-pages-unpacked"),
+    ],
+)
+def test_a_refused_multirow_write_names_the_fix_not_the_rows(store: StateStore, write: Any) -> None:
+    """A CHECK violation's DETAIL line ("Failing row contains (...)") holds the whole row: its EXTERN_ID
+    and identifiers Meta takes unhashed."""
+    import psycopg
+
+    store.ensure_tables()
+    # A page in flight (packed, as the journal records it): reconciling unpacks it into one row each.
+    PageJournal(store, "act_1:42").record(
+        "add", 3, 1, [(SECRET, "EXTERN_ID,MADID", f"{SECRET}\x1fmadid", "d")]
+    )
+    for table in (store.table, store.owed_table, store.pages_table):
+        _refuse_values_of(store, table)
+    with pytest.raises(psycopg.errors.CheckViolation) as refused:
+        write(store)
+    told = _told(refused.value)
+    assert SECRET not in told and "madid-of-jane" not in told
+    assert "SQLSTATE 23514" in told and "constraint fbca_refuses_a_person" in told
+    assert "Fix: a row breaks a constraint of the table" in str(refused.value)
+    store.conn.rollback()

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.sync.engine import GC_THRESHOLD, SyncOptions, SyncRun, parse_membership
+from airflow_provider_fbca.sync.journal import PageJournal
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, RemovalGuardError, SyncMode, SyncPlanError
-from airflow_provider_fbca.sync.state import StateStore
+from airflow_provider_fbca.sync.state import StagedRow, StateStore
 from tests.sync.conftest import PassThroughPreparer, RecordingAudience
 
 SCHEMA = ("EXTERN_ID", "EMAIL")
@@ -137,6 +138,58 @@ def test_guard_stops_a_run_that_would_empty_the_audience(store: StateStore) -> N
     assert report["removed"] == 2
     report = sync(store, audience, [], max_removal_fraction=None)
     assert report["removed"] == 2 and audience.members == {}
+
+
+def written_ahead(store: StateStore, *keys: str) -> None:
+    """A first sync killed with a page of these rows in flight: their state rows written ahead of it."""
+    rows = [StagedRow(key, "f", "d", "EXTERN_ID", key, 1) for key in keys]
+    store.ensure_tables()
+    PageJournal(store, "act_1:42").record_new(9, 1, rows)
+
+
+def test_after_a_kill_the_guard_judges_the_models_churn(store: StateStore) -> None:
+    """60 of the 100 state rows were written ahead of a page a killed run never had answered: reconciled,
+    they are sent again. Rows the model keeps count in the audience (Meta holds them after the run); the
+    removals of rows Meta may never have received do not widen it."""
+    audience = RecordingAudience()
+    held, ahead = [f"h{i:02}" for i in range(40)], [f"u{i:02}" for i in range(60)]
+    sync(store, audience, model(*held))
+    written_ahead(store, *ahead)
+    calls = len(audience.calls)
+    # 19 of the rows written ahead leave: 19 of 100 - 19 = 81 (23%; of the 100 state rows, 19%).
+    for _ in range(2):  # refused again on a plain rerun: nothing changed
+        with pytest.raises(RemovalGuardError) as refused:
+            sync(store, audience, model(*held, *ahead[19:]), max_removal_fraction=0.2)
+        message = str(refused.value)
+        assert (
+            "remove 19 of the 81 rows synced so far (23%; 19 of its removals are rows an interrupted"
+            in message
+        )
+        assert "rerun with a higher max_removal_fraction" in message
+    assert len(audience.calls) == calls and store.count("act_1:42") == 100
+    # 10 of the 40 rows Meta surely holds leave: 10 of 100 (10%; of the 40 alone, 25%), and the 60 are sent
+    # again: the run after a kill is not refused until someone turns the guard off.
+    report = sync(store, audience, model(*held[10:], *ahead), max_removal_fraction=0.2)
+    assert (report["removed"], report["added"]) == (10, 60)
+    assert set(audience.members) == {*held[10:], *ahead}
+
+
+def test_a_model_that_removes_only_rows_meta_may_never_have_received_is_refused(store: StateStore) -> None:
+    """A first sync killed with its only page in flight, and a model that came back empty: a broken one
+    that would remove whatever of the page reached Meta. Only the guard off lets it through; a model that
+    keeps the rows is judged by its churn."""
+    audience = RecordingAudience()
+    keys = [f"u{i:02}" for i in range(50)]
+    written_ahead(store, *keys)
+    for fraction in (0.5, 1.0):
+        with pytest.raises(RemovalGuardError) as refused:
+            sync(store, audience, [], max_removal_fraction=fraction)
+        message = str(refused.value)
+        assert "remove 50 of the 0 rows synced so far (every row it removes may never have reached" in message
+        assert "rerun it with max_removal_fraction=None" in message
+    assert audience.calls == [] and store.count("act_1:42") == 50
+    report = sync(store, audience, model(*keys[1:]), max_removal_fraction=0.2)  # 1 of 49
+    assert (report["removed"], report["added"]) == (1, 49) and set(audience.members) == set(keys[1:])
 
 
 def test_dry_run_sends_nothing_and_keeps_the_state(store: StateStore) -> None:

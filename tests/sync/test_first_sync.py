@@ -71,7 +71,7 @@ def test_pages_carry_their_wire_rows() -> None:
 def test_the_column_rule_keys_every_cell_as_the_cell_rule_does() -> None:
     from decimal import Decimal
 
-    from airflow_provider_fbca.sync.engine import _default_key_normalizer, _default_keys_normalizer
+    from airflow_provider_fbca.sync.engine.support import default_key_normalizer, default_keys_normalizer
 
     class Text(str):
         pass
@@ -79,7 +79,7 @@ def test_the_column_rule_keys_every_cell_as_the_cell_rule_does() -> None:
     text = [" a ", "b\t", "\u00a0c\u2003", "", "d"]
     mixed = [*text, 12, 34.0, Decimal("56.00"), None, b" e ", Text(" f ")]
     for column in (text, mixed):
-        assert _default_keys_normalizer(column) == [_default_key_normalizer(cell) for cell in column]
+        assert default_keys_normalizer(column) == [default_key_normalizer(cell) for cell in column]
 
 
 # -- the SQLite row digest, computed by the client from the fetched cells --------------------------------

@@ -124,6 +124,6 @@ def test_postgres_copies_new_rows_instead_of_upserting_them(
     def no_upsert(*args: Any, **kwargs: Any) -> bool:
         raise AssertionError("new rows upserted")
 
-    monkeypatch.setattr("airflow_provider_fbca.sync.state.execute_multirow", no_upsert)
+    monkeypatch.setattr("airflow_provider_fbca.sync.multirow.execute_multirow", no_upsert)
     store.upsert(SYNC, [_row(n) for n in range(ROWS)], new=True)
     assert store.count(SYNC) == ROWS

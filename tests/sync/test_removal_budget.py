@@ -331,10 +331,9 @@ def slice_key(k: int, partitions: int = 4) -> str:
     return AUDIENCE + partition_suffix(k, partitions)
 
 
-def test_rows_a_killed_run_left_possibly_unapplied_do_not_widen_the_budget(store: StateStore) -> None:
-    """Partition 3's killed first sync wrote 20 rows ahead of a page never answered, and partition 2 holds
-    5 rows a reconciled run left unconfirmed: reconciliation sends them again, so Meta may not hold them."""
-    fill_slices(store, 25)  # 100 rows Meta holds; 0.2: 20 removals for the whole run
+def leave_killed_runs_rows(store: StateStore) -> list[StagedRow]:
+    """Partition 3's killed first sync wrote 20 rows ahead of a page never answered (returned), and 5 rows
+    of partition 2 are unconfirmed (a reconciled run left them so)."""
     written_ahead = [StagedRow(f"new-{i}", "f", "d", "EXTERN_ID", f"new-{i}", 1) for i in range(20)]
     PageJournal(store, slice_key(3)).record_new(7, 1, written_ahead)
     store.execute(
@@ -343,6 +342,14 @@ def test_rows_a_killed_run_left_possibly_unapplied_do_not_widen_the_budget(store
         (UNCONFIRMED, slice_key(2)),
     ).close()
     store.commit()
+    return written_ahead
+
+
+def test_rows_a_killed_run_left_possibly_unapplied_do_not_widen_the_budget(store: StateStore) -> None:
+    """Partition 3's killed first sync wrote 20 rows ahead of a page never answered, and partition 2 holds
+    5 rows a reconciled run left unconfirmed: reconciliation sends them again, so Meta may not hold them."""
+    fill_slices(store, 25)  # 100 rows Meta holds; 0.2: 20 removals for the whole run
+    leave_killed_runs_rows(store)
     assert store.count(slice_key(3)) == 45 and held_rows(store, [slice_key(2), slice_key(3)]) == 45
     book = ledger(store)
     # 100 - 5 = 95 held besides partition 0's: 20 of 120 counted would pass; 20 of 95 is over 20%.
@@ -365,8 +372,9 @@ def test_a_try_failed_while_sending_keeps_what_it_sent_and_what_it_left_in_fligh
     assert book.claim(entry(1, 12), 0.2) == 20  # room the 4 removals never sent would have taken
 
 
-def test_a_partitions_own_rows_left_unconfirmed_are_not_counted_as_held(store: StateStore) -> None:
-    """Its slice counts as the other partitions count it: 10 of its 100 rows were reconciled unconfirmed."""
+def test_a_partitions_own_unconfirmed_removals_are_not_counted_in_its_slice(store: StateStore) -> None:
+    """Its slice counts as the unpartitioned guard counts a state: 10 of its 100 rows were reconciled
+    unconfirmed; those it removes do not widen the budget, those it keeps (sent again) do."""
     store.ensure_tables()
     for k in (1, 2, 3):
         store.upsert(
@@ -392,10 +400,13 @@ def test_a_partitions_own_rows_left_unconfirmed_are_not_counted_as_held(store: S
         (UNCONFIRMED, slice_key(0)),
     ).close()
     store.commit()
-    # 25 leave: 25 of 30 + 100 would be 19%; of the 30 + 90 rows Meta surely holds, 21%.
+    # The last 25 leave, the 10 unconfirmed among them: 25 of 30 + 90 = 21% (of 130 it would be 19%).
     with pytest.raises(WholeSyncRemovalError, match="remove 25 of the audience's 120 synced rows"):
-        sync(rows[25:], "second")
-    assert sync(rows[24:], "third").plan.removals == 24
+        sync(rows[:75], "second")
+    # The first 25 leave, all confirmed: 25 of 130 = 19%, though Meta surely holds only 120 (21%) before
+    # the run, which sends the 10 again: a run after a kill is judged by the model's churn.
+    report = sync(rows[25:], "third")
+    assert (report.plan.removals, report.plan.new_rows) == (25, 10)
 
 
 class _FailingRemovals(RecordingAudience):
@@ -431,3 +442,53 @@ def test_a_try_failed_while_sending_leaves_its_unsent_plan_to_the_other_partitio
         sync(0, _FailingRemovals(acknowledged=1))
     assert recorded(store)[-1] == ("dag.sync/run-1", 0, 8)
     assert sync(1, RecordingAudience()).plan.removals == 12
+
+
+def test_a_whole_sync_removing_only_rows_meta_may_never_have_received_is_refused() -> None:
+    """Every row of the audience the run removes was left unconfirmed by killed first syncs, and nothing
+    else is held (a model that came back empty): refused at any fraction, and only the guard off (which
+    the message names) lets it through."""
+    with pytest.raises(WholeSyncRemovalError) as refused:
+        check_whole_sync(entry(0, 1, slice_rows=0), run_removals=1, audience_rows=0, max_fraction=1.0)
+    assert "every row it removes may never have reached Meta" in str(refused.value)
+    assert "rerun it with max_removal_fraction=None" in str(refused.value)
+    check_whole_sync(entry(0, 1, slice_rows=0), run_removals=1, audience_rows=0, max_fraction=None)
+
+
+def test_a_full_refresh_judges_its_removals_without_the_rows_a_killed_run_left_unapplied(
+    store: StateStore,
+) -> None:
+    """As the whole sync's guard: partition 3's killed first sync wrote 20 rows ahead of a page never
+    answered, and 5 rows of partition 2 are unconfirmed; the refresh does not reconcile the slices."""
+    fill_slices(store, 25)
+    check_layout(store, AUDIENCE, 4)
+    ahead = leave_killed_runs_rows(store)
+    everyone = [f"{k}-{i}" for k in range(4) for i in range(25)] + [row.row_key for row in ahead]
+
+    def judge(dropped: list[str], fraction: float | None) -> SyncPlan:
+        keys = [key for key in everyone if key not in dropped]
+        stage = StageTable(store)
+        stage.create()
+        stage.load((key, "f", "d", "EXTERN_ID", key, 1, 0, None, 1, 0, None) for key in keys)
+        stage.index()
+        try:
+            return FullRefreshGuard(store, AUDIENCE, fraction).check(
+                refresh_plan(len(keys)), stage, len(keys)
+            )
+        finally:
+            stage.drop()
+
+    # 16 confirmed rows and the 5 unconfirmed ones leave: 21 of 120 - 20 named - 5 = 95 (22%; of the
+    # 120 state rows it would be 18%).
+    unconfirmed = [f"2-{i}" for i in range(5)]
+    with pytest.raises(FullRefreshRemovalError) as refused:
+        judge([f"0-{i}" for i in range(16)] + unconfirmed, 0.2)
+    message = str(refused.value)
+    assert (
+        "leaves out 21 of its 95 synced rows (22%; 5 of its removals are rows an interrupted run" in message
+    )
+    assert "rerun with a higher max_removal_fraction" in message
+    # 20 confirmed rows leave: 20 of 100 (the unconfirmed ones it keeps, it sends again), within 20%.
+    assert judge([f"0-{i}" for i in range(20)], 0.2).removals == 20
+    assert judge([f"0-{i}" for i in range(16)] + unconfirmed, None).state_rows == 120
+    assert store.fetch_all(f"SELECT COUNT(*) FROM {store.pages_table}") == [(1,)]  # read, never reconciled

@@ -1,34 +1,36 @@
-"""One sync run, from the model to a report: reconcile, stage, plan, guard, send, record.
-
-Plain Python: the Airflow operator hands it the model (chunks of rows, a query it may read again, or a
-query diffed in the warehouse), a state store and the Graph API hook. A first sync streams instead of
-staging (:mod:`.first_sync`).
+"""One sync run, from the model to a report: reconcile, stage, plan, guard, send, record
+(:class:`SyncRun`; a first sync streams instead of staging, :mod:`.streaming`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from itertools import compress
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any
 
-from airflow_provider_fbca.sync.batches import HEARTBEAT_S, MAX_BATCH_SIZE, MAX_IN_FLIGHT
+from airflow_provider_fbca.sync.batches import HEARTBEAT_S
 from airflow_provider_fbca.sync.driver_errors import from_driver, model_query_error
-from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages, streamed_plan
+from airflow_provider_fbca.sync.engine.options import Model, RemovalGuard, RowPreparerLike, SyncOptions
+from airflow_provider_fbca.sync.engine.streaming import StreamedFirstSync
+from airflow_provider_fbca.sync.engine.support import (
+    close_rows,
+    default_key_normalizer,
+    default_keys_normalizer,
+    describe_plan,
+    each_cell,
+    fewer_collections,
+)
 from airflow_provider_fbca.sync.journal import OpenRefresh, PageJournal
-from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, SyncLease, check_lease_minutes
+from airflow_provider_fbca.sync.lease import SyncLease
 from airflow_provider_fbca.sync.plan import (
-    SyncMode,
     SyncPlan,
     SyncPlanError,
     build_plan,
     check_duplicates,
-    check_removal_guard,
+    judge_removals,
     record_source_digests,
 )
 from airflow_provider_fbca.sync.preview import reconciled_view
@@ -37,124 +39,13 @@ from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.sending import AudienceClient, PlanSender, RemovalsRefusedError
 from airflow_provider_fbca.sync.source import ModelQuery
-from airflow_provider_fbca.sync.staging import ModelStager, Staged, parse_membership
+from airflow_provider_fbca.sync.staging import ModelStager
 from airflow_provider_fbca.sync.state import StageTable, StateStore
-from airflow_provider_fbca.sync.worker import MIN_ROWS as WORKER_MIN_ROWS
-from airflow_provider_fbca.sync.worker import PreparerProcess
-
-__all__ = ["RemovalsRefusedError", "SyncOptions", "SyncRun", "parse_membership"]
 
 log = logging.getLogger(__name__)
 
-ON_REFUSED_REMOVALS = ("fail", "warn")
-#: The cyclic garbage collector's first threshold while a run runs (see :func:`fewer_collections`).
-GC_THRESHOLD = 50_000
-#: The model a run syncs: chunks of rows, or a query it may read more than once.
-Model = Iterable[Sequence[Sequence[Any]]] | ModelQuery
 
-
-class RowPreparerLike(Protocol):
-    """The part of identifiers.RowPreparer a sync uses."""
-
-    schema: Sequence[str]
-
-    def prepare_rows(self, rows: Sequence[Sequence[Any]]) -> Any: ...
-
-
-class RemovalGuard(Protocol):
-    """Judges a plan's removals in place of :func:`.plan.check_removal_guard`: the whole sync's guard of a
-    partition, or of the full refresh of an audience whose state lies in slices (:mod:`.removal_budget`)."""
-
-    def check(self, plan: SyncPlan, stage: StageTable, rows_read: int) -> SyncPlan:
-        """Refuse the plan before anything is sent (raises a :class:`.plan.RemovalGuardError`).
-
-        :param stage: the staged model, joined with the state.
-        :param rows_read: the model rows read.
-        :returns: the plan the run reports: counted against the whole audience's state where the run's
-            sync key does not hold it (a full refresh of a partitioned audience).
-        """
-
-    def removals_sent(self, removals: int) -> None:
-        """Meta acknowledged ``removals`` rows leaving the audience (called in the transaction that
-        forgets them)."""
-
-    def withdraw(self) -> None:
-        """The run was refused before it sent anything (by a guard, or the duplicate check), or failed
-        while sending: it carries out no more removals than it sent, whatever it or an earlier try planned."""
-
-
-@dataclass(frozen=True)
-class SyncOptions:
-    """How one run syncs.
-
-    :param audience_id: the customer-file audience to sync into.
-    :param sync_key: names the sync in the state table (ad account + audience).
-    :param mode: mirror, upsert or delete.
-    :param has_membership: each row's last value is its membership flag.
-    :param dry_run: plan and report; send nothing, change no state.
-    :param full_refresh: replace the audience with the model (usersreplace) and rebuild the state.
-    :param max_removal_fraction: the removal guard's threshold; None turns it off.
-    :param batch_size: rows per request (at most 10,000).
-    :param app_ids: sent with APPUID schemas.
-    :param page_ids: sent with PAGEUID schemas.
-    :param source_key_index: the position of the EXTERN_ID cell in the source rows; turns on skipping the
-        preparation of rows whose source cells did not change since the state recorded them.
-    :param lease_minutes: how long the sync's lease lives after each renewal; a crashed run's lease lets
-        the next run in after this long.
-    :param on_refused_removals: ``fail`` (the run fails after its additions landed) or ``warn`` (it
-        succeeds with a warning) when Meta refused removals for good; they stay owed either way.
-    :param max_in_flight: upload requests in flight at once, each its own batch of the session,
-        acknowledged in order.
-    :param lease_key: what the lease is taken on (default: ``sync_key``): the audience, so that two runs
-        reaching one audience through different ad account overrides still exclude each other.
-    :param prepare_in_subprocess: a streamed first sync of at least :data:`.worker.MIN_ROWS` rows prepares
-        its identifiers in a worker process, on another core, while this one sends (:mod:`.worker`). Off
-        by default: it pays only where a core is idle (see docs/operator.md).
-    """
-
-    audience_id: str
-    sync_key: str
-    mode: SyncMode = SyncMode.MIRROR
-    has_membership: bool = False
-    dry_run: bool = False
-    full_refresh: bool = False
-    max_removal_fraction: float | None = 0.5
-    batch_size: int = MAX_BATCH_SIZE
-    max_in_flight: int = 2
-    app_ids: Sequence[str] | None = None
-    page_ids: Sequence[str] | None = None
-    source_key_index: int | None = None
-    lease_minutes: float = DEFAULT_LEASE_MINUTES
-    on_refused_removals: str = "fail"
-    lease_key: str = ""
-    prepare_in_subprocess: bool = False
-
-    def __post_init__(self) -> None:
-        check_lease_minutes(self.lease_minutes)
-        if self.on_refused_removals not in ON_REFUSED_REMOVALS:
-            raise ValueError(
-                f"on_refused_removals must be one of {', '.join(ON_REFUSED_REMOVALS)}, "
-                f"not {self.on_refused_removals!r}."
-            )
-        if not 1 <= self.max_in_flight <= MAX_IN_FLIGHT:
-            raise ValueError(
-                f"max_in_flight must be between 1 and {MAX_IN_FLIGHT}, not {self.max_in_flight}."
-            )
-        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
-            raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, not {self.batch_size}.")
-        if self.full_refresh and self.mode is not SyncMode.MIRROR:
-            raise ValueError(
-                "full_refresh replaces the audience with the model: it needs sync_mode='mirror'."
-            )
-        if self.max_removal_fraction is not None and not 0 <= self.max_removal_fraction <= 1:
-            raise ValueError("max_removal_fraction must be between 0 and 1, or None to turn the guard off.")
-
-    @property
-    def adds_enabled(self) -> bool:
-        return self.mode is not SyncMode.DELETE or self.has_membership
-
-
-class SyncRun:
+class SyncRun(StreamedFirstSync):
     """Runs one sync: build with the pieces, then call :meth:`run`.
 
     :param store: the state store (its tables are created on first use).
@@ -175,9 +66,6 @@ class SyncRun:
     :param removal_guard: judges the plan's removals instead of :func:`.plan.check_removal_guard`, and is
         told of the removals Meta acknowledged (see :class:`RemovalGuard`).
     """
-
-    #: The fewest rows a streamed first sync prepares in a worker process (tests lower it).
-    worker_min_rows = WORKER_MIN_ROWS
 
     def __init__(
         self,
@@ -203,8 +91,8 @@ class SyncRun:
         self.options = options
         self.schema = list(preparer.schema)
         self.state_empty = True
-        self.key_normalizer = key_normalizer or _default_key_normalizer
-        self.normalize_keys = _default_keys_normalizer if key_normalizer is None else _each(key_normalizer)
+        self.key_normalizer = key_normalizer or default_key_normalizer
+        self.normalize_keys = default_keys_normalizer if key_normalizer is None else each_cell(key_normalizer)
         self.digest_seed = f"{self.schema!r}|{options.has_membership}|{digest_seed}|"
         self.report = SyncReport(
             audience_id=options.audience_id,
@@ -343,14 +231,14 @@ class SyncRun:
             seen=seen,
         )
         self.report.plan = plan
-        log.info("Plan: %s", _describe(plan))
+        log.info("Plan: %s", describe_plan(plan))
         if self.removal_guard is None:
-            check_removal_guard(plan, self.options.max_removal_fraction)
+            judge_removals(self.store, stage, plan, self.options.max_removal_fraction)
             return plan
         judged = self.removal_guard.check(plan, stage, self.report.rows_read)
         if judged is not plan:
             self.report.plan = judged
-            log.info("Plan over the whole audience's state: %s", _describe(judged))
+            log.info("Plan over the whole audience's state: %s", describe_plan(judged))
         return judged
 
     def _withdraw_removals(self) -> None:
@@ -394,7 +282,7 @@ class SyncRun:
                 stage.load(stage_rows(chunk, empty))
                 self.lease.keep_alive()
         finally:
-            _close(chunks)
+            close_rows(chunks)
         if self.rejects is not None:
             self.rejects.finish()
         self.store.commit()
@@ -415,81 +303,6 @@ class SyncRun:
                 raise
             failure = model_query_error(error)
         raise failure  # here, not in the handler: the driver's error is not even its context
-
-    def _streams(self, model: ModelQuery) -> bool:
-        """Stream a first sync: read, prepare and send at once (see :mod:`.first_sync`); False when the
-        run must be staged (not a first sync, or the keys may hold duplicates or personal data)."""
-        options = self.options
-        first = self.state_empty and options.adds_enabled and not (options.dry_run or self.full_refresh)
-        if not first or options.source_key_index is None or self.journal.owed_count():
-            return False
-        membership = parse_membership if options.has_membership else None
-        chunks = model.cells()  # the constants change neither the keys nor the membership
-        try:
-            scan = scan_keys(chunks, options.source_key_index, self.normalize_keys, membership)
-        finally:
-            _close(chunks)
-        if not scan.streamable:
-            return False
-        if self.rejects is not None:  # before the audience is created: its rejects move to its sync key
-            self.rejects.start()
-        self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
-        self._create_audience()
-        non_members = [0]
-        with contextlib.ExitStack() as stack:
-            worker = self._preparer_process(scan.rows)
-            if worker is not None:
-                stack.enter_context(worker)  # closed after the pages: a generator's cursor goes first
-            rows = self._streamed_rows(model, non_members, worker, scan.cell_types)
-            stack.callback(_close, rows)  # this frame holds it too: an error's traceback would keep it open
-            pages = streamed_pages(rows, options.batch_size)
-            stack.callback(_close, pages)
-            result = self._sender().add_stream(pages, scan.members)
-        if self.rejects is not None:
-            self.rejects.finish()
-        self.report.plan = streamed_plan(options.mode, result.rows, non_members[0])
-        log.info("Plan (streamed first sync): %s", _describe(self.report.plan))
-        return True
-
-    def _preparer_process(self, rows: int) -> PreparerProcess | None:
-        """A worker process preparing the streamed rows (see :mod:`.worker`), or None: prepare them here
-        (turned off, a model too small to pay for starting it, or a preparer it cannot rebuild)."""
-        arguments = getattr(self.preparer, "arguments", None)
-        if not self.options.prepare_in_subprocess or rows < self.worker_min_rows or arguments is None:
-            return None
-        return PreparerProcess(arguments, self.digest_seed)
-
-    def _streamed_rows(
-        self,
-        model: ModelQuery,
-        non_members: list[int],
-        worker: PreparerProcess | None,
-        cell_types: frozenset[type],
-    ) -> Iterator[Staged]:
-        """The model's member rows, prepared, a chunk at a time as the session asks for them; counts the
-        non-members.
-
-        :param cell_types: the types of the cells the first pass read (the client may digest them).
-        """
-        chunks: Iterator[list[tuple[Any, ...]]]
-        digested = isinstance(model, PushdownModel)
-        if isinstance(model, PushdownModel):
-            client = model.client_digests(cell_types)
-            chunks = model.client_digested_rows() if client else model.digested_rows()
-        else:
-            chunks = model.rows()
-        # Closed here, not by the garbage collector: an exception's traceback keeps a failed stream's
-        # frames alive, and a collection in another thread could not close the cursor of this connection.
-        try:
-            for staged, wire_rows in self.stager.prepare_stream(chunks, digested, worker):
-                if not all(row.member for row in staged):
-                    members = [row.member for row in staged]
-                    non_members[0] += members.count(0)
-                    staged, wire_rows = list(compress(staged, members)), list(compress(wire_rows, members))
-                yield staged, wire_rows
-                self.lease.keep_alive()
-        finally:
-            _close(chunks)
 
     # -- sending --------------------------------------------------------------------------------------
 
@@ -537,60 +350,3 @@ class SyncRun:
             log.warning("%s", message)
             return
         raise RemovalsRefusedError(message, self.report)
-
-
-@contextlib.contextmanager
-def fewer_collections(threshold: int = GC_THRESHOLD) -> Iterator[None]:
-    """Run the cyclic garbage collector less often meanwhile (its first threshold raised, then restored).
-
-    A run allocates millions of short-lived rows and tuples, none of them in a cycle; at Python's default
-    threshold (700 allocations) the collector keeps scanning the task's whole heap (Airflow's own objects
-    included) for nothing: 15% of a first sync's CPU at 200k rows. Memory does not grow: reference
-    counting frees the rows, and the collector still runs.
-
-    :param threshold: the first threshold meanwhile (never lowered).
-    """
-    first, *older = gc.get_threshold()
-    gc.set_threshold(max(first, threshold), *older)
-    try:
-        yield
-    finally:
-        gc.set_threshold(first, *older)
-
-
-def _close(chunks: Iterable[Any]) -> None:
-    """Close a generator of rows now, in this thread: its cursor belongs to this thread's connection."""
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        close()
-
-
-def _default_key_normalizer(value: Any) -> str:
-    """The EXTERN_ID rule itself (``prepare("EXTERN_ID", value)`` without its dispatch): a first sync's
-    first pass runs it on every row."""
-    from airflow_provider_fbca.identifiers.ids import normalize_extern_id
-
-    key = normalize_extern_id(value, None)
-    return key if isinstance(key, str) else ""
-
-
-def _default_keys_normalizer(values: list[Any]) -> list[str]:
-    """:func:`_default_key_normalizer` over a column: a column of text (the usual one) is only trimmed,
-    which ``str.strip`` does in C (a first sync's first pass runs it on every row)."""
-    if set(map(type, values)) <= {str}:
-        return list(map(str.strip, values))
-    return list(map(_default_key_normalizer, values))
-
-
-def _each(normalize: Callable[[Any], str]) -> Callable[[list[Any]], list[str]]:
-    """A per-cell key rule applied to a column."""
-    return lambda values: list(map(normalize, values))
-
-
-def _describe(plan: SyncPlan) -> str:
-    return (
-        f"{plan.new_rows} new, {plan.updated} updated ({plan.updated_identifiers} with new identifiers), "
-        f"{plan.unchanged} unchanged, {plan.non_members} non-members, {plan.gone} gone; "
-        f"sending {plan.to_add} additions and {plan.to_remove} removals"
-        + (" (full refresh)" if plan.full_refresh else "")
-    )

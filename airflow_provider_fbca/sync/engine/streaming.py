@@ -1,0 +1,123 @@
+"""A sync run's streamed first sync: the model read, prepared and sent at once, never staged
+(:mod:`..first_sync` holds its pieces; :class:`StreamedFirstSync` runs them for :class:`.run.SyncRun`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from itertools import compress
+from typing import Any
+
+from airflow_provider_fbca.sync.engine.options import RowPreparerLike, SyncOptions
+from airflow_provider_fbca.sync.engine.support import close_rows, describe_plan
+from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages, streamed_plan
+from airflow_provider_fbca.sync.journal import PageJournal
+from airflow_provider_fbca.sync.lease import SyncLease
+from airflow_provider_fbca.sync.pushdown import PushdownModel
+from airflow_provider_fbca.sync.rejects import RejectsTable
+from airflow_provider_fbca.sync.report import SyncReport
+from airflow_provider_fbca.sync.source import ModelQuery
+from airflow_provider_fbca.sync.staging import ModelStager, Staged, parse_membership
+from airflow_provider_fbca.sync.worker import MIN_ROWS as WORKER_MIN_ROWS
+from airflow_provider_fbca.sync.worker import PreparerProcess
+
+log = logging.getLogger(__name__)
+
+
+class StreamedFirstSync:
+    """The streamed first sync of a :class:`.run.SyncRun`, which holds what it reads (annotated below)
+    and creates the audience and the sender it sends with (``_create_audience``, ``_sender``)."""
+
+    #: The fewest rows a streamed first sync prepares in a worker process (tests lower it).
+    worker_min_rows = WORKER_MIN_ROWS
+
+    options: SyncOptions
+    preparer: RowPreparerLike
+    digest_seed: str
+    state_empty: bool
+    full_refresh: bool
+    journal: PageJournal
+    lease: SyncLease
+    report: SyncReport
+    rejects: RejectsTable | None
+    stager: ModelStager
+    normalize_keys: Callable[[list[Any]], list[str]]
+
+    def _streams(self, model: ModelQuery) -> bool:
+        """Stream a first sync: read, prepare and send at once (see :mod:`.first_sync`); False when the
+        run must be staged (not a first sync, or the keys may hold duplicates or personal data)."""
+        options = self.options
+        first = self.state_empty and options.adds_enabled and not (options.dry_run or self.full_refresh)
+        if not first or options.source_key_index is None or self.journal.owed_count():
+            return False
+        membership = parse_membership if options.has_membership else None
+        chunks = model.cells()  # the constants change neither the keys nor the membership
+        try:
+            scan = scan_keys(chunks, options.source_key_index, self.normalize_keys, membership)
+        finally:
+            close_rows(chunks)
+        if not scan.streamable:
+            return False
+        if self.rejects is not None:  # before the audience is created: its rejects move to its sync key
+            self.rejects.start()
+        self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
+        self._create_audience()
+        non_members = [0]
+        with contextlib.ExitStack() as stack:
+            worker = self._preparer_process(scan.rows)
+            if worker is not None:
+                stack.enter_context(worker)  # closed after the pages: a generator's cursor goes first
+            rows = self._streamed_rows(model, non_members, worker, scan.cell_types)
+            stack.callback(
+                close_rows, rows
+            )  # this frame holds it too: an error's traceback would keep it open
+            pages = streamed_pages(rows, options.batch_size)
+            stack.callback(close_rows, pages)
+            result = self._sender().add_stream(pages, scan.members)
+        if self.rejects is not None:
+            self.rejects.finish()
+        self.report.plan = streamed_plan(options.mode, result.rows, non_members[0])
+        log.info("Plan (streamed first sync): %s", describe_plan(self.report.plan))
+        return True
+
+    def _preparer_process(self, rows: int) -> PreparerProcess | None:
+        """A worker process preparing the streamed rows (see :mod:`.worker`), or None: prepare them here
+        (turned off, a model too small to pay for starting it, or a preparer it cannot rebuild)."""
+        arguments = getattr(self.preparer, "arguments", None)
+        if not self.options.prepare_in_subprocess or rows < self.worker_min_rows or arguments is None:
+            return None
+        return PreparerProcess(arguments, self.digest_seed)
+
+    def _streamed_rows(
+        self,
+        model: ModelQuery,
+        non_members: list[int],
+        worker: PreparerProcess | None,
+        cell_types: frozenset[type],
+    ) -> Iterator[Staged]:
+        """The model's member rows, prepared, a chunk at a time as the session asks for them; counts the
+        non-members.
+
+        :param cell_types: the types of the cells the first pass read (the client may digest them).
+        """
+        chunks: Iterator[list[tuple[Any, ...]]]
+        digested = isinstance(model, PushdownModel)
+        if isinstance(model, PushdownModel):
+            client = model.client_digests(cell_types)
+            chunks = model.client_digested_rows() if client else model.digested_rows()
+        else:
+            chunks = model.rows()
+        # Closed here, not by the garbage collector: an exception's traceback keeps a failed stream's
+        # frames alive, and a collection in another thread could not close the cursor of this connection.
+        try:
+            for staged, wire_rows in self.stager.prepare_stream(chunks, digested, worker):
+                if not all(row.member for row in staged):
+                    members = [row.member for row in staged]
+                    non_members[0] += members.count(0)
+                    staged, wire_rows = list(compress(staged, members)), list(compress(wire_rows, members))
+                yield staged, wire_rows
+                self.lease.keep_alive()
+        finally:
+            close_rows(chunks)
