@@ -12,7 +12,9 @@ of distinct people its members match (:meth:`MemberStore.matched_people`), not i
 A row's bytes depend only on its content, so adding the same person twice changes nothing. Removals
 find members through an index keyed by the *hash* of each strong identifier (an int, not the
 identifier's text), which keeps the index small; every hit is checked against the member itself. The
-index is brought up to date when it is read: an audience only ever added to (a first sync) never builds it.
+index is kept up to date as members are added, so each request costs in proportion to its own rows: a
+removal after a large first sync does not pay for indexing the whole audience, which Meta's answers
+would not show either.
 A batch is packed with C-level ``map`` calls only: no Python loop per row.
 """
 
@@ -110,8 +112,6 @@ class MemberStore:
         self._layout_ids: dict[tuple[str, ...], int] = {}
         self._members: dict[bytes, None] = {}
         self._index: dict[int, _Entry] = {}
-        # Strong-identifier tokens of added members, with those members, not yet in the index (see _indexed).
-        self._unindexed: list[tuple[list[int], list[bytes]]] = []
         # member -> the population person it matched; person -> how many members match them
         self._person: dict[bytes, int] = {}
         self._people: dict[int, int] = {}
@@ -175,7 +175,7 @@ class MemberStore:
         :param rows: the removal rows as lists of text.
         """
         strong = self._layout(schema).strong
-        index = self._indexed()
+        index = self._index
         found: dict[bytes, None] = {}
         for row in rows:
             for position, key in strong:
@@ -245,7 +245,7 @@ class MemberStore:
         return self._layouts[int(layout_id)].unpack(body)
 
     def _index_column(self, key: str, values: list[str], members: list[bytes]) -> None:
-        """Note one strong column of new members for the index (an empty value indexes nothing).
+        """Index one strong column of new members (an empty value indexes nothing).
 
         :param key: the column's key.
         :param values: each new member's value in that column.
@@ -254,14 +254,7 @@ class MemberStore:
         if not all(values):
             kept = [(value, member) for value, member in zip(values, members, strict=True) if value]
             values, members = [value for value, _ in kept], [member for _, member in kept]
-        self._unindexed.append((list(map(hash, zip(repeat(key), values))), members))  # hash((key, value))
-
-    def _indexed(self) -> dict[int, _Entry]:
-        """The index, with the members added since it was last read folded in, in the order they came."""
-        for tokens, members in self._unindexed:
-            self._fold(tokens, members)
-        self._unindexed.clear()
-        return self._index
+        self._fold(list(map(hash, zip(repeat(key), values))), members)  # hash((key, value))
 
     def _fold(self, tokens: list[int], members: list[bytes]) -> None:
         """Index members by their tokens: in one C-level update when no token is taken yet."""
@@ -281,7 +274,7 @@ class MemberStore:
             entry.append(member)
 
     def _unlink(self, token: int, member: bytes) -> None:
-        entry = self._indexed().get(token)
+        entry = self._index.get(token)
         if entry is None:
             return
         if isinstance(entry, bytes):
