@@ -35,6 +35,13 @@ REPO = Path(__file__).resolve().parent.parent
 ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \w+ \[(\d+)\] ", re.MULTILINE)
 DURATION = re.compile(r"duration: ([\d.]+) ms\s+(?:statement|parse|bind|execute)[^:]*: (.*)", re.DOTALL)
 USAGE = re.compile(r"([\d.]+) s user, ([\d.]+) s system, ([\d.]+) s elapsed")
+#: auto_explain's settings for ``--explain`` (new backends load it: the sync's connections open after them).
+EXPLAIN_SETTINGS = {
+    "session_preload_libraries": "auto_explain",
+    "auto_explain.log_min_duration": "20ms",
+    "auto_explain.log_analyze": "on",
+    "auto_explain.log_nested_statements": "on",
+}
 RUN_NAME = re.compile(r"fbca_(stage|shares)_[0-9a-f]+|fbca_c\d+|\$\d+|'[^']*'")
 
 
@@ -119,6 +126,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--warehouse", type=Path)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--explain",
+        type=Path,
+        help="write the plans (EXPLAIN ANALYZE, by auto_explain) of the changed sync's statements taking"
+        " over 20 ms to this file",
+    )
     args = parser.parse_args()
     logging.disable(logging.INFO)
     sys.path.insert(0, str(REPO / "scripts"))
@@ -155,6 +168,10 @@ def main() -> None:
                 log = datadir.parent / "log"
                 direct.execute("ALTER SYSTEM SET log_min_duration_statement = 0")
                 direct.execute("ALTER SYSTEM SET log_statement_stats = on")
+                if args.explain:
+                    direct.execute("LOAD 'auto_explain'")  # ALTER SYSTEM knows its settings once loaded
+                    for setting, value in EXPLAIN_SETTINGS.items():
+                        direct.execute(f"ALTER SYSTEM SET {setting} = '{value}'")
                 direct.execute("SELECT pg_reload_conf()")
                 offset = log.stat().st_size
                 # Not counted in the figures: the two settings cost the server some CPU per statement.
@@ -164,7 +181,10 @@ def main() -> None:
                 direct.execute("SELECT pg_reload_conf()")
                 with log.open() as handle:
                     handle.seek(offset)
-                    profile = statement_profile(handle.read())
+                    changed_log = handle.read()
+                profile = statement_profile(changed_log)
+                if args.explain:
+                    args.explain.write_text(changed_log)
                 direct.close()
         finally:
             sandbox.terminate()
