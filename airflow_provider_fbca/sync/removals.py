@@ -18,7 +18,7 @@ the state rows that may hold a removal identifier (a fixed-size bitmap of the re
 false negative, memory bounded whatever the number of removals), and the exact join runs on those few.
 PostgreSQL does the same in one scan of the state in SQL (:meth:`Removals._probable_holders`): each row's
 values at its schema's withheld positions probe a hash of the removal values, and the exact join runs on
-the rows that hit.
+the rows that hit. Past :data:`PROBED_VALUES_LIMIT` removal values the exact join reads the state itself.
 """
 
 from __future__ import annotations
@@ -35,9 +35,12 @@ from airflow_provider_fbca.sync.stored_rows import leading_identifiers, split_va
 WITHHELD_WHEN_SHARED = frozenset(key.name for key in MATCH_KEYS if key.strong and key.identifier)
 #: The SQLite function keeping the state rows that may hold a removal identifier (see :class:`MayHold`).
 MAY_HOLD_FUNCTION = "fbca_may_hold"
-#: PostgreSQL's memory per removal value for the holders' hashes (see :func:`fit_hash_memory`): its planner
-#: counts some 100 bytes for a hashed SHA-256 value (the value, a tuple header), doubled for a margin.
-HASH_BYTES_PER_VALUE = 256
+#: PostgreSQL: the most removal values the holders' scan probes (see :meth:`Removals._probable_holders`).
+#: They go to the server as an array, hashed once per withheld position (some 100 bytes a value, outside
+#: ``work_mem``): 100,000 values are a few megabytes; past them the exact join reads the state itself.
+PROBED_VALUES_LIMIT = 100_000
+#: PostgreSQL hashes an ``= ANY(array)`` of constants from version 14; before, it compares them in turn.
+HASHED_ARRAY_VERSION = 140_000
 
 
 class Removals:
@@ -55,6 +58,8 @@ class Removals:
         self.rows = f"{stage.name}_rm"
         self.ids = f"{stage.name}_rmid"
         self.holders = f"{stage.name}_hold"
+        #: PostgreSQL: the most removal values the holders' scan probes (see :meth:`_probable_holders`).
+        self.probed_values_limit = PROBED_VALUES_LIMIT
 
     def build(self) -> int:
         """Gather the removal rows, find their shared identifiers; return how many are withheld."""
@@ -96,7 +101,7 @@ class Removals:
         store.execute(f"CREATE INDEX {self.ids}_rid ON {self.ids} (rid)").close()
         store.analyze(self.rows, self.ids)
         if keys:
-            holders = self._may_hold(keys) if store.is_sqlite else self._probable_holders(keys)
+            holders = self._may_hold(keys) if store.is_sqlite else self._probable_holders(keys) or store.table
             for key_schema in self._held_schemas(holders):
                 positions = [(i, key) for i, key in _withholdable(key_schema) if key in keys]
                 self._mark_shared(holders, key_schema, positions)
@@ -126,19 +131,33 @@ class Removals:
         ).close()
         return self.holders
 
-    def _probable_holders(self, keys: Collection[str]) -> str:
+    def _probable_holders(self, keys: Collection[str]) -> str | None:
         """PostgreSQL: copy the state's member rows that may hold a removal identifier into a temporary table.
 
-        One scan of the state, which probes at most one hash of the (few) removal values per withheld
-        position of a row's schema, each value split out of the stored row as it is (no per-position row,
-        no JSON): the exact join (:meth:`_mark_shared`) then reads a few rows, not the state. A row whose
-        schema no removal or addition has (a mapping changed since it was sent), or stored as JSON (a value
-        holds the separator), is copied as it is: the exact join settles it too.
+        One scan of the state, which probes the (few) removal values per withheld position of a row's
+        schema, each value split out of the stored row as it is (no per-position row, no JSON): the exact
+        join (:meth:`_mark_shared`) then reads a few rows, not the state. A row whose schema no removal or
+        addition has (a mapping changed since it was sent), or stored as JSON (a value holds the
+        separator), is copied as it is: the exact join settles it too.
+
+        The values are constants of the statement (an array), which PostgreSQL hashes once, in memory
+        bounded by :attr:`probed_values_limit`: half the CPU of probing a hashed subquery of their table
+        (whose hash, sized by ``work_mem``, the planner would give up for a comparison with every value
+        in turn), and a scan that parallel workers may share.
 
         :param keys: the withheld keys the removal rows carry.
-        :returns: the table's name: it has the state's columns the exact join reads.
+        :returns: the table's name (it has the state's columns the exact join reads); None when the
+            removal values are too many to probe, or the server would not hash them: the exact join
+            then reads the state.
         """
-        store = self.store
+        store, limit = self.store, self.probed_values_limit
+        if int(store.fetch_one("SHOW server_version_num")[0]) < HASHED_ARRAY_VERSION:
+            return None
+        values = [
+            row[0] for row in store.fetch_all(f"SELECT DISTINCT value FROM {self.ids} LIMIT {limit + 1}")
+        ]
+        if len(values) > limit:
+            return None
         schemas = [
             row[0]
             for row in store.fetch_all(
@@ -146,19 +165,17 @@ class Removals:
                 " WHERE to_add = 1 AND key_schema IS NOT NULL"
             )
         ]
-        removal_values = f"(SELECT value FROM {self.ids})"
         conditions, params = [], [self.sync_key, *schemas]
         for key_schema in schemas:
-            probes = [
-                f"{split_value_sql('identifiers', str(position))} IN {removal_values}"
-                for position, key in _withholdable(key_schema)
-                if key in keys
-            ]
-            if probes:
+            positions = [position for position, key in _withholdable(key_schema) if key in keys]
+            if positions:
+                probes = (
+                    f"{split_value_sql('identifiers', str(position))} = ANY(CAST(? AS TEXT[]))"
+                    for position in positions
+                )
                 conditions.append(f"(key_schema = ? AND ({' OR '.join(probes)}))")
-                params.append(key_schema)
+                params += [key_schema, *(values for _ in positions)]
         markers = ", ".join("?" for _ in schemas)
-        fit_hash_memory(store, self.ids)
         store.execute(
             f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema, identifiers"
             f" FROM {store.table} WHERE sync_key = ? AND member = 1 AND (key_schema NOT IN ({markers})"
@@ -300,23 +317,6 @@ class MayHold:
             if position < len(values) and flags[hash(values[position]) & mask]:
                 return 1
         return 0
-
-
-def fit_hash_memory(store: StateStore, values: str) -> None:
-    """Give PostgreSQL's hashes of a table's rows ``work_mem`` enough, for the transaction (never less).
-
-    The holders' scan probes the removal values through ``IN`` subqueries joined by ``OR``, which the
-    planner cannot turn into a join: it hashes the values only when their hash fits in ``work_mem`` (times
-    ``hash_mem_multiplier``). Past that (some 80,000 values at the default 4 MB: a few per cent of a
-    million rows changed) it compares every state row with the values one by one, hours at a million rows.
-
-    :param store: the state store (PostgreSQL).
-    :param values: the temporary table of the values (its row count sizes the memory).
-    """
-    setting = (
-        f"GREATEST(pg_size_bytes(current_setting('work_mem')), COUNT(*) * {HASH_BYTES_PER_VALUE}) / 1024"
-    )
-    store.fetch_one(f"SELECT set_config('work_mem', ({setting})::text || 'kB', true) FROM {values}")
 
 
 def _withholdable(key_schema: str) -> list[tuple[int, str]]:
