@@ -41,6 +41,9 @@ MAY_HOLD_FUNCTION = "fbca_may_hold"
 PROBED_VALUES_LIMIT = 100_000
 #: PostgreSQL hashes an ``= ANY(array)`` of constants from version 14; before, it compares them in turn.
 HASHED_ARRAY_VERSION = 140_000
+#: PostgreSQL's price of passing a row from a parallel worker to the leader, for the holders' scan only:
+#: that of processing a row (``cpu_tuple_cost``), a tenth of the default (see :meth:`Removals._probable_holders`).
+HOLDERS_PARALLEL_TUPLE_COST = 0.01
 
 
 class Removals:
@@ -176,12 +179,18 @@ class Removals:
                 conditions.append(f"(key_schema = ? AND ({' OR '.join(probes)}))")
                 params += [key_schema, *(values for _ in positions)]
         markers = ", ".join("?" for _ in schemas)
+        # Parallel workers may share the scan (the values are constants, the state no temporary table), but
+        # the planner cannot tell how few rows the probes keep: it takes every row for a holder and prices
+        # passing each one from a worker above what sharing the scan saves. Priced as a row's own
+        # processing, the scan is shared, for this statement only.
+        store.execute(f"SET LOCAL parallel_tuple_cost = {HOLDERS_PARALLEL_TUPLE_COST}").close()
         store.execute(
             f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema, identifiers"
             f" FROM {store.table} WHERE sync_key = ? AND member = 1 AND (key_schema NOT IN ({markers})"
             f" OR {stored_as_json_sql('identifiers')}{''.join(' OR ' + condition for condition in conditions)})",
             params,
         ).close()
+        store.execute("SET LOCAL parallel_tuple_cost TO DEFAULT").close()
         store.analyze(self.holders)
         return self.holders
 
