@@ -40,9 +40,11 @@ from airflow_provider_fbca.sync.state import StageTable, StateStore, known_rows_
 
 #: The column holding the database's digest of a row, first in every row the pushdown reads.
 DIGEST_COLUMN = "fbca_source_digest"
-#: PostgreSQL's memory for each hash of the diff, for its transaction only: a hash of a million digests
-#: takes about 40 MB; with the default 4 MB the known digests' DISTINCT and the full join spill to disk.
-DIFF_WORK_MEM = "64MB"
+#: PostgreSQL's memory for each hash and buffer of the diff, for its transaction only: at a million rows
+#: the full join's hash of the known digests takes about 60 MB and its result, kept for the three readers
+#: of ``j`` (a row per model row, its cells NULL but for new or changed rows), about 80 MB. With 64 MB the
+#: result spilled 50 MB to a temporary file (0.1 s of system CPU); with the default 4 MB both spill.
+DIFF_WORK_MEM = "128MB"
 #: The SQLite function an unchanged model row marks its known digest's ordinal with (see :class:`_MetOrdinals`).
 MET_FUNCTION = "fbca_met_ordinal"
 _ORDINALS_PAGE = 10_000
