@@ -42,8 +42,8 @@ from airflow_provider_fbca.sync.state import StageTable, StateStore, known_rows_
 DIGEST_COLUMN = "fbca_source_digest"
 #: PostgreSQL's memory for each hash and buffer of the diff, for its transaction only: at a million rows
 #: the full join's hash of the known digests takes about 60 MB and its result, kept for the three readers
-#: of ``j`` (a row per model row, its cells NULL but for new or changed rows), about 80 MB. With 64 MB the
-#: result spilled 50 MB to a temporary file (0.1 s of system CPU); with the default 4 MB both spill.
+#: of ``j`` (a row per model row, its cells NULL but for new or changed rows), more than 64 MB: with 64 MB
+#: it spilled 50 MB to a temporary file (0.1 s of system CPU); with the default 4 MB both spill.
 DIFF_WORK_MEM = "128MB"
 #: The SQLite function an unchanged model row marks its known digest's ordinal with (see :class:`_MetOrdinals`).
 MET_FUNCTION = "fbca_met_ordinal"
