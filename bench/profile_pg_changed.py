@@ -7,8 +7,9 @@ backends included). For the changed sync it also prints each statement's server 
 throwaway server's log: ``log_min_duration_statement = 0`` and ``log_statement_stats``, switched on only
 for that sync), largest first.
 
-Usage: ``python bench/profile_pg_changed.py [--rows 1000000] [--warehouse /tmp/w.db] [--top 25]``
-(``--warehouse`` keeps the generated SQLite model between runs).
+Usage: ``python bench/profile_pg_changed.py [--rows 1000000] [--warehouse /tmp/w.db] [--top 25]
+[--explain plans.log]`` (``--warehouse`` keeps the generated SQLite model between runs; ``--explain`` writes
+the changed sync's server log with the plans of its statements over 20 ms, as run, timings included).
 """
 
 from __future__ import annotations
