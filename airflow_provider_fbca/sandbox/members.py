@@ -80,15 +80,18 @@ class _Layout:
         A batch whose every hashed value is present shares one presence pattern, and a lone hashed (or
         plain) column needs no joining: the bytes are the same, with fewer steps per row.
         """
-        hashed = list(map(column_getter(self.hashed), rows))
-        values = list(chain.from_iterable(hashed))
+        # A lone digest a row is read as it is; several are read as one tuple a row, flattened.
+        one = len(self.hashed) == 1
+        hashed = [] if one else list(map(column_getter(self.hashed), rows))
+        values = list(map(itemgetter(self.hashed[0]), rows)) if one else list(chain.from_iterable(hashed))
         prefix = self.prefix + _PACKED
         if all(values):
             prefix += b"\x01" * len(self.hashed)
             parts: list[Iterable[bytes]] = []
         else:
-            parts = [map(bytes, map(map, repeat(bool), hashed))]
-        parts.append(map(bytes.fromhex, values if len(self.hashed) == 1 else map("".join, hashed)))
+            per_row = zip(values) if one else hashed  # each row's hashed values: one presence byte each
+            parts = [map(bytes, map(map, repeat(bool), per_row))]
+        parts.append(map(bytes.fromhex, values if one else map("".join, hashed)))
         if len(self.plain) == 1:
             parts.append(map(str.encode, map(itemgetter(self.plain[0]), rows)))
         else:
