@@ -41,6 +41,13 @@ class RemovalGuard(Protocol):
             sync key does not hold it (a full refresh of a partitioned audience).
         """
 
+    def streams_first_sync(self, rows_read: int) -> None:
+        """The run streams a first sync into its empty state (never planned, never staged): it removes
+        nothing, and its state counts as the empty state it found (see :mod:`.removal_budget`).
+
+        :param rows_read: the model rows its first pass read.
+        """
+
     def removals_sent(self, removals: int) -> None:
         """Meta acknowledged ``removals`` rows leaving the audience (called in the transaction that
         forgets them)."""
