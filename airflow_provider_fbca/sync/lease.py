@@ -143,6 +143,21 @@ class SyncLease:
             f"(sync_key = '{self.sync_key}') from {self.store.locks_table} to release it now."
         )
 
+    def move_to(self, sync_key: str, describe: str) -> None:
+        """Hold the lease under another key from now on, and drop the one held: the run created its
+        audience, which other runs now reach by its id, so it must hold the lease they take.
+
+        :param sync_key: the new key (the audience's, by id).
+        :param describe: how messages name the sync from now on.
+        :raises SyncLeaseHeldError: another run holds the new key's lease (it found the audience as soon as
+            it was created); this run still holds the old key's, released when it ends, and sent nothing.
+        """
+        now = self.clock()
+        if not self.store.acquire_lease(sync_key, self.owner, self.holder, now, now + self.duration_s):
+            raise SyncLeaseHeldError(SyncLease(self.store, sync_key, describe=describe)._held_message(now))
+        old_key, self.sync_key, self.describe, self.renewed_at = self.sync_key, sync_key, describe, now
+        self.store.release_lease(old_key, self.owner)
+
     def keep_alive(self, force: bool = False) -> None:
         """Renew the lease when due (per staged chunk, per acknowledged batch, while a batch is in flight).
 
