@@ -311,7 +311,7 @@ def test_a_lease_moved_to_the_created_audiences_key_holds_it_and_drops_the_old_o
     lease = SyncLease(store, "act_1:new:Customers", describe="audience (new) Customers", clock=Clock(T0))
     lease.acquire()
     assert store.acquire_lease("audience:42", "by-id", "a run by id", T0, T0 + 30 * MINUTE)
-    with pytest.raises(SyncLeaseHeldError, match="sync of audience 42 is in progress.*a run by id"):
+    with pytest.raises(SyncLeaseHeldError, match=r"sync of audience 42 is in progress.*a run by id"):
         lease.move_to("audience:42", describe="audience 42")
     assert store.lease("act_1:new:Customers").owner == lease.owner
     lease.move_to("audience:43", describe="audience 43")
