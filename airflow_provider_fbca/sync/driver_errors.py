@@ -45,9 +45,9 @@ _NUL_HINT = (
     "a value holds a NUL character (0x00), which PostgreSQL text cannot store: remove it in the model's "
     "query (e.g. replace(column, chr(0), '')) or reject such rows upstream."
 )
+_OTHER_HINT = "rerun the task; if it fails again, the SQLSTATE names the database's problem."
 #: The attribute marking a refusal already told without values (see :func:`is_redacted`).
 _REDACTED = "fbca_without_values"
-_OTHER_HINT = "rerun the task; if it fails again, the SQLSTATE names the database's problem."
 
 T = TypeVar("T")
 P = ParamSpec("P")

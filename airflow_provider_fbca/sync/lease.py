@@ -127,20 +127,20 @@ class SyncLease:
             self.store.fence = self.fence
             log.info("Took the lease of the sync of %s until %s", self.describe, _utc(now + self.duration_s))
             return
-        raise SyncLeaseHeldError(self._held_message(now))
+        raise SyncLeaseHeldError(self._held_message(now, self.sync_key, self.describe))
 
-    def _held_message(self, now: float) -> str:
-        record = self.store.lease(self.sync_key)
+    def _held_message(self, now: float, sync_key: str, describe: str) -> str:
+        record = self.store.lease(sync_key)
         if record is None:  # released between our attempt and this read: a retry will get it
-            return f"Another run of the sync of {self.describe} was holding its lease; run again."
+            return f"Another run of the sync of {describe} was holding its lease; run again."
         minutes = max(0, round((record.expires_at - now) / 60))
         return (
-            f"Another run of the sync of {self.describe} is in progress: it holds the sync's lease until "
+            f"Another run of the sync of {describe} is in progress: it holds the sync's lease until "
             f"{_utc(record.expires_at)} (about {minutes} min from now), taken at {record.acquired_at} by "
             f"{record.holder}. This run read and sent nothing. Wait for that run to finish, then run again. "
             "A live run renews its lease as it goes; if that run is truly dead (a killed worker), its lease "
             f"lapses by itself at the time above (lease_minutes={self.duration_s / 60:g}), or delete its row "
-            f"(sync_key = '{self.sync_key}') from {self.store.locks_table} to release it now."
+            f"(sync_key = '{sync_key}') from {self.store.locks_table} to release it now."
         )
 
     def move_to(self, sync_key: str, describe: str) -> None:
@@ -154,7 +154,7 @@ class SyncLease:
         """
         now = self.clock()
         if not self.store.acquire_lease(sync_key, self.owner, self.holder, now, now + self.duration_s):
-            raise SyncLeaseHeldError(SyncLease(self.store, sync_key, describe=describe)._held_message(now))
+            raise SyncLeaseHeldError(self._held_message(now, sync_key, describe))
         old_key, self.sync_key, self.describe, self.renewed_at = self.sync_key, sync_key, describe, now
         self.store.release_lease(old_key, self.owner)
 
