@@ -143,6 +143,23 @@ def test_a_state_digested_by_an_earlier_version_is_prepared_again_once(store: St
     assert (report["rows_prepared"], report["unchanged"], report["rows_sent"]) == (0, 3, 0)
 
 
+def test_a_state_digested_by_the_client_is_prepared_again_once_by_the_pushdown(store: StateStore) -> None:
+    """The client-side diff's digests (on SQLite, the pushdown's own until its row digest hashed one text
+    SQLite builds) are not the pushdown's: the first pushdown run over such a state prepares every row
+    again and sends nothing; it records its digests, so the next run prepares nothing."""
+    twin = Twin(store)
+    twin.write([(1, "a@x", "1"), (2, "b@x", None), (3, None, None)])
+    twin.sync()
+    audience = twin.audiences["client"]
+    options = SyncOptions("42", "act_1:42", source_key_index=0, mode=SyncMode.MIRROR)
+    reports = []
+    for _ in range(2):
+        model = PushdownModel(twin.store, f"SELECT * FROM {twin.table}", twin.wanted, fetch_size=2)
+        run = SyncRun(twin.store, audience, PassThroughPreparer(SCHEMA), options)
+        reports.append(run.run(model).as_dict())
+    assert [(r["rows_prepared"], r["unchanged"], r["rows_sent"]) for r in reports] == [(3, 3, 0), (0, 3, 0)]
+
+
 def test_state_rows_without_a_digest_are_planned_like_changed_ones(store: StateStore) -> None:
     """State rows known by no source digest (left by a run that recorded none) are no model row's: the
     diff counts each among the rows it did not see, so one the model left is removed, one it still has
