@@ -32,9 +32,10 @@ SQLITE_ROW_DIGEST_FUNCTION = "fbca_row_digest"
 #: What SQLite's row digest hashes: one JSON array its C code builds per row, the seed first, then each
 #: cell: a text as a JSON string, any other value as an object holding its SQL literal (``quote()``: exact
 #: for a REAL, which JSON would round to 15 digits, and the one way a BLOB goes into JSON). ``5``, ``'5'``,
-#: ``5.0``, NULL and ``'NULL'`` all encode apart. One argument per row instead of one per cell: converting
-#: the cells into Python objects was most of the digest's cost.
-SQLITE_ROW_TEXT = "json_array({seed}, {columns})"
+#: ``5.0``, NULL and ``'NULL'`` all encode apart. One argument per row instead of one per cell (converting
+#: the cells into Python objects was most of the digest's cost), handed over as its UTF-8 bytes (a BLOB:
+#: no text decoded only to be encoded again).
+SQLITE_ROW_TEXT = "CAST(json_array({seed}, {columns}) AS BLOB)"
 SQLITE_ROW_CELL = "iif(typeof({expr}) = 'text', {expr}, json_object('q', quote({expr})))"
 
 
@@ -322,14 +323,13 @@ def _seed_hash(seed: str) -> Any:
     return hashlib.blake2b(seed.encode("utf-8", "surrogatepass"), digest_size=8)
 
 
-def text_digest(text: str) -> int:
-    """The digest of a row's text (:data:`SQLITE_ROW_TEXT`, seed included): BLAKE2b (8 bytes), signed
-    64-bit. Registered as SQLite's row digest: the one place it is computed.
+def text_digest(text: bytes) -> int:
+    """The digest of a row's text (:data:`SQLITE_ROW_TEXT`, seed included): BLAKE2b (8 bytes) of its UTF-8
+    bytes, signed 64-bit. Registered as SQLite's row digest: the one place it is computed.
 
-    :param text: the row's text.
+    :param text: the row's text, UTF-8 encoded.
     """
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
 
 
 def register_functions(conn: Any) -> None:

@@ -137,7 +137,7 @@ def test_sqlite_row_digest_hashes_the_json_array_sqlite_builds(tmp_path: Any) ->
         0
     ]
     text = '["seed|it\'s",{"q":"NULL"},"a\\"b",{"q":"3.00000000000000044408e-01"}]'
-    assert value == text_digest(text)
+    assert value == text_digest(text.encode())
     assert value == int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
     conn.close()
 
