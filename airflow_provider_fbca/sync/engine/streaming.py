@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from itertools import compress
 from typing import Any
 
-from airflow_provider_fbca.sync.engine.options import RowPreparerLike, SyncOptions
+from airflow_provider_fbca.sync.engine.options import RemovalGuard, RowPreparerLike, SyncOptions
 from airflow_provider_fbca.sync.engine.support import close_rows, describe_plan
 from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages, streamed_plan
 from airflow_provider_fbca.sync.journal import PageJournal
@@ -40,6 +40,7 @@ class StreamedFirstSync:
     full_refresh: bool
     journal: PageJournal
     lease: SyncLease
+    removal_guard: RemovalGuard | None
     report: SyncReport
     rejects: RejectsTable | None
     stager: ModelStager
@@ -63,6 +64,8 @@ class StreamedFirstSync:
         if self.rejects is not None:  # before the audience is created: its rejects move to its sync key
             self.rejects.start()
         self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
+        if self.removal_guard is not None:  # a partition's slice counts as empty in its run's budget
+            self.removal_guard.streams_first_sync(scan.rows)
         self._create_audience()
         non_members = [0]
         with contextlib.ExitStack() as stack:
