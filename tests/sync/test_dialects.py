@@ -14,6 +14,7 @@ from airflow_provider_fbca.sync.dialects import (
     digest64,
     partition_hash,
     register_functions,
+    text_digest,
 )
 from airflow_provider_fbca.sync.state import StateStore
 
@@ -123,16 +124,21 @@ def test_every_dialect_spells_every_expression() -> None:
     assert {name for name, dialect in DIALECTS.items() if dialect.tested} == {"postgresql", "sqlite"}
 
 
-def test_sqlite_row_digest_is_the_clients(tmp_path: Any) -> None:
+def test_sqlite_row_digest_hashes_the_json_array_sqlite_builds(tmp_path: Any) -> None:
+    """The stored format: BLAKE2b (8 bytes, signed) of a JSON array of the seed and the cells, a text as a
+    string, any other value as its SQL literal (exact for a REAL, the one way for a BLOB)."""
+    import hashlib
     import sqlite3
 
     conn = sqlite3.connect(tmp_path / "w.db")
     register_functions(conn)
-    conn.execute("CREATE TABLE t (x, y)")
-    conn.executemany("INSERT INTO t VALUES (?, ?)", ROWS)
-    digest = DIALECTS["sqlite"].row_digest(['"x"', '"y"'], "seed")
-    pairs = conn.execute(f"SELECT x, y, {digest} FROM t").fetchall()
-    assert [value for *_, value in pairs] == [client_row_digest("seed", (x, y)) for x, y, _ in pairs]
+    digest = DIALECTS["sqlite"].row_digest(['"x"', '"y"', '"z"'], "seed|it's")
+    value = conn.execute(f"SELECT {digest} FROM (SELECT NULL AS x, 'a\"b' AS y, 0.1 + 0.2 AS z)").fetchone()[
+        0
+    ]
+    text = '["seed|it\'s",{"q":"NULL"},"a\\"b",{"q":"3.00000000000000044408e-01"}]'
+    assert value == text_digest(text.encode())
+    assert value == int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
     conn.close()
 
 

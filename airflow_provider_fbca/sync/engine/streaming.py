@@ -72,7 +72,7 @@ class StreamedFirstSync:
             worker = self._preparer_process(scan.rows)
             if worker is not None:
                 stack.enter_context(worker)  # closed after the pages: a generator's cursor goes first
-            rows = self._streamed_rows(model, non_members, worker, scan.cell_types)
+            rows = self._streamed_rows(model, non_members, worker)
             stack.callback(
                 close_rows, rows
             )  # this frame holds it too: an error's traceback would keep it open
@@ -98,20 +98,13 @@ class StreamedFirstSync:
         model: ModelQuery,
         non_members: list[int],
         worker: PreparerProcess | None,
-        cell_types: frozenset[type],
     ) -> Iterator[Staged]:
         """The model's member rows, prepared, a chunk at a time as the session asks for them; counts the
-        non-members.
-
-        :param cell_types: the types of the cells the first pass read (the client may digest them).
-        """
-        chunks: Iterator[list[tuple[Any, ...]]]
+        non-members."""
         digested = isinstance(model, PushdownModel)
-        if isinstance(model, PushdownModel):
-            client = model.client_digests(cell_types)
-            chunks = model.client_digested_rows() if client else model.digested_rows()
-        else:
-            chunks = model.rows()
+        chunks: Iterator[list[tuple[Any, ...]]] = (
+            model.digested_rows() if isinstance(model, PushdownModel) else model.rows()
+        )
         # Closed here, not by the garbage collector: an exception's traceback keeps a failed stream's
         # frames alive, and a collection in another thread could not close the cursor of this connection.
         try:
