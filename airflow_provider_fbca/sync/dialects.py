@@ -36,7 +36,7 @@ SQLITE_ROW_DIGEST_FUNCTION = "fbca_row_digest"
 #: the cells into Python objects was most of the digest's cost), handed over as its UTF-8 bytes (a BLOB:
 #: no text decoded only to be encoded again).
 SQLITE_ROW_TEXT = "CAST(json_array({seed}, {columns}) AS BLOB)"
-SQLITE_ROW_CELL = "iif(typeof({expr}) = 'text', {expr}, json_object('q', quote({expr})))"
+SQLITE_ROW_CELL = "CASE typeof({expr}) WHEN 'text' THEN {expr} ELSE json_object('q', quote({expr})) END"
 
 
 @dataclass(frozen=True)
@@ -337,5 +337,20 @@ def register_functions(conn: Any) -> None:
 
     :param conn: an open sqlite3 connection.
     """
+    _check_sqlite_json(conn)
     conn.create_function(SQLITE_DIGEST_FUNCTION, 1, digest64, deterministic=True)
     conn.create_function(SQLITE_ROW_DIGEST_FUNCTION, 1, text_digest, deterministic=True)
+
+
+def _check_sqlite_json(conn: Any) -> None:
+    """Refuse, naming the fix, a SQLite built without its JSON functions (the row digest's text needs them).
+
+    :param conn: an open sqlite3 connection.
+    """
+    try:
+        conn.execute("SELECT json_array(1)").fetchone()
+    except Exception as error:  # sqlite3.OperationalError: no such function
+        raise RuntimeError(
+            "This SQLite library has no JSON functions (json_array), which the sync's row digest needs: "
+            "use a SQLite 3.38 or newer, or one built with JSON1 (Python's own builds are)."
+        ) from error

@@ -178,3 +178,20 @@ def test_the_client_row_digest_is_the_stored_one() -> None:
             text = f"{seed}{row!r}".encode("utf-8", "surrogatepass")
             stored = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
             assert client_row_digest(seed, row) == client_row_digest(seed, list(row)) == stored
+
+
+def test_a_sqlite_without_json_functions_is_refused_naming_the_fix() -> None:
+    """The row digest's text is built by json_array: a SQLite without JSON1 (older than 3.38 and built
+    without it) cannot run it, and is told so when the functions are registered, not mid-diff. No such
+    library exists here, so a connection stands in for one, refusing the function as SQLite does."""
+    import sqlite3
+
+    class SqliteWithoutJson:
+        def execute(self, sql: str) -> Any:
+            raise sqlite3.OperationalError("no such function: json_array")
+
+        def create_function(self, *args: Any, **kwargs: Any) -> None:
+            raise AssertionError("registered despite the missing JSON functions")
+
+    with pytest.raises(RuntimeError, match=r"SQLite 3\.38 or newer, or one built with JSON1"):
+        register_functions(SqliteWithoutJson())
