@@ -47,6 +47,9 @@ class StageTable:
         #: ``unseen`` holds the key of every state row of the sync no model row matched (known or not),
         #: not only the known digests: the plan then reads those rows by key instead of scanning the state.
         self.unseen_keyed = False
+        #: Whether the plan copied the state rows it reads into :attr:`stored_copy`
+        #: (see :func:`.plan.stored_rows_copy`).
+        self.stored_copied = False
         self.kept: dict[str, StagedRow] | None = {}
         """The loaded rows by key while they are few (an incremental run stages only its new and changed
         rows), None past :attr:`keep_rows`: the additions are then read back from the table. The plan
@@ -123,6 +126,11 @@ class StageTable:
         """The temporary table of the known source digests this run did not see."""
         return f"{self.name}_unseen"
 
+    @property
+    def stored_copy(self) -> str:
+        """The temporary table of the state rows the plan reads (see :func:`.plan.stored_rows_copy`)."""
+        return f"{self.name}_stored"
+
     def create_unseen(self, *, keyed: bool = False) -> None:
         """Create the (empty) table of the known source digests no model row had (rows changed or gone).
 
@@ -156,6 +164,7 @@ class StageTable:
     def drop(self) -> None:
         try:
             self.store.conn.rollback()
+            self.store.execute(f"DROP TABLE IF EXISTS {self.stored_copy}").close()
             self.store.execute(f"DROP TABLE IF EXISTS {self.unseen}").close()
             self.store.execute(f"DROP TABLE IF EXISTS {self.name}").close()
             self.store.commit()
