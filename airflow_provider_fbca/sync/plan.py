@@ -261,14 +261,10 @@ def build_plan(
 def _mark_differences(store: StateStore, stage: StageTable, sync_key: str, adds_enabled: bool) -> None:
     """Mark the stage rows that are new, changed, or (non-)members unlike in the state."""
     adds, t = _flag(adds_enabled), stage.name
-    copied = stored_rows_copy(store, stage, sync_key)
-    # The state's rows of the sync: the copy of those the stage's keys name, when there is one.
-    stored, of_sync, params = (
-        (f"{copied} AS s", "", ()) if copied else (f"{store.table} AS s", "s.sync_key = ? AND ", (sync_key,))
-    )
+    stored, of_sync, params = _stored_rows(store, stage, sync_key)
     # Rows not in the state first, while the stage holds only what was loaded: the planner then probes
-    # the state's key index per stage row (after the next UPDATE, the stage's larger size would make it
-    # hash the whole state instead: a second at a million rows).
+    # the state's key index per stage row, when it reads the state (after the next UPDATE, the stage's
+    # larger size would make it hash the whole state instead: a second at a million rows).
     store.execute(
         f"UPDATE {t} SET in_state = 0, old_member = NULL,"
         f" to_add = CASE WHEN member = 1 AND {adds} = 1 THEN 1 ELSE 0 END,"
@@ -301,6 +297,15 @@ def _mark_differences(store: StateStore, stage: StageTable, sync_key: str, adds_
         f" AND (s.fingerprint <> {t}.fingerprint OR s.member = 0 OR {t}.member = 0)",
         params,
     ).close()
+
+
+def _stored_rows(store: StateStore, stage: StageTable, sync_key: str) -> tuple[str, str, tuple[str, ...]]:
+    """``(table AS s, condition prefix, its parameters)``: the sync's state rows that the plan reads, from
+    :func:`stored_rows_copy` when there is one, else from the state (the prefix keeps the sync's rows)."""
+    copied = stored_rows_copy(store, stage, sync_key)
+    if copied is not None:
+        return f"{copied} AS s", "", ()
+    return f"{store.table} AS s", "s.sync_key = ? AND ", (sync_key,)
 
 
 def stored_rows_copy(store: StateStore, stage: StageTable, sync_key: str) -> str | None:
@@ -580,15 +585,14 @@ def record_source_digests(store: StateStore, stage: StageTable, sync_key: str) -
     it lets the next run skip the row instead of preparing it again on every run. Nothing is sent for these
     rows, so their digest may be recorded before the sending, whatever becomes of it.
     """
-    t, copied = stage.name, stored_rows_copy(store, stage, sync_key)
-    stored, of_sync = (f"{copied} AS s", "") if copied else (f"{store.table} AS s", "s.sync_key = ? AND ")
+    t, (stored, of_sync, params) = stage.name, _stored_rows(store, stage, sync_key)
     store.execute(
         f"UPDATE {store.table} SET source_digest = (SELECT MIN(t.source_digest) FROM {t} AS t"
         f" WHERE t.row_key = {store.table}.row_key) WHERE sync_key = ? AND row_key IN ("
         f"SELECT t.row_key FROM {t} AS t CROSS JOIN {stored} WHERE {of_sync}"
         "s.row_key = t.row_key AND t.member = s.member AND t.fingerprint = s.fingerprint"
         " AND t.source_digest IS NOT NULL AND (s.source_digest IS NULL OR s.source_digest <> t.source_digest))",
-        (sync_key,) if copied else (sync_key, sync_key),
+        (sync_key, *params),
     ).close()
     store.commit()
 
