@@ -319,15 +319,24 @@ def stored_rows_copy(store: StateStore, stage: StageTable, sync_key: str) -> str
     It holds every state row of the sync whose key is in the stage or in ``unseen`` (which then holds the
     key of every state row no model row matched, see :attr:`StageTable.unseen_keyed`: the stage stays
     small when little changed), and is read only while planning: nothing writes the state until then.
+    Past :attr:`StageTable.copied_keys_share` of the state's rows, the plan reads the state itself.
 
     :param store: the state store.
     :param stage: the run's loaded and indexed stage table.
     :param sync_key: the sync.
     """
-    if not (store.is_postgres and stage.unseen_keyed and stage.unseen_loaded):
+    if not (
+        store.is_postgres and stage.unseen_keyed and stage.unseen_loaded and stage.state_rows is not None
+    ):
         return None
     copied = stage.stored_copy
-    if not stage.stored_copied:
+    if stage.stored_copied is None:
+        keys = store.fetch_one(
+            f"SELECT (SELECT COUNT(*) FROM {stage.name}) + (SELECT COUNT(*) FROM {stage.unseen})"
+        )
+        stage.stored_copied = int(keys[0]) <= stage.state_rows * stage.copied_keys_share
+        if not stage.stored_copied:
+            return None
         # One probe of the state's key per key: the LIMIT keeps the lookup a subquery run per key (joined,
         # the planner would rather hash the whole state once the keys number a few thousand). The
         # planner prices the probes as one per state row and, past jit_above_cost, would compile the
@@ -341,8 +350,7 @@ def stored_rows_copy(store: StateStore, stage: StageTable, sync_key: str) -> str
             (sync_key,),
         ).close()
         store.analyze(copied)
-        stage.stored_copied = True
-    return copied
+    return copied if stage.stored_copied else None
 
 
 def load_defaults(member: int, adds_enabled: bool, state_empty: bool) -> tuple[int, int | None, int, int]:

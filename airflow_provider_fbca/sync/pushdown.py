@@ -234,7 +234,7 @@ class PushdownModel(ModelQuery):
         # A state row comes once in j, or once per model row matching it: past one, a model row repeats
         # another's cells (the digests of a sync's state rows are distinct but for a 64-bit collision,
         # see _load_known). The matched state rows are the model rows skipped as unchanged.
-        repeats = state_rows - known_rows
+        repeats, stage.state_rows = state_rows - known_rows, known_rows
         seen = matched - repeats
         duplicates = []
         if repeats:

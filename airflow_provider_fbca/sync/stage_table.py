@@ -29,6 +29,10 @@ STAGE_LOAD_COLUMNS = (
 #: The most loaded rows a stage keeps in memory too (about 1 KB each), so that sending them does not read
 #: them back from the database (see :attr:`StageTable.kept`).
 KEPT_ROWS = 50_000
+#: The plan copies the state rows it reads (see :func:`.plan.stored_rows_copy`) when their keys are at most
+#: this share of the sync's state rows: a key-index probe each (some 15 us at a million rows) then costs less
+#: than the scans and hashes of the whole state that the plan's statements would otherwise choose.
+COPIED_KEYS_SHARE = 0.1
 
 
 class StageTable:
@@ -39,6 +43,8 @@ class StageTable:
 
     #: The most loaded rows kept in memory too (tests lower it).
     keep_rows = KEPT_ROWS
+    #: The largest share of the state's rows whose copy the plan reads (tests change it).
+    copied_keys_share = COPIED_KEYS_SHARE
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
@@ -47,9 +53,11 @@ class StageTable:
         #: ``unseen`` holds the key of every state row of the sync no model row matched (known or not),
         #: not only the known digests: the plan then reads those rows by key instead of scanning the state.
         self.unseen_keyed = False
-        #: Whether the plan copied the state rows it reads into :attr:`stored_copy`
-        #: (see :func:`.plan.stored_rows_copy`).
-        self.stored_copied = False
+        #: The sync's state rows when the diff ran in the warehouse (PostgreSQL), else None.
+        self.state_rows: int | None = None
+        #: Whether the plan copied the state rows it reads into :attr:`stored_copy` (None: not decided
+        #: yet; see :func:`.plan.stored_rows_copy`).
+        self.stored_copied: bool | None = None
         self.kept: dict[str, StagedRow] | None = {}
         """The loaded rows by key while they are few (an incremental run stages only its new and changed
         rows), None past :attr:`keep_rows`: the additions are then read back from the table. The plan

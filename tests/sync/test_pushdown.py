@@ -97,6 +97,21 @@ class Twin:
         assert {kind: len(audience.calls) for kind, audience in self.audiences.items()} == calls
 
 
+@pytest.fixture(autouse=True)
+def _plan_from_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL plans from its copy of the state rows it reads whatever their share of these small
+    states (past a tenth it reads the state itself, as with :func:`plan_reads` ``state``)."""
+    monkeypatch.setattr(StageTable, "copied_keys_share", float("inf"))
+
+
+@pytest.fixture(params=["copy", "state"])
+def plan_reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways PostgreSQL's plan reads the state rows: from its copy of them, or the state itself."""
+    if request.param == "state":
+        monkeypatch.setattr(StageTable, "copied_keys_share", 0.0)
+    return str(request.param)
+
+
 def _comparable(report: SyncReport) -> dict[str, Any]:
     """The report but for the session ids, which every run draws afresh."""
     result = report.as_dict()
@@ -110,7 +125,7 @@ def _state(store: StateStore) -> dict[str, tuple[str, int]]:
     return {key: (ids, member) for key, _, ids, member in store.iter_rows("act_1:42")}
 
 
-def test_mirror_over_changes_nulls_and_type_changes(store: StateStore) -> None:
+def test_mirror_over_changes_nulls_and_type_changes(store: StateStore, plan_reads: str) -> None:
     twin = Twin(store)
     twin.write([(1, "a@x", "1"), (2, "b@x", None), (3, None, None), (4, "d@x", "4")])
     assert twin.sync()["added"] == 4
@@ -191,7 +206,7 @@ def test_state_rows_without_a_digest_are_planned_like_changed_ones(store: StateS
 
 
 @pytest.mark.parametrize("mode", [SyncMode.UPSERT, SyncMode.DELETE])
-def test_upsert_and_delete_modes(store: StateStore, mode: SyncMode) -> None:
+def test_upsert_and_delete_modes(store: StateStore, mode: SyncMode, plan_reads: str) -> None:
     twin = Twin(store)
     twin.write([(1, "a@x", "1"), (2, "b@x", "2"), (3, "c@x", "3")])
     twin.sync(mode=mode)
@@ -222,7 +237,7 @@ def test_additions_are_the_staged_rows_whether_kept_in_memory_or_read_back(
     assert twin.audiences["pushdown"].members == expected
 
 
-def test_membership_column(store: StateStore) -> None:
+def test_membership_column(store: StateStore, plan_reads: str) -> None:
     twin = Twin(store, membership=True)
     twin.write([(1, "a@x", "1", 1), (2, "b@x", "2", 1), (3, "c@x", "3", 0)])
     twin.sync()
@@ -232,7 +247,7 @@ def test_membership_column(store: StateStore) -> None:
     twin.sync(mode=SyncMode.DELETE)
 
 
-def test_duplicates_are_refused_alike(store: StateStore) -> None:
+def test_duplicates_are_refused_alike(store: StateStore, plan_reads: str) -> None:
     twin = Twin(store)
     rows = [(1, "a@x", "1"), (2, "b@x", "2"), (3, "c@x", "3")]
     twin.write(rows)
