@@ -101,13 +101,14 @@ class Removals:
                 ).close()
         store.execute(f"DELETE FROM {self.ids} WHERE value IS NULL OR value = ''").close()
         store.execute(f"CREATE INDEX {self.ids}_value ON {self.ids} (key_name, value)").close()
-        store.execute(f"CREATE INDEX {self.ids}_rid ON {self.ids} (rid)").close()
         store.analyze(self.rows, self.ids)
         if keys:
             holders = self._may_hold(keys) if store.is_sqlite else self._probable_holders(keys) or store.table
             for key_schema in self._held_schemas(holders):
                 positions = [(i, key) for i, key in _withholdable(key_schema) if key in keys]
                 self._mark_shared(holders, key_schema, positions)
+        # The pages' index, once the marking updated its rows (an index more for each row it marks).
+        store.execute(f"CREATE INDEX {self.ids}_rid ON {self.ids} (rid)").close()
         store.commit()
         return int(store.fetch_one(f"SELECT COUNT(*) FROM {self.ids} WHERE shared = 1")[0])
 
