@@ -324,7 +324,7 @@ def test_a_run_that_created_its_audience_holds_the_lease_runs_by_its_id_take(
     """A run creating the audience by name starts under a lease on the name (no id yet); once it created
     it, a run reaching it by id (or by name: found, by id) must meet that run's lease, not a free one."""
     sqlite_warehouse.write([customer(i) for i in range(20)])
-    hold_first_upload(sandbox, seconds=3)
+    hold_first_upload(sandbox, seconds=600)  # until the other runs were refused
     outcome: dict[str, Any] = {}
     creating = make_operator(sqlite_warehouse, fb_conn_id, state_table)  # by name, create_audience=True
     thread = threading.Thread(target=lambda: outcome.update(report=run(creating)))
@@ -343,6 +343,7 @@ def test_a_run_that_created_its_audience_holds_the_lease_runs_by_its_id_take(
             with pytest.raises(SyncLeaseHeldError, match=f"audience {created['id']}"):
                 run(make_operator(sqlite_warehouse, fb_conn_id, state_table, **by))
     finally:
+        let_held_uploads_go(sandbox)
         thread.join(timeout=60)
     assert (
         outcome["report"]["added"] == 20 and len(user_uploads(sandbox)) == 1
