@@ -581,6 +581,20 @@ class StateStore:
         cursor.close()
         return held
 
+    def limit_lock_wait(self, seconds: float) -> None:
+        """Make this connection's statements give up after waiting ``seconds`` for a lock (SQLite's busy
+        timeout, PostgreSQL's ``lock_timeout``), where they would wait a driver's default or for ever.
+        Other databases keep their own setting.
+
+        :param seconds: the longest wait.
+        """
+        milliseconds = max(1, round(seconds * 1000))
+        if self.is_sqlite:
+            self.execute(f"PRAGMA busy_timeout = {milliseconds}").close()
+        elif self.is_postgres:
+            self.execute(f"SET lock_timeout = {milliseconds}").close()
+            self.conn.commit()
+
     def release_lease(self, sync_key: str, owner: str) -> None:
         """Drop the lease if the owner still holds it (never another run's)."""
         self.execute(
