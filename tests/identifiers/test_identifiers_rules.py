@@ -353,6 +353,13 @@ def test_zip_rule() -> None:
             ("01310-100", "BR", "01310-100"),
             ("94025-1234", None, "94025"),  # ZIP+4 only exists in the US
             ("SW1A 1AA", None, "sw1a1aa"),
+            # Five ASCII digits are kept as they are (a fast path), except by the UK's rule, and only ASCII.
+            ("12345", None, "12345"),
+            ("12345", "DE", "12345"),
+            ("12345", "GB", "zip.invalid"),
+            ("12345", "GG", "zip.invalid"),
+            ("\u0661\u0662\u0663\u0664\u0665", "US", "zip.invalid"),  # Arabic-Indic digits
+            ("\uff11\uff12\uff13\uff14\uff15", "US", "zip.invalid"),  # full-width digits
         ],
         "ZIP",
     )
