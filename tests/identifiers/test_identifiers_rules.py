@@ -131,6 +131,15 @@ def test_email_rule() -> None:
     )
 
 
+def test_email_local_part_characters() -> None:
+    # A local part refuses whitespace and the separators of a list of addresses, whatever the script: ASCII
+    # parts are told by a faster path than the pattern other parts go through, with the same verdicts.
+    for character in [chr(code) for code in range(128)] + ["\u00a0", "\u2003", "\u3000", "\u00e9", "\u00df"]:
+        value = f"a{character}b@example.com"
+        refused = character.isspace() or character in '@,;:<>()[]\\"'
+        check([(value, None, "email.invalid" if refused else value.lower())], "EMAIL")
+
+
 def test_phone_rule() -> None:
     check(
         [
