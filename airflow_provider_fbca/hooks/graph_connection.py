@@ -162,12 +162,21 @@ def _check_requests_reads_the_same_host(url: str, hostname: str, port: int | Non
         )
 
 
+#: What Airflow's API shows in place of a sensitive value (the password, an extra key naming a secret).
+#: Airflow 3.0's UI sends it back as the value when a connection's extra is edited, so the stored app
+#: secret becomes this mask (3.3 merges the mask with the stored value).
+AIRFLOW_MASK = "***"
+
+
 def _secret(value: Any, field_name: str) -> str | None:
     """
-    A token or app secret, trimmed; refused when it holds whitespace or a control character inside.
+    A token or app secret, trimmed; refused when it holds whitespace or a control character inside, or is
+    Airflow's mask (:data:`AIRFLOW_MASK`).
 
     Such a value is a paste gone wrong (two lines, a wrapped token). A line break would also split it past
     Airflow's secrets masker, which masks whole values, so neither the value nor a part of it is quoted.
+    The mask is what Airflow 3.0's UI saves in place of the app secret when the connection is edited: sent
+    as is, every call would fail on an ``appsecret_proof`` Meta cannot match.
 
     :param value: the connection field's value.
     :param field_name: how the user finds the field in the connection form.
@@ -180,6 +189,12 @@ def _secret(value: Any, field_name: str) -> str | None:
         raise ValueError(
             f"The connection's {field_name} holds a space, a line break or a control character. "
             "Paste it again as a single line with nothing around it."
+        )
+    if text == AIRFLOW_MASK:
+        raise ValueError(
+            f"The connection's {field_name} is Airflow's mask {AIRFLOW_MASK!r}, not the value: Airflow 3.0's "
+            "connection form saves the mask back when a connection is edited. Enter the value again in that "
+            "field (or set the connection with `airflow connections add` or an environment variable)."
         )
     return text
 

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 CREATE_WAIT_S = 120.0
 
 
+def audience_lease_key(audience_id: str) -> str:
+    """The key of the lease of a sync of an audience, by its id: one run per audience, whichever ad
+    account spelling or name reached it (a run that creates it takes it once it has the id)."""
+    return f"audience:{audience_id}"
+
+
 class AudienceResolution:
     """The audience of a sync: resolved by id or name and checked, or created once by name."""
 

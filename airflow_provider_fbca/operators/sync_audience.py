@@ -29,13 +29,19 @@ from airflow_provider_fbca.operators.arguments import (
     read_optional_text,
     read_sync_mode,
 )
-from airflow_provider_fbca.operators.audience_resolution import AudienceResolution
+from airflow_provider_fbca.operators.audience_resolution import AudienceResolution, audience_lease_key
 from airflow_provider_fbca.operators.lineage import query_lineage, sync_lineage
 from airflow_provider_fbca.operators.outlets import check_audience_outlets, record_audience_update
 from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_size
 from airflow_provider_fbca.operators.task_context import lease_holder, run_key, run_label
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE
-from airflow_provider_fbca.sync.engine import RemovalGuard, RemovalsRefusedError, SyncOptions, SyncRun
+from airflow_provider_fbca.sync.engine import (
+    CreatedAudience,
+    RemovalGuard,
+    RemovalsRefusedError,
+    SyncOptions,
+    SyncRun,
+)
 from airflow_provider_fbca.sync.full_refresh_guard import FullRefreshGuard
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES
 from airflow_provider_fbca.sync.partitions import (
@@ -323,7 +329,7 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
             sync_key=(f"{account}:{audience_id}" if audience_id else new_audience) + suffix,
             # One run per audience, whichever ad account override reached it (refused above if foreign);
             # each partition of it has a lease of its own.
-            lease_key=(f"audience:{audience_id}" if audience_id else new_audience) + suffix,
+            lease_key=(audience_lease_key(audience_id) if audience_id else new_audience) + suffix,
             mode=self.sync_mode,
             has_membership=self.membership_column is not None,
             dry_run=self.dry_run,
@@ -362,11 +368,11 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
                     forget_absent=self.sync_mode is SyncMode.MIRROR,
                 )
 
-            def create_audience() -> tuple[str, str]:
+            def create_audience() -> CreatedAudience:
                 audience_id, sync_key = self._create_audience(state_hook, context)
                 if rejects is not None:  # the rejects were listed under the provisional key
                     rejects.move_to(sync_key)
-                return audience_id, sync_key
+                return CreatedAudience(audience_id, sync_key, audience_lease_key(audience_id) + suffix)
 
             guard = self._removal_guard(store, f"{account}:{audience_id}", audience_id, context)
             self._sync_run = SyncRun(

@@ -15,7 +15,8 @@ identifier's text), which keeps the index small; every hit is checked against th
 index is kept up to date as members are added, so each request costs in proportion to its own rows: a
 removal after a large first sync does not pay for indexing the whole audience, which Meta's answers
 would not show either.
-A batch is packed with C-level ``map`` calls only: no Python loop per row.
+A batch is packed and indexed with C-level ``map`` calls only: no Python loop per row. A removal reads
+only the strong identifiers of the members it finds (:meth:`_Layout.strong_values`), not whole rows.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, repeat
-from operator import itemgetter
+from operator import is_, itemgetter
 
 from airflow_provider_fbca.sandbox.validation import (
     HASHED_KEYS,
@@ -49,15 +50,28 @@ class _Layout:
     hashed: tuple[int, ...]
     plain: tuple[int, ...]
     strong: tuple[tuple[int, str], ...]
+    # Where a packed member whose every hashed key is present holds each strong identifier: (key, offset
+    # of its digest in the body) for hashed keys, (key, rank among the plain values) for plain ones.
+    strong_digests: tuple[tuple[str, int], ...]
+    strong_plain: tuple[tuple[str, int], ...]
 
     @classmethod
     def build(cls, schema: tuple[str, ...], schema_id: int) -> _Layout:
+        hashed = tuple(i for i, key in enumerate(schema) if key in HASHED_KEYS)
+        plain = tuple(i for i, key in enumerate(schema) if key not in HASHED_KEYS)
+        start = 1 + len(hashed)
         return cls(
             schema=schema,
             prefix=str(schema_id).encode() + _SCHEMA_END,
-            hashed=tuple(i for i, key in enumerate(schema) if key in HASHED_KEYS),
-            plain=tuple(i for i, key in enumerate(schema) if key not in HASHED_KEYS),
+            hashed=hashed,
+            plain=plain,
             strong=tuple((i, key) for i, key in enumerate(schema) if key in STRONG_KEYS),
+            strong_digests=tuple(
+                (schema[i], start + rank * _DIGEST_SIZE)
+                for rank, i in enumerate(hashed)
+                if schema[i] in STRONG_KEYS
+            ),
+            strong_plain=tuple((schema[i], rank) for rank, i in enumerate(plain) if schema[i] in STRONG_KEYS),
         )
 
     def pack(self, rows: list[list[str]]) -> list[bytes]:
@@ -66,15 +80,18 @@ class _Layout:
         A batch whose every hashed value is present shares one presence pattern, and a lone hashed (or
         plain) column needs no joining: the bytes are the same, with fewer steps per row.
         """
-        hashed = list(map(column_getter(self.hashed), rows))
-        values = list(chain.from_iterable(hashed))
+        # A lone digest a row is read as it is; several are read as one tuple a row, flattened.
+        one = len(self.hashed) == 1
+        hashed = [] if one else list(map(column_getter(self.hashed), rows))
+        values = list(map(itemgetter(self.hashed[0]), rows)) if one else list(chain.from_iterable(hashed))
         prefix = self.prefix + _PACKED
         if all(values):
             prefix += b"\x01" * len(self.hashed)
             parts: list[Iterable[bytes]] = []
         else:
-            parts = [map(bytes, map(map, repeat(bool), hashed))]
-        parts.append(map(bytes.fromhex, values if len(self.hashed) == 1 else map("".join, hashed)))
+            per_row = zip(values) if one else hashed  # each row's hashed values: one presence byte each
+            parts = [map(bytes, map(map, repeat(bool), per_row))]
+        parts.append(map(bytes.fromhex, values if one else map("".join, hashed)))
         if len(self.plain) == 1:
             parts.append(map(str.encode, map(itemgetter(self.plain[0]), rows)))
         else:
@@ -99,6 +116,22 @@ class _Layout:
         plain_values = body[offset:].decode().split(SEPARATOR) if self.plain else []
         values.update(zip(self.plain, plain_values, strict=True))
         return {key: values[i] for i, key in enumerate(self.schema)}
+
+    def strong_values(self, body: bytes) -> dict[str, str]:
+        """Return the member's non-empty strong identifiers by key (``body`` is what follows the schema id).
+
+        A packed member with every hashed key present (a batch's usual form) is read at fixed offsets;
+        any other is unpacked.
+        """
+        present = len(self.hashed)
+        if body[:1] != _PACKED or body[1 : 1 + present].count(1) != present:
+            values = self.unpack(body)
+            return {key: values[key] for _, key in self.strong if values[key]}
+        found = {key: body[offset : offset + _DIGEST_SIZE].hex() for key, offset in self.strong_digests}
+        if self.strong_plain:
+            plain_values = body[1 + present + present * _DIGEST_SIZE :].decode().split(SEPARATOR)
+            found.update((key, plain_values[rank]) for key, rank in self.strong_plain if plain_values[rank])
+        return found
 
 
 class MemberStore:
@@ -162,33 +195,46 @@ class MemberStore:
         :param schema: the canonical schema of the removal rows.
         :param rows: the removal rows as lists of text.
         """
-        victims = self.find(schema, rows)
-        for member in victims:
-            self._delete(member)
-        return len(victims)
+        return self.delete(self.find(schema, rows))
 
-    def find(self, schema: tuple[str, ...], rows: list[list[str]]) -> list[bytes]:
+    def find(self, schema: tuple[str, ...], rows: list[list[str]]) -> dict[bytes, dict[str, str]]:
         """
-        Return the members sharing a non-empty strong identifier with a row (what a removal deletes).
+        Return the members sharing a non-empty strong identifier with a row (what a removal deletes), each
+        with its own strong identifiers (what :meth:`delete` unindexes).
+
+        Each strong column is looked up for the whole batch at once (C-level maps); a hit is checked
+        against the member's own identifier, since the index holds hashes.
 
         :param schema: the canonical schema of the removal rows.
         :param rows: the removal rows as lists of text.
         """
-        strong = self._layout(schema).strong
-        index = self._index
-        found: dict[bytes, None] = {}
-        for row in rows:
-            for position, key in strong:
-                value = row[position]
-                entry = index.get(hash((key, value))) if value else None
+        index, members = self._index, self._members
+        found: dict[bytes, dict[str, str]] = {}
+        for position, key in self._layout(schema).strong:
+            values = list(filter(None, map(itemgetter(position), rows)))  # an empty value finds nobody
+            entries = map(index.get, map(hash, zip(repeat(key), values)))  # hash((key, value))
+            for value, entry in zip(values, entries, strict=True):
                 if entry is None:
                     continue
                 for member in [entry] if isinstance(entry, bytes) else entry:
-                    if member in self._members and self._decode(member).get(key) == value:
-                        found[member] = None
-        return list(found)
+                    if member in found or member not in members:
+                        continue
+                    strong = self._strong_values(member)
+                    if strong.get(key) == value:
+                        found[member] = strong
+        return found
 
-    def matched_people_without(self, members: list[bytes]) -> int:
+    def delete(self, victims: dict[bytes, dict[str, str]]) -> int:
+        """
+        Delete members as :meth:`find` returns them; return how many went.
+
+        :param victims: members of this store, each with its strong identifiers.
+        """
+        for member, strong in victims.items():
+            self._delete(member, strong)
+        return len(victims)
+
+    def matched_people_without(self, members: Iterable[bytes]) -> int:
         """
         How many distinct people the members would match once ``members`` are gone.
 
@@ -244,6 +290,10 @@ class MemberStore:
         layout_id, _, body = member.partition(_SCHEMA_END)
         return self._layouts[int(layout_id)].unpack(body)
 
+    def _strong_values(self, member: bytes) -> dict[str, str]:
+        layout_id, _, body = member.partition(_SCHEMA_END)
+        return self._layouts[int(layout_id)].strong_values(body)
+
     def _index_column(self, key: str, values: list[str], members: list[bytes]) -> None:
         """Index one strong column of new members (an empty value indexes nothing).
 
@@ -257,12 +307,17 @@ class MemberStore:
         self._fold(list(map(hash, zip(repeat(key), values))), members)  # hash((key, value))
 
     def _fold(self, tokens: list[int], members: list[bytes]) -> None:
-        """Index members by their tokens: in one C-level update when no token is taken yet."""
-        if len(set(tokens)) == len(tokens) and self._index.keys().isdisjoint(tokens):
-            self._index.update(zip(tokens, members, strict=True))
+        """Index members by their tokens, in one C-level pass over the index.
+
+        ``setdefault`` gives each free token its member and returns what a taken token holds (a member
+        stored before, or one of this batch sharing the identifier): those members are linked beside it.
+        """
+        taken = list(map(self._index.setdefault, tokens, members))
+        if all(map(is_, taken, members)):
             return
-        for token, member in zip(tokens, members, strict=True):
-            self._link(token, member)
+        for token, member, entry in zip(tokens, members, taken, strict=True):
+            if entry is not member:
+                self._link(token, member)
 
     def _link(self, token: int, member: bytes) -> None:
         entry = self._index.get(token)
@@ -286,16 +341,15 @@ class MemberStore:
         if len(entry) == 1:
             self._index[token] = entry[0]
 
-    def _delete(self, member: bytes) -> None:
+    def _delete(self, member: bytes, strong: dict[str, str]) -> None:
         del self._members[member]
         person = self._person.pop(member, None)
         if person is not None:
             self._people[person] -= 1
             if not self._people[person]:
                 del self._people[person]
-        for key, value in self._decode(member).items():
-            if key in STRONG_KEYS and value:
-                self._unlink(hash((key, value)), member)
+        for key, value in strong.items():
+            self._unlink(hash((key, value)), member)
 
 
 def _encode(layout: _Layout, rows: list[list[str]], packable: list[bool] | None) -> list[bytes]:

@@ -376,20 +376,24 @@ class Population:
         position = {key: i for i, key in enumerate(schema)}
         people = [NO_MATCH] * len(rows)
         unmatched = range(len(rows))
-        for rule, rule_index in zip(MATCH_RULES, self._index, strict=True):
-            if not unmatched:
+        rules = [
+            (rule, rule_index)
+            for rule, rule_index in zip(MATCH_RULES, self._index, strict=True)
+            if set(rule) <= position.keys()
+        ]
+        for number, (rule, rule_index) in enumerate(rules, start=1):
+            getter: Callable[[list[str]], object] = itemgetter(*(position[key] for key in rule))
+            # Each rule looks up only the rows no earlier rule matched (the first rule: every row).
+            asked = rows if len(unmatched) == len(rows) else list(map(rows.__getitem__, unmatched))
+            found = list(map(rule_index.get, map(hash, map(getter, asked)), repeat(NO_MATCH)))
+            if len(unmatched) == len(rows):
+                people = found
+            else:
+                for row, person in zip(unmatched, found, strict=True):
+                    people[row] = person
+            if number == len(rules) or NO_MATCH not in found:  # no rule left, or no row left to match
                 break
-            if set(rule) <= position.keys():
-                getter: Callable[[list[str]], object] = itemgetter(*(position[key] for key in rule))
-                # Each rule looks up only the rows no earlier rule matched (the first rule: every row).
-                asked = rows if len(unmatched) == len(rows) else list(map(rows.__getitem__, unmatched))
-                found = list(map(rule_index.get, map(hash, map(getter, asked)), repeat(NO_MATCH)))
-                if len(unmatched) == len(rows):
-                    people = found
-                else:
-                    for row, person in zip(unmatched, found, strict=True):
-                        people[row] = person
-                unmatched = [row for row in unmatched if people[row] == NO_MATCH] if NO_MATCH in found else []
+            unmatched = [row for row in unmatched if people[row] == NO_MATCH]
         if extern_ids is not None and "EXTERN_ID" in position:
             extern_ids.link([row[position["EXTERN_ID"]] for row in rows], people)
         return people

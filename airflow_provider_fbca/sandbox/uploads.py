@@ -85,13 +85,14 @@ class Uploads:
                 "A replace of this audience's users is in progress; wait until it finishes.",
             )
         upload, session = self._parse_upload(params, audience, adding=not remove)
+        # The members a removal deletes, found once: the floor is judged on them, then they go.
+        victims = audience.members.find(upload.schema, upload.rows) if remove else {}
         if remove:
-            victims = audience.members.find(upload.schema, upload.rows)
             self._check_removal_floor(audience, victims)
         record = self._session_record(audience, session, kind="users")
         people = self._match(audience, upload)
         if remove:
-            audience.members.remove(upload.schema, upload.rows)
+            audience.members.delete(victims)
         else:
             audience.members.add(upload.schema, upload.rows, upload.packable, people)
             audience.schemas_seen.add(upload.schema)
@@ -100,7 +101,7 @@ class Uploads:
         )
         return _upload_response(audience, record, upload), upload.num_received
 
-    def _check_removal_floor(self, audience: Audience, victims: list[bytes]) -> None:
+    def _check_removal_floor(self, audience: Audience, victims: dict[bytes, Any]) -> None:
         """Refuse a removal that would leave fewer matched people than the floor (200/1870047)."""
         floor = self.state.removal_floor
         if not floor or not victims:

@@ -12,8 +12,8 @@ One entry per dialect, data only, so that a warehouse is added by one entry. Wha
   machines, for partitioning a model as ``WHERE <partition_hash> % N = k``.
 
 PostgreSQL and SQLite are implemented and tested. SQLite has no hash function: the sync registers
-deterministic functions on the connection (:func:`register_functions`); its row digest is the very digest
-the client computes (:func:`client_row_digest`), so a SQLite sync digests alike with or without pushdown. Snowflake, BigQuery,
+deterministic functions on the connection (:func:`register_functions`); its row digest hashes one text
+SQLite builds in C per row (:data:`SQLITE_ROW_TEXT`), not the cells one by one. Snowflake, BigQuery,
 Redshift and Databricks are designed, untested: their entries follow each vendor's documented functions,
 and no test runs them.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +29,14 @@ from typing import Any
 #: The names of the functions registered on SQLite connections (see :func:`register_functions`).
 SQLITE_DIGEST_FUNCTION = "fbca_digest64"
 SQLITE_ROW_DIGEST_FUNCTION = "fbca_row_digest"
-#: The types of the values SQLite hands a registered function (INTEGER, REAL, TEXT, BLOB, NULL).
-SQLITE_VALUE_TYPES = frozenset({int, float, str, bytes, type(None)})
+#: What SQLite's row digest hashes: one JSON array its C code builds per row, the seed first, then each
+#: cell: a text as a JSON string, any other value as an object holding its SQL literal (``quote()``: exact
+#: for a REAL, which JSON would round to 15 digits, and the one way a BLOB goes into JSON). ``5``, ``'5'``,
+#: ``5.0``, NULL and ``'NULL'`` all encode apart. One argument per row instead of one per cell (converting
+#: the cells into Python objects was most of the digest's cost), handed over as its UTF-8 bytes (a BLOB:
+#: no text decoded only to be encoded again).
+SQLITE_ROW_TEXT = "CAST(json_array({seed}, {columns}) AS BLOB)"
+SQLITE_ROW_CELL = "CASE typeof({expr}) WHEN 'text' THEN {expr} ELSE json_object('q', quote({expr})) END"
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,6 @@ class Dialect:
     :param fence: appended to a subquery so that the database computes its columns once per row rather
         than inlining them into the outer query, which would compute a row's digest once per use (in the
         join with the state and again in the result); empty when the dialect needs none.
-    :param client_digest: ``row_function`` is :func:`client_row_digest` itself, over the cells as the
-        database hands them to a function: the client computes the same digest from the fetched cells,
-        when the driver converted none of them (:func:`fetched_as_stored`).
     """
 
     name: str
@@ -78,7 +80,6 @@ class Dialect:
     row_join: str = ", "
     cell_type: str | None = None
     fence: str = ""
-    client_digest: bool = False
 
     def row_digest(self, columns: Sequence[str], seed: str, types: Sequence[str] | None = None) -> str:
         """A signed 64-bit digest of a row's cells (plus a seed), computed by the database.
@@ -150,10 +151,10 @@ DIALECTS: dict[str, Dialect] = {
             concat="({parts_pipe})",
             digest64=SQLITE_DIGEST_FUNCTION + "({text})",
             partition_hash="(" + SQLITE_DIGEST_FUNCTION + "(CAST({column} AS TEXT)) & 9223372036854775807)",
-            row_function=SQLITE_ROW_DIGEST_FUNCTION + "({seed}, {columns})",
+            row_function=f"{SQLITE_ROW_DIGEST_FUNCTION}({SQLITE_ROW_TEXT})",
+            row_cell=SQLITE_ROW_CELL,
             # A subquery with a LIMIT is not flattened into a join: it runs as a co-routine.
             fence=" LIMIT -1",
-            client_digest=True,
         ),
         # Designed, untested: no test runs these entries.
         Dialect(
@@ -300,6 +301,10 @@ def digest64(text: str | None) -> int | None:
 def client_row_digest(seed: str, cells: Sequence[Any]) -> int:
     """The digest of a row's source cells as the client computes it (no pushdown), signed 64-bit.
 
+    Not SQLite's (:func:`text_digest` of a text SQLite builds): a sync switching between the client-side
+    diff and the pushdown prepares its rows once more, which sends nothing (their identifiers are the
+    state's: :func:`.plan.record_source_digests` records the new digests).
+
     BLAKE2b (8 bytes) of the seed followed by ``repr`` of the cells' tuple: NULL-safe (``None``) and typed
     (``5`` and ``'5'`` differ). The seed's part of the hash is computed once per seed (:func:`_seed_hash`)
     and copied per row: hashing is a stream, so the digest is that of the concatenation, as before.
@@ -318,26 +323,13 @@ def _seed_hash(seed: str) -> Any:
     return hashlib.blake2b(seed.encode("utf-8", "surrogatepass"), digest_size=8)
 
 
-def _sqlite_row_digest(seed: str, *cells: Any) -> int:
-    return client_row_digest(seed, cells)
+def text_digest(text: bytes) -> int:
+    """The digest of a row's text (:data:`SQLITE_ROW_TEXT`, seed included): BLAKE2b (8 bytes) of its UTF-8
+    bytes, signed 64-bit. Registered as SQLite's row digest: the one place it is computed.
 
-
-def fetched_as_stored(conn: Any, fetched_types: frozenset[type]) -> bool:
-    """Whether the cells a sqlite3 connection fetched are the values a registered function receives.
-
-    A function receives each value as SQLite stores it; a fetch may convert it: a ``text_factory`` other
-    than ``str``, or a converter (``detect_types``, which the connection does not expose). Only sqlite3's
-    own converters may be registered, and they make dates, never one of :data:`SQLITE_VALUE_TYPES`: so
-    cells of those types alone were fetched unconverted.
-
-    :param conn: the open sqlite3 connection the cells came from.
-    :param fetched_types: the Python types of every cell fetched.
+    :param text: the row's text, UTF-8 encoded.
     """
-    own = all(
-        getattr(convert, "__module__", None) == sqlite3.dbapi2.__name__
-        for convert in sqlite3.converters.values()
-    )
-    return own and conn.text_factory is str and fetched_types <= SQLITE_VALUE_TYPES
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
 
 
 def register_functions(conn: Any) -> None:
@@ -345,5 +337,20 @@ def register_functions(conn: Any) -> None:
 
     :param conn: an open sqlite3 connection.
     """
+    _check_sqlite_json(conn)
     conn.create_function(SQLITE_DIGEST_FUNCTION, 1, digest64, deterministic=True)
-    conn.create_function(SQLITE_ROW_DIGEST_FUNCTION, -1, _sqlite_row_digest, deterministic=True)
+    conn.create_function(SQLITE_ROW_DIGEST_FUNCTION, 1, text_digest, deterministic=True)
+
+
+def _check_sqlite_json(conn: Any) -> None:
+    """Refuse, naming the fix, a SQLite built without its JSON functions (the row digest's text needs them).
+
+    :param conn: an open sqlite3 connection.
+    """
+    try:
+        conn.execute("SELECT json_array(1)").fetchone()
+    except Exception as error:  # sqlite3.OperationalError: no such function
+        raise RuntimeError(
+            "This SQLite library has no JSON functions (json_array), which the sync's row digest needs: "
+            "use a SQLite 3.38 or newer, or one built with JSON1 (Python's own builds are)."
+        ) from error

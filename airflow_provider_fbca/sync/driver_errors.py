@@ -10,6 +10,9 @@ message in the task's log, or in the exception Airflow records, would leak them.
   (:func:`.multirow.write_rows`: state upserts, journal pages, owed identifiers), is raised again as the
   same error class, its message made of what names no value: the SQLSTATE, the table, the column, the
   constraint and the fix (:func:`without_values`).
+- So is a refusal of the journal's own statements on PostgreSQL (a page's packed row, the keys of rows
+  written ahead, reconciling's ``INSERT ... SELECT``): :func:`journal_writes_without_values` wraps the
+  method, its ``try`` costing nothing until the driver raises.
 - A model's query that fails in the database while a run diffs it (:func:`model_query_error`) becomes a
   :class:`~.source.ModelReadError` with the driver's first line, its quoted texts replaced by their length
   (as a failed fetch is told, :func:`.source.describe_fetch_error`).
@@ -17,8 +20,9 @@ message in the task's log, or in the exception Airflow records, would leak them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 if TYPE_CHECKING:  # .source imports the state, whose writes copy through this module
     from airflow_provider_fbca.sync.source import ModelReadError
@@ -42,8 +46,12 @@ _NUL_HINT = (
     "query (e.g. replace(column, chr(0), '')) or reject such rows upstream."
 )
 _OTHER_HINT = "rerun the task; if it fails again, the SQLSTATE names the database's problem."
+#: The attribute marking a refusal already told without values (see :func:`is_redacted`).
+_REDACTED = "fbca_without_values"
 
 T = TypeVar("T")
+P = ParamSpec("P")
+S = TypeVar("S")
 
 
 def copy_rows(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -83,12 +91,38 @@ def without_values(write: Callable[[], T], table: str, action: str) -> T:
     raise refusal  # here, not in the handler: the original is not even its context
 
 
-def redacted(error: Exception, table: str, action: str = "COPY") -> Exception:
+def journal_writes_without_values(
+    action: str,
+) -> Callable[[Callable[Concatenate[S, P], T]], Callable[Concatenate[S, P], T]]:
+    """Decorate a method of the write-ahead journal (its ``self.store`` a ``StateStore``) whose statements
+    write rows: on PostgreSQL, a refusal is raised without the rows' values (:func:`redacted`, the table
+    named by the server). SQLite's messages name columns, never values, and stay as they are.
+
+    :param action: what the method writes, for the message (``journal page INSERT``...).
+    """
+
+    def decorate(method: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], T]:
+        @functools.wraps(method)
+        def wrapped(journal: S, *args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return method(journal, *args, **kwargs)
+            except Exception as error:
+                if not (journal.store.is_postgres and from_driver(error)) or is_redacted(error):  # type: ignore[attr-defined]
+                    raise
+                refusal = redacted(error, None, action)
+            raise refusal  # here, not in the handler: the original is not even its context
+
+        return wrapped
+
+    return decorate
+
+
+def redacted(error: Exception, table: str | None, action: str = "COPY") -> Exception:
     """The driver's error again, its message naming the SQLSTATE, the table's column and constraint and
     the fix, never a value of the row.
 
     :param error: a psycopg error raised by a write of rows.
-    :param table: the table written.
+    :param table: the table written; None for the one the server names (a statement writing several).
     :param action: what the write was (``COPY``, ``multi-row INSERT``...).
     """
     sqlstate = getattr(error, "sqlstate", None)
@@ -102,13 +136,21 @@ def redacted(error: Exception, table: str, action: str = "COPY") -> Exception:
         )
         if value
     ]
-    where = f"{table}" + (f" ({', '.join(named)})" if named else "")
+    table = table or getattr(diag, "table_name", None) or "the state's tables"
+    where = table + (f" ({', '.join(named)})" if named else "")
     message = (
         f"PostgreSQL refused the {action} of this run's rows into {where}: {type(error).__name__}"
         f"{f', SQLSTATE {sqlstate}' if sqlstate else ''}. Its own message is left out: it quotes the row's "
         f"values, which may be personal data. Fix: {refusal_hint(error)}"
     )
-    return type(error)(message)
+    refusal = type(error)(message)
+    setattr(refusal, _REDACTED, True)
+    return refusal
+
+
+def is_redacted(error: BaseException) -> bool:
+    """Whether the error is a refusal :func:`redacted` already told (a nested write's)."""
+    return getattr(error, _REDACTED, False)
 
 
 def refusal_hint(error: Exception) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -32,14 +31,11 @@ class KeyScan:
     :param members: the rows whose membership cell is true (all rows without a membership column): the
         session's ``estimated_num_total`` (rows the preparer rejects make it an estimate).
     :param streamable: no two keys may be equal and no key looks personal: the run may send as it reads.
-    :param cell_types: the Python types of the cells read (whether the driver converted any cell: see
-        :meth:`.PushdownModel.client_digests`).
     """
 
     rows: int
     members: int
     streamable: bool
-    cell_types: frozenset[type] = frozenset()
 
 
 def scan_keys(
@@ -65,10 +61,8 @@ def scan_keys(
     buckets = [array("q") for _ in range(_BUCKETS)]
     rows = members = 0
     personal = False
-    cell_types: set[type] = set()
     for chunk in chunks:
         rows += len(chunk)
-        cell_types.update(map(type, chain.from_iterable(chunk)))
         members += len(chunk) if membership is None else sum(map(membership, [row[-1] for row in chunk]))
         if personal:
             continue  # the staged path decides; the membership cells are still checked
@@ -78,7 +72,7 @@ def scan_keys(
             buckets[digest & (_BUCKETS - 1)].append(digest)
     repeated = any(len(set(bucket)) < len(bucket) for bucket in buckets)
     streamable = rows > 0 and not personal and not repeated
-    return KeyScan(rows, members, streamable, frozenset(cell_types))
+    return KeyScan(rows, members, streamable)
 
 
 def _any_personal(keys: list[str]) -> bool:

@@ -96,6 +96,9 @@ class FullRefreshGuard:
         self.removals_by_partition = tally.removals_by_partition
         return whole_audience_plan(plan, tally)
 
+    def streams_first_sync(self, rows_read: int) -> None:
+        """Never called: a full refresh is staged, never streamed."""
+
     def removals_sent(self, removals: int) -> None:
         """Nothing to count: a full refresh is one task, judged before it sends."""
 

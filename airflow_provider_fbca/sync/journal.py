@@ -41,6 +41,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import NamedTuple
 
+from airflow_provider_fbca.sync.driver_errors import journal_writes_without_values
 from airflow_provider_fbca.sync.plan import record_tracked_rows
 from airflow_provider_fbca.sync.state import UNCONFIRMED, StagedRow, StageTable, StateStore, utc_now
 
@@ -143,6 +144,7 @@ class PageJournal:
 
     # -- before sending -------------------------------------------------------------------------------
 
+    @journal_writes_without_values("journal's INSERT of a page")
     def record(
         self,
         kind: str,
@@ -172,6 +174,7 @@ class PageJournal:
             ).close()
         self._commit()
 
+    @journal_writes_without_values("journal's INSERT of a page written ahead")
     def record_new(self, session_id: int, batch_seq: int, rows: Sequence[StagedRow]) -> None:
         """Record a page of rows new to the state right before it is sent, their state rows written ahead.
 
@@ -289,6 +292,7 @@ class PageJournal:
 
     # -- the next run ---------------------------------------------------------------------------------
 
+    @journal_writes_without_values("reconciliation of the pages in flight")
     def reconcile(self) -> int:
         """Fold the pages a killed run left pending into the state, as possibly applied; one transaction.
 

@@ -29,9 +29,7 @@ from typing import Any
 from airflow_provider_fbca.sync.dialects import (
     Dialect,
     cell_types,
-    client_row_digest,
     dialect_for,
-    fetched_as_stored,
     quote_name,
     register_functions,
 )
@@ -107,26 +105,6 @@ class PushdownModel(ModelQuery):
         """The seed of every row's digest: the run's seed, then the constants (they are no column: a
         change of them must change every digest all the same)."""
         return f"{self.seed}{self.constants!r}"
-
-    def client_digests(self, fetched_types: frozenset[type]) -> bool:
-        """Whether the client computes the database's digests from the fetched cells (see
-        :meth:`client_digested_rows`).
-
-        :param fetched_types: the Python types of every cell of the model, as a plain read fetched them.
-        """
-        return self.dialect.client_digest and fetched_as_stored(self.store.conn, fetched_types)
-
-    def client_digested_rows(self) -> Iterator[list[Row]]:
-        """The rows of :meth:`digested_rows` without a stage, digested by the client: the same digests
-        (the dialect's function is :func:`.client_row_digest`) without a call from the database per row.
-        Only when :meth:`client_digests` says so."""
-        seed = self.row_seed
-        chunks = read_model(self.store.conn, self.sql, self.wanted, self.fetch_size, hold=True)
-        try:
-            digested = ([(client_row_digest(seed, row), *row) for row in chunk] for chunk in chunks)
-            yield from self.with_constants(digested, mapped_at=1)
-        finally:
-            chunks.close()
 
     def digested_rows(self, stage: StageTable | None = None) -> Iterator[list[Row]]:
         """The model's rows, each ``(digest, *cells)``; with ``stage`` (after :meth:`diff`), only the rows

@@ -13,7 +13,8 @@ audience, and a slice that loses far more than the whole may lose is a share tha
 churn (:func:`check_share`). A retried partition counts what its earlier tries sent (the journal counts
 each acknowledged removal page in the ledger) plus what it plans now; a try refused before it sends plans
 nothing, and a try that fails while sending counts only what it sent and what it left in flight
-(:meth:`RemovalLedger.withdraw`).
+(:meth:`RemovalLedger.withdraw`). A partition streaming its first sync (never planned) records an entry
+too, before it sends: no removals, its slice empty as it found it (:meth:`WholeSyncGuard.streams_first_sync`).
 
 The audience the budget is a fraction of counts the rows the state says Meta holds: not the rows a killed
 run left possibly unapplied (marked unconfirmed, or named by a page still pending, e.g. a first sync's
@@ -448,6 +449,16 @@ class WholeSyncGuard:
         self.ledger.ensure_table()
         self.ledger.claim(entry, self.max_fraction, record=not self.dry_run)
         return plan
+
+    def streams_first_sync(self, rows_read: int) -> None:
+        """The partition streams its first sync: record its entry (no removals, an empty slice) before it
+        sends, so that the other partitions count its slice as it found it, not its rows as they arrive
+        (settled pages are held rows: the budget would depend on how far its stream got)."""
+        if self.max_fraction is None or self.dry_run:
+            return
+        self.ledger.ensure_table()
+        entry = PartitionRemovals(self.partition, self.partitions, 0, 0, rows_read)
+        self.ledger.claim(entry, self.max_fraction)  # no removals: never refused
 
     def withdraw(self) -> None:
         """The try was refused before sending, or failed while sending: count only what the run sent and

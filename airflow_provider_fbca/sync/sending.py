@@ -278,7 +278,7 @@ class PlanSender:
             ADD, total, encode, send, acknowledge, record_page=record_new if ahead else None
         )
         # Pages written ahead are megabytes a commit: their log is copied back from another thread.
-        checkpointer = WalCheckpointer(self.store.conn if ahead else None)
+        checkpointer = WalCheckpointer(self.store.conn if ahead else None, self.store.table_name)
         with checkpointer:
             try:
                 result = session.run(pages)

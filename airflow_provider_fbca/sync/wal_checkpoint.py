@@ -5,7 +5,9 @@ the log back into the database file (a checkpoint, with its own flushes to disk)
 fills the log past ``wal_autocheckpoint`` pages: with pages this large, nearly every commit, in the run's
 thread, which is what the run's speed depends on. :class:`WalCheckpointer` turns that off for the run's
 connection and checkpoints from a second connection in a thread instead, after each commit; SQLite works
-without the interpreter lock, so on the machine's other core.
+without the interpreter lock, so on the machine's other core. The log checkpointed is that of the database
+holding the state table: ``main``, or the attached database a ``database.table`` state names (its log is
+its own, and the run's setting stops every database's automatic checkpoints).
 
 Durability does not change: a commit is durable once the log is flushed (``synchronous = FULL``), whoever
 checkpoints later. A checkpoint left undone (a failure, a kill) only leaves the log longer, and the next
@@ -24,17 +26,19 @@ log = logging.getLogger(__name__)
 
 
 class WalCheckpointer:
-    """Checkpoints the log of ``conn``'s database from a thread, woken by :meth:`committed`.
+    """Checkpoints the log of the state's database from a thread, woken by :meth:`committed`.
 
-    Does nothing unless ``conn`` is a sqlite3 connection to a database file in WAL mode. Use as a context
-    manager: leaving it stops the thread and gives ``conn`` back its own ``wal_autocheckpoint``.
+    Does nothing unless ``conn`` is a sqlite3 connection whose state database is a file in WAL mode. Use
+    as a context manager: leaving it stops the thread and gives ``conn`` back its own
+    ``wal_autocheckpoint``.
 
     :param conn: the run's connection to the state database.
+    :param table: the state table, ``table`` (in ``main``) or ``database.table`` (an attached database).
     """
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, table: str = "") -> None:
         self.conn = conn
-        self.path = _wal_database_file(conn)
+        self.path = _wal_database_file(conn, table.rpartition(".")[0] or "main")
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -88,12 +92,16 @@ class WalCheckpointer:
             conn.close()
 
 
-def _wal_database_file(conn: Any) -> str | None:
-    """The file of ``conn``'s main database when it is a sqlite3 connection in WAL mode, else None."""
+def _wal_database_file(conn: Any, database: str) -> str | None:
+    """The file of ``conn``'s database ``database`` when it is a sqlite3 connection in WAL mode, else None.
+
+    :param database: ``main`` or an attached database's name (a plain identifier: the state table's).
+    """
     if not isinstance(conn, sqlite3.Connection):
         return None
-    files = {name: path for _, name, path in conn.execute("PRAGMA database_list").fetchall()}
-    if not files.get("main"):  # in memory, or a temporary database
+    files = {name.lower(): path for _, name, path in conn.execute("PRAGMA database_list").fetchall()}
+    path = files.get(database.lower())
+    if not path:  # not attached, in memory, or a temporary database
         return None
-    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-    return files["main"] if str(mode).lower() == "wal" else None
+    mode = conn.execute(f'PRAGMA "{database}".journal_mode').fetchone()[0]
+    return path if str(mode).lower() == "wal" else None

@@ -198,3 +198,22 @@ def test_the_hook_refuses_a_smuggled_host_before_any_request(connect, sandbox):
         ok, message = hook.test_connection()
     assert not ok and "backslash" in message
     assert sandbox.requests() == []
+
+
+def _redacted_by_airflow(extra: dict) -> dict:
+    """The extra as Airflow's API shows it to the UI (Airflow 3.0's form saves it back when edited)."""
+    try:
+        from airflow.sdk._shared.secrets_masker import redact
+    except ImportError:  # Airflow 3.0 and 3.1
+        from airflow.sdk.execution_time.secrets_masker import redact
+    return redact(extra)
+
+
+def test_an_app_secret_airflow_3_0s_form_saved_back_as_its_mask_is_refused_naming_the_fix():
+    """Airflow 3.0's edit form sends the extra as its API showed it, the app secret replaced by the mask;
+    3.0 stores it as is. Sent, every call would carry an appsecret_proof Meta cannot match."""
+    extra = _redacted_by_airflow({"app_id": "123", "app_secret": "s3cr3t-of-the-app"})
+    assert "s3cr3t-of-the-app" not in str(extra)  # what the UI was served, and saves back
+    with pytest.raises(ValueError, match=r"app_secret \(App secret\) is Airflow's mask") as raised:
+        credentials_from_connection(host=None, port=None, password="EAABgood", extra=extra)
+    assert "Enter the value again" in str(raised.value)

@@ -325,3 +325,35 @@ def test_unstorable_extern_ids_reject_their_rows_only(
         *(f"cust-{i:05d}" for i in range(4)),
         "1234567890",
     }
+
+
+def test_a_run_that_created_its_audience_holds_the_lease_runs_by_its_id_take(
+    sqlite_warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    """A run creating the audience by name starts under a lease on the name (no id yet); once it created
+    it, a run reaching it by id (or by name: found, by id) must meet that run's lease, not a free one."""
+    sqlite_warehouse.write([customer(i) for i in range(20)])
+    hold_first_upload(sandbox, seconds=3)
+    outcome: dict[str, Any] = {}
+    creating = make_operator(sqlite_warehouse, fb_conn_id, state_table)  # by name, create_audience=True
+    thread = threading.Thread(target=lambda: outcome.update(report=run(creating)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while thread.is_alive() and time.monotonic() < deadline:  # the audience exists, its upload held
+            if audience_creations(sandbox) and any(
+                key.startswith("audience:") for key, _ in lease_rows(sqlite_warehouse, state_table)
+            ):
+                break
+            time.sleep(0.02)
+        created = FacebookCustomAudiencesHook(fb_conn_id).find_audience("Customers")
+        assert created is not None
+        for by in ({"audience_id": created["id"]}, {"audience_name": "Customers"}):
+            with pytest.raises(SyncLeaseHeldError, match=f"audience {created['id']}"):
+                run(make_operator(sqlite_warehouse, fb_conn_id, state_table, **by))
+    finally:
+        thread.join(timeout=60)
+    assert (
+        outcome["report"]["added"] == 20 and len(user_uploads(sandbox)) == 1
+    )  # the refused runs sent nothing
+    assert lease_rows(sqlite_warehouse, state_table) == []  # every lease released

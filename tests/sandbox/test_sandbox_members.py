@@ -114,3 +114,21 @@ def test_removals_find_members_added_before_and_after_the_index_was_last_read() 
     assert store.remove(("EMAIL",), [[shared]]) == 3, "a from before the read, c and e from after"
     assert store.remove(("EXTERN_ID",), [["d"], ["a"]]) == 1
     assert len(store) == 0
+
+
+def test_removals_unindex_every_identifier_of_what_they_delete_in_any_form() -> None:
+    """A removal found through one identifier forgets the member's others too, whether the member was
+    packed with every digest, packed with a gap, or stored as text; identifiers shared inside one batch
+    index every member that holds them."""
+    store = MemberStore()
+    shared = sha256("family@example.com")
+    batch = [["a", shared, "", "", "m-a"], ["b", shared, "", "", ""], ["c", "", sha256("1"), "", "m-c"]]
+    store.add(SCHEMA, batch)
+    store.add(SCHEMA, [["d\x1f", sha256("d@example.com"), "", "", "m-d"]], [False])
+    assert set(store.find(("EMAIL",), [[shared]])) == set(store.find(("EXTERN_ID",), [["a"], ["b"]]))
+    assert store.remove(("MADID",), [["m-a"], ["m-c"], ["m-d"]]) == 3
+    assert [row["EXTERN_ID"] for row in store.rows()] == ["b"]
+    assert store.find(("EXTERN_ID", "PHONE"), [["a", sha256("1")], ["c", ""], ["d\x1f", ""]]) == {}
+    assert store.remove(("EMAIL",), [[shared]]) == 1
+    assert len(store) == 0
+    assert store._index == {}, "no identifier of a deleted member stays indexed"

@@ -14,6 +14,7 @@ from airflow_provider_fbca.sync.dialects import (
     digest64,
     partition_hash,
     register_functions,
+    text_digest,
 )
 from airflow_provider_fbca.sync.state import StateStore
 
@@ -123,16 +124,21 @@ def test_every_dialect_spells_every_expression() -> None:
     assert {name for name, dialect in DIALECTS.items() if dialect.tested} == {"postgresql", "sqlite"}
 
 
-def test_sqlite_row_digest_is_the_clients(tmp_path: Any) -> None:
+def test_sqlite_row_digest_hashes_the_json_array_sqlite_builds(tmp_path: Any) -> None:
+    """The stored format: BLAKE2b (8 bytes, signed) of a JSON array of the seed and the cells, a text as a
+    string, any other value as its SQL literal (exact for a REAL, the one way for a BLOB)."""
+    import hashlib
     import sqlite3
 
     conn = sqlite3.connect(tmp_path / "w.db")
     register_functions(conn)
-    conn.execute("CREATE TABLE t (x, y)")
-    conn.executemany("INSERT INTO t VALUES (?, ?)", ROWS)
-    digest = DIALECTS["sqlite"].row_digest(['"x"', '"y"'], "seed")
-    pairs = conn.execute(f"SELECT x, y, {digest} FROM t").fetchall()
-    assert [value for *_, value in pairs] == [client_row_digest("seed", (x, y)) for x, y, _ in pairs]
+    digest = DIALECTS["sqlite"].row_digest(['"x"', '"y"', '"z"'], "seed|it's")
+    value = conn.execute(f"SELECT {digest} FROM (SELECT NULL AS x, 'a\"b' AS y, 0.1 + 0.2 AS z)").fetchone()[
+        0
+    ]
+    text = '["seed|it\'s",{"q":"NULL"},"a\\"b",{"q":"3.00000000000000044408e-01"}]'
+    assert value == text_digest(text.encode())
+    assert value == int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
     conn.close()
 
 
@@ -172,3 +178,20 @@ def test_the_client_row_digest_is_the_stored_one() -> None:
             text = f"{seed}{row!r}".encode("utf-8", "surrogatepass")
             stored = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
             assert client_row_digest(seed, row) == client_row_digest(seed, list(row)) == stored
+
+
+def test_a_sqlite_without_json_functions_is_refused_naming_the_fix() -> None:
+    """The row digest's text is built by json_array: a SQLite without JSON1 (older than 3.38 and built
+    without it) cannot run it, and is told so when the functions are registered, not mid-diff. No such
+    library exists here, so a connection stands in for one, refusing the function as SQLite does."""
+    import sqlite3
+
+    class SqliteWithoutJson:
+        def execute(self, sql: str) -> Any:
+            raise sqlite3.OperationalError("no such function: json_array")
+
+        def create_function(self, *args: Any, **kwargs: Any) -> None:
+            raise AssertionError("registered despite the missing JSON functions")
+
+    with pytest.raises(RuntimeError, match=r"SQLite 3\.38 or newer, or one built with JSON1"):
+        register_functions(SqliteWithoutJson())

@@ -168,3 +168,49 @@ def test_a_refused_multirow_write_names_the_fix_not_the_rows(store: StateStore, 
     assert "SQLSTATE 23514" in told and "constraint fbca_refuses_a_person" in told
     assert "Fix: a row breaks a constraint of the table" in str(refused.value)
     store.conn.rollback()
+
+
+def _jane_page(journal: PageJournal) -> None:
+    jane = _jane()  # her values are not in this source line, which a traceback quotes
+    journal.record("add", 3, 1, [(jane.row_key, jane.key_schema, jane.identifiers, "d")])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+@pytest.mark.parametrize(
+    ("refusing", "write"),
+    [
+        # The page's one packed row: its identifiers column holds every row of the page.
+        pytest.param("pages", _jane_page, id="journal-record"),
+        # The written-ahead rows go by COPY; the page's packed row holds their keys (EXTERN_IDs).
+        pytest.param("pages", lambda journal: journal.record_new(3, 1, [_jane()]), id="journal-record-new"),
+        # Reconciling folds the pending rows into the state in one INSERT ... SELECT.
+        pytest.param("table", lambda journal: journal.reconcile(), id="reconcile-insert-select"),
+        # ... and the old identifiers of a member the page would replace into the owed table.
+        pytest.param("owed", lambda journal: journal.reconcile(), id="reconcile-owed-insert-select"),
+    ],
+)
+def test_a_refused_journal_statement_names_the_fix_not_the_row(
+    store: StateStore, refusing: str, write: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Single-row journal inserts and reconciling's ``INSERT ... SELECT`` are refused by a CHECK added by
+    hand: PostgreSQL's DETAIL quotes the failing row, which must reach neither the error nor the log."""
+    import psycopg
+
+    store.ensure_tables()
+    journal = PageJournal(store, "act_1:42")
+    if refusing != "pages":
+        # A member under other identifiers (so reconciling owes them), and a page left in flight over it.
+        store.upsert("act_1:42", [StagedRow(SECRET, "f", "old", "EXTERN_ID", "jane-old-id", 1, 7)])
+        _jane_page(journal)
+    _refuse_values_of(store, getattr(store, refusing if refusing == "table" else f"{refusing}_table"))
+    caplog.set_level("DEBUG")
+    with pytest.raises(psycopg.errors.CheckViolation) as refused:
+        write(journal)
+    told = _told(refused.value) + caplog.text
+    assert SECRET not in told and "madid-of-jane" not in told
+    assert "SQLSTATE 23514" in told and "constraint fbca_refuses_a_person" in told
+    refused_table = getattr(store, refusing if refusing == "table" else f"{refusing}_table").strip('"')
+    assert f"into {refused_table} (" in told  # the table the server names
+    assert "Fix: a row breaks a constraint of the table" in str(refused.value)
+    store.conn.rollback()

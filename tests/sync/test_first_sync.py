@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -82,20 +81,25 @@ def test_the_column_rule_keys_every_cell_as_the_cell_rule_does() -> None:
         assert default_keys_normalizer(column) == [default_key_normalizer(cell) for cell in column]
 
 
-# -- the SQLite row digest, computed by the client from the fetched cells --------------------------------
+# -- the SQLite row digest of a first sync, computed by the database ----------------------------------
 
-#: Cells the database and the client could digest apart, if the client's cells were not the database's.
+#: Cells a digest must tell apart: types (5, 5.0, '5'), REALs JSON would round alike (0.1 + 0.2 and 0.3),
+#: BLOBs, NULL and the text 'NULL', a text spelling another cell's encoding.
 TRICKY_CELLS = [
     ("5", 5, 1),
     ("05", 5.0, 0),
+    ("5", "5", 0),
     ("1e3", -0.0, None),
     ("9223372036854775807", 2**62 + 1, "yes"),
-    ("0.1", 0.1, 1),
+    ("0.1", 0.1 + 0.2, 1),
+    ("0.1", 0.3, 1),
     (None, 1e300, 1),
     ("", b"\x00\xff'\"\\", 1),
     ("Zoë 東京 🙂", "Ä\u0301\n\t'\"\\", 1),
     (b"blob", None, 0),
+    ("X'626C6F62'", None, 0),  # the SQL literal of the BLOB above, as a text
     ("  padded  ", "NULL", 1),
+    ("  padded  ", '{"q":"NULL"}', 1),
 ]
 
 
@@ -113,50 +117,31 @@ def _pushdown(store: StateStore, constants: tuple[Any, ...] = ()) -> PushdownMod
     return model
 
 
-def _cell_types(model: PushdownModel) -> frozenset[type]:
-    return frozenset(type(cell) for chunk in model.cells() for row in chunk for cell in row)
-
-
 @pytest.mark.parametrize("constants", [(), (("LDU",), 0, 0)])
-def test_the_client_digests_the_rows_as_sqlite_does(tmp_path: Path, constants: tuple[Any, ...]) -> None:
+def test_sqlite_digests_every_tricky_row_apart(tmp_path: Path, constants: tuple[Any, ...]) -> None:
     conn = sqlite3.connect(tmp_path / "w.db")
     _model_table(conn)
-    model = _pushdown(StateStore(conn, "fbca_state"), constants)
-    assert model.client_digests(_cell_types(model))
-    by_sqlite = [row for chunk in model.digested_rows() for row in chunk]
-    by_client = [row for chunk in model.client_digested_rows() for row in chunk]
-    assert len(by_sqlite) == len(TRICKY_CELLS)
-    assert by_client == by_sqlite  # digests, cells and constants alike
-    assert len({row[0] for row in by_client}) == len(TRICKY_CELLS)
+    rows = [
+        row for chunk in _pushdown(StateStore(conn, "fbca_state"), constants).digested_rows() for row in chunk
+    ]
+    assert [tuple(row[1:3]) for row in rows] == [cells[:2] for cells in TRICKY_CELLS]  # as stored
+    assert len({row[0] for row in rows}) == len(TRICKY_CELLS)
     conn.close()
 
 
-def test_converted_cells_leave_the_digest_to_sqlite(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "w.db", detect_types=sqlite3.PARSE_DECLTYPES)
-    conn.execute("CREATE TABLE model (a DATE, b, member)")
-    conn.execute("INSERT INTO model VALUES ('2020-01-02', 'x', 1)")
-    conn.commit()
-    model = _pushdown(StateStore(conn, "fbca_state"))
-    assert datetime.date in _cell_types(model)  # sqlite3's own converter made a date of the text
-    assert not model.client_digests(_cell_types(model))
-    conn.close()
-
-
-def test_a_text_factory_or_a_converter_of_ones_own_leaves_the_digest_to_sqlite(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "w.db")
-    _model_table(conn)
-    model = _pushdown(StateStore(conn, "fbca_state"))
-    plain = _cell_types(model)
-    conn.text_factory = lambda data: data.decode().upper()
-    assert not model.client_digests(plain)
-    conn.text_factory = str
-    sqlite3.register_converter("FBCA_TEST_UPPER", lambda data: data.upper())
-    try:
-        assert not model.client_digests(plain)  # it returns bytes: no type tells it ran
-    finally:
-        del sqlite3.converters["FBCA_TEST_UPPER"]
-    assert model.client_digests(plain)
-    conn.close()
+def test_converted_cells_digest_as_stored(tmp_path: Path) -> None:
+    """sqlite3's converters change what a fetch returns, not the digest: SQLite computes it from the
+    stored values, so a connection with ``detect_types`` records the digests any other one computes."""
+    digests = []
+    for detect_types in (0, sqlite3.PARSE_DECLTYPES):
+        conn = sqlite3.connect(tmp_path / f"w{detect_types}.db", detect_types=detect_types)
+        conn.execute("CREATE TABLE model (a DATE, b, member)")
+        conn.execute("INSERT INTO model VALUES ('2020-01-02', 'x', 1)")
+        conn.commit()
+        rows = [row for chunk in _pushdown(StateStore(conn, "fbca_state")).digested_rows() for row in chunk]
+        digests.append([row[0] for row in rows])
+        conn.close()
+    assert digests[0] == digests[1]
 
 
 def test_a_streamed_first_sync_records_the_digests_the_next_run_computes_in_sqlite(
@@ -218,12 +203,6 @@ class _WatchedModel(PushdownModel):
 
     closed: list[str]
 
-    def client_digested_rows(self) -> Any:
-        try:
-            yield from super().client_digested_rows()
-        finally:
-            self.closed.append("client")
-
     def digested_rows(self, stage: Any = None) -> Any:
         try:
             yield from super().digested_rows(stage)
@@ -265,5 +244,5 @@ def test_a_stream_that_fails_midway_closes_the_model_read_at_once(tmp_path: Path
     with pytest.raises((RuntimeError, ConnectionError)) as failure:
         run.run(model)
     assert failure.value is not None  # the error, and its traceback's frames, are still held here
-    assert model.closed == ["client"]
+    assert model.closed == ["sqlite"]
     conn.close()

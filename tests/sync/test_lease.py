@@ -300,5 +300,22 @@ def test_a_step_run_exclusively_gives_up_once_the_lease_stayed_held_for_wait_s(
     lease = SyncLease(store, SYNC_KEY, describe="the creation", clock=Clock(T0 + 1))
     with pytest.raises(SyncLeaseHeldError):
         run_exclusively(lease, lambda: pytest.fail("ran without the lease"), wait_s=5, sleep=waits.append)
-    assert max(waits) == 1.0 and 5 <= sum(waits) < 6  # waits grow to a second, and stop past wait_s
+    assert max(waits) == 0.2 and 5 <= sum(waits) < 5.2  # waits grow to 0.2 s, and stop past wait_s
     assert other_store.lease(SYNC_KEY).owner == "stuck-partition"
+
+
+def test_a_lease_moved_to_the_created_audiences_key_holds_it_and_drops_the_old_one(store: StateStore) -> None:
+    """A run that created its audience takes the key runs by id take; one of them holding it already
+    refuses the move, and the run keeps its old lease (released when it ends) and sends nothing."""
+    store.ensure_tables()
+    lease = SyncLease(store, "act_1:new:Customers", describe="audience (new) Customers", clock=Clock(T0))
+    lease.acquire()
+    assert store.acquire_lease("audience:42", "by-id", "a run by id", T0, T0 + 30 * MINUTE)
+    with pytest.raises(SyncLeaseHeldError, match=r"sync of audience 42 is in progress.*a run by id"):
+        lease.move_to("audience:42", describe="audience 42")
+    assert store.lease("act_1:new:Customers").owner == lease.owner
+    lease.move_to("audience:43", describe="audience 43")
+    assert store.lease("act_1:new:Customers") is None and store.lease("audience:43").owner == lease.owner
+    store.upsert(SYNC_KEY, [StagedRow("a", "f", "d", "EXTERN_ID", "a", 1)])  # fenced on the new key
+    lease.release()
+    assert store.lease("audience:43") is None

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.sync import pushdown
+from airflow_provider_fbca.sync.dialects import client_row_digest
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, SyncMode
 from airflow_provider_fbca.sync.pushdown import PushdownModel
@@ -141,6 +142,34 @@ def test_a_state_digested_by_an_earlier_version_is_prepared_again_once(store: St
     assert (report["rows_prepared"], report["unchanged"], report["rows_sent"]) == (3, 3, 0)
     report = twin.sync()
     assert (report["rows_prepared"], report["unchanged"], report["rows_sent"]) == (0, 3, 0)
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # PostgreSQL's digest did not change
+def test_a_state_digested_by_the_previous_sqlite_digest_is_prepared_again_once(store: StateStore) -> None:
+    """Until SQLite's row digest hashed one text SQLite builds, it was the client's digest of the cells
+    (:func:`.client_row_digest`, seeded like the pushdown): the first run over such a state prepares every
+    row again and sends nothing; it records the new digests, so the next run prepares nothing."""
+    twin = Twin(store)
+    rows = [(1, "a@x", "1"), (2, "b@x", None), (3, None, None)]
+    twin.write(rows)
+    twin.sync()
+    options = SyncOptions("42", "act_1:42", source_key_index=0, mode=SyncMode.MIRROR)
+    model = PushdownModel(twin.push_store, f"SELECT * FROM {twin.table}", twin.wanted, fetch_size=2)
+    model.bind(
+        SyncRun(twin.push_store, RecordingAudience(), PassThroughPreparer(SCHEMA), options).digest_seed
+    )
+    state = twin.push_store
+    for row in rows:
+        old_digest = client_row_digest(model.row_seed, row)
+        state.execute(
+            f"UPDATE {state.table} SET source_digest = ? WHERE row_key = ?", (old_digest, str(row[0]))
+        )
+    state.conn.commit()
+    assert sorted(state.source_digests("act_1:42", members_only=True)) == sorted(
+        client_row_digest(model.row_seed, row) for row in rows
+    )
+    runs = [twin._run("pushdown").as_dict() for _ in range(2)]
+    assert [(r["rows_prepared"], r["unchanged"], r["rows_sent"]) for r in runs] == [(3, 3, 0), (0, 3, 0)]
 
 
 def test_state_rows_without_a_digest_are_planned_like_changed_ones(store: StateStore) -> None:

@@ -492,3 +492,31 @@ def test_a_full_refresh_judges_its_removals_without_the_rows_a_killed_run_left_u
     assert judge([f"0-{i}" for i in range(20)], 0.2).removals == 20
     assert judge([f"0-{i}" for i in range(16)] + unconfirmed, None).state_rows == 120
     assert store.fetch_all(f"SELECT COUNT(*) FROM {store.pages_table}") == [(1,)]  # read, never reconciled
+
+
+def test_a_partition_streaming_its_first_sync_counts_its_slice_as_it_found_it(store: StateStore) -> None:
+    """Partition 0 streams its first sync (an empty slice) in the same run as partition 1 removes 3 of its
+    10 rows: the audience before the run holds 10, so 30% is over 0.2 whenever partition 1 claims, while
+    partition 0 streams or after (counted live, its 100 new rows would have made it 3 of 110)."""
+    from airflow_provider_fbca.sync.pushdown import PushdownModel
+
+    store.ensure_tables()
+    store.upsert(
+        slice_key(1, 2), [StagedRow(f"1-{i}", "f", "d", "EXTERN_ID", f"1-{i}", 1) for i in range(10)]
+    )
+    model = f"{store.table_name}_model"
+    store.execute(f"CREATE TABLE {model} (id TEXT, email TEXT)").close()
+    store.executemany(f"INSERT INTO {model} VALUES (?, ?)", [(f"0-{i:03}", f"h-{i}") for i in range(100)])
+    store.commit()
+
+    def run(k: int, rows: Any) -> Any:
+        options = SyncOptions("42", slice_key(k, 2), source_key_index=0, max_removal_fraction=0.2)
+        guard = WholeSyncGuard(ledger(store), k, 2, 0.2)
+        preparer = PassThroughPreparer(("EXTERN_ID", "EMAIL"))
+        return SyncRun(store, RecordingAudience(), preparer, options, removal_guard=guard).run(rows)
+
+    first = run(0, PushdownModel(store, f"SELECT id, email FROM {model}", ["id", "email"], 10))
+    assert first.plan is not None and first.plan.new_rows == 100 and first.plan.state_rows == 0
+    assert recorded(store) == [("dag.sync/run-1", 0, 0)]  # its entry: nothing removed, an empty slice
+    with pytest.raises(WholeSyncRemovalError, match="remove 3 of the audience's 10 synced rows"):
+        run(1, [[(f"1-{i}", f"1-{i}") for i in range(3, 10)]])

@@ -47,3 +47,26 @@ def test_a_database_without_a_log_file_is_left_as_it_is() -> None:
     conn.close()
     with WalCheckpointer(object()) as checkpointer:  # not sqlite3: PostgreSQL's connections
         assert checkpointer.path is None
+
+
+def test_a_state_in_an_attached_database_has_its_own_log_checkpointed(tmp_path: Path) -> None:
+    """The state table ``statedb.fbca_state`` lives in an attached database, with a log of its own: that
+    log is the one a streamed first sync fills, so it is the one checkpointed (not ``main``'s): once the
+    run is over the attached file alone holds every row, far below SQLite's 1000-page threshold."""
+    from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+    from airflow_provider_fbca.sync.pushdown import PushdownModel
+    from tests.sync.conftest import PassThroughPreparer, RecordingAudience
+
+    conn = sqlite3.connect(tmp_path / "warehouse.db")
+    conn.execute("ATTACH ? AS statedb", (str(tmp_path / "state.db"),))
+    conn.execute("CREATE TABLE model (id, email)")
+    conn.executemany("INSERT INTO model VALUES (?, ?)", [(f"id-{i}", f"p{i}@example.com") for i in range(30)])
+    conn.commit()
+    store, audience = StateStore(conn, "statedb.fbca_state"), RecordingAudience()
+    assert conn.execute("PRAGMA statedb.journal_mode").fetchone() == ("wal",)
+    options = SyncOptions("42", "act_1:42", source_key_index=0, batch_size=4)
+    run = SyncRun(store, audience, PassThroughPreparer(("EXTERN_ID", "EMAIL")), options)
+    report = run.run(PushdownModel(store, "SELECT * FROM model", ["id", "email"], 5))
+    assert report.plan is not None and report.plan.new_rows == 30 == len(audience.members)
+    assert rows_in_the_database_file(tmp_path / "state.db", "fbca_state", tmp_path) == 30
+    conn.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from airflow_provider_fbca.sync.engine.options import (
     ON_REFUSED_REMOVALS,
+    CreatedAudience,
     Model,
     RemovalGuard,
     RowPreparerLike,
@@ -31,6 +32,7 @@ from airflow_provider_fbca.sync.staging import parse_membership
 __all__ = [
     "GC_THRESHOLD",
     "ON_REFUSED_REMOVALS",
+    "CreatedAudience",
     "Model",
     "RemovalGuard",
     "RemovalsRefusedError",

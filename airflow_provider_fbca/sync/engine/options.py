@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from airflow_provider_fbca.sync.batches import MAX_BATCH_SIZE, MAX_IN_FLIGHT
 from airflow_provider_fbca.sync.lease import DEFAULT_LEASE_MINUTES, check_lease_minutes
@@ -18,6 +18,19 @@ from airflow_provider_fbca.sync.state import StageTable
 ON_REFUSED_REMOVALS = ("fail", "warn")
 #: The model a run syncs: chunks of rows, or a query it may read more than once.
 Model = Iterable[Sequence[Sequence[Any]]] | ModelQuery
+
+
+class CreatedAudience(NamedTuple):
+    """The audience a run created (see ``SyncRun``'s ``create_audience``).
+
+    :param audience_id: its id.
+    :param sync_key: the sync key of its state.
+    :param lease_key: the key of the lease other runs reaching it by id take: the run holds it from now on.
+    """
+
+    audience_id: str
+    sync_key: str
+    lease_key: str
 
 
 class RowPreparerLike(Protocol):
@@ -39,6 +52,13 @@ class RemovalGuard(Protocol):
         :param rows_read: the model rows read.
         :returns: the plan the run reports: counted against the whole audience's state where the run's
             sync key does not hold it (a full refresh of a partitioned audience).
+        """
+
+    def streams_first_sync(self, rows_read: int) -> None:
+        """The run streams a first sync into its empty state (never planned, never staged): it removes
+        nothing, and its state counts as the empty state it found (see :mod:`.removal_budget`).
+
+        :param rows_read: the model rows its first pass read.
         """
 
     def removals_sent(self, removals: int) -> None:

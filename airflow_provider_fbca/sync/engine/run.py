@@ -13,7 +13,13 @@ from typing import Any
 
 from airflow_provider_fbca.sync.batches import HEARTBEAT_S
 from airflow_provider_fbca.sync.driver_errors import from_driver, model_query_error
-from airflow_provider_fbca.sync.engine.options import Model, RemovalGuard, RowPreparerLike, SyncOptions
+from airflow_provider_fbca.sync.engine.options import (
+    CreatedAudience,
+    Model,
+    RemovalGuard,
+    RowPreparerLike,
+    SyncOptions,
+)
 from airflow_provider_fbca.sync.engine.streaming import StreamedFirstSync
 from airflow_provider_fbca.sync.engine.support import (
     close_rows,
@@ -60,9 +66,10 @@ class SyncRun(StreamedFirstSync):
     :param clock: the time in seconds since the epoch, for the lease (tests inject one).
     :param rejects: where the rows that lost values are listed (``<state_table>_rejects``); None: nowhere.
     :param create_audience: the audience does not exist yet: called once the plan passed every check and
-        just before the first upload (never in a dry run), it creates the audience and returns its id and
-        the sync key of its state. So a run that fails on the model (a missing column, duplicates, the
-        removal guard) leaves no empty audience behind.
+        just before the first upload (never in a dry run), it creates the audience and returns its id, the
+        sync key of its state and the key of its lease, which the run takes in place of its own. So a run
+        that fails on the model (a missing column, duplicates, the removal guard) leaves no empty audience
+        behind.
     :param removal_guard: judges the plan's removals instead of :func:`.plan.check_removal_guard`, and is
         told of the removals Meta acknowledged (see :class:`RemovalGuard`).
     """
@@ -79,7 +86,7 @@ class SyncRun(StreamedFirstSync):
         holder: str = "",
         clock: Callable[[], float] = time.time,
         rejects: RejectsTable | None = None,
-        create_audience: Callable[[], tuple[str, str]] | None = None,
+        create_audience: Callable[[], CreatedAudience] | None = None,
         removal_guard: RemovalGuard | None = None,
     ) -> None:
         self.store = store
@@ -310,8 +317,10 @@ class SyncRun(StreamedFirstSync):
         """Create the audience now that the model passed every check (see ``create_audience``)."""
         if self.create_audience is None:
             return
-        audience_id, sync_key = self.create_audience()
-        self.options = replace(self.options, audience_id=audience_id, sync_key=sync_key)
+        audience_id, sync_key, lease_key = self.create_audience()
+        # Other runs now reach the audience by its id: this run holds the lease they take, before it sends.
+        self.lease.move_to(lease_key, describe=f"audience {audience_id} (sync_key {sync_key})")
+        self.options = replace(self.options, audience_id=audience_id, sync_key=sync_key, lease_key=lease_key)
         self.journal = self._journal(sync_key)
         self.report.audience_id = audience_id
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from itertools import compress
 from typing import Any
 
-from airflow_provider_fbca.sync.engine.options import RowPreparerLike, SyncOptions
+from airflow_provider_fbca.sync.engine.options import RemovalGuard, RowPreparerLike, SyncOptions
 from airflow_provider_fbca.sync.engine.support import close_rows, describe_plan
 from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages, streamed_plan
 from airflow_provider_fbca.sync.journal import PageJournal
@@ -40,6 +40,7 @@ class StreamedFirstSync:
     full_refresh: bool
     journal: PageJournal
     lease: SyncLease
+    removal_guard: RemovalGuard | None
     report: SyncReport
     rejects: RejectsTable | None
     stager: ModelStager
@@ -63,13 +64,15 @@ class StreamedFirstSync:
         if self.rejects is not None:  # before the audience is created: its rejects move to its sync key
             self.rejects.start()
         self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
+        if self.removal_guard is not None:  # a partition's slice counts as empty in its run's budget
+            self.removal_guard.streams_first_sync(scan.rows)
         self._create_audience()
         non_members = [0]
         with contextlib.ExitStack() as stack:
             worker = self._preparer_process(scan.rows)
             if worker is not None:
                 stack.enter_context(worker)  # closed after the pages: a generator's cursor goes first
-            rows = self._streamed_rows(model, non_members, worker, scan.cell_types)
+            rows = self._streamed_rows(model, non_members, worker)
             stack.callback(
                 close_rows, rows
             )  # this frame holds it too: an error's traceback would keep it open
@@ -95,20 +98,13 @@ class StreamedFirstSync:
         model: ModelQuery,
         non_members: list[int],
         worker: PreparerProcess | None,
-        cell_types: frozenset[type],
     ) -> Iterator[Staged]:
         """The model's member rows, prepared, a chunk at a time as the session asks for them; counts the
-        non-members.
-
-        :param cell_types: the types of the cells the first pass read (the client may digest them).
-        """
-        chunks: Iterator[list[tuple[Any, ...]]]
+        non-members."""
         digested = isinstance(model, PushdownModel)
-        if isinstance(model, PushdownModel):
-            client = model.client_digests(cell_types)
-            chunks = model.client_digested_rows() if client else model.digested_rows()
-        else:
-            chunks = model.rows()
+        chunks: Iterator[list[tuple[Any, ...]]] = (
+            model.digested_rows() if isinstance(model, PushdownModel) else model.rows()
+        )
         # Closed here, not by the garbage collector: an exception's traceback keeps a failed stream's
         # frames alive, and a collection in another thread could not close the cursor of this connection.
         try:
