@@ -20,6 +20,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
+from itertools import repeat
+from operator import add
 from typing import Any, NamedTuple
 
 from airflow_provider_fbca.sync.multirow import copy_new_rows, write_rows
@@ -442,8 +444,9 @@ class StateStore:
             they go by COPY (see :func:`.multirow.copy_new_rows`), and are upserted only if one of them
             was there after all.
         """
-        now = utc_now()
-        values = [(sync_key, *row, now) for row in rows]
+        # Each row between its sync key and the time, by two tuple concatenations in C: a Python loop
+        # unpacking each row costs about twice as much (the hot path of every acknowledged page).
+        values = list(map(add, map((sync_key,).__add__, rows), repeat((utc_now(),))))
         if not (new and self.is_postgres and copy_new_rows(self.conn, self.table, STATE_COLUMNS, values)):
             self.executemany(
                 f"INSERT INTO {self.table} ({', '.join(STATE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
