@@ -54,19 +54,30 @@ P = ParamSpec("P")
 S = TypeVar("S")
 
 
-def copy_rows(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+def copy_rows(
+    cursor: Any,
+    table: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    binary_types: Sequence[str] | None = None,
+) -> None:
     """``COPY`` rows into a table through a psycopg cursor; a refusal is raised without the rows' values.
 
     :param cursor: a psycopg 3 cursor (its transaction stays open; a refusal aborts it).
     :param table: the table (quoted as needed).
     :param columns: the columns the rows hold, in order.
     :param rows: the rows' values.
+    :param binary_types: the columns' PostgreSQL types (``text``, ``int4``...): copy in binary format,
+        which the server reads without parsing text and psycopg writes without escaping it. None: text.
     :raises psycopg.Error: the driver's or the server's refusal, of the class it had, with a message that
         quotes no value (:func:`redacted`).
     """
 
     def copy_all() -> None:
-        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        binary = " (FORMAT BINARY)" if binary_types else ""
+        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN{binary}") as copy:
+            if binary_types:
+                copy.set_types(binary_types)
             for row in rows:
                 copy.write_row(row)
 

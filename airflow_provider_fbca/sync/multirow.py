@@ -7,7 +7,7 @@ statements, 12 s of CPU). The same writes as statements of up to :data:`ROWS_PER
 fraction. They go through psycopg's raw cursor (``$1`` markers): its ordinary cursor parses a statement's
 ``%s`` markers in Python, uncached past 4 KiB, which for thousands of markers costs more than it saves.
 
-Rows expected to be new to a table (a first sync's acknowledged pages) go by ``COPY`` instead
+Rows expected to be new to a table (a first sync's pages, written ahead) go by binary ``COPY`` instead
 (:func:`copy_new_rows`): about a third of the server's CPU of a multi-row upsert, whose conflict check costs
 as much as the insert itself.
 
@@ -155,26 +155,31 @@ def execute_multirow(conn: Any, statement: str, rows: list[Sequence[Any]]) -> bo
     return True
 
 
-def copy_new_rows(conn: Any, table: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> bool:
-    """Insert rows expected to be new by ``COPY``, inside a savepoint of the open transaction; False, with
-    nothing written, when the driver cannot or when one of the rows' keys is already there (the caller
-    then upserts them, so a row that was there after all is updated, as before).
+def copy_new_rows(
+    conn: Any, table: str, columns: Sequence[str], rows: list[Sequence[Any]], types: Sequence[str]
+) -> bool:
+    """Insert rows expected to be new by binary ``COPY``, inside a savepoint of the open transaction; False,
+    with nothing written, when the driver cannot, when one of the rows' keys is already there (the caller
+    then upserts them, so a row that was there after all is updated, as before) or when the table's
+    columns are not of the types given (a table laid out otherwise: the upsert writes it by text).
 
     :param conn: the connection (psycopg 3.2+; any other: False). Its transaction stays open.
     :param table: the table (quoted as needed).
     :param columns: the columns the rows hold, in order.
     :param rows: the rows' values.
+    :param types: the columns' PostgreSQL types, in order (binary ``COPY``: about half the client's CPU of
+        a text one, and a tenth less of the server's).
     """
     cursor = raw_cursor(conn)
     if cursor is None or not rows:
         return False
-    from psycopg.errors import UniqueViolation
+    from psycopg.errors import InvalidBinaryRepresentation, UniqueViolation
 
     with cursor:
         cursor.execute("SAVEPOINT fbca_copy")
         try:
-            copy_rows(cursor, table, columns, rows)  # a refusal quotes no value (see .driver_errors)
-        except UniqueViolation:
+            copy_rows(cursor, table, columns, rows, types)  # a refusal quotes no value (see .driver_errors)
+        except (UniqueViolation, InvalidBinaryRepresentation):
             cursor.execute("ROLLBACK TO SAVEPOINT fbca_copy")
             return False
         cursor.execute("RELEASE SAVEPOINT fbca_copy")

@@ -84,6 +84,8 @@ REFRESH_SAMPLE_TARGET = 10
 #: How an insert into the state table overwrites the row of the same key (SQLite and PostgreSQL alike).
 #: The state's columns, in the order :meth:`StateStore.upsert` writes them: a staged row, keyed and dated.
 STATE_COLUMNS = ("sync_key", *StagedRow._fields, "synced_at")
+#: Their types as a binary ``COPY`` writes them (see :meth:`StateStore.upsert`; VARCHAR reads text's form).
+STATE_COPY_TYPES = ("text", "text", "text", "text", "text", "text", "int4", "int8", "text")
 UPSERT_CLAUSE = (
     "ON CONFLICT (sync_key, row_key) DO UPDATE SET fingerprint = excluded.fingerprint,"
     " id_digest = excluded.id_digest, key_schema = excluded.key_schema, identifiers = excluded.identifiers,"
@@ -439,12 +441,16 @@ class StateStore:
 
         :param commit: commit at once; False when the caller commits a larger transaction.
         :param new: the rows are expected to be new to the state (a streamed first sync's): on PostgreSQL
-            they go by COPY (see :func:`.multirow.copy_new_rows`), and are upserted only if one of them
-            was there after all.
+            they go by binary COPY (see :func:`.multirow.copy_new_rows`), and are upserted only if one of
+            them was there after all.
         """
         now = utc_now()
         values = [(sync_key, *row, now) for row in rows]
-        if not (new and self.is_postgres and copy_new_rows(self.conn, self.table, STATE_COLUMNS, values)):
+        if not (
+            new
+            and self.is_postgres
+            and copy_new_rows(self.conn, self.table, STATE_COLUMNS, values, STATE_COPY_TYPES)
+        ):
             self.executemany(
                 f"INSERT INTO {self.table} ({', '.join(STATE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 f" {UPSERT_CLAUSE}",
