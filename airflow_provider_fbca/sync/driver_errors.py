@@ -45,6 +45,7 @@ _NUL_HINT = (
     "a value holds a NUL character (0x00), which PostgreSQL text cannot store: remove it in the model's "
     "query (e.g. replace(column, chr(0), '')) or reject such rows upstream."
 )
+_BAD_ENCODING = "22021"  # character_not_in_repertoire
 _OTHER_HINT = "rerun the task; if it fails again, the SQLSTATE names the database's problem."
 #: The attribute marking a refusal already told without values (see :func:`is_redacted`).
 _REDACTED = "fbca_without_values"
@@ -167,7 +168,12 @@ def is_redacted(error: BaseException) -> bool:
 def refusal_hint(error: Exception) -> str:
     """What to do about a refused write of rows, from its SQLSTATE (or, for the driver's own, its kind)."""
     sqlstate = getattr(error, "sqlstate", None)
-    if sqlstate is None and "NUL (0x00)" in str(error):
+    if sqlstate is None and "NUL (0x00)" in str(error):  # the driver's, refusing a text parameter
+        return _NUL_HINT
+    # The server's, reading a binary COPY's text: "invalid byte sequence for encoding ...: 0x00" (a
+    # Python string's only byte that is not valid text).
+    primary = getattr(getattr(error, "diag", None), "message_primary", None) or ""
+    if sqlstate == _BAD_ENCODING and primary.endswith(": 0x00"):
         return _NUL_HINT
     return _HINTS.get((sqlstate or "")[:2], _OTHER_HINT)
 
