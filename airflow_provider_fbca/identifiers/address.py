@@ -84,6 +84,10 @@ def normalize_zip(value: object, country: str | None) -> str | Dropped:
     ZIP: lowercase without spaces. US: the first five digits, with the leading zeros a number lost put
     back. UK: outward code plus the first digit of the inward code ("SW1A 1AA" gives "sw1a1").
     """
+    # Five ASCII digits, as most ZIP columns hold them, are what every country but the UK's keeps: no call.
+    five_digits = value.__class__ is str and len(value) == 5 and value.isdigit() and value.isascii()
+    if five_digits and country not in geo.UK_POSTCODE_COUNTRIES:
+        return value
     text = clean(value)
     if not text:
         return missing_or(text, ZIP_INVALID)

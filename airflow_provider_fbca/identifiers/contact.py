@@ -20,6 +20,9 @@ _LABEL_CHARACTER = r"[^\s@,;:<>()\[\]\\\".]"
 _EMAIL = re.compile(rf"{_ADDRESS_CHARACTER}+@(?:{_LABEL_CHARACTER}+\.)+{_LABEL_CHARACTER}{{2,}}")
 _LOCAL_PART = re.compile(rf"{_ADDRESS_CHARACTER}+")
 _DOMAIN = re.compile(rf"(?:{_LABEL_CHARACTER}+\.)+{_LABEL_CHARACTER}{{2,}}")
+#: The ASCII characters an address refuses, from its pattern: deleting them from an ASCII local part (one C
+#: pass) tells it faster than the pattern does.
+_NOT_ADDRESS_ASCII = bytes(code for code in range(128) if not re.fullmatch(_ADDRESS_CHARACTER, chr(code)))
 # Domains repeat (a few providers hold most addresses): each is checked once, in a bounded cache.
 _DOMAIN_CACHE_LIMIT = 1 << 12
 _known_domains: dict[str, bool] = {}
@@ -39,9 +42,14 @@ def normalize_email(value: object, country: str | None) -> str | Dropped:
     valid_domain = _known_domains.get(domain)
     if valid_domain is None:
         valid_domain = _check_domain(domain)
-    if not valid_domain or _LOCAL_PART.fullmatch(local_part) is None:
+    if not valid_domain or not local_part:
         return EMAIL_INVALID
-    return email
+    if local_part.isascii():
+        ascii_part = local_part.encode()
+        valid_local = len(ascii_part.translate(None, _NOT_ADDRESS_ASCII)) == len(ascii_part)
+    else:
+        valid_local = _LOCAL_PART.fullmatch(local_part) is not None
+    return email if valid_local else EMAIL_INVALID
 
 
 def _check_domain(domain: str) -> bool:

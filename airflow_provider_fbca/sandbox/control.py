@@ -81,8 +81,13 @@ def _inspect(sandbox: Sandbox, parts: list[str]) -> tuple[int, dict[str, Any]]:
     if parts == ["requests"]:
         return 200, {"data": sandbox.requests()}
     if parts == ["faults"]:
-        return 200, {"data": sandbox.faults.describe()}
+        return 200, _faults(sandbox)
     raise ControlError(404, "unknown sandbox endpoint")
+
+
+def _faults(sandbox: Sandbox) -> dict[str, Any]:
+    """The fault rules left, and how many requests a delay rule holds right now."""
+    return {"data": sandbox.faults.describe(), "delayed": sandbox.faults.delayed()}
 
 
 def _steer(
@@ -96,7 +101,7 @@ def _steer(
             sandbox.clear_faults()
         else:
             raise ControlError(405, "use POST or DELETE on /_sandbox/faults")
-        return 200, {"data": sandbox.faults.describe()}
+        return 200, _faults(sandbox)
     if method != "POST":
         raise ControlError(404, "unknown sandbox endpoint")
     if parts == ["reset"]:

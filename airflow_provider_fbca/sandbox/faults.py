@@ -11,6 +11,11 @@ at most 200 characters, without nested quantifiers or backreferences, so matchin
 - ``delay_s``: wait that many seconds (0-600; 0 lets one request pass untouched), then answer normally.
 
 For each request the first rule that matches and has ``times`` left applies and spends one.
+
+``DELETE /_sandbox/faults`` also ends the delays in progress: the requests they hold go on at once. The
+number held (``delayed`` in every ``/_sandbox/faults`` answer) tells a test that a request reached the
+sandbox and waits there: a client caught with a request in flight, with no guess at how long it takes to
+send it.
 """
 
 from __future__ import annotations
@@ -126,6 +131,8 @@ class FaultInjector:
     def __init__(self) -> None:
         self._rules: list[FaultRule] = []
         self._lock = threading.Lock()
+        self._delayed = 0
+        self._delays_end = threading.Event()
 
     def add(self, raw_rules: Any) -> int:
         """
@@ -141,9 +148,30 @@ class FaultInjector:
             return len(self._rules)
 
     def clear(self) -> None:
-        """Drop every rule."""
+        """Drop every rule, and end the delays in progress (their requests go on at once)."""
         with self._lock:
             self._rules.clear()
+            self._delays_end.set()
+            self._delays_end = threading.Event()
+
+    def delay(self, seconds: float) -> None:
+        """Hold a request for ``seconds``, or until :meth:`clear` (counted in :meth:`delayed` meanwhile).
+
+        :param seconds: the delay rule's ``delay_s``.
+        """
+        with self._lock:
+            self._delayed += 1
+            ends = self._delays_end
+        try:
+            ends.wait(seconds)
+        finally:
+            with self._lock:
+                self._delayed -= 1
+
+    def delayed(self) -> int:
+        """How many requests a delay rule holds right now."""
+        with self._lock:
+            return self._delayed
 
     def take(self, method: str, path: str) -> FaultRule | None:
         """

@@ -151,6 +151,7 @@ class Sandbox:
 
     def stop(self) -> None:
         """Stop serving and save the state file, if any."""
+        self.faults.clear()  # a request held by a delay rule must not hold the server's threads up
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

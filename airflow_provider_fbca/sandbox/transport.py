@@ -18,7 +18,6 @@ import json
 import socket
 import sys
 import threading
-import time
 import traceback
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -209,7 +208,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
     ) -> bool:
         """Apply a fault rule; return True when the request has been dealt with."""
         if fault.kind == "delay":
-            time.sleep(fault.delay_s)
+            sandbox.faults.delay(fault.delay_s)
             return False
         if fault.kind == "error":
             body = fault.error_body()

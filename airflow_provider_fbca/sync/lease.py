@@ -21,6 +21,7 @@ waits for the transaction in progress to end, so the two never interleave.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -51,6 +52,8 @@ MIN_LEASE_MINUTES = 6 * HEARTBEAT_S / 60
 #: (one insert each), so it starts at most 0.2 s after the holder is done, not up to a second later.
 FIRST_POLL_S = 0.05
 MAX_POLL_S = 0.2
+#: How long ``on_kill``'s release of the lease waits for a lock held by the killed run's own thread.
+KILL_LOCK_WAIT_S = 1.0
 
 
 class SyncLeaseError(RuntimeError):
@@ -117,6 +120,9 @@ class SyncLease:
         self.clock = clock
         self.owner = secrets.token_hex(16)
         self.renewed_at: float | None = None
+        #: Set by :meth:`release_from` (the task was killed): the run writes and renews nothing more, even
+        #: when the lease row could not be dropped (see there).
+        self.killed = False
 
     def acquire(self) -> None:
         """Take the lease, or fail at once naming the sync, the holder and when its lease expires.
@@ -167,6 +173,8 @@ class SyncLease:
             staging never sends.
         :raises SyncLeaseLostError: the lease expired and another run took it over.
         """
+        if self.killed:
+            raise SyncLeaseLostError(self._lost_message("sending"))
         now = self.clock()
         if not force and self.renewed_at is not None and now - self.renewed_at < self.renew_interval_s:
             return
@@ -183,7 +191,7 @@ class SyncLease:
         :raises SyncLeaseLostError: another run took the lease over, or ``on_kill`` released it; the store
             then rolls the transaction back, so the run writes nothing more.
         """
-        if not self.store.hold_lease(self.sync_key, self.owner):
+        if self.killed or not self.store.hold_lease(self.sync_key, self.owner):
             raise SyncLeaseLostError(self._lost_message("writing to the state"))
 
     def _lost_message(self, stopped: str) -> str:
@@ -219,18 +227,27 @@ class SyncLease:
     def release_from(self, store: StateStore) -> None:
         """Drop the lease through another connection to the state database (the task was killed).
 
-        The run's own connection may be in the middle of a statement. Once the lease row is gone, the run's
-        next commit fails the fence and is rolled back. Never raises.
+        Airflow calls ``on_kill`` from its SIGTERM handler, in the thread that runs the task: that thread may
+        be inside a state write not committed yet (an acknowledgement waits for the next page's commit),
+        whose lock (SQLite's write lock, or the lease row's lock taken by the fence on PostgreSQL) the
+        release through another connection would wait for for ever, the holder being the very thread the
+        handler suspended. So the run is stopped first, in memory: its next commit or renewal fails and is
+        rolled back, whether or not the row goes. The release waits at most :data:`KILL_LOCK_WAIT_S`; when
+        it gives up, the run drops the lease itself as it fails (:meth:`release`). Never raises.
 
         :param store: a state store on a connection of its own, for the same state table.
         """
+        self.killed = True
         try:
+            store.limit_lock_wait(KILL_LOCK_WAIT_S)
             store.release_lease(self.sync_key, self.owner)
             log.info("Released the lease of the sync of %s: the task was killed", self.describe)
         except Exception as error:
+            with contextlib.suppress(Exception):  # a statement that timed out aborted the transaction
+                store.conn.rollback()
             log.warning(
-                "Could not release the lease of the sync of %s (%s); it lapses by itself within "
-                "lease_minutes=%g",
+                "Could not release the lease of the sync of %s at once (%s): the run drops it as it stops, "
+                "or it lapses by itself within lease_minutes=%g",
                 self.describe,
                 type(error).__name__,
                 self.duration_s / 60,

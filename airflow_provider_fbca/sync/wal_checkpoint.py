@@ -12,6 +12,14 @@ its own, and the run's setting stops every database's automatic checkpoints).
 Durability does not change: a commit is durable once the log is flushed (``synchronous = FULL``), whoever
 checkpoints later. A checkpoint left undone (a failure, a kill) only leaves the log longer, and the next
 checkpoint (or the next commit, once the run's setting is back) copies it.
+
+While the model's rows stream through the run's connection, its open read pins the snapshot it started
+from, so no checkpoint copies past it: the log grows by the whole state the run writes (about 25 MB per
+100,000 rows) and is copied back once the stream ends. SQLite then reuses the log file at that size rather
+than shrink it, and the file stays as long as any connection has the database open. So the checkpointer
+also caps the log file kept: with ``journal_size_limit`` (:data:`WAL_SIZE_LIMIT_BYTES`) the first commit
+after the log was copied back in full starts the log over and cuts the file down to the cap. No wait and
+no extra flush: SQLite does it in a commit that starts the log over anyway.
 """
 
 from __future__ import annotations
@@ -24,13 +32,19 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: The size the log file is cut down to once copied back: four times what SQLite's own checkpoint
+#: threshold lets it reach (1000 pages of 4 KiB), so the commits of a run that is not streaming, each
+#: checkpointed at that threshold, reuse the file as they did and never pay for its regrowth.
+WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
+
 
 class WalCheckpointer:
     """Checkpoints the log of the state's database from a thread, woken by :meth:`committed`.
 
     Does nothing unless ``conn`` is a sqlite3 connection whose state database is a file in WAL mode. Use
     as a context manager: leaving it stops the thread and gives ``conn`` back its own
-    ``wal_autocheckpoint``.
+    ``wal_autocheckpoint``. The cap on the log file's size (``journal_size_limit``) stays: the log is cut
+    down at the first commit after the stream's read ends, which may come after the checkpointer stops.
 
     :param conn: the run's connection to the state database.
     :param table: the state table, ``table`` (in ``main``) or ``database.table`` (an attached database).
@@ -38,7 +52,8 @@ class WalCheckpointer:
 
     def __init__(self, conn: Any, table: str = "") -> None:
         self.conn = conn
-        self.path = _wal_database_file(conn, table.rpartition(".")[0] or "main")
+        self.database = table.rpartition(".")[0] or "main"
+        self.path = _wal_database_file(conn, self.database)
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -49,6 +64,7 @@ class WalCheckpointer:
             return self
         self._autocheckpoint = self.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         self.conn.execute("PRAGMA wal_autocheckpoint = 0").close()
+        self.conn.execute(f'PRAGMA "{self.database}".journal_size_limit = {WAL_SIZE_LIMIT_BYTES}').close()
         self._thread = threading.Thread(target=self._run, name="fbca-wal-checkpoint", daemon=True)
         self._thread.start()
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,23 @@ def hold_first_upload(sandbox: Any, seconds: float = 2) -> None:
     """The sandbox holds the next /users upload this long: a run is then caught with a batch in flight."""
     faults = [{"method": "POST", "path": "/users", "delay_s": seconds}]
     requests.post(f"{sandbox.url}/_sandbox/faults", json={"faults": faults}, timeout=10).raise_for_status()
+
+
+def wait_for_held_upload(sandbox: Any, timeout_s: float = 60) -> None:
+    """Wait until a delay rule holds a request at the sandbox: the run then has that upload in flight."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        faults = requests.get(f"{sandbox.url}/_sandbox/faults", timeout=10)
+        faults.raise_for_status()
+        if faults.json()["delayed"]:
+            return
+        time.sleep(0.02)
+    raise AssertionError("No upload reached the sandbox.")
+
+
+def let_held_uploads_go(sandbox: Any) -> None:
+    """End the delays in progress (and drop the fault rules left): the held uploads are answered now."""
+    requests.delete(f"{sandbox.url}/_sandbox/faults", json={}, timeout=10).raise_for_status()
 
 
 def customer(index: int, email: str | None = None, ltv: float = 1.0, member: bool = True) -> tuple[Any, ...]:
@@ -84,4 +102,12 @@ def warehouse(request: pytest.FixtureRequest) -> Warehouse:
     return request.getfixturevalue(f"{request.param}_warehouse")
 
 
-__all__ = ["COLUMNS", "Warehouse", "customer", "hold_first_upload", "set_connection"]
+__all__ = [
+    "COLUMNS",
+    "Warehouse",
+    "customer",
+    "hold_first_upload",
+    "let_held_uploads_go",
+    "set_connection",
+    "wait_for_held_upload",
+]

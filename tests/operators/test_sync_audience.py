@@ -18,7 +18,7 @@ from airflow_provider_fbca.sync.audience import AudienceNotSyncableError
 from airflow_provider_fbca.sync.lease import SyncLeaseHeldError
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, RemovalGuardError
 from airflow_provider_fbca.sync.state import decode_identifiers
-from tests.operators.conftest import Warehouse, customer, hold_first_upload
+from tests.operators.conftest import Warehouse, customer, hold_first_upload, let_held_uploads_go
 
 MAPPING = {"external_id": "id", "email": "email", "first_name": "first_name", "country": "country"}
 
@@ -333,8 +333,9 @@ def test_a_second_run_is_refused_while_the_first_is_sending(
     rows = [customer(i) for i in range(20)]
     warehouse.write(rows)
     audience_id = FacebookCustomAudiencesHook(fb_conn_id).create_audience("Customers")
-    # The first run's upload hangs for two seconds: long enough for a manual trigger to collide with it.
-    hold_first_upload(sandbox)
+    # The first run's upload is held at Meta until the second run was refused: a manual trigger colliding
+    # with a run in flight, whatever the machine's load.
+    hold_first_upload(sandbox, seconds=600)
     outcome: dict[str, Any] = {}
     first = make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id)
     thread = threading.Thread(target=lambda: outcome.update(report=run(first)))
@@ -345,6 +346,7 @@ def test_a_second_run_is_refused_while_the_first_is_sending(
         with pytest.raises(SyncLeaseHeldError) as refused:
             run(second)
     finally:
+        let_held_uploads_go(sandbox)
         thread.join(timeout=60)
     message = str(refused.value)
     account = FacebookCustomAudiencesHook(fb_conn_id).ad_account_id

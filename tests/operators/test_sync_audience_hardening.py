@@ -18,7 +18,13 @@ from airflow_provider_fbca.sync.plan import DuplicateKeysError
 from airflow_provider_fbca.sync.row_key import PersonalRowKeyError
 from airflow_provider_fbca.sync.source import ModelReadError
 from airflow_provider_fbca.sync.state import StateStore
-from tests.operators.conftest import Warehouse, customer, hold_first_upload
+from tests.operators.conftest import (
+    Warehouse,
+    customer,
+    hold_first_upload,
+    let_held_uploads_go,
+    wait_for_held_upload,
+)
 from tests.operators.test_sync_audience import (
     MAPPING,
     expected,
@@ -28,7 +34,6 @@ from tests.operators.test_sync_audience import (
     run,
     state_rows,
     user_uploads,
-    wait_for_lease,
 )
 
 
@@ -196,22 +201,6 @@ def test_an_undecodable_cell_is_described_not_quoted(
 # -- issue 16: on_kill ---------------------------------------------------------------------------------
 
 
-def wait_for_upload_session(warehouse: Warehouse, state_table: str, timeout_s: float = 20) -> None:
-    """Wait until the run recorded its upload session: its first batch is then about to go or in flight."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        conn = warehouse._connect()
-        try:
-            cursor = conn.cursor()
-            cursor.execute(f"SELECT COUNT(*) FROM {state_table}_sessions")
-            if cursor.fetchone()[0]:
-                return
-        finally:
-            conn.close()
-        time.sleep(0.02)
-    raise AssertionError("The run never opened an upload session.")
-
-
 def page_kinds(warehouse: Warehouse, state_table: str) -> list[str]:
     """The kinds of the journal's pending pages."""
     conn = warehouse._connect()
@@ -229,9 +218,10 @@ def test_on_kill_releases_the_lease_and_the_killed_run_writes_nothing_more(
     rows = [customer(i) for i in range(30)]
     warehouse.write(rows)
     audience_id = FacebookCustomAudiencesHook(fb_conn_id).create_audience("Customers")
-    # The first batch hangs long enough for the task to be killed while it is in flight, even on a loaded
-    # machine (2 s was once too short there: the batch came back before the kill).
-    hold_first_upload(sandbox, seconds=5)
+    # The first batch is held at Meta until the test lets it go: the kill lands while it is in flight
+    # however loaded the machine is (a fixed hold raced the kill: the batch could come back first, or the
+    # kill land before the batch was recorded and sent).
+    hold_first_upload(sandbox, seconds=600)
     # One batch in flight: with more, whether the second left before the kill would depend on timing.
     operator = make_operator(
         warehouse, fb_conn_id, state_table, audience_id=audience_id, batch_size=10, max_in_flight=1
@@ -247,16 +237,17 @@ def test_on_kill_releases_the_lease_and_the_killed_run_writes_nothing_more(
     thread = threading.Thread(target=execute)
     thread.start()
     try:
-        wait_for_lease(warehouse, state_table)
-        wait_for_upload_session(warehouse, state_table)
+        wait_for_held_upload(sandbox)  # the first batch reached Meta, unanswered
         operator.on_kill()  # what Airflow calls on SIGTERM, in the task's process
         assert lease_rows(warehouse, state_table) == []  # released at once: a retry need not wait
     finally:
+        let_held_uploads_go(sandbox)  # Meta applies it and answers; the run would record the answer
         thread.join(timeout=60)
-    assert isinstance(outcome.get("error"), SyncLeaseLostError), outcome
-    # Meta applies the batch in flight once its hold ends, but the killed run sent nothing more and wrote
-    # nothing more: the state holds the batch's rows (a first sync writes them ahead of Meta's answer),
-    # still pending, so the retry takes them as possibly applied.
+    assert not thread.is_alive() and isinstance(outcome.get("error"), SyncLeaseLostError), outcome
+    # The killed run sent nothing more and wrote nothing more (its record of Meta's answer failed the
+    # fence): the state holds the batch's rows (a first sync writes them ahead of Meta's answer), still
+    # pending, so the retry takes them as possibly applied. The sandbox logs an upload once it has
+    # answered it; the run may have stopped waiting for that answer first (a heartbeat after the kill).
     deadline = time.monotonic() + 30
     while not user_uploads(sandbox) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -333,7 +324,7 @@ def test_a_run_that_created_its_audience_holds_the_lease_runs_by_its_id_take(
     """A run creating the audience by name starts under a lease on the name (no id yet); once it created
     it, a run reaching it by id (or by name: found, by id) must meet that run's lease, not a free one."""
     sqlite_warehouse.write([customer(i) for i in range(20)])
-    hold_first_upload(sandbox, seconds=3)
+    hold_first_upload(sandbox, seconds=600)  # until the other runs were refused
     outcome: dict[str, Any] = {}
     creating = make_operator(sqlite_warehouse, fb_conn_id, state_table)  # by name, create_audience=True
     thread = threading.Thread(target=lambda: outcome.update(report=run(creating)))
@@ -352,6 +343,7 @@ def test_a_run_that_created_its_audience_holds_the_lease_runs_by_its_id_take(
             with pytest.raises(SyncLeaseHeldError, match=f"audience {created['id']}"):
                 run(make_operator(sqlite_warehouse, fb_conn_id, state_table, **by))
     finally:
+        let_held_uploads_go(sandbox)
         thread.join(timeout=60)
     assert (
         outcome["report"]["added"] == 20 and len(user_uploads(sandbox)) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -78,10 +79,33 @@ def test_delay_then_normal_answer(sb: Sandbox, graph: Graph, audience_id: str) -
         graph.http.get(graph.url(audience_id), params=graph.auth, timeout=0.2)
 
 
+def test_a_delayed_request_is_counted_and_let_go_when_the_rules_are_cleared(
+    sb: Sandbox, graph: Graph, audience_id: str
+) -> None:
+    """A test holds a request for as long as it needs, sees that it arrived, then lets it go."""
+    post_faults(sb, {"method": "GET", "delay_s": 600})
+    logged = len(sb.requests())
+    answers: list[requests.Response] = []
+    held = threading.Thread(target=lambda: answers.append(graph.get(audience_id)))
+    held.start()
+    deadline = time.monotonic() + 30
+    while requests.get(f"{sb.url}/_sandbox/faults", timeout=10).json()["delayed"] != 1:
+        assert time.monotonic() < deadline, "the request never reached the delay"
+        time.sleep(0.02)
+    assert answers == [] and len(sb.requests()) == logged  # held: not processed yet
+    requests.delete(f"{sb.url}/_sandbox/faults", json={}, timeout=10).raise_for_status()
+    held.join(timeout=30)
+    assert [answer.status_code for answer in answers] == [200] and len(sb.requests()) == logged + 1
+    assert requests.get(f"{sb.url}/_sandbox/faults", timeout=10).json() == {"data": [], "delayed": 0}
+
+
 def test_clearing_and_refusing_rules(sb: Sandbox, graph: Graph, audience_id: str) -> None:
     post_faults(sb, {"error": {"code": 2}}, {"disconnect": True, "times": 3})
     assert len(requests.get(f"{sb.url}/_sandbox/faults", timeout=10).json()["data"]) == 2
-    assert requests.delete(f"{sb.url}/_sandbox/faults", json={}, timeout=10).json() == {"data": []}
+    assert requests.delete(f"{sb.url}/_sandbox/faults", json={}, timeout=10).json() == {
+        "data": [],
+        "delayed": 0,
+    }
     assert graph.get(audience_id).status_code == 200
     assert post_faults(sb, {"times": 1}).status_code == 400, "a rule needs an action"
     assert post_faults(sb, {"error": {"code": 2}, "delay_s": 1}).status_code == 400, "only one action"

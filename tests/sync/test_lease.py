@@ -203,17 +203,24 @@ def test_a_run_whose_lease_was_taken_over_stops_before_its_next_write(
     assert other_store.lease(SYNC_KEY).owner == "intruder"  # the loser did not release the winner's lease
 
 
+def row(key: str) -> StagedRow:
+    """A state row keyed ``key``."""
+    return StagedRow(key, "fingerprint", "id-digest", "EXTERN_ID", key, 1)
+
+
+def held_lease(store: StateStore) -> SyncLease:
+    """This run's lease, taken: every commit of ``store`` is fenced from now on."""
+    store.ensure_tables()
+    lease = SyncLease(store, SYNC_KEY, describe="audience 42", clock=Clock(T0))
+    lease.acquire()
+    return lease
+
+
 def test_every_commit_is_fenced_and_a_refused_one_is_rolled_back(
     store: StateStore, other_store: StateStore
 ) -> None:
     """The fence runs inside each commit's transaction: a write after a takeover never lands."""
-
-    def row(key: str) -> StagedRow:
-        return StagedRow(key, "fingerprint", "id-digest", "EXTERN_ID", key, 1)
-
-    store.ensure_tables()
-    lease = SyncLease(store, SYNC_KEY, describe="audience 42", clock=Clock(T0))
-    lease.acquire()
+    lease = held_lease(store)
     store.upsert(SYNC_KEY, [row("a")])
     assert intruder_takes_lease(other_store, Clock(T0 + 31 * MINUTE))
     with pytest.raises(SyncLeaseLostError, match="Stopped before writing to the state"):
@@ -222,6 +229,28 @@ def test_every_commit_is_fenced_and_a_refused_one_is_rolled_back(
     lease.release()
     assert other_store.lease(SYNC_KEY).owner == "intruder"  # the loser leaves the winner's lease alone
     store.upsert(SYNC_KEY, [row("c")])  # no lease held, no fence: the store works as before
+
+
+def test_a_kill_landing_inside_the_runs_own_write_still_stops_it_and_the_lease_is_released(
+    store: StateStore, other_store: StateStore
+) -> None:
+    """Airflow calls on_kill from its SIGTERM handler, in the thread running the task, which may be inside
+    a write not committed yet whose lock the release through another connection cannot get (here: the fence
+    has locked the lease row, the commit is next). The release gives up after a bounded wait, yet the run's
+    commit is refused and rolled back, and the run drops the lease itself as it fails."""
+    lease = held_lease(store)
+    store.upsert(SYNC_KEY, [row("a")])
+    store.upsert(SYNC_KEY, [row("b")], commit=False)  # an acknowledgement, committed with the next page
+    assert store.hold_lease(SYNC_KEY, lease.owner)  # the fence's lock: the signal lands right after it
+    lease.release_from(other_store)  # in the same thread, as the signal handler runs
+    assert other_store.lease(SYNC_KEY) is not None  # the release gave up: the lock's holder is suspended
+    with pytest.raises(SyncLeaseLostError, match="Stopped before writing to the state"):
+        store.commit()
+    with pytest.raises(SyncLeaseLostError, match="Stopped before sending"):
+        lease.keep_alive(force=True)
+    lease.release(after_error=True)  # the failing run's own release
+    assert [key for key, *_ in other_store.iter_rows(SYNC_KEY)] == ["a"]  # "b" was rolled back
+    assert other_store.lease(SYNC_KEY) is None
 
 
 def race_for_the_lease(stores: list[StateStore], now: float) -> list[str]:

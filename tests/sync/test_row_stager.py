@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from airflow_provider_fbca.sync.plan import RowStager
@@ -47,3 +49,13 @@ def test_identifiers_are_encoded_in_a_batch_as_alone() -> None:
     for rows in (ROWS[:2], ROWS, [ROWS[2]], []):
         assert encode_identifiers_many(rows) == [encode_identifiers(row) for row in rows]
         assert [decode_identifiers(text) for text in encode_identifiers_many(rows)] == rows
+
+
+def test_the_stored_digests_keep_their_format() -> None:
+    # The state stores them: a run compares them with the ones it computes, so they must never change.
+    stager = RowStager(["EXTERN_ID", "EMAIL", "LOOKALIKE_VALUE"])
+    for row in (["cust-1", HASH, "12.5"], ["josé", "", "0"]):
+        staged = stager.stage(row, True)
+        for digest, values in ((staged.fingerprint, row), (staged.id_digest, row[:2])):
+            text = "EXTERN_ID,EMAIL,LOOKALIKE_VALUE\n" + encode_identifiers(values)
+            assert digest == hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()

@@ -6,8 +6,10 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from airflow_provider_fbca.sync.state import StateStore
-from airflow_provider_fbca.sync.wal_checkpoint import WalCheckpointer
+from airflow_provider_fbca.sync.wal_checkpoint import WAL_SIZE_LIMIT_BYTES, WalCheckpointer
 
 
 def rows_in_the_database_file(path: Path, table: str, tmp_path: Path) -> int:
@@ -69,4 +71,40 @@ def test_a_state_in_an_attached_database_has_its_own_log_checkpointed(tmp_path: 
     report = run.run(PushdownModel(store, "SELECT * FROM model", ["id", "email"], 5))
     assert report.plan is not None and report.plan.new_rows == 30 == len(audience.members)
     assert rows_in_the_database_file(tmp_path / "state.db", "fbca_state", tmp_path) == 30
+    conn.close()
+
+
+@pytest.mark.parametrize("database", ["main", "statedb"])
+def test_the_log_a_pinned_stream_filled_is_cut_down_once_the_stream_ends(
+    tmp_path: Path, database: str
+) -> None:
+    """As in a streamed first sync: a read of the model stays open across the run's commits, so no
+    checkpoint copies past its snapshot and the log grows past the cap. SQLite would keep the file at that
+    size while any connection has the database open (the run's own, still open here); once the read is
+    over and the log copied back, the run's next commit cuts it down to the cap."""
+    conn = sqlite3.connect(tmp_path / "warehouse.db")
+    conn.execute("ATTACH ? AS statedb", (str(tmp_path / "state.db"),))
+    StateStore(conn, f"{database}.fbca_state")  # WAL, synchronous = FULL
+    conn.execute("CREATE TABLE model (id)")
+    conn.executemany("INSERT INTO model VALUES (?)", [(i,) for i in range(10)])
+    conn.execute(f"CREATE TABLE {database}.pages (page BLOB)")
+    conn.commit()
+    log_file = Path(f"{tmp_path / ('state.db' if database == 'statedb' else 'warehouse.db')}-wal")
+    page_bytes, pages = 1 << 20, WAL_SIZE_LIMIT_BYTES // (1 << 20) + 8
+    with WalCheckpointer(conn, f"{database}.fbca_state") as checkpointer:
+        stream = conn.cursor().execute("SELECT id FROM model")  # the model's read, open until the end
+        stream.fetchone()
+        for _ in range(pages):
+            conn.execute(f"INSERT INTO {database}.pages VALUES (randomblob({page_bytes}))")
+            conn.commit()
+            checkpointer.committed()
+        assert log_file.stat().st_size > WAL_SIZE_LIMIT_BYTES  # pinned: nothing copied back yet
+        stream.fetchall()  # the stream ends
+        conn.commit()  # the run's last commit: its pages acknowledged
+    conn.execute(f"DELETE FROM {database}.pages WHERE rowid = 1")  # a later commit: the lease released
+    conn.commit()
+    assert log_file.stat().st_size <= WAL_SIZE_LIMIT_BYTES
+    assert (
+        rows_in_the_database_file(log_file.with_name(log_file.name[:-4]), "pages", tmp_path) == pages
+    )  # copied back
     conn.close()
