@@ -1,15 +1,17 @@
-"""Where a PostgreSQL 1%-changed sync spends its time: per statement on the server, and on the client.
+"""Where a PostgreSQL sync spends its time: per statement on the server, and on the client.
 
 Builds the model of ``bench_speed.py`` (N rows, state in the warehouse), runs a first sync, changes 1% of
 the rows and runs the changed sync. For each sync it prints the client's CPU seconds, the wall seconds
 spent waiting for the sandbox (HTTP), and the server's CPU seconds (every PostgreSQL process, ended
-backends included). For the changed sync it also prints each statement's server time and CPU (from the
-throwaway server's log: ``log_min_duration_statement = 0`` and ``log_statement_stats``, switched on only
-for that sync), largest first.
+backends included). For one sync (the changed one, or the first with ``--profile first``) it also prints
+each statement's server time and CPU (from the throwaway server's log: ``log_min_duration_statement = 0``
+and ``log_statement_stats``, switched on only for that sync, whose figures they inflate), largest first.
 
 Usage: ``python bench/profile_pg_changed.py [--rows 1000000] [--warehouse /tmp/w.db] [--top 25]
-[--explain plans.log]`` (``--warehouse`` keeps the generated SQLite model between runs; ``--explain`` writes
-the changed sync's server log with the plans of its statements over 20 ms, as run, timings included).
+[--explain plans.log] [--profile first|changed] [--narrow]`` (``--warehouse`` keeps the generated SQLite
+model between runs; ``--explain`` writes the profiled sync's server log with the plans of its statements
+over 20 ms, as run, timings included; ``--narrow`` syncs two columns, ``external_id`` and ``email``, as
+``bench_partitions.py`` does, instead of seven).
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from bench_speed import CHANGE_SQL, _load_postgres
-from bench_sync import CHANGED_SHARE, _connections, _start_sandbox, generate_warehouse, sync
+from bench_sync import CHANGED_SHARE, MAPPING, SQL, _connections, _start_sandbox, generate_warehouse
+
+#: The two-column model of ``bench_partitions.py`` (``--narrow``).
+NARROW_SQL = "SELECT id, email FROM customers"
+NARROW_MAPPING = {"external_id": "id", "email": "email"}
 
 REPO = Path(__file__).resolve().parent.parent
 # A log entry: "<timestamp> UTC [pid] LEVEL:  message", continued on lines that do not start with a date.
@@ -90,12 +96,56 @@ def sandbox_wait() -> Iterator[list[float]]:
         requests.Session.request = original  # type: ignore[method-assign]
 
 
-def measured_sync(datadir: Path) -> dict[str, float]:
+def measured_sync(datadir: Path, narrow: bool) -> dict[str, float]:
+    from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
+
+    operator = SyncAudienceOperator(
+        task_id="profile_pg",
+        sql=NARROW_SQL if narrow else SQL,
+        sql_conn_id="bench_pg",
+        facebook_conn_id="bench_facebook",
+        audience_name="profile pg",
+        create_audience=True,
+        mapping=NARROW_MAPPING if narrow else MAPPING,
+    )
     with sandbox_wait() as waited:
-        cpu, server = time.process_time(), server_cpu(datadir)
-        wall, report = sync("profile pg", "bench_pg")
+        cpu, server, start = time.process_time(), server_cpu(datadir), time.perf_counter()
+        report = operator.execute({})
+        wall = time.perf_counter() - start
         cpu, server = time.process_time() - cpu, server_cpu(datadir) - server
     return {"wall": wall, "client_cpu": cpu, "server_cpu": server, "http_wait": waited[0], **report}
+
+
+@contextmanager
+def server_log(direct: Any, log: Path, explain: Path | None, *, on: bool) -> Iterator[list[str]]:
+    """Log every statement's duration and CPU (and, with ``explain``, plans) while the block runs.
+
+    :param direct: an autocommit connection to the server.
+    :param log: the server's log file.
+    :param explain: also log the plans of statements over 20 ms (auto_explain).
+    :param on: False: log nothing (the block's figures stay unaffected).
+    :return: (yields) a list holding, once the block ends, the log it wrote ("" when off).
+    """
+    logged = [""]
+    if not on:
+        yield logged
+        return
+    direct.execute("ALTER SYSTEM SET log_min_duration_statement = 0")
+    direct.execute("ALTER SYSTEM SET log_statement_stats = on")
+    if explain:
+        direct.execute("LOAD 'auto_explain'")  # ALTER SYSTEM knows its settings once loaded
+        for setting, value in EXPLAIN_SETTINGS.items():
+            direct.execute(f"ALTER SYSTEM SET {setting} = '{value}'")
+    direct.execute("SELECT pg_reload_conf()")
+    offset = log.stat().st_size
+    try:
+        yield logged
+    finally:
+        direct.execute("ALTER SYSTEM RESET ALL")
+        direct.execute("SELECT pg_reload_conf()")
+        with log.open() as handle:
+            handle.seek(offset)
+            logged[0] = handle.read()
 
 
 def statement_profile(log: str) -> list[tuple[str, int, float, float]]:
@@ -127,10 +177,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--warehouse", type=Path)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--profile", choices=("first", "changed"), default="changed")
+    parser.add_argument("--narrow", action="store_true", help="two columns: external_id and email")
     parser.add_argument(
         "--explain",
         type=Path,
-        help="write the plans (EXPLAIN ANALYZE, by auto_explain) of the changed sync's statements taking"
+        help="write the plans (EXPLAIN ANALYZE, by auto_explain) of the profiled sync's statements taking"
         " over 20 ms to this file",
     )
     args = parser.parse_args()
@@ -163,29 +215,18 @@ def main() -> None:
                 os.environ["AIRFLOW_CONN_BENCH_PG"] = (
                     f"postgres://{server['user']}@{server['host']}:{server['port']}/{server['dbname']}"
                 )
-                first = measured_sync(datadir)
+                log = datadir.parent / "log"
+                with server_log(direct, log, args.explain, on=args.profile == "first") as logged:
+                    first = measured_sync(datadir, args.narrow)
                 assert first["added"] == rows, first
                 direct.execute(CHANGE_SQL.format(row="seq"))
-                log = datadir.parent / "log"
-                direct.execute("ALTER SYSTEM SET log_min_duration_statement = 0")
-                direct.execute("ALTER SYSTEM SET log_statement_stats = on")
-                if args.explain:
-                    direct.execute("LOAD 'auto_explain'")  # ALTER SYSTEM knows its settings once loaded
-                    for setting, value in EXPLAIN_SETTINGS.items():
-                        direct.execute(f"ALTER SYSTEM SET {setting} = '{value}'")
-                direct.execute("SELECT pg_reload_conf()")
-                offset = log.stat().st_size
-                # Not counted in the figures: the two settings cost the server some CPU per statement.
-                changed = measured_sync(datadir)
+                with server_log(direct, log, args.explain, on=args.profile == "changed") as logged_changed:
+                    changed = measured_sync(datadir, args.narrow)
                 assert changed["updated"] == rows // CHANGED_SHARE, changed
-                direct.execute("ALTER SYSTEM RESET ALL")
-                direct.execute("SELECT pg_reload_conf()")
-                with log.open() as handle:
-                    handle.seek(offset)
-                    changed_log = handle.read()
-                profile = statement_profile(changed_log)
+                profiled_log = logged[0] or logged_changed[0]
+                profile = statement_profile(profiled_log)
                 if args.explain:
-                    args.explain.write_text(changed_log)
+                    args.explain.write_text(profiled_log)
                 direct.close()
         finally:
             sandbox.terminate()
@@ -196,7 +237,7 @@ def main() -> None:
             f" | server CPU {figures['server_cpu']:6.2f} s | HTTP wait {figures['http_wait']:6.2f} s"
         )
     print(
-        f"changed sync, server statements: {sum(r[2] for r in profile) / 1000:.2f} s in {sum(r[1] for r in profile)}"
+        f"{args.profile} sync, server statements: {sum(r[2] for r in profile) / 1000:.2f} s in {sum(r[1] for r in profile)}"
     )
     for shape, count, ms, cpu in profile[: args.top]:
         print(f"{ms / 1000:7.3f} s {cpu:7.3f} s CPU {count:5d}x  {shape}")

@@ -45,6 +45,7 @@ _NUL_HINT = (
     "a value holds a NUL character (0x00), which PostgreSQL text cannot store: remove it in the model's "
     "query (e.g. replace(column, chr(0), '')) or reject such rows upstream."
 )
+_BAD_ENCODING = "22021"  # character_not_in_repertoire
 _OTHER_HINT = "rerun the task; if it fails again, the SQLSTATE names the database's problem."
 #: The attribute marking a refusal already told without values (see :func:`is_redacted`).
 _REDACTED = "fbca_without_values"
@@ -54,19 +55,30 @@ P = ParamSpec("P")
 S = TypeVar("S")
 
 
-def copy_rows(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+def copy_rows(
+    cursor: Any,
+    table: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    binary_types: Sequence[str] | None = None,
+) -> None:
     """``COPY`` rows into a table through a psycopg cursor; a refusal is raised without the rows' values.
 
     :param cursor: a psycopg 3 cursor (its transaction stays open; a refusal aborts it).
     :param table: the table (quoted as needed).
     :param columns: the columns the rows hold, in order.
     :param rows: the rows' values.
+    :param binary_types: the columns' PostgreSQL types (``text``, ``int4``...): copy in binary format,
+        which the server reads without parsing text and psycopg writes without escaping it. None: text.
     :raises psycopg.Error: the driver's or the server's refusal, of the class it had, with a message that
         quotes no value (:func:`redacted`).
     """
 
     def copy_all() -> None:
-        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        binary = " (FORMAT BINARY)" if binary_types else ""
+        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN{binary}") as copy:
+            if binary_types:
+                copy.set_types(binary_types)
             for row in rows:
                 copy.write_row(row)
 
@@ -156,7 +168,12 @@ def is_redacted(error: BaseException) -> bool:
 def refusal_hint(error: Exception) -> str:
     """What to do about a refused write of rows, from its SQLSTATE (or, for the driver's own, its kind)."""
     sqlstate = getattr(error, "sqlstate", None)
-    if sqlstate is None and "NUL (0x00)" in str(error):
+    if sqlstate is None and "NUL (0x00)" in str(error):  # the driver's, refusing a text parameter
+        return _NUL_HINT
+    # The server's, reading a binary COPY's text: "invalid byte sequence for encoding ...: 0x00" (a
+    # Python string's only byte that is not valid text).
+    primary = getattr(getattr(error, "diag", None), "message_primary", None) or ""
+    if sqlstate == _BAD_ENCODING and primary.endswith(": 0x00"):
         return _NUL_HINT
     return _HINTS.get((sqlstate or "")[:2], _OTHER_HINT)
 

@@ -7,7 +7,7 @@ statements, 12 s of CPU). The same writes as statements of up to :data:`ROWS_PER
 fraction. They go through psycopg's raw cursor (``$1`` markers): its ordinary cursor parses a statement's
 ``%s`` markers in Python, uncached past 4 KiB, which for thousands of markers costs more than it saves.
 
-Rows expected to be new to a table (a first sync's acknowledged pages) go by ``COPY`` instead
+Rows expected to be new to a table (a first sync's pages, written ahead) go by binary ``COPY`` instead
 (:func:`copy_new_rows`): about a third of the server's CPU of a multi-row upsert, whose conflict check costs
 as much as the insert itself.
 
@@ -33,6 +33,10 @@ from typing import Any
 
 from airflow_provider_fbca.sync.driver_errors import copy_rows, without_values
 
+#: The column types (as PostgreSQL's ``format_type`` names them) that read each type's binary form as
+#: its text form would be read. Another (a table made by hand: NUMERIC, SMALLINT...) may refuse it, or
+#: worse, read it as another value, so such a table is copied as text (see :func:`binary_copy_types`).
+BINARY_READS = {"text": ("text", "character varying"), "int4": ("integer",), "int8": ("bigint",)}
 #: Rows per statement: 1,000 rows of 9 columns stay far below PostgreSQL's 65,535 parameters.
 ROWS_PER_STATEMENT = 1000
 _INSERT = re.compile(
@@ -155,7 +159,9 @@ def execute_multirow(conn: Any, statement: str, rows: list[Sequence[Any]]) -> bo
     return True
 
 
-def copy_new_rows(conn: Any, table: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> bool:
+def copy_new_rows(
+    conn: Any, table: str, columns: Sequence[str], rows: list[Sequence[Any]], types: Sequence[str] | None
+) -> bool:
     """Insert rows expected to be new by ``COPY``, inside a savepoint of the open transaction; False, with
     nothing written, when the driver cannot or when one of the rows' keys is already there (the caller
     then upserts them, so a row that was there after all is updated, as before).
@@ -164,6 +170,8 @@ def copy_new_rows(conn: Any, table: str, columns: Sequence[str], rows: list[Sequ
     :param table: the table (quoted as needed).
     :param columns: the columns the rows hold, in order.
     :param rows: the rows' values.
+    :param types: the columns' types for a binary ``COPY`` (see :func:`binary_copy_types`): about half the
+        client's CPU of a text one, and a tenth less of the server's; None: text.
     """
     cursor = raw_cursor(conn)
     if cursor is None or not rows:
@@ -173,9 +181,34 @@ def copy_new_rows(conn: Any, table: str, columns: Sequence[str], rows: list[Sequ
     with cursor:
         cursor.execute("SAVEPOINT fbca_copy")
         try:
-            copy_rows(cursor, table, columns, rows)  # a refusal quotes no value (see .driver_errors)
+            copy_rows(cursor, table, columns, rows, types)  # a refusal quotes no value (see .driver_errors)
         except UniqueViolation:
             cursor.execute("ROLLBACK TO SAVEPOINT fbca_copy")
             return False
         cursor.execute("RELEASE SAVEPOINT fbca_copy")
     return True
+
+
+def binary_copy_types(
+    conn: Any, table: str, columns: Sequence[str], types: Sequence[str]
+) -> list[str] | None:
+    """The types to copy a table's columns in binary with, when its columns are of the types expected (see
+    :data:`BINARY_READS`), else None (copy as text: a table laid out otherwise keeps working).
+
+    :param conn: a PostgreSQL connection (its transaction stays open).
+    :param table: the table (quoted as needed).
+    :param columns: the columns a copy writes.
+    :param types: their binary types (``text``, ``int4``, ``int8``), in order.
+    """
+    cursor = conn.cursor()
+    try:
+        cursor.execute(
+            "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute"
+            " WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+            (table,),
+        )
+        found = dict(cursor.fetchall())
+    finally:
+        cursor.close()
+    fits = all(found.get(column) in BINARY_READS[kind] for column, kind in zip(columns, types, strict=True))
+    return list(types) if fits else None

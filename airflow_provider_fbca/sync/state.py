@@ -24,7 +24,7 @@ from itertools import repeat
 from operator import add
 from typing import Any, NamedTuple
 
-from airflow_provider_fbca.sync.multirow import copy_new_rows, write_rows
+from airflow_provider_fbca.sync.multirow import binary_copy_types, copy_new_rows, write_rows
 from airflow_provider_fbca.sync.stage_table import STAGE_LOAD_COLUMNS, StageTable
 from airflow_provider_fbca.sync.state_names import (
     LAYOUT_SUFFIX,
@@ -86,6 +86,8 @@ REFRESH_SAMPLE_TARGET = 10
 #: How an insert into the state table overwrites the row of the same key (SQLite and PostgreSQL alike).
 #: The state's columns, in the order :meth:`StateStore.upsert` writes them: a staged row, keyed and dated.
 STATE_COLUMNS = ("sync_key", *StagedRow._fields, "synced_at")
+#: Their types as a binary ``COPY`` writes them (see :meth:`StateStore.upsert`).
+STATE_COPY_TYPES = ("text", "text", "text", "text", "text", "text", "int4", "int8", "text")
 UPSERT_CLAUSE = (
     "ON CONFLICT (sync_key, row_key) DO UPDATE SET fingerprint = excluded.fingerprint,"
     " id_digest = excluded.id_digest, key_schema = excluded.key_schema, identifiers = excluded.identifiers,"
@@ -176,6 +178,7 @@ class StateStore:
         #: Run inside every commit's transaction while a run holds the sync's lease (see
         #: :meth:`.lease.SyncLease.fence`): raises when another run took the lease, so nothing is committed.
         self.fence: Callable[[], None] | None = None
+        self._binary_types: dict[str, list[str] | None] = {}  # see _copy_types
         if self.is_sqlite:
             # One identifier out of a stored wire row, for the shared-identifier join (see identifier_at).
             conn.create_function("fbca_identifier", 2, _identifier_at, deterministic=True)
@@ -441,13 +444,17 @@ class StateStore:
 
         :param commit: commit at once; False when the caller commits a larger transaction.
         :param new: the rows are expected to be new to the state (a streamed first sync's): on PostgreSQL
-            they go by COPY (see :func:`.multirow.copy_new_rows`), and are upserted only if one of them
-            was there after all.
+            they go by binary COPY (see :func:`.multirow.copy_new_rows`), and are upserted only if one of
+            them was there after all.
         """
         # Each row between its sync key and the time, by two tuple concatenations in C: a Python loop
         # unpacking each row costs about twice as much (the hot path of every acknowledged page).
         values = list(map(add, map((sync_key,).__add__, rows), repeat((utc_now(),))))
-        if not (new and self.is_postgres and copy_new_rows(self.conn, self.table, STATE_COLUMNS, values)):
+        if not (
+            new
+            and self.is_postgres
+            and copy_new_rows(self.conn, self.table, STATE_COLUMNS, values, self._copy_types())
+        ):
             self.executemany(
                 f"INSERT INTO {self.table} ({', '.join(STATE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 f" {UPSERT_CLAUSE}",
@@ -455,6 +462,14 @@ class StateStore:
             )
         if commit:
             self.commit()
+
+    def _copy_types(self) -> list[str] | None:
+        """The state table's binary COPY types, looked up once per table (a dry run copies to others)."""
+        if self.table not in self._binary_types:
+            self._binary_types[self.table] = binary_copy_types(
+                self.conn, self.table, STATE_COLUMNS, STATE_COPY_TYPES
+            )
+        return self._binary_types[self.table]
 
     def source_digests(self, sync_key: str, members_only: bool, fetch_size: int = 100_000) -> Iterator[int]:
         """Yield the source digests of a sync in ascending order, streamed (bounded memory).
