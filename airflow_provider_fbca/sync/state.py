@@ -6,7 +6,7 @@ prepared identifiers themselves (SHA-256 hashes, plus the unhashed keys Meta tak
 MADID, APPUID, PAGEUID), so that the row can be removed later with exactly what was added. It never holds
 raw PII. It lives in the state connection, so any worker can run the next sync. Companion tables:
 ``<table>_sessions`` records every upload session id drawn, ``<table>_locks`` the lease of each sync
-that a run holds (see :mod:`.lease`), and the write-ahead journal of :mod:`.journal`: ``<table>_pages``
+that a run holds (see :mod:`.lease`; its rows are read and written by :mod:`.lease_rows`), and the write-ahead journal of :mod:`.journal`: ``<table>_pages``
 (pages sent and not yet answered), ``<table>_owed`` (old identifiers whose removal Meta has not taken yet)
 and ``<table>_refresh`` (a full refresh that has not finished).
 
@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from itertools import repeat
 from operator import add
-from typing import Any, NamedTuple
+from typing import Any
 
+from airflow_provider_fbca.sync.lease_rows import LeaseRecord, LeaseRows
 from airflow_provider_fbca.sync.multirow import binary_copy_types, copy_new_rows, write_rows
 from airflow_provider_fbca.sync.stage_table import STAGE_LOAD_COLUMNS, StageTable
 from airflow_provider_fbca.sync.state_names import (
@@ -135,22 +136,7 @@ def _write_ahead_log(conn: Any) -> None:
     conn.execute("PRAGMA synchronous = FULL").close()
 
 
-class LeaseRecord(NamedTuple):
-    """The lease row of a sync, as another run reads it to explain a refusal.
-
-    :param owner: the random token of the run holding the lease.
-    :param holder: who that run is (DAG, task, try, host): no PII, shown in the refusal.
-    :param acquired_at: when it took the lease (ISO 8601, UTC).
-    :param expires_at: when the lease lapses unless renewed (seconds since the epoch).
-    """
-
-    owner: str
-    holder: str
-    acquired_at: str
-    expires_at: float
-
-
-class StateStore:
+class StateStore(LeaseRows):
     """The state table and its companion sessions and locks tables on one DB-API connection.
 
     Each method that changes the state commits, so what Meta acknowledged is never lost.
@@ -535,96 +521,3 @@ class StateStore:
             (sync_key,),
         )
         return [int(row[0]) for row in rows]
-
-    # -- the lease of a sync (one run at a time) -------------------------------------------------------
-
-    def acquire_lease(self, sync_key: str, owner: str, holder: str, now: float, expires_at: float) -> bool:
-        """Take the lease of a sync unless another owner holds a live one; True when taken.
-
-        Two statements, each atomic on its own: an insert that does nothing when the row exists, then an
-        update that succeeds only for the owner itself or over an expired lease. Concurrent takers are
-        serialized by the row (PostgreSQL re-checks the condition after a concurrent update commits) or by
-        the database lock (SQLite), so at most one of them sees its update count.
-
-        :param owner: the taker's random token.
-        :param holder: who the taker is, shown to the runs it refuses.
-        :param now: the current time (seconds since the epoch); a lease expiring at or before it is dead.
-        :param expires_at: when the taken lease lapses unless renewed.
-        """
-        acquired_at = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
-        holder = holder[:255]
-        self.execute(
-            f"INSERT INTO {self.locks_table} (sync_key, owner, holder, acquired_at, expires_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (sync_key) DO NOTHING",
-            (sync_key, owner, holder, acquired_at, expires_at),
-        ).close()
-        cursor = self.execute(
-            f"UPDATE {self.locks_table} SET owner = ?, holder = ?, acquired_at = ?, expires_at = ?"
-            " WHERE sync_key = ? AND (owner = ? OR expires_at <= ?)",
-            (owner, holder, acquired_at, expires_at, sync_key, owner, now),
-        )
-        taken = cursor.rowcount == 1
-        cursor.close()
-        self.conn.commit()  # the lease's own statements are not fenced: they are the fence's data
-        return taken
-
-    def renew_lease(self, sync_key: str, owner: str, expires_at: float) -> bool:
-        """Push the lease's expiry to ``expires_at``; False when the owner no longer holds it."""
-        cursor = self.execute(
-            f"UPDATE {self.locks_table} SET expires_at = ? WHERE sync_key = ? AND owner = ?",
-            (expires_at, sync_key, owner),
-        )
-        renewed = cursor.rowcount == 1
-        cursor.close()
-        # The commit may carry writes of the run (an acknowledged page, see PageJournal.added): renewed,
-        # the run holds the lease as the fence would check; not renewed, they are rolled back as the fence
-        # rolls back.
-        if renewed:
-            self.conn.commit()
-        else:
-            self.conn.rollback()
-        return renewed
-
-    def hold_lease(self, sync_key: str, owner: str) -> bool:
-        """Lock the lease row for the current transaction if the owner still holds it; True when held.
-
-        No commit: it runs inside a state write's transaction (the fence). A no-op update takes the row
-        lock (PostgreSQL) or the database write lock (SQLite), so a run taking the lease over waits for
-        this transaction to end and can never interleave with its writes.
-        """
-        cursor = self.execute(
-            f"UPDATE {self.locks_table} SET owner = owner WHERE sync_key = ? AND owner = ?", (sync_key, owner)
-        )
-        held = cursor.rowcount == 1
-        cursor.close()
-        return held
-
-    def limit_lock_wait(self, seconds: float) -> None:
-        """Make this connection's statements give up after waiting ``seconds`` for a lock (SQLite's busy
-        timeout, PostgreSQL's ``lock_timeout``), where they would wait a driver's default or for ever.
-        Other databases keep their own setting.
-
-        :param seconds: the longest wait.
-        """
-        milliseconds = max(1, round(seconds * 1000))
-        if self.is_sqlite:
-            self.execute(f"PRAGMA busy_timeout = {milliseconds}").close()
-        elif self.is_postgres:
-            self.execute(f"SET lock_timeout = {milliseconds}").close()
-            self.conn.commit()
-
-    def release_lease(self, sync_key: str, owner: str) -> None:
-        """Drop the lease if the owner still holds it (never another run's)."""
-        self.execute(
-            f"DELETE FROM {self.locks_table} WHERE sync_key = ? AND owner = ?", (sync_key, owner)
-        ).close()
-        self.conn.commit()
-
-    def lease(self, sync_key: str) -> LeaseRecord | None:
-        """The lease row of a sync, live or expired, or None."""
-        row = self.fetch_one(
-            f"SELECT owner, holder, acquired_at, expires_at FROM {self.locks_table} WHERE sync_key = ?",
-            (sync_key,),
-        )
-        self.conn.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
-        return LeaseRecord(str(row[0]), str(row[1]), str(row[2]), float(row[3])) if row else None
