@@ -263,7 +263,9 @@ def main() -> None:
             f" | server CPU {figures['server_cpu']:6.2f} s | HTTP wait {figures['http_wait']:6.2f} s"
         )
     if vacuum is not None:
-        print(f"{'vacuum between':>16}: wall {vacuum['wall']:6.2f} s | server CPU {vacuum['server_cpu']:6.2f} s")
+        print(
+            f"{'vacuum between':>16}: wall {vacuum['wall']:6.2f} s | server CPU {vacuum['server_cpu']:6.2f} s"
+        )
     print(
         f"{args.profile} sync, server statements: {sum(r[2] for r in profile) / 1000:.2f} s in {sum(r[1] for r in profile)}"
     )
