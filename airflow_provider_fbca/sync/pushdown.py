@@ -279,7 +279,8 @@ class PushdownModel(ModelQuery):
         A hash aggregate keeps only those rows: cheaper than materializing the whole join for three readers
         (a seventh of the diff's CPU at a million rows). The planner, which cannot tell how few groups
         there are, would sort the join instead: sorting is off until the transaction ends (the unseen
-        rows' index commits it; the statements before it sort nothing).
+        rows' index commits it; the statements before it sort nothing). The model's query is planned with
+        it off too: one ordering its rows (pointless for a sync) may read them by an index instead.
         Returns ``(model rows, matched pairs, state rows of the join)``; None, having changed nothing, when a
         cell's type cannot be grouped (no equality, as ``json``): the caller then materializes the join.
         """
