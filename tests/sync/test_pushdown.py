@@ -265,13 +265,12 @@ def test_duplicates_are_refused_alike(store: StateStore, plan_reads: str) -> Non
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)  # SQLite has no json type
 def test_a_cell_type_without_equality_is_diffed_alike(
     store: StateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PostgreSQL groups the diff's join by its cells; a ``json`` cell cannot be grouped (no equality): the
     join is then materialized instead, with the same plans, duplicates included."""
-    if store.is_sqlite:
-        pytest.skip("SQLite has no json type")
     materialized = []
     monkeypatch.setattr(
         PushdownModel,
