@@ -198,18 +198,6 @@ def test_a_streamed_first_syncs_state_rows_are_checkpointed_by_another_connectio
     conn.close()
 
 
-class _WatchedModel(PushdownModel):
-    """A pushdown model that records when the stream of its rows is closed."""
-
-    closed: list[str]
-
-    def digested_rows(self, stage: Any = None) -> Any:
-        try:
-            yield from super().digested_rows(stage)
-        finally:
-            self.closed.append("sqlite")
-
-
 class _FailingPreparer(PassThroughPreparer):
     """Fails on the second chunk, in the middle of the stream."""
 
@@ -225,16 +213,18 @@ class _FailingPreparer(PassThroughPreparer):
 
 
 @pytest.mark.parametrize("failing", ["preparation", "upload"])
-def test_a_stream_that_fails_midway_closes_the_model_read_at_once(tmp_path: Path, failing: str) -> None:
-    """The model's cursor is closed in the run's own thread, not left to a garbage collection that may
+def test_a_stream_that_fails_midway_leaves_no_read_open_and_drops_its_copy(
+    tmp_path: Path, failing: str
+) -> None:
+    """The stream reads the model's copy (see :mod:`.model_copy`) in chunks, each a statement read to its
+    end, and the copy is dropped in the run's own thread: nothing is left to a garbage collection that may
     run in another thread (where sqlite3 refuses to touch the connection) while the error is held."""
     conn = sqlite3.connect(tmp_path / "w.db")
     conn.execute("CREATE TABLE model (id, email)")
     conn.executemany("INSERT INTO model VALUES (?, ?)", [(f"id-{i}", f"p{i}@example.com") for i in range(30)])
     conn.commit()
     store = StateStore(conn, "fbca_state")
-    model = _WatchedModel(store, "SELECT * FROM model", ["id", "email"], 3)
-    model.closed = []
+    model = PushdownModel(store, "SELECT * FROM model", ["id", "email"], 3)
     options = SyncOptions("42", "act_1:42", source_key_index=0, batch_size=3)
     schema, audience = ("EXTERN_ID", "EMAIL"), RecordingAudience()
     preparer = _FailingPreparer(schema) if failing == "preparation" else PassThroughPreparer(schema)
@@ -244,5 +234,5 @@ def test_a_stream_that_fails_midway_closes_the_model_read_at_once(tmp_path: Path
     with pytest.raises((RuntimeError, ConnectionError)) as failure:
         run.run(model)
     assert failure.value is not None  # the error, and its traceback's frames, are still held here
-    assert model.closed == ["sqlite"]
+    assert conn.execute("SELECT name FROM sqlite_temp_master WHERE name LIKE 'fbca_model_%'").fetchall() == []
     conn.close()
