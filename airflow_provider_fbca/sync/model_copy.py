@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 
 from airflow_provider_fbca.sync.dialects import quote_name
+from airflow_provider_fbca.sync.driver_errors import model_query_error
 from airflow_provider_fbca.sync.source import (
     ModelQuery,
     ModelReadError,
@@ -60,7 +61,7 @@ class ModelCopy:
         self.conn = model.conn
         self.name = f"temp.fbca_model_{secrets.token_hex(6)}"
         self.digested = digested
-        self.rows = 0
+        self.count = 0  # the rows copied
         cells = [f"c{index}" for index in range(len(model.wanted))]
         self._cells = cells
         self._columns = ["d", *cells] if digested is not None else cells
@@ -76,13 +77,26 @@ class ModelCopy:
         # returned it (a typed column would turn a compound query's 5 into '5').
         self.conn.execute(f"CREATE TABLE {self.name} ({', '.join(self._columns)})").close()
         try:
-            self.conn.execute(f"INSERT INTO {self.name} SELECT * FROM ({select})").close()
-            self.conn.commit()  # ends the transaction the insert opened, and with it the model's read
-            (self.rows,) = self.conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {self.name}").fetchall()[0]
+            failure = self._copy(select)
         except BaseException:
             self._drop()
             raise
+        if failure is not None:
+            self._drop()
+            raise failure  # here, not in a handler: the driver's error is not even its context
         return self
+
+    def _copy(self, select: str) -> ModelReadError | None:
+        """Run the query into the table; the error to raise when it fails in the database, told without
+        the cell the driver's message may quote (as :func:`.driver_errors.model_query_error` tells it)."""
+        try:
+            self.conn.execute(f"INSERT INTO {self.name} SELECT * FROM ({select})").close()
+        except sqlite3.Error as error:
+            self.conn.rollback()
+            return model_query_error(error)
+        self.conn.commit()  # ends the transaction the insert opened, and with it the model's read
+        (self.count,) = self.conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {self.name}").fetchall()[0]
+        return None
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -111,12 +125,12 @@ class ModelCopy:
     def _chunks(self, columns: Sequence[str]) -> Iterator[list[Row]]:
         """The copy's rows in chunks of ``fetch_size``, each chunk a statement read to its end.
 
-        The copy's rowids run from 1 to :attr:`rows` in the query's order (a fresh table, only inserted
+        The copy's rowids run from 1 to :attr:`count` in the query's order (a fresh table, only inserted
         into), so a chunk is a range of them.
         """
         statement = f"SELECT {', '.join(columns)} FROM {self.name} WHERE rowid BETWEEN ? AND ?"
         size = self.model.fetch_size
-        for first in range(1, self.rows + 1, size):
+        for first in range(1, self.count + 1, size):
             try:
                 rows = self.conn.execute(statement, (first, first + size - 1)).fetchall()
             except sqlite3.Error as error:  # a cell the driver cannot decode: described, never quoted

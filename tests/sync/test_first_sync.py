@@ -11,6 +11,7 @@ import pytest
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun, parse_membership
 from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages
 from airflow_provider_fbca.sync.pushdown import PushdownModel
+from airflow_provider_fbca.sync.source import ModelQuery, ModelReadError
 from airflow_provider_fbca.sync.state import StateStore
 from tests.sync.conftest import PassThroughPreparer, RecordingAudience
 
@@ -234,5 +235,35 @@ def test_a_stream_that_fails_midway_leaves_no_read_open_and_drops_its_copy(
     with pytest.raises((RuntimeError, ConnectionError)) as failure:
         run.run(model)
     assert failure.value is not None  # the error, and its traceback's frames, are still held here
+    assert conn.execute("SELECT name FROM sqlite_temp_master WHERE name LIKE 'fbca_model_%'").fetchall() == []
+    conn.close()
+
+
+@pytest.mark.parametrize("pushdown", [True, False])
+def test_a_model_query_failing_in_the_copy_is_told_without_the_cell(tmp_path: Path, pushdown: bool) -> None:
+    """The copy runs the whole query at once, so a cell the query fails on fails it there (not at a fetch):
+    the run is refused before anything is sent, the driver's message told as a diff tells it, the copy
+    dropped."""
+    conn = sqlite3.connect(tmp_path / "w.db")
+    conn.execute("CREATE TABLE model (id, email, n)")
+    conn.executemany(
+        "INSERT INTO model VALUES (?, ?, ?)", [("id-1", "a@example.com", 1), ("id-2", "b", -(2**63))]
+    )
+    conn.commit()
+    store, audience = StateStore(conn, "fbca_state"), RecordingAudience()
+    sql, wanted = "SELECT id, CASE WHEN abs(n) > 0 THEN email END AS email FROM model", ["id", "email"]
+    model = PushdownModel(store, sql, wanted, 5) if pushdown else ModelQuery(conn, sql, wanted, 5)
+    run = SyncRun(
+        store,
+        audience,
+        PassThroughPreparer(("EXTERN_ID", "EMAIL")),
+        SyncOptions("42", "act_1:42", source_key_index=0),
+    )
+    with pytest.raises(
+        ModelReadError,
+        match=r"Running the model's query in the database failed \(OperationalError: integer overflow",
+    ):
+        run.run(model)
+    assert audience.calls == []
     assert conn.execute("SELECT name FROM sqlite_temp_master WHERE name LIKE 'fbca_model_%'").fetchall() == []
     conn.close()
