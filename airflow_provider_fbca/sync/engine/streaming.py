@@ -120,9 +120,13 @@ class StreamedFirstSync:
         :param copy: the model's rows copied once, read instead of running the query again.
         """
         digested = isinstance(model, PushdownModel)
-        chunks: Iterator[list[tuple[Any, ...]]] = (
-            copy.streamed_rows() if copy is not None else model.digested_rows() if digested else model.rows()  # type: ignore[attr-defined]
-        )
+        chunks: Iterator[list[tuple[Any, ...]]]
+        if copy is not None:
+            chunks = copy.streamed_rows()
+        elif isinstance(model, PushdownModel):
+            chunks = model.digested_rows()
+        else:
+            chunks = model.rows()
         # Closed here, not by the garbage collector: an exception's traceback keeps a failed stream's
         # frames alive, and a collection in another thread could not close the cursor of this connection.
         try:
