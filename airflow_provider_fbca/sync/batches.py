@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Generic, TypeVar
 
 from airflow_provider_fbca.hooks.upload_payload import MAX_ROWS_PER_REQUEST
@@ -75,6 +76,11 @@ class UploadSession(Generic[Row]):
     :param heartbeat: called every ``heartbeat_s`` seconds while a batch is in flight, in the caller's
         thread (so it may use the state connection): keeps the run's lease alive.
     :param heartbeat_s: the period of the heartbeat.
+    :param counted: the rows the pages hold as counted so far (``total`` less the rows found missing, e.g.
+        rejected while preparing), which flags the last batch by count: each page is sent as soon as it is
+        read, not once the next one is (a streamed page is prepared first). A count that was too low is
+        caught at the page it calls last, by reading on; one too high ends the session with a closing
+        batch (see :meth:`_close`). None: every page waits for the next to be read (one page ahead).
     """
 
     session_id: int
@@ -90,6 +96,7 @@ class UploadSession(Generic[Row]):
     first_batch_seq: int = 1
     max_in_flight: int = 1
     first_alone: bool = False
+    counted: Callable[[], int] | None = None
 
     def run(self, pages: Iterable[list[Row]]) -> SessionResult:
         """Send the pages in order, at most ``max_in_flight`` at once; acknowledge each in order.
@@ -102,8 +109,11 @@ class UploadSession(Generic[Row]):
         result = SessionResult(self.session_id, self.kind)
         in_flight: deque[tuple[Future[dict[str, Any]], list[Row], dict[str, Any]]] = deque()
         first = self.first_batch_seq
+        flagged = _flag_last(pages) if self.counted is None else _flag_by_count(pages, self.counted)
+        session: dict[str, Any] | None = None
+        data: list[Any] = []
         with ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="fbca-upload") as sender:
-            for batch_seq, (page, last) in enumerate(_flag_last(pages), start=first):
+            for batch_seq, (page, last) in enumerate(flagged, start=first):
                 if len(page) > MAX_BATCH_SIZE:
                     raise ValueError(f"A batch holds {len(page)} rows; Meta takes at most {MAX_BATCH_SIZE}.")
                 session = {
@@ -126,9 +136,37 @@ class UploadSession(Generic[Row]):
                 in_flight.append((sender.submit(self.send, data, session), page, session))
                 for entry in answered:  # acknowledged (a state write) while the batch just sent flies
                     self._settle(*entry, result)
+            if session is not None and not session["last_batch_flag"]:
+                self._close(sender, in_flight, data, session, result)
             while in_flight:
                 self._settle(*in_flight.popleft(), result)
         return result
+
+    def _close(
+        self,
+        sender: ThreadPoolExecutor,
+        in_flight: deque[tuple[Future[dict[str, Any]], list[Row], dict[str, Any]]],
+        data: list[Any],
+        session: dict[str, Any],
+        result: SessionResult,
+    ) -> None:
+        """End a session whose pages ran out before its count: the last page's last row sent again, alone,
+        flagged as the last batch (Meta takes no batch without rows; adding a person twice changes nothing).
+
+        Nothing is journaled for it: its row is the last page's, acknowledged before it goes (it waits for
+        every other batch, as a last batch does), so a kill meanwhile loses nothing but the closing flag.
+
+        :param data: the last batch's ``data``.
+        :param session: the last batch's ``session`` object.
+        """
+        self._make_room(in_flight, 0, result)
+        closing = {**session, "batch_seq": session["batch_seq"] + 1, "last_batch_flag": True}
+        answer = sender.submit(self.send, data[-1:], closing)
+        self._landed(answer)
+        response = answer.result()  # an error goes up, as any batch's
+        result.batches += 1
+        result.num_received = _as_int(response.get("num_received"), result.num_received)
+        result.num_invalid_entries = _as_int(response.get("num_invalid_entries"), result.num_invalid_entries)
 
     def _make_room(
         self,
@@ -192,6 +230,27 @@ def _flag_last(pages: Iterable[list[Row]]) -> Iterator[tuple[list[Row], bool]]:
         following = next(iterator, None)
         yield current, following is None
         current = following
+
+
+def _flag_by_count(
+    pages: Iterable[list[Row]], counted: Callable[[], int]
+) -> Iterator[tuple[list[Row], bool]]:
+    """Each page with whether it is the last, by count: a page short of the count is handed on at once
+    (never last); the page that reaches it is checked by reading on, so a count too low flags the true
+    last page all the same (and the pages after it go as :func:`_flag_last` hands them). A count too high
+    flags none: the caller closes the session.
+
+    :param counted: the rows the pages hold, as counted when each page is read.
+    """
+    iterator = iter(pages)
+    rows = 0
+    for page in iterator:
+        rows += len(page)
+        if rows < counted():
+            yield page, False
+            continue
+        yield from _flag_last(chain((page,), iterator))
+        return
 
 
 def _as_int(value: Any, default: int) -> int:

@@ -7,7 +7,7 @@ settled by one transaction when Meta answers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -140,11 +140,14 @@ class PlanSender:
         first_batch_seq: int = 1,
         refuse: Any = None,
         record_page: Any = None,
+        counted: Callable[[], int] | None = None,
     ) -> UploadSession[Any]:
         """An upload session of the run, every page journaled.
 
         :param record_page: records a page as pending, with its ``session`` object (default: its rows in
             the journal, :meth:`.PageJournal.record`).
+        :param counted: the rows the pages hold as counted so far: the last batch is flagged by count
+            (see :class:`.UploadSession`); None: by reading a page ahead.
         """
         if session_id is None:
             session_id = self.store.new_session_id(self.options.sync_key, kind)
@@ -177,6 +180,7 @@ class PlanSender:
             max_in_flight=self.options.max_in_flight,
             # A replace's batch 1 starts it; a resumed one's first batch tells whether it can go on.
             first_alone=kind == REPLACE,
+            counted=counted,
         )
 
     def _extra(self) -> dict[str, Any]:
@@ -238,6 +242,7 @@ class PlanSender:
             plan.to_add,
             _encode_staged,
             new_to_state=self._additions_new_to_state(stage),
+            counted=lambda: plan.to_add,  # the stage's rows to add, which the pages read
         )
 
     def _additions_new_to_state(self, stage: StageTable) -> bool:
@@ -260,9 +265,16 @@ class PlanSender:
         """Send a streamed first sync's pages as they are prepared (see :mod:`.first_sync`).
 
         :param pages: pages of staged rows carrying their wire rows.
-        :param estimated_total: the rows the pages should hold (rows the preparer rejects make it more).
+        :param estimated_total: the rows the pages should hold (rows the preparer rejects make it more):
+            less the rows rejected so far, it flags the last batch without reading a page ahead, so the
+            first batch goes as soon as its page is prepared.
         """
-        return self._add_pages(pages, estimated_total, encode_streamed, new=True)
+        rejected = self.report.rejected
+
+        def counted() -> int:
+            return estimated_total - (self.report.rejected - rejected)
+
+        return self._add_pages(pages, estimated_total, encode_streamed, new=True, counted=counted)
 
     def _add_pages(
         self,
@@ -272,6 +284,7 @@ class PlanSender:
         *,
         new: bool = False,
         new_to_state: bool = False,
+        counted: Callable[[], int] | None = None,
     ) -> SessionResult:
         """Send pages of additions in one session, journaled.
 
@@ -279,6 +292,7 @@ class PlanSender:
             lease, owing nothing): their state rows are written ahead with each page's pending row
             (:meth:`.PageJournal.record_new`; by COPY where the database has it), so that Meta's
             acknowledgement only settles the page.
+        :param counted: the rows the pages hold as counted so far (see :class:`.UploadSession`).
         :param new_to_state: the rows are expected to be new to the state when Meta acknowledges them:
             recorded then (as any run's), by COPY where the database has it.
         """
@@ -314,7 +328,7 @@ class PlanSender:
                 )
 
         session = self._new_session(
-            ADD, total, encode, send, acknowledge, record_page=record_new if ahead else None
+            ADD, total, encode, send, acknowledge, record_page=record_new if ahead else None, counted=counted
         )
         # Pages written ahead are megabytes a commit: their log is copied back from another thread.
         checkpointer = WalCheckpointer(self.store.conn if ahead else None, self.store.table_name)

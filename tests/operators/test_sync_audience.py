@@ -223,6 +223,25 @@ def test_dry_run_and_the_removal_guard(
     assert "example.com" not in text.lower() and sandbox.access_token not in text
 
 
+def test_a_streamed_session_whose_last_rows_are_rejected_is_closed(
+    sqlite_warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    # The duplicate check counts 6 members, the preparer rejects the last 2 (no identifier but EXTERN_ID)
+    # only once pages 1 and 2 went unflagged (read 2 rows at a time): a closing batch ends the session.
+    rows = [customer(i) for i in range(4)] + [
+        (f"cust-{i:05d}", "no e-mail", None, None, 1.0, True) for i in (4, 5)
+    ]
+    sqlite_warehouse.write(rows)
+    options = {"batch_size": 2, "fetch_size": 2}
+    report = run(make_operator(sqlite_warehouse, fb_conn_id, state_table, **options))
+    assert (report["added"], report["rejected"]) == (4, 2)
+    assert members(sandbox, report["audience_id"]).keys() == expected(rows[:4]).keys()
+    [session] = FacebookCustomAudiencesHook(fb_conn_id).get_sessions(report["audience_id"])
+    assert (session["num_received"], session["progress"]) == (5, 100)  # closed and processed
+    assert len(user_uploads(sandbox)) == 3
+    assert state_rows(sqlite_warehouse, state_table).keys() == expected(rows[:4]).keys()
+
+
 def test_full_refresh_replaces_an_audience_with_members(
     sqlite_warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -130,3 +131,73 @@ def test_a_failed_batch_stops_the_session_and_leaves_later_batches_unacknowledge
         _session(2, events, send).run([[i] for i in range(6)])
     acknowledged = [seq for kind, seq in events if kind == "ack"]
     assert acknowledged == [1, 2]  # batch 4 may have been sent, but stays recorded only (pending)
+
+
+def _counted_session(
+    events: list[tuple[str, int]], counted: int
+) -> tuple[UploadSession[int], dict[int, Any]]:
+    """A session flagging its last batch by ``counted`` rows; the ``session`` and ``data`` each batch went with."""
+    batches: dict[int, Any] = {}
+
+    def send(data: list[int], session: dict[str, Any]) -> dict[str, Any]:
+        events.append(("sent", session["batch_seq"]))
+        batches[session["batch_seq"]] = (list(data), session["last_batch_flag"])
+        return {"num_received": len(batches)}
+
+    session = _session(2, events, send)
+    session.counted = lambda: counted
+    return session, batches
+
+
+def _prepared(events: list[tuple[str, int]], pages: int) -> Iterator[list[int]]:
+    """One-row pages, each noted once it is prepared (handed to the session)."""
+    for number in range(1, pages + 1):
+        events.append(("prepared", number))
+        yield [number]
+
+
+def test_a_counted_session_sends_its_first_batch_before_the_second_page_is_prepared() -> None:
+    events: list[tuple[str, int]] = []
+    sent = threading.Event()
+    session, batches = _counted_session(events, 3)
+    plain_send = session.send
+
+    def send(data: list[int], batch: dict[str, Any]) -> dict[str, Any]:
+        answer = plain_send(data, batch)
+        sent.set()
+        return answer
+
+    def pages() -> Iterator[list[int]]:
+        for number, page in enumerate(_prepared(events, 3), start=1):
+            yield page
+            if number == 1:  # the next page is prepared only once the first batch went
+                assert sent.wait(10), "the first batch waited for the second page"
+
+    session.send = send
+    result = session.run(pages())
+    assert events.index(("sent", 1)) < events.index(("prepared", 2))
+    assert {seq: last for seq, (_, last) in batches.items()} == {1: False, 2: False, 3: True}
+    assert (result.batches, result.rows) == (3, 3)
+
+
+def test_rows_beyond_the_count_are_sent_before_the_last_flag() -> None:
+    # The count was too low (rows added between the count and the read): the page that reaches it is
+    # checked by reading on, and no batch ever follows the flagged one.
+    events: list[tuple[str, int]] = []
+    session, batches = _counted_session(events, 2)
+    result = session.run(_prepared(events, 4))
+    assert {seq: last for seq, (_, last) in batches.items()} == {1: False, 2: False, 3: False, 4: True}
+    assert (result.batches, result.rows) == (4, 4)
+    assert [seq for kind, seq in events if kind == "ack"] == [1, 2, 3, 4]
+
+
+def test_a_session_whose_pages_run_out_before_the_count_is_closed_by_one_more_batch() -> None:
+    # The count was too high (rows rejected while preparing the last chunk): the last page went without
+    # the flag, so a closing batch (its last row again, not journaled) ends the session, after every other.
+    events: list[tuple[str, int]] = []
+    session, batches = _counted_session(events, 5)
+    result = session.run([number, number + 10] for number in (1, 2))
+    assert batches == {1: ([1, 11], False), 2: ([2, 12], False), 3: ([12], True)}
+    assert [seq for kind, seq in events if kind == "record"] == [1, 2]  # the closing batch adds nothing
+    assert events.index(("sent", 3)) > events.index(("ack", 2))  # it goes alone, once every other landed
+    assert (result.batches, result.rows, result.num_received) == (3, 4, 3)
