@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-
-import phonenumbers
-from phonenumbers import PhoneMetadata
-from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, NumberParseException, ValidationResult
+from typing import TYPE_CHECKING
 
 from airflow_provider_fbca.identifiers.reasons import PHONE_INVALID, PHONE_NO_COUNTRY_CODE, Dropped
 from airflow_provider_fbca.identifiers.text import clean, is_sha256_hex, missing_or
+
+if TYPE_CHECKING:
+    import phonenumbers
+    from phonenumbers import PhoneMetadata
+
+# ``phonenumbers`` is imported by the first number normalized, not by this module: its import costs every
+# task 25-50 ms of CPU, and most syncs map no PHONE. Nothing on the hot path checks whether it is loaded:
+# its data is reached through plans compiled on first use (``_LazyPlans``), and a loader imports it.
 
 # ``phonenumbers`` is the reference (Google's libphonenumber metadata) but parsing one number costs
 # 25-50 us, more than the SDK spends on a whole row. ``_phone_fast`` replays the steps of
@@ -36,13 +41,6 @@ _MAX_NATIONAL_LENGTH = 17  # phonenumbers' _MAX_LENGTH_FOR_NSN
 _LONGEST_FAST = 20  # the fast path's longest digits; phonenumbers' own longest national number is 17
 _LONGEST_LENGTH_TABULATED = _LONGEST_FAST + 1  # every longer number is as TOO_LONG as this one
 
-_IS_POSSIBLE = ValidationResult.IS_POSSIBLE
-_KEEPS_NATIONAL_PREFIX = (
-    ValidationResult.TOO_SHORT,
-    ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
-    ValidationResult.INVALID_LENGTH,
-)
-
 
 def _never_valid(national: str) -> bool:
     return False
@@ -62,6 +60,8 @@ class _PhonePlan:
         "matches",
         "national_pattern",
         "national_prefix",
+        "possible",
+        "too_long",
         "transforms_prefix",
         "typed_patterns",
     )
@@ -87,7 +87,12 @@ class _PhonePlan:
             self._length_result(length) for length in range(_LONGEST_LENGTH_TABULATED + 1)
         )
         # phonenumbers keeps a trunk prefix when the number without it would not have a possible length.
-        self.keeps_national_prefix = tuple(result in _KEEPS_NATIONAL_PREFIX for result in self.length_results)
+        self.keeps_national_prefix = tuple(
+            result in _keeps_national_prefix() for result in self.length_results
+        )
+        results = _validation_result()
+        self.possible = tuple(result == results.IS_POSSIBLE for result in self.length_results)
+        self.too_long = tuple(result == results.TOO_LONG for result in self.length_results)
 
     def is_valid(self, national: str) -> bool:
         """phonenumbers' ``_number_type_helper(national, metadata) != UNKNOWN``."""
@@ -96,11 +101,12 @@ class _PhonePlan:
         typed = self.typed_patterns.get(len(national))
         return typed is not None and typed.fullmatch(national) is not None
 
-    def length_result(self, national: str) -> int:
-        """phonenumbers' ``_test_number_length(national, metadata)`` for the type UNKNOWN."""
-        return self.length_results[min(len(national), _LONGEST_LENGTH_TABULATED)]
+    def is_too_long(self, national: str) -> bool:
+        """Whether phonenumbers finds ``national`` too long for the plan."""
+        return self.too_long[min(len(national), _LONGEST_LENGTH_TABULATED)]
 
     def _length_result(self, length: int) -> int:
+        ValidationResult = _validation_result()
         if length in self.local_lengths:
             return ValidationResult.IS_POSSIBLE_LOCAL_ONLY
         if self.lengths[0] == length:
@@ -127,6 +133,26 @@ class _PhonePlan:
         if self.matches(number) and not self.matches(rest):
             return number
         return rest
+
+
+def _validation_result() -> type:
+    """phonenumbers' ``ValidationResult`` (its possible-number verdicts)."""
+    from phonenumbers.phonenumberutil import ValidationResult
+
+    return ValidationResult
+
+
+def _keeps_national_prefix() -> tuple[int, ...]:
+    """The verdicts on a number without its trunk prefix that make phonenumbers keep the prefix."""
+    results = _validation_result()
+    return results.TOO_SHORT, results.IS_POSSIBLE_LOCAL_ONLY, results.INVALID_LENGTH
+
+
+def _regions_of_calling_codes() -> dict[int, tuple[str, ...]]:
+    """phonenumbers' ``COUNTRY_CODE_TO_REGION_CODE``: each calling code's regions, its main one first."""
+    from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
+
+    return COUNTRY_CODE_TO_REGION_CODE
 
 
 def _compile_or_none(pattern: str | None) -> re.Pattern[str] | None:
@@ -167,7 +193,7 @@ def _typed_patterns(metadata: PhoneMetadata) -> dict[int, re.Pattern[str]]:
 
 
 class _LazyPlans(dict):
-    """Plans (and validators) compiled on first use: compiling all 245 regions up front would cost every DAG parse."""
+    """Plans (and validators, calling-code sizes) compiled on first use: compiling all 245 regions up front would cost every DAG parse."""
 
     def __init__(self, load: Callable[[str], object]) -> None:
         super().__init__()
@@ -179,20 +205,24 @@ class _LazyPlans(dict):
 
 
 def _load_region_plan(region: str) -> _PhonePlan | None:
+    from phonenumbers import PhoneMetadata
+
     metadata = PhoneMetadata.metadata_for_region(region, None)
     return _PhonePlan(metadata) if metadata is not None else None
 
 
 def _load_calling_code_plan(calling_code: str) -> _PhonePlan | None:
     """The plan phonenumbers checks a calling code's numbers against: its main region's."""
+    from phonenumbers import PhoneMetadata
+
     code = int(calling_code)
-    metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, COUNTRY_CODE_TO_REGION_CODE[code][0])
+    main_region = _regions_of_calling_codes()[code][0]
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, main_region)
     return _PhonePlan(metadata) if metadata is not None else None
 
 
 _PHONE_REGIONS = _LazyPlans(_load_region_plan)
 _PHONE_CALLING_CODES = _LazyPlans(_load_calling_code_plan)
-_CALLING_CODES = frozenset(str(code) for code in COUNTRY_CODE_TO_REGION_CODE)
 
 
 def _is_valid(calling_code: str, national: str) -> bool:
@@ -206,7 +236,7 @@ def _load_validator(calling_code: str) -> Callable[[str], bool]:
     regions (in phonenumbers' order), a region with leading digits claims the numbers starting with
     them, and a region without claims the numbers valid in it; the first claim decides.
     """
-    regions = COUNTRY_CODE_TO_REGION_CODE[int(calling_code)]
+    regions = _regions_of_calling_codes()[int(calling_code)]
     if len(regions) == 1:
         plan = _PHONE_CALLING_CODES[calling_code]
         return plan.is_valid if plan is not None else _never_valid
@@ -261,7 +291,7 @@ def _load_validity_filter(calling_code: str) -> Callable[[str], object]:
     plan = _PHONE_CALLING_CODES[calling_code]
     if plan is None:
         return _maybe
-    regions = COUNTRY_CODE_TO_REGION_CODE[int(calling_code)]
+    regions = _regions_of_calling_codes()[int(calling_code)]
     prefix = plan.national_prefix
     if len(regions) > 1:
         lengths = frozenset(length for region in regions for length in _region_lengths(region))
@@ -289,22 +319,20 @@ def _maybe(rest: str) -> bool:
 _MAY_BE_VALID = _LazyPlans(_load_validity_filter)
 
 
-def _calling_code_sizes() -> dict[str, int]:
+def _calling_code_size(start: str) -> int | None:
     """
-    For each three-digit start, the length of the calling code it starts with (the shortest): phonenumbers'
-    ``_extract_country_code`` for digits of three or more, as one dict lookup.
+    The length of the calling code three digits start with (the shortest), None when none: phonenumbers'
+    ``_extract_country_code`` for digits of three or more, as one dict lookup once looked up.
     """
-    sizes = {}
-    for start in range(100, 1000):  # a calling code never starts with 0
-        text = str(start)
-        for size in (1, 2, 3):
-            if text[:size] in _CALLING_CODES:
-                sizes[text] = size
-                break
-    return sizes
+    codes = _regions_of_calling_codes()
+    for size in (1, 2, 3):
+        if start[0] != "0" and int(start[:size]) in codes:  # a calling code never starts with 0
+            return size
+    return None
 
 
-_CALLING_CODE_SIZES = _calling_code_sizes()
+#: Per three-digit start, the length of the calling code it starts with (or None).
+_CALLING_CODE_SIZES = _LazyPlans(_calling_code_size)
 
 
 def normalize_phone(value: object, country: str | None) -> str | Dropped:
@@ -359,7 +387,7 @@ def _phone_fast(digits: str, has_plus: bool, region: str | None) -> str | Droppe
     """
     if not 4 <= len(digits) <= _LONGEST_FAST:
         return None
-    code_size = _CALLING_CODE_SIZES.get(digits[:3])  # "+digits" read as calling code + national number
+    code_size = _CALLING_CODE_SIZES[digits[:3]]  # "+digits" read as calling code + national number
     if has_plus:
         if code_size is None:
             return None
@@ -403,7 +431,7 @@ def _fast_national(digits: str, region: str) -> tuple[str, str] | Dropped | None
         if potential is None:
             return None
         if (not region_plan.matches(digits) and region_plan.matches(potential)) or (
-            region_plan.length_result(digits) == ValidationResult.TOO_LONG
+            region_plan.is_too_long(digits)
         ):
             national, plan = potential, None
     return _fast_possible(calling_code, national, plan)
@@ -431,7 +459,7 @@ def _fast_possible(
             return None
     if not plan.keeps_national_prefix[len(potential)]:
         national = potential
-    if main_plan.length_results[len(national)] != _IS_POSSIBLE:  # also past _MAX_NATIONAL_LENGTH
+    if not main_plan.possible[len(national)]:  # also past _MAX_NATIONAL_LENGTH
         return PHONE_INVALID
     if not national.strip("0"):
         return PHONE_INVALID
@@ -449,6 +477,8 @@ def _phone_reference(text: str, region: str | None) -> str | Dropped:
     :param text: the trimmed value.
     :param region: the row's country, upper-case ISO alpha-2, or None.
     """
+    import phonenumbers
+
     if _INTERNATIONAL_00.match(text):
         text = "+" + text[2:]
     if text.startswith("+"):
@@ -470,6 +500,9 @@ def _phone_reference(text: str, region: str | None) -> str | Dropped:
 
 def _reference_parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | Dropped:
     """The parsed number, or why ``text`` is not one."""
+    import phonenumbers
+    from phonenumbers import NumberParseException
+
     try:
         return phonenumbers.parse(text, region)
     except NumberParseException as error:
@@ -480,9 +513,11 @@ def _reference_parse(text: str, region: str | None) -> phonenumbers.PhoneNumber 
 
 def _reference_wire(number: phonenumbers.PhoneNumber | Dropped) -> str | Dropped:
     """Calling code and national number as digits, when the number is possible and not all zeros."""
+    import phonenumbers
+
     if number.__class__ is Dropped:
         return number
-    if phonenumbers.is_possible_number_with_reason(number) != ValidationResult.IS_POSSIBLE:
+    if phonenumbers.is_possible_number_with_reason(number) != _validation_result().IS_POSSIBLE:
         return PHONE_INVALID
     national = phonenumbers.national_significant_number(number)
     if not national.strip("0"):

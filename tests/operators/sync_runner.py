@@ -5,6 +5,7 @@ optionally, ``worker_min_rows`` (overrides ``SyncRun.worker_min_rows``) and ``ki
 process kills itself with SIGKILL (a worker dying at exactly that point, e.g. inside reconciliation), and
 ``task_instance``: the keyword arguments of a :class:`tests.operators.test_sync_partitions.TaskInstance`
 (``run_id``, ``map_index``, ``try_number``), so that the run belongs to an Airflow run.
+``modules``: module names; once the run is done, those it imported are printed as a JSON list.
 The Airflow connections come from the environment (AIRFLOW_CONN_*), as the test defined them.
 """
 
@@ -47,6 +48,8 @@ def main(config: dict[str, Any]) -> None:
 
         context["ti"] = TaskInstance(**config["task_instance"])
     SyncAudienceOperator(task_id="killed_sync", **config["operator"]).execute(context)
+    if config.get("modules"):
+        print(json.dumps([name for name in config["modules"] if name in sys.modules]))
 
 
 if __name__ == "__main__":
