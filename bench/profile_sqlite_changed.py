@@ -3,7 +3,7 @@
 Builds the model of ``bench_speed.py`` (N rows, state in the warehouse), runs a first sync, changes 1% of
 the rows and runs the changed sync. For each sync it prints the wall seconds, the client's CPU seconds (the
 whole process: SQLite runs in it), the wall seconds spent waiting for the sandbox (HTTP) and the sandbox's
-CPU seconds. For the profiled sync (the changed one, or the first with ``--profile first``) it also prints
+CPU seconds, and the process's peak RSS so far. For the profiled sync (the changed one, or the first with ``--profile first``) it also prints
 each statement's wall and CPU seconds on the state's connection (``execute``, ``executemany``, the
 ``fetch`` calls that step a streamed query, and ``commit``, whose wall beyond its CPU is mostly the flushes
 of ``synchronous = FULL``), largest first. ``--cprofile FILE`` writes a cProfile of that sync.
@@ -23,6 +23,7 @@ import cProfile
 import logging
 import os
 import re
+import resource
 import shutil
 import sqlite3
 import tempfile
@@ -132,7 +133,15 @@ def measured_sync(sandbox_pid: int, profile: cProfile.Profile | None) -> dict[st
             profile.disable()
         wall = time.perf_counter() - start
         cpu, sandbox = time.process_time() - cpu, process_cpu(sandbox_pid) - sandbox
-    return {"wall": wall, "client_cpu": cpu, "sandbox_cpu": sandbox, "http_wait": waited[0], **report}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "wall": wall,
+        "client_cpu": cpu,
+        "sandbox_cpu": sandbox,
+        "http_wait": waited[0],
+        "peak_mib": peak,
+        **report,
+    }
 
 
 def main() -> None:
@@ -190,7 +199,7 @@ def main() -> None:
         print(
             f"{label:>8} sync of {rows:,} rows: wall {figures['wall']:6.2f} s | client CPU"
             f" {figures['client_cpu']:6.2f} s | HTTP wait {figures['http_wait']:6.2f} s | sandbox CPU"
-            f" {figures['sandbox_cpu']:6.2f} s"
+            f" {figures['sandbox_cpu']:6.2f} s | peak RSS so far {figures['peak_mib']:6.1f} MiB"
         )
     ranked = sorted(timings.items(), key=lambda item: -item[1][1])
     print(
