@@ -338,7 +338,7 @@ class KnownDigests:
 
     def __init__(self, capacity: int) -> None:
         self.size = int(max(capacity, 1) * SLOTS_PER_DIGEST) + 1
-        self.slots = array("q", bytes(8 * self.size))
+        self.slots = array("q", [0]) * self.size  # no transient copy (bytes of the size, then the array)
         self.marks = bytearray([self.EMPTY]) * self.size
         self.count = 0
         self.rows = 0

@@ -28,7 +28,12 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from airflow_provider_fbca.identifiers import MATCH_KEYS
 from airflow_provider_fbca.sync.journal import LEAVING, OWED, UPDATE, RemovalRow
 from airflow_provider_fbca.sync.state import StageTable, StateStore, decode_identifiers, encode_identifiers
-from airflow_provider_fbca.sync.stored_rows import leading_identifiers, split_value_sql, stored_as_json_sql
+from airflow_provider_fbca.sync.stored_rows import (
+    _SEPARATOR,
+    leading_identifiers,
+    split_value_sql,
+    stored_as_json_sql,
+)
 
 #: The keys a removal row leaves out when a staying row shares the value: strong identifiers (EXTERN_ID,
 #: the row's own key, is not an identifier in this sense and is always carried).
@@ -336,9 +341,12 @@ class MayHold:
         count, flags, mask = positions[-1] + 1, self.flags, self.mask
 
         def check(identifiers: str) -> int:
-            values = leading_identifiers(identifiers, count)
+            values = identifiers.split(_SEPARATOR, count)
+            if len(values) < count:  # stored as JSON (then no separator splits it), or a short row
+                values = leading_identifiers(identifiers, count)
+                values += [""] * (count - len(values))  # no removal value is empty
             for position in positions:
-                if position < len(values) and flags[hash(values[position]) & mask]:
+                if flags[hash(values[position]) & mask]:
                     return 1
             return 0
 
