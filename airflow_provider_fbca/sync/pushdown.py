@@ -161,7 +161,7 @@ class PushdownModel(ModelQuery):
         digest is looked up in :class:`KnownDigests` as it is computed: an unchanged row marks its digest
         there and is neither joined nor written. Returns as :meth:`diff`.
 
-        :param known: the digests the state knows (see :meth:`_load_known`).
+        :param known: the digests the state knows (see :meth:`_known_digests`).
         """
         store, model = self.store, _model(stage)
         # Each cell as an expression, as before: a column would give ``model`` its declared type's affinity.

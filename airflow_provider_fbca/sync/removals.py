@@ -138,18 +138,23 @@ class Removals:
         store.conn.create_function(MAY_HOLD_FUNCTION, 2, may_hold.check, deterministic=True)
         # The rows of the removals' schemas (nearly all rows) are checked by a function of their schema's:
         # SQL compares the schema and hands over the identifiers alone (a third of the scan's CPU).
-        checks, params = [], [self.sync_key]
+        checks, params, functions = [], [self.sync_key], [(MAY_HOLD_FUNCTION, 2)]
         for index, key_schema in enumerate(self.schemas()[:SCHEMA_CHECKERS]):
             name = f"{MAY_HOLD_FUNCTION}_{index}"
             store.conn.create_function(name, 1, may_hold.checker(key_schema), deterministic=True)
+            functions.append((name, 1))
             checks.append(f"WHEN key_schema = ? THEN {name}(identifiers)")
             params.append(key_schema)
         checks.append(f"ELSE {MAY_HOLD_FUNCTION}(key_schema, identifiers)")
-        store.execute(
-            f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema, identifiers"
-            f" FROM {store.table} WHERE sync_key = ? AND member = 1 AND CASE {' '.join(checks)} END",
-            params,
-        ).close()
+        try:
+            store.execute(
+                f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema,"
+                f" identifiers FROM {store.table} WHERE sync_key = ? AND member = 1 AND CASE {' '.join(checks)} END",
+                params,
+            ).close()
+        finally:
+            for name, arguments in functions:  # the connection lets go of the flags
+                store.conn.create_function(name, arguments, None)
         return self.holders
 
     def _probable_holders(self, keys: Collection[str]) -> str | None:
