@@ -205,17 +205,20 @@ class PageJournal:
         *,
         owed: bool = True,
         commit: bool = True,
+        new: bool = False,
     ) -> None:
         """Meta acknowledged an addition page: record its rows, settle it.
 
         :param owed: old identifiers may be owed for removal (False when the sync owes none: a delete
             per row would find nothing).
+        :param new: the rows are expected to be new to the state (see ``StateStore.upsert``): a hint of
+            speed only, a row there after all is updated as before.
         :param commit: commit now; False leaves the transaction open, for the next page's :meth:`record`
             to commit with its own writes (one commit per page, not two) or :meth:`save`. Until then a
             kill loses the acknowledgement only: the page is still pending, so the next run reconciles it
             as possibly applied, as it does a page in flight.
         """
-        self.store.upsert(self.sync_key, rows, commit=False)
+        self.store.upsert(self.sync_key, rows, commit=False, new=new)
         if owed:  # old identifiers owed for removal that the model wants again are no longer owed
             self._delete_owed(rows)
         self.settle(session_id, batch_seq, commit=commit)

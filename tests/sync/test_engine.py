@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_fbca.sync import multirow
 from airflow_provider_fbca.sync.engine import GC_THRESHOLD, SyncOptions, SyncRun, parse_membership
 from airflow_provider_fbca.sync.journal import PageJournal
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, RemovalGuardError, SyncMode, SyncPlanError
@@ -208,6 +209,40 @@ def test_value_change_is_resent_without_removal(store: StateStore) -> None:
     report = sync(store, audience, [("a", "h-a", "15"), ("b", "h-b", "20")], schema=schema)
     assert (report["updated"], report["updated_identifiers"]) == (1, 0)
     assert audience.calls[-1][0] == "add" and audience.members["a"][2] == "15"
+
+
+@pytest.mark.parametrize("store", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize("kept", [False, True], ids=["all-new-to-the-state", "one-keeps-its-state-row"])
+def test_postgres_records_additions_new_to_the_state_by_copy(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, kept: bool
+) -> None:
+    """New rows, and updated ones whose old identifiers the run removed first, have no state row when Meta
+    acknowledges them: PostgreSQL records them by COPY, not by upsert. With a row keeping its state row (a
+    value change, not sent as a removal) the additions are upserted, as before; every row ends as sent."""
+    schema = ("EXTERN_ID", "EMAIL", "LOOKALIKE_VALUE")
+    audience = RecordingAudience()
+    sync(store, audience, [("a", "h-a", "10"), ("b", "h-b", "20"), ("c", "h-c", "30")], schema=schema)
+    upserted: list[str] = []
+    upsert = multirow.execute_multirow
+
+    def recording(conn: Any, statement: str, rows: list[Any]) -> bool:
+        if statement.startswith(f"INSERT INTO {store.table} "):
+            upserted.extend(row[1] for row in rows)
+        return upsert(conn, statement, rows)
+
+    monkeypatch.setattr(multirow, "execute_multirow", recording)
+    changed = [
+        ("a", "h-a", "15" if kept else "10"),
+        ("b", "new-b", "20"),
+        ("c", "h-c", "30"),
+        ("d", "h-d", "5"),
+    ]
+    report = sync(store, audience, changed, schema=schema)
+    assert (report["updated"], report["updated_identifiers"], report["added"]) == (1 + kept, 1, 1)
+    # One row keeping its state row: the run cannot tell which, and upserts every addition, as before.
+    assert sorted(upserted) == (["a", "b", "d"] if kept else [])
+    assert stored(store) == {row[0]: ("\x1f".join(row), 1) for row in changed}
+    assert audience.members == {row[0]: row for row in changed}
 
 
 def test_batches_stay_within_the_size_and_sessions_are_numbered(store: StateStore) -> None:
