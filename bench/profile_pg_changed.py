@@ -8,10 +8,11 @@ each statement's server time and CPU (from the throwaway server's log: ``log_min
 and ``log_statement_stats``, switched on only for that sync, whose figures they inflate), largest first.
 
 Usage: ``python bench/profile_pg_changed.py [--rows 1000000] [--warehouse /tmp/w.db] [--top 25]
-[--explain plans.log] [--profile first|changed] [--narrow]`` (``--warehouse`` keeps the generated SQLite
-model between runs; ``--explain`` writes the profiled sync's server log with the plans of its statements
-over 20 ms, as run, timings included; ``--narrow`` syncs two columns, ``external_id`` and ``email``, as
-``bench_partitions.py`` does, instead of seven).
+[--explain plans.log] [--profile first|changed] [--narrow] [--vacuum]`` (``--warehouse`` keeps the generated
+SQLite model between runs; ``--explain`` writes the profiled sync's server log with the plans of its
+statements over 20 ms, as run, timings included; ``--narrow`` syncs two columns, ``external_id`` and
+``email``, as ``bench_partitions.py`` does, instead of seven; ``--vacuum`` vacuums and analyzes the database
+between the syncs, then checkpoints, and prints what that cost: see :func:`vacuum_between`).
 """
 
 from __future__ import annotations
@@ -116,6 +117,25 @@ def measured_sync(datadir: Path, narrow: bool) -> dict[str, float]:
     return {"wall": wall, "client_cpu": cpu, "server_cpu": server, "http_wait": waited[0], **report}
 
 
+def vacuum_between(direct: Any, datadir: Path) -> dict[str, float]:
+    """Vacuum and analyze the database, then write the dirty pages out (a checkpoint); its wall and server
+    CPU seconds.
+
+    A sync that runs daily finds its state as autovacuum left it, some minutes after the previous run:
+    every page's hint bits set and its visibility map bit too. A changed sync started right after the first
+    one instead sets the hint bits of every state page it scans first and leaves them dirty for the server
+    to write (about 650 bytes a row), and the first sync's writes may still be in flight. ``--vacuum``
+    measures the daily case, and what the vacuum itself costs (were a run to pay for it).
+
+    :param direct: an autocommit connection to the server.
+    :param datadir: the server's data directory (for its CPU).
+    """
+    cpu, start = server_cpu(datadir), time.perf_counter()
+    direct.execute("VACUUM (ANALYZE)")
+    direct.execute("CHECKPOINT")
+    return {"wall": time.perf_counter() - start, "server_cpu": server_cpu(datadir) - cpu}
+
+
 @contextmanager
 def server_log(direct: Any, log: Path, explain: Path | None, *, on: bool) -> Iterator[list[str]]:
     """Log every statement's duration and CPU (and, with ``explain``, plans) while the block runs.
@@ -180,6 +200,11 @@ def main() -> None:
     parser.add_argument("--profile", choices=("first", "changed"), default="changed")
     parser.add_argument("--narrow", action="store_true", help="two columns: external_id and email")
     parser.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="vacuum, analyze and checkpoint between the syncs (the state as a daily run finds it)",
+    )
+    parser.add_argument(
         "--explain",
         type=Path,
         help="write the plans (EXPLAIN ANALYZE, by auto_explain) of the profiled sync's statements taking"
@@ -219,6 +244,7 @@ def main() -> None:
                 with server_log(direct, log, args.explain, on=args.profile == "first") as logged:
                     first = measured_sync(datadir, args.narrow)
                 assert first["added"] == rows, first
+                vacuum = vacuum_between(direct, datadir) if args.vacuum else None
                 direct.execute(CHANGE_SQL.format(row="seq"))
                 with server_log(direct, log, args.explain, on=args.profile == "changed") as logged_changed:
                     changed = measured_sync(datadir, args.narrow)
@@ -235,6 +261,10 @@ def main() -> None:
         print(
             f"{label:>16} of {rows:,} rows: wall {figures['wall']:6.2f} s | client CPU {figures['client_cpu']:6.2f} s"
             f" | server CPU {figures['server_cpu']:6.2f} s | HTTP wait {figures['http_wait']:6.2f} s"
+        )
+    if vacuum is not None:
+        print(
+            f"{'vacuum between':>16}: wall {vacuum['wall']:6.2f} s | server CPU {vacuum['server_cpu']:6.2f} s"
         )
     print(
         f"{args.profile} sync, server statements: {sum(r[2] for r in profile) / 1000:.2f} s in {sum(r[1] for r in profile)}"

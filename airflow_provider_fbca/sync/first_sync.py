@@ -5,7 +5,8 @@ missing column or a cell the driver cannot read fails it, as in a staged run), p
 cell, and keeps 8 bytes per row (a 64-bit hash of each key as sent). Only when no two keys can be equal
 and no key looks personal does the run stream; otherwise it takes the staged path, which refuses the model
 exactly as any run does (a key shared with a row the preparer rejects is no duplicate there, so the staged
-verdict is the one that counts). Reading the rows costs a fraction of preparing them.
+verdict is the one that counts). Reading the rows costs a fraction of preparing them. On SQLite both
+passes read one copy of the model (:mod:`.model_copy`): the stream sends exactly the rows checked.
 """
 
 from __future__ import annotations

@@ -290,14 +290,24 @@ class PlanSender:
         def send(data: list[list[str]], session: dict[str, Any]) -> dict[str, Any]:
             return self.client.add_users(audience_id, self.schema, data, session=session, **extra)
 
+        settled: list[tuple[int, int]] = []  # pages written ahead that Meta acknowledged, not yet dropped
+
+        def settle() -> None:
+            # Dropped right before the next page's record, in its transaction: no transaction stays open
+            # while the next page is read and prepared (it would hold the database's write lock, and keep
+            # SQLite from starting its log over).
+            while settled:
+                journal.settle(*settled.pop(0), commit=False)
+
         def record_new(page: list[StagedRow], session: dict[str, Any]) -> None:
+            settle()
             journal.record_new(session["session_id"], session["batch_seq"], page)
             checkpointer.committed()
 
         def acknowledge(page: list[StagedRow], session: dict[str, Any]) -> None:
             # Committed with the next page's record: one commit per page (or by save, after the last).
             if ahead:
-                journal.settle(session["session_id"], session["batch_seq"], commit=False)
+                settled.append((session["session_id"], session["batch_seq"]))
             else:
                 journal.added(
                     session["session_id"], session["batch_seq"], page, owed=owed, commit=False, new=fresh
@@ -312,6 +322,7 @@ class PlanSender:
             try:
                 result = session.run(pages)
             finally:
+                settle()
                 journal.save()  # what Meta acknowledged is recorded, even when a later page failed
         self._finish(result)
         return result

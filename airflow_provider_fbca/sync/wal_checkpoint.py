@@ -13,13 +13,15 @@ Durability does not change: a commit is durable once the log is flushed (``synch
 checkpoints later. A checkpoint left undone (a failure, a kill) only leaves the log longer, and the next
 checkpoint (or the next commit, once the run's setting is back) copies it.
 
-While the model's rows stream through the run's connection, its open read pins the snapshot it started
-from, so no checkpoint copies past it: the log grows by the whole state the run writes (about 25 MB per
-100,000 rows) and is copied back once the stream ends. SQLite then reuses the log file at that size rather
-than shrink it, and the file stays as long as any connection has the database open. So the checkpointer
-also caps the log file kept: with ``journal_size_limit`` (:data:`WAL_SIZE_LIMIT_BYTES`) the first commit
-after the log was copied back in full starts the log over and cuts the file down to the cap. No wait and
-no extra flush: SQLite does it in a commit that starts the log over anyway.
+SQLite starts the log over (from the file's start) in a write that begins once the log was copied back in
+full, its connection holding no older snapshot. A streamed first sync lets it: it reads the model from a
+copy in short reads (:mod:`.model_copy`; a read left open across the run's commits pins their snapshot,
+and no checkpoint copies past it) and opens no transaction before a page is prepared, so the log holds
+about a page. A log something else pins (another connection's long read) still grows, and SQLite would
+keep the file at its largest as long as any connection has the database open. So the checkpointer also
+caps the log file kept: with ``journal_size_limit`` (:data:`WAL_SIZE_LIMIT_BYTES`) the first commit after
+the log was copied back in full starts the log over and cuts the file down to the cap. No wait and no extra
+flush: SQLite does it in a commit that starts the log over anyway.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ import pytest
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun, parse_membership
 from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages
 from airflow_provider_fbca.sync.pushdown import PushdownModel
-from airflow_provider_fbca.sync.state import StateStore
+from airflow_provider_fbca.sync.source import ModelQuery, ModelReadError
+from airflow_provider_fbca.sync.state import SQLITE_CACHE_KIB, StateStore
 from tests.sync.conftest import PassThroughPreparer, RecordingAudience
 
 
@@ -195,19 +196,10 @@ def test_a_streamed_first_syncs_state_rows_are_checkpointed_by_another_connectio
     assert report.plan is not None and report.plan.new_rows == 30 == len(audience.members)
     assert rows_in_the_database_file(path, "fbca_state", tmp_path) == 30
     assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    # The model's copy is dropped, and the connection's own temporary cache given back.
+    assert conn.execute("SELECT name FROM sqlite_temp_master WHERE name LIKE 'fbca_model_%'").fetchall() == []
+    assert conn.execute("PRAGMA temp.cache_size").fetchone()[0] == -SQLITE_CACHE_KIB
     conn.close()
-
-
-class _WatchedModel(PushdownModel):
-    """A pushdown model that records when the stream of its rows is closed."""
-
-    closed: list[str]
-
-    def digested_rows(self, stage: Any = None) -> Any:
-        try:
-            yield from super().digested_rows(stage)
-        finally:
-            self.closed.append("sqlite")
 
 
 class _FailingPreparer(PassThroughPreparer):
@@ -225,16 +217,18 @@ class _FailingPreparer(PassThroughPreparer):
 
 
 @pytest.mark.parametrize("failing", ["preparation", "upload"])
-def test_a_stream_that_fails_midway_closes_the_model_read_at_once(tmp_path: Path, failing: str) -> None:
-    """The model's cursor is closed in the run's own thread, not left to a garbage collection that may
+def test_a_stream_that_fails_midway_leaves_no_read_open_and_drops_its_copy(
+    tmp_path: Path, failing: str
+) -> None:
+    """The stream reads the model's copy (see :mod:`.model_copy`) in chunks, each a statement read to its
+    end, and the copy is dropped in the run's own thread: nothing is left to a garbage collection that may
     run in another thread (where sqlite3 refuses to touch the connection) while the error is held."""
     conn = sqlite3.connect(tmp_path / "w.db")
     conn.execute("CREATE TABLE model (id, email)")
     conn.executemany("INSERT INTO model VALUES (?, ?)", [(f"id-{i}", f"p{i}@example.com") for i in range(30)])
     conn.commit()
     store = StateStore(conn, "fbca_state")
-    model = _WatchedModel(store, "SELECT * FROM model", ["id", "email"], 3)
-    model.closed = []
+    model = PushdownModel(store, "SELECT * FROM model", ["id", "email"], 3)
     options = SyncOptions("42", "act_1:42", source_key_index=0, batch_size=3)
     schema, audience = ("EXTERN_ID", "EMAIL"), RecordingAudience()
     preparer = _FailingPreparer(schema) if failing == "preparation" else PassThroughPreparer(schema)
@@ -244,5 +238,35 @@ def test_a_stream_that_fails_midway_closes_the_model_read_at_once(tmp_path: Path
     with pytest.raises((RuntimeError, ConnectionError)) as failure:
         run.run(model)
     assert failure.value is not None  # the error, and its traceback's frames, are still held here
-    assert model.closed == ["sqlite"]
+    assert conn.execute("SELECT name FROM sqlite_temp_master WHERE name LIKE 'fbca_model_%'").fetchall() == []
+    conn.close()
+
+
+@pytest.mark.parametrize("pushdown", [True, False])
+def test_a_model_query_failing_in_the_copy_is_told_without_the_cell(tmp_path: Path, pushdown: bool) -> None:
+    """The copy runs the whole query at once, so a cell the query fails on fails it there (not at a fetch):
+    the run is refused before anything is sent, the driver's message told as a diff tells it, the copy
+    dropped."""
+    conn = sqlite3.connect(tmp_path / "w.db")
+    conn.execute("CREATE TABLE model (id, email, n)")
+    conn.executemany(
+        "INSERT INTO model VALUES (?, ?, ?)", [("id-1", "a@example.com", 1), ("id-2", "b", -(2**63))]
+    )
+    conn.commit()
+    store, audience = StateStore(conn, "fbca_state"), RecordingAudience()
+    sql, wanted = "SELECT id, CASE WHEN abs(n) > 0 THEN email END AS email FROM model", ["id", "email"]
+    model = PushdownModel(store, sql, wanted, 5) if pushdown else ModelQuery(conn, sql, wanted, 5)
+    run = SyncRun(
+        store,
+        audience,
+        PassThroughPreparer(("EXTERN_ID", "EMAIL")),
+        SyncOptions("42", "act_1:42", source_key_index=0),
+    )
+    with pytest.raises(
+        ModelReadError,
+        match=r"Running the model's query in the database failed \(OperationalError: integer overflow",
+    ):
+        run.run(model)
+    assert audience.calls == []
+    assert conn.execute("SELECT name FROM sqlite_temp_master WHERE name LIKE 'fbca_model_%'").fetchall() == []
     conn.close()

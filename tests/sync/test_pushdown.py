@@ -258,8 +258,45 @@ def test_duplicates_are_refused_alike(store: StateStore, plan_reads: str) -> Non
     twin.refused(DuplicateKeysError)
     twin.write([*rows, (9, "n@x", "9"), (9, "m@x", "9")])  # two new rows with one key
     twin.refused(DuplicateKeysError)
+    twin.write([*rows, (9, "n@x", "9"), (9, "n@x", "9")])  # the same new row twice (PostgreSQL: one group)
+    twin.refused(DuplicateKeysError)
     twin.write(rows)
     assert twin.sync()["unchanged"] == 3
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)  # SQLite has no json type
+def test_a_cell_type_without_equality_is_diffed_alike(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL groups the diff's join by its cells; a ``json`` cell cannot be grouped (no equality): the
+    join is then materialized instead, with the same plans, duplicates included."""
+    materialized = []
+    monkeypatch.setattr(
+        PushdownModel,
+        "_diff_materialized",
+        _recording(PushdownModel._diff_materialized, materialized),
+    )
+    twin = Twin(store)
+    store.execute(f"ALTER TABLE {twin.table} ALTER COLUMN phone TYPE json USING to_json(phone)").close()
+    store.conn.commit()
+    rows = [(1, "a@x", '"1"'), (2, "b@x", '"2"'), (3, "c@x", None)]
+    twin.write(rows)
+    twin.sync()
+    twin.write([*rows[:2], (3, "c@x", '"3"'), (4, "d@x", '"4"')])
+    report = twin.sync()
+    assert (report["updated"], report["added"], report["unchanged"]) == (1, 1, 2)
+    twin.write([*rows[:2], (2, "b@x", '"2"')])  # an unchanged row twice
+    twin.refused(DuplicateKeysError)
+    assert len(materialized) == 2  # each diff (the first sync streams its rows)
+
+
+def _recording(method: Any, calls: list[Any]) -> Any:
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[1:])
+        return method(*args, **kwargs)
+
+    return recorded
 
 
 def test_the_known_digests_met_are_counted_a_page_at_a_time(

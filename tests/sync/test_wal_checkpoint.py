@@ -78,8 +78,8 @@ def test_a_state_in_an_attached_database_has_its_own_log_checkpointed(tmp_path: 
 def test_the_log_a_pinned_stream_filled_is_cut_down_once_the_stream_ends(
     tmp_path: Path, database: str
 ) -> None:
-    """As in a streamed first sync: a read of the model stays open across the run's commits, so no
-    checkpoint copies past its snapshot and the log grows past the cap. SQLite would keep the file at that
+    """A read stays open across the run's commits (as the streamed first sync's read of the model did
+    before it read a copy in short reads), so no checkpoint copies past its snapshot and the log grows past the cap. SQLite would keep the file at that
     size while any connection has the database open (the run's own, still open here); once the read is
     over and the log copied back, the run's next commit cuts it down to the cap."""
     conn = sqlite3.connect(tmp_path / "warehouse.db")

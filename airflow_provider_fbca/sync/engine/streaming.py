@@ -15,6 +15,7 @@ from airflow_provider_fbca.sync.engine.support import close_rows, describe_plan
 from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages, streamed_plan
 from airflow_provider_fbca.sync.journal import PageJournal
 from airflow_provider_fbca.sync.lease import SyncLease
+from airflow_provider_fbca.sync.model_copy import ModelCopy
 from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
@@ -53,8 +54,21 @@ class StreamedFirstSync:
         first = self.state_empty and options.adds_enabled and not (options.dry_run or self.full_refresh)
         if not first or options.source_key_index is None or self.journal.owed_count():
             return False
+        copy = None
+        if ModelCopy.applies(model):  # both passes read one copy, in short reads (see .model_copy)
+            copy = ModelCopy(model, model.select if isinstance(model, PushdownModel) else None)
+        with copy or contextlib.nullcontext():
+            return self._stream(model, copy)
+
+    def _stream(self, model: ModelQuery, copy: ModelCopy | None) -> bool:
+        """:meth:`_streams` once it is a first sync: the duplicate check's pass, then the stream.
+
+        :param copy: the model's rows copied once (SQLite), which both passes read; None: each pass runs
+            the model's query.
+        """
+        options = self.options
         membership = parse_membership if options.has_membership else None
-        chunks = model.cells()  # the constants change neither the keys nor the membership
+        chunks = model.cells() if copy is None else copy.cells()  # constants change no key or membership
         try:
             scan = scan_keys(chunks, options.source_key_index, self.normalize_keys, membership)
         finally:
@@ -72,7 +86,7 @@ class StreamedFirstSync:
             worker = self._preparer_process(scan.rows)
             if worker is not None:
                 stack.enter_context(worker)  # closed after the pages: a generator's cursor goes first
-            rows = self._streamed_rows(model, non_members, worker)
+            rows = self._streamed_rows(model, copy, non_members, worker)
             stack.callback(
                 close_rows, rows
             )  # this frame holds it too: an error's traceback would keep it open
@@ -96,15 +110,23 @@ class StreamedFirstSync:
     def _streamed_rows(
         self,
         model: ModelQuery,
+        copy: ModelCopy | None,
         non_members: list[int],
         worker: PreparerProcess | None,
     ) -> Iterator[Staged]:
         """The model's member rows, prepared, a chunk at a time as the session asks for them; counts the
-        non-members."""
+        non-members.
+
+        :param copy: the model's rows copied once, read instead of running the query again.
+        """
         digested = isinstance(model, PushdownModel)
-        chunks: Iterator[list[tuple[Any, ...]]] = (
-            model.digested_rows() if isinstance(model, PushdownModel) else model.rows()
-        )
+        chunks: Iterator[list[tuple[Any, ...]]]
+        if copy is not None:
+            chunks = copy.streamed_rows()
+        elif isinstance(model, PushdownModel):
+            chunks = model.digested_rows()
+        else:
+            chunks = model.rows()
         # Closed here, not by the garbage collector: an exception's traceback keeps a failed stream's
         # frames alive, and a collection in another thread could not close the cursor of this connection.
         try:
