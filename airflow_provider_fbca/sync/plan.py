@@ -240,21 +240,24 @@ def build_plan(
         # The state rows the stage lacks: those the model left or changed (skipped rows were unchanged).
         # With a keyed ``unseen`` they are its rows, read by key; else a scan of the sync's state.
         source, conditions, params = f"{store.table} AS s", ["s.sync_key = ?"], [sync_key]
-        copied = stored_rows_copy(store, stage, sync_key)
+        copied, gone = stored_rows_copy(store, stage, sync_key), None
         if copied is not None:  # it holds every unseen row: those the stage lacks are the ones wanted
             source, conditions, params = f"{copied} AS s", [], []
         elif seen is not None and stage.unseen_keyed:
             source = f"{stage.unseen} AS u JOIN {store.table} AS s ON s.row_key = u.row_key"
         elif seen is not None:
             conditions.append(f"NOT ({seen_state_rows(stage, adds_enabled)})")
+            gone = _gone_rows(store, stage, sync_key, adds_enabled)
         conditions.append(f"NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.row_key = s.row_key)")
-        store.execute(
-            f"INSERT INTO {t} (row_key, member, in_state, old_fingerprint, old_id_digest, old_key_schema,"
-            " old_identifiers, old_member, to_add, to_remove, to_record)"
-            " SELECT s.row_key, NULL, 1, s.fingerprint, s.id_digest, s.key_schema, s.identifiers, s.member,"
-            f" 0, {remove_gone}, 0 FROM {source} WHERE {' AND '.join(conditions)}",
-            params,
-        ).close()
+        if gone != 0:  # the scan stops once it found every gone row, when their number is known
+            store.execute(
+                f"INSERT INTO {t} (row_key, member, in_state, old_fingerprint, old_id_digest, old_key_schema,"
+                " old_identifiers, old_member, to_add, to_remove, to_record)"
+                " SELECT s.row_key, NULL, 1, s.fingerprint, s.id_digest, s.key_schema, s.identifiers, s.member,"
+                f" 0, {remove_gone}, 0 FROM {source} WHERE {' AND '.join(conditions)}"
+                f"{'' if gone is None else f' LIMIT {gone}'}",
+                params,
+            ).close()
         if full_refresh:  # usersreplace sends every member row, removes the rest
             store.execute(
                 f"UPDATE {t} SET to_add = member, to_remove = 0, to_record = 0 WHERE member IS NOT NULL"
@@ -262,6 +265,27 @@ def build_plan(
         store.commit()
     stage.index_actions()
     return _count(store, stage, mode, full_refresh, seen or 0)
+
+
+def _gone_rows(store: StateStore, stage: StageTable, sync_key: str, adds_enabled: bool) -> int | None:
+    """How many state rows the model left, when the diff counted the state rows no model row matched
+    (:attr:`StageTable.unseen_rows`); else None.
+
+    Such a row is a staged row's (its cells changed: the stage holds the new and changed rows) or gone.
+    One probe of the state's key per staged key counts the first kind (CROSS JOIN keeps that order: a
+    join the other way would read every state row of the sync), so the plan's scan of the state for the
+    gone rows stops once it found them all, and never starts when none left: a run where rows only changed
+    or were added reads no unchanged state row.
+    """
+    if stage.unseen_rows is None:
+        return None
+    staged = store.fetch_one(
+        f"SELECT COUNT(*) FROM (SELECT DISTINCT row_key FROM {stage.name}) AS x CROSS JOIN {store.table} AS s"
+        f" WHERE s.sync_key = ? AND s.row_key = x.row_key AND NOT ({seen_state_rows(stage, adds_enabled)})",
+        (sync_key,),
+    )
+    gone = stage.unseen_rows - int(staged[0])
+    return gone if gone >= 0 else None  # fewer than counted: the state changed since; scan it all
 
 
 def _mark_differences(store: StateStore, stage: StageTable, sync_key: str, adds_enabled: bool) -> None:
