@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from airflow_provider_fbca.sync.plan import DuplicateKeysError
-from tests.operators.conftest import Warehouse, customer, let_held_uploads_go, wait_for_held_upload
+from tests.operators.conftest import COLUMNS, Warehouse, customer, let_held_uploads_go, wait_for_held_upload
 from tests.operators.test_sync_audience import expected, make_operator, members, run, state_rows
 from tests.operators.test_sync_audience_hardening import sqlite_warehouse_path
 
@@ -43,7 +43,8 @@ def commit_rows(warehouse: Warehouse, rows: list[tuple[Any, ...]]) -> None:
     """Another connection appends rows to the model's table and commits (an ETL job writing meanwhile)."""
     conn = warehouse._connect()
     try:
-        conn.executemany(f"INSERT INTO {warehouse.table} VALUES (?, ?, ?, ?, ?, ?)", rows)
+        marks = ", ".join([warehouse.placeholder] * len(COLUMNS))
+        conn.cursor().executemany(f"INSERT INTO {warehouse.table} VALUES ({marks})", rows)
         conn.commit()
     finally:
         conn.close()
