@@ -9,7 +9,7 @@ anything is sent") did not hold.
 :class:`ModelSnapshot` starts a ``REPEATABLE READ, READ ONLY`` transaction on the model's connection: its
 snapshot is taken by the check's query, and the stream's cursor is declared in the same transaction, right
 after the check (:meth:`ModelSnapshot.open_stream`), so both read the same rows. Where the connection also
-holds the state (the diff in the warehouse, :class:`.pushdown.PushdownModel`), the run commits the state's
+holds the state (the diff in the warehouse, :class:`.pushdown.PushdownModel`, among others), the run commits the state's
 pages on it while the rows stream, and a commit ends the transaction: the stream's cursor is declared
 ``WITH HOLD`` (as the pushdown's stream always was), whose rows PostgreSQL keeps, as of the cursor's
 snapshot, past the commit; the transaction is committed at once, before the state is written, so no
@@ -50,14 +50,16 @@ class ModelSnapshot:
     pass; :meth:`open_stream` declares the stream's cursor, which :meth:`streamed_rows` reads. Leaving
     closes the cursor and ends the transaction if it is still open (read only: nothing to keep).
 
-    :param model: the model's query, on a psycopg connection. A :class:`.pushdown.PushdownModel` shares
-        its connection with the state, and its stream reads the model's rows with their digests.
+    :param model: the model's query, on a psycopg connection (a :class:`.pushdown.PushdownModel`'s
+        stream reads the model's rows with their digests).
+    :param holds_state: the connection also holds the state, whose writes commit while the rows stream
+        (always so for a :class:`.pushdown.PushdownModel`).
     """
 
-    def __init__(self, model: ModelQuery) -> None:
+    def __init__(self, model: ModelQuery, *, holds_state: bool) -> None:
         self.model = model
         self.conn = model.conn
-        self.holds_state = isinstance(model, PushdownModel)
+        self.holds_state = holds_state
         if isinstance(model, PushdownModel):  # read now: reading the query's columns ends a transaction
             self.statement, self.columns, self.mapped_at = model.select, model.digested_columns, 1
         else:

@@ -22,6 +22,7 @@ from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.source import ModelQuery
 from airflow_provider_fbca.sync.staging import ModelStager, Staged, parse_membership
+from airflow_provider_fbca.sync.state import StateStore
 from airflow_provider_fbca.sync.worker import MIN_ROWS as WORKER_MIN_ROWS
 from airflow_provider_fbca.sync.worker import PreparerProcess
 
@@ -39,6 +40,7 @@ class StreamedFirstSync:
     worker_min_rows = WORKER_MIN_ROWS
 
     options: SyncOptions
+    store: StateStore
     preparer: RowPreparerLike
     digest_seed: str
     state_empty: bool
@@ -62,7 +64,7 @@ class StreamedFirstSync:
         if ModelCopy.applies(model):  # both passes read one copy, in short reads (see .model_copy)
             passes = ModelCopy(model, model.select if isinstance(model, PushdownModel) else None)
         elif ModelSnapshot.applies(model):  # both passes read one snapshot (see .model_snapshot)
-            passes = ModelSnapshot(model)
+            passes = ModelSnapshot(model, holds_state=model.conn is self.store.conn)
         with passes or contextlib.nullcontext():
             return self._stream(model, passes)
 
