@@ -28,7 +28,7 @@ from airflow_provider_fbca.sync.worker import PreparerProcess
 
 log = logging.getLogger(__name__)
 
-#: What both passes of a first sync read instead of running the model's query twice.
+#: What both passes of a first sync read: one copy of the model (SQLite) or one snapshot of it (PostgreSQL).
 ModelPasses = ModelCopy | ModelSnapshot
 
 
