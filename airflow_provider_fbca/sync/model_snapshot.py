@@ -6,18 +6,19 @@ statement), a row another connection committed in between was sent without havin
 repeated EXTERN_ID among them reached Meta, and the check's promise ("duplicates are refused before
 anything is sent") did not hold.
 
-:class:`ModelSnapshot` starts a ``REPEATABLE READ, READ ONLY`` transaction on the model's connection: its
+:class:`ModelSnapshot` starts a ``REPEATABLE READ`` transaction on the model's connection (not ``READ
+ONLY``: a model's query may call a function that writes, ``nextval()`` say, as it always could): its
 snapshot is taken by the check's query, and the stream's cursor is declared in the same transaction, right
 after the check (:meth:`ModelSnapshot.open_stream`), so both read the same rows. Where the connection also
-holds the state (the diff in the warehouse, :class:`.pushdown.PushdownModel`, among others), the run commits the state's
+holds the state (the diff in the warehouse, :class:`.pushdown.PushdownModel`), the run commits the state's
 pages on it while the rows stream, and a commit ends the transaction: the stream's cursor is declared
 ``WITH HOLD`` (as the pushdown's stream always was), whose rows PostgreSQL keeps, as of the cursor's
-snapshot, past the commit; the transaction is committed at once, before the state is written, so no
-state write runs in the old snapshot. Otherwise the model's connection only reads, and the transaction
+snapshot, past the commit; the transaction is committed at once, before the state is written, so no state
+write runs in the old snapshot. Otherwise the model's connection only reads, and the transaction
 lasts until the stream ends.
 
-What it costs: nothing on the model's connection (a read-only transaction's snapshot is what each
-statement took anyway). On the state's connection, the held cursor's rows are computed and stored (in the
+What it costs: nothing on the model's connection (the transaction's snapshot is what each statement
+took anyway). On the state's connection, the held cursor's rows are computed and stored (in the
 session's temporary files past ``work_mem``) at that commit, as they were at the state's first commit
 before. While the transaction is open (the check, or the whole stream on a connection of its own), the
 database keeps the row versions it may still read, as any long query does.
@@ -39,7 +40,7 @@ from airflow_provider_fbca.sync.source import ModelQuery, Row, fetch_chunks
 from airflow_provider_fbca.sync.state import streaming_cursor
 
 #: The first statement of the snapshot's transaction (psycopg opens the transaction before it).
-SNAPSHOT_TRANSACTION = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+SNAPSHOT_TRANSACTION = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
 _CURSOR = "fbca_sync_source"
 
 
@@ -48,7 +49,7 @@ class ModelSnapshot:
 
     Use as a context manager: entering starts the snapshot's transaction; :meth:`cells` is the check's
     pass; :meth:`open_stream` declares the stream's cursor, which :meth:`streamed_rows` reads. Leaving
-    closes the cursor and ends the transaction if it is still open (read only: nothing to keep).
+    closes the cursor and rolls the transaction back if it is still open (it only read the model).
 
     :param model: the model's query, on a psycopg connection (a :class:`.pushdown.PushdownModel`'s
         stream reads the model's rows with their digests).
