@@ -10,9 +10,9 @@ import pytest
 
 from airflow_provider_fbca.sync.plan import DuplicateKeysError
 from tests.conftest import set_connection
-from tests.operators.conftest import Warehouse, customer, let_held_uploads_go, wait_for_held_upload
-from tests.operators.test_sync_audience import expected, make_operator, members, run, state_rows
-from tests.operators.test_sync_first_sync_copy import PAGE, commit_rows, hold, run_in_thread
+from tests.operators.conftest import Warehouse, customer
+from tests.operators.test_sync_audience import expected, make_operator, members, run
+from tests.operators.test_sync_first_sync_copy import PAGE, sync_committing_meanwhile
 
 pytestmark = pytest.mark.postgres
 
@@ -40,34 +40,18 @@ def test_the_stream_sends_exactly_the_rows_the_duplicate_check_read(
     The state lives in the warehouse (one connection reads the model and commits the state's pages while
     the rows stream) or on a connection of its own (the model's connection only reads)."""
     warehouse = postgres_warehouse
-    rows = [customer(i) for i in range(2 * PAGE)]
-    warehouse.write(rows)
     extra: dict[str, Any] = {}
     if state == "own connection":
         server = postgres_server
         login = {"host": server["host"], "port": server["port"], "login": server["user"]}
         set_connection(monkeypatch, "own_state", conn_type="postgres", schema=server["dbname"], **login)
         extra["state_conn_id"] = "own_state"
-    hold(sandbox, r"/customaudiences$")
-    outcome: dict[str, Any] = {}
-    operator = make_operator(warehouse, fb_conn_id, state_table, batch_size=PAGE, fetch_size=PAGE, **extra)
-    thread = run_in_thread(operator, outcome)
-    try:
-        wait_for_held_upload(sandbox)  # the audience's creation, after the duplicate check
-        commit_rows(warehouse, [committed])
-    finally:
-        let_held_uploads_go(sandbox)
-        thread.join(timeout=120)
-    assert "error" not in outcome, outcome.get("error")
-    report = outcome["report"]
-    assert (report["rows_read"], report["added"]) == (len(rows), len(rows))
-    sent = members(sandbox, report["audience_id"])
-    assert {key: member["EMAIL"] for key, member in sent.items()} == expected(rows)
-    assert set(state_rows(warehouse, state_table)) == set(expected(rows))
+    report = sync_committing_meanwhile(warehouse, sandbox, fb_conn_id, state_table, [committed], **extra)
     again = make_operator(warehouse, fb_conn_id, state_table, audience_id=report["audience_id"], **extra)
     if committed is REPEATED:
         with pytest.raises(DuplicateKeysError, match="'cust-00007'"):
             run(again)
     else:
         assert run(again)["added"] == 1
-        assert set(members(sandbox, report["audience_id"])) == set(expected([*rows, NEW]))
+        every = [customer(i) for i in range(2 * PAGE + 1)]  # NEW is the last
+        assert set(members(sandbox, report["audience_id"])) == set(expected(every))
