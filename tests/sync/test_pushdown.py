@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.sync import pushdown
-from airflow_provider_fbca.sync.dialects import client_row_digest
+from airflow_provider_fbca.sync.dialects import client_row_digest, text_digest
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, SyncMode
 from airflow_provider_fbca.sync.pushdown import PushdownModel
@@ -302,9 +302,9 @@ def _recording(method: Any, calls: list[Any]) -> Any:
 def test_the_known_digests_met_are_counted_a_page_at_a_time(
     store: StateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SQLite marks the known digests the model has in a byte array, and copies the unseen and the repeated
-    ones a page at a time: pages of one ordinal, a row three times, several rows gone, one changed."""
-    monkeypatch.setattr(pushdown, "_ORDINALS_PAGE", 1)
+    """SQLite marks the known digests the model has in memory, and copies the unseen and the repeated ones a
+    page at a time: pages of one digest, a row three times, several rows gone, one changed."""
+    monkeypatch.setattr(pushdown, "_DIGESTS_PAGE", 1)
     twin = Twin(store)
     rows = [(key, f"{key}@x", str(key)) for key in range(1, 8)]
     twin.write(rows)
@@ -352,10 +352,16 @@ def test_a_killed_pushdown_run_converges_to_the_client_side_result(store: StateS
     assert twin.sync()["rows_sent"] == 0  # both settled alike: nothing left to send
 
 
-def test_the_met_ordinals_tell_the_unmet_and_the_repeated_apart() -> None:
-    """SQLite's marks of the known digests the model met: unmet, once, twice or more (bounded: a byte each)."""
-    met = pushdown._MetOrdinals(5)
-    for ordinal in (1, 3, 3, 4, 4, 4):
-        assert met.mark(ordinal) == 0  # an unchanged row is never written
-    assert met.mark(None) == 1  # a new or changed row is kept
-    assert (list(met.ordinals(twice=False)), list(met.ordinals(twice=True)), met.rows) == ([2, 5], [3, 4], 6)
+def test_the_known_digests_tell_the_unmet_and_the_repeated_apart() -> None:
+    """SQLite's table of the known digests: unmet, met once, twice or more; the digest 0 and colliding
+    slots held like any other; a table counted too small grows."""
+    texts = [f"row {index}".encode() for index in range(6)]
+    digests = [text_digest(text) for text in texts]
+    known = pushdown.KnownDigests(2)
+    known.add([*digests[:5], digests[0], 0, 0])  # more than counted, a digest twice, the digest 0
+    assert known.count == 6 and known.size > 6
+    for text in (texts[1], texts[3], texts[3], texts[4], texts[4], texts[4]):
+        assert known.fresh(text) is None  # an unchanged row is never written
+    assert known.fresh(texts[5]) == digests[5]  # a new or changed row is kept, with its digest
+    unmet, twice = set(known.digests(twice=False)), set(known.digests(twice=True))
+    assert (unmet, twice, known.rows) == ({digests[0], digests[2], 0}, {digests[3], digests[4]}, 6)

@@ -42,6 +42,25 @@ def test_rows_without_a_withheld_key_of_the_removals_are_dropped() -> None:
     assert may_hold.check("EXTERN_ID", encode_identifiers([SHARED])) == 0
 
 
+def test_a_schema_s_own_check_agrees_with_the_general_one() -> None:
+    """SQLite checks the rows of the removals' schemas by a function of each schema's: same answers."""
+    may_hold = MayHold({"EMAIL", "PHONE"}, expected=1)
+    may_hold.add([SHARED])
+    rows = {
+        "EXTERN_ID,EMAIL,PHONE": [["k1", SHARED, ""], ["k2", "a" * 64, SHARED], ["k3", "a" * 64], ["k4"]],
+        "EXTERN_ID,FN,PHONE": [["k5", SHARED, "b" * 64], ["k6", "c" * 64, SHARED], ["k\x1f7", "", SHARED]],
+        "EXTERN_ID,FN": [["k8", SHARED]],
+    }
+    answers = []
+    for key_schema, values in rows.items():
+        check = may_hold.checker(key_schema)
+        for row in values:
+            stored = encode_identifiers(row)
+            answers.append(check(stored))
+            assert answers[-1] == may_hold.check(key_schema, stored)
+    assert answers == [1, 1, 0, 0, 0, 1, 1, 0]
+
+
 def test_the_table_grows_with_the_removals_and_stays_bounded() -> None:
     assert len(MayHold({"EMAIL"}, expected=10).flags) == 1 << 16
     assert len(MayHold({"EMAIL"}, expected=100_000).flags) == 1 << 23
