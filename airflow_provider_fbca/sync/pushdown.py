@@ -115,6 +115,11 @@ class PushdownModel(ModelQuery):
         return self._select
 
     @property
+    def digested_columns(self) -> list[str]:
+        """The columns of :attr:`select`: the digest, then the wanted cells as ``c0``, ``c1``..."""
+        return [DIGEST_COLUMN, *(f"c{index}" for index in range(len(self.wanted)))]
+
+    @property
     def row_seed(self) -> str:
         """The seed of every row's digest: the run's seed, then the constants (they are no column: a
         change of them must change every digest all the same)."""
@@ -126,7 +131,7 @@ class PushdownModel(ModelQuery):
 
         :param stage: the run's stage table, whose ``model`` table :meth:`diff` created.
         """
-        wanted = [DIGEST_COLUMN, *(f"c{index}" for index in range(len(self.wanted)))]
+        wanted = self.digested_columns
         statement = self.select
         if stage is not None:
             source = _model(stage)
