@@ -11,15 +11,14 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from airflow_provider_fbca.sync.partitions import partition_suffix, recorded_partitions
-from airflow_provider_fbca.sync.plan import (
-    RemovalGuardError,
-    SyncPlan,
+from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncPlan
+from airflow_provider_fbca.sync.removal_budget import named_held_rows
+from airflow_provider_fbca.sync.removal_guard import (
     describe_removals,
     exceeds_removal_budget,
     judge_removals,
     removal_override,
 )
-from airflow_provider_fbca.sync.removal_budget import named_held_rows
 from airflow_provider_fbca.sync.state import UNCONFIRMED, StageTable, StateStore
 
 
@@ -65,7 +64,7 @@ class FullRefreshGuard:
     counts the plan again over every slice, and the unpartitioned key, each person once
     (:meth:`tally`): the run's report then says how many people the replace dropped, and from which
     partition's slice (:attr:`removals_by_partition`). An audience whose state is unpartitioned keeps its
-    plan and the unpartitioned guard (:func:`.plan.check_removal_guard`).
+    plan and the unpartitioned guard (:func:`.removal_guard.check_removal_guard`).
 
     :param store: the state store.
     :param sync_key: the audience's unpartitioned sync key.
@@ -108,7 +107,7 @@ class FullRefreshGuard:
     def tally(self, stage: StageTable, layout: int) -> AudienceTally:
         """The stage against the whole audience's state: every slice of ``layout``, and the rows of the
         unpartitioned key no slice holds (a full refresh killed midway rebuilt part of the state there).
-        The audience the removals are judged against (see :func:`.plan.exceeds_removal_budget`) leaves out
+        The audience the removals are judged against (see :func:`.removal_guard.exceeds_removal_budget`) leaves out
         the unconfirmed rows the replace drops, and the confirmed rows a slice's pending page or owed
         identifier names (the slices' journals are not reconciled by this run: see
         :func:`.removal_budget.held_rows`; a killed run leaves a few pages, so these are few).
@@ -179,7 +178,7 @@ def check_full_refresh(
 
     :param removals: the state's rows the model does not hold as members.
     :param audience_rows: the audience the removals are judged against, over every slice (see
-        :func:`.plan.exceeds_removal_budget`).
+        :func:`.removal_guard.exceeds_removal_budget`).
     :param layout: how many partitions wrote the state.
     :param max_fraction: ``max_removal_fraction``; None turns the guard off.
     :param unconfirmed: the removals that are rows a killed run left possibly unapplied.

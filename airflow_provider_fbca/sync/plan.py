@@ -38,7 +38,6 @@ from airflow_provider_fbca.sync.stored_rows import encode_identifiers_many
 
 EXTERN_ID = "EXTERN_ID"
 LOOKALIKE_VALUE = "LOOKALIKE_VALUE"
-DUPLICATE_SAMPLE_SIZE = 5
 
 
 class SyncMode(str, Enum):
@@ -240,21 +239,24 @@ def build_plan(
         # The state rows the stage lacks: those the model left or changed (skipped rows were unchanged).
         # With a keyed ``unseen`` they are its rows, read by key; else a scan of the sync's state.
         source, conditions, params = f"{store.table} AS s", ["s.sync_key = ?"], [sync_key]
-        copied = stored_rows_copy(store, stage, sync_key)
+        copied, gone = stored_rows_copy(store, stage, sync_key), None
         if copied is not None:  # it holds every unseen row: those the stage lacks are the ones wanted
             source, conditions, params = f"{copied} AS s", [], []
         elif seen is not None and stage.unseen_keyed:
             source = f"{stage.unseen} AS u JOIN {store.table} AS s ON s.row_key = u.row_key"
         elif seen is not None:
             conditions.append(f"NOT ({seen_state_rows(stage, adds_enabled)})")
+            gone = _gone_rows(store, stage, sync_key, adds_enabled)
         conditions.append(f"NOT EXISTS (SELECT 1 FROM {t} AS m WHERE m.row_key = s.row_key)")
-        store.execute(
-            f"INSERT INTO {t} (row_key, member, in_state, old_fingerprint, old_id_digest, old_key_schema,"
-            " old_identifiers, old_member, to_add, to_remove, to_record)"
-            " SELECT s.row_key, NULL, 1, s.fingerprint, s.id_digest, s.key_schema, s.identifiers, s.member,"
-            f" 0, {remove_gone}, 0 FROM {source} WHERE {' AND '.join(conditions)}",
-            params,
-        ).close()
+        if gone != 0:  # the scan stops once it found every gone row, when their number is known
+            store.execute(
+                f"INSERT INTO {t} (row_key, member, in_state, old_fingerprint, old_id_digest, old_key_schema,"
+                " old_identifiers, old_member, to_add, to_remove, to_record)"
+                " SELECT s.row_key, NULL, 1, s.fingerprint, s.id_digest, s.key_schema, s.identifiers, s.member,"
+                f" 0, {remove_gone}, 0 FROM {source} WHERE {' AND '.join(conditions)}"
+                f"{'' if gone is None else f' LIMIT {gone}'}",
+                params,
+            ).close()
         if full_refresh:  # usersreplace sends every member row, removes the rest
             store.execute(
                 f"UPDATE {t} SET to_add = member, to_remove = 0, to_record = 0 WHERE member IS NOT NULL"
@@ -262,6 +264,27 @@ def build_plan(
         store.commit()
     stage.index_actions()
     return _count(store, stage, mode, full_refresh, seen or 0)
+
+
+def _gone_rows(store: StateStore, stage: StageTable, sync_key: str, adds_enabled: bool) -> int | None:
+    """How many state rows the model left, when the diff counted the state rows no model row matched
+    (:attr:`StageTable.unseen_rows`); else None.
+
+    Such a row is a staged row's (its cells changed: the stage holds the new and changed rows) or gone.
+    One probe of the state's key per staged key counts the first kind (CROSS JOIN keeps that order: a
+    join the other way would read every state row of the sync), so the plan's scan of the state for the
+    gone rows stops once it found them all, and never starts when none left: a run where rows only changed
+    or were added reads no unchanged state row.
+    """
+    if stage.unseen_rows is None:
+        return None
+    staged = store.fetch_one(
+        f"SELECT COUNT(*) FROM (SELECT DISTINCT row_key FROM {stage.name}) AS x CROSS JOIN {store.table} AS s"
+        f" WHERE s.sync_key = ? AND s.row_key = x.row_key AND NOT ({seen_state_rows(stage, adds_enabled)})",
+        (sync_key,),
+    )
+    gone = stage.unseen_rows - int(staged[0])
+    return gone if gone >= 0 else None  # fewer than counted: the state changed since; scan it all
 
 
 def _mark_differences(store: StateStore, stage: StageTable, sync_key: str, adds_enabled: bool) -> None:
@@ -415,149 +438,6 @@ def _count(store: StateStore, stage: StageTable, mode: SyncMode, full_refresh: b
     counts["state_rows"] += seen
     counts["unchanged"] += seen
     return SyncPlan(mode=mode, full_refresh=full_refresh, **counts)
-
-
-def find_duplicates(
-    store: StateStore,
-    stage: StageTable,
-    sync_key: str,
-    *,
-    seen_keys: Sequence[str] = (),
-    adds_enabled: bool = True,
-) -> tuple[int, list[str]]:
-    """``(number of duplicated keys, a few of them)`` among the model rows.
-
-    :param seen_keys: keys of rows skipped as unchanged that repeated another skipped row.
-    :param adds_enabled: as for :func:`build_plan`; with ``seen_keys``, the run skipped unchanged rows, so
-        a staged row whose key belongs to a state row whose cells were seen is a duplicate too.
-    """
-    staged = f"SELECT row_key FROM {stage.name} WHERE member IS NOT NULL GROUP BY row_key HAVING COUNT(*) > 1"
-    keys = {row[0] for row in store.fetch_all(staged)} | set(seen_keys)
-    copied = stored_rows_copy(store, stage, sync_key)
-    if copied is not None:
-        clashing = (
-            f"SELECT t.row_key FROM {stage.name} AS t WHERE EXISTS (SELECT 1 FROM {copied} AS s"
-            f" WHERE s.row_key = t.row_key AND {seen_state_rows(stage, adds_enabled)})"
-        )
-        keys |= {row[0] for row in store.fetch_all(clashing)}
-    elif stage.unseen_loaded:
-        # One probe of the state's key per staged row (the new and changed rows: few), on SQLite as on
-        # PostgreSQL, where the fence keeps it from becoming a join that hashes the whole state.
-        fence = " OFFSET 0" if store.is_postgres else ""
-        if store.is_postgres:
-            # The planner prices the probes as one per state row: past jit_above_cost, PostgreSQL would
-            # compile the query first (0.17 s at a million rows, for probes taking less).
-            store.execute("SET LOCAL jit = off").close()
-        clashing = (
-            f"SELECT t.row_key FROM {stage.name} AS t WHERE EXISTS (SELECT 1 FROM {store.table} AS s"
-            f" WHERE s.sync_key = ? AND s.row_key = t.row_key AND {seen_state_rows(stage, adds_enabled)}{fence})"
-        )
-        keys |= {row[0] for row in store.fetch_all(clashing, (sync_key,))}
-    return len(keys), sorted(keys)[:DUPLICATE_SAMPLE_SIZE]
-
-
-def check_duplicates(
-    store: StateStore,
-    stage: StageTable,
-    sync_key: str = "",
-    *,
-    seen_keys: Sequence[str] = (),
-    adds_enabled: bool = True,
-) -> None:
-    """Fail before anything is sent when two model rows share an EXTERN_ID.
-
-    The sample names row keys (EXTERN_IDs: the user's own record ids, sent unhashed to Meta), never PII.
-    """
-    count, sample = find_duplicates(store, stage, sync_key, seen_keys=seen_keys, adds_enabled=adds_enabled)
-    if count:
-        raise DuplicateKeysError(
-            f"{count} EXTERN_ID value(s) appear on more than one row of the model, e.g. "
-            f"{', '.join(repr(key) for key in sample)}. Each row must have its own EXTERN_ID: it is the key "
-            "that tells which row to update or remove next time. Deduplicate the query (for example with "
-            "DISTINCT ON / GROUP BY the id column). Nothing was sent."
-        )
-
-
-#: How to turn any removal guard off for one run (its messages name it).
-GUARD_OFF_HINT = "max_removal_fraction=None turns the guard off for a run whose removals are intended"
-
-
-def exceeds_removal_budget(removals: int, held: int, max_fraction: float | None) -> bool:
-    """Whether a run's removals are more than ``max_fraction`` of the audience they are judged against.
-
-    Every removal guard judges the same way. The audience is the state's rows less those this run removes
-    that a killed run left possibly unapplied (unconfirmed, see :func:`unconfirmed_removals`): Meta may
-    never have received them, so they do not make the audience larger, while their removals still count
-    (Meta may hold them). The unconfirmed rows the model keeps do count: this run sends them again, so
-    after it Meta holds them. So a run after a kill that left most rows unconfirmed is judged by the
-    model's churn, as any other run, and is not refused until someone turns the guard off; a model that
-    came back empty removes every row, and with nothing held beside them is refused.
-
-    :param removals: the rows the run would remove.
-    :param held: the audience: the state's rows less the unconfirmed rows the run removes.
-    :param max_fraction: the largest allowed share (0..1); None turns the guard off.
-    """
-    if max_fraction is None or removals == 0:
-        return False
-    return held <= 0 or removals / held > max_fraction
-
-
-def describe_removals(removals: int, held: int, unconfirmed: int) -> str:
-    """The share a refused run would remove, and the rows it left out of the audience, for a message."""
-    share = f"{removals / held:.0%}" if held > 0 else "every row it removes may never have reached Meta"
-    if unconfirmed:
-        share += (
-            f"; {unconfirmed} of its removals are rows an interrupted run left possibly unapplied, not"
-            " counted in the audience"
-        )
-    return share
-
-
-def removal_override(removals: int, held: int) -> str:
-    """What lets an intended removal through: a higher max_removal_fraction, unless no fraction can."""
-    if removals > held:
-        return (
-            "rerun it with max_removal_fraction=None: no fraction lets a run remove more rows than the audience "
-            f"holds ({GUARD_OFF_HINT}; the run after it, its rows confirmed, is guarded again)"
-        )
-    return f"rerun with a higher max_removal_fraction ({GUARD_OFF_HINT})"
-
-
-def check_removal_guard(plan: SyncPlan, max_removal_fraction: float | None, unconfirmed: int = 0) -> None:
-    """Fail before anything is sent when a run would remove too large a share of the synced rows.
-
-    :param max_removal_fraction: the largest allowed share (0..1) of the audience (see
-        :func:`exceeds_removal_budget`); None turns the guard off.
-    :param unconfirmed: the rows the run removes that a killed run left possibly unapplied
-        (:func:`unconfirmed_removals` counts them).
-    """
-    held = plan.state_rows - unconfirmed
-    if exceeds_removal_budget(plan.removals, held, max_removal_fraction):
-        raise RemovalGuardError(
-            f"This {plan.mode.value} run would remove {plan.removals} of the {held} rows synced so far "
-            f"({describe_removals(plan.removals, held, unconfirmed)}), more than max_removal_fraction="
-            f"{max_removal_fraction}. Nothing was sent. This guard stops an upstream job that returned "
-            "nothing, or too little, from emptying the audience. Check the model's query; if the removal "
-            f"is intended, {removal_override(plan.removals, held)}."
-        )
-
-
-def judge_removals(store: StateStore, stage: StageTable, plan: SyncPlan, max_fraction: float | None) -> None:
-    """:func:`check_removal_guard` on a planned stage: the unconfirmed rows it removes are counted only
-    when the plan removes something (one scan of the stage)."""
-    if max_fraction is not None and plan.removals:
-        check_removal_guard(plan, max_fraction, unconfirmed_removals(store, stage, plan.full_refresh))
-
-
-def unconfirmed_removals(store: StateStore, stage: StageTable, full_refresh: bool) -> int:
-    """How many of a planned stage's removals are state rows it found unconfirmed (every unconfirmed row
-    is in the stage: the skipped rows are those whose source digest the state knows, which an unconfirmed
-    row has not)."""
-    row = store.fetch_one(
-        f"SELECT COUNT(*) FROM {stage.name} WHERE old_fingerprint = ? AND {removal_condition(full_refresh)}",
-        (UNCONFIRMED,),
-    )
-    return int(row[0])
 
 
 def mark_leaving_rows(store: StateStore, stage: StageTable) -> None:

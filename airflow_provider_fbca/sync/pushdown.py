@@ -115,6 +115,11 @@ class PushdownModel(ModelQuery):
         return self._select
 
     @property
+    def digested_columns(self) -> list[str]:
+        """The columns of :attr:`select`: the digest, then the wanted cells as ``c0``, ``c1``..."""
+        return [DIGEST_COLUMN, *(f"c{index}" for index in range(len(self.wanted)))]
+
+    @property
     def row_seed(self) -> str:
         """The seed of every row's digest: the run's seed, then the constants (they are no column: a
         change of them must change every digest all the same)."""
@@ -126,7 +131,7 @@ class PushdownModel(ModelQuery):
 
         :param stage: the run's stage table, whose ``model`` table :meth:`diff` created.
         """
-        wanted = [DIGEST_COLUMN, *(f"c{index}" for index in range(len(self.wanted)))]
+        wanted = self.digested_columns
         statement = self.select
         if stage is not None:
             source = _model(stage)
@@ -202,6 +207,7 @@ class PushdownModel(ModelQuery):
             duplicates = self._keys_of_digests(digests, sync_key, members_only)
         _insert_digests(store, stage.unseen, known.digests(twice=False))
         stage.index_unseen()
+        stage.unseen_rows = known.unmet_rows
         unseen_count = int(store.fetch_one(f"SELECT COUNT(*) FROM {stage.unseen}")[0])
         rows = known.rows + int(store.fetch_one(f"SELECT COUNT(*) FROM {model}")[0])
         store.commit()
@@ -357,11 +363,10 @@ class PushdownModel(ModelQuery):
         """
         store = self.store
         known = KnownDigests(store.count(sync_key))
-        cursor = store.execute(
-            f"SELECT source_digest FROM {store.table} WHERE sync_key = ? AND source_digest IS NOT NULL"
-            f" AND {known_rows_filter(members_only, 'member')}",
-            (sync_key,),
-        )
+        # Every state row of the sync, the digest only of a known one: the rows no model row will match
+        # are then counted from this one statement's rows (see KnownDigests.unmet_rows).
+        digest = f"CASE WHEN {known_rows_filter(members_only, 'member')} THEN source_digest END"
+        cursor = store.execute(f"SELECT {digest} FROM {store.table} WHERE sync_key = ?", (sync_key,))
         try:
             while rows := cursor.fetchmany(_DIGESTS_PAGE):
                 known.add(row[0] for row in rows)
@@ -436,11 +441,17 @@ class KnownDigests:
         self.marks = bytearray([self.EMPTY]) * self.size
         self.count = 0
         self.rows = 0
+        #: Rows given without a digest (known by none), and digests given again (see :attr:`unmet_rows`).
+        self.unknown = 0
+        self.repeated = 0
 
-    def add(self, digests: Iterable[int]) -> None:
-        """Hold digests (each once)."""
+    def add(self, digests: Iterable[int | None]) -> None:
+        """Hold digests (each once), counting the rows known by none (None) and the digests given again."""
         slots, marks, size, count = self.slots, self.marks, self.size, self.count
         for digest in digests:
+            if digest is None:
+                self.unknown += 1
+                continue
             if count + 1 >= size:  # the state gained rows since it was counted: never full
                 self.count = count
                 self._grow()
@@ -448,12 +459,22 @@ class KnownDigests:
             slot = digest % size
             while marks[slot] != self.EMPTY:
                 if slots[slot] == digest:
+                    self.repeated += 1
                     break
                 slot = slot + 1 if slot + 1 < size else 0
             else:
                 slots[slot], marks[slot] = digest, 0
                 count += 1
         self.count = count
+
+    @property
+    def unmet_rows(self) -> int | None:
+        """How many of the rows given to :meth:`add` no model row matched (after the diff): those known
+        by no digest, and one per unmet digest; None when a digest came twice (its rows cannot be told
+        apart: a 64-bit collision, or a state holding a key twice)."""
+        if self.repeated:
+            return None
+        return self.unknown + self.marks.count(0)
 
     def fresh(self, text: bytes) -> int | None:
         """The digest of a row's text (:func:`.dialects.text_digest`) when the table does not hold it (a new

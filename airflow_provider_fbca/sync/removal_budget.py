@@ -3,7 +3,7 @@
 Plain Python: the arithmetic (:func:`slice_ceiling`, :func:`check_share`, :func:`check_whole_sync`) and
 the ledger the partitions of one run share in the state database (:class:`RemovalLedger`).
 
-An unpartitioned run compares its removals with the state it synced (:func:`.plan.check_removal_guard`).
+An unpartitioned run compares its removals with the state it synced (:func:`.removal_guard.check_removal_guard`).
 Partition k of N sees only its slice, and the N partitions of a run plan and send at the same time, so
 each one, under its lease and before it sends anything, records its planned removals in the ledger
 (``<state_table>_removals``, keyed by the audience and the run) and checks, in the same transaction, that
@@ -38,16 +38,15 @@ from typing import NamedTuple
 
 from airflow_provider_fbca.sync.journal import REMOVE
 from airflow_provider_fbca.sync.partitions import partition_suffix
-from airflow_provider_fbca.sync.plan import (
+from airflow_provider_fbca.sync.plan import RemovalGuardError, SyncPlan
+from airflow_provider_fbca.sync.preview import page_keys
+from airflow_provider_fbca.sync.removal_guard import (
     GUARD_OFF_HINT,
-    RemovalGuardError,
-    SyncPlan,
     describe_removals,
     exceeds_removal_budget,
     removal_override,
     unconfirmed_removals,
 )
-from airflow_provider_fbca.sync.preview import page_keys
 from airflow_provider_fbca.sync.state import (
     REMOVALS_SUFFIX,
     UNCONFIRMED,
@@ -159,7 +158,7 @@ def check_whole_sync(
     :param entry: the partition checking.
     :param run_removals: the removals of every partition of the run that recorded its plan, its own included.
     :param audience_rows: the audience the removals are judged against, over every slice
-        (see :func:`.plan.exceeds_removal_budget`: none held refuses any removal).
+        (see :func:`.removal_guard.exceeds_removal_budget`: none held refuses any removal).
     :param max_fraction: the whole sync's fraction; None turns the guard off.
     :raises WholeSyncRemovalError: ``run_removals`` is more than ``max_fraction`` of ``audience_rows``.
     """

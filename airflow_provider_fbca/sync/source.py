@@ -75,27 +75,44 @@ def read_model(
     cursor = streaming_cursor(conn, "fbca_sync_source", hold=hold)
     try:
         cursor.execute(statement)
-        columns = _column_names(cursor)
-        pick: Callable[[Row], Row] | None = None
-        as_fetched = False  # the result is the wanted columns in order: tuples need no picking
-        read = 0
-        while True:
-            try:
-                rows = cursor.fetchmany(fetch_size)
-            except Exception as error:
-                raise ModelReadError(describe_fetch_error(error, conn, statement, columns, read)) from None
-            if pick is None:
-                # Read the columns again once rows were fetched: psycopg2's server-side cursors
-                # (PostgresHook's driver under SQLAlchemy 1.4, which Airflow 3.0 pins) describe them only then.
-                columns = _column_names(cursor)
-                pick = column_picker(columns, wanted)
-                as_fetched = _column_indices(columns, wanted) == list(range(len(columns)))
-            if not rows:
-                return
-            read += len(rows)
-            yield rows if as_fetched and type(rows[0]) is tuple else [pick(row) for row in rows]
+        yield from fetch_chunks(cursor, conn, statement, wanted, fetch_size)
     finally:
         cursor.close()
+
+
+def fetch_chunks(
+    cursor: Any, conn: Any, statement: str, wanted: Sequence[str], fetch_size: int
+) -> Iterator[list[Row]]:
+    """The rows of a cursor that ran ``statement``, in chunks of the wanted columns (see :func:`read_model`;
+    the cursor is left open).
+
+    :param cursor: the cursor that executed the statement.
+    :param conn: its connection.
+    :param statement: the statement it executed (for describing a failed fetch).
+    :param wanted: the columns to keep, in the order the sync reads them.
+    :param fetch_size: rows per chunk.
+    :raises ValueError: a wanted column is missing (raised with the first chunk).
+    :raises ModelReadError: the driver failed on a cell while fetching.
+    """
+    columns = _column_names(cursor)
+    pick: Callable[[Row], Row] | None = None
+    as_fetched = False  # the result is the wanted columns in order: tuples need no picking
+    read = 0
+    while True:
+        try:
+            rows = cursor.fetchmany(fetch_size)
+        except Exception as error:
+            raise ModelReadError(describe_fetch_error(error, conn, statement, columns, read)) from None
+        if pick is None:
+            # Read the columns again once rows were fetched: psycopg2's server-side cursors
+            # (PostgresHook's driver under SQLAlchemy 1.4, which Airflow 3.0 pins) describe them only then.
+            columns = _column_names(cursor)
+            pick = column_picker(columns, wanted)
+            as_fetched = _column_indices(columns, wanted) == list(range(len(columns)))
+        if not rows:
+            return
+        read += len(rows)
+        yield rows if as_fetched and type(rows[0]) is tuple else [pick(row) for row in rows]
 
 
 class ModelQuery:

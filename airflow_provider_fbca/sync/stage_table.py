@@ -53,6 +53,10 @@ class StageTable:
         #: ``unseen`` holds the key of every state row of the sync no model row matched (known or not),
         #: not only the known digests: the plan then reads those rows by key instead of scanning the state.
         self.unseen_keyed = False
+        #: How many state rows of the sync no model row matched, when the diff counted them (SQLite's
+        #: diff in the warehouse: see :attr:`.pushdown.KnownDigests.unmet_rows`), else None. With the
+        #: stage's rows among them, it tells how many gone rows the plan looks for (:func:`.plan.build_plan`).
+        self.unseen_rows: int | None = None
         #: The sync's state rows when the diff ran in the warehouse (PostgreSQL), else None.
         self.state_rows: int | None = None
         #: Whether the plan copied the state rows it reads into :attr:`stored_copy` (None: not decided

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from airflow_provider_fbca.sync.plan import DuplicateKeysError
-from tests.operators.conftest import Warehouse, customer, let_held_uploads_go, wait_for_held_upload
+from tests.operators.conftest import COLUMNS, Warehouse, customer, let_held_uploads_go, wait_for_held_upload
 from tests.operators.test_sync_audience import expected, make_operator, members, run, state_rows
 from tests.operators.test_sync_audience_hardening import sqlite_warehouse_path
 
@@ -43,10 +43,43 @@ def commit_rows(warehouse: Warehouse, rows: list[tuple[Any, ...]]) -> None:
     """Another connection appends rows to the model's table and commits (an ETL job writing meanwhile)."""
     conn = warehouse._connect()
     try:
-        conn.executemany(f"INSERT INTO {warehouse.table} VALUES (?, ?, ?, ?, ?, ?)", rows)
+        marks = ", ".join([warehouse.placeholder] * len(COLUMNS))
+        conn.cursor().executemany(f"INSERT INTO {warehouse.table} VALUES ({marks})", rows)
         conn.commit()
     finally:
         conn.close()
+
+
+def sync_committing_meanwhile(
+    warehouse: Warehouse,
+    sandbox: Any,
+    fb_conn_id: str,
+    state_table: str,
+    committed: list[tuple[Any, ...]],
+    **extra: Any,
+) -> dict[str, Any]:
+    """Run a first sync of 2,000 rows during which, between the duplicate check's pass and the stream
+    (while the audience is being created), another connection commits ``committed``; assert that the run
+    sent and recorded exactly the rows the check read. The run's report."""
+    rows = [customer(i) for i in range(2 * PAGE)]
+    warehouse.write(rows)
+    hold(sandbox, r"/customaudiences$")
+    outcome: dict[str, Any] = {}
+    operator = make_operator(warehouse, fb_conn_id, state_table, batch_size=PAGE, fetch_size=PAGE, **extra)
+    thread = run_in_thread(operator, outcome)
+    try:
+        wait_for_held_upload(sandbox)  # the audience's creation, after the duplicate check
+        commit_rows(warehouse, committed)
+    finally:
+        let_held_uploads_go(sandbox)
+        thread.join(timeout=120)
+    assert "error" not in outcome, outcome.get("error")
+    report = outcome["report"]
+    assert (report["rows_read"], report["added"]) == (len(rows), len(rows))
+    sent = members(sandbox, report["audience_id"])
+    assert {key: member["EMAIL"] for key, member in sent.items()} == expected(rows)
+    assert set(state_rows(warehouse, state_table)) == set(expected(rows))
+    return report
 
 
 def test_the_write_ahead_log_stays_small_while_the_state_is_written_on_the_warehouse_file(
@@ -91,24 +124,8 @@ def test_the_stream_sends_exactly_the_rows_the_duplicate_check_read(
     another connection commits a new row and a row repeating a key. The stream sends the rows the check
     read, no more: the repeated key was never checked, and must not reach Meta. The next run sees both
     rows, and refuses the repeated key before sending anything."""
-    rows = [customer(i) for i in range(2 * PAGE)]
-    sqlite_warehouse.write(rows)
-    hold(sandbox, r"/customaudiences$")
-    outcome: dict[str, Any] = {}
-    operator = make_operator(sqlite_warehouse, fb_conn_id, state_table, batch_size=PAGE, fetch_size=PAGE)
-    thread = run_in_thread(operator, outcome)
-    try:
-        wait_for_held_upload(sandbox)  # the audience's creation, after the duplicate check
-        commit_rows(sqlite_warehouse, [customer(2 * PAGE), customer(7, email="other.7@example.com")])
-    finally:
-        let_held_uploads_go(sandbox)
-        thread.join(timeout=120)
-    assert "error" not in outcome, outcome.get("error")
-    report = outcome["report"]
-    assert (report["rows_read"], report["added"]) == (len(rows), len(rows))
-    sent = members(sandbox, report["audience_id"])
-    assert {key: member["EMAIL"] for key, member in sent.items()} == expected(rows)
-    assert set(state_rows(sqlite_warehouse, state_table)) == set(expected(rows))
+    committed = [customer(2 * PAGE), customer(7, email="other.7@example.com")]
+    report = sync_committing_meanwhile(sqlite_warehouse, sandbox, fb_conn_id, state_table, committed)
     again = make_operator(sqlite_warehouse, fb_conn_id, state_table, audience_id=report["audience_id"])
     with pytest.raises(DuplicateKeysError, match="'cust-00007'"):
         run(again)

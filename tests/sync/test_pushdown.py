@@ -365,3 +365,49 @@ def test_the_known_digests_tell_the_unmet_and_the_repeated_apart() -> None:
     assert known.fresh(texts[5]) == digests[5]  # a new or changed row is kept, with its digest
     unmet, twice = set(known.digests(twice=False)), set(known.digests(twice=True))
     assert (unmet, twice, known.rows) == ({digests[0], digests[2], 0}, {digests[3], digests[4]}, 6)
+    assert known.unmet_rows is None  # digests[0] was given twice: its rows cannot be counted
+    known = pushdown.KnownDigests(4)
+    known.add([digests[0], None, digests[1], None])  # two rows known by no digest
+    assert known.fresh(texts[1]) is None
+    assert (known.unknown, known.unmet_rows) == (2, 3)
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # PostgreSQL's unseen rows are keyed
+def test_the_plan_looks_for_gone_rows_only_while_some_are_left(store: StateStore) -> None:
+    """SQLite counts the state rows no model row matched: when the changed rows account for them all,
+    the plan reads no state row for gone ones; when some are gone, or a digest is held twice (its rows
+    cannot be counted), it finds them as the client-side diff does."""
+    twin = Twin(store)
+    rows = [(key, f"{key}@x", str(key)) for key in range(1, 9)]
+    twin.write(rows)
+    twin.sync()
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    try:
+        twin.write([*rows[:6], (7, "new@x", "7"), (8, "8@x", "new"), (9, "9@x", "9")])  # 2 changed, 1 new
+        report = twin.sync()
+        assert (report["updated"], report["added"], report["removed"], report["unchanged"]) == (2, 1, 0, 6)
+        looked_for_gone = [sql for sql in statements if "NULL, 1, s.fingerprint" in sql]
+        assert len(looked_for_gone) == 1  # the client-side diff's scan; the pushdown's none
+        statements.clear()
+        twin.write([*rows[:2], (3, "new@x", "3"), *rows[4:6]])  # 1 changed, 4 gone
+        report = twin.sync()
+        assert (report["updated"], report["removed"], report["unchanged"]) == (1, 4, 4)
+        assert [sql for sql in statements if "NULL, 1, s.fingerprint" in sql][1].endswith("LIMIT 4")
+    finally:
+        store.conn.set_trace_callback(None)
+    for state in (twin.store, twin.push_store):  # two state rows with one digest
+        state.execute(
+            f"UPDATE {state.table} SET source_digest = (SELECT source_digest FROM {state.table}"
+            " WHERE row_key = '1') WHERE row_key = '2'"
+        ).close()
+        state.conn.commit()
+    twin.write([(3, "new@x", "3"), *rows[4:6]])  # both rows of the digest held twice gone
+    store.conn.set_trace_callback(statements.append)
+    try:
+        statements.clear()
+        report = twin.sync()
+    finally:
+        store.conn.set_trace_callback(None)
+    assert (report["removed"], report["unchanged"]) == (2, 3)
+    assert "LIMIT" not in [sql for sql in statements if "NULL, 1, s.fingerprint" in sql][1]

@@ -42,7 +42,7 @@ class RowPreparerLike(Protocol):
 
 
 class RemovalGuard(Protocol):
-    """Judges a plan's removals in place of :func:`.plan.check_removal_guard`: the whole sync's guard of a
+    """Judges a plan's removals in place of :func:`.removal_guard.check_removal_guard`: the whole sync's guard of a
     partition, or of the full refresh of an audience whose state lies in slices (:mod:`.removal_budget`)."""
 
     def check(self, plan: SyncPlan, stage: StageTable, rows_read: int) -> SyncPlan:

@@ -13,6 +13,7 @@ from typing import Any
 
 from airflow_provider_fbca.sync.batches import HEARTBEAT_S
 from airflow_provider_fbca.sync.driver_errors import from_driver, model_query_error
+from airflow_provider_fbca.sync.duplicates import check_duplicates
 from airflow_provider_fbca.sync.engine.options import (
     CreatedAudience,
     Model,
@@ -35,13 +36,12 @@ from airflow_provider_fbca.sync.plan import (
     SyncPlan,
     SyncPlanError,
     build_plan,
-    check_duplicates,
-    judge_removals,
     record_source_digests,
 )
 from airflow_provider_fbca.sync.preview import reconciled_view
 from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.rejects import RejectsTable
+from airflow_provider_fbca.sync.removal_guard import judge_removals
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.sending import AudienceClient, PlanSender, RemovalsRefusedError
 from airflow_provider_fbca.sync.source import ModelQuery
@@ -70,7 +70,7 @@ class SyncRun(StreamedFirstSync):
         sync key of its state and the key of its lease, which the run takes in place of its own. So a run
         that fails on the model (a missing column, duplicates, the removal guard) leaves no empty audience
         behind.
-    :param removal_guard: judges the plan's removals instead of :func:`.plan.check_removal_guard`, and is
+    :param removal_guard: judges the plan's removals instead of :func:`.removal_guard.check_removal_guard`, and is
         told of the removals Meta acknowledged (see :class:`RemovalGuard`).
     """
 

@@ -16,15 +16,20 @@ from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages, str
 from airflow_provider_fbca.sync.journal import PageJournal
 from airflow_provider_fbca.sync.lease import SyncLease
 from airflow_provider_fbca.sync.model_copy import ModelCopy
+from airflow_provider_fbca.sync.model_snapshot import ModelSnapshot
 from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.report import SyncReport
 from airflow_provider_fbca.sync.source import ModelQuery
 from airflow_provider_fbca.sync.staging import ModelStager, Staged, parse_membership
+from airflow_provider_fbca.sync.state import StateStore
 from airflow_provider_fbca.sync.worker import MIN_ROWS as WORKER_MIN_ROWS
 from airflow_provider_fbca.sync.worker import PreparerProcess
 
 log = logging.getLogger(__name__)
+
+#: What both passes of a first sync read: one copy of the model (SQLite) or one snapshot of it (PostgreSQL).
+ModelPasses = ModelCopy | ModelSnapshot
 
 
 class StreamedFirstSync:
@@ -35,6 +40,7 @@ class StreamedFirstSync:
     worker_min_rows = WORKER_MIN_ROWS
 
     options: SyncOptions
+    store: StateStore
     preparer: RowPreparerLike
     digest_seed: str
     state_empty: bool
@@ -54,27 +60,31 @@ class StreamedFirstSync:
         first = self.state_empty and options.adds_enabled and not (options.dry_run or self.full_refresh)
         if not first or options.source_key_index is None or self.journal.owed_count():
             return False
-        copy = None
+        passes: ModelPasses | None = None
         if ModelCopy.applies(model):  # both passes read one copy, in short reads (see .model_copy)
-            copy = ModelCopy(model, model.select if isinstance(model, PushdownModel) else None)
-        with copy or contextlib.nullcontext():
-            return self._stream(model, copy)
+            passes = ModelCopy(model, model.select if isinstance(model, PushdownModel) else None)
+        elif ModelSnapshot.applies(model):  # both passes read one snapshot (see .model_snapshot)
+            passes = ModelSnapshot(model, holds_state=model.conn is self.store.conn)
+        with passes or contextlib.nullcontext():
+            return self._stream(model, passes)
 
-    def _stream(self, model: ModelQuery, copy: ModelCopy | None) -> bool:
+    def _stream(self, model: ModelQuery, passes: ModelPasses | None) -> bool:
         """:meth:`_streams` once it is a first sync: the duplicate check's pass, then the stream.
 
-        :param copy: the model's rows copied once (SQLite), which both passes read; None: each pass runs
-            the model's query.
+        :param passes: what both passes read: the model's rows copied once (SQLite) or one snapshot of
+            them (PostgreSQL); None: each pass runs the model's query.
         """
         options = self.options
         membership = parse_membership if options.has_membership else None
-        chunks = model.cells() if copy is None else copy.cells()  # constants change no key or membership
+        chunks = model.cells() if passes is None else passes.cells()  # constants change no key or membership
         try:
             scan = scan_keys(chunks, options.source_key_index, self.normalize_keys, membership)
         finally:
             close_rows(chunks)
         if not scan.streamable:
             return False
+        if isinstance(passes, ModelSnapshot):  # before anything commits: the stream reads the check's rows
+            passes.open_stream()
         if self.rejects is not None:  # before the audience is created: its rejects move to its sync key
             self.rejects.start()
         self.lease.keep_alive(force=True)  # never start sending on a lease taken over meanwhile
@@ -86,7 +96,7 @@ class StreamedFirstSync:
             worker = self._preparer_process(scan.rows)
             if worker is not None:
                 stack.enter_context(worker)  # closed after the pages: a generator's cursor goes first
-            rows = self._streamed_rows(model, copy, non_members, worker)
+            rows = self._streamed_rows(model, passes, non_members, worker)
             stack.callback(
                 close_rows, rows
             )  # this frame holds it too: an error's traceback would keep it open
@@ -110,19 +120,20 @@ class StreamedFirstSync:
     def _streamed_rows(
         self,
         model: ModelQuery,
-        copy: ModelCopy | None,
+        passes: ModelPasses | None,
         non_members: list[int],
         worker: PreparerProcess | None,
     ) -> Iterator[Staged]:
         """The model's member rows, prepared, a chunk at a time as the session asks for them; counts the
         non-members.
 
-        :param copy: the model's rows copied once, read instead of running the query again.
+        :param passes: the model's rows copied once, or the snapshot whose stream the check's pass
+            opened: read instead of running the query again.
         """
         digested = isinstance(model, PushdownModel)
         chunks: Iterator[list[tuple[Any, ...]]]
-        if copy is not None:
-            chunks = copy.streamed_rows()
+        if passes is not None:
+            chunks = passes.streamed_rows()
         elif isinstance(model, PushdownModel):
             chunks = model.digested_rows()
         else:
