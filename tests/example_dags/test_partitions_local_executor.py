@@ -59,6 +59,8 @@ def test_the_local_executor_runs_the_mapped_partitions_at_the_same_time(
     with cluster.running():
         run_id = cluster.trigger(DAG_ID)
         runs = cluster.wait_for_tasks(DAG_ID, run_id, "sync", PARTITIONS)
+        # Only the triggered run: the DAG's daily run would sync the same audience beside it.
+        assert cluster.query("SELECT run_id FROM dag_run WHERE dag_id = %s", (DAG_ID,)) == [(run_id,)]
 
     assert [run.map_index for run in runs] == list(range(PARTITIONS))
     # The partitions, each a process of its own started at once, created the audience once, and it holds
