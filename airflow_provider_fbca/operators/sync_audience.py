@@ -533,7 +533,13 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
             return None
         if pushdown:
             return PushdownModel(
-                store, sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping)
+                store,
+                sql,
+                wanted,
+                self.fetch_size,
+                constants=constants,
+                mapped=len(self.mapping),
+                connect=source_hook.get_conn,
             )
         return ModelQuery(conn, sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping))
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from airflow_provider_fbca.sync.dialects import (
@@ -37,6 +37,7 @@ from airflow_provider_fbca.sync.dialects import (
     register_functions,
     text_digest,
 )
+from airflow_provider_fbca.sync.holder_scan import HolderScan
 from airflow_provider_fbca.sync.source import ModelQuery, Row, query_columns, read_model
 from airflow_provider_fbca.sync.state import StageTable, StateStore, known_rows_filter
 
@@ -70,6 +71,8 @@ class PushdownModel(ModelQuery):
     :param dialect: the database's spellings (default: from the connection's driver).
     :param constants: cells every row gets after its mapped cells; part of every digest.
     :param mapped: how many of the wanted columns are mapped (the membership column is not).
+    :param connect: opens another connection to the database (PostgreSQL: the holders' scan reads the
+        state on it during the diff, see :mod:`.holder_scan`); None: the removals scan the state later.
     """
 
     def __init__(
@@ -81,8 +84,10 @@ class PushdownModel(ModelQuery):
         dialect: Dialect | None = None,
         constants: Sequence[Any] = (),
         mapped: int | None = None,
+        connect: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__(store.conn, sql, wanted, fetch_size, constants, mapped)
+        self.connect = connect
         found = dialect or dialect_for(store.conn)
         if found is None:
             raise ValueError(f"No SQL dialect is known for the driver {type(store.conn).__module__}.")
@@ -146,7 +151,9 @@ class PushdownModel(ModelQuery):
 
     # -- the diff -------------------------------------------------------------------------------------
 
-    def diff(self, stage: StageTable, sync_key: str, *, members_only: bool) -> tuple[int, int, list[str]]:
+    def diff(
+        self, stage: StageTable, sync_key: str, *, members_only: bool, key_schema: str | None = None
+    ) -> tuple[int, int, list[str]]:
         """Diff the model's digests against the state's, in the database; load the stage's ``unseen``.
 
         The model's query runs once; only the new or changed rows are written (into a temporary table).
@@ -155,6 +162,8 @@ class PushdownModel(ModelQuery):
         :param sync_key: the sync.
         :param members_only: only rows sent as members are known (a tracked-only row must be prepared to
             be sent).
+        :param key_schema: the run's schema (PostgreSQL, with :attr:`connect`: the holders' scan starts on
+            another connection, see :mod:`.holder_scan`, and is the stage's).
         :returns: the model's rows, how many known digests the model has (rows skipped as unchanged), and
             the keys of known rows whose cells two model rows share (duplicates).
         """
@@ -162,6 +171,9 @@ class PushdownModel(ModelQuery):
         store, known = self.store, _known(stage)
         store.refresh_statistics()
         if store.is_postgres:
+            if self.connect is not None and key_schema is not None:
+                stage.holder_scan = HolderScan(self.connect, store.table, sync_key, key_schema)
+                stage.holder_scan.start()
             store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'").close()
             known_count = self._load_known(known, sync_key, members_only)
             return self._diff_in_one_pass(stage, select, sync_key, members_only, known_count)
