@@ -64,8 +64,16 @@ class HolderScan:
         self._error: BaseException | None = None
 
     def start(self) -> None:
-        """Open the connection and start the scan in a thread (the caller's connection runs the diff)."""
-        self.conn = self.connect()
+        """Open the connection and start the scan in a thread (the caller's connection runs the diff).
+
+        A connection refused (the server's limit reached) is no failure of the run: :meth:`candidates`
+        then tells the removals to scan the state on the run's connection.
+        """
+        try:
+            self.conn = self.connect()
+        except Exception as error:
+            self._error = error
+            return
         self._thread = threading.Thread(target=self._scan, name="fbca-holder-scan", daemon=True)
         self._thread.start()
 

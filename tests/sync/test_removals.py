@@ -8,8 +8,11 @@ whatever the schema or the stored form of the row. End to end, on SQLite and Pos
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from airflow_provider_fbca.sync.holder_scan import HolderScan
 from airflow_provider_fbca.sync.removals import MayHold, Removals
 from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, encode_identifiers
 
@@ -78,14 +81,28 @@ def test_only_the_withheld_positions_are_read_whatever_the_row_length() -> None:
     assert may_hold.check("EXTERN_ID,EMAIL,PHONE", encode_identifiers(["k4", SHARED])) == 0
 
 
-@pytest.mark.parametrize("probed", [True, False], ids=["probed", "too-many-values-to-probe"])
+@pytest.mark.parametrize(
+    "holders",
+    [
+        "probed",
+        "too-many-values-to-probe",
+        "scanned-during-the-diff",
+        "too-many-to-read-by-key",
+        "no-second-connection",
+    ],
+)
 def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(
-    store: StateStore, probed: bool
+    store: StateStore, holders: str
 ) -> None:
     """One removal row (schema A) whose e-mail a JSON-stored row holds, and whose phone a row of an older
     mapping holds at another position: both withheld. Another removal row's e-mail, held only as a phone,
     is not. The same when PostgreSQL has more removal values than its holders' scan probes (the exact join
-    then reads the state)."""
+    then reads the state), when a second connection scanned the state during the diff (the holders are
+    read by the keys it found), and when it found more than are worth reading by key (the state is
+    scanned again)."""
+    scanned = holders in ("scanned-during-the-diff", "too-many-to-read-by-key", "no-second-connection")
+    if scanned and not store.is_postgres:
+        pytest.skip("the holders' scan on a second connection is PostgreSQL's")
     schema_a, schema_b = "EXTERN_ID,EMAIL,PHONE", "EXTERN_ID,PHONE,EMAIL"
     email, phone, other, email2, phone2 = "e" * 64, "p" * 64, "o" * 64, "e2" * 32, "p2" * 32
     store.ensure_tables()
@@ -112,11 +129,30 @@ def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(
         ),
     ).close()
     store.commit()
+    if scanned:  # as the diff starts it: the run's schema is A
+        import psycopg
+
+        def connect() -> Any:
+            if holders == "no-second-connection":
+                raise psycopg.OperationalError("too many clients already")
+            return psycopg.connect(store.conn.info.dsn)
+
+        stage.holder_scan = HolderScan(connect, store.table, "s", schema_a)
+        stage.holder_scan.start()
+        stage.state_rows = 5
     removals = Removals(store, stage, "s")
-    if not probed:
+    if holders == "too-many-values-to-probe":
         removals.probed_values_limit = 3  # the removal rows carry 4 values
+    if (
+        holders == "too-many-to-read-by-key"
+    ):  # 4 candidates: "r" and "swap" by hash, "old" and "j\x1fk" always
+        removals.probed_keys_floor = 2
     assert removals.build() == 2
-    assert _table_exists(store, removals.holders) == (probed or store.is_sqlite)
+    assert _table_exists(store, removals.holders) == (
+        holders != "too-many-values-to-probe" or store.is_sqlite
+    )
+    if scanned:
+        assert stage.holder_scan.conn is None  # asked once, then closed
     (page,) = removals.pages(schema_a, 10)
     sent = [encode_identifiers(["r", "", ""]), encode_identifiers(["r2", email2, phone2])]
     assert [row.sent for row in page] == sent
@@ -172,3 +208,27 @@ def _table_exists(store: StateStore, name: str) -> bool:
     if store.is_sqlite:
         return bool(store.fetch_one("SELECT 1 FROM sqlite_temp_master WHERE name = ?", (name,)))
     return store.fetch_one("SELECT to_regclass(?)", (f"pg_temp.{name}",))[0] is not None
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_stage_dropped_before_its_removals_closes_the_holders_scan(store: StateStore) -> None:
+    """A run failing between the diff and its removals (a duplicate, the removal guard) leaves no second
+    connection open: the stage closes it with its tables."""
+    import psycopg
+
+    store.ensure_tables()
+    store.upsert("s", [StagedRow("k", "f", "d", "EXTERN_ID,EMAIL", encode_identifiers(["k", "e" * 64]), 1)])
+    stage = StageTable(store)
+    stage.create()
+    opened: list[Any] = []
+
+    def connect() -> Any:
+        opened.append(psycopg.connect(store.conn.info.dsn))
+        return opened[-1]
+
+    stage.holder_scan = HolderScan(connect, store.table, "s", "EXTERN_ID,EMAIL")
+    stage.holder_scan.start()
+    stage.drop()
+    assert stage.holder_scan is None
+    assert [conn.closed for conn in opened] == [True]
