@@ -186,6 +186,17 @@ def statement_profile(log: str) -> list[tuple[str, int, float, float]]:
     return sorted(rows, key=lambda row: -row[2])
 
 
+def backend_seconds(log: str) -> list[float]:
+    """Seconds of statements per backend in a log, largest first: a run's second connection (the holders'
+    scan during the diff) overlaps the first, so their sum is no wall time."""
+    seconds: dict[str, float] = defaultdict(float)
+    for entry in ENTRY.finditer(log):
+        following = log[entry.end() : entry.end() + 200]
+        if found := re.match(r"LOG:  duration: ([\d.]+) ms", following):
+            seconds[entry.group(1)] += float(found.group(1)) / 1000
+    return sorted(seconds.values(), reverse=True)
+
+
 def _shape(statement: str) -> str:
     return RUN_NAME.sub("_", " ".join(statement.split()))[:150]
 
@@ -266,8 +277,10 @@ def main() -> None:
         print(
             f"{'vacuum between':>16}: wall {vacuum['wall']:6.2f} s | server CPU {vacuum['server_cpu']:6.2f} s"
         )
+    backends = " + ".join(f"{seconds:.2f} s" for seconds in backend_seconds(profiled_log) if seconds >= 0.01)
     print(
         f"{args.profile} sync, server statements: {sum(r[2] for r in profile) / 1000:.2f} s in {sum(r[1] for r in profile)}"
+        f" (by backend: {backends})"
     )
     for shape, count, ms, cpu in profile[: args.top]:
         print(f"{ms / 1000:7.3f} s {cpu:7.3f} s CPU {count:5d}x  {shape}")

@@ -16,6 +16,10 @@ NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An i
    marks it: an unchanged row is neither joined nor written;
 3. streams to the worker only the model rows whose digest the state does not know (new or changed).
 
+PostgreSQL's diff runs on one backend (a full join over temporary tables): meanwhile a second connection
+reads the state for the holders of shared identifiers (:mod:`.holder_scan`), which the removals would
+otherwise scan for after the plan.
+
 The rest of the run (preparing those rows, the stage, the plan, the sending) is the client-side run's, so
 both plan the same adds, updates and removals. A first run (nothing known) streams every row with its
 digest, so that the next run can skip what did not change.
@@ -53,6 +57,9 @@ DIFF_WORK_MEM = "128MB"
 COPIES_COLUMN = "fbca_copies"
 KNOWN_DIGEST_COLUMN = "fbca_known_digest"
 ROW_KEY_COLUMN = "fbca_row_key"
+#: PostgreSQL's price of passing a row of the known digests' copy from a parallel worker (see
+#: :meth:`PushdownModel._load_known`): a hundredth of the default, as cheap as the narrow row is.
+COPY_PARALLEL_TUPLE_COST = 0.001
 #: PostgreSQL's error class when a type has no equality operator (``json``): its column cannot be grouped.
 UNDEFINED_FUNCTION = "42883"
 #: SQLite: the slots of the known digests' table per digest (see :class:`KnownDigests`): about 10 bytes a
@@ -171,11 +178,13 @@ class PushdownModel(ModelQuery):
         store, known = self.store, _known(stage)
         store.refresh_statistics()
         if store.is_postgres:
+            store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'").close()
+            known_count = self._load_known(known, sync_key, members_only)
+            # The copy shares the state's scan with parallel workers: the holders' scan starts after it,
+            # on the core the diff's one backend leaves idle.
             if self.connect is not None and key_schema is not None:
                 stage.holder_scan = HolderScan(self.connect, store.table, sync_key, key_schema)
                 stage.holder_scan.start()
-            store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'").close()
-            known_count = self._load_known(known, sync_key, members_only)
             return self._diff_in_one_pass(stage, select, sync_key, members_only, known_count)
         return self._diff_in_memory(
             stage, select, sync_key, members_only, self._known_digests(sync_key, members_only)
@@ -396,9 +405,17 @@ class PushdownModel(ModelQuery):
         (a hash of every digest) was a fifth of the diff's CPU. It copies every row of the sync, with its
         key, the digest only of a known one: the diff's ``unseen`` then holds every state row no model
         row matched, which the plan reads by key instead of scanning the state again.
+
+        Parallel workers share the scan of the wide state (its pages and rows read, the sync's filtered),
+        each passing the narrow rows (a digest and a key) to this backend, which writes them: priced as
+        the planner prices them (reading pages as I/O no worker shares, passing a row at a tenth of its
+        processing), the copy would run on one backend, although the state's pages come from memory.
         """
         store = self.store
         digest = f"CASE WHEN source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')} THEN source_digest END"
+        store.execute(
+            f"SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = {COPY_PARALLEL_TUPLE_COST}"
+        ).close()
         cursor = store.execute(
             f"CREATE TEMPORARY TABLE {known} AS SELECT {digest} AS source_digest, row_key FROM {store.table}"
             " WHERE sync_key = ?",
@@ -406,6 +423,9 @@ class PushdownModel(ModelQuery):
         )
         copied = int(cursor.rowcount)
         cursor.close()
+        store.execute(
+            "SET LOCAL parallel_setup_cost TO DEFAULT; SET LOCAL parallel_tuple_cost TO DEFAULT"
+        ).close()
         store.analyze(known)  # the one-pass diff hashes it: no index
         return copied
 

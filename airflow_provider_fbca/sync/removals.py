@@ -19,6 +19,8 @@ false negative, memory bounded whatever the number of removals), and the exact j
 PostgreSQL does the same in one scan of the state in SQL (:meth:`Removals._probable_holders`): each row's
 values at its schema's withheld positions probe a hash of the removal values, and the exact join runs on
 the rows that hit. Past :data:`PROBED_VALUES_LIMIT` removal values the exact join reads the state itself.
+When the diff ran in the warehouse, a second connection read the state during it instead
+(:mod:`.holder_scan`): only the rows it finds are read, by key (:meth:`Removals._scanned_holders`).
 """
 
 from __future__ import annotations
