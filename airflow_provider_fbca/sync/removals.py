@@ -13,8 +13,9 @@ The removal rows are the stage's (rows leaving the audience, old identifiers of 
 owed ones (removals Meta refused earlier, see :mod:`.journal`), gathered in one temporary table.
 
 Finding the holders reads every staying row of the state. On SQLite, extracting each row's identifiers
-and probing them in SQL is most of an incremental run's time, so a registered function first keeps only
-the state rows that may hold a removal identifier (a fixed-size bitmap of the removal values' hashes: no
+and probing them in SQL is most of an incremental run's time, so the (few) additions are searched first
+and the state only for the values they do not hold, and a registered function first keeps only
+the state rows that may hold such a value (a fixed-size bitmap of the removal values' hashes: no
 false negative, memory bounded whatever the number of removals), and the exact join runs on those few.
 PostgreSQL does the same in one scan of the state in SQL (:meth:`Removals._probable_holders`): each row's
 values at its schema's withheld positions probe a hash of the removal values, and the exact join runs on
