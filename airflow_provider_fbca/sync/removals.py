@@ -406,7 +406,17 @@ class MayHold:
                     return 1
             return 0
 
-        return check
+        if len(positions) > 1:
+            return check
+        # One key left to look for (an e-mail change: the kept phone is held by the addition): no loop,
+        # 6% of the scan's instructions.
+        (position,) = positions
+
+        def check_one(identifiers: str) -> int:
+            values = identifiers.split(_SEPARATOR, count)
+            return flags[hash(values[position]) & mask] if len(values) >= count else check(identifiers)
+
+        return check_one
 
 
 def _holds_none(identifiers: str) -> int:
