@@ -88,15 +88,14 @@ def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(
     then reads the state)."""
     schema_a, schema_b = "EXTERN_ID,EMAIL,PHONE", "EXTERN_ID,PHONE,EMAIL"
     email, phone, other, email2, phone2 = "e" * 64, "p" * 64, "o" * 64, "e2" * 32, "p2" * 32
-    store.ensure_tables()
-    store.upsert(
-        "s",
+    _store_rows(
+        store,
         [
-            StagedRow("r", "f", "d", schema_a, encode_identifiers(["r", email, phone]), 1),
-            StagedRow("old", "f", "d", schema_b, encode_identifiers(["old", phone, other]), 1),
-            StagedRow("j\x1fk", "f", "d", schema_a, encode_identifiers(["j\x1fk", email, other]), 1),
-            StagedRow("swap", "f", "d", schema_a, encode_identifiers(["swap", other, email2]), 1),
-            StagedRow("gone", "f", "d", schema_a, encode_identifiers(["gone", other, phone]), 0),
+            (schema_a, ["r", email, phone], 1),
+            (schema_b, ["old", phone, other], 1),
+            (schema_a, ["j\x1fk", email, other], 1),
+            (schema_a, ["swap", other, email2], 1),
+            (schema_a, ["gone", other, phone], 0),
         ],
     )
     stage = StageTable(store)
@@ -122,6 +121,18 @@ def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(
     assert [row.sent for row in page] == sent
     removals.drop()
     stage.drop()
+
+
+def _store_rows(store: StateStore, rows: list[tuple[str, list[str], int]]) -> None:
+    """The sync ``s``'s state: ``(key_schema, identifiers, member)``, the EXTERN_ID first."""
+    store.ensure_tables()
+    store.upsert(
+        "s",
+        [
+            StagedRow(ids[0], "f", "d", schema, encode_identifiers(ids), member)
+            for schema, ids, member in rows
+        ],
+    )
 
 
 def _stage_rows(
@@ -156,13 +167,12 @@ def test_values_the_additions_hold_and_values_staying_rows_hold_are_both_withhel
     phone and the shared e-mail, whichever way each is found; the old e-mail and the lone phone are sent."""
     schema = "EXTERN_ID,EMAIL,PHONE"
     old_email, new_email, kept_phone, shared, lone_phone = "o" * 64, "n" * 64, "k" * 64, "s" * 64, "l" * 64
-    store.ensure_tables()
-    store.upsert(
-        "s",
+    _store_rows(
+        store,
         [
-            StagedRow("moves", "f", "d", schema, encode_identifiers(["moves", old_email, kept_phone]), 1),
-            StagedRow("leaves", "f", "d", schema, encode_identifiers(["leaves", shared, lone_phone]), 1),
-            StagedRow("stays", "f", "d", schema, encode_identifiers(["stays", shared, "x" * 64]), 1),
+            (schema, ["moves", old_email, kept_phone], 1),
+            (schema, ["leaves", shared, lone_phone], 1),
+            (schema, ["stays", shared, "x" * 64], 1),
         ],
     )
     stage = _stage_rows(
@@ -187,15 +197,8 @@ def test_no_state_scan_when_the_additions_hold_every_withheld_value(store: State
     same e-mail changes nothing), and both values are withheld."""
     schema = "EXTERN_ID,EMAIL,PHONE,FN"
     email, phone = "e" * 64, "p" * 64
-    store.ensure_tables()
-    store.upsert(
-        "s",
-        [
-            StagedRow(
-                "renamed", "f", "d", schema, encode_identifiers(["renamed", email, phone, "a" * 64]), 1
-            ),
-            StagedRow("stays", "f", "d", schema, encode_identifiers(["stays", email, "x" * 64, ""]), 1),
-        ],
+    _store_rows(
+        store, [(schema, ["renamed", email, phone, "a" * 64], 1), (schema, ["stays", email, "x" * 64, ""], 1)]
     )
     old, new = ["renamed", email, phone, "a" * 64], ["renamed", email, phone, "b" * 64]
     stage = _stage_rows(store, [("renamed", 1, 1, schema, old, new)])
