@@ -360,16 +360,17 @@ def test_the_known_digests_tell_the_unmet_and_the_repeated_apart() -> None:
     known = pushdown.KnownDigests(2)
     known.add([*digests[:5], digests[0], 0, 0])  # more than counted, a digest twice, the digest 0
     assert known.count == 6 and known.size > 6
+    fresh = known.fresh()
     for text in (texts[1], texts[3], texts[3], texts[4], texts[4], texts[4]):
-        assert known.fresh(text) is None  # an unchanged row is never written
-    assert known.fresh(texts[5]) == digests[5]  # a new or changed row is kept, with its digest
+        assert fresh(text) is None  # an unchanged row is never written
+    assert fresh(texts[5]) == digests[5]  # a new or changed row is kept, with its digest
     unmet, twice = set(known.digests(twice=False)), set(known.digests(twice=True))
     assert (unmet, twice, known.rows) == ({digests[0], digests[2], 0}, {digests[3], digests[4]}, 6)
     assert known.unmet_rows is None  # digests[0] was given twice: its rows cannot be counted
     known = pushdown.KnownDigests(4)
     known.add([digests[0], None, digests[1], None])  # two rows known by no digest
-    assert known.fresh(texts[1]) is None
-    assert (known.unknown, known.unmet_rows) == (2, 3)
+    assert known.fresh()(texts[1]) is None
+    assert (known.unknown, known.unmet_rows, known.rows) == (2, 3, 1)
 
 
 @pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # PostgreSQL's unseen rows are keyed
