@@ -24,8 +24,10 @@ digest, so that the next run can skip what did not change.
 from __future__ import annotations
 
 import itertools
+import json
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 from airflow_provider_fbca.sync.dialects import (
@@ -58,6 +60,14 @@ UNDEFINED_FUNCTION = "42883"
 #: known row; a probe for a digest the table holds reads 2 slots on average, for another one about 8.
 SLOTS_PER_DIGEST = 1.3
 _DIGESTS_PAGE = 10_000
+#: SQLite reads the known digests by ranges of the state table's rowids, rather than the sync's rows by
+#: its key index, when the sync has at least this share of the rowids (one sync in its table, commonly):
+#: each row is then read in the table's order, without the index's lookup, and a range's digests reach
+#: Python as one JSON array instead of a row each (a third of the load's CPU). A table holding several
+#: syncs is read by the index, not scanned for other syncs' rows.
+ROWID_SHARE = 0.5
+_ROWID_PAGE = 16_384
+_first = itemgetter(0)
 
 
 class PushdownModel(ModelQuery):
@@ -359,20 +369,52 @@ class PushdownModel(ModelQuery):
     def _known_digests(self, sync_key: str, members_only: bool) -> KnownDigests:
         """SQLite: the source digests the state knows, in memory (see :class:`KnownDigests`).
 
-        One scan of the sync's state rows; the table is sized by the sync's row count (its key index).
+        One read of the sync's state rows, every row with the digest only of a known one: the rows no
+        model row will match are then counted from these rows (see :attr:`KnownDigests.unmet_rows`). The
+        table is sized by the sync's row count (its key index).
         """
         store = self.store
-        known = KnownDigests(store.count(sync_key))
-        # Every state row of the sync, the digest only of a known one: the rows no model row will match
-        # are then counted from this one statement's rows (see KnownDigests.unmet_rows).
+        rows = store.count(sync_key)
+        known = KnownDigests(rows)
         digest = f"CASE WHEN {known_rows_filter(members_only, 'member')} THEN source_digest END"
+        first, last = store.fetch_one(f"SELECT MIN(rowid), MAX(rowid) FROM {store.table}")
+        if rows and rows >= ROWID_SHARE * (last - first + 1):
+            self._known_digests_by_rowid(known, digest, sync_key, (first, last))
+            return known
         cursor = store.execute(f"SELECT {digest} FROM {store.table} WHERE sync_key = ?", (sync_key,))
         try:
-            while rows := cursor.fetchmany(_DIGESTS_PAGE):
-                known.add(row[0] for row in rows)
+            while page := cursor.fetchmany(_DIGESTS_PAGE):
+                known.add(list(map(_first, page)))
         finally:
             cursor.close()
         return known
+
+    def _known_digests_by_rowid(
+        self, known: KnownDigests, digest: str, sync_key: str, rowids: tuple[int, int]
+    ) -> None:
+        """SQLite: add the digests of the sync's state rows to ``known``, read in ranges of the table's
+        rowids, each range's digests as one JSON array (see :data:`ROWID_SHARE`).
+
+        A statement per range, all in one read transaction: the rowids of a table without an integer
+        primary key may change at a ``VACUUM``, which cannot run while it is open.
+
+        :param rowids: the table's first and last rowid.
+        """
+        store, conn = self.store, self.store.conn
+        statement = (
+            f"SELECT json_group_array({digest}) FROM {store.table}"
+            " WHERE rowid BETWEEN ? AND ? AND +sync_key = ?"  # "+": the rowid range, not the key's index
+        )
+        began = not conn.in_transaction
+        if began:
+            store.execute("BEGIN").close()
+        try:
+            for start in range(rowids[0], rowids[1] + 1, _ROWID_PAGE):
+                (page,) = store.fetch_one(statement, (start, start + _ROWID_PAGE - 1, sync_key))
+                known.add(json.loads(page))
+        finally:
+            if began:
+                conn.rollback()  # it only read
 
     def _load_known(self, known: str, sync_key: str, members_only: bool) -> int:
         """PostgreSQL: copy the source digests the state knows into the temporary table ``known``; how
@@ -444,27 +486,27 @@ class KnownDigests:
         self.unknown = 0
         self.repeated = 0
 
-    def add(self, digests: Iterable[int | None]) -> None:
-        """Hold digests (each once), counting the rows known by none (None) and the digests given again."""
-        slots, marks, size, count = self.slots, self.marks, self.size, self.count
+    def add(self, digests: Sequence[int | None]) -> None:
+        """Hold a page of digests (each once), counting the rows known by none (None) and the digests
+        given again."""
+        while self.count + len(digests) >= self.size:  # the state gained rows since it was counted
+            self._grow()
+        slots, marks, size, empty = self.slots, self.marks, self.size, self.EMPTY
+        count, repeated = self.count, 0
         for digest in digests:
             if digest is None:
-                self.unknown += 1
                 continue
-            if count + 1 >= size:  # the state gained rows since it was counted: never full
-                self.count = count
-                self._grow()
-                slots, marks, size = self.slots, self.marks, self.size
             slot = digest % size
-            while marks[slot] != self.EMPTY:
+            while marks[slot] != empty:
                 if slots[slot] == digest:
-                    self.repeated += 1
+                    repeated += 1
                     break
                 slot = slot + 1 if slot + 1 < size else 0
             else:
                 slots[slot], marks[slot] = digest, 0
                 count += 1
-        self.count = count
+        self.count, self.repeated = count, self.repeated + repeated
+        self.unknown += digests.count(None)
 
     @property
     def unmet_rows(self) -> int | None:
@@ -520,8 +562,8 @@ class KnownDigests:
 
     def _grow(self) -> None:
         """Twice the slots, holding the same digests (before any is met)."""
-        grown = KnownDigests(2 * self.count)
-        grown.add(digest for digest, mark in zip(self.slots, self.marks, strict=True) if mark != self.EMPTY)
+        grown = KnownDigests(2 * max(self.count, self.size))
+        grown.add([digest for digest, mark in zip(self.slots, self.marks, strict=True) if mark != self.EMPTY])
         self.size, self.slots, self.marks = grown.size, grown.slots, grown.marks
 
 
