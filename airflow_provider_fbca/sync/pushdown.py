@@ -377,7 +377,10 @@ class PushdownModel(ModelQuery):
         rows = store.count(sync_key)
         known = KnownDigests(rows)
         digest = f"CASE WHEN {known_rows_filter(members_only, 'member')} THEN source_digest END"
-        first, last = store.fetch_one(f"SELECT MIN(rowid), MAX(rowid) FROM {store.table}")
+        # Each its own query: SQLite reads a lone MIN or MAX off the table's end, both at once by a scan.
+        first, last = store.fetch_one(
+            f"SELECT (SELECT MIN(rowid) FROM {store.table}), (SELECT MAX(rowid) FROM {store.table})"
+        )
         if rows and rows >= ROWID_SHARE * (last - first + 1):
             self._known_digests_by_rowid(known, digest, sync_key, (first, last))
             return known
