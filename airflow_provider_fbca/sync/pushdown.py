@@ -39,6 +39,7 @@ from airflow_provider_fbca.sync.dialects import (
     quote_name,
     register_functions,
 )
+from airflow_provider_fbca.sync.driver_errors import from_driver
 from airflow_provider_fbca.sync.source import ModelQuery, Row, query_columns, read_model
 from airflow_provider_fbca.sync.state import StageTable, StateStore, known_rows_filter
 
@@ -377,12 +378,9 @@ class PushdownModel(ModelQuery):
         rows = store.count(sync_key)
         known = KnownDigests(rows)
         digest = f"CASE WHEN {known_rows_filter(members_only, 'member')} THEN source_digest END"
-        # Each its own query: SQLite reads a lone MIN or MAX off the table's end, both at once by a scan.
-        first, last = store.fetch_one(
-            f"SELECT (SELECT MIN(rowid) FROM {store.table}), (SELECT MAX(rowid) FROM {store.table})"
-        )
-        if rows and rows >= ROWID_SHARE * (last - first + 1):
-            self._known_digests_by_rowid(known, digest, sync_key, (first, last))
+        rowids = self._rowids()
+        if rowids is not None and rows >= ROWID_SHARE * (rowids[1] - rowids[0] + 1):
+            self._known_digests_by_rowid(known, digest, sync_key, rowids)
             return known
         cursor = store.execute(f"SELECT {digest} FROM {store.table} WHERE sync_key = ?", (sync_key,))
         try:
@@ -391,6 +389,21 @@ class PushdownModel(ModelQuery):
         finally:
             cursor.close()
         return known
+
+    def _rowids(self) -> tuple[int, int] | None:
+        """SQLite: the state table's first and last rowid; None when it has none (it is empty, or a dry
+        run's view of the state, whose rowid SQLite answers NULL or refuses)."""
+        store = self.store
+        try:
+            # Each its own query: SQLite reads a lone MIN or MAX off the table's end, both at once by a scan.
+            first, last = store.fetch_one(
+                f"SELECT (SELECT MIN(rowid) FROM {store.table}), (SELECT MAX(rowid) FROM {store.table})"
+            )
+        except Exception as error:
+            if not from_driver(error):
+                raise
+            return None
+        return None if first is None or last is None else (int(first), int(last))
 
     def _known_digests_by_rowid(
         self, known: KnownDigests, digest: str, sync_key: str, rowids: tuple[int, int]
