@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,6 +74,7 @@ class LocalCluster:
         self.home, self.server, self.metadata_db = home, server, metadata_db
         port = _free_port()
         self.services = [tuple(part.format(port=port) for part in service) for service in SERVICES]
+        self.execution_api = f"http://127.0.0.1:{port}/execution/"
         self.env = {
             **demo.airflow_env(home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
@@ -85,7 +87,7 @@ class LocalCluster:
             # Only the runs a caller triggers: a scheduled DAG's own run would sync the same audience
             # beside the triggered one, which then waits behind it (a flaky test under load).
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": self.execution_api,
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
@@ -110,10 +112,20 @@ class LocalCluster:
                         start_new_session=True,  # its own process group: stopped with its children
                     )
                 )
+            # A task's supervisor gives up after a few refused connections (Airflow 3.0 within seconds):
+            # on a busy host the scheduler can queue a task before the API server listens.
+            self.wait_for(self._execution_api_answers, 180, "the API server to answer")
             yield self
         finally:
             for process in self.processes:
                 demo.stop_process(process, grace_s=15)
+
+    def _execution_api_answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.execution_api}health", timeout=5) as response:
+                return bool(response.status == 200)
+        except OSError:  # refused, reset, or not yet an HTTP 200
+            return False
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         import psycopg
