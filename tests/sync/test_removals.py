@@ -88,15 +88,14 @@ def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(
     then reads the state)."""
     schema_a, schema_b = "EXTERN_ID,EMAIL,PHONE", "EXTERN_ID,PHONE,EMAIL"
     email, phone, other, email2, phone2 = "e" * 64, "p" * 64, "o" * 64, "e2" * 32, "p2" * 32
-    store.ensure_tables()
-    store.upsert(
-        "s",
+    _store_rows(
+        store,
         [
-            StagedRow("r", "f", "d", schema_a, encode_identifiers(["r", email, phone]), 1),
-            StagedRow("old", "f", "d", schema_b, encode_identifiers(["old", phone, other]), 1),
-            StagedRow("j\x1fk", "f", "d", schema_a, encode_identifiers(["j\x1fk", email, other]), 1),
-            StagedRow("swap", "f", "d", schema_a, encode_identifiers(["swap", other, email2]), 1),
-            StagedRow("gone", "f", "d", schema_a, encode_identifiers(["gone", other, phone]), 0),
+            (schema_a, ["r", email, phone], 1),
+            (schema_b, ["old", phone, other], 1),
+            (schema_a, ["j\x1fk", email, other], 1),
+            (schema_a, ["swap", other, email2], 1),
+            (schema_a, ["gone", other, phone], 0),
         ],
     )
     stage = StageTable(store)
@@ -120,6 +119,95 @@ def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(
     (page,) = removals.pages(schema_a, 10)
     sent = [encode_identifiers(["r", "", ""]), encode_identifiers(["r2", email2, phone2])]
     assert [row.sent for row in page] == sent
+    removals.drop()
+    stage.drop()
+
+
+def _store_rows(store: StateStore, rows: list[tuple[str, list[str], int]]) -> None:
+    """The sync ``s``'s state: ``(key_schema, identifiers, member)``, the EXTERN_ID first."""
+    store.ensure_tables()
+    store.upsert(
+        "s",
+        [
+            StagedRow(ids[0], "f", "d", schema, encode_identifiers(ids), member)
+            for schema, ids, member in rows
+        ],
+    )
+
+
+def _stage_rows(
+    store: StateStore, rows: list[tuple[str, int, int, str, list[str], list[str] | None]]
+) -> StageTable:
+    """A planned stage: ``(row_key, member, to_add, key_schema, old identifiers, new identifiers or None)``,
+    each row in the state before and removed with its old identifiers."""
+    stage = StageTable(store)
+    stage.create()
+    for row_key, member, to_add, key_schema, old, new in rows:
+        store.execute(
+            f"INSERT INTO {stage.name} (row_key, member, in_state, id_digest, key_schema, identifiers,"
+            " old_id_digest, old_key_schema, old_identifiers, old_member, to_add, to_remove)"
+            " VALUES (?, ?, 1, 'n', ?, ?, 'd', ?, ?, 1, ?, 1)",
+            (
+                row_key,
+                member,
+                key_schema if new else None,
+                encode_identifiers(new) if new else None,
+                key_schema,
+                encode_identifiers(old),
+                to_add,
+            ),
+        ).close()
+    store.commit()
+    return stage
+
+
+def test_values_the_additions_hold_and_values_staying_rows_hold_are_both_withheld(store: StateStore) -> None:
+    """A person changes e-mail and keeps their phone (held by their own addition); a person leaves whose
+    e-mail a staying member holds (found in the state), and whose phone nobody holds. Withheld: the kept
+    phone and the shared e-mail, whichever way each is found; the old e-mail and the lone phone are sent."""
+    schema = "EXTERN_ID,EMAIL,PHONE"
+    old_email, new_email, kept_phone, shared, lone_phone = "o" * 64, "n" * 64, "k" * 64, "s" * 64, "l" * 64
+    _store_rows(
+        store,
+        [
+            (schema, ["moves", old_email, kept_phone], 1),
+            (schema, ["leaves", shared, lone_phone], 1),
+            (schema, ["stays", shared, "x" * 64], 1),
+        ],
+    )
+    stage = _stage_rows(
+        store,
+        [
+            ("leaves", 0, 0, schema, ["leaves", shared, lone_phone], None),
+            ("moves", 1, 1, schema, ["moves", old_email, kept_phone], ["moves", new_email, kept_phone]),
+        ],
+    )
+    removals = Removals(store, stage, "s")
+    assert removals.build() == 2
+    (page,) = removals.pages(schema, 10)
+    sent = [encode_identifiers(["leaves", "", lone_phone]), encode_identifiers(["moves", old_email, ""])]
+    assert [row.sent for row in page] == sent
+    removals.drop()
+    stage.drop()
+
+
+def test_no_state_scan_when_the_additions_hold_every_withheld_value(store: StateStore) -> None:
+    """People re-identified by a new name keep their e-mail and phone: their additions hold every strong
+    value the removal rows carry, so SQLite reads no state row for holders (a staying member holding the
+    same e-mail changes nothing), and both values are withheld."""
+    schema = "EXTERN_ID,EMAIL,PHONE,FN"
+    email, phone = "e" * 64, "p" * 64
+    _store_rows(
+        store, [(schema, ["renamed", email, phone, "a" * 64], 1), (schema, ["stays", email, "x" * 64, ""], 1)]
+    )
+    old, new = ["renamed", email, phone, "a" * 64], ["renamed", email, phone, "b" * 64]
+    stage = _stage_rows(store, [("renamed", 1, 1, schema, old, new)])
+    removals = Removals(store, stage, "s")
+    assert removals.build() == 2
+    if store.is_sqlite:
+        assert not _table_exists(store, removals.holders)
+    (page,) = removals.pages(schema, 10)
+    assert [row.sent for row in page] == [encode_identifiers(["renamed", "", "", "a" * 64])]
     removals.drop()
     stage.drop()
 
