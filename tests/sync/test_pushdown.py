@@ -8,8 +8,10 @@ each run both must have planned the same counts, sent the same rows and left the
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,6 +144,26 @@ def test_mirror_over_changes_nulls_and_type_changes(store: StateStore, plan_read
     assert report["rows_prepared"] == 4 and report["unchanged"] == 4
     report = twin.sync()
     assert report["rows_prepared"] == 0 and report["unchanged"] == 4
+
+
+def test_an_sqlite_run_keeps_sqlites_own_page_caches(tmp_path: Path) -> None:
+    """The run's temporary tables (the diff's, the stage, the removals' holders) stay in SQLite's default
+    page cache and past it in its temporary file: a cache of the run's own would be filled by a large
+    model only, raising its peak memory with the model's size (``bench/bench_sync.py`` measures it)."""
+    fresh = sqlite3.connect(":memory:")
+    defaults = [fresh.execute(f"PRAGMA {db}.cache_size").fetchone()[0] for db in ("main", "temp")]
+    fresh.close()
+    store = StateStore(sqlite3.connect(tmp_path / "w.db"), "fbca_state")
+    twin = Twin(store)
+    twin.write([(1, "a@x", "1"), (2, "b@x", "2"), (3, "c@x", "3")])
+    assert twin.sync()["added"] == 3
+    twin.write([(1, "a2@x", "1"), (2, "b@x", "2")])
+    report = twin.sync()
+    assert (report["updated"], report["removed"]) == (1, 1)
+    assert [
+        store.conn.execute(f"PRAGMA {db}.cache_size").fetchone()[0] for db in ("main", "temp")
+    ] == defaults
+    store.conn.close()
 
 
 def test_a_state_digested_by_an_earlier_version_is_prepared_again_once(store: StateStore) -> None:
