@@ -9,7 +9,11 @@ Prints, from one run, measured side by side:
 Each size runs in its own subprocess (so peak RSS is its own); the sandbox runs in another one
 (``python -m airflow_provider_fbca.sandbox --port 0``). The warehouse and the state are SQLite files.
 
-Usage: ``python bench/bench_sync.py [--rows 1000000] [--small-rows 100000]``.
+Usage: ``python bench/bench_sync.py [--rows 1000000] [--small-rows 100000] [--rss-by-phase]``.
+
+``--rss-by-phase`` (a diagnostic) also prints, for each size, the highest RSS each phase reached (read and
+prepare, first sync, 1%-changed sync), sampled every 10 ms by a thread of the child: where the peak is, and
+so what to look at when the ratio moves. The peak RSS and the ratio are measured as without it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,14 +130,63 @@ def sync(name: str, conn_id: str = "bench_warehouse") -> tuple[float, dict[str, 
     return time.perf_counter() - start, report
 
 
-def child(url: str, warehouse: Path, rows: int) -> dict[str, Any]:
-    """One size, in its own process: read+prepare, first sync, 1%-changed sync, peak RSS."""
+class PhasePeaks:
+    """The highest RSS of this process in each phase, sampled by a thread (``--rss-by-phase``)."""
+
+    def __init__(self, period_s: float = 0.01) -> None:
+        self.period_s = period_s
+        self.peaks: dict[str, float] = {}
+        self._phase = ""
+        self._page_kib = os.sysconf("SC_PAGE_SIZE") / 1024
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="rss-by-phase", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self._record()
+
+    def _record(self) -> None:
+        if self._phase:
+            resident = int(Path("/proc/self/statm").read_text().split()[1]) * self._page_kib / 1024
+            self.peaks[self._phase] = max(self.peaks.get(self._phase, 0.0), resident)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._phase = name
+        try:
+            yield
+        finally:
+            self._record()
+            self._phase = ""
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return self.peaks
+
+
+@contextmanager
+def _phase(peaks: PhasePeaks | None, name: str) -> Iterator[None]:
+    if peaks is None:
+        yield
+    else:
+        with peaks.phase(name):
+            yield
+
+
+def child(url: str, warehouse: Path, rows: int, by_phase: bool = False) -> dict[str, Any]:
+    """One size, in its own process: read+prepare, first sync, 1%-changed sync, peak RSS (and with
+    ``by_phase``, each phase's)."""
     import logging
 
     logging.disable(logging.INFO)  # the per-batch log lines would dominate a terminal, not the sync
     _connections(url, warehouse)
-    floor = read_and_prepare(warehouse)
-    first, report = sync(f"bench {rows}")
+    peaks = PhasePeaks() if by_phase else None
+    with _phase(peaks, "read+prepare"):
+        floor = read_and_prepare(warehouse)
+    with _phase(peaks, "first sync"):
+        first, report = sync(f"bench {rows}")
     assert report["added"] == rows, report
     conn = sqlite3.connect(warehouse)
     conn.execute(
@@ -138,7 +194,8 @@ def child(url: str, warehouse: Path, rows: int) -> dict[str, Any]:
     )
     conn.commit()
     conn.close()
-    second, report = sync(f"bench {rows}")
+    with _phase(peaks, "1%-changed sync"):
+        second, report = sync(f"bench {rows}")
     assert report["updated"] == rows // CHANGED_SHARE, report
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
@@ -147,6 +204,7 @@ def child(url: str, warehouse: Path, rows: int) -> dict[str, Any]:
         "first_s": first,
         "changed_s": second,
         "peak_mib": peak_kib / 1024,
+        "phase_peaks_mib": peaks.stop() if peaks is not None else {},
     }
 
 
@@ -178,14 +236,25 @@ def _start_sandbox() -> tuple[subprocess.Popen[str], str]:
     return process, url
 
 
-def _run_size(url: str, workdir: Path, rows: int) -> dict[str, Any]:
+def _run_size(url: str, workdir: Path, rows: int, by_phase: bool) -> dict[str, Any]:
     warehouse = workdir / f"warehouse_{rows}.db"
     script = str(Path(__file__).resolve())
     subprocess.run(
         [sys.executable, script, "--generate", str(rows), "--warehouse", str(warehouse)], check=True
     )
+    diagnostic = ["--rss-by-phase"] if by_phase else []
     out = subprocess.run(
-        [sys.executable, script, "--child", str(rows), "--warehouse", str(warehouse), "--url", url],
+        [
+            sys.executable,
+            script,
+            "--child",
+            str(rows),
+            "--warehouse",
+            str(warehouse),
+            "--url",
+            url,
+            *diagnostic,
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -199,6 +268,9 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small-rows", type=int, default=100_000)
+    parser.add_argument(
+        "--rss-by-phase", action="store_true", help="also print each phase's peak RSS (a diagnostic)"
+    )
     parser.add_argument("--generate", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--warehouse", type=Path, help=argparse.SUPPRESS)
@@ -208,15 +280,15 @@ def main() -> None:
         generate_warehouse(args.warehouse, args.generate)
         return
     if args.child:
-        print(json.dumps(child(args.url, args.warehouse, args.child)))
+        print(json.dumps(child(args.url, args.warehouse, args.child, args.rss_by_phase)))
         return
 
     with tempfile.TemporaryDirectory(prefix="fbca-bench-sync-") as tmp:
         os.environ["AIRFLOW_HOME"] = tmp
         sandbox, url = _start_sandbox()
         try:
-            small = _run_size(url, Path(tmp), args.small_rows)
-            large = _run_size(url, Path(tmp), args.rows)
+            small = _run_size(url, Path(tmp), args.small_rows, args.rss_by_phase)
+            large = _run_size(url, Path(tmp), args.rows, args.rss_by_phase)
         finally:
             sandbox.terminate()
             sandbox.wait(timeout=30)
@@ -226,6 +298,9 @@ def main() -> None:
             f"{result['first_s']:6.1f} s | 1%-changed sync {result['changed_s']:6.1f} s | "
             f"peak RSS {result['peak_mib']:6.0f} MiB"
         )
+        if result["phase_peaks_mib"]:
+            phases = " | ".join(f"{name} {mib:4.0f}" for name, mib in result["phase_peaks_mib"].items())
+            print(f"{'':>15} peak RSS by phase (MiB, sampled): {phases}")
     ratios = [
         ("peak RSS, large vs small model", large["peak_mib"] / small["peak_mib"], 1.25),
         ("first sync vs read+prepare only", large["first_s"] / large["read_prepare_s"], 1.5),

@@ -88,6 +88,9 @@ class LocalCluster:
             # beside the triggered one, which then waits behind it (a flaky test under load).
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": self.execution_api,
+            # One worker process serves a local cluster's few task runners (each request in a thread);
+            # Airflow's default four each import Airflow at start, minutes of CPU on a busy 2-core host.
+            "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
@@ -114,7 +117,7 @@ class LocalCluster:
                 )
             # A task's supervisor gives up after a few refused connections (Airflow 3.0 within seconds):
             # on a busy host the scheduler can queue a task before the API server listens.
-            self.wait_for(self._execution_api_answers, 180, "the API server to answer")
+            self.wait_for(self._execution_api_answers, 300, "the API server to answer")
             yield self
         finally:
             for process in self.processes:
@@ -165,7 +168,7 @@ class LocalCluster:
             failed = [run for run in runs if run.state in ("failed", "upstream_failed")]
             if failed:
                 raise RuntimeError(
-                    f"{task_id} failed: {failed}; see the task logs under {self.home / 'logs'}"
+                    f"{task_id} failed: {failed}; task logs under {self.home / 'logs'}{self._log_tails()}"
                 )
             done = [run for run in runs if run.state == "success"]
             return done if len(done) == count else None
@@ -177,14 +180,22 @@ class LocalCluster:
         while time.monotonic() < deadline:
             for process, service in zip(self.processes, self.services, strict=True):
                 if process.poll() is not None:
-                    raise RuntimeError(
-                        f"airflow {service[0]} exited; see {self.home / (service[0] + '.log')}"
-                    )
+                    raise RuntimeError(f"airflow {service[0]} exited{self._log_tails()}")
             result = condition()
             if result:
                 return result
             time.sleep(0.5)
-        raise TimeoutError(f"waited {timeout_s} s for {what}; logs in {self.home}")
+        raise TimeoutError(f"waited {timeout_s} s for {what}{self._log_tails()}")
+
+    def _log_tails(self, lines: int = 25) -> str:
+        """The end of each service's log: pytest keeps only its last few temporary directories, so a
+        failure on a CI host busy with other runs must carry what the services said."""
+        tails = []
+        for service in self.services:
+            log = self.home / f"{service[0]}.log"
+            text = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else ["(no log)"]
+            tails.append(f"\n--- {log}, last {lines} lines:\n" + "\n".join(text))
+        return "".join(tails)
 
 
 def create_database(server: Mapping[str, Any], prefix: str) -> str:

@@ -8,13 +8,17 @@ at most 200 characters, without nested quantifiers or backreferences, so matchin
 - ``error``: a Graph error object, answered in Meta's envelope with ``http_status`` (400-599, default 400);
 - ``disconnect: true``: close the connection without answering and without processing the request;
 - ``disconnect: "after"``: process the request, then close without answering (a lost response);
-- ``delay_s``: wait that many seconds (0-600; 0 lets one request pass untouched), then answer normally.
+- ``delay_s``: wait that many seconds (0-600; 0 lets one request pass untouched), then answer normally;
+- ``latency_s``: answer that many seconds (0-600) after the request arrived: the request is processed at
+  once and its answer held for what remains, as Meta's round trip includes its processing. A ``delay_s``
+  adds the sandbox's own processing (and its wait behind other requests for the state lock) on top:
+  uploads of parallel clients, which Meta processes side by side, queue up in the one sandbox process.
 
 For each request the first rule that matches and has ``times`` left applies and spends one.
 
-``DELETE /_sandbox/faults`` also ends the delays in progress: the requests they hold go on at once. The
-number held (``delayed`` in every ``/_sandbox/faults`` answer) tells a test that a request reached the
-sandbox and waits there: a client caught with a request in flight, with no guess at how long it takes to
+``DELETE /_sandbox/faults`` also ends the delays in progress: the requests they hold go on at once (a
+latency's answer goes out at once). The number held (``delayed`` in every ``/_sandbox/faults`` answer, a
+delay's and a latency's alike) tells a test that a request reached the sandbox and waits there: a client caught with a request in flight, with no guess at how long it takes to
 send it.
 """
 
@@ -32,6 +36,8 @@ from airflow_provider_fbca.sandbox.errors import new_fbtrace_id
 
 MAX_DELAY_S = 600.0
 MAX_PATH_PATTERN = 200
+#: The actions that hold a request, by their field: the rule's kind.
+_TIMES_S = {"delay_s": "delay", "latency_s": "latency"}
 _REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT)
 
 
@@ -44,13 +50,13 @@ class FaultRule:
     """
     One fault rule.
 
-    :param kind: ``error``, ``disconnect``, ``disconnect_after`` or ``delay``.
+    :param kind: ``error``, ``disconnect``, ``disconnect_after``, ``delay`` or ``latency``.
     :param method: the HTTP method it applies to (any when None).
     :param path: a regex searched in the URL path (any path when None).
     :param times: how many more requests it applies to.
     :param error: the Graph error object, for ``error``.
     :param http_status: the status of an ``error`` answer.
-    :param delay_s: the delay, for ``delay``.
+    :param delay_s: the delay, for ``delay``; the time from arrival to answer, for ``latency``.
     """
 
     kind: str
@@ -72,11 +78,11 @@ class FaultRule:
             raise FaultRuleError("a fault rule must be an object")
         actions = [
             name
-            for name in ("error", "disconnect", "delay_s")
-            if name in raw and raw[name] is not None and (name == "delay_s" or raw[name] is not False)
+            for name in ("error", "disconnect", "delay_s", "latency_s")
+            if name in raw and raw[name] is not None and (name in _TIMES_S or raw[name] is not False)
         ]
         if len(actions) != 1:
-            raise FaultRuleError("a fault rule needs exactly one of error, disconnect, delay_s")
+            raise FaultRuleError("a fault rule needs exactly one of error, disconnect, delay_s, latency_s")
         times = raw.get("times", 1)
         if not isinstance(times, int) or isinstance(times, bool) or times < 1:
             raise FaultRuleError("times must be a positive integer")
@@ -90,7 +96,7 @@ class FaultRule:
                 raise FaultRuleError('disconnect must be true or "after"')
             rule.kind = "disconnect_after" if raw["disconnect"] == "after" else "disconnect"
         else:
-            rule.kind, rule.delay_s = "delay", _delay(raw["delay_s"])
+            rule.kind, rule.delay_s = _TIMES_S[actions[0]], _delay(actions[0], raw[actions[0]])
         return rule
 
     def matches(self, method: str, path: str) -> bool:
@@ -122,6 +128,8 @@ class FaultRule:
             rule["error"], rule["http_status"] = self.error, self.http_status
         if self.kind == "delay":
             rule["delay_s"] = self.delay_s
+        elif self.kind == "latency":
+            rule["latency_s"] = self.delay_s
         return rule
 
 
@@ -157,7 +165,7 @@ class FaultInjector:
     def delay(self, seconds: float) -> None:
         """Hold a request for ``seconds``, or until :meth:`clear` (counted in :meth:`delayed` meanwhile).
 
-        :param seconds: the delay rule's ``delay_s``.
+        :param seconds: the delay rule's ``delay_s`` (what remains of a latency rule's ``latency_s``).
         """
         with self._lock:
             self._delayed += 1
@@ -169,7 +177,7 @@ class FaultInjector:
                 self._delayed -= 1
 
     def delayed(self) -> int:
-        """How many requests a delay rule holds right now."""
+        """How many requests a delay (or latency) rule holds right now."""
         with self._lock:
             return self._delayed
 
@@ -244,12 +252,12 @@ def _is_unbounded(parsed: Any, *, inside_repeat: bool) -> bool:
     return False
 
 
-def _delay(raw: Any) -> float:
+def _delay(name: str, raw: Any) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        raise FaultRuleError(f"delay_s must be a number of seconds from 0 to {MAX_DELAY_S:g}")
+        raise FaultRuleError(f"{name} must be a number of seconds from 0 to {MAX_DELAY_S:g}")
     delay = float(raw)
     if not math.isfinite(delay) or not 0 <= delay <= MAX_DELAY_S:
-        raise FaultRuleError(f"delay_s must be a finite number of seconds from 0 to {MAX_DELAY_S:g}")
+        raise FaultRuleError(f"{name} must be a finite number of seconds from 0 to {MAX_DELAY_S:g}")
     return delay
 
 

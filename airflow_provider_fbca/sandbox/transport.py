@@ -18,6 +18,7 @@ import json
 import socket
 import sys
 import threading
+import time
 import traceback
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -150,6 +151,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         return
 
     def _dispatch(self) -> None:
+        arrived = time.monotonic()  # a latency rule's answer goes out this long after
         sandbox = self.server.sandbox
         port = self.server.server_address[1]
         if not host_is_allowed(self.headers.get("Host"), self.server.allowed_hosts(), port):
@@ -172,9 +174,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
         if url.path.startswith("/_sandbox"):
             self._control(sandbox, url.path, body)
             return
-        self._graph(sandbox, url, body)
+        self._graph(sandbox, url, body, arrived)
 
-    def _graph(self, sandbox: Sandbox, url: Any, body: bytes) -> None:
+    def _graph(self, sandbox: Sandbox, url: Any, body: bytes, arrived: float) -> None:
         query = parse_form(url.query)
         try:
             body_params, json_body = self._body_params(body)
@@ -193,20 +195,19 @@ class SandboxHandler(BaseHTTPRequestHandler):
         fault = sandbox.faults.take(method, url.path)
         if fault is not None and self._apply_fault(sandbox, fault, request, names):
             return
-        try:
-            response = sandbox.handle_graph(request)
-        except Exception:
-            # A bug of the sandbox: answer as Meta does for its own failures, and show it.
-            traceback.print_exc()
-            error = GraphError("An unknown error occurred", 1, 99, http_status=500, is_transient=True)
-            response = GraphResponse(status=500, body=error.envelope())
+        response = _answer(sandbox, request)
         sandbox.log_request(method, url.path, response, **names)
+        if fault is not None and fault.kind == "latency":  # processed: hold the answer for what remains
+            sandbox.faults.delay(max(0.0, fault.delay_s - (time.monotonic() - arrived)))
         self._send_json(response.status, response.body, response.headers)
 
     def _apply_fault(
         self, sandbox: Sandbox, fault: FaultRule, request: GraphRequest, names: dict[str, Any]
     ) -> bool:
-        """Apply a fault rule; return True when the request has been dealt with."""
+        """Apply a fault rule; return True when the request has been dealt with (a latency rule holds the
+        answer once the request is processed: see :meth:`_graph`)."""
+        if fault.kind == "latency":
+            return False
         if fault.kind == "delay":
             sandbox.faults.delay(fault.delay_s)
             return False
@@ -296,6 +297,17 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+
+def _answer(sandbox: Sandbox, request: GraphRequest) -> GraphResponse:
+    """The sandbox's answer to a Graph request; a bug of the sandbox answers as Meta does for its own
+    failures (500, transient), and shows."""
+    try:
+        return sandbox.handle_graph(request)
+    except Exception:
+        traceback.print_exc()
+        error = GraphError("An unknown error occurred", 1, 99, http_status=500, is_transient=True)
+        return GraphResponse(status=500, body=error.envelope())
 
 
 def _plain_error(message: str) -> dict[str, Any]:

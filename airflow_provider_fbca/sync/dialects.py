@@ -330,13 +330,14 @@ def text_digest(text: bytes) -> int:
 
     :param text: the row's text, UTF-8 encoded.
     """
-    state = _BLAKE2B_8.copy()  # cheaper than setting up BLAKE2b's parameters per row; the same digest
+    state = BLAKE2B_8.copy()  # cheaper than setting up BLAKE2b's parameters per row; the same digest
     state.update(text)
     return int.from_bytes(state.digest(), "big", signed=True)
 
 
-#: BLAKE2b of 8 bytes before any data, copied per row digest (see :func:`text_digest`).
-_BLAKE2B_8 = hashlib.blake2b(digest_size=8)
+#: BLAKE2b of 8 bytes before any data, copied per row digest (see :func:`text_digest`, and
+#: :meth:`.pushdown.KnownDigests.fresh`, which hashes a row's text as it does).
+BLAKE2B_8 = hashlib.blake2b(digest_size=8)
 
 
 def register_functions(conn: Any) -> None:

@@ -16,10 +16,9 @@ pass, the database computes each row's source digest when the diff runs in the w
 read that table, a chunk of ``rowid`` s at a time, each chunk a statement run to its end, so no read
 outlives a chunk and both passes see exactly the same rows.
 
-Where the copy lives: SQLite's temporary database, private to the connection. While the copy exists, the
-connection's temporary page cache is cut to :data:`COPY_CACHE_KIB` (a run's connection has 32 MiB, see
-:class:`.state.StateStore`: a copy held there would add up to that to the process's memory), so past it
-the pages go to a temporary file (the operating system's cache, then the disk). SQLite opens that file in
+Where the copy lives: SQLite's temporary database, private to the connection, in its page cache (SQLite's
+default 2 MiB: the run sets none of its own, see :class:`.state.StateStore`) and past it in a temporary
+file (the operating system's cache, then the disk), not in the process's memory. SQLite opens that file in
 its temporary directory (``SQLITE_TMPDIR``, ``TMPDIR``, then ``/var/tmp``, ``/usr/tmp``, ``/tmp``) and
 unlinks it at once: no other process can open it by name, and its space is freed when the connection
 closes or the process ends, a kill included (its blocks are freed, not wiped, as any deleted file's). A
@@ -46,10 +45,6 @@ from airflow_provider_fbca.sync.source import (
     query_columns,
 )
 
-#: The temporary page cache while a copy exists (SQLite's default): the copy goes to the temporary file
-#: (the operating system's cache), not to the process's memory.
-COPY_CACHE_KIB = 2048
-
 
 class ModelCopy:
     """The model's rows copied into a temporary table of its SQLite connection, read back in chunks.
@@ -68,7 +63,6 @@ class ModelCopy:
         self.name = f"temp.fbca_model_{secrets.token_hex(6)}"
         self.digested = digested
         self.count = 0  # the rows copied
-        self._cache_size = 0  # the connection's own temp.cache_size, given back once the copy is dropped
         cells = [f"c{index}" for index in range(len(model.wanted))]
         self._cells = cells
         self._columns = ["d", *cells] if digested is not None else cells
@@ -83,8 +77,6 @@ class ModelCopy:
         # Columns without a declared type take no affinity: each cell is stored exactly as the query
         # returned it (a typed column would turn a compound query's 5 into '5').
         self.conn.execute(f"CREATE TABLE {self.name} ({', '.join(self._columns)})").close()
-        (self._cache_size,) = self.conn.execute("PRAGMA temp.cache_size").fetchall()[0]
-        self.conn.execute(f"PRAGMA temp.cache_size = -{COPY_CACHE_KIB}").close()
         try:
             failure = self._copy(select)
         except BaseException:
@@ -156,4 +148,3 @@ class ModelCopy:
         # Suppressed: a connection that cannot drop it failed the run already; the table goes with it.
         with contextlib.suppress(sqlite3.Error):
             self.conn.execute(f"DROP TABLE IF EXISTS {self.name}").close()
-            self.conn.execute(f"PRAGMA temp.cache_size = {int(self._cache_size)}").close()

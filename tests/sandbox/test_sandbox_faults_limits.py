@@ -99,6 +99,32 @@ def test_a_delayed_request_is_counted_and_let_go_when_the_rules_are_cleared(
     assert requests.get(f"{sb.url}/_sandbox/faults", timeout=10).json() == {"data": [], "delayed": 0}
 
 
+def test_a_latency_rule_processes_the_request_at_once_and_holds_its_answer(
+    sb: Sandbox, graph: Graph, audience_id: str
+) -> None:
+    """Meta's round trip includes its processing: the upload lands while its answer is held, so a client's
+    wait is the latency alone, not the latency plus the sandbox's processing (and its queue)."""
+    post_faults(sb, {"method": "POST", "path": "/users", "latency_s": 600})
+    answers: list[requests.Response] = []
+    held = threading.Thread(target=lambda: answers.append(graph.upload(audience_id, "EXTERN_ID", ["1"])))
+    held.start()
+    deadline = time.monotonic() + 30
+    while requests.get(f"{sb.url}/_sandbox/faults", timeout=10).json()["delayed"] != 1:
+        assert time.monotonic() < deadline, "the request never reached the latency"
+        time.sleep(0.02)
+    assert answers == [] and sb.members(audience_id) == [{"EXTERN_ID": "1"}]  # processed, answer held
+    requests.delete(f"{sb.url}/_sandbox/faults", json={}, timeout=10).raise_for_status()
+    held.join(timeout=30)
+    assert [answer.status_code for answer in answers] == [200]
+    assert answers[0].json()["num_received"] == 1
+    post_faults(sb, {"method": "GET", "latency_s": 0.3})
+    started = time.monotonic()
+    assert graph.get(audience_id).status_code == 200
+    assert time.monotonic() - started >= 0.3, "the answer waits out the latency"
+    assert post_faults(sb, {"latency_s": 1, "delay_s": 1}).status_code == 400, "only one action"
+    assert post_faults(sb, {"latency_s": -1}).status_code == 400
+
+
 def test_clearing_and_refusing_rules(sb: Sandbox, graph: Graph, audience_id: str) -> None:
     post_faults(sb, {"error": {"code": 2}}, {"disconnect": True, "times": 3})
     assert len(requests.get(f"{sb.url}/_sandbox/faults", timeout=10).json()["data"]) == 2

@@ -8,8 +8,10 @@ each run both must have planned the same counts, sent the same rows and left the
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,6 +144,26 @@ def test_mirror_over_changes_nulls_and_type_changes(store: StateStore, plan_read
     assert report["rows_prepared"] == 4 and report["unchanged"] == 4
     report = twin.sync()
     assert report["rows_prepared"] == 0 and report["unchanged"] == 4
+
+
+def test_an_sqlite_run_keeps_sqlites_own_page_caches(tmp_path: Path) -> None:
+    """The run's temporary tables (the diff's, the stage, the removals' holders) stay in SQLite's default
+    page cache and past it in its temporary file: a cache of the run's own would be filled by a large
+    model only, raising its peak memory with the model's size (``bench/bench_sync.py`` measures it)."""
+    fresh = sqlite3.connect(":memory:")
+    defaults = [fresh.execute(f"PRAGMA {db}.cache_size").fetchone()[0] for db in ("main", "temp")]
+    fresh.close()
+    store = StateStore(sqlite3.connect(tmp_path / "w.db"), "fbca_state")
+    twin = Twin(store)
+    twin.write([(1, "a@x", "1"), (2, "b@x", "2"), (3, "c@x", "3")])
+    assert twin.sync()["added"] == 3
+    twin.write([(1, "a2@x", "1"), (2, "b@x", "2")])
+    report = twin.sync()
+    assert (report["updated"], report["removed"]) == (1, 1)
+    assert [
+        store.conn.execute(f"PRAGMA {db}.cache_size").fetchone()[0] for db in ("main", "temp")
+    ] == defaults
+    store.conn.close()
 
 
 def test_a_state_digested_by_an_earlier_version_is_prepared_again_once(store: StateStore) -> None:
@@ -360,16 +382,17 @@ def test_the_known_digests_tell_the_unmet_and_the_repeated_apart() -> None:
     known = pushdown.KnownDigests(2)
     known.add([*digests[:5], digests[0], 0, 0])  # more than counted, a digest twice, the digest 0
     assert known.count == 6 and known.size > 6
+    fresh = known.fresh()
     for text in (texts[1], texts[3], texts[3], texts[4], texts[4], texts[4]):
-        assert known.fresh(text) is None  # an unchanged row is never written
-    assert known.fresh(texts[5]) == digests[5]  # a new or changed row is kept, with its digest
+        assert fresh(text) is None  # an unchanged row is never written
+    assert fresh(texts[5]) == digests[5]  # a new or changed row is kept, with its digest
     unmet, twice = set(known.digests(twice=False)), set(known.digests(twice=True))
     assert (unmet, twice, known.rows) == ({digests[0], digests[2], 0}, {digests[3], digests[4]}, 6)
     assert known.unmet_rows is None  # digests[0] was given twice: its rows cannot be counted
     known = pushdown.KnownDigests(4)
     known.add([digests[0], None, digests[1], None])  # two rows known by no digest
-    assert known.fresh(texts[1]) is None
-    assert (known.unknown, known.unmet_rows) == (2, 3)
+    assert known.fresh()(texts[1]) is None
+    assert (known.unknown, known.unmet_rows, known.rows) == (2, 3, 1)
 
 
 @pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # PostgreSQL's unseen rows are keyed
@@ -411,3 +434,36 @@ def test_the_plan_looks_for_gone_rows_only_while_some_are_left(store: StateStore
         store.conn.set_trace_callback(None)
     assert (report["removed"], report["unchanged"]) == (2, 3)
     assert "LIMIT" not in [sql for sql in statements if "NULL, 1, s.fingerprint" in sql][1]
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # PostgreSQL copies the digests in SQL
+def test_the_known_digests_are_read_alike_by_rowid_ranges_and_by_the_key_index(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite reads a sync's known digests by ranges of the table's rowids when the sync holds most of
+    them, else by its key index: either way exactly the sync's known digests and its rows known by none,
+    over two syncs' rows interleaved, a gap of deleted rows and ranges of two rowids."""
+    monkeypatch.setattr(pushdown, "_ROWID_PAGE", 2)
+    store.ensure_tables()
+    # (sync, key, member, digest): "a" holds 8 of the 10 rows left, "b" 2; a non-member and a NULL digest.
+    rows = [("a", 1, 1, 11), ("b", 1, 1, 21), ("a", 2, 0, 12), ("a", 3, 1, None), ("x", 0, 1, 0)]
+    rows += [("a", 4, 1, -14), ("a", 5, 1, 15), ("b", 2, 1, 22), ("a", 6, 1, 16), ("a", 7, 1, 2**63 - 1)]
+    rows.append(("a", 8, 1, 18))  # alone in the last range
+    store.executemany(
+        f"INSERT INTO {store.table} (sync_key, row_key, fingerprint, id_digest, key_schema, identifiers,"
+        " member, source_digest, synced_at) VALUES (?, ?, '', '', '', '', ?, ?, '')",
+        [(sync, str(key), member, digest) for sync, key, member, digest in rows],
+    )
+    store.execute(f"DELETE FROM {store.table} WHERE sync_key = 'x'").close()
+    store.conn.commit()
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    model = PushdownModel(store, "SELECT 1 AS x", ["x"], 10)
+    read = {}
+    for sync in ("a", "b"):
+        known = model._known_digests(sync, members_only=True)
+        read[sync] = (set(known.digests(twice=False)), known.unknown, known.unmet_rows)
+    assert read == {"a": ({11, -14, 15, 16, 2**63 - 1, 18}, 2, 8), "b": ({21, 22}, 0, 2)}
+    by_rowid = [statement for statement in statements if "rowid BETWEEN" in statement]
+    assert len(by_rowid) == 6  # "a" in ranges of two of its table's 11 rowids; "b" by its key index
+    assert not store.conn.in_transaction  # the ranges' read transaction ended
