@@ -396,8 +396,15 @@ def main() -> None:
             fault = {"method": "POST", "path": "/users", "latency_s": UPLOAD_DELAY_S, "times": 1_000_000}
             requests.post(f"{url}/_sandbox/faults", json={"faults": [fault]}, timeout=10).raise_for_status()
             env = {**_connections(server, warehouse_db, url), "AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
+            # The API server as Airflow starts it (its default workers): the tasks' calls are served as a
+            # user's would be.
             cluster = LocalCluster(
-                home, server, create_database(server, "airflow"), env, parallelism=PARTITIONS
+                home,
+                server,
+                create_database(server, "airflow"),
+                env,
+                parallelism=PARTITIONS,
+                api_workers=None,
             )
             with cluster.running():
                 processes = {

@@ -61,6 +61,9 @@ class LocalCluster:
     :param metadata_db: an empty database on it for Airflow's metadata.
     :param env: more environment (connections, the example DAGs' settings).
     :param parallelism: ``[core] parallelism``: how many task instances run at once.
+    :param api_workers: the API server's worker processes; None for Airflow's default (four). One serves a
+        test's few task runners (each request in a thread), where four each import Airflow at start:
+        minutes of CPU on a busy 2-core host, which the tests run on.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class LocalCluster:
         metadata_db: str,
         env: Mapping[str, str],
         parallelism: int = 4,
+        api_workers: int | None = 1,
     ) -> None:
         self.home, self.server, self.metadata_db = home, server, metadata_db
         port = _free_port()
@@ -88,13 +92,11 @@ class LocalCluster:
             # beside the triggered one, which then waits behind it (a flaky test under load).
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": self.execution_api,
-            # One worker process serves a local cluster's few task runners (each request in a thread);
-            # Airflow's default four each import Airflow at start, minutes of CPU on a busy 2-core host.
-            "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            **({"AIRFLOW__API__WORKERS": str(api_workers)} if api_workers is not None else {}),
             **env,
         }
         self.processes: list[subprocess.Popen[bytes]] = []
