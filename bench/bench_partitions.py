@@ -185,6 +185,7 @@ def _run(
 ) -> Run:
     """Run the DAG of ``partitions`` once: the first sync task's start to the last one's end."""
     dag_id = f"bench_partitions_{partitions}"
+    cluster.wait_for(lambda: _workers_idle(processes["Airflow (services and tasks)"]), 120, "idle workers")
     already = len(_uploads(sandbox_url))
     before = {name: _cpu_s(pids) for name, pids in processes.items()}
     sampled = sampler.snapshot()
@@ -316,6 +317,20 @@ def _settle(cluster: LocalCluster, airflow: list[int]) -> float:
     before = _cpu_s(airflow)
     time.sleep(SETTLE_S)
     return _cpu_s(airflow) - before
+
+
+def _workers_idle(airflow: list[int]) -> bool:
+    """Whether every LocalExecutor worker waits for work. A worker stays busy after its task instance
+    succeeded until its task process has exited (once seen 5 s after the 1-partition run's task): a run
+    triggered meanwhile would find one slot fewer than ``parallelism`` and start a partition late."""
+    titles = []
+    for root in airflow:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for process in psutil.Process(root).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    titles.append(" ".join(process.cmdline()))
+    workers = [title for title in titles if title.startswith(WORKER_TITLE)]
+    return all(title.rstrip().endswith("<idle>") for title in workers)  # the title is padded
 
 
 def _answers(url: str) -> bool:
