@@ -494,7 +494,8 @@ class PushdownModel(ModelQuery):
             return
         try:
             cursor = conn.cursor()
-            cursor.execute("SET max_parallel_workers_per_gather = 0")  # the diff holds the other core
+            # No parallel workers: the diff and the holders' scan keep both cores busy.
+            cursor.execute("SET max_parallel_workers_per_gather = 0")
             cursor.execute(f"SELECT COUNT(*) FROM {self.store.table} WHERE sync_key = %s", (sync_key,))
             counted.append(int(cursor.fetchone()[0]))
         except Exception:
