@@ -16,10 +16,6 @@ NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An i
    marks it: an unchanged row is neither joined nor written;
 3. streams to the worker only the model rows whose digest the state does not know (new or changed).
 
-PostgreSQL's diff runs on one backend (a full join cannot use parallel workers): meanwhile a second connection
-reads the state for the holders of shared identifiers (:mod:`.holder_scan`), which the removals would
-otherwise scan for after the plan.
-
 The rest of the run (preparing those rows, the stage, the plan, the sending) is the client-side run's, so
 both plan the same adds, updates and removals. A first run (nothing known) streams every row with its
 digest, so that the next run can skip what did not change.
@@ -27,12 +23,9 @@ digest, so that the next run can skip what did not change.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import itertools
 import json
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -46,7 +39,6 @@ from airflow_provider_fbca.sync.dialects import (
     register_functions,
 )
 from airflow_provider_fbca.sync.driver_errors import from_driver
-from airflow_provider_fbca.sync.holder_scan import HolderScan
 from airflow_provider_fbca.sync.known_digests import KnownDigests
 from airflow_provider_fbca.sync.source import ModelQuery, Row, query_columns, read_model
 from airflow_provider_fbca.sync.state import StageTable, StateStore, known_rows_filter
@@ -86,8 +78,6 @@ class PushdownModel(ModelQuery):
     :param dialect: the database's spellings (default: from the connection's driver).
     :param constants: cells every row gets after its mapped cells; part of every digest.
     :param mapped: how many of the wanted columns are mapped (the membership column is not).
-    :param connect: opens another connection to the database (PostgreSQL: the holders' scan reads the
-        state on it during the diff, see :mod:`.holder_scan`); None: the removals scan the state later.
     """
 
     def __init__(
@@ -99,10 +89,8 @@ class PushdownModel(ModelQuery):
         dialect: Dialect | None = None,
         constants: Sequence[Any] = (),
         mapped: int | None = None,
-        connect: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__(store.conn, sql, wanted, fetch_size, constants, mapped)
-        self.connect = connect
         found = dialect or dialect_for(store.conn)
         if found is None:
             raise ValueError(f"No SQL dialect is known for the driver {type(store.conn).__module__}.")
@@ -166,9 +154,7 @@ class PushdownModel(ModelQuery):
 
     # -- the diff -------------------------------------------------------------------------------------
 
-    def diff(
-        self, stage: StageTable, sync_key: str, *, members_only: bool, key_schema: str | None = None
-    ) -> tuple[int, int, list[str]]:
+    def diff(self, stage: StageTable, sync_key: str, *, members_only: bool) -> tuple[int, int, list[str]]:
         """Diff the model's digests against the state's, in the database; load the stage's ``unseen``.
 
         The model's query runs once; only the new or changed rows are written (into a temporary table).
@@ -177,8 +163,6 @@ class PushdownModel(ModelQuery):
         :param sync_key: the sync.
         :param members_only: only rows sent as members are known (a tracked-only row must be prepared to
             be sent).
-        :param key_schema: the run's schema (PostgreSQL, with :attr:`connect`: the holders' scan starts on
-            another connection, see :mod:`.holder_scan`, and is the stage's).
         :returns: the model's rows, how many known digests the model has (rows skipped as unchanged), and
             the keys of known rows whose cells two model rows share (duplicates).
         """
@@ -187,19 +171,9 @@ class PushdownModel(ModelQuery):
         store.refresh_statistics()
         if store.is_postgres:
             # No JIT: at a million rows PostgreSQL compiled the join's expressions for 0.27-0.6 s of CPU
-            # (measured both ways), more than the compiled code saved on them. No parallel workers: the
-            # join cannot use them, and the holders' scan keeps the other core busy.
-            store.execute(
-                f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'; SET LOCAL jit = off;"
-                " SET LOCAL max_parallel_workers_per_gather = 0"
-            ).close()
-            # The holders' scan starts first, on another core; both read the state at once (PostgreSQL
-            # synchronizes their scans of a large table).
-            if self.connect is not None and key_schema is not None:
-                stage.holder_scan = HolderScan(self.connect, store.table, sync_key, key_schema)
-                stage.holder_scan.start()
-            state_rows = self._count_state_rows(sync_key)
-            return self._diff_in_one_pass(stage, select, sync_key, members_only, state_rows)
+            # (measured both ways), more than the compiled code saved on them.
+            store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'; SET LOCAL jit = off").close()
+            return self._diff_in_one_pass(stage, select, sync_key, members_only, store.count(sync_key))
         return self._diff_in_memory(
             stage, select, sync_key, members_only, self._known_digests(sync_key, members_only)
         )
@@ -249,12 +223,7 @@ class PushdownModel(ModelQuery):
         return rows, known.count - unseen_count, [str(row[0]) for row in duplicates]
 
     def _diff_in_one_pass(
-        self,
-        stage: StageTable,
-        select: str,
-        sync_key: str,
-        members_only: bool,
-        known_rows: Callable[[], int],
+        self, stage: StageTable, select: str, sync_key: str, members_only: bool, known_rows: int
     ) -> tuple[int, int, list[str]]:
         """PostgreSQL: one hash full join of the model's digests with the known ones, keeping only what
         differs: the new or changed rows (into ``model``) and the known digests no row has (``unseen``).
@@ -262,7 +231,7 @@ class PushdownModel(ModelQuery):
         The unchanged rows are only counted: nothing is written or indexed for them. Returns as
         :meth:`diff`.
 
-        :param known_rows: how many state rows the sync has (every one is in the join); waits for the count.
+        :param known_rows: how many state rows the sync has (every one is in the join).
         """
         store, model = self.store, _model(stage)
         stage.create_unseen(keyed=True)
@@ -285,8 +254,7 @@ class PushdownModel(ModelQuery):
         # A state row comes once in the join, or once per model row matching it: past one, a model row
         # repeats another's cells (the digests of a sync's state rows are distinct but for a 64-bit
         # collision, see _known_rows). The matched state rows are the model rows skipped as unchanged.
-        stage.state_rows = known_rows()
-        repeats = state_rows - stage.state_rows
+        repeats, stage.state_rows = state_rows - known_rows, known_rows
         seen = matched - repeats
         duplicates = []
         if repeats:
@@ -461,48 +429,6 @@ class PushdownModel(ModelQuery):
         finally:
             if began:
                 conn.rollback()  # it only read
-
-    def _count_state_rows(self, sync_key: str) -> Callable[[], int]:
-        """PostgreSQL: start counting the sync's state rows; a function returning the count once done.
-
-        With :attr:`connect`, another connection counts them while the diff runs (the count reads the whole
-        state, 0.1-0.35 s of CPU at a million rows, on the core the diff's one backend leaves to the
-        holders' scan); the state is not written until the run sends, and its lease keeps other runs from
-        writing it: both connections read the same rows. Else, or when the other connection fails, the
-        run's connection counts them.
-        """
-        if self.connect is None:
-            return functools.partial(self.store.count, sync_key)
-        counted: list[int] = []
-        thread = threading.Thread(
-            target=self._count_aside, args=(sync_key, counted), name="fbca-state-count", daemon=True
-        )
-        thread.start()
-
-        def wait() -> int:
-            thread.join()
-            return counted[0] if counted else self.store.count(sync_key)
-
-        return wait
-
-    def _count_aside(self, sync_key: str, counted: list[int]) -> None:
-        """Count the sync's state rows on a connection of their own into ``counted`` (left empty when the
-        connection or the count fails: the run's connection counts them then)."""
-        try:
-            conn = self.connect()  # type: ignore[misc]
-        except Exception:
-            return
-        try:
-            cursor = conn.cursor()
-            # No parallel workers: the diff and the holders' scan keep both cores busy.
-            cursor.execute("SET max_parallel_workers_per_gather = 0")
-            cursor.execute(f"SELECT COUNT(*) FROM {self.store.table} WHERE sync_key = %s", (sync_key,))
-            counted.append(int(cursor.fetchone()[0]))
-        except Exception:
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                conn.close()
 
     def _known_rows(self, sync_key: str, members_only: bool) -> str:
         """PostgreSQL: the sync's state rows as the one-pass diff joins them (a subquery): each row's key,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,8 @@ COLUMNS = ("id", "email", "phone")
 class Twin:
     """One model table and two syncs of it: client-side and pushed down."""
 
-    def __init__(
-        self, store: StateStore, *, membership: bool = False, connect: Callable[[], Any] | None = None
-    ) -> None:
+    def __init__(self, store: StateStore, *, membership: bool = False) -> None:
         self.store = store
-        self.connect = connect  # the pushdown's second connection (PostgreSQL), if any
         self.table = f"model_{uuid.uuid4().hex[:8]}"
         self.membership = membership
         self.wanted = [*COLUMNS, "member"] if membership else list(COLUMNS)
@@ -70,7 +67,7 @@ class Twin:
         if kind == "client":
             model: Any = ModelQuery(store.conn, sql, self.wanted, fetch_size=2)
         else:
-            model = PushdownModel(store, sql, self.wanted, fetch_size=2, connect=self.connect)
+            model = PushdownModel(store, sql, self.wanted, fetch_size=2)
         options.setdefault("mode", SyncMode.MIRROR)
         run = SyncRun(
             store,
@@ -314,40 +311,6 @@ def test_a_cell_type_without_equality_is_diffed_alike(
     twin.write([*rows[:2], (2, "b@x", '"2"')])  # an unchanged row twice
     twin.refused(DuplicateKeysError)
     assert len(materialized) == 2  # each diff (the first sync streams its rows)
-
-
-@pytest.mark.postgres
-@pytest.mark.parametrize("store", ["postgres"], indirect=True)
-@pytest.mark.parametrize("second", ["counted-aside", "refused"])
-def test_the_state_rows_are_counted_on_another_connection_or_on_the_runs_own(
-    store: StateStore, monkeypatch: pytest.MonkeyPatch, second: str
-) -> None:
-    """PostgreSQL counts the sync's state rows (the diff tells a known row's cells repeated by them) on a
-    second connection while the diff runs; on the run's own connection when the second one is refused.
-    The same plans and refusals either way, and every connection opened is closed."""
-    import psycopg
-
-    # A finite share: the holders' scan (on the second connection too) reads at most that many keys.
-    monkeypatch.setattr(StageTable, "copied_keys_share", 1.0)
-    opened: list[Any] = []
-
-    def connect() -> Any:
-        if second == "refused":
-            raise psycopg.OperationalError("too many connections")
-        opened.append(psycopg.connect(store.conn.info.dsn))
-        return opened[-1]
-
-    twin = Twin(store, connect=connect)
-    rows = [(1, "a@x", "1"), (2, "b@x", "2"), (3, "c@x", "3")]
-    twin.write(rows)
-    twin.sync()
-    twin.write([*rows[:2], (3, "c2@x", "3"), (4, "d@x", "4")])
-    report = twin.sync()
-    assert (report["updated"], report["added"], report["unchanged"]) == (1, 1, 2)
-    twin.write([*rows[:2], (3, "c2@x", "3"), (4, "d@x", "4"), (2, "b@x", "2")])  # an unchanged row twice
-    twin.refused(DuplicateKeysError)
-    assert (len(opened) > 0) == (second == "counted-aside")
-    assert all(conn.closed for conn in opened)
 
 
 def _recording(method: Any, calls: list[Any]) -> Any:
