@@ -8,7 +8,9 @@ mapped partitions, one DAG run each, into two audiences; the wall time of each r
 start to the last one's end, as the metadata database recorded them) is compared. Target: 4 partitions
 take <= 0.4x the time of 1.
 
-Usage: ``python bench/bench_partitions.py [--rows 400000]``.
+Usage: ``python bench/bench_partitions.py [--rows 400000] [--home DIR]``. With ``--home`` (Airflow's home and
+logs kept there), each run's timeline is printed too: per task instance, when the metadata database and the
+task's log say each step happened, in seconds after the DAG run was queued (see :func:`_timeline`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -174,6 +177,7 @@ class Run:
     load: float
     detail_s: dict[str, float]
     task_cpu_s: list[float]
+    timeline: Timeline
 
 
 def _run(
@@ -195,6 +199,7 @@ def _run(
     detail, tasks = sampler.since(sampled)
     first = min(run.start for run in runs)
     uploads = _uploads(sandbox_url)[already:]
+    timeline = _timeline(cluster, dag_id, run_id)
     return Run(
         partitions,
         (max(run.end for run in runs) - first).total_seconds(),
@@ -205,7 +210,103 @@ def _run(
         os.getloadavg()[0],
         detail,
         tasks,
+        timeline,
     )
+
+
+#: Steps of a task run, as its log says them (the first log line starting with the text), in order.
+LOGGED_STEPS = (
+    ("::group::Pre Execute", "task process logs its first line"),
+    ("Worker startup parse complete", "DAG file parsed (provider imported)"),
+    ("::endgroup::", "execute() entered"),
+    ("Took the lease of the sync of audience", "lease held"),
+    ("Took the lease of the sync of the creation", "creation lease held"),
+    ("Sent ", "first upload acknowledged"),
+    ("Session ", "last upload acknowledged, state saved"),
+    ("Sync report", "report logged (execute() returns)"),
+    ("::group::Post Execute", "post-execute (XCom push)"),
+)
+
+
+@dataclass
+class Timeline:
+    """One DAG run's steps, in seconds after the run was queued: the DAG run's (one column) and each task
+    instance's (one column per map index), from the metadata database and the task logs.
+
+    :param steps: step -> map index -> seconds (the DAG run's steps under index -1).
+    :param cpu: step -> map index -> the task process's CPU seconds at that step (logged ``TL`` marks).
+    """
+
+    steps: dict[str, dict[int, float]]
+    cpu: dict[str, dict[int, float]]
+
+    def describe(self) -> str:
+        indexes = sorted({index for by_index in self.steps.values() for index in by_index if index >= 0})
+        header = f"  {'step (s after the DAG run was queued)':46}" + "".join(
+            f"{f'map {i}':>14}" for i in indexes
+        )
+        lines = [header]
+        for step, by_index in sorted(self.steps.items(), key=lambda item: min(item[1].values())):
+            if -1 in by_index:
+                lines.append(f"  {step:46}{by_index[-1]:14.2f}")
+                continue
+            cells = []
+            for index in indexes:
+                seconds, cpu = by_index.get(index), self.cpu.get(step, {}).get(index)
+                cell = "" if seconds is None else f"{seconds:.2f}" + ("" if cpu is None else f" ({cpu:.2f})")
+                cells.append(f"{cell:>14}")
+            lines.append(f"  {step:46}" + "".join(cells))
+        return "\n".join(lines)
+
+
+def _timeline(cluster: LocalCluster, dag_id: str, run_id: str) -> Timeline:
+    """When each step of a DAG run happened: the metadata database's times (the run queued, started,
+    ended; each task instance scheduled, queued, started by its supervisor, ended) and the task logs'
+    (the process's first line, the DAG file parsed, execute() entered, the lease, the uploads, the report).
+    A log line ``TL <step> cpu=<s>`` (a measurement's temporary mark) adds a step and the task process's CPU
+    seconds at it."""
+    (queued, started, ended), *_ = cluster.query(
+        "SELECT queued_at, start_date, end_date FROM dag_run WHERE dag_id = %s AND run_id = %s",
+        (dag_id, run_id),
+    )
+    steps: dict[str, dict[int, float]] = defaultdict(dict)
+    cpu: dict[str, dict[int, float]] = defaultdict(dict)
+
+    def at(moment: datetime | None) -> float | None:
+        return None if moment is None else (moment - queued).total_seconds()
+
+    for name, moment in (("DAG run started", started), ("DAG run succeeded", ended)):
+        if moment is not None:
+            steps[name][-1] = at(moment)
+    rows = cluster.query(
+        "SELECT map_index, scheduled_dttm, queued_dttm, start_date, end_date FROM task_instance"
+        " WHERE dag_id = %s AND run_id = %s ORDER BY map_index",
+        (dag_id, run_id),
+    )
+    for index, *moments in rows:
+        names = (
+            "task instance scheduled",
+            "task instance queued",
+            "task instance started",
+            "task instance ended",
+        )
+        for name, moment in zip(names, moments, strict=True):
+            if moment is not None:
+                steps[name][index] = at(moment)
+        log = cluster.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / "task_id=sync"
+        for line in (log / f"map_index={index}" / "attempt=1.log").read_text().splitlines():
+            entry = json.loads(line)
+            event, moment = str(entry.get("event", "")), datetime.fromisoformat(entry["timestamp"])
+            if event.startswith("TL "):
+                name, _, seconds = event[3:].partition(" cpu=")
+                if index not in steps[name]:
+                    steps[name][index], cpu[name][index] = at(moment), float(seconds)
+                continue
+            for prefix, name in LOGGED_STEPS:
+                if event.startswith(prefix) and index not in steps[name]:
+                    steps[name][index] = at(moment)
+                    break
+    return Timeline(dict(steps), dict(cpu))
 
 
 class CpuSampler:
@@ -452,6 +553,8 @@ def main() -> None:
     print(f"Airflow settling before the runs (both DAGs parsed): {settling:.1f} s of CPU in {SETTLE_S} s")
     for run in (one, many):
         print(_describe(run))
+        if args.home:
+            print(run.timeline.describe())
     print(
         f"{args.rows:,} rows, uploads answered after {UPLOAD_DELAY_S} s: 1 partition {one.wall_s:6.1f} s | "
         f"{PARTITIONS} partitions (LocalExecutor, parallelism {PARTITIONS}) {many.wall_s:6.1f} s"
