@@ -543,7 +543,6 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
                 self.fetch_size,
                 constants=constants,
                 mapped=len(self.mapping),
-                connect=source_hook.get_conn,
             )
         return ModelQuery(conn, sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping))
 
