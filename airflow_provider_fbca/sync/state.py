@@ -247,31 +247,48 @@ class StateStore(LeaseRows):
             "SET LOCAL default_statistics_target = DEFAULT"
         ).close()
 
-    def refresh_statistics(self) -> None:
-        """Analyze the state table's planning columns when a large write left PostgreSQL's statistics of
-        them stale.
+    def refresh_statistics(self, *, after_large_write: bool = False) -> None:
+        """Analyze the state table's planning columns when PostgreSQL's statistics of them are stale.
 
         A first sync writes the whole state; autovacuum analyzes it up to a minute later, and a run
         starting before that plans its joins with the state as if it were nearly empty (hashing the whole
-        state where an index lookup of a few keys would do: twice as slow at 200,000 rows). The threshold
-        is autovacuum's own (10% of the rows changed since the last analysis, plus 1,000).
+        state where an index lookup of a few keys would do: twice as slow at 200,000 rows). So the run that
+        made a large write (a first sync, a full refresh) refreshes them right after its commit, and a run
+        about to plan refreshes them when the planner's row count of the state (``pg_class.reltuples``,
+        which any analysis sets) is unknown or off from the live rows by autovacuum's own threshold (10%,
+        plus 1,000). Not ``n_mod_since_analyze``: an analysis of a column list never resets it, so it
+        would ask for an analysis on every run until autovacuum's.
 
         The plans need only how many rows a sync, its members and its digests have: a sample of
         :data:`REFRESH_SAMPLE_TARGET` x 300 rows of :data:`PLANNING_COLUMNS` tells it as well as the whole
         table's default analysis, which reads every page of the wide state (1.5 s at a million rows; this,
-        some 30 ms at any size). A column list leaves autovacuum's count of changes as it was, so
-        autovacuum still analyzes the whole table in its time.
+        some 30 ms at any size). ``SKIP_LOCKED``: autovacuum, which holds the lock an analysis takes while
+        it works on the freshly written state, would otherwise make the run wait until the deadlock check
+        cancels it (1 s, and its work lost); skipped, the run plans with the statistics it has (a slower
+        plan, never a different result) and autovacuum's own analysis refreshes them.
+
+        :param after_large_write: the caller just committed a large write of the state (its counts may not
+            have reached ``pg_stat_user_tables`` yet): analyze without judging.
         """
         if self.is_sqlite:
             return
+        if after_large_write or self._statistics_stale():
+            self.execute(f"SET LOCAL default_statistics_target = {REFRESH_SAMPLE_TARGET}").close()
+            self.execute(f"ANALYZE (SKIP_LOCKED) {self.table} ({', '.join(PLANNING_COLUMNS)})").close()
+        self.commit()
+
+    def _statistics_stale(self) -> bool:
+        """Whether the planner's row count of the state is unknown or off from its live rows by more
+        than 10% plus 1,000 (PostgreSQL; see :meth:`refresh_statistics`)."""
         row = self.fetch_one(
-            "SELECT n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables WHERE relid = to_regclass(?)",
+            "SELECT c.reltuples, s.n_live_tup FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid"
+            " WHERE c.oid = to_regclass(?)",
             (self.table,),
         )
-        if row and int(row[0]) > 0.1 * int(row[1]) + 1000:
-            self.execute(f"SET LOCAL default_statistics_target = {REFRESH_SAMPLE_TARGET}").close()
-            self.execute(f"ANALYZE {self.table} ({', '.join(PLANNING_COLUMNS)})").close()
-        self.commit()
+        if row is None:
+            return False
+        planned, live = float(row[0]), int(row[1])
+        return planned < 0 or abs(live - planned) > 0.1 * planned + 1000
 
     def identifier_at(self, column: str, position: int | str) -> str:
         """SQL for the identifier at ``position`` of a stored wire row (see :func:`encode_identifiers`).

@@ -142,6 +142,8 @@ class SyncRun(StreamedFirstSync):
             else:
                 self._reconcile()
                 self._run(model)
+                if self.state_empty or self.full_refresh:  # the next run plans with the new state's counts
+                    self.store.refresh_statistics(after_large_write=True)
         self._check_refusals()
         return self.report
 
