@@ -84,6 +84,10 @@ UNCONFIRMED = "unconfirmed"
 #: and the statistics target they are sampled with (PostgreSQL samples 300 rows per unit).
 PLANNING_COLUMNS = ("sync_key", "row_key", "member", "source_digest")
 REFRESH_SAMPLE_TARGET = 10
+#: The PostgreSQL versions (``server_version_num``) with ``ANALYZE (SKIP_LOCKED)`` and with
+#: ``pg_stat_force_next_flush()``.
+SKIP_LOCKED_VERSION = 120000
+FORCE_FLUSH_VERSION = 150000
 #: How an insert into the state table overwrites the row of the same key (SQLite and PostgreSQL alike).
 #: The state's columns, in the order :meth:`StateStore.upsert` writes them: a staged row, keyed and dated.
 STATE_COLUMNS = ("sync_key", *StagedRow._fields, "synced_at")
@@ -272,9 +276,16 @@ class StateStore(LeaseRows):
         """
         if self.is_sqlite:
             return
+        version = int(self.fetch_one("SHOW server_version_num")[0])
+        if after_large_write and version >= FORCE_FLUSH_VERSION:
+            # The write's counts this backend has not reported yet would be added to the analysis' count of
+            # live rows once reported, doubling them in the next run's eyes.
+            self.execute("SELECT pg_stat_force_next_flush()").close()
+            self.commit()
         if after_large_write or self._statistics_stale():
+            skip = "(SKIP_LOCKED) " if version >= SKIP_LOCKED_VERSION else ""
             self.execute(f"SET LOCAL default_statistics_target = {REFRESH_SAMPLE_TARGET}").close()
-            self.execute(f"ANALYZE (SKIP_LOCKED) {self.table} ({', '.join(PLANNING_COLUMNS)})").close()
+            self.execute(f"ANALYZE {skip}{self.table} ({', '.join(PLANNING_COLUMNS)})").close()
         self.commit()
 
     def _statistics_stale(self) -> bool:

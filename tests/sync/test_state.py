@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_fbca.sync.state import (
+    PLANNING_COLUMNS,
     StagedRow,
     StateStore,
     decode_identifiers,
@@ -118,3 +119,94 @@ def test_refreshed_statistics_cover_the_planning_columns_only(store: StateStore)
     }
     store.commit()
     assert analyzed == {"sync_key", "row_key", "member", "source_digest"}
+
+
+def _staged(count: int, start: int = 0) -> list[StagedRow]:
+    return [
+        StagedRow(f"k{i}", "f" * 32, "d" * 32, "EXTERN_ID,EMAIL", f"k{i}\x1f{'e' * 64}", 1, i)
+        for i in range(start, start + count)
+    ]
+
+
+def _analyses(store: StateStore) -> int:
+    """How many analyses PostgreSQL counted on the state, once this backend's counts are flushed."""
+    store.execute("SELECT pg_stat_force_next_flush()").close()
+    store.commit()
+    row = store.fetch_one(
+        "SELECT analyze_count FROM pg_stat_user_tables WHERE relid = to_regclass(?)", (store.table,)
+    )
+    store.commit()  # a new transaction reads the statistics afresh
+    return int(row[0])
+
+
+@pytest.mark.postgres
+def test_a_run_after_a_refreshed_large_write_analyzes_nothing(store: StateStore) -> None:
+    """A column-list analysis leaves autovacuum's count of changes as it was: statistics it refreshed are
+    judged by the planner's row count, so the next run does not analyze again (nor wait for autovacuum)."""
+    if store.is_sqlite:
+        pytest.skip("PostgreSQL statistics")
+    store.ensure_tables()
+    store.upsert("s", _staged(5000))
+    store.commit()
+    store.refresh_statistics(after_large_write=True)  # what a first sync does after its commit
+    before = _analyses(store)
+    store.refresh_statistics()
+    assert _analyses(store) == before
+
+
+@pytest.mark.postgres
+def test_a_large_write_left_unanalyzed_is_analyzed_before_planning(store: StateStore) -> None:
+    if store.is_sqlite:
+        pytest.skip("PostgreSQL statistics")
+    store.ensure_tables()
+    store.upsert("s", _staged(2000))
+    store.commit()
+    store.refresh_statistics(after_large_write=True)
+    store.upsert("s", _staged(5000, start=2000))  # a large write whose run refreshed nothing
+    store.commit()
+    before = _analyses(store)
+    store.refresh_statistics()
+    assert _analyses(store) == before + 1
+    store.refresh_statistics()  # now fresh
+    assert _analyses(store) == before + 1
+
+
+@pytest.mark.postgres
+def test_a_first_sync_leaves_fresh_statistics_of_the_planning_columns(store: StateStore) -> None:
+    from tests.sync.conftest import RecordingAudience
+    from tests.sync.test_engine import model, sync
+
+    if store.is_sqlite:
+        pytest.skip("PostgreSQL statistics")
+    sync(store, RecordingAudience(), model(*(f"c{i}" for i in range(50))), chunk=50)
+    assert {
+        row[0]
+        for row in store.fetch_all(
+            "SELECT attname FROM pg_stats WHERE schemaname = current_schema() AND tablename = ?",
+            (store.table_name,),
+        )
+    } == set(PLANNING_COLUMNS)
+    store.commit()
+
+
+@pytest.mark.postgres
+def test_a_lock_held_on_the_state_does_not_make_the_refresh_wait(store: StateStore) -> None:
+    """Autovacuum holds the lock an analysis takes while it works on a freshly written state; the refresh
+    skips the analysis instead of waiting for it (the lock timeout only keeps a regression from hanging)."""
+    import psycopg
+
+    if store.is_sqlite:
+        pytest.skip("PostgreSQL statistics")
+    store.ensure_tables()
+    store.upsert("s", _staged(5000))
+    store.commit()
+    info = store.conn.info
+    with psycopg.connect(host=info.host, port=info.port, user=info.user, dbname=info.dbname) as other:
+        other.execute(f"LOCK TABLE {store.table} IN SHARE UPDATE EXCLUSIVE MODE")
+        store.execute("SET lock_timeout = '5s'").close()
+        store.refresh_statistics(after_large_write=True)
+        store.refresh_statistics()
+        other.rollback()
+    assert _analyses(store) == 0
+    store.refresh_statistics()  # the lock released, the stale statistics are refreshed
+    assert _analyses(store) == 1
