@@ -139,12 +139,15 @@ def _analyses(store: StateStore) -> int:
     return int(row[0])
 
 
+#: The tests of PostgreSQL's statistics run on the ``store`` fixture's PostgreSQL side only.
+on_postgres = pytest.mark.parametrize("store", ["postgres"], indirect=True)
+
+
 @pytest.mark.postgres
+@on_postgres
 def test_a_run_after_a_refreshed_large_write_analyzes_nothing(store: StateStore) -> None:
     """A column-list analysis leaves autovacuum's count of changes as it was: statistics it refreshed are
     judged by the planner's row count, so the next run does not analyze again (nor wait for autovacuum)."""
-    if store.is_sqlite:
-        pytest.skip("PostgreSQL statistics")
     store.ensure_tables()
     store.upsert("s", _staged(5000))
     store.commit()
@@ -155,9 +158,8 @@ def test_a_run_after_a_refreshed_large_write_analyzes_nothing(store: StateStore)
 
 
 @pytest.mark.postgres
+@on_postgres
 def test_a_large_write_left_unanalyzed_is_analyzed_before_planning(store: StateStore) -> None:
-    if store.is_sqlite:
-        pytest.skip("PostgreSQL statistics")
     store.ensure_tables()
     store.upsert("s", _staged(2000))
     store.commit()
@@ -172,12 +174,11 @@ def test_a_large_write_left_unanalyzed_is_analyzed_before_planning(store: StateS
 
 
 @pytest.mark.postgres
+@on_postgres
 def test_a_first_sync_leaves_fresh_statistics_of_the_planning_columns(store: StateStore) -> None:
     from tests.sync.conftest import RecordingAudience
     from tests.sync.test_engine import model, sync
 
-    if store.is_sqlite:
-        pytest.skip("PostgreSQL statistics")
     sync(store, RecordingAudience(), model(*(f"c{i}" for i in range(50))), chunk=50)
     assert {
         row[0]
@@ -190,13 +191,12 @@ def test_a_first_sync_leaves_fresh_statistics_of_the_planning_columns(store: Sta
 
 
 @pytest.mark.postgres
+@on_postgres
 def test_a_lock_held_on_the_state_does_not_make_the_refresh_wait(store: StateStore) -> None:
     """Autovacuum holds the lock an analysis takes while it works on a freshly written state; the refresh
     skips the analysis instead of waiting for it (the lock timeout only keeps a regression from hanging)."""
     import psycopg
 
-    if store.is_sqlite:
-        pytest.skip("PostgreSQL statistics")
     store.ensure_tables()
     store.upsert("s", _staged(5000))
     store.commit()
