@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Iterator
 
 from airflow_provider_fbca.identifiers import MATCH_KEYS
-from airflow_provider_fbca.sync.journal import LEAVING, OWED, UPDATE, RemovalRow
+from airflow_provider_fbca.sync.journal import ADD, LEAVING, OWED, PACKED, UPDATE, RemovalRow, unpack_rows
+from airflow_provider_fbca.sync.partitions import partition_keys
 from airflow_provider_fbca.sync.state import StageTable, StateStore, decode_identifiers, encode_identifiers
 from airflow_provider_fbca.sync.stored_rows import (
     _SEPARATOR,
@@ -69,6 +70,9 @@ class Removals:
         self.store = store
         self.stage = stage
         self.sync_key = sync_key
+        #: The syncs whose members may hold a removal value: this one, then the other partitions of a
+        #: partitioned sync (whose rows are other people of the same audience).
+        self.holder_keys = partition_keys(sync_key)
         self.rows = f"{stage.name}_rm"
         self.ids = f"{stage.name}_rmid"
         self.holders = f"{stage.name}_hold"
@@ -132,6 +136,7 @@ class Removals:
         """
         for key_schema in self._added_schemas():
             self._mark_shared(None, key_schema, _positions(key_schema, keys))
+        self._mark_held_by_pending_additions(keys)
         unshared = self.store.fetch_all(f"SELECT DISTINCT key_name FROM {self.ids} WHERE shared = 0")
         keys = {row[0] for row in unshared}
         if not keys:
@@ -163,7 +168,8 @@ class Removals:
         store.conn.create_function(MAY_HOLD_FUNCTION, 2, may_hold.check, deterministic=True)
         # The rows of the removals' schemas (nearly all rows) are checked by a function of their schema's:
         # SQL compares the schema and hands over the identifiers alone (a third of the scan's CPU).
-        checks, params, functions = [], [self.sync_key], [(MAY_HOLD_FUNCTION, 2)]
+        holder_keys, params = self._holder_keys_sql("sync_key")
+        checks, functions = [], [(MAY_HOLD_FUNCTION, 2)]
         for index, key_schema in enumerate(self.schemas()[:SCHEMA_CHECKERS]):
             name = f"{MAY_HOLD_FUNCTION}_{index}"
             store.conn.create_function(name, 1, may_hold.checker(key_schema), deterministic=True)
@@ -174,7 +180,7 @@ class Removals:
         try:
             store.execute(
                 f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema,"
-                f" identifiers FROM {store.table} WHERE sync_key = ? AND member = 1 AND CASE {' '.join(checks)} END",
+                f" identifiers FROM {store.table} WHERE {holder_keys} AND member = 1 AND CASE {' '.join(checks)} END",
                 params,
             ).close()
         finally:
@@ -227,7 +233,9 @@ class Removals:
                 " WHERE to_add = 1 AND key_schema IS NOT NULL"
             )
         ]
-        conditions, params = [], [self.sync_key, *schemas]
+        holder_keys, params = self._holder_keys_sql("sync_key")
+        conditions = []
+        params += schemas
         for key_schema in schemas:
             positions = [position for position, key in _withholdable(key_schema) if key in keys]
             if positions:
@@ -245,7 +253,7 @@ class Removals:
         store.execute(f"SET LOCAL parallel_tuple_cost = {HOLDERS_PARALLEL_TUPLE_COST}").close()
         store.execute(
             f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema, identifiers"
-            f" FROM {store.table} WHERE sync_key = ? AND member = 1 AND (key_schema NOT IN ({markers})"
+            f" FROM {store.table} WHERE {holder_keys} AND member = 1 AND (key_schema NOT IN ({markers})"
             f" OR {stored_as_json_sql('identifiers')}{''.join(' OR ' + condition for condition in conditions)})",
             params,
         ).close()
@@ -282,13 +290,16 @@ class Removals:
         # Staying: members of the state that this run does not remove (or re-identify), and additions.
         held, params = [], []
         if holders is not None:
+            # Another partition's rows are other people (a row's partition is its EXTERN_ID's): none is
+            # removed by this run, so the NOT EXISTS never drops one.
+            holder_keys, params = self._holder_keys_sql("s.sync_key")
             held.append(
                 f"SELECT r.key_name, r.value FROM {holders} AS s CROSS JOIN {at} CROSS JOIN {ids} AS r"
-                " WHERE s.sync_key = ? AND s.member = 1 AND s.key_schema = ? AND r.key_name = p.column2"
+                f" WHERE {holder_keys} AND s.member = 1 AND s.key_schema = ? AND r.key_name = p.column2"
                 f" AND r.value = {store.identifier_at('s.identifiers', 'p.column1')}"
                 f" AND NOT EXISTS (SELECT 1 FROM {t} AS x WHERE x.row_key = s.row_key AND x.to_remove = 1)"
             )
-            params += [self.sync_key, key_schema]
+            params.append(key_schema)
         if additions:
             held.append(
                 f"SELECT r.key_name, r.value FROM {t} AS a CROSS JOIN {at} CROSS JOIN {ids} AS r"
@@ -303,10 +314,49 @@ class Removals:
 
     def _holder_schemas(self, holders: str) -> list[str]:
         """The schemas of the member rows of ``holders`` (the state, or the rows that may hold a value)."""
+        holder_keys, params = self._holder_keys_sql("sync_key")
         rows = self.store.fetch_all(
-            f"SELECT DISTINCT key_schema FROM {holders} WHERE sync_key = ? AND member = 1", (self.sync_key,)
+            f"SELECT DISTINCT key_schema FROM {holders} WHERE {holder_keys} AND member = 1", params
         )
         return sorted(row[0] for row in rows if row[0])
+
+    def _holder_keys_sql(self, column: str) -> tuple[str, list[str]]:
+        """SQL keeping the rows of :attr:`holder_keys` (one key: an equality, as an unpartitioned sync's
+        scan always had), and its parameters.
+
+        :param column: the rows' sync key column.
+        """
+        if len(self.holder_keys) == 1:
+            return f"{column} = ?", [self.sync_key]
+        return f"{column} IN ({', '.join('?' for _ in self.holder_keys)})", list(self.holder_keys)
+
+    def _mark_held_by_pending_additions(self, keys: Collection[str]) -> None:
+        """Mark the removal identifiers that another partition's pending addition pages hold.
+
+        Another partition journals a page of additions before sending it, and records its rows in the
+        state only when Meta acknowledges it (see :mod:`.journal`): until then its people are in none of
+        the state rows the holders' scan reads, but Meta may already hold them. The pages in flight are a
+        few per partition (a killed run's stay until its partition's next run), read and unpacked here.
+        Pages written ahead (:data:`.journal.ADD_AHEAD`) need no look: their rows are state members.
+
+        :param keys: the withheld keys the removal rows carry.
+        """
+        others = self.holder_keys[1:]
+        if not others:
+            return
+        store, held = self.store, set()
+        pages = store.fetch_all(
+            f"SELECT identifiers FROM {store.pages_table} WHERE sync_key IN ({', '.join('?' for _ in others)})"
+            " AND kind = ? AND row_key = ?",
+            (*others, ADD, PACKED),
+        )
+        for (packed,) in pages:
+            for _row_key, key_schema, identifiers, _id_digest in unpack_rows(packed):
+                values = decode_identifiers(identifiers)
+                held.update((key, values[i]) for i, key in _positions(key_schema, keys) if i < len(values))
+        store.executemany(
+            f"UPDATE {self.ids} SET shared = 1 WHERE shared = 0 AND key_name = ? AND value = ?", sorted(held)
+        )
 
     def _added_schemas(self) -> list[str]:
         """The schemas of this run's additions."""
