@@ -26,18 +26,29 @@ probe a hash of the removal values, and the exact join runs on the rows that hit
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Iterable, Iterator
+from datetime import datetime, timedelta
 
 from airflow_provider_fbca.identifiers import MATCH_KEYS
 from airflow_provider_fbca.sync.journal import ADD, LEAVING, OWED, PACKED, UPDATE, RemovalRow, unpack_rows
 from airflow_provider_fbca.sync.partitions import partition_keys
-from airflow_provider_fbca.sync.state import StageTable, StateStore, decode_identifiers, encode_identifiers
+from airflow_provider_fbca.sync.state import (
+    UNCONFIRMED,
+    StageTable,
+    StateStore,
+    decode_identifiers,
+    encode_identifiers,
+    utc_now,
+)
 from airflow_provider_fbca.sync.stored_rows import (
     _SEPARATOR,
     leading_identifiers,
     split_value_sql,
     stored_as_json_sql,
 )
+
+log = logging.getLogger(__name__)
 
 #: The keys a removal row leaves out when a staying row shares the value: strong identifiers (EXTERN_ID,
 #: the row's own key, is not an identifier in this sense and is always carried).
@@ -56,6 +67,10 @@ HASHED_ARRAY_VERSION = 140_000
 #: PostgreSQL's price of passing a row from a parallel worker to the leader, for the holders' scan only:
 #: that of processing a row (``cpu_tuple_cost``), a tenth of the default (see :meth:`Removals._probable_holders`).
 HOLDERS_PARALLEL_TUPLE_COST = 0.01
+#: A partitioned sync: how long before its holders' check another partition's state row written counts
+#: as written after it (see :meth:`Removals.unconfirm_late_holders`): the partitions' workers' clocks
+#: may differ, and the state keeps the time to the second.
+LATE_HOLDER_MARGIN = timedelta(minutes=10)
 
 
 class Removals:
@@ -76,12 +91,17 @@ class Removals:
         self.rows = f"{stage.name}_rm"
         self.ids = f"{stage.name}_rmid"
         self.holders = f"{stage.name}_hold"
+        self.late = f"{stage.name}_late"
+        #: When the holders' check began, less :data:`LATE_HOLDER_MARGIN` (set by :meth:`build`).
+        self.checked_since = ""
         #: PostgreSQL: the most removal values the holders' scan probes (see :meth:`_probable_holders`).
         self.probed_values_limit = PROBED_VALUES_LIMIT
 
     def build(self) -> int:
         """Gather the removal rows, find their shared identifiers; return how many are withheld."""
         store, t = self.store, self.stage.name
+        checked = datetime.fromisoformat(utc_now()) - LATE_HOLDER_MARGIN
+        self.checked_since = checked.isoformat(timespec="seconds")
         store.execute(
             f"CREATE TEMPORARY TABLE {self.rows} (rid INTEGER NOT NULL, row_key TEXT NOT NULL,"
             " key_schema TEXT NOT NULL, identifiers TEXT NOT NULL, id_digest VARCHAR(64) NOT NULL,"
@@ -320,6 +340,61 @@ class Removals:
         )
         return sorted(row[0] for row in rows if row[0])
 
+    def unconfirm_late_holders(self) -> int:
+        """A partitioned sync, once its removals were sent: mark unconfirmed the other partitions' members
+        written since the holders' check that hold a value the removals carried; return how many.
+
+        Another partition may journal and send an addition holding a value after this run's check read
+        its state and pages: Meta then receives the addition and this run's removal carrying the value,
+        in either order, and when the removal comes second it takes out that person. Such a member's
+        state row is written after the check (its ``synced_at``, less :data:`LATE_HOLDER_MARGIN`), so
+        it is found here once every removal was answered, and marked unconfirmed: its partition's next
+        run sends it again (an addition Meta received after the removal only gets sent twice). An
+        addition still in flight now has no state row yet: that window is left (docs/partitions.md,
+        "Shared identifiers across partitions").
+        """
+        others, store = self.holder_keys[1:], self.store
+        if not others or not self.checked_since:
+            return 0
+        keys = {
+            row[0] for row in store.fetch_all(f"SELECT DISTINCT key_name FROM {self.ids} WHERE shared = 0")
+        }
+        if not keys:
+            return 0
+        markers = ", ".join("?" for _ in others)
+        store.execute(
+            f"CREATE TEMPORARY TABLE {self.late} AS SELECT row_key, key_schema, identifiers FROM {store.table}"
+            f" WHERE sync_key IN ({markers}) AND member = 1 AND synced_at >= ?",
+            (*others, self.checked_since),
+        ).close()
+        schemas = [
+            row[0] for row in store.fetch_all(f"SELECT DISTINCT key_schema FROM {self.late}") if row[0]
+        ]
+        marked = 0
+        for key_schema in sorted(schemas):
+            positions = _positions(key_schema, keys)
+            if not positions:
+                continue
+            at = "(VALUES " + ", ".join(f"({int(i)}, '{key}')" for i, key in positions) + ") AS p"
+            cursor = store.execute(
+                f"UPDATE {store.table} SET fingerprint = ?, source_digest = NULL WHERE sync_key IN ({markers})"
+                f" AND member = 1 AND row_key IN (SELECT s.row_key FROM {self.late} AS s CROSS JOIN {at}"
+                f" CROSS JOIN {self.ids} AS r WHERE s.key_schema = ? AND r.shared = 0 AND r.key_name = p.column2"
+                f" AND r.value = {store.identifier_at('s.identifiers', 'p.column1')})",
+                (UNCONFIRMED, *others, key_schema),
+            )
+            marked += max(cursor.rowcount, 0)
+            cursor.close()
+        store.execute(f"DROP TABLE {self.late}").close()
+        store.commit()
+        if marked:
+            log.warning(
+                "%d member(s) of other partitions, added while this run removed people, hold an identifier "
+                "its removals carried; they are marked to be sent again by their partition's next run.",
+                marked,
+            )
+        return marked
+
     def _holder_keys_sql(self, column: str) -> tuple[str, list[str]]:
         """SQL keeping the rows of :attr:`holder_keys` (one key: an equality, as an unpartitioned sync's
         scan always had), and its parameters.
@@ -399,7 +474,7 @@ class Removals:
             last = int(page[-1][0])
 
     def drop(self) -> None:
-        for table in (self.holders, self.ids, self.rows):
+        for table in (self.late, self.holders, self.ids, self.rows):
             self.store.execute(f"DROP TABLE IF EXISTS {table}").close()
         self.store.commit()
 

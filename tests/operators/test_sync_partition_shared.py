@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
+
+import requests
 
 from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
 from airflow_provider_fbca.sync.journal import ADD, PageJournal
 from airflow_provider_fbca.sync.state import StateStore
-from tests.operators.conftest import Warehouse, customer
+from tests.operators.conftest import Warehouse, customer, let_held_uploads_go, wait_for_held_upload
 from tests.operators.test_sync_audience import expected, make_operator, members
 from tests.operators.test_sync_partitions import outcome, share
 
@@ -22,6 +25,19 @@ def _people(warehouse: Warehouse) -> tuple[list[tuple[Any, ...]], list[str], lis
     shares = [sorted(share(warehouse, k, PARTITIONS)) for k in range(PARTITIONS)]
     assert all(len(s) >= 2 for s in shares)
     return rows, shares[0], shares[1]
+
+
+def _operator(
+    warehouse: Warehouse, fb_conn_id: str, state_table: str, partition: int, audience_id: str
+) -> SyncAudienceOperator:
+    return make_operator(
+        warehouse,
+        fb_conn_id,
+        state_table,
+        partitions=PARTITIONS,
+        partition=partition,
+        audience_id=audience_id,
+    )
 
 
 def _sync(warehouse: Warehouse, fb_conn_id: str, state_table: str, partition: int, **kwargs: Any) -> Any:
@@ -78,6 +94,46 @@ def test_a_removal_withholds_a_value_another_partition_s_pending_addition_holds(
     report = _sync(warehouse, fb_conn_id, state_table, 0, audience_id=audience_id)
     assert report["removed"] == 1
     assert report["identifiers_withheld_shared"] == 1
+    assert {k: m["EMAIL"] for k, m in members(sandbox, audience_id).items()} == expected(v2)
+
+
+def test_an_addition_racing_another_partition_s_removal_is_sent_again_by_its_next_run(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    """Partition 0 checks the holders of the family inbox (nobody else holds it), and its removal is held
+    in flight while partition 1 adds a newcomer with that inbox: Meta then removes the newcomer with the
+    leaver. Partition 0, once its removals are answered, marks the newcomer's state row unconfirmed, so
+    partition 1's next run sends the newcomer again and Meta holds the model."""
+    rows, share0, share1 = _people(warehouse)
+    leaves, joins = share0[0], share1[0]
+    v1 = _with_email([row for row in rows if row[0] != joins], {leaves}, FAMILY)
+    warehouse.write(v1)
+    audience_id = _sync(warehouse, fb_conn_id, state_table, 0)["audience_id"]
+    _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)
+
+    v2 = _with_email([row for row in rows if row[0] != leaves], {joins}, FAMILY)
+    warehouse.write(v2)
+    faults = [{"method": "DELETE", "path": "/users", "delay_s": 600}]
+    requests.post(f"{sandbox.url}/_sandbox/faults", json={"faults": faults}, timeout=10).raise_for_status()
+    removing: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: removing.update(
+            report=outcome(_operator(warehouse, fb_conn_id, state_table, 0, audience_id))
+        )
+    )
+    thread.start()
+    try:
+        wait_for_held_upload(sandbox)  # partition 0 checked the holders and sent its removal
+        assert _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)["added"] == 1
+    finally:
+        let_held_uploads_go(sandbox)
+        thread.join(timeout=60)
+    assert removing["report"]["removed"] == 1
+    assert removing["report"]["identifiers_withheld_shared"] == 0  # no holder when it checked
+    assert joins not in members(sandbox, audience_id)  # the race: Meta removed the newcomer too
+
+    again = _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)
+    assert again["added"] + again["updated"] == 1
     assert {k: m["EMAIL"] for k, m in members(sandbox, audience_id).items()} == expected(v2)
 
 
