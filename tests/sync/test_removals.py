@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_provider_fbca.sync.journal import ADD, REMOVE, PageJournal
+from airflow_provider_fbca.sync.partitions import partition_keys
 from airflow_provider_fbca.sync.removals import MayHold, Removals
 from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, encode_identifiers
 
@@ -136,11 +138,11 @@ def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(
     stage.drop()
 
 
-def _store_rows(store: StateStore, rows: list[tuple[str, list[str], int]]) -> None:
-    """The sync ``s``'s state: ``(key_schema, identifiers, member)``, the EXTERN_ID first."""
+def _store_rows(store: StateStore, rows: list[tuple[str, list[str], int]], sync_key: str = "s") -> None:
+    """A sync's state (``s``'s by default): ``(key_schema, identifiers, member)``, the EXTERN_ID first."""
     store.ensure_tables()
     store.upsert(
-        "s",
+        sync_key,
         [
             StagedRow(ids[0], "f", "d", schema, encode_identifiers(ids), member)
             for schema, ids, member in rows
@@ -323,3 +325,59 @@ def _table_exists(store: StateStore, name: str) -> bool:
     if store.is_sqlite:
         return bool(store.fetch_one("SELECT 1 FROM sqlite_temp_master WHERE name = ?", (name,)))
     return store.fetch_one("SELECT to_regclass(?)", (f"pg_temp.{name}",))[0] is not None
+
+
+@pytest.mark.parametrize(
+    ("store", "holders"),
+    [
+        *(("sqlite", holders) for holders in _PROBED),
+        *(pytest.param("postgres", holders, marks=pytest.mark.postgres) for holders in _PROBED),
+    ],
+    indirect=["store"],
+)
+def test_a_partition_withholds_what_the_other_slices_hold_and_nothing_else(
+    store: StateStore, holders: str
+) -> None:
+    """Partition 0 of 3 removes a person whose e-mail a member of slice 1 holds, whose phone a row written
+    ahead of its page by slice 2's first sync holds, and whose mobile advertiser id a pending addition page
+    of slice 1 holds; the second person's e-mail only a non-member of slice 2, a member of another sync and
+    a member of the same audience's 2-partition layout hold: it is sent."""
+    schema = "EXTERN_ID,EMAIL,PHONE,MADID"
+    email, phone, madid, lone = "e" * 64, "p" * 64, "m" * 64, "l" * 64
+    own, one, two = (f"s#p{k}of3" for k in range(3))
+    _store_rows(
+        store, [(schema, ["leaves", email, phone, madid], 1), (schema, ["lone", lone, "q", "r"], 1)], own
+    )
+    _store_rows(store, [(schema, ["kept", email, "x", "y"], 1)], one)
+    _store_rows(store, [(schema, ["out", lone, "x", "y"], 0)], two)
+    _store_rows(store, [(schema, ["elsewhere", lone, "x", "y"], 1)], "t#p1of3")
+    _store_rows(store, [(schema, ["other layout", lone, "x", "y"], 1)], "s#p1of2")
+    row = StagedRow("ahead", "f", "d", schema, encode_identifiers(["ahead", "z", phone, "w"]), 1)
+    PageJournal(store, two).record_new(7, 1, [row])
+    pending = ("joins", schema, encode_identifiers(["joins", "z", "w", madid]), "d")
+    PageJournal(store, one).record(ADD, 8, 1, [pending])
+    PageJournal(store, one).record(
+        REMOVE, 8, 2, [("kept", schema, encode_identifiers(["kept", lone, "", ""]), "d")]
+    )
+    stage = _stage_rows(
+        store,
+        [
+            ("leaves", 0, 0, schema, ["leaves", email, phone, madid], None),
+            ("lone", 0, 0, schema, ["lone", lone, "q", "r"], None),
+        ],
+    )
+    removals = Removals(store, stage, own)
+    if holders == "too-many-values-to-probe":
+        removals.probed_values_limit = 1
+    assert removals.build() == 3
+    (page,) = removals.pages(schema, 10)
+    sent = [encode_identifiers(["leaves", "", "", ""]), encode_identifiers(["lone", lone, "q", "r"])]
+    assert [row.sent for row in page] == sent
+    removals.drop()
+    stage.drop()
+
+
+def test_a_partition_s_sync_keys_are_every_partition_s_its_own_first() -> None:
+    assert partition_keys("act_1:9#p2of3") == ["act_1:9#p2of3", "act_1:9#p0of3", "act_1:9#p1of3"]
+    assert partition_keys("act_1:9") == ["act_1:9"]
+    assert partition_keys("act_1:9#p02of3") == ["act_1:9#p02of3"]  # not a partition's spelling
