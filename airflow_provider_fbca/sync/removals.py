@@ -22,6 +22,11 @@ number of removals), and the exact join runs on those few. PostgreSQL does the s
 state in SQL (:meth:`Removals._probable_holders`): each row's values at its schema's withheld positions
 probe a hash of the removal values, and the exact join runs on the rows that hit. Past
 :data:`PROBED_VALUES_LIMIT` removal values the exact join reads the state itself.
+
+A partitioned sync's people are spread over N slices of the state (see :mod:`.partitions`): a partition
+looks for holders in every slice of its sync, and in the other partitions' addition pages still pending
+in the journal (:meth:`Removals._mark_held_by_pending_additions`); an addition another partition makes
+after that look is caught once the removals are answered (:meth:`Removals.unconfirm_late_holders`).
 """
 
 from __future__ import annotations
