@@ -32,6 +32,7 @@ after that look is caught once the removals are answered (:meth:`Removals.unconf
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import datetime, timedelta
 
@@ -76,6 +77,12 @@ HOLDERS_PARALLEL_TUPLE_COST = 0.01
 #: as written after it (see :meth:`Removals.unconfirm_late_holders`): the partitions' workers' clocks
 #: may differ, and the state keeps the time to the second.
 LATE_HOLDER_MARGIN = timedelta(minutes=10)
+#: How long, at most, a partition whose removals were answered waits for the other partitions' pending
+#: addition pages holding a value it sent to be answered (see :meth:`Removals.unconfirm_late_holders`),
+#: and how often it looks.
+PENDING_ADDITIONS_WAIT_S, PENDING_ADDITIONS_POLL_S = 120.0, 0.2
+#: The most (key, value) pairs of a pending page compared with the removal values in one statement.
+_PAIRS_PER_STATEMENT = 500
 
 
 class Removals:
@@ -345,18 +352,28 @@ class Removals:
         )
         return sorted(row[0] for row in rows if row[0])
 
-    def unconfirm_late_holders(self) -> int:
-        """A partitioned sync, once its removals were sent: mark unconfirmed the other partitions' members
-        written since the holders' check that hold a value the removals carried; return how many.
+    def unconfirm_late_holders(
+        self,
+        keep_alive: Callable[[], None] = lambda: None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        wait_s: float = PENDING_ADDITIONS_WAIT_S,
+    ) -> int:
+        """A partitioned sync, once its removals were answered: mark unconfirmed the other partitions'
+        members written since the holders' check that hold a value the removals carried; return how many.
 
         Another partition may journal and send an addition holding a value after this run's check read
         its state and pages: Meta then receives the addition and this run's removal carrying the value,
         in either order, and when the removal comes second it takes out that person. Such a member's
         state row is written after the check (its ``synced_at``, less :data:`LATE_HOLDER_MARGIN`), so
-        it is found here once every removal was answered, and marked unconfirmed: its partition's next
-        run sends it again (an addition Meta received after the removal only gets sent twice). An
-        addition still in flight now has no state row yet: that window is left (docs/partitions.md,
-        "Shared identifiers across partitions").
+        it is found here, and marked unconfirmed: its partition's next run sends it again (an addition
+        Meta received after the removal only gets sent twice). An addition still in flight has no state
+        row yet: its page is waited for first (its partition records Meta's answer and settles it within
+        a round trip; a killed partition's page stays pending, and its next run sends the person again).
+
+        :param keep_alive: looks after the run's lease while it waits.
+        :param sleep: waits between looks at the pending pages (tests inject one).
+        :param wait_s: how long to wait, at most, for the pending pages holding a sent value.
         """
         others, store = self.holder_keys[1:], self.store
         if not others or not self.checked_since:
@@ -366,6 +383,7 @@ class Removals:
         }
         if not keys:
             return 0
+        self._wait_for_pending_holders(keys, keep_alive, sleep, wait_s)
         markers = ", ".join("?" for _ in others)
         store.execute(
             f"CREATE TEMPORARY TABLE {self.late} AS SELECT row_key, key_schema, identifiers FROM {store.table}"
@@ -400,6 +418,70 @@ class Removals:
             )
         return marked
 
+    def _wait_for_pending_holders(
+        self,
+        keys: Collection[str],
+        keep_alive: Callable[[], None],
+        sleep: Callable[[float], None],
+        wait_s: float,
+    ) -> None:
+        """Wait until no other partition's pending addition page holds a value the removals carried (see
+        :meth:`unconfirm_late_holders`), at most ``wait_s``."""
+        waiting = self._pages_holding_sent_values(keys)
+        for _ in range(round(wait_s / PENDING_ADDITIONS_POLL_S)):
+            if not waiting:
+                return
+            keep_alive()
+            sleep(PENDING_ADDITIONS_POLL_S)
+            pending = {page for page, _ in self._pending_additions(keys)}
+            waiting &= pending
+        if waiting:
+            log.warning(
+                "%d addition page(s) of other partitions, holding an identifier this run's removals carried, "
+                "were still unanswered after %g s: Meta may have removed their people, which their "
+                'partitions will not send again (docs/partitions.md, "Shared identifiers across partitions").',
+                len(waiting),
+                wait_s,
+            )
+
+    def _pages_holding_sent_values(self, keys: Collection[str]) -> set[tuple[str, int, int]]:
+        """The other partitions' pending addition pages holding a removal value that was not withheld."""
+        holding = set()
+        for page, pairs in self._pending_additions(keys):
+            ordered = sorted(pairs)
+            for start in range(0, len(ordered), _PAIRS_PER_STATEMENT):
+                chunk = ordered[start : start + _PAIRS_PER_STATEMENT]
+                values = ", ".join("(?, ?)" for _ in chunk)
+                found = self.store.fetch_one(
+                    f"SELECT 1 FROM {self.ids} WHERE shared = 0 AND (key_name, value) IN (VALUES {values}) LIMIT 1",
+                    [text for pair in chunk for text in pair],
+                )
+                if found:
+                    holding.add(page)
+                    break
+        self.store.commit()  # a read opens a transaction on PostgreSQL: the next look must see new commits
+        return holding
+
+    def _pending_additions(
+        self, keys: Collection[str]
+    ) -> list[tuple[tuple[str, int, int], set[tuple[str, str]]]]:
+        """The other partitions' pending addition pages (sync key, session, batch), each with the
+        ``(key, value)`` pairs its rows hold at the withheld ``keys``."""
+        others, store = self.holder_keys[1:], self.store
+        pages = store.fetch_all(
+            f"SELECT sync_key, session_id, batch_seq, identifiers FROM {store.pages_table}"
+            f" WHERE sync_key IN ({', '.join('?' for _ in others)}) AND kind = ? AND row_key = ?",
+            (*others, ADD, PACKED),
+        )
+        held = []
+        for sync_key, session_id, batch_seq, packed in pages:
+            pairs = set()
+            for _row_key, key_schema, identifiers, _id_digest in unpack_rows(packed):
+                values = decode_identifiers(identifiers)
+                pairs.update((key, values[i]) for i, key in _positions(key_schema, keys) if i < len(values))
+            held.append(((str(sync_key), int(session_id), int(batch_seq)), pairs))
+        return held
+
     def _holder_keys_sql(self, column: str) -> tuple[str, list[str]]:
         """SQL keeping the rows of :attr:`holder_keys` (one key: an equality, as an unpartitioned sync's
         scan always had), and its parameters.
@@ -421,20 +503,10 @@ class Removals:
 
         :param keys: the withheld keys the removal rows carry.
         """
-        others = self.holder_keys[1:]
-        if not others:
+        if len(self.holder_keys) == 1:
             return
-        store, held = self.store, set()
-        pages = store.fetch_all(
-            f"SELECT identifiers FROM {store.pages_table} WHERE sync_key IN ({', '.join('?' for _ in others)})"
-            " AND kind = ? AND row_key = ?",
-            (*others, ADD, PACKED),
-        )
-        for (packed,) in pages:
-            for _row_key, key_schema, identifiers, _id_digest in unpack_rows(packed):
-                values = decode_identifiers(identifiers)
-                held.update((key, values[i]) for i, key in _positions(key_schema, keys) if i < len(values))
-        store.executemany(
+        held = set().union(*(pairs for _, pairs in self._pending_additions(keys)))
+        self.store.executemany(
             f"UPDATE {self.ids} SET shared = 1 WHERE shared = 0 AND key_name = ? AND value = ?", sorted(held)
         )
 

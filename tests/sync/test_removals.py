@@ -13,7 +13,13 @@ import pytest
 from airflow_provider_fbca.sync.journal import ADD, REMOVE, PageJournal
 from airflow_provider_fbca.sync.partitions import partition_keys
 from airflow_provider_fbca.sync.removals import MayHold, Removals
-from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, encode_identifiers
+from airflow_provider_fbca.sync.state import (
+    UNCONFIRMED,
+    StagedRow,
+    StageTable,
+    StateStore,
+    encode_identifiers,
+)
 
 SHARED = "f" * 64  # a hashed e-mail two people share
 
@@ -381,3 +387,46 @@ def test_a_partition_s_sync_keys_are_every_partition_s_its_own_first() -> None:
     assert partition_keys("act_1:9#p2of3") == ["act_1:9#p2of3", "act_1:9#p0of3", "act_1:9#p1of3"]
     assert partition_keys("act_1:9") == ["act_1:9"]
     assert partition_keys("act_1:9#p02of3") == ["act_1:9#p02of3"]  # not a partition's spelling
+
+
+@pytest.mark.parametrize("acknowledged", [True, False], ids=["acknowledged", "never-answered"])
+def test_a_partition_waits_for_an_addition_racing_its_removal_then_has_it_sent_again(
+    store: StateStore, acknowledged: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Partition 0 of 2 checks the holders of an e-mail (nobody else holds it) and sends its removal;
+    meanwhile partition 1 journals an addition holding it. Once the removal is answered, partition 0 waits
+    for that page: answered, the newcomer's state row is marked unconfirmed (partition 1's next run sends
+    them again); never answered (partition 1 killed), it gives up after its wait and says so, the page
+    staying pending for partition 1's next run to reconcile."""
+    schema = "EXTERN_ID,EMAIL,PHONE"
+    email, own, one = "e" * 64, "s#p0of2", "s#p1of2"
+    _store_rows(store, [(schema, ["leaves", email, "p" * 64], 1)], own)
+    _store_rows(store, [(schema, ["old", "o" * 64, "q" * 64], 1)], one)
+    stage = _stage_rows(store, [("leaves", 0, 0, schema, ["leaves", email, "p" * 64], None)])
+    removals = Removals(store, stage, own)
+    assert removals.build() == 0
+    newcomer = StagedRow("joins", "f", "n", schema, encode_identifiers(["joins", email, "x" * 64]), 1)
+    other = PageJournal(store, one)
+    other.record(ADD, 5, 1, [("joins", schema, newcomer.identifiers, newcomer.id_digest)])
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if acknowledged:
+            other.added(5, 1, [newcomer])
+
+    with caplog.at_level("WARNING", logger="airflow_provider_fbca.sync.removals"):
+        marked = removals.unconfirm_late_holders(sleep=sleep, wait_s=0.6)
+    fingerprints = dict(
+        store.fetch_all(f"SELECT row_key, fingerprint FROM {store.table} WHERE sync_key = ?", (one,))
+    )
+    pending = store.fetch_one(f"SELECT COUNT(*) FROM {store.pages_table} WHERE sync_key = ?", (one,))[0]
+    if acknowledged:
+        assert (marked, len(waits), pending) == (1, 1, 0)
+        assert fingerprints == {"old": "f", "joins": UNCONFIRMED}
+    else:
+        assert (marked, len(waits), pending) == (0, 3, 1)
+        assert fingerprints == {"old": "f"}
+        assert "still unanswered" in caplog.text and email not in caplog.text
+    removals.drop()
+    stage.drop()
