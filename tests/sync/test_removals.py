@@ -1,4 +1,4 @@
-"""The prefilters of the state rows that may hold a removal identifier: SQLite's (:class:`.removals.MayHold`)
+"""The prefilters of the state rows that may hold a removal identifier: SQLite's (:class:`.may_hold.MayHold`)
 and PostgreSQL's (in SQL).
 
 A prefilter may let a non-holder through (the exact join settles it) but must never drop a holder,
@@ -12,7 +12,8 @@ import pytest
 
 from airflow_provider_fbca.sync.journal import ADD, REMOVE, PageJournal
 from airflow_provider_fbca.sync.partitions import partition_keys
-from airflow_provider_fbca.sync.removals import MayHold, Removals
+from airflow_provider_fbca.sync.may_hold import MayHold
+from airflow_provider_fbca.sync.removals import Removals
 from airflow_provider_fbca.sync.state import (
     UNCONFIRMED,
     StagedRow,
