@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from airflow_provider_fbca.sync.journal import ADD, REMOVE, PageJournal
-from airflow_provider_fbca.sync.partitions import partition_keys
 from airflow_provider_fbca.sync.may_hold import MayHold
+from airflow_provider_fbca.sync.partitions import partition_keys
 from airflow_provider_fbca.sync.removals import Removals
 from airflow_provider_fbca.sync.state import (
     UNCONFIRMED,
