@@ -296,7 +296,7 @@ class StateStore(LeaseRows):
             " WHERE c.oid = to_regclass(?)",
             (self.table,),
         )
-        if row is None:
+        if not row:  # a dry run's view of the reconciled state (see :mod:`.preview`): nothing to analyze
             return False
         planned, live = float(row[0]), int(row[1])
         return planned < 0 or abs(live - planned) > 0.1 * planned + 1000
