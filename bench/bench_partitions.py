@@ -6,9 +6,12 @@ latency would (a ``latency_s`` fault rule: the upload is processed at once and i
 remains). Airflow's API server, DAG processor and scheduler run the same sync as one task and as four
 mapped partitions, one DAG run each, into two audiences; the wall time of each run (the first sync task's
 start to the last one's end, as the metadata database recorded them) is compared. Target: 4 partitions
-take <= 0.4x the time of 1.
+take <= 0.4x the time of 1. Before them, a warm-up run has each LocalExecutor worker run one task, as a
+user's Airflow has (see :func:`_warm_up`; ``--cold`` leaves it out).
 
-Usage: ``python bench/bench_partitions.py [--rows 400000]``.
+Usage: ``python bench/bench_partitions.py [--rows 400000] [--home DIR]``. With ``--home`` (Airflow's home and
+logs kept there), each run's timeline is printed too: per task instance, when the metadata database and the
+task's log say each step happened, in seconds after the DAG run was queued (see :func:`_timeline`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -58,11 +62,18 @@ PARTITIONS = 4
 TARGET = 0.4
 #: Waited before the first run, once both DAGs are parsed: the end of the services' start falls in neither run.
 SETTLE_S = 10
-#: One DAG per number of partitions, each into its own audience (the state remembers N per audience).
+#: The DAG whose run warms Airflow up before the measured runs (see :func:`_warm_up`).
+WARM_UP_DAG = "bench_partitions_warm_up"
+#: How long each warm-up task lasts: long enough that each idle LocalExecutor worker takes one of them.
+WARM_UP_TASK_S = 2
+#: One DAG per number of partitions, each into its own audience (the state remembers N per audience), and
+#: the warm-up's DAG: PARTITIONS mapped tasks that only wait.
 DAG_FILE = textwrap.dedent(
     """
+    import time
+
     import pendulum
-    from airflow.sdk import dag
+    from airflow.sdk import dag, task
 
     from airflow_provider_fbca.operators.sync_audience import SyncAudienceOperator
 
@@ -82,6 +93,18 @@ DAG_FILE = textwrap.dedent(
             ).expand(partition=list(range(partitions)))
 
         bench()
+
+
+    @dag(dag_id="{warm_up}", schedule=None, start_date=pendulum.datetime(2026, 1, 1))
+    def warm_up() -> None:
+        @task
+        def wait(index: int) -> None:
+            time.sleep({warm_up_s})
+
+        wait.expand(index=list(range({partitions})))
+
+
+    warm_up()
     """
 )
 
@@ -174,6 +197,7 @@ class Run:
     load: float
     detail_s: dict[str, float]
     task_cpu_s: list[float]
+    timeline: Timeline
 
 
 def _run(
@@ -195,6 +219,7 @@ def _run(
     detail, tasks = sampler.since(sampled)
     first = min(run.start for run in runs)
     uploads = _uploads(sandbox_url)[already:]
+    timeline = _timeline(cluster, dag_id, run_id)
     return Run(
         partitions,
         (max(run.end for run in runs) - first).total_seconds(),
@@ -205,7 +230,103 @@ def _run(
         os.getloadavg()[0],
         detail,
         tasks,
+        timeline,
     )
+
+
+#: Steps of a task run, as its log says them (the first log line starting with the text), in order.
+LOGGED_STEPS = (
+    ("::group::Pre Execute", "task process logs its first line"),
+    ("Worker startup parse complete", "DAG file parsed (provider imported)"),
+    ("::endgroup::", "execute() entered"),
+    ("Took the lease of the sync of audience", "lease held"),
+    ("Took the lease of the sync of the creation", "creation lease held"),
+    ("Sent ", "first upload acknowledged"),
+    ("Session ", "last upload acknowledged, state saved"),
+    ("Sync report", "report logged (execute() returns)"),
+    ("::group::Post Execute", "post-execute (XCom push)"),
+)
+
+
+@dataclass
+class Timeline:
+    """One DAG run's steps, in seconds after the run was queued: the DAG run's (one column) and each task
+    instance's (one column per map index), from the metadata database and the task logs.
+
+    :param steps: step -> map index -> seconds (the DAG run's steps under index -1).
+    :param cpu: step -> map index -> the task process's CPU seconds at that step (logged ``TL`` marks).
+    """
+
+    steps: dict[str, dict[int, float]]
+    cpu: dict[str, dict[int, float]]
+
+    def describe(self) -> str:
+        indexes = sorted({index for by_index in self.steps.values() for index in by_index if index >= 0})
+        header = f"  {'step (s after the DAG run was queued)':46}" + "".join(
+            f"{f'map {i}':>14}" for i in indexes
+        )
+        lines = [header]
+        for step, by_index in sorted(self.steps.items(), key=lambda item: min(item[1].values())):
+            if -1 in by_index:
+                lines.append(f"  {step:46}{by_index[-1]:14.2f}")
+                continue
+            cells = []
+            for index in indexes:
+                seconds, cpu = by_index.get(index), self.cpu.get(step, {}).get(index)
+                cell = "" if seconds is None else f"{seconds:.2f}" + ("" if cpu is None else f" ({cpu:.2f})")
+                cells.append(f"{cell:>14}")
+            lines.append(f"  {step:46}" + "".join(cells))
+        return "\n".join(lines)
+
+
+def _timeline(cluster: LocalCluster, dag_id: str, run_id: str) -> Timeline:
+    """When each step of a DAG run happened: the metadata database's times (the run queued, started,
+    ended; each task instance scheduled, queued, started by its supervisor, ended) and the task logs'
+    (the process's first line, the DAG file parsed, execute() entered, the lease, the uploads, the report).
+    A log line ``TL <step> cpu=<s>`` (a measurement's temporary mark) adds a step and the task process's CPU
+    seconds at it."""
+    (queued, started, ended), *_ = cluster.query(
+        "SELECT queued_at, start_date, end_date FROM dag_run WHERE dag_id = %s AND run_id = %s",
+        (dag_id, run_id),
+    )
+    steps: dict[str, dict[int, float]] = defaultdict(dict)
+    cpu: dict[str, dict[int, float]] = defaultdict(dict)
+
+    def at(moment: datetime | None) -> float | None:
+        return None if moment is None else (moment - queued).total_seconds()
+
+    for name, moment in (("DAG run started", started), ("DAG run succeeded", ended)):
+        if moment is not None:
+            steps[name][-1] = at(moment)
+    rows = cluster.query(
+        "SELECT map_index, scheduled_dttm, queued_dttm, start_date, end_date FROM task_instance"
+        " WHERE dag_id = %s AND run_id = %s ORDER BY map_index",
+        (dag_id, run_id),
+    )
+    for index, *moments in rows:
+        names = (
+            "task instance scheduled",
+            "task instance queued",
+            "task instance started",
+            "task instance ended",
+        )
+        for name, moment in zip(names, moments, strict=True):
+            if moment is not None:
+                steps[name][index] = at(moment)
+        log = cluster.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / "task_id=sync"
+        for line in (log / f"map_index={index}" / "attempt=1.log").read_text().splitlines():
+            entry = json.loads(line)
+            event, moment = str(entry.get("event", "")), datetime.fromisoformat(entry["timestamp"])
+            if event.startswith("TL "):
+                name, _, seconds = event[3:].partition(" cpu=")
+                if index not in steps[name]:
+                    steps[name][index], cpu[name][index] = at(moment), float(seconds)
+                continue
+            for prefix, name in LOGGED_STEPS:
+                if event.startswith(prefix) and index not in steps[name]:
+                    steps[name][index] = at(moment)
+                    break
+    return Timeline(dict(steps), dict(cpu))
 
 
 class CpuSampler:
@@ -306,17 +427,31 @@ def _settle(cluster: LocalCluster, airflow: list[int]) -> float:
     The API server builds its execution API's routes on the first request (about 1.5 s of CPU, profiled):
     one request here, or the first run's first task would pay for it.
     """
-    dag_ids = [f"bench_partitions_{partitions}" for partitions in (1, PARTITIONS)]
+    dag_ids = [f"bench_partitions_{partitions}" for partitions in (1, PARTITIONS)] + [WARM_UP_DAG]
     cluster.wait_for(
-        lambda: cluster.query("SELECT count(*) FROM dag WHERE dag_id = ANY(%s)", (dag_ids,))[0][0] == 2,
+        lambda: cluster.query("SELECT count(*) FROM dag WHERE dag_id = ANY(%s)", (dag_ids,))[0][0] == 3,
         180,
-        "the DAG processor to parse both DAGs",
+        "the DAG processor to parse the DAGs",
     )
     health = cluster.env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] + "health"
     cluster.wait_for(lambda: _answers(health), 180, "the API server to answer on the execution API")
     before = _cpu_s(airflow)
     time.sleep(SETTLE_S)
     return _cpu_s(airflow) - before
+
+
+def _warm_up(cluster: LocalCluster) -> None:
+    """Run :data:`PARTITIONS` tasks that only wait, one on each LocalExecutor worker, before the measured runs:
+    a user's Airflow has run tasks before, and the runs measure the sync, not Airflow's first tasks.
+
+    Without it, each side paid a one-time cost of a freshly started Airflow that the other did not (task logs
+    and the API server's access log, loaded host): the 1-partition run's task waited 0.84 s for its
+    start (the API server's first request that reads the metadata database), where the partitioned run's
+    took 15-175 ms; and three of the four partitions ran on workers that had never run a task (each first
+    loads what supervising a task needs), so they started 1.0-1.1 s after the fourth.
+    """
+    run_id = cluster.trigger(WARM_UP_DAG)
+    cluster.wait_for_tasks(WARM_UP_DAG, run_id, "wait", PARTITIONS, timeout_s=600)
 
 
 def _workers_idle(airflow: list[int]) -> bool:
@@ -390,6 +525,9 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--home", type=Path, help="keep Airflow's home (task logs) in this new directory")
+    parser.add_argument(
+        "--cold", action="store_true", help="measure without the warm-up run (as before; see _warm_up)"
+    )
     args = parser.parse_args()
     bindir = postgres_bindir()
     if bindir is None:
@@ -406,7 +544,9 @@ def main() -> None:
         home.mkdir(exist_ok=True)
         dags = home / "dags"
         dags.mkdir()
-        (dags / "bench_partitions.py").write_text(DAG_FILE.format(partitions=PARTITIONS))
+        (dags / "bench_partitions.py").write_text(
+            DAG_FILE.format(partitions=PARTITIONS, warm_up=WARM_UP_DAG, warm_up_s=WARM_UP_TASK_S)
+        )
         warehouse_db = create_database(server, "warehouse")
         _fill_warehouse(server, warehouse_db, args.rows)
         sandbox, url = _start_sandbox()
@@ -440,6 +580,8 @@ def main() -> None:
                     "sandbox": processes["sandbox"],
                 }
                 settling = _settle(cluster, processes["Airflow (services and tasks)"])
+                if not args.cold:
+                    _warm_up(cluster)
                 with CpuSampler(roots, databases) as sampler:
                     _vacuum(server, warehouse_db)
                     one = _run(cluster, url, 1, processes, sampler)
@@ -455,6 +597,8 @@ def main() -> None:
     print(f"Airflow settling before the runs (both DAGs parsed): {settling:.1f} s of CPU in {SETTLE_S} s")
     for run in (one, many):
         print(_describe(run))
+        if args.home:
+            print(run.timeline.describe())
     print(
         f"{args.rows:,} rows, uploads answered after {UPLOAD_DELAY_S} s: 1 partition {one.wall_s:6.1f} s | "
         f"{PARTITIONS} partitions (LocalExecutor, parallelism {PARTITIONS}) {many.wall_s:6.1f} s"

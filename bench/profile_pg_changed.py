@@ -187,8 +187,8 @@ def statement_profile(log: str) -> list[tuple[str, int, float, float]]:
 
 
 def backend_seconds(log: str) -> list[float]:
-    """Seconds of statements per backend in a log, largest first: a run's second connection (the holders'
-    scan during the diff) overlaps the first, so their sum is no wall time."""
+    """Seconds of statements per backend in a log, largest first: connections that overlap (a partition's
+    tasks, a test's own) make their sum no wall time."""
     seconds: dict[str, float] = defaultdict(float)
     for entry in ENTRY.finditer(log):
         following = log[entry.end() : entry.end() + 200]

@@ -312,7 +312,11 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
         self._check_options(rendered=True)
         # Every connection is resolved before anything exists at Meta.
         state_hook = self._sql_hook(self.state_conn_id)
-        source_hook = self._sql_hook(self.sql_conn_id)
+        # The state usually lives in the warehouse (state_conn_id defaults to sql_conn_id): one lookup, not
+        # two. In a task each lookup of a connection kept in Airflow's metadata database is a call to the
+        # API server, made before the first upload.
+        same = self.sql_conn_id == self.state_conn_id
+        source_hook = state_hook if same else self._sql_hook(self.sql_conn_id)
         if self.full_refresh and self.partition != 0:
             return self._leave_refresh_to_partition_zero()
         # A full refresh replaces the whole audience: partition 0 does it for all, under the unpartitioned key.
@@ -539,7 +543,6 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
                 self.fetch_size,
                 constants=constants,
                 mapped=len(self.mapping),
-                connect=source_hook.get_conn,
             )
         return ModelQuery(conn, sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping))
 

@@ -16,10 +16,6 @@ NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An i
    marks it: an unchanged row is neither joined nor written;
 3. streams to the worker only the model rows whose digest the state does not know (new or changed).
 
-PostgreSQL's diff runs on one backend (a full join over temporary tables): meanwhile a second connection
-reads the state for the holders of shared identifiers (:mod:`.holder_scan`), which the removals would
-otherwise scan for after the plan.
-
 The rest of the run (preparing those rows, the stage, the plan, the sending) is the client-side run's, so
 both plan the same adds, updates and removals. A first run (nothing known) streams every row with its
 digest, so that the next run can skip what did not change.
@@ -29,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -42,7 +38,6 @@ from airflow_provider_fbca.sync.dialects import (
     register_functions,
 )
 from airflow_provider_fbca.sync.driver_errors import from_driver
-from airflow_provider_fbca.sync.holder_scan import HolderScan
 from airflow_provider_fbca.sync.known_digests import KnownDigests
 from airflow_provider_fbca.sync.source import ModelQuery, Row, query_columns, read_model
 from airflow_provider_fbca.sync.state import StageTable, StateStore, known_rows_filter
@@ -85,8 +80,6 @@ class PushdownModel(ModelQuery):
     :param dialect: the database's spellings (default: from the connection's driver).
     :param constants: cells every row gets after its mapped cells; part of every digest.
     :param mapped: how many of the wanted columns are mapped (the membership column is not).
-    :param connect: opens another connection to the database (PostgreSQL: the holders' scan reads the
-        state on it during the diff, see :mod:`.holder_scan`); None: the removals scan the state later.
     """
 
     def __init__(
@@ -98,10 +91,8 @@ class PushdownModel(ModelQuery):
         dialect: Dialect | None = None,
         constants: Sequence[Any] = (),
         mapped: int | None = None,
-        connect: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__(store.conn, sql, wanted, fetch_size, constants, mapped)
-        self.connect = connect
         found = dialect or dialect_for(store.conn)
         if found is None:
             raise ValueError(f"No SQL dialect is known for the driver {type(store.conn).__module__}.")
@@ -165,9 +156,7 @@ class PushdownModel(ModelQuery):
 
     # -- the diff -------------------------------------------------------------------------------------
 
-    def diff(
-        self, stage: StageTable, sync_key: str, *, members_only: bool, key_schema: str | None = None
-    ) -> tuple[int, int, list[str]]:
+    def diff(self, stage: StageTable, sync_key: str, *, members_only: bool) -> tuple[int, int, list[str]]:
         """Diff the model's digests against the state's, in the database; load the stage's ``unseen``.
 
         The model's query runs once; only the new or changed rows are written (into a temporary table).
@@ -176,8 +165,6 @@ class PushdownModel(ModelQuery):
         :param sync_key: the sync.
         :param members_only: only rows sent as members are known (a tracked-only row must be prepared to
             be sent).
-        :param key_schema: the run's schema (PostgreSQL, with :attr:`connect`: the holders' scan starts on
-            another connection, see :mod:`.holder_scan`, and is the stage's).
         :returns: the model's rows, how many known digests the model has (rows skipped as unchanged), and
             the keys of known rows whose cells two model rows share (duplicates).
         """
@@ -187,11 +174,6 @@ class PushdownModel(ModelQuery):
         if store.is_postgres:
             store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'").close()
             known_count = self._load_known(known, sync_key, members_only)
-            # The copy shares the state's scan with parallel workers: the holders' scan starts after it,
-            # on the core the diff's one backend leaves idle.
-            if self.connect is not None and key_schema is not None:
-                stage.holder_scan = HolderScan(self.connect, store.table, sync_key, key_schema)
-                stage.holder_scan.start()
             return self._diff_in_one_pass(stage, select, sync_key, members_only, known_count)
         return self._diff_in_memory(
             stage, select, sync_key, members_only, self._known_digests(sync_key, members_only)

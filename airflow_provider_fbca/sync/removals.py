@@ -12,24 +12,23 @@ the model.
 The removal rows are the stage's (rows leaving the audience, old identifiers of updated rows) and the
 owed ones (removals Meta refused earlier, see :mod:`.journal`), gathered in one temporary table.
 
-Finding the holders reads every staying row of the state. On SQLite, extracting each row's identifiers
-and probing them in SQL is most of an incremental run's time, so the (few) additions are searched first
-and the state only for the values they do not hold, and a registered function first keeps only
-the state rows that may hold such a value (a fixed-size bitmap of the removal values' hashes: no
-false negative, memory bounded whatever the number of removals), and the exact join runs on those few.
-PostgreSQL does the same in one scan of the state in SQL (:meth:`Removals._probable_holders`): each row's
-values at its schema's withheld positions probe a hash of the removal values, and the exact join runs on
-the rows that hit. Past :data:`PROBED_VALUES_LIMIT` removal values the exact join reads the state itself.
-When the diff ran in the warehouse, a second connection read the state during it instead
-(:mod:`.holder_scan`): only the rows it finds are read, by key (:meth:`Removals._scanned_holders`).
+Finding the holders reads every staying row of the state, so the (few) additions are searched first and
+the state only for the values they do not hold, at the positions of their keys alone: a run re-sending
+people whose strong identifiers stay (a new name, a moved address) reads no state at all, one changing
+e-mails probes no phone. On SQLite, extracting each row's identifiers and probing them in SQL is most of an
+incremental run's time, so a registered function first keeps only the state rows that may hold such a
+value (a fixed-size bitmap of the removal values' hashes: no false negative, memory bounded whatever the
+number of removals), and the exact join runs on those few. PostgreSQL does the same in one scan of the
+state in SQL (:meth:`Removals._probable_holders`): each row's values at its schema's withheld positions
+probe a hash of the removal values, and the exact join runs on the rows that hit. Past
+:data:`PROBED_VALUES_LIMIT` removal values the exact join reads the state itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator
 
-from airflow_provider_fbca.sync.holder_scan import HolderScan, value_hash
-from airflow_provider_fbca.sync.holder_scan import withholdable as _withholdable
+from airflow_provider_fbca.identifiers import MATCH_KEYS
 from airflow_provider_fbca.sync.journal import LEAVING, OWED, UPDATE, RemovalRow
 from airflow_provider_fbca.sync.state import StageTable, StateStore, decode_identifiers, encode_identifiers
 from airflow_provider_fbca.sync.stored_rows import (
@@ -39,6 +38,9 @@ from airflow_provider_fbca.sync.stored_rows import (
     stored_as_json_sql,
 )
 
+#: The keys a removal row leaves out when a staying row shares the value: strong identifiers (EXTERN_ID,
+#: the row's own key, is not an identifier in this sense and is always carried).
+WITHHELD_WHEN_SHARED = frozenset(key.name for key in MATCH_KEYS if key.strong and key.identifier)
 #: The SQLite function keeping the state rows that may hold a removal identifier (see :class:`MayHold`).
 MAY_HOLD_FUNCTION = "fbca_may_hold"
 #: SQLite: the most schemas of removal rows whose state rows :meth:`Removals._may_hold` checks with a
@@ -48,9 +50,6 @@ SCHEMA_CHECKERS = 4
 #: They go to the server as an array, hashed once per withheld position (some 100 bytes a value, outside
 #: ``work_mem``): 100,000 values are a few megabytes; past them the exact join reads the state itself.
 PROBED_VALUES_LIMIT = 100_000
-#: PostgreSQL: the holders the diff's scan found are read by key while they are at most this many, or a
-#: share of the state (:attr:`.stage_table.StageTable.copied_keys_share`): a thousand probes take some 15 ms.
-PROBED_KEYS_FLOOR = 1000
 #: PostgreSQL hashes an ``= ANY(array)`` of constants from version 14; before, it compares them in turn.
 HASHED_ARRAY_VERSION = 140_000
 #: PostgreSQL's price of passing a row from a parallel worker to the leader, for the holders' scan only:
@@ -75,8 +74,6 @@ class Removals:
         self.holders = f"{stage.name}_hold"
         #: PostgreSQL: the most removal values the holders' scan probes (see :meth:`_probable_holders`).
         self.probed_values_limit = PROBED_VALUES_LIMIT
-        #: PostgreSQL: the most holders read by key whatever the state's size (see :meth:`_scanned_holders`).
-        self.probed_keys_floor = PROBED_KEYS_FLOOR
 
     def build(self) -> int:
         """Gather the removal rows, find their shared identifiers; return how many are withheld."""
@@ -116,24 +113,20 @@ class Removals:
         store.execute(f"DELETE FROM {self.ids} WHERE value IS NULL OR value = ''").close()
         store.execute(f"CREATE INDEX {self.ids}_value ON {self.ids} (key_name, value)").close()
         store.analyze(self.rows, self.ids)
-        if keys and store.is_sqlite:
-            self._mark_shared_sqlite(keys)
-        elif keys:
-            holders = self._probable_holders(keys) or store.table
-            for key_schema in sorted({*self._holder_schemas(holders), *self._added_schemas()}):
-                self._mark_shared(holders, key_schema, _positions(key_schema, keys))
+        if keys:
+            self._mark_shared_values(keys)
         # The pages' index, once the marking updated its rows (an index more for each row it marks).
         store.execute(f"CREATE INDEX {self.ids}_rid ON {self.ids} (rid)").close()
         store.commit()
         return int(store.fetch_one(f"SELECT COUNT(*) FROM {self.ids} WHERE shared = 1")[0])
 
-    def _mark_shared_sqlite(self, keys: Collection[str]) -> None:
-        """SQLite: mark the removal identifiers that an addition holds, then those a staying row holds.
+    def _mark_shared_values(self, keys: Collection[str]) -> None:
+        """Mark the removal identifiers that an addition holds, then those a staying row holds.
 
-        The additions are a few rows, the state every row: its scan (:meth:`_may_hold`, a Python call per
-        row) looks only for the values no addition holds, at the positions of their keys alone. A run
-        re-sending people whose strong identifiers stay (a new name, a moved address) scans no state at
-        all; one changing e-mails checks no phone.
+        The additions are a few rows, the state every row: its scan (:meth:`_may_hold` on SQLite, a Python
+        call per row; :meth:`_probable_holders` on PostgreSQL) looks only for the values no addition holds,
+        at the positions of their keys alone. A run re-sending people whose strong identifiers stay (a new
+        name, a moved address) scans no state at all; one changing e-mails probes no phone.
 
         :param keys: the withheld keys the removal rows carry.
         """
@@ -143,7 +136,10 @@ class Removals:
         keys = {row[0] for row in unshared}
         if not keys:
             return
-        holders = self._may_hold(keys)
+        if self.store.is_sqlite:
+            holders = self._may_hold(keys)
+        else:
+            holders = self._probable_holders(keys) or self.store.table
         for key_schema in self._holder_schemas(holders):
             self._mark_shared(holders, key_schema, _positions(key_schema, keys), additions=False)
 
@@ -203,9 +199,12 @@ class Removals:
         No index answers "who holds this value" instead: one on the hash of each strong value (or a
         GIN of them) costs every state row about 2 µs of the server's CPU per value indexed, paid by
         the first sync's COPY (two keys: +0.9 s at 200,000 rows, the state's own COPY taking 0.9 s),
-        where this scan costs about 0.5 µs a row per changed run, two thirds of it reading the heap.
+        where this scan costs about 0.5 µs a row per changed run, two thirds of it reading the heap. Nor
+        does a scan started before the values are known (on a second connection, during the diff): it must
+        keep something of every row (a 64-bit hash of each withheld value, into a temporary table), 1.8 s
+        of the server's CPU at a million rows and a probe of 0.3 s, against some 0.8 s for this scan.
 
-        :param keys: the withheld keys the removal rows carry.
+        :param keys: the withheld keys of the removal values that no addition holds.
         :returns: the table's name (it has the state's columns the exact join reads); None when the
             removal values are too many to probe, or the server would not hash them: the exact join
             then reads the state.
@@ -213,12 +212,11 @@ class Removals:
         store, limit = self.store, self.probed_values_limit
         if int(store.fetch_one("SHOW server_version_num")[0]) < HASHED_ARRAY_VERSION:
             return None
-        if self.stage.holder_scan is not None:
-            holders = self._scanned_holders(self.stage.holder_scan)
-            if holders is not None:
-                return holders
         values = [
-            row[0] for row in store.fetch_all(f"SELECT DISTINCT value FROM {self.ids} LIMIT {limit + 1}")
+            row[0]
+            for row in store.fetch_all(
+                f"SELECT DISTINCT value FROM {self.ids} WHERE shared = 0 LIMIT {limit + 1}"
+            )
         ]
         if len(values) > limit:
             return None
@@ -252,37 +250,6 @@ class Removals:
             params,
         ).close()
         store.execute("SET LOCAL parallel_tuple_cost TO DEFAULT").close()
-        store.analyze(self.holders)
-        return self.holders
-
-    def _scanned_holders(self, scan: HolderScan) -> str | None:
-        """PostgreSQL: the state's member rows that may hold a removal identifier, by the keys the diff's
-        :class:`.holder_scan.HolderScan` found (the state read once, on another connection, during the
-        diff), into a temporary table; None when it could not tell them (the caller scans the state).
-
-        The rows this run removes hold their own values: they are never holders (see :meth:`_mark_shared`),
-        so only the others are read, each by its key.
-
-        :param scan: the diff's scan of the state.
-        """
-        store, limit, stage = self.store, self.probed_values_limit, self.stage
-        hashes = store.fetch_all(f"SELECT DISTINCT {value_hash('value')} FROM {self.ids} LIMIT {limit + 1}")
-        if len(hashes) > limit:
-            return None
-        # Past a share of the state, probing each key costs more than the scan (as for the plan's copy).
-        probed = max(stage.copied_keys_share * (stage.state_rows or 0), self.probed_keys_floor)
-        keys = scan.candidates([int(row[0]) for row in hashes], probed)
-        if keys is None:
-            return None
-        store.execute("SET LOCAL jit = off").close()  # a few probes, priced as a scan: see stored_rows_copy
-        store.execute(
-            f"CREATE TEMPORARY TABLE {self.holders} AS SELECT s.sync_key, s.row_key, s.member, s.key_schema,"
-            f" s.identifiers FROM unnest(CAST(? AS TEXT[])) AS k (row_key) CROSS JOIN LATERAL (SELECT s.sync_key,"
-            " s.row_key, s.member, s.key_schema, s.identifiers FROM"
-            f" {store.table} AS s WHERE s.sync_key = ? AND s.row_key = k.row_key AND s.member = 1 LIMIT 1) AS s"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {self.stage.name} AS x WHERE x.row_key = k.row_key AND x.to_remove = 1)",
-            (keys, self.sync_key),
-        ).close()
         store.analyze(self.holders)
         return self.holders
 
@@ -462,6 +429,11 @@ class MayHold:
 def _holds_none(identifiers: str) -> int:
     """The check of a schema without a withheld key of the removals: no row of it holds their values."""
     return 0
+
+
+def _withholdable(key_schema: str) -> list[tuple[int, str]]:
+    """``(position, key)`` of the keys of a schema that a removal row withholds when shared."""
+    return [(i, key) for i, key in enumerate(key_schema.split(",")) if key in WITHHELD_WHEN_SHARED]
 
 
 def _positions(key_schema: str, keys: Collection[str]) -> list[tuple[int, str]]:

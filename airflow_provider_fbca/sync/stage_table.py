@@ -10,7 +10,6 @@ from airflow_provider_fbca.sync.driver_errors import copy_rows
 from airflow_provider_fbca.sync.stored_rows import StagedRow
 
 if TYPE_CHECKING:
-    from airflow_provider_fbca.sync.holder_scan import HolderScan
     from airflow_provider_fbca.sync.state import StateStore
 
 # The columns a stage row is loaded with, in order (see StagedRow).
@@ -63,9 +62,6 @@ class StageTable:
         #: Whether the plan copied the state rows it reads into :attr:`stored_copy` (None: not decided
         #: yet; see :func:`.plan.stored_rows_copy`).
         self.stored_copied: bool | None = None
-        #: PostgreSQL, a diff in the warehouse: the state's holders, scanned on another connection during the
-        #: diff (see :mod:`.holder_scan`); closed with the stage.
-        self.holder_scan: HolderScan | None = None
         self.kept: dict[str, StagedRow] | None = {}
         """The loaded rows by key while they are few (an incremental run stages only its new and changed
         rows), None past :attr:`keep_rows`: the additions are then read back from the table. The plan
@@ -178,9 +174,6 @@ class StageTable:
         self.index_unseen()
 
     def drop(self) -> None:
-        if self.holder_scan is not None:
-            self.holder_scan.close()
-            self.holder_scan = None
         try:
             self.store.conn.rollback()
             self.store.execute(f"DROP TABLE IF EXISTS {self.stored_copy}").close()

@@ -349,3 +349,22 @@ def test_a_run_that_created_its_audience_holds_the_lease_runs_by_its_id_take(
         outcome["report"]["added"] == 20 and len(user_uploads(sandbox)) == 1
     )  # the refused runs sent nothing
     assert lease_rows(sqlite_warehouse, state_table) == []  # every lease released
+
+
+def test_the_warehouse_connection_is_looked_up_once_when_it_holds_the_state(
+    sqlite_warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str, monkeypatch: Any
+) -> None:
+    """state_conn_id defaults to sql_conn_id: one hook serves both (in a task, each lookup of a connection
+    kept in the metadata database is a call to Airflow's API server, and a hook caches what it looked up)."""
+    looked_up: list[str] = []
+    hook_for = SyncAudienceOperator._sql_hook
+
+    def counted(conn_id: str) -> Any:
+        looked_up.append(conn_id)
+        return hook_for(conn_id)
+
+    monkeypatch.setattr(SyncAudienceOperator, "_sql_hook", staticmethod(counted))
+    sqlite_warehouse.write([customer(i) for i in range(3)])
+    report = run(make_operator(sqlite_warehouse, fb_conn_id, state_table))
+    assert report["added"] == 3
+    assert looked_up == [sqlite_warehouse.conn_id]

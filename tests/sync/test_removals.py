@@ -8,11 +8,8 @@ whatever the schema or the stored form of the row. End to end, on SQLite and Pos
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from airflow_provider_fbca.sync.holder_scan import HolderScan
 from airflow_provider_fbca.sync.removals import MayHold, Removals
 from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, encode_identifiers
 
@@ -81,17 +78,15 @@ def test_only_the_withheld_positions_are_read_whatever_the_row_length() -> None:
     assert may_hold.check("EXTERN_ID,EMAIL,PHONE", encode_identifiers(["k4", SHARED])) == 0
 
 
-#: How the holders are found: probing the state (both databases), or by the scan on a second connection and
-#: its fallbacks (PostgreSQL only: SQLite runs no such variant, so none is collected there to be skipped).
+#: How the holders are found: probing the state, or (past the values worth probing) the exact join alone.
 _PROBED = ("probed", "too-many-values-to-probe")
-_SCANNED = ("scanned-during-the-diff", "too-many-to-read-by-key", "no-second-connection")
 
 
 @pytest.mark.parametrize(
     ("store", "holders"),
     [
         *(("sqlite", holders) for holders in _PROBED),
-        *(pytest.param("postgres", holders, marks=pytest.mark.postgres) for holders in _PROBED + _SCANNED),
+        *(pytest.param("postgres", holders, marks=pytest.mark.postgres) for holders in _PROBED),
     ],
     indirect=["store"],
 )
@@ -101,10 +96,7 @@ def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(
     """One removal row (schema A) whose e-mail a JSON-stored row holds, and whose phone a row of an older
     mapping holds at another position: both withheld. Another removal row's e-mail, held only as a phone,
     is not. The same when PostgreSQL has more removal values than its holders' scan probes (the exact join
-    then reads the state), when a second connection scanned the state during the diff (the holders are
-    read by the keys it found), and when it found more than are worth reading by key (the state is
-    scanned again)."""
-    scanned = holders in _SCANNED
+    then reads the state)."""
     schema_a, schema_b = "EXTERN_ID,EMAIL,PHONE", "EXTERN_ID,PHONE,EMAIL"
     email, phone, other, email2, phone2 = "e" * 64, "p" * 64, "o" * 64, "e2" * 32, "p2" * 32
     _store_rows(
@@ -130,30 +122,13 @@ def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(
         ),
     ).close()
     store.commit()
-    if scanned:  # as the diff starts it: the run's schema is A
-        import psycopg
-
-        def connect() -> Any:
-            if holders == "no-second-connection":
-                raise psycopg.OperationalError("too many clients already")
-            return psycopg.connect(store.conn.info.dsn)
-
-        stage.holder_scan = HolderScan(connect, store.table, "s", schema_a)
-        stage.holder_scan.start()
-        stage.state_rows = 5
     removals = Removals(store, stage, "s")
     if holders == "too-many-values-to-probe":
         removals.probed_values_limit = 3  # the removal rows carry 4 values
-    if (
-        holders == "too-many-to-read-by-key"
-    ):  # 4 candidates: "r" and "swap" by hash, "old" and "j\x1fk" always
-        removals.probed_keys_floor = 2
     assert removals.build() == 2
     assert _table_exists(store, removals.holders) == (
         holders != "too-many-values-to-probe" or store.is_sqlite
     )
-    if scanned:
-        assert stage.holder_scan.conn is None  # asked once, then closed
     (page,) = removals.pages(schema_a, 10)
     sent = [encode_identifiers(["r", "", ""]), encode_identifiers(["r2", email2, phone2])]
     assert [row.sent for row in page] == sent
@@ -231,8 +206,8 @@ def test_values_the_additions_hold_and_values_staying_rows_hold_are_both_withhel
 
 def test_no_state_scan_when_the_additions_hold_every_withheld_value(store: StateStore) -> None:
     """People re-identified by a new name keep their e-mail and phone: their additions hold every strong
-    value the removal rows carry, so SQLite reads no state row for holders (a staying member holding the
-    same e-mail changes nothing), and both values are withheld."""
+    value the removal rows carry, so no state row is read for holders (a staying member holding the same
+    e-mail changes nothing), and both values are withheld."""
     schema = "EXTERN_ID,EMAIL,PHONE,FN"
     email, phone = "e" * 64, "p" * 64
     _store_rows(
@@ -242,8 +217,7 @@ def test_no_state_scan_when_the_additions_hold_every_withheld_value(store: State
     stage = _stage_rows(store, [("renamed", 1, 1, schema, old, new)])
     removals = Removals(store, stage, "s")
     assert removals.build() == 2
-    if store.is_sqlite:
-        assert not _table_exists(store, removals.holders)
+    assert not _table_exists(store, removals.holders)
     (page,) = removals.pages(schema, 10)
     assert [row.sent for row in page] == [encode_identifiers(["renamed", "", "", "a" * 64])]
     removals.drop()
@@ -274,16 +248,8 @@ def test_the_holders_scan_probes_the_removal_values_as_constants_whatever_the_wo
         (schema,),
     ).close()
     store.commit()
-    plans: list[str] = []
-    store.conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
-    store.execute("LOAD 'auto_explain'").close()
-    for setting in (
-        "work_mem = '64kB'",
-        "auto_explain.log_min_duration = 0",
-        "auto_explain.log_level = notice",
-    ):
-        store.execute(f"SET {setting}").close()
-    store.commit()
+    store.execute("SET work_mem = '64kB'").close()
+    plans = _explained(store)
     removals = Removals(store, stage, "s")
     assert removals.build() == 0
     (holders_plan,) = [plan for plan in plans if f"CREATE TEMPORARY TABLE {removals.holders}" in plan]
@@ -294,31 +260,66 @@ def test_the_holders_scan_probes_the_removal_values_as_constants_whatever_the_wo
     stage.drop()
 
 
-def _table_exists(store: StateStore, name: str) -> bool:
-    if store.is_sqlite:
-        return bool(store.fetch_one("SELECT 1 FROM sqlite_temp_master WHERE name = ?", (name,)))
-    return store.fetch_one("SELECT to_regclass(?)", (f"pg_temp.{name}",))[0] is not None
+def test_a_value_only_a_non_member_holds_is_removed(store: StateStore) -> None:
+    """A leaving person's e-mail is also held by a row whose membership column took it out of the audience
+    (stored, not a member): nobody staying holds it, so the removal row carries it. Their phone, held by a
+    member, is withheld."""
+    schema = "EXTERN_ID,EMAIL,PHONE"
+    email, phone = "e" * 64, "p" * 64
+    _store_rows(
+        store,
+        [
+            (schema, ["leaves", email, phone], 1),
+            (schema, ["out", email, "x" * 64], 0),
+            (schema, ["stays", "y" * 64, phone], 1),
+        ],
+    )
+    stage = _stage_rows(store, [("leaves", 0, 0, schema, ["leaves", email, phone], None)])
+    removals = Removals(store, stage, "s")
+    assert removals.build() == 1
+    (page,) = removals.pages(schema, 10)
+    assert [row.sent for row in page] == [encode_identifiers(["leaves", email, ""])]
+    removals.drop()
+    stage.drop()
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("store", ["postgres"], indirect=True)
-def test_a_stage_dropped_before_its_removals_closes_the_holders_scan(store: StateStore) -> None:
-    """A run failing between the diff and its removals (a duplicate, the removal guard) leaves no second
-    connection open: the stage closes it with its tables."""
-    import psycopg
-
-    store.ensure_tables()
-    store.upsert("s", [StagedRow("k", "f", "d", "EXTERN_ID,EMAIL", encode_identifiers(["k", "e" * 64]), 1)])
-    stage = StageTable(store)
-    stage.create()
-    opened: list[Any] = []
-
-    def connect() -> Any:
-        opened.append(psycopg.connect(store.conn.info.dsn))
-        return opened[-1]
-
-    stage.holder_scan = HolderScan(connect, store.table, "s", "EXTERN_ID,EMAIL")
-    stage.holder_scan.start()
+def test_the_holders_scan_probes_only_the_values_no_addition_holds(store: StateStore) -> None:
+    """A person changes e-mail and keeps their phone: their addition holds the phone, so the scan of the
+    state (its plan, by auto_explain, told to this client) probes the e-mail's position alone, and finds
+    the staying member who shares the old e-mail. Both values are withheld."""
+    schema = "EXTERN_ID,EMAIL,PHONE"
+    old_email, new_email, phone = "o" * 64, "n" * 64, "p" * 64
+    _store_rows(
+        store, [(schema, ["moves", old_email, phone], 1), (schema, ["stays", old_email, "x" * 64], 1)]
+    )
+    stage = _stage_rows(
+        store, [("moves", 1, 1, schema, ["moves", old_email, phone], ["moves", new_email, phone])]
+    )
+    plans = _explained(store)
+    removals = Removals(store, stage, "s")
+    assert removals.build() == 2
+    (holders_plan,) = [plan for plan in plans if f"CREATE TEMPORARY TABLE {removals.holders}" in plan]
+    assert holders_plan.count("::text[]") == 1  # the e-mail's probe; the phone is not looked for
+    (page,) = removals.pages(schema, 10)
+    assert [row.sent for row in page] == [encode_identifiers(["moves", "", ""])]
+    removals.drop()
     stage.drop()
-    assert stage.holder_scan is None
-    assert [conn.closed for conn in opened] == [True]
+
+
+def _explained(store: StateStore) -> list[str]:
+    """PostgreSQL: the plans of the statements the connection runs from now on (auto_explain's notices)."""
+    plans: list[str] = []
+    store.conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+    store.execute("LOAD 'auto_explain'").close()
+    for setting in ("auto_explain.log_min_duration = 0", "auto_explain.log_level = notice"):
+        store.execute(f"SET {setting}").close()
+    store.commit()
+    return plans
+
+
+def _table_exists(store: StateStore, name: str) -> bool:
+    if store.is_sqlite:
+        return bool(store.fetch_one("SELECT 1 FROM sqlite_temp_master WHERE name = ?", (name,)))
+    return store.fetch_one("SELECT to_regclass(?)", (f"pg_temp.{name}",))[0] is not None
