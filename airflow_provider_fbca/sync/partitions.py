@@ -29,6 +29,8 @@ from airflow_provider_fbca.sync.state import StateStore, utc_now
 MAX_PARTITIONS = 256
 _NON_NEGATIVE = (1 << 63) - 1
 _PLAIN_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: The end of a partition's sync key (see :func:`partition_suffix`): its partition, then their number.
+_SUFFIX = re.compile(r"#p(\d+)of(\d+)$")
 
 
 class PartitionLayoutError(ValueError):
@@ -74,6 +76,21 @@ def check_partition(partition: object, partitions: int) -> int:
 def partition_suffix(partition: int, partitions: int) -> str:
     """What a partition's sync key and lease key end with; empty for an unpartitioned sync."""
     return "" if partitions == 1 else f"#p{partition}of{partitions}"
+
+
+def partition_keys(sync_key: str) -> list[str]:
+    """The sync keys of every partition of the sync one of whose keys is given, that key first; the key
+    alone for an unpartitioned sync.
+
+    :param sync_key: a partition's sync key (ending in :func:`partition_suffix`), or an unpartitioned one.
+    """
+    match = _SUFFIX.search(sync_key)
+    if match is None or partition_suffix(int(match[1]), int(match[2])) != match[0]:
+        return [sync_key]
+    base, partitions = sync_key[: match.start()], int(match[2])
+    return [sync_key] + [
+        base + partition_suffix(k, partitions) for k in range(partitions) if k != int(match[1])
+    ]
 
 
 def quote_column(column: str) -> str:

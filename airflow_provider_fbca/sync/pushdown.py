@@ -3,8 +3,8 @@
 Each model row gets a source digest computed by the database (:func:`.dialects.row_digest`: a fixed,
 NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An incremental run then:
 
-1. copies the digests the state knows into a temporary table (``known``; PostgreSQL copies every state
-   row's key with it, the digest only of a known row; SQLite into memory);
+1. reads the digests the state knows (PostgreSQL in the diff's own statement, every state row's key with
+   it, the digest only of a known row; SQLite into memory);
 2. finds, in SQL, the model rows whose digest is not known (new or changed: their cells go into a
    temporary table ``model``), the known digests no model row has (``unseen``: rows changed or gone), how
    many known digests the model has (the unchanged rows, only counted), and the known digests two model
@@ -34,6 +34,7 @@ from airflow_provider_fbca.sync.dialects import (
     Dialect,
     cell_types,
     dialect_for,
+    quote_literal,
     quote_name,
     register_functions,
 )
@@ -54,9 +55,6 @@ DIFF_WORK_MEM = "128MB"
 COPIES_COLUMN = "fbca_copies"
 KNOWN_DIGEST_COLUMN = "fbca_known_digest"
 ROW_KEY_COLUMN = "fbca_row_key"
-#: PostgreSQL's price of passing a row of the known digests' copy from a parallel worker (see
-#: :meth:`PushdownModel._load_known`): a hundredth of the default, as cheap as the narrow row is.
-COPY_PARALLEL_TUPLE_COST = 0.001
 #: PostgreSQL's error class when a type has no equality operator (``json``): its column cannot be grouped.
 UNDEFINED_FUNCTION = "42883"
 _DIGESTS_PAGE = 10_000
@@ -169,12 +167,13 @@ class PushdownModel(ModelQuery):
             the keys of known rows whose cells two model rows share (duplicates).
         """
         select = self.select  # first: reading the query's columns and types ends the transaction
-        store, known = self.store, _known(stage)
+        store = self.store
         store.refresh_statistics()
         if store.is_postgres:
-            store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'").close()
-            known_count = self._load_known(known, sync_key, members_only)
-            return self._diff_in_one_pass(stage, select, sync_key, members_only, known_count)
+            # No JIT: at a million rows PostgreSQL compiled the join's expressions for 0.27-0.6 s of CPU
+            # (measured both ways), more than the compiled code saved on them.
+            store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'; SET LOCAL jit = off").close()
+            return self._diff_in_one_pass(stage, select, sync_key, members_only, store.count(sync_key))
         return self._diff_in_memory(
             stage, select, sync_key, members_only, self._known_digests(sync_key, members_only)
         )
@@ -232,7 +231,7 @@ class PushdownModel(ModelQuery):
         The unchanged rows are only counted: nothing is written or indexed for them. Returns as
         :meth:`diff`.
 
-        :param known_rows: how many rows ``known`` holds (every state row of the sync).
+        :param known_rows: how many state rows the sync has (every one is in the join).
         """
         store, model = self.store, _model(stage)
         stage.create_unseen(keyed=True)
@@ -246,14 +245,15 @@ class PushdownModel(ModelQuery):
             f" FROM ({select}) AS m LIMIT 0"
         )
         cursor.close()
-        counted = self._diff_grouped(stage, select, cells)
+        known = self._known_rows(sync_key, members_only)
+        counted = self._diff_grouped(stage, select, known, cells)
         if counted is None:
-            counted = self._diff_materialized(stage, select, cells)
+            counted = self._diff_materialized(stage, select, known, cells)
         rows, matched, state_rows = counted
         stage.index_unseen()
         # A state row comes once in the join, or once per model row matching it: past one, a model row
         # repeats another's cells (the digests of a sync's state rows are distinct but for a 64-bit
-        # collision, see _load_known). The matched state rows are the model rows skipped as unchanged.
+        # collision, see _known_rows). The matched state rows are the model rows skipped as unchanged.
         repeats, stage.state_rows = state_rows - known_rows, known_rows
         seen = matched - repeats
         duplicates = []
@@ -262,12 +262,11 @@ class PushdownModel(ModelQuery):
         store.commit()
         return rows, seen, [str(row[0]) for row in duplicates]
 
-    def _full_join(
-        self, stage: StageTable, select: str, cells: Sequence[str], *, matched_as_one: bool
-    ) -> str:
+    def _full_join(self, select: str, known: str, cells: Sequence[str], *, matched_as_one: bool) -> str:
         """The model's digests and cells fully joined with the known digests: a row per model row (``d``,
         its cells only when new or changed) and per state row no model row matched (``kr``, ``kd``).
 
+        :param known: the state's rows (see :meth:`_known_rows`).
         :param matched_as_one: every column of a matched pair NULL (the pairs then group into one row):
             else a pair keeps its digest and its state row's key, as the three readers of the
             materialized join count them.
@@ -282,11 +281,11 @@ class PushdownModel(ModelQuery):
             )
         return (
             f"SELECT {columns}, {kept} FROM ({select}{self.dialect.fence}) AS m"
-            f" FULL JOIN {_known(stage)} AS k ON k.source_digest = m.{DIGEST_COLUMN}"
+            f" FULL JOIN {known} AS k ON k.stored_digest = m.{DIGEST_COLUMN} AND k.source_digest = m.{DIGEST_COLUMN}"
         )
 
     def _diff_grouped(
-        self, stage: StageTable, select: str, cells: Sequence[str]
+        self, stage: StageTable, select: str, known: str, cells: Sequence[str]
     ) -> tuple[int, int, int] | None:
         """The one-pass diff, its join grouped by all its columns into ``model``: the matched pairs (every
         column NULL) into one row counting them, each new or changed row (identical ones into one, counted
@@ -309,7 +308,7 @@ class PushdownModel(ModelQuery):
             cursor.execute(
                 f"INSERT INTO {model} ({DIGEST_COLUMN}, fresh, {', '.join(cells)}, {COPIES_COLUMN},"
                 f" {KNOWN_DIGEST_COLUMN}, {ROW_KEY_COLUMN}) SELECT d, CASE WHEN d IS NOT NULL THEN 1 END,"
-                f" {', '.join(cells)}, COUNT(*), kd, kr FROM ({self._full_join(stage, select, cells, matched_as_one=True)})"
+                f" {', '.join(cells)}, COUNT(*), kd, kr FROM ({self._full_join(select, known, cells, matched_as_one=True)})"
                 f" AS j GROUP BY {columns}"
             )
             cursor.execute("RELEASE SAVEPOINT fbca_grouped_diff")
@@ -335,14 +334,14 @@ class PushdownModel(ModelQuery):
         return fresh + matched, matched, matched + gone
 
     def _diff_materialized(
-        self, stage: StageTable, select: str, cells: Sequence[str]
+        self, stage: StageTable, select: str, known: str, cells: Sequence[str]
     ) -> tuple[int, int, int]:
         """The one-pass diff, its join materialized for three readers: the new or changed rows into
         ``model``, the unmatched state rows into ``unseen``, and the counts. Returns as :meth:`_diff_grouped`.
         """
         cursor = self.store.conn.cursor()
         cursor.execute(
-            f"WITH j AS ({self._full_join(stage, select, cells, matched_as_one=False)}),"
+            f"WITH j AS ({self._full_join(select, known, cells, matched_as_one=False)}),"
             f" fresh AS (INSERT INTO {_model(stage)} ({DIGEST_COLUMN}, fresh, {', '.join(cells)}, {COPIES_COLUMN})"
             f" SELECT d, 1, {', '.join(cells)}, 1 FROM j WHERE kr IS NULL),"
             f" unseen AS (INSERT INTO {stage.unseen} (source_digest, row_key) SELECT kd, kr FROM j WHERE d IS NULL)"
@@ -431,39 +430,29 @@ class PushdownModel(ModelQuery):
             if began:
                 conn.rollback()  # it only read
 
-    def _load_known(self, known: str, sync_key: str, members_only: bool) -> int:
-        """PostgreSQL: copy the source digests the state knows into the temporary table ``known``; how
-        many rows it has.
+    def _known_rows(self, sync_key: str, members_only: bool) -> str:
+        """PostgreSQL: the sync's state rows as the one-pass diff joins them (a subquery): each row's key,
+        its stored digest (``stored_digest``), and its digest again only when the run knows the row by it
+        (``source_digest``; NULL for a tracked-only row when only members are known).
 
-        PostgreSQL copies them as they are: a sync's state holds one row per key, and a row's digest
-        covers its key's own cell, so two of its rows share a digest only by a 64-bit collision (whose
-        model rows the duplicate check then stops, as it would with the digest once). Removing duplicates
-        (a hash of every digest) was a fifth of the diff's CPU. It copies every row of the sync, with its
-        key, the digest only of a known one: the diff's ``unseen`` then holds every state row no model
-        row matched, which the plan reads by key instead of scanning the state again.
+        The diff reads the state itself, no copy of it first (a temporary table written and analyzed: a
+        third of the diff's CPU at a million rows). It joins on both digests: only a known row's pair
+        matches, and the planner prices the hash of the state rows by the stored digest's statistics (on
+        the expression alone, whose distinct values it cannot tell, it would hash the model's rows
+        instead). PostgreSQL keeps a sync's digests as they are: a sync's state holds one row per key,
+        and a row's digest covers its key's own cell, so two of its rows share a digest only by a 64-bit
+        collision (whose model rows the duplicate check then stops, as it would with the digest once).
+        Every row of the sync is joined, with its key: the diff's ``unseen`` then holds every state row
+        no model row matched, which the plan reads by key instead of scanning the state again.
 
-        Parallel workers share the scan of the wide state (its pages and rows read, the sync's filtered),
-        each passing the narrow rows (a digest and a key) to this backend, which writes them: priced as
-        the planner prices them (reading pages as I/O no worker shares, passing a row at a tenth of its
-        processing), the copy would run on one backend, although the state's pages come from memory.
+        The model's query goes to the driver untouched (no parameters): the sync's key is a literal.
         """
         store = self.store
-        digest = f"CASE WHEN source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')} THEN source_digest END"
-        store.execute(
-            f"SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = {COPY_PARALLEL_TUPLE_COST}"
-        ).close()
-        cursor = store.execute(
-            f"CREATE TEMPORARY TABLE {known} AS SELECT {digest} AS source_digest, row_key FROM {store.table}"
-            " WHERE sync_key = ?",
-            (sync_key,),
+        known = f"source_digest IS NOT NULL AND {known_rows_filter(members_only, 'member')}"
+        return (
+            f"(SELECT source_digest AS stored_digest, CASE WHEN {known} THEN source_digest END AS source_digest,"
+            f" row_key FROM {store.table} WHERE sync_key = {quote_literal(sync_key)})"
         )
-        copied = int(cursor.rowcount)
-        cursor.close()
-        store.execute(
-            "SET LOCAL parallel_setup_cost TO DEFAULT; SET LOCAL parallel_tuple_cost TO DEFAULT"
-        ).close()
-        store.analyze(known)  # the one-pass diff hashes it: no index
-        return copied
 
     def _keys_of_digests(self, digests: str, sync_key: str, members_only: bool) -> list[tuple[Any, ...]]:
         """The keys of the known rows whose source digest a query (its column ``d``) returns."""
@@ -478,7 +467,7 @@ class PushdownModel(ModelQuery):
         """Drop the diff's temporary tables (best effort: they go with the connection anyway)."""
         try:
             self.store.conn.rollback()
-            for table in (_known(stage), _model(stage), _seen(stage)):
+            for table in (_model(stage), _seen(stage)):
                 self.store.execute(f"DROP TABLE IF EXISTS {table}").close()
             self.store.commit()
         except Exception:
@@ -491,10 +480,6 @@ def _insert_digests(store: StateStore, table: str, digests: Iterable[int]) -> No
     digests = iter(digests)
     while page := [(digest,) for digest in itertools.islice(digests, _DIGESTS_PAGE)]:
         store.executemany(statement, page)
-
-
-def _known(stage: StageTable) -> str:
-    return f"{stage.name}_known"
 
 
 def _model(stage: StageTable) -> str:

@@ -22,25 +22,37 @@ number of removals), and the exact join runs on those few. PostgreSQL does the s
 state in SQL (:meth:`Removals._probable_holders`): each row's values at its schema's withheld positions
 probe a hash of the removal values, and the exact join runs on the rows that hit. Past
 :data:`PROBED_VALUES_LIMIT` removal values the exact join reads the state itself.
+
+A partitioned sync's people are spread over N slices of the state (see :mod:`.partitions`): a partition
+looks for holders in every slice of its sync, and in the other partitions' addition pages still pending
+in the journal (:meth:`Removals._mark_held_by_pending_additions`); an addition another partition makes
+after that look is caught once the removals are answered (:meth:`Removals.unconfirm_late_holders`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator
+import logging
+import time
+from collections.abc import Callable, Collection, Iterator
+from datetime import datetime, timedelta
 
-from airflow_provider_fbca.identifiers import MATCH_KEYS
-from airflow_provider_fbca.sync.journal import LEAVING, OWED, UPDATE, RemovalRow
-from airflow_provider_fbca.sync.state import StageTable, StateStore, decode_identifiers, encode_identifiers
-from airflow_provider_fbca.sync.stored_rows import (
-    _SEPARATOR,
-    leading_identifiers,
-    split_value_sql,
-    stored_as_json_sql,
+from airflow_provider_fbca.sync.journal import ADD, LEAVING, OWED, PACKED, UPDATE, RemovalRow, unpack_rows
+from airflow_provider_fbca.sync.may_hold import WITHHELD_WHEN_SHARED, MayHold, withholdable
+from airflow_provider_fbca.sync.partitions import partition_keys
+from airflow_provider_fbca.sync.state import (
+    UNCONFIRMED,
+    StageTable,
+    StateStore,
+    decode_identifiers,
+    encode_identifiers,
+    utc_now,
 )
+from airflow_provider_fbca.sync.stored_rows import split_value_sql, stored_as_json_sql
 
-#: The keys a removal row leaves out when a staying row shares the value: strong identifiers (EXTERN_ID,
-#: the row's own key, is not an identifier in this sense and is always carried).
-WITHHELD_WHEN_SHARED = frozenset(key.name for key in MATCH_KEYS if key.strong and key.identifier)
+__all__ = ["WITHHELD_WHEN_SHARED", "MayHold", "Removals"]
+
+log = logging.getLogger(__name__)
+
 #: The SQLite function keeping the state rows that may hold a removal identifier (see :class:`MayHold`).
 MAY_HOLD_FUNCTION = "fbca_may_hold"
 #: SQLite: the most schemas of removal rows whose state rows :meth:`Removals._may_hold` checks with a
@@ -55,6 +67,16 @@ HASHED_ARRAY_VERSION = 140_000
 #: PostgreSQL's price of passing a row from a parallel worker to the leader, for the holders' scan only:
 #: that of processing a row (``cpu_tuple_cost``), a tenth of the default (see :meth:`Removals._probable_holders`).
 HOLDERS_PARALLEL_TUPLE_COST = 0.01
+#: A partitioned sync: how long before its holders' check another partition's state row written counts
+#: as written after it (see :meth:`Removals.unconfirm_late_holders`): the partitions' workers' clocks
+#: may differ, and the state keeps the time to the second.
+LATE_HOLDER_MARGIN = timedelta(minutes=10)
+#: How long, at most, a partition whose removals were answered waits for the other partitions' pending
+#: addition pages holding a value it sent to be answered (see :meth:`Removals.unconfirm_late_holders`),
+#: and how often it looks.
+PENDING_ADDITIONS_WAIT_S, PENDING_ADDITIONS_POLL_S = 120.0, 0.2
+#: The most (key, value) pairs of a pending page compared with the removal values in one statement.
+_PAIRS_PER_STATEMENT = 500
 
 
 class Removals:
@@ -69,15 +91,23 @@ class Removals:
         self.store = store
         self.stage = stage
         self.sync_key = sync_key
+        #: The syncs whose members may hold a removal value: this one, then the other partitions of a
+        #: partitioned sync (whose rows are other people of the same audience).
+        self.holder_keys = partition_keys(sync_key)
         self.rows = f"{stage.name}_rm"
         self.ids = f"{stage.name}_rmid"
         self.holders = f"{stage.name}_hold"
+        self.late = f"{stage.name}_late"
+        #: When the holders' check began, less :data:`LATE_HOLDER_MARGIN` (set by :meth:`build`).
+        self.checked_since = ""
         #: PostgreSQL: the most removal values the holders' scan probes (see :meth:`_probable_holders`).
         self.probed_values_limit = PROBED_VALUES_LIMIT
 
     def build(self) -> int:
         """Gather the removal rows, find their shared identifiers; return how many are withheld."""
         store, t = self.store, self.stage.name
+        checked = datetime.fromisoformat(utc_now()) - LATE_HOLDER_MARGIN
+        self.checked_since = checked.isoformat(timespec="seconds")
         store.execute(
             f"CREATE TEMPORARY TABLE {self.rows} (rid INTEGER NOT NULL, row_key TEXT NOT NULL,"
             " key_schema TEXT NOT NULL, identifiers TEXT NOT NULL, id_digest VARCHAR(64) NOT NULL,"
@@ -103,7 +133,7 @@ class Removals:
         ).close()
         keys = set()
         for key_schema in self.schemas():
-            for position, key in _withholdable(key_schema):
+            for position, key in withholdable(key_schema):
                 keys.add(key)
                 store.execute(
                     f"INSERT INTO {self.ids} (rid, position, key_name, value) SELECT rid, ?, ?,"
@@ -132,6 +162,7 @@ class Removals:
         """
         for key_schema in self._added_schemas():
             self._mark_shared(None, key_schema, _positions(key_schema, keys))
+        self._mark_held_by_pending_additions(keys)
         unshared = self.store.fetch_all(f"SELECT DISTINCT key_name FROM {self.ids} WHERE shared = 0")
         keys = {row[0] for row in unshared}
         if not keys:
@@ -163,7 +194,8 @@ class Removals:
         store.conn.create_function(MAY_HOLD_FUNCTION, 2, may_hold.check, deterministic=True)
         # The rows of the removals' schemas (nearly all rows) are checked by a function of their schema's:
         # SQL compares the schema and hands over the identifiers alone (a third of the scan's CPU).
-        checks, params, functions = [], [self.sync_key], [(MAY_HOLD_FUNCTION, 2)]
+        holder_keys, params = self._holder_keys_sql("sync_key")
+        checks, functions = [], [(MAY_HOLD_FUNCTION, 2)]
         for index, key_schema in enumerate(self.schemas()[:SCHEMA_CHECKERS]):
             name = f"{MAY_HOLD_FUNCTION}_{index}"
             store.conn.create_function(name, 1, may_hold.checker(key_schema), deterministic=True)
@@ -174,7 +206,7 @@ class Removals:
         try:
             store.execute(
                 f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema,"
-                f" identifiers FROM {store.table} WHERE sync_key = ? AND member = 1 AND CASE {' '.join(checks)} END",
+                f" identifiers FROM {store.table} WHERE {holder_keys} AND member = 1 AND CASE {' '.join(checks)} END",
                 params,
             ).close()
         finally:
@@ -227,9 +259,11 @@ class Removals:
                 " WHERE to_add = 1 AND key_schema IS NOT NULL"
             )
         ]
-        conditions, params = [], [self.sync_key, *schemas]
+        holder_keys, params = self._holder_keys_sql("sync_key")
+        conditions = []
+        params += schemas
         for key_schema in schemas:
-            positions = [position for position, key in _withholdable(key_schema) if key in keys]
+            positions = [position for position, key in withholdable(key_schema) if key in keys]
             if positions:
                 probes = (
                     f"{split_value_sql('identifiers', str(position))} = ANY(CAST(? AS TEXT[]))"
@@ -245,7 +279,7 @@ class Removals:
         store.execute(f"SET LOCAL parallel_tuple_cost = {HOLDERS_PARALLEL_TUPLE_COST}").close()
         store.execute(
             f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema, identifiers"
-            f" FROM {store.table} WHERE sync_key = ? AND member = 1 AND (key_schema NOT IN ({markers})"
+            f" FROM {store.table} WHERE {holder_keys} AND member = 1 AND (key_schema NOT IN ({markers})"
             f" OR {stored_as_json_sql('identifiers')}{''.join(' OR ' + condition for condition in conditions)})",
             params,
         ).close()
@@ -282,13 +316,16 @@ class Removals:
         # Staying: members of the state that this run does not remove (or re-identify), and additions.
         held, params = [], []
         if holders is not None:
+            # Another partition's rows are other people (a row's partition is its EXTERN_ID's): none is
+            # removed by this run, so the NOT EXISTS never drops one.
+            holder_keys, params = self._holder_keys_sql("s.sync_key")
             held.append(
                 f"SELECT r.key_name, r.value FROM {holders} AS s CROSS JOIN {at} CROSS JOIN {ids} AS r"
-                " WHERE s.sync_key = ? AND s.member = 1 AND s.key_schema = ? AND r.key_name = p.column2"
+                f" WHERE {holder_keys} AND s.member = 1 AND s.key_schema = ? AND r.key_name = p.column2"
                 f" AND r.value = {store.identifier_at('s.identifiers', 'p.column1')}"
                 f" AND NOT EXISTS (SELECT 1 FROM {t} AS x WHERE x.row_key = s.row_key AND x.to_remove = 1)"
             )
-            params += [self.sync_key, key_schema]
+            params.append(key_schema)
         if additions:
             held.append(
                 f"SELECT r.key_name, r.value FROM {t} AS a CROSS JOIN {at} CROSS JOIN {ids} AS r"
@@ -303,10 +340,169 @@ class Removals:
 
     def _holder_schemas(self, holders: str) -> list[str]:
         """The schemas of the member rows of ``holders`` (the state, or the rows that may hold a value)."""
+        holder_keys, params = self._holder_keys_sql("sync_key")
         rows = self.store.fetch_all(
-            f"SELECT DISTINCT key_schema FROM {holders} WHERE sync_key = ? AND member = 1", (self.sync_key,)
+            f"SELECT DISTINCT key_schema FROM {holders} WHERE {holder_keys} AND member = 1", params
         )
         return sorted(row[0] for row in rows if row[0])
+
+    def unconfirm_late_holders(
+        self,
+        keep_alive: Callable[[], None] = lambda: None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        wait_s: float = PENDING_ADDITIONS_WAIT_S,
+    ) -> int:
+        """A partitioned sync, once its removals were answered: mark unconfirmed the other partitions'
+        members written since the holders' check that hold a value the removals carried; return how many.
+
+        Another partition may journal and send an addition holding a value after this run's check read
+        its state and pages: Meta then receives the addition and this run's removal carrying the value,
+        in either order, and when the removal comes second it takes out that person. Such a member's
+        state row is written after the check (its ``synced_at``, less :data:`LATE_HOLDER_MARGIN`), so
+        it is found here, and marked unconfirmed: its partition's next run sends it again (an addition
+        Meta received after the removal only gets sent twice). An addition still in flight has no state
+        row yet: its page is waited for first (its partition records Meta's answer and settles it within
+        a round trip; a killed partition's page stays pending, and its next run sends the person again).
+
+        :param keep_alive: looks after the run's lease while it waits.
+        :param sleep: waits between looks at the pending pages (tests inject one).
+        :param wait_s: how long to wait, at most, for the pending pages holding a sent value.
+        """
+        others, store = self.holder_keys[1:], self.store
+        if not others or not self.checked_since:
+            return 0
+        keys = {
+            row[0] for row in store.fetch_all(f"SELECT DISTINCT key_name FROM {self.ids} WHERE shared = 0")
+        }
+        if not keys:
+            return 0
+        self._wait_for_pending_holders(keys, keep_alive, sleep, wait_s)
+        markers = ", ".join("?" for _ in others)
+        store.execute(
+            f"CREATE TEMPORARY TABLE {self.late} AS SELECT row_key, key_schema, identifiers FROM {store.table}"
+            f" WHERE sync_key IN ({markers}) AND member = 1 AND synced_at >= ?",
+            (*others, self.checked_since),
+        ).close()
+        schemas = [
+            row[0] for row in store.fetch_all(f"SELECT DISTINCT key_schema FROM {self.late}") if row[0]
+        ]
+        marked = 0
+        for key_schema in sorted(schemas):
+            positions = _positions(key_schema, keys)
+            if not positions:
+                continue
+            at = "(VALUES " + ", ".join(f"({int(i)}, '{key}')" for i, key in positions) + ") AS p"
+            cursor = store.execute(
+                f"UPDATE {store.table} SET fingerprint = ?, source_digest = NULL WHERE sync_key IN ({markers})"
+                f" AND member = 1 AND row_key IN (SELECT s.row_key FROM {self.late} AS s CROSS JOIN {at}"
+                f" CROSS JOIN {self.ids} AS r WHERE s.key_schema = ? AND r.shared = 0 AND r.key_name = p.column2"
+                f" AND r.value = {store.identifier_at('s.identifiers', 'p.column1')})",
+                (UNCONFIRMED, *others, key_schema),
+            )
+            marked += max(cursor.rowcount, 0)
+            cursor.close()
+        store.execute(f"DROP TABLE {self.late}").close()
+        store.commit()
+        if marked:
+            log.warning(
+                "%d member(s) of other partitions, added while this run removed people, hold an identifier "
+                "its removals carried; they are marked to be sent again by their partition's next run.",
+                marked,
+            )
+        return marked
+
+    def _wait_for_pending_holders(
+        self,
+        keys: Collection[str],
+        keep_alive: Callable[[], None],
+        sleep: Callable[[float], None],
+        wait_s: float,
+    ) -> None:
+        """Wait until no other partition's pending addition page holds a value the removals carried (see
+        :meth:`unconfirm_late_holders`), at most ``wait_s``."""
+        waiting = self._pages_holding_sent_values(keys)
+        for _ in range(round(wait_s / PENDING_ADDITIONS_POLL_S)):
+            if not waiting:
+                return
+            keep_alive()
+            sleep(PENDING_ADDITIONS_POLL_S)
+            pending = {page for page, _ in self._pending_additions(keys)}
+            waiting &= pending
+        if waiting:
+            log.warning(
+                "%d addition page(s) of other partitions, holding an identifier this run's removals carried, "
+                "were still unanswered after %g s: Meta may have removed their people, which their "
+                'partitions will not send again (docs/partitions.md, "Shared identifiers across partitions").',
+                len(waiting),
+                wait_s,
+            )
+
+    def _pages_holding_sent_values(self, keys: Collection[str]) -> set[tuple[str, int, int]]:
+        """The other partitions' pending addition pages holding a removal value that was not withheld."""
+        holding = set()
+        for page, pairs in self._pending_additions(keys):
+            ordered = sorted(pairs)
+            for start in range(0, len(ordered), _PAIRS_PER_STATEMENT):
+                chunk = ordered[start : start + _PAIRS_PER_STATEMENT]
+                values = ", ".join("(?, ?)" for _ in chunk)
+                found = self.store.fetch_one(
+                    f"SELECT 1 FROM {self.ids} WHERE shared = 0 AND (key_name, value) IN (VALUES {values}) LIMIT 1",
+                    [text for pair in chunk for text in pair],
+                )
+                if found:
+                    holding.add(page)
+                    break
+        self.store.commit()  # a read opens a transaction on PostgreSQL: the next look must see new commits
+        return holding
+
+    def _pending_additions(
+        self, keys: Collection[str]
+    ) -> list[tuple[tuple[str, int, int], set[tuple[str, str]]]]:
+        """The other partitions' pending addition pages (sync key, session, batch), each with the
+        ``(key, value)`` pairs its rows hold at the withheld ``keys``."""
+        others, store = self.holder_keys[1:], self.store
+        pages = store.fetch_all(
+            f"SELECT sync_key, session_id, batch_seq, identifiers FROM {store.pages_table}"
+            f" WHERE sync_key IN ({', '.join('?' for _ in others)}) AND kind = ? AND row_key = ?",
+            (*others, ADD, PACKED),
+        )
+        held = []
+        for sync_key, session_id, batch_seq, packed in pages:
+            pairs = set()
+            for _row_key, key_schema, identifiers, _id_digest in unpack_rows(packed):
+                values = decode_identifiers(identifiers)
+                pairs.update((key, values[i]) for i, key in _positions(key_schema, keys) if i < len(values))
+            held.append(((str(sync_key), int(session_id), int(batch_seq)), pairs))
+        return held
+
+    def _holder_keys_sql(self, column: str) -> tuple[str, list[str]]:
+        """SQL keeping the rows of :attr:`holder_keys` (one key: an equality, as an unpartitioned sync's
+        scan always had), and its parameters.
+
+        :param column: the rows' sync key column.
+        """
+        if len(self.holder_keys) == 1:
+            return f"{column} = ?", [self.sync_key]
+        return f"{column} IN ({', '.join('?' for _ in self.holder_keys)})", list(self.holder_keys)
+
+    def _mark_held_by_pending_additions(self, keys: Collection[str]) -> None:
+        """Mark the removal identifiers that another partition's pending addition pages hold.
+
+        Another partition journals a page of additions before sending it, and records its rows in the
+        state only when Meta acknowledges it (see :mod:`.journal`): until then its people are in none of
+        the state rows the holders' scan reads, but Meta may already hold them. The pages in flight are a
+        few per partition (a killed run's stay until its partition's next run), read and unpacked here.
+        Pages written ahead (:data:`.journal.ADD_AHEAD`) need no look: their rows are state members.
+
+        :param keys: the withheld keys the removal rows carry.
+        """
+        if len(self.holder_keys) == 1:
+            return
+        held = set().union(*(pairs for _, pairs in self._pending_additions(keys)))
+        self.store.executemany(
+            f"UPDATE {self.ids} SET shared = 1 WHERE shared = 0 AND key_name = ? AND value = ?", sorted(held)
+        )
 
     def _added_schemas(self) -> list[str]:
         """The schemas of this run's additions."""
@@ -349,96 +545,14 @@ class Removals:
             last = int(page[-1][0])
 
     def drop(self) -> None:
-        for table in (self.holders, self.ids, self.rows):
+        for table in (self.late, self.holders, self.ids, self.rows):
             self.store.execute(f"DROP TABLE IF EXISTS {table}").close()
         self.store.commit()
 
 
-class MayHold:
-    """Whether a stored row may hold one of the removal identifiers: SQLite's prefilter of the holders.
-
-    A table of flags indexed by the values' hashes (Python's own, stable within the process): a row none of
-    whose withheld values hits a flag holds none of them; a hit is only "maybe" (another value may share
-    the flag), and the exact join settles it. The table is sized to the removals (about 1.5% of misses hit
-    a flag) and small enough to stay in the processor's cache; it never exceeds 8 MiB.
-
-    :param keys: the withheld keys the removal rows carry (the positions checked in each schema).
-    :param expected: how many values :meth:`add` will be given (sizes the table).
-    """
-
-    def __init__(self, keys: Collection[str], expected: int) -> None:
-        size = 1 << 16
-        while size < 64 * expected and size < 1 << 23:
-            size <<= 1
-        self.mask = size - 1
-        self.flags = bytearray(size)
-        self.keys = frozenset(keys)
-        self.checkers: dict[str, Callable[[str], int]] = {}
-
-    def add(self, values: Iterable[str]) -> None:
-        """Flag removal identifiers' values."""
-        flags, mask = self.flags, self.mask
-        for value in values:
-            flags[hash(value) & mask] = 1
-
-    def check(self, key_schema: str, identifiers: str) -> int:
-        """1 when the row may hold a removal identifier at a withheld position of its schema, else 0.
-
-        :param key_schema: the stored row's schema.
-        :param identifiers: the stored row's identifiers (see :func:`.state.encode_identifiers`).
-        """
-        checker = self.checkers.get(key_schema)
-        if checker is None:
-            checker = self.checkers[key_schema] = self.checker(key_schema)
-        return checker(identifiers)
-
-    def checker(self, key_schema: str) -> Callable[[str], int]:
-        """:meth:`check` of the rows of one schema, given their identifiers only (called once per state row).
-
-        :param key_schema: the rows' schema.
-        """
-        positions = tuple(i for i, key in _withholdable(key_schema) if key in self.keys)
-        if not positions:
-            return _holds_none
-        # Split only as far as the last withheld position: the rest of the row is never read.
-        count, flags, mask = positions[-1] + 1, self.flags, self.mask
-
-        def check(identifiers: str) -> int:
-            values = identifiers.split(_SEPARATOR, count)
-            if len(values) < count:  # stored as JSON (then no separator splits it), or a short row
-                values = leading_identifiers(identifiers, count)
-                values += [""] * (count - len(values))  # no removal value is empty
-            for position in positions:
-                if flags[hash(values[position]) & mask]:
-                    return 1
-            return 0
-
-        if len(positions) > 1:
-            return check
-        # One key left to look for (an e-mail change: the kept phone is held by the addition): no loop,
-        # 6% of the scan's instructions.
-        (position,) = positions
-
-        def check_one(identifiers: str) -> int:
-            values = identifiers.split(_SEPARATOR, count)
-            return flags[hash(values[position]) & mask] if len(values) >= count else check(identifiers)
-
-        return check_one
-
-
-def _holds_none(identifiers: str) -> int:
-    """The check of a schema without a withheld key of the removals: no row of it holds their values."""
-    return 0
-
-
-def _withholdable(key_schema: str) -> list[tuple[int, str]]:
-    """``(position, key)`` of the keys of a schema that a removal row withholds when shared."""
-    return [(i, key) for i, key in enumerate(key_schema.split(",")) if key in WITHHELD_WHEN_SHARED]
-
-
 def _positions(key_schema: str, keys: Collection[str]) -> list[tuple[int, str]]:
     """``(position, key)`` of the withheld ``keys`` in a schema."""
-    return [(i, key) for i, key in _withholdable(key_schema) if key in keys]
+    return [(i, key) for i, key in withholdable(key_schema) if key in keys]
 
 
 def _removal_row(row: tuple, withheld: tuple[int, ...] | list[int]) -> RemovalRow:

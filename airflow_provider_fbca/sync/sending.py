@@ -202,6 +202,7 @@ class PlanSender:
             self.report.owed_removals_sent += removals.origins().get(OWED, 0)
             for key_schema in removals.schemas():
                 self._remove(removals, key_schema)
+            removals.unconfirm_late_holders(self.lease.keep_alive)  # a partition's additions racing them
         finally:
             removals.drop()
 

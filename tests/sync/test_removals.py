@@ -1,4 +1,4 @@
-"""The prefilters of the state rows that may hold a removal identifier: SQLite's (:class:`.removals.MayHold`)
+"""The prefilters of the state rows that may hold a removal identifier: SQLite's (:class:`.may_hold.MayHold`)
 and PostgreSQL's (in SQL).
 
 A prefilter may let a non-holder through (the exact join settles it) but must never drop a holder,
@@ -10,8 +10,17 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_fbca.sync.removals import MayHold, Removals
-from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, encode_identifiers
+from airflow_provider_fbca.sync.journal import ADD, REMOVE, PageJournal
+from airflow_provider_fbca.sync.may_hold import MayHold
+from airflow_provider_fbca.sync.partitions import partition_keys
+from airflow_provider_fbca.sync.removals import Removals
+from airflow_provider_fbca.sync.state import (
+    UNCONFIRMED,
+    StagedRow,
+    StageTable,
+    StateStore,
+    encode_identifiers,
+)
 
 SHARED = "f" * 64  # a hashed e-mail two people share
 
@@ -136,11 +145,11 @@ def test_holders_of_an_older_schema_or_stored_as_json_withhold_what_they_share(
     stage.drop()
 
 
-def _store_rows(store: StateStore, rows: list[tuple[str, list[str], int]]) -> None:
-    """The sync ``s``'s state: ``(key_schema, identifiers, member)``, the EXTERN_ID first."""
+def _store_rows(store: StateStore, rows: list[tuple[str, list[str], int]], sync_key: str = "s") -> None:
+    """A sync's state (``s``'s by default): ``(key_schema, identifiers, member)``, the EXTERN_ID first."""
     store.ensure_tables()
     store.upsert(
-        "s",
+        sync_key,
         [
             StagedRow(ids[0], "f", "d", schema, encode_identifiers(ids), member)
             for schema, ids, member in rows
@@ -323,3 +332,102 @@ def _table_exists(store: StateStore, name: str) -> bool:
     if store.is_sqlite:
         return bool(store.fetch_one("SELECT 1 FROM sqlite_temp_master WHERE name = ?", (name,)))
     return store.fetch_one("SELECT to_regclass(?)", (f"pg_temp.{name}",))[0] is not None
+
+
+@pytest.mark.parametrize(
+    ("store", "holders"),
+    [
+        *(("sqlite", holders) for holders in _PROBED),
+        *(pytest.param("postgres", holders, marks=pytest.mark.postgres) for holders in _PROBED),
+    ],
+    indirect=["store"],
+)
+def test_a_partition_withholds_what_the_other_slices_hold_and_nothing_else(
+    store: StateStore, holders: str
+) -> None:
+    """Partition 0 of 3 removes a person whose e-mail a member of slice 1 holds, whose phone a row written
+    ahead of its page by slice 2's first sync holds, and whose mobile advertiser id a pending addition page
+    of slice 1 holds; the second person's e-mail only a non-member of slice 2, a member of another sync and
+    a member of the same audience's 2-partition layout hold: it is sent."""
+    schema = "EXTERN_ID,EMAIL,PHONE,MADID"
+    email, phone, madid, lone = "e" * 64, "p" * 64, "m" * 64, "l" * 64
+    own, one, two = (f"s#p{k}of3" for k in range(3))
+    _store_rows(
+        store, [(schema, ["leaves", email, phone, madid], 1), (schema, ["lone", lone, "q", "r"], 1)], own
+    )
+    _store_rows(store, [(schema, ["kept", email, "x", "y"], 1)], one)
+    _store_rows(store, [(schema, ["out", lone, "x", "y"], 0)], two)
+    _store_rows(store, [(schema, ["elsewhere", lone, "x", "y"], 1)], "t#p1of3")
+    _store_rows(store, [(schema, ["other layout", lone, "x", "y"], 1)], "s#p1of2")
+    row = StagedRow("ahead", "f", "d", schema, encode_identifiers(["ahead", "z", phone, "w"]), 1)
+    PageJournal(store, two).record_new(7, 1, [row])
+    pending = ("joins", schema, encode_identifiers(["joins", "z", "w", madid]), "d")
+    PageJournal(store, one).record(ADD, 8, 1, [pending])
+    PageJournal(store, one).record(
+        REMOVE, 8, 2, [("kept", schema, encode_identifiers(["kept", lone, "", ""]), "d")]
+    )
+    stage = _stage_rows(
+        store,
+        [
+            ("leaves", 0, 0, schema, ["leaves", email, phone, madid], None),
+            ("lone", 0, 0, schema, ["lone", lone, "q", "r"], None),
+        ],
+    )
+    removals = Removals(store, stage, own)
+    if holders == "too-many-values-to-probe":
+        removals.probed_values_limit = 1
+    assert removals.build() == 3
+    (page,) = removals.pages(schema, 10)
+    sent = [encode_identifiers(["leaves", "", "", ""]), encode_identifiers(["lone", lone, "q", "r"])]
+    assert [row.sent for row in page] == sent
+    removals.drop()
+    stage.drop()
+
+
+def test_a_partition_s_sync_keys_are_every_partition_s_its_own_first() -> None:
+    assert partition_keys("act_1:9#p2of3") == ["act_1:9#p2of3", "act_1:9#p0of3", "act_1:9#p1of3"]
+    assert partition_keys("act_1:9") == ["act_1:9"]
+    assert partition_keys("act_1:9#p02of3") == ["act_1:9#p02of3"]  # not a partition's spelling
+
+
+@pytest.mark.parametrize("acknowledged", [True, False], ids=["acknowledged", "never-answered"])
+def test_a_partition_waits_for_an_addition_racing_its_removal_then_has_it_sent_again(
+    store: StateStore, acknowledged: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Partition 0 of 2 checks the holders of an e-mail (nobody else holds it) and sends its removal;
+    meanwhile partition 1 journals an addition holding it. Once the removal is answered, partition 0 waits
+    for that page: answered, the newcomer's state row is marked unconfirmed (partition 1's next run sends
+    them again); never answered (partition 1 killed), it gives up after its wait and says so, the page
+    staying pending for partition 1's next run to reconcile."""
+    schema = "EXTERN_ID,EMAIL,PHONE"
+    email, own, one = "e" * 64, "s#p0of2", "s#p1of2"
+    _store_rows(store, [(schema, ["leaves", email, "p" * 64], 1)], own)
+    _store_rows(store, [(schema, ["old", "o" * 64, "q" * 64], 1)], one)
+    stage = _stage_rows(store, [("leaves", 0, 0, schema, ["leaves", email, "p" * 64], None)])
+    removals = Removals(store, stage, own)
+    assert removals.build() == 0
+    newcomer = StagedRow("joins", "f", "n", schema, encode_identifiers(["joins", email, "x" * 64]), 1)
+    other = PageJournal(store, one)
+    other.record(ADD, 5, 1, [("joins", schema, newcomer.identifiers, newcomer.id_digest)])
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if acknowledged:
+            other.added(5, 1, [newcomer])
+
+    with caplog.at_level("WARNING", logger="airflow_provider_fbca.sync.removals"):
+        marked = removals.unconfirm_late_holders(sleep=sleep, wait_s=0.6)
+    fingerprints = dict(
+        store.fetch_all(f"SELECT row_key, fingerprint FROM {store.table} WHERE sync_key = ?", (one,))
+    )
+    pending = store.fetch_one(f"SELECT COUNT(*) FROM {store.pages_table} WHERE sync_key = ?", (one,))[0]
+    if acknowledged:
+        assert (marked, len(waits), pending) == (1, 1, 0)
+        assert fingerprints == {"old": "f", "joins": UNCONFIRMED}
+    else:
+        assert (marked, len(waits), pending) == (0, 3, 1)
+        assert fingerprints == {"old": "f"}
+        assert "still unanswered" in caplog.text and email not in caplog.text
+    removals.drop()
+    stage.drop()
