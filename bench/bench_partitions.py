@@ -456,8 +456,11 @@ def _warm_up(cluster: LocalCluster) -> None:
 
 def _workers_idle(airflow: list[int]) -> bool:
     """Whether every LocalExecutor worker waits for work. A worker stays busy after its task instance
-    succeeded until its task process has exited (once seen 5 s after the 1-partition run's task): a run
-    triggered meanwhile would find one slot fewer than ``parallelism`` and start a partition late."""
+    succeeded until its supervisor reaps the task process, which can be up to 5 s after the process
+    exited (seen after the 1-partition run's task: a zombie for 5.1 s): when the process's last socket
+    closes a moment before the kernel lets it be reaped, Airflow's ``_monitor_subprocess`` sleeps in a
+    select with no socket left for ``[workers] min_heartbeat_interval``. A run triggered meanwhile would
+    find one slot fewer than ``parallelism`` and start a partition late."""
     titles = []
     for root in airflow:
         with contextlib.suppress(psutil.NoSuchProcess):

@@ -109,15 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"warning: serving on {args.host}, beyond loopback, with well-known credentials", file=sys.stderr
         )
-    sandbox.start()
-    print(sandbox.url, flush=True)
     stopping = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stopping.set()
 
+    # Before the URL is out: a caller may stop the sandbox as soon as it reads it, and a SIGTERM met by
+    # the default handler would end the process without saving the state file.
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    sandbox.start()
+    print(sandbox.url, flush=True)
     while not stopping.wait(0.5):
         pass
     sandbox.stop()

@@ -315,6 +315,7 @@ class PlanSender:
                 journal.settle(*settled.pop(0), commit=False)
 
         def record_new(page: list[StagedRow], session: dict[str, Any]) -> None:
+            checkpointer.wait_for_checkpoint()  # this page's write then starts the log over
             settle()
             journal.record_new(session["session_id"], session["batch_seq"], page)
             checkpointer.committed()

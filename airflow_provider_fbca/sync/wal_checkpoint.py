@@ -56,8 +56,12 @@ class WalCheckpointer:
         self.conn = conn
         self.database = table.rpartition(".")[0] or "main"
         self.path = _wal_database_file(conn, self.database)
-        self._wake = threading.Event()
+        # Guards the counts below; notified when a commit is said, a checkpoint ends, or the thread stops.
+        self._changed = threading.Condition()
+        self._said = 0  # commits said by committed()
+        self._copied = 0  # of those, the commits an ended checkpoint covered
         self._stop = False
+        self._checkpointing = False  # the thread runs and can checkpoint
         self._thread: threading.Thread | None = None
         self._autocheckpoint: int | None = None
 
@@ -67,19 +71,36 @@ class WalCheckpointer:
         self._autocheckpoint = self.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         self.conn.execute("PRAGMA wal_autocheckpoint = 0").close()
         self.conn.execute(f'PRAGMA "{self.database}".journal_size_limit = {WAL_SIZE_LIMIT_BYTES}').close()
+        self._checkpointing = True
         self._thread = threading.Thread(target=self._run, name="fbca-wal-checkpoint", daemon=True)
         self._thread.start()
         return self
 
     def committed(self) -> None:
         """Say that the run committed: the thread checkpoints what the log holds."""
-        self._wake.set()
+        with self._changed:
+            self._said += 1
+            self._changed.notify_all()
+
+    def wait_for_checkpoint(self) -> None:
+        """Wait until the checkpoint the last commit asked for has ended; call it before the next write.
+
+        SQLite starts the log over only in a write that begins once the log was copied back in full; a
+        write begun while the checkpoint still copies appends to the log. So a run that wrote its pages
+        faster than the thread checkpointed them (a loaded machine, a slow disk) grew the log by a page a
+        commit, for as long as it lagged: the whole state, at worst. Waiting costs only what the checkpoint
+        takes beyond the reading and preparing of the next page. Returns at once when the thread is not
+        checkpointing (no log, or it stopped on an error).
+        """
+        with self._changed:
+            self._changed.wait_for(lambda: self._copied >= self._said or not self._checkpointing)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._thread is None:
             return
-        self._stop = True
-        self._wake.set()
+        with self._changed:
+            self._stop = True
+            self._changed.notify_all()
         self._thread.join()
         self._thread = None
         # Suppressed: a connection that cannot take a pragma failed the run already, with its own error.
@@ -93,21 +114,33 @@ class WalCheckpointer:
             conn.execute("PRAGMA synchronous = FULL").close()
         except sqlite3.Error as error:
             log.warning("No background checkpoint of the state's log (%s); commits stay as they were", error)
+            self._stopped()
             return
         try:
             while True:
-                self._wake.wait()
-                self._wake.clear()
-                stop = self._stop  # read first: asked to stop, this checkpoint still sees every commit
+                with self._changed:
+                    self._changed.wait_for(lambda: self._said > self._copied or self._stop)
+                    # Read first: asked to stop, this checkpoint still sees every commit.
+                    said, stop = self._said, self._stop
                 # PASSIVE: copies what no reader still needs, never waits for the run's connection. Also
                 # when stopping: the run's last commits are copied here, not by the run's thread.
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                with self._changed:
+                    self._copied = said
+                    self._changed.notify_all()
                 if stop:
                     return
         except sqlite3.Error as error:  # the log stays longer; the run's next checkpoint copies it
             log.warning("A background checkpoint of the state's log failed (%s)", type(error).__name__)
         finally:
             conn.close()
+            self._stopped()
+
+    def _stopped(self) -> None:
+        """The thread checkpoints no more: a run waiting for it goes on."""
+        with self._changed:
+            self._checkpointing = False
+            self._changed.notify_all()
 
 
 def _wal_database_file(conn: Any, database: str) -> str | None:

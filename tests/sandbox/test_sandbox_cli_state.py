@@ -165,3 +165,28 @@ def test_cli_reports_an_unreadable_state_file_in_one_line(tmp_path: Path) -> Non
         assert done.stdout == ""
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert done.stderr.startswith("error: ") and str(state_file) in done.stderr
+
+
+def test_a_stop_arriving_as_the_url_is_printed_still_saves_the_state(tmp_path: Path) -> None:
+    """A caller may send SIGTERM the moment it reads the URL: the handler must already be in place."""
+    state_file = tmp_path / "state.json"
+    # The sandbox signals itself as it starts, the earliest a caller reading the URL could.
+    script = (
+        "import os, signal, sys\n"
+        "from airflow_provider_fbca.sandbox import Sandbox\n"
+        "from airflow_provider_fbca.sandbox.__main__ import main\n"
+        "started = Sandbox.start\n"
+        "def start(self):\n"
+        "    started(self)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "Sandbox.start = start\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", script, "--port", "0", "--population", "0", "--state-file", str(state_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert state_file.exists()

@@ -108,3 +108,39 @@ def test_the_log_a_pinned_stream_filled_is_cut_down_once_the_stream_ends(
         rows_in_the_database_file(log_file.with_name(log_file.name[:-4]), "pages", tmp_path) == pages
     )  # copied back
     conn.close()
+
+
+def test_a_write_begun_after_the_wait_starts_the_log_over(tmp_path: Path) -> None:
+    """The run writes its next page as soon as the previous one is committed, as a run whose pages are
+    prepared faster than the thread checkpoints them does (a loaded machine, a slow disk). A write begun
+    while the checkpoint still copies appends to the log; waiting for the checkpoint first, every page's
+    write starts the log over: the log file never holds more than about one page."""
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    StateStore(conn, "fbca_state")  # WAL, synchronous = FULL
+    conn.execute("CREATE TABLE pages (page BLOB)")
+    conn.commit()
+    page_bytes, pages = 1 << 20, 6
+    with WalCheckpointer(conn) as checkpointer:
+        for _ in range(pages):
+            checkpointer.wait_for_checkpoint()
+            conn.execute("INSERT INTO pages VALUES (randomblob(?))", (page_bytes,))
+            conn.commit()
+            checkpointer.committed()
+    # SQLite writes a log over from the file's start: the file's size is the longest the log was.
+    assert Path(f"{path}-wal").stat().st_size < 2 * page_bytes
+    assert rows_in_the_database_file(path, "pages", tmp_path) == pages
+    conn.close()
+
+
+def test_the_wait_returns_at_once_when_nothing_checkpoints(tmp_path: Path) -> None:
+    """No log (PostgreSQL, a database in memory), or a thread that stopped on an error: the run's writes
+    wait for nothing."""
+    WalCheckpointer(object()).wait_for_checkpoint()
+    conn = sqlite3.connect(tmp_path / "state.db")
+    StateStore(conn, "fbca_state")
+    with WalCheckpointer(conn) as checkpointer:
+        checkpointer.committed()
+    checkpointer.committed()  # said after the thread stopped: no checkpoint will ever cover it
+    checkpointer.wait_for_checkpoint()
+    conn.close()
