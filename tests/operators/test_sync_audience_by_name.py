@@ -25,7 +25,9 @@ def listings(sandbox: Any) -> int:
 
 def reads_of(sandbox: Any, audience_id: str) -> int:
     """How many times one audience was read alone (``GET /<id>``)."""
-    return sum(1 for r in sandbox.requests() if r["method"] == "GET" and r["path"].endswith(f"/{audience_id}"))
+    return sum(
+        1 for r in sandbox.requests() if r["method"] == "GET" and r["path"].endswith(f"/{audience_id}")
+    )
 
 
 def recorded(warehouse: Warehouse, state_table: str) -> list[tuple[str, str]]:
@@ -60,14 +62,15 @@ def test_a_later_run_reads_the_audience_by_its_id_without_listing(
     assert listings(sandbox) - before == 4
     assert recorded(warehouse, state_table) == [("Customers", audience_id)]
 
-    warehouse.write(rows[2:] + [customer(10)])
+    changed = [*rows[2:], customer(10)]
+    warehouse.write(changed)
     before, reads = listings(sandbox), reads_of(sandbox, audience_id)
     second = run(make_operator(warehouse, fb_conn_id, state_table))
     assert second["audience_id"] == audience_id
     assert (second["added"], second["removed"]) == (1, 2)
     assert listings(sandbox) == before  # not one page of the 61 audiences
     assert reads_of(sandbox, audience_id) - reads == 1
-    assert set(members(sandbox, audience_id)) == {row[0] for row in rows[2:] + [customer(10)]}
+    assert set(members(sandbox, audience_id)) == {row[0] for row in changed}
 
 
 def test_the_partitions_of_a_first_run_read_the_audience_their_first_partition_created(
@@ -126,7 +129,7 @@ def test_a_second_audience_given_the_name_does_not_take_the_sync_away(
     sqlite_warehouse.write(rows)
     ours = run(make_operator(sqlite_warehouse, fb_conn_id, state_table))["audience_id"]
     twin = hook.create_audience("Customers")
-    sqlite_warehouse.write(rows + [customer(5)])
+    sqlite_warehouse.write([*rows, customer(5)])
     report = run(make_operator(sqlite_warehouse, fb_conn_id, state_table))
     assert report["audience_id"] == ours
     assert (report["added"], report["unchanged"]) == (1, 5)
