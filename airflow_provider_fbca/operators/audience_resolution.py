@@ -1,7 +1,9 @@
 """How SyncAudienceOperator finds, checks or creates the audience it syncs into.
 
 A mixin of the operator: it reads the operator's arguments (``audience_id`` or ``audience_name``,
-``create_audience``, the state connection for the creation lease) and its hook.
+``create_audience``, the state connection for the creation lease) and its hook. By name, the audience an
+earlier run resolved the name to is read by its id rather than listing the ad account's audiences
+(:mod:`airflow_provider_fbca.sync.audience_names`).
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ class AudienceResolution:
 
         The partitions of a sync start together, and each found no audience of that name. So creation holds
         a lease on the name (a row of the locks table, through a connection of its own): the first partition
-        creates the audience, the others wait for the lease, then find it by name and sync into it.
+        creates the audience and records it before releasing the lease, the others wait for the lease, then
+        read it by the id it recorded and sync into it.
         """
         account = self.hook.ad_account_id
         conn = state_hook.get_conn()
