@@ -11,7 +11,10 @@ user's Airflow has (see :func:`_warm_up`; ``--cold`` leaves it out).
 
 Usage: ``python bench/bench_partitions.py [--rows 400000] [--home DIR]``. With ``--home`` (Airflow's home and
 logs kept there), each run's timeline is printed too: per task instance, when the metadata database and the
-task's log say each step happened, in seconds after the DAG run was queued (see :func:`_timeline`).
+task's log say each step happened, in seconds after the DAG run was queued (see :func:`_timeline`). With
+``--server-log FILE``, PostgreSQL logs every statement of the warehouse database (the sync's reads and its
+state) with its duration and its backend's CPU, kept in FILE; each run's statements are summed by kind,
+most CPU first (see :func:`_statement_cpu`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import compileall
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import textwrap
@@ -507,6 +511,65 @@ def _uploads(sandbox_url: str) -> list[dict]:
     return [e for e in log if e["method"] == "POST" and e["path"].endswith("/users") and e["status"] == 200]
 
 
+#: A statement's log line as ``log_min_duration_statement = 0`` writes it (the default line prefix holds
+#: the backend's pid): ``... [pid] LOG:  duration: 1.2 ms  statement: ...``, or ``parse``, ``bind`` and
+#: ``execute <name>: ...`` for the steps of a statement sent with parameters (only ``execute`` is counted).
+_STATEMENT = re.compile(r"\[(\d+)\] LOG:  duration: ([\d.]+) ms  (statement|parse|bind|execute)[^:]*: (.*)")
+#: The CPU ``log_statement_stats`` logs for each of them, right after its duration line (its ``!`` lines).
+_USAGE = re.compile(r"\[(\d+)\] LOG:  [A-Z ]*STATISTICS")
+_SECONDS = re.compile(r"!\s+([\d.]+) s user, ([\d.]+) s system, ([\d.]+) s elapsed")
+
+
+def _log_statements(server: dict, dbname: str) -> Path:
+    """Have PostgreSQL log every statement of the database, with its backend's CPU; the server's log.
+
+    Airflow's metadata database is left out: only the sync's statements (warehouse and state) are logged.
+    """
+    import psycopg
+
+    with psycopg.connect(
+        host=server["host"], port=server["port"], user=server["user"], dbname=dbname, autocommit=True
+    ) as conn:
+        conn.execute(f"ALTER DATABASE {dbname} SET log_min_duration_statement = 0")
+        conn.execute(f"ALTER DATABASE {dbname} SET log_statement_stats = on")
+        # Not the parameters: a page's 10,000 keys in every line would make the log the server's work.
+        conn.execute(f"ALTER DATABASE {dbname} SET log_parameter_max_length = 0")
+        (datadir,) = conn.execute("SHOW data_directory").fetchone()
+    return Path(datadir).parent / "log"  # where throwaway_postgres has pg_ctl write it
+
+
+def _statement_cpu(log: str, top: int = 15) -> str:
+    """The statements of a stretch of the server's log summed by kind (their text's first 90 characters,
+    numbers and names of temporary tables blurred): count, CPU (user + system) and wall seconds, most CPU
+    first. PostgreSQL logs a statement's CPU (``log_statement_stats``: each of its parse, bind and execute
+    messages') after each of their duration lines."""
+    kinds: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    last_kind: dict[str, str] = {}  # a backend's last logged statement, which its next figures are of
+    pending_pid = None
+    for line in log.split("\n"):  # not splitlines(): the state's separators (chr(30), chr(31)) would split
+        if (match := _USAGE.search(line)) is not None:
+            pending_pid = match.group(1)
+        elif pending_pid is not None and (match := _SECONDS.search(line)) is not None:
+            if pending_pid in last_kind:
+                kinds[last_kind[pending_pid]][1] += float(match.group(1)) + float(match.group(2))
+            pending_pid = None
+        elif (match := _STATEMENT.search(line)) is not None:
+            pid, milliseconds, step, text = match.groups()
+            kind = re.sub(r"\d+", "N", re.sub(r"fbca_stage_\w+", "<stage>", text))[:90]
+            last_kind[pid] = kind
+            entry = kinds[kind]
+            entry[2] += float(milliseconds) / 1000
+            if step in ("statement", "execute"):
+                entry[0] += 1
+    lines = [f"  {'statements (warehouse and state)':94}{'count':>6}{'CPU s':>8}{'wall s':>8}"]
+    ranked = sorted(kinds.items(), key=lambda item: -item[1][1])
+    for kind, (count, cpu, wall) in ranked[:top]:
+        lines.append(f"  {kind:94}{count:6d}{cpu:8.3f}{wall:8.3f}")
+    total_cpu, total_wall = sum(e[1] for e in kinds.values()), sum(e[2] for e in kinds.values())
+    lines.append(f"  {'all ' + str(len(kinds)) + ' kinds':94}{'':6}{total_cpu:8.3f}{total_wall:8.3f}")
+    return "\n".join(lines)
+
+
 def _describe(run: Run) -> str:
     tasks = ", ".join(f"+{start:.1f} s for {duration:.1f} s" for start, duration in run.tasks)
     cpu = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in run.cpu_s.items())
@@ -527,6 +590,11 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="keep Airflow's home (task logs) in this new directory")
     parser.add_argument(
         "--cold", action="store_true", help="measure without the warm-up run (as before; see _warm_up)"
+    )
+    parser.add_argument(
+        "--server-log",
+        type=Path,
+        help="log every statement of the warehouse database with its CPU into this file; print each run's sum",
     )
     args = parser.parse_args()
     bindir = postgres_bindir()
@@ -549,6 +617,8 @@ def main() -> None:
         )
         warehouse_db = create_database(server, "warehouse")
         _fill_warehouse(server, warehouse_db, args.rows)
+        server_log = _log_statements(server, warehouse_db) if args.server_log else None
+        logged: dict[int, str] = {}
         sandbox, url = _start_sandbox()
         try:
             fault = {"method": "POST", "path": "/users", "latency_s": UPLOAD_DELAY_S, "times": 1_000_000}
@@ -584,9 +654,20 @@ def main() -> None:
                     _warm_up(cluster)
                 with CpuSampler(roots, databases) as sampler:
                     _vacuum(server, warehouse_db)
+                    spans = [server_log.stat().st_size if server_log else 0]
                     one = _run(cluster, url, 1, processes, sampler)
+                    spans.append(server_log.stat().st_size if server_log else 0)
                     _vacuum(server, warehouse_db)
+                    spans.append(server_log.stat().st_size if server_log else 0)
                     many = _run(cluster, url, PARTITIONS, processes, sampler)
+                    spans.append(server_log.stat().st_size if server_log else 0)
+                if server_log is not None:
+                    text = server_log.read_bytes()
+                    args.server_log.write_bytes(text)
+                    logged = {
+                        1: text[spans[0] : spans[1]].decode(),
+                        PARTITIONS: text[spans[2] : spans[3]].decode(),
+                    }
         finally:
             sandbox.terminate()
             sandbox.wait(timeout=30)
@@ -599,6 +680,8 @@ def main() -> None:
         print(_describe(run))
         if args.home:
             print(run.timeline.describe())
+        if run.partitions in logged:
+            print(_statement_cpu(logged[run.partitions]))
     print(
         f"{args.rows:,} rows, uploads answered after {UPLOAD_DELAY_S} s: 1 partition {one.wall_s:6.1f} s | "
         f"{PARTITIONS} partitions (LocalExecutor, parallelism {PARTITIONS}) {many.wall_s:6.1f} s"

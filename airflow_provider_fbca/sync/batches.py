@@ -103,8 +103,10 @@ class UploadSession(Generic[Row]):
 
         The last batch goes alone (it closes the session, so every other batch must have landed), and so
         does the first with ``first_alone`` (a replace's batch 1 must land before any other). Each page is
-        recorded (``record``) before it is sent, so a kill leaves every page in flight pending: a page that
-        goes with others in flight is recorded before waiting for room, a page going alone once it has room.
+        recorded (``record``) before it is sent, so a kill leaves every page in flight pending. With more
+        than one in flight, a page is recorded before waiting for room, the last one too: the closing batch
+        then goes the moment every other is acknowledged, its journal write done while they flew. One at a
+        time, and the batch waiting for ``first_alone``'s opening one, are recorded once they have room.
         """
         result = SessionResult(self.session_id, self.kind)
         in_flight: deque[tuple[Future[dict[str, Any]], list[Row], dict[str, Any]]] = deque()
@@ -124,14 +126,17 @@ class UploadSession(Generic[Row]):
                 }
                 data = self.encode(page)
                 # The last batch waits for every other; with first_alone, the second waits for the first.
-                alone = last or (self.first_alone and batch_seq == first + 1)
-                room = 0 if alone else self.max_in_flight - 1
-                if room and self.record is not None:
-                    # Recorded while the batches before it are in flight, so that the journal's write is
-                    # not on the round trip's path: recorded and not yet sent, it is pending, as if in flight.
+                opened = self.first_alone and batch_seq == first + 1
+                room = 0 if last or opened else self.max_in_flight - 1
+                # Recorded while the batches before it are in flight, so that the journal's write is not on
+                # the round trip's path: recorded and not yet sent, it is pending, as if in flight. The
+                # last batch too (it only goes once every other landed), but for one at a time, and for the
+                # batch waiting for the session's opening one (a replace's first answer clears the state).
+                early = self.max_in_flight > 1 and not opened
+                if early and self.record is not None:
                     self.record(page, session)
                 answered = self._make_room(in_flight, room, result)
-                if not room and self.record is not None:
+                if not early and self.record is not None:
                     self.record(page, session)
                 in_flight.append((sender.submit(self.send, data, session), page, session))
                 for entry in answered:  # acknowledged (a state write) while the batch just sent flies

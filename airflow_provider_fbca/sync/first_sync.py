@@ -88,24 +88,28 @@ class StreamedPage(list):  # type: ignore[type-arg]
     wire: list[list[str]]
 
 
-def streamed_pages(chunks: Iterable[tuple[list[StagedRow], list[Any]]], size: int) -> Iterator[StreamedPage]:
-    """Regroup prepared rows into pages of ``size`` (the last one shorter).
+def streamed_pages(
+    chunks: Iterable[tuple[list[StagedRow], list[Any]]], size: int, first: int | None = None
+) -> Iterator[StreamedPage]:
+    """Regroup prepared rows into pages of ``size`` (the first one of ``first`` rows, the last one shorter
+    when the rows run out before their count).
 
     :param chunks: stage rows and their wire rows (in the same order), in chunks of any size.
     :param size: rows per page.
+    :param first: rows of the first page (at most ``size``); None: ``size``.
     """
-    page, wire = StreamedPage(), []
+    page, wire, full = StreamedPage(), [], first or size
     for staged, wire_rows in chunks:
         start = 0
         while start < len(staged):
-            end = start + size - len(page)
+            end = start + full - len(page)
             page += staged[start:end]
             wire += wire_rows[start:end]
             start = end
-            if len(page) == size:
+            if len(page) == full:
                 page.wire = wire
                 yield page
-                page, wire = StreamedPage(), []
+                page, wire, full = StreamedPage(), [], size
     if page:
         page.wire = wire
         yield page

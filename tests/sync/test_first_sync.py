@@ -66,6 +66,36 @@ def test_pages_carry_their_wire_rows() -> None:
     ]
     assert [page.wire for page in pages] == [[["wire-0"], ["wire-1"]], [["wire-2"], ["wire-3"]], [["wire-4"]]]
     assert [len(page) for page in streamed_pages([(list(range(7)), list(range(7)))], 3)] == [3, 3, 1]
+    first = list(streamed_pages([(list(range(7)), list(range(7)))], 3, first=1))  # type: ignore[arg-type]
+    assert [list(page) for page in first] == [[0], [1, 2, 3], [4, 5, 6]]
+    assert [page.wire for page in first] == [[0], [1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("membership", [False, True])
+def test_a_streamed_first_sync_sends_its_odd_rows_first(tmp_path: Path, membership: bool) -> None:
+    """The first page is prepared and journaled before anything is sent, the others while batches fly: the
+    rows left over by full pages go first, so the first upload leaves sooner, in as many requests; the
+    closing batch is a full one. Non-members (sent nowhere) are not counted."""
+    conn = sqlite3.connect(tmp_path / "w.db")
+    conn.execute("CREATE TABLE model (id, email, member)")
+    rows = [
+        (f"id-{i}", f"p{i}@example.com", "false" if membership and i % 7 == 0 else "true") for i in range(30)
+    ]
+    conn.executemany("INSERT INTO model VALUES (?, ?, ?)", rows)
+    conn.commit()
+    store, audience = StateStore(conn, "fbca_state"), RecordingAudience()
+    options = SyncOptions("42", "act_1:42", source_key_index=0, batch_size=4, has_membership=membership)
+    run = SyncRun(store, audience, PassThroughPreparer(("EXTERN_ID", "EMAIL")), options)
+    columns = ["id", "email", "member"] if membership else ["id", "email"]
+    report = run.run(ModelQuery(conn, f"SELECT {', '.join(columns)} FROM model", columns, 5))
+    members = 25 if membership else 30
+    assert report.plan is not None and report.plan.new_rows == members == len(audience.members)
+    sizes = [size for kind, _, size, _ in audience.calls if kind == "add"]
+    assert sizes == [members % 4] + [4] * (members // 4)
+    assert [session["last_batch_flag"] for *_, session in audience.calls] == [False] * (len(sizes) - 1) + [
+        True
+    ]
+    conn.close()
 
 
 def test_the_column_rule_keys_every_cell_as_the_cell_rule_does() -> None:

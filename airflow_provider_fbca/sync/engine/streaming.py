@@ -100,7 +100,9 @@ class StreamedFirstSync:
             stack.callback(
                 close_rows, rows
             )  # this frame holds it too: an error's traceback would keep it open
-            pages = streamed_pages(rows, options.batch_size)
+            pages = streamed_pages(
+                rows, options.batch_size, first_page_rows(scan.members, options.batch_size)
+            )
             stack.callback(close_rows, pages)
             result = self._sender().add_stream(pages, scan.members)
         if self.rejects is not None:
@@ -150,3 +152,17 @@ class StreamedFirstSync:
                 self.lease.keep_alive()
         finally:
             close_rows(chunks)
+
+
+def first_page_rows(members: int, batch_size: int) -> int:
+    """How many rows the first page of a streamed first sync holds: the rows left over by full pages.
+
+    The first page is prepared and journaled before anything is sent, every later one while the batches
+    before it are in flight. So the odd rows go first: the first upload leaves after preparing a few rows
+    rather than a full page, in as many requests (the closing batch, full, is prepared and journaled while
+    the others fly, and Meta's answer takes as long). Without odd rows, every page is full.
+
+    :param members: the rows the stream should send (the duplicate check's count of members).
+    :param batch_size: rows per page.
+    """
+    return members % batch_size or batch_size
