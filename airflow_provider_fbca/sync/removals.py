@@ -129,7 +129,7 @@ class Removals:
         store.execute(f"CREATE INDEX {self.rows}_rid ON {self.rows} (key_schema, rid)").close()
         store.execute(
             f"CREATE TEMPORARY TABLE {self.ids} (rid INTEGER NOT NULL, position INTEGER NOT NULL,"
-            " key_name VARCHAR(20) NOT NULL, value TEXT, shared INTEGER NOT NULL DEFAULT 0)"
+            f" key_name VARCHAR(20) NOT NULL, value TEXT, shared INTEGER NOT NULL DEFAULT 0){store.updated_in_place}"
         ).close()
         keys = set()
         for key_schema in self.schemas():
@@ -170,7 +170,7 @@ class Removals:
         if self.store.is_sqlite:
             holders = self._may_hold(keys)
         else:
-            holders = self._probable_holders(keys) or self.store.table
+            holders = self._probable_holders() or self.store.table
         for key_schema in self._holder_schemas(holders):
             self._mark_shared(holders, key_schema, _positions(key_schema, keys), additions=False)
 
@@ -214,7 +214,7 @@ class Removals:
                 store.conn.create_function(name, arguments, None)
         return self.holders
 
-    def _probable_holders(self, keys: Collection[str]) -> str | None:
+    def _probable_holders(self) -> str | None:
         """PostgreSQL: copy the state's member rows that may hold a removal identifier into a temporary table.
 
         One scan of the state, which probes the (few) removal values per withheld position of a row's
@@ -236,7 +236,8 @@ class Removals:
         keep something of every row (a 64-bit hash of each withheld value, into a temporary table), 1.8 s
         of the server's CPU at a million rows and a probe of 0.3 s, against some 0.8 s for this scan.
 
-        :param keys: the withheld keys of the removal values that no addition holds.
+        The values probed are those no addition holds, each at the positions of its own key.
+
         :returns: the table's name (it has the state's columns the exact join reads); None when the
             removal values are too many to probe, or the server would not hash them: the exact join
             then reads the state.
@@ -244,14 +245,16 @@ class Removals:
         store, limit = self.store, self.probed_values_limit
         if int(store.fetch_one("SHOW server_version_num")[0]) < HASHED_ARRAY_VERSION:
             return None
-        values = [
-            row[0]
-            for row in store.fetch_all(
-                f"SELECT DISTINCT value FROM {self.ids} WHERE shared = 0 LIMIT {limit + 1}"
-            )
-        ]
-        if len(values) > limit:
+        pairs = store.fetch_all(
+            f"SELECT DISTINCT key_name, value FROM {self.ids} WHERE shared = 0 LIMIT {limit + 1}"
+        )
+        if len(pairs) > limit:
             return None
+        # Each position probes the values of its own key only: a smaller hash per probe, and no row kept
+        # for holding a removal's e-mail as its phone (the exact join would drop it).
+        values: dict[str, list[str]] = {}
+        for key, value in pairs:
+            values.setdefault(key, []).append(value)
         schemas = [
             row[0]
             for row in store.fetch_all(
@@ -263,14 +266,14 @@ class Removals:
         conditions = []
         params += schemas
         for key_schema in schemas:
-            positions = [position for position, key in withholdable(key_schema) if key in keys]
+            positions = [(position, key) for position, key in withholdable(key_schema) if key in values]
             if positions:
                 probes = (
                     f"{split_value_sql('identifiers', str(position))} = ANY(CAST(? AS TEXT[]))"
-                    for position in positions
+                    for position, _ in positions
                 )
                 conditions.append(f"(key_schema = ? AND ({' OR '.join(probes)}))")
-                params += [key_schema, *(values for _ in positions)]
+                params += [key_schema, *(values[key] for _, key in positions)]
         markers = ", ".join("?" for _ in schemas)
         # Parallel workers may share the scan (the values are constants, the state no temporary table), but
         # the planner cannot tell how few rows the probes keep: it takes every row for a holder and prices
