@@ -1,15 +1,19 @@
 """How SyncAudienceOperator finds, checks or creates the audience it syncs into.
 
 A mixin of the operator: it reads the operator's arguments (``audience_id`` or ``audience_name``,
-``create_audience``, the state connection for the creation lease) and its hook.
+``create_audience``, the state connection for the creation lease) and its hook. By name, the audience an
+earlier run resolved the name to is read by its id rather than listing the ad account's audiences
+(:mod:`airflow_provider_fbca.sync.audience_names`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_fbca.exceptions import GraphInvalidRequestError, GraphPermissionError
 from airflow_provider_fbca.operators.task_context import lease_holder
-from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, check_audience
+from airflow_provider_fbca.sync.audience import AUDIENCE_FIELDS, AudienceNotSyncableError, check_audience
+from airflow_provider_fbca.sync.audience_names import AudienceNames
 from airflow_provider_fbca.sync.journal import PageJournal
 from airflow_provider_fbca.sync.lease import SyncLease, run_exclusively
 from airflow_provider_fbca.sync.partitions import check_layout, partition_suffix
@@ -43,22 +47,31 @@ class AudienceResolution:
         customer_file_source: str | None
         is_value_based: bool
         dry_run: bool
-        state_conn_id: str
         state_table: str
         lease_minutes: float
         partition: int
         partitions: int
         _key_names: list[str]
 
-        @staticmethod
-        def _sql_hook(conn_id: str) -> DbApiHook: ...
-
-    def _resolve_audience(self, sends_values: bool) -> str | None:
+    def _resolve_audience(self, store: StateStore, sends_values: bool) -> str | None:
         """The id of the audience to sync into, after checking it can take the sync; None when it is
-        to be created (once the model passed every check)."""
+        to be created (once the model passed every check).
+
+        By name, the audience an earlier run resolved the name to is read alone (one request) and used if
+        it still fits; otherwise the ad account's audiences are listed, and what the listing found is
+        recorded for the next run (not by a dry run, which changes no state).
+
+        :param store: the state store (the earlier runs' records, and a full refresh left open).
+        :param sends_values: whether the mapping has a LOOKALIKE_VALUE column.
+        """
         if self.audience_id:
             audience = self.hook.get_audience(str(self.audience_id), fields=AUDIENCE_FIELDS)
         else:
+            names = AudienceNames(store, self.hook.ad_account_id)
+            names.ensure_table()
+            recalled = self._recalled_audience(names, sends_values)
+            if recalled is not None:
+                return recalled
             audience = self.hook.find_audience(str(self.audience_name), fields=AUDIENCE_FIELDS)
             if audience is None:
                 if not self.create_audience:
@@ -76,27 +89,73 @@ class AudienceResolution:
             audience,
             sends_values=sends_values,
             ad_account_id=self.hook.ad_account_id,
-            replace_is_ours=lambda: self._refresh_is_open(audience_id),
+            replace_is_ours=lambda: self._refresh_is_open(store, audience_id),
         )
+        if not self.audience_id and not self.dry_run:
+            names.remember(str(self.audience_name), audience_id)
         return audience_id
 
-    def _refresh_is_open(self, audience_id: str) -> bool:
-        """Whether the state holds a full refresh of this audience that a killed run left open."""
-        state_hook = self._sql_hook(self.state_conn_id)
-        conn = state_hook.get_conn()
+    def _recalled_audience(self, names: AudienceNames, sends_values: bool) -> str | None:
+        """The audience an earlier run resolved the name to, read alone and checked as the listing's would
+        be; None when no run recorded one, or it is gone (deleted, out of the token's reach), renamed or
+        fails a check: the caller then lists the ad account's audiences, as a first run does.
+
+        A second audience given the same name since is not seen: the sync stays with the one it recorded,
+        whose state describes it (the listing would have switched to the newest, starting a first sync
+        into it and leaving the old one with its members).
+
+        :param names: the records, on the state's or the creation lease's store.
+        :param sends_values: whether the mapping has a LOOKALIKE_VALUE column.
+        """
+        name = str(self.audience_name)
+        audience_id = names.recall(name)
+        if audience_id is None:
+            return None
         try:
-            store = StateStore(conn, self.state_table, state_hook.placeholder)
-            store.ensure_tables()
-            return PageJournal(store, f"{self.hook.ad_account_id}:{audience_id}").open_refresh() is not None
-        finally:
-            conn.close()
+            audience = self.hook.get_audience(audience_id, fields=AUDIENCE_FIELDS)
+        except (GraphInvalidRequestError, GraphPermissionError):  # 100/33: deleted, or not readable
+            why = "no longer exists or cannot be read"
+        else:
+            renamed = audience.get("name") != name
+            why = "was renamed" if renamed else self._unsyncable(audience, sends_values, names.store)
+        if why:
+            self.log.info(
+                "Audience %s, found by the name %r before, %s: looking the name up among the ad account's "
+                "audiences",
+                audience_id,
+                name,
+                why,
+            )
+            return None
+        return audience_id
+
+    def _unsyncable(self, audience: dict[str, Any], sends_values: bool, store: StateStore) -> str:
+        """Why a recalled audience cannot take the sync (what :func:`check_audience` refuses), or ''."""
+        try:
+            check_audience(
+                audience,
+                sends_values=sends_values,
+                ad_account_id=self.hook.ad_account_id,
+                replace_is_ours=lambda: self._refresh_is_open(store, str(audience["id"])),
+            )
+        except AudienceNotSyncableError:
+            return "fails a check of the sync"
+        return ""
+
+    def _refresh_is_open(self, store: StateStore, audience_id: str) -> bool:
+        """Whether the state holds a full refresh of this audience that a killed run left open."""
+        journal = PageJournal(store, f"{self.hook.ad_account_id}:{audience_id}")
+        is_open = journal.open_refresh() is not None
+        store.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
+        return is_open
 
     def _create_audience(self, state_hook: DbApiHook, context: Context) -> tuple[str, str]:
         """Create the named audience, once: its id and the sync key of this run's state.
 
         The partitions of a sync start together, and each found no audience of that name. So creation holds
         a lease on the name (a row of the locks table, through a connection of its own): the first partition
-        creates the audience, the others wait for the lease, then find it by name and sync into it.
+        creates the audience and records it before releasing the lease, the others wait for the lease, then
+        read it by the id it recorded and sync into it.
         """
         account = self.hook.ad_account_id
         conn = state_hook.get_conn()
@@ -109,23 +168,37 @@ class AudienceResolution:
                 lease_minutes=self.lease_minutes,
                 holder=lease_holder(context),
             )
-            audience_id = run_exclusively(lease, self._find_or_create_audience, wait_s=CREATE_WAIT_S)
+            names = AudienceNames(store, account)
+            audience_id = run_exclusively(
+                lease, lambda: self._find_or_create_audience(names), wait_s=CREATE_WAIT_S
+            )
             check_layout(store, f"{account}:{audience_id}", self.partitions)
         finally:
             conn.close()
         return audience_id, f"{account}:{audience_id}" + partition_suffix(self.partition, self.partitions)
 
-    def _find_or_create_audience(self) -> str:
-        """The named audience's id: found (another partition created it meanwhile) or created now."""
+    def _find_or_create_audience(self, names: AudienceNames) -> str:
+        """The named audience's id: found (another partition created it meanwhile: it recorded it before
+        releasing the lease) or created now, and recorded for the next run.
+
+        :param names: the records, on the creation lease's store.
+        """
         sends_values = LOOKALIKE_VALUE in self._key_names
-        audience = self.hook.find_audience(str(self.audience_name), fields=AUDIENCE_FIELDS)
-        if audience is not None:
-            check_audience(audience, sends_values=sends_values, ad_account_id=self.hook.ad_account_id)
-            self.log.info("Audience %r was created meanwhile (by another partition)", self.audience_name)
-            return str(audience["id"])
-        return self.hook.create_audience(
-            str(self.audience_name),
-            description=self.audience_description,
-            customer_file_source=self.customer_file_source,
-            is_value_based=self.is_value_based,
-        )
+        name = str(self.audience_name)
+        audience_id = self._recalled_audience(names, sends_values)
+        if audience_id is None:
+            audience = self.hook.find_audience(name, fields=AUDIENCE_FIELDS)
+            if audience is not None:
+                check_audience(audience, sends_values=sends_values, ad_account_id=self.hook.ad_account_id)
+                audience_id = str(audience["id"])
+        if audience_id is not None:
+            self.log.info("Audience %r was created meanwhile (by another partition)", name)
+        else:
+            audience_id = self.hook.create_audience(
+                name,
+                description=self.audience_description,
+                customer_file_source=self.customer_file_source,
+                is_value_based=self.is_value_based,
+            )
+        names.remember(name, audience_id)
+        return audience_id

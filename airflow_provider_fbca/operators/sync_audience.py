@@ -322,37 +322,37 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
         # A full refresh replaces the whole audience: partition 0 does it for all, under the unpartitioned key.
         suffix = "" if self.full_refresh else partition_suffix(self.partition, self.partitions)
         sends_values = LOOKALIKE_VALUE in self._key_names
-        audience_id = self._resolve_audience(sends_values)
-        account = self.hook.ad_account_id
-        publish_audience_link(context, account, audience_id)
-        check_audience_outlets(self.outlets, account, audience_id)
         preparer = RowPreparer(self._match_keys(), default_country=self.default_country)
-        new_audience = f"{account}:new:{self.audience_name}"
-        options = SyncOptions(
-            audience_id=audience_id or f"(new) {self.audience_name}",
-            sync_key=(f"{account}:{audience_id}" if audience_id else new_audience) + suffix,
-            # One run per audience, whichever ad account override reached it (refused above if foreign);
-            # each partition of it has a lease of its own.
-            lease_key=(audience_lease_key(audience_id) if audience_id else new_audience) + suffix,
-            mode=self.sync_mode,
-            has_membership=self.membership_column is not None,
-            dry_run=self.dry_run,
-            full_refresh=self.full_refresh,
-            max_removal_fraction=self.max_removal_fraction,
-            batch_size=self.batch_size,
-            max_in_flight=self.max_in_flight,
-            prepare_in_subprocess=self.prepare_in_subprocess,
-            app_ids=self.app_ids,
-            page_ids=self.page_ids,
-            source_key_index=preparer.column_of(EXTERN_ID),
-            lease_minutes=self.lease_minutes,
-            on_refused_removals=self.on_refused_removals,
-        )
         state_conn = state_hook.get_conn()
         model: ModelQuery | None = None
         try:
             store = StateStore(state_conn, self.state_table, state_hook.placeholder)
             store.ensure_tables()
+            audience_id = self._resolve_audience(store, sends_values)
+            account = self.hook.ad_account_id
+            publish_audience_link(context, account, audience_id)
+            check_audience_outlets(self.outlets, account, audience_id)
+            new_audience = f"{account}:new:{self.audience_name}"
+            options = SyncOptions(
+                audience_id=audience_id or f"(new) {self.audience_name}",
+                sync_key=(f"{account}:{audience_id}" if audience_id else new_audience) + suffix,
+                # One run per audience, whichever ad account override reached it (refused above if foreign);
+                # each partition of it has a lease of its own.
+                lease_key=(audience_lease_key(audience_id) if audience_id else new_audience) + suffix,
+                mode=self.sync_mode,
+                has_membership=self.membership_column is not None,
+                dry_run=self.dry_run,
+                full_refresh=self.full_refresh,
+                max_removal_fraction=self.max_removal_fraction,
+                batch_size=self.batch_size,
+                max_in_flight=self.max_in_flight,
+                prepare_in_subprocess=self.prepare_in_subprocess,
+                app_ids=self.app_ids,
+                page_ids=self.page_ids,
+                source_key_index=preparer.column_of(EXTERN_ID),
+                lease_minutes=self.lease_minutes,
+                on_refused_removals=self.on_refused_removals,
+            )
             if audience_id and not self.full_refresh:
                 check_layout(store, f"{account}:{audience_id}", self.partitions)
             shares = ShareRecorder(store) if self.full_refresh and not self.dry_run else None

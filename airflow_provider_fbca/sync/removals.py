@@ -127,10 +127,7 @@ class Removals:
             (self.sync_key,),
         ).close()
         store.execute(f"CREATE INDEX {self.rows}_rid ON {self.rows} (key_schema, rid)").close()
-        store.execute(
-            f"CREATE TEMPORARY TABLE {self.ids} (rid INTEGER NOT NULL, position INTEGER NOT NULL,"
-            f" key_name VARCHAR(20) NOT NULL, value TEXT, shared INTEGER NOT NULL DEFAULT 0){store.updated_in_place}"
-        ).close()
+        self.create_values()
         keys = set()
         for key_schema in self.schemas():
             for position, key in withholdable(key_schema):
@@ -149,6 +146,16 @@ class Removals:
         store.execute(f"CREATE INDEX {self.ids}_rid ON {self.ids} (rid)").close()
         store.commit()
         return int(store.fetch_one(f"SELECT COUNT(*) FROM {self.ids} WHERE shared = 1")[0])
+
+    def create_values(self) -> None:
+        """Create the table of the removal rows' withheld-key values (:attr:`ids`): which row, where, and
+        whether a staying row shares it. A run's second look owed by its killed predecessor fills it from
+        the note the predecessor left (see :mod:`.second_look`)."""
+        self.store.execute(
+            f"CREATE TEMPORARY TABLE {self.ids} (rid INTEGER NOT NULL, position INTEGER NOT NULL,"
+            " key_name VARCHAR(20) NOT NULL, value TEXT, shared INTEGER NOT NULL DEFAULT 0)"
+            f"{self.store.updated_in_place}"  # marking a value shared is an UPDATE of its row
+        ).close()
 
     def _mark_shared_values(self, keys: Collection[str]) -> None:
         """Mark the removal identifiers that an addition holds, then those a staying row holds.

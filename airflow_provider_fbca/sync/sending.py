@@ -31,6 +31,7 @@ from airflow_provider_fbca.sync.plan import (
 )
 from airflow_provider_fbca.sync.removals import Removals
 from airflow_provider_fbca.sync.report import SyncReport
+from airflow_provider_fbca.sync.second_look import OwedLooks
 from airflow_provider_fbca.sync.state import StagedRow, StageTable, StateStore, decode_identifiers
 from airflow_provider_fbca.sync.wal_checkpoint import WalCheckpointer
 
@@ -197,12 +198,15 @@ class PlanSender:
         if not has_planned and not self.journal.owed_count():
             return
         removals = Removals(self.store, stage, self.options.sync_key)
+        looks = OwedLooks(self.store, self.options.sync_key)
         try:
             self.report.identifiers_withheld_shared += removals.build()
             self.report.owed_removals_sent += removals.origins().get(OWED, 0)
+            looks.owe(removals)  # done below; a run ending before leaves it to the next (see .second_look)
             for key_schema in removals.schemas():
                 self._remove(removals, key_schema)
             removals.unconfirm_late_holders(self.lease.keep_alive)  # a partition's additions racing them
+            looks.settle()
         finally:
             removals.drop()
 

@@ -18,6 +18,8 @@ OWED_SUFFIX = "_owed"
 REFRESH_SUFFIX = "_refresh"
 LAYOUT_SUFFIX = "_layout"
 REMOVALS_SUFFIX = "_removals"  # the removal ledger of partitioned runs (see .removal_budget)
+NAMES_SUFFIX = "_names"  # the audience each audience_name resolved to (see .audience_names)
+LOOKS_SUFFIX = "_looks"  # the second looks a partition's removals owe (see .second_look)
 #: Every companion table is named ``<state_table><suffix>``: a state table name must fit with each.
 STATE_TABLE_SUFFIXES = (
     "",
@@ -28,6 +30,8 @@ STATE_TABLE_SUFFIXES = (
     REFRESH_SUFFIX,
     LAYOUT_SUFFIX,
     REMOVALS_SUFFIX,
+    NAMES_SUFFIX,
+    LOOKS_SUFFIX,
 )
 
 

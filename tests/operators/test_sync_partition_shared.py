@@ -104,17 +104,7 @@ def test_an_addition_racing_another_partition_s_removal_is_sent_again_by_its_nex
     in flight while partition 1 adds a newcomer with that inbox: Meta then removes the newcomer with the
     leaver. Partition 0, once its removals are answered, marks the newcomer's state row unconfirmed, so
     partition 1's next run sends the newcomer again and Meta holds the model."""
-    rows, share0, share1 = _people(warehouse)
-    leaves, joins = share0[0], share1[0]
-    v1 = _with_email([row for row in rows if row[0] != joins], {leaves}, FAMILY)
-    warehouse.write(v1)
-    audience_id = _sync(warehouse, fb_conn_id, state_table, 0)["audience_id"]
-    _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)
-
-    v2 = _with_email([row for row in rows if row[0] != leaves], {joins}, FAMILY)
-    warehouse.write(v2)
-    faults = [{"method": "DELETE", "path": "/users", "delay_s": 600}]
-    requests.post(f"{sandbox.url}/_sandbox/faults", json={"faults": faults}, timeout=10).raise_for_status()
+    audience_id, joins, v2 = before_the_race(warehouse, sandbox, fb_conn_id, state_table)
     removing: dict[str, Any] = {}
     thread = threading.Thread(
         target=lambda: removing.update(
@@ -135,6 +125,25 @@ def test_an_addition_racing_another_partition_s_removal_is_sent_again_by_its_nex
     again = _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)
     assert again["added"] + again["updated"] == 1
     assert {k: m["EMAIL"] for k, m in members(sandbox, audience_id).items()} == expected(v2)
+
+
+def before_the_race(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> tuple[str, str, list[tuple[Any, ...]]]:
+    """Both partitions synced a model where a leaver of partition 0 holds the family inbox; the warehouse
+    now holds the next model (the leaver gone, a newcomer of partition 1 with the inbox), and the sandbox
+    holds the next removal request. Returns the audience, the newcomer's EXTERN_ID and the next model."""
+    rows, share0, share1 = _people(warehouse)
+    leaves, joins = share0[0], share1[0]
+    v1 = _with_email([row for row in rows if row[0] != joins], {leaves}, FAMILY)
+    warehouse.write(v1)
+    audience_id = _sync(warehouse, fb_conn_id, state_table, 0)["audience_id"]
+    _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)
+    v2 = _with_email([row for row in rows if row[0] != leaves], {joins}, FAMILY)
+    warehouse.write(v2)
+    faults = [{"method": "DELETE", "path": "/users", "delay_s": 600}]
+    requests.post(f"{sandbox.url}/_sandbox/faults", json={"faults": faults}, timeout=10).raise_for_status()
+    return audience_id, joins, v2
 
 
 def _unacknowledge(warehouse: Warehouse, state_table: str, row_key: str) -> None:

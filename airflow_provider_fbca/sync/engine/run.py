@@ -43,6 +43,7 @@ from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.rejects import RejectsTable
 from airflow_provider_fbca.sync.removal_guard import judge_removals
 from airflow_provider_fbca.sync.report import SyncReport
+from airflow_provider_fbca.sync.second_look import OwedLooks
 from airflow_provider_fbca.sync.sending import AudienceClient, PlanSender, RemovalsRefusedError
 from airflow_provider_fbca.sync.source import ModelQuery
 from airflow_provider_fbca.sync.staging import ModelStager
@@ -148,8 +149,10 @@ class SyncRun(StreamedFirstSync):
         return self.report
 
     def _reconcile(self) -> None:
-        """Fold what a killed run left in flight into the state, and take up a full refresh it left open."""
+        """Fold what a killed run left in flight into the state, take up a full refresh it left open, and
+        do the second look its removals owed (a partition's: see :mod:`.second_look`)."""
         self.report.reconciled_rows = self.journal.reconcile()
+        OwedLooks(self.store, self.options.sync_key).look_again(self.lease.keep_alive)
         if self.report.reconciled_rows:
             log.warning(
                 "An earlier run of this sync ended with %d row(s) sent but not answered; they count as "

@@ -1,0 +1,43 @@
+"""A partition's run that ends after sending removals and before looking again leaves that look to its
+retry (docs/partitions.md, "Shared identifiers across partitions")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.operators.conftest import Warehouse, let_held_uploads_go, wait_for_held_upload
+from tests.operators.test_sync_audience import expected, members
+from tests.operators.test_sync_partition_shared import PARTITIONS, _sync, before_the_race
+from tests.operators.test_sync_recovery import finish_killed, query, start
+
+#: The first statement of the second look once the other partitions' pending pages were waited for: the
+#: run's removals are all answered then.
+BEFORE_THE_LOOK = r"CREATE TEMPORARY TABLE fbca_stage_\w+_late AS"
+
+
+def test_a_run_killed_before_looking_again_leaves_the_look_to_its_retry(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str
+) -> None:
+    """The race of test_an_addition_racing_another_partition_s_removal_is_sent_again_by_its_next_run, its
+    removing partition killed once Meta answered its removal and before it looked again: its retry has
+    nothing to remove, and does the look it owed, so partition 1's next run sends the newcomer again."""
+    audience_id, joins, v2 = before_the_race(warehouse, sandbox, fb_conn_id, state_table)
+    query(warehouse, f"DROP TABLE {state_table}_looks")  # a state from before the notes: gains the table
+    options = {"audience_id": audience_id, "partitions": PARTITIONS, "partition": 0}
+    removing = start(warehouse, fb_conn_id, state_table, kill_on=BEFORE_THE_LOOK, **options)
+    try:
+        wait_for_held_upload(sandbox)  # partition 0 checked the holders and sent its removal
+        assert _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)["added"] == 1
+    finally:
+        let_held_uploads_go(sandbox)
+        finish_killed(removing)
+    assert joins not in members(sandbox, audience_id)  # the race: Meta removed the newcomer too
+    assert query(warehouse, f"SELECT COUNT(*) FROM {state_table}_looks") == [(1,)]  # the family inbox
+    query(warehouse, f"DELETE FROM {state_table}_locks")  # the dead run's lease (or wait lease_minutes)
+
+    retry = _sync(warehouse, fb_conn_id, state_table, 0, audience_id=audience_id)
+    assert (retry["removed"], retry["rows_sent"]) == (0, 0)  # Meta acknowledged the removal: not planned
+    assert query(warehouse, f"SELECT COUNT(*) FROM {state_table}_looks") == [(0,)]
+    again = _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)
+    assert again["added"] + again["updated"] == 1
+    assert {k: m["EMAIL"] for k, m in members(sandbox, audience_id).items()} == expected(v2)
