@@ -19,9 +19,9 @@ e-mails probes no phone. On SQLite, extracting each row's identifiers and probin
 incremental run's time, so a registered function first keeps only the state rows that may hold such a
 value (a fixed-size bitmap of the removal values' hashes: no false negative, memory bounded whatever the
 number of removals), and the exact join runs on those few. PostgreSQL does the same in one scan of the
-state in SQL (:meth:`Removals._probable_holders`): each row's values at its schema's withheld positions
-probe a hash of the removal values, and the exact join runs on the rows that hit. Past
-:data:`PROBED_VALUES_LIMIT` removal values the exact join reads the state itself.
+state in SQL (:meth:`Removals._probable_holders`): each row's value at a withheld position of its schema
+probes a hash of the removal values of that position's key, and the exact join runs on the rows that
+hit. Past :data:`PROBED_VALUES_LIMIT` removal values the exact join reads the state itself.
 
 A partitioned sync's people are spread over N slices of the state (see :mod:`.partitions`): a partition
 looks for holders in every slice of its sync, and in the other partitions' addition pages still pending
