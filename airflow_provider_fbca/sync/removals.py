@@ -19,9 +19,9 @@ e-mails probes no phone. On SQLite, extracting each row's identifiers and probin
 incremental run's time, so a registered function first keeps only the state rows that may hold such a
 value (a fixed-size bitmap of the removal values' hashes: no false negative, memory bounded whatever the
 number of removals), and the exact join runs on those few. PostgreSQL does the same in one scan of the
-state in SQL (:meth:`Removals._probable_holders`): each row's values at its schema's withheld positions
-probe a hash of the removal values, and the exact join runs on the rows that hit. Past
-:data:`PROBED_VALUES_LIMIT` removal values the exact join reads the state itself.
+state in SQL (:meth:`Removals._probable_holders`): each row's value at a withheld position of its schema
+probes a hash of the removal values of that position's key, and the exact join runs on the rows that
+hit. Past :data:`PROBED_VALUES_LIMIT` removal values the exact join reads the state itself.
 
 A partitioned sync's people are spread over N slices of the state (see :mod:`.partitions`): a partition
 looks for holders in every slice of its sync, and in the other partitions' addition pages still pending
@@ -154,6 +154,7 @@ class Removals:
         self.store.execute(
             f"CREATE TEMPORARY TABLE {self.ids} (rid INTEGER NOT NULL, position INTEGER NOT NULL,"
             " key_name VARCHAR(20) NOT NULL, value TEXT, shared INTEGER NOT NULL DEFAULT 0)"
+            f"{self.store.updated_in_place}"  # marking a value shared is an UPDATE of its row
         ).close()
 
     def _mark_shared_values(self, keys: Collection[str]) -> None:
@@ -176,7 +177,7 @@ class Removals:
         if self.store.is_sqlite:
             holders = self._may_hold(keys)
         else:
-            holders = self._probable_holders(keys) or self.store.table
+            holders = self._probable_holders() or self.store.table
         for key_schema in self._holder_schemas(holders):
             self._mark_shared(holders, key_schema, _positions(key_schema, keys), additions=False)
 
@@ -220,7 +221,7 @@ class Removals:
                 store.conn.create_function(name, arguments, None)
         return self.holders
 
-    def _probable_holders(self, keys: Collection[str]) -> str | None:
+    def _probable_holders(self) -> str | None:
         """PostgreSQL: copy the state's member rows that may hold a removal identifier into a temporary table.
 
         One scan of the state, which probes the (few) removal values per withheld position of a row's
@@ -242,7 +243,8 @@ class Removals:
         keep something of every row (a 64-bit hash of each withheld value, into a temporary table), 1.8 s
         of the server's CPU at a million rows and a probe of 0.3 s, against some 0.8 s for this scan.
 
-        :param keys: the withheld keys of the removal values that no addition holds.
+        The values probed are those no addition holds, each at the positions of its own key.
+
         :returns: the table's name (it has the state's columns the exact join reads); None when the
             removal values are too many to probe, or the server would not hash them: the exact join
             then reads the state.
@@ -250,14 +252,16 @@ class Removals:
         store, limit = self.store, self.probed_values_limit
         if int(store.fetch_one("SHOW server_version_num")[0]) < HASHED_ARRAY_VERSION:
             return None
-        values = [
-            row[0]
-            for row in store.fetch_all(
-                f"SELECT DISTINCT value FROM {self.ids} WHERE shared = 0 LIMIT {limit + 1}"
-            )
-        ]
-        if len(values) > limit:
+        pairs = store.fetch_all(
+            f"SELECT DISTINCT key_name, value FROM {self.ids} WHERE shared = 0 LIMIT {limit + 1}"
+        )
+        if len(pairs) > limit:
             return None
+        # Each position probes the values of its own key only: a smaller hash per probe, and no row kept
+        # for holding a removal's e-mail as its phone (the exact join would drop it).
+        values: dict[str, list[str]] = {}
+        for key, value in pairs:
+            values.setdefault(key, []).append(value)
         schemas = [
             row[0]
             for row in store.fetch_all(
@@ -269,14 +273,14 @@ class Removals:
         conditions = []
         params += schemas
         for key_schema in schemas:
-            positions = [position for position, key in withholdable(key_schema) if key in keys]
+            positions = [(position, key) for position, key in withholdable(key_schema) if key in values]
             if positions:
                 probes = (
                     f"{split_value_sql('identifiers', str(position))} = ANY(CAST(? AS TEXT[]))"
-                    for position in positions
+                    for position, _ in positions
                 )
                 conditions.append(f"(key_schema = ? AND ({' OR '.join(probes)}))")
-                params += [key_schema, *(values for _ in positions)]
+                params += [key_schema, *(values[key] for _, key in positions)]
         markers = ", ".join("?" for _ in schemas)
         # Parallel workers may share the scan (the values are constants, the state no temporary table), but
         # the planner cannot tell how few rows the probes keep: it takes every row for a holder and prices

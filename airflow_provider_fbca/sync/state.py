@@ -88,6 +88,9 @@ REFRESH_SAMPLE_TARGET = 10
 #: ``pg_stat_force_next_flush()``.
 SKIP_LOCKED_VERSION = 120000
 FORCE_FLUSH_VERSION = 150000
+#: PostgreSQL: how full a run's temporary table that is updated in place is packed (see
+#: :meth:`StateStore.updated_in_place`).
+UPDATED_TABLE_FILLFACTOR = 50
 #: How an insert into the state table overwrites the row of the same key (SQLite and PostgreSQL alike).
 #: The state's columns, in the order :meth:`StateStore.upsert` writes them: a staged row, keyed and dated.
 STATE_COLUMNS = ("sync_key", *StagedRow._fields, "synced_at")
@@ -300,6 +303,18 @@ class StateStore(LeaseRows):
             return False
         planned, live = float(row[0]), int(row[1])
         return planned < 0 or abs(live - planned) > 0.1 * planned + 1000
+
+    @property
+    def updated_in_place(self) -> str:
+        """The storage clause of a temporary table whose rows an ``UPDATE`` rewrites (empty on SQLite).
+
+        PostgreSQL writes an updated row anew: packed full, the new version goes to another page and
+        every index of the table gets an entry for it. Pages left half empty keep it beside the old one,
+        without index entries (a "HOT" update, when no indexed column changes): a fifth of the CPU of
+        marking 20,000 removal values shared (0.04 s against 0.19 s). The tables are small (a run's
+        changed rows); twice their pages cost less than one index entry per updated row.
+        """
+        return f" WITH (fillfactor = {UPDATED_TABLE_FILLFACTOR})" if self.is_postgres else ""
 
     def identifier_at(self, column: str, position: int | str) -> str:
         """SQL for the identifier at ``position`` of a stored wire row (see :func:`encode_identifiers`).

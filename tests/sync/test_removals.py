@@ -317,6 +317,25 @@ def test_the_holders_scan_probes_only_the_values_no_addition_holds(store: StateS
     stage.drop()
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_the_holders_scan_looks_for_each_value_at_its_own_key_s_positions(store: StateStore) -> None:
+    """A person leaves; a staying member holds their e-mail's value as a phone, nothing as an e-mail. The
+    scan keeps the rows holding a removal value at that value's key (the leaving row itself), not the one
+    holding it at another key's position, which the exact join would drop anyway: nothing is withheld."""
+    schema = "EXTERN_ID,EMAIL,PHONE"
+    email, phone = "e" * 64, "p" * 64
+    _store_rows(store, [(schema, ["leaves", email, phone], 1), (schema, ["crossed", "x" * 64, email], 1)])
+    stage = _stage_rows(store, [("leaves", 0, 0, schema, ["leaves", email, phone], None)])
+    removals = Removals(store, stage, "s")
+    assert removals.build() == 0
+    assert store.fetch_all(f"SELECT row_key FROM {removals.holders}") == [("leaves",)]
+    (page,) = removals.pages(schema, 10)
+    assert [row.sent for row in page] == [encode_identifiers(["leaves", email, phone])]
+    removals.drop()
+    stage.drop()
+
+
 def _explained(store: StateStore) -> list[str]:
     """PostgreSQL: the plans of the statements the connection runs from now on (auto_explain's notices)."""
     plans: list[str] = []
