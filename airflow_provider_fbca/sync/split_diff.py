@@ -1,0 +1,175 @@
+"""PostgreSQL's one-pass diff on two cores: two halves of it, on two connections, in one snapshot.
+
+The diff of a large model (:meth:`.pushdown.PushdownModel.diff`) is one statement, so one backend: one
+core. Split by the lowest bit of the digests (:func:`half_filter`), its two halves share nothing: a model
+row and the state row it matches have the same digest, so both are in the same half, and so are two model
+rows with the same cells (a repeated row, which the diff counts per state row). Each half hashes half the
+state rows and probes with half the model rows: the second half runs at the same time on a connection of
+its own (:class:`SecondHalf`), then its few rows (new or changed rows, unmatched state rows, one counting
+row) are copied into the run's ``model`` table. Each half still scans both tables and computes every
+model row's digest to know its half (a split by position could not be matched with the state by digest):
+at a million rows each half takes about two thirds of the whole's CPU, a third more in all.
+
+Both halves read one snapshot: the run's connection starts a ``REPEATABLE READ`` transaction and exports
+its snapshot (``pg_export_snapshot()``), which the second connection imports (``SET TRANSACTION
+SNAPSHOT``) before it reads; it takes the run's session settings that change a cell's text (its digest) or
+what a name means (:data:`SESSION_SETTINGS`). It writes only a temporary table of its own session: a
+killed run leaves nothing behind. It takes no lock but its reads' and never waits for the run's
+connection, which waits for it only once its own half is written, so neither can block the other, and
+the lease and the journal stay on the run's connection.
+
+Whenever the second half cannot run there (no second connection, a driver that cannot copy between
+them, a model query naming the run's temporary objects, as a dry run's view of the state), the run's
+connection runs it after its own half, in the same snapshot: slower, the same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: The state rows from which the diff is split: below, the second connection (opened, authenticated) and
+#: the second scan of both tables cost about what the split saves.
+SPLIT_FROM_ROWS = 200_000
+#: The settings the second connection takes from the run's: the text of a timestamp, an interval, a float,
+#: a ``bytea`` or ``money`` (cast to text by the digest), how a literal parses, which relations a name means.
+SESSION_SETTINGS = (
+    "search_path",
+    "TimeZone",
+    "DateStyle",
+    "IntervalStyle",
+    "extra_float_digits",
+    "bytea_output",
+    "lc_monetary",
+    "standard_conforming_strings",
+)
+
+
+def half_filter(digest: str, half: int) -> str:
+    """The rows of one half: by the digest's lowest bit (a state row without a digest: the first half).
+
+    :param digest: the digest's SQL expression.
+    :param half: 0 or 1.
+    """
+    return f"COALESCE({digest} & 1, 0) = {half}"
+
+
+def can_split(conn: Any) -> bool:
+    """Whether the run's connection can hand a half to a second one: psycopg 3 (its ``COPY`` streams a
+    half's rows from one connection to the other)."""
+    try:
+        from psycopg import Connection
+    except ImportError:
+        return False
+    return isinstance(conn, Connection)
+
+
+def begin_snapshot(conn: Any, settings: str) -> tuple[str, list[tuple[str, str]]]:
+    """Start the run's ``REPEATABLE READ`` transaction; its exported snapshot and session settings.
+
+    :param conn: the run's connection, between transactions.
+    :param settings: ``SET LOCAL`` statements for the transaction (the diff's memory, JIT).
+    :returns: the snapshot's id and :data:`SESSION_SETTINGS`' values.
+    """
+    values = ", ".join(f"current_setting('{name}')" for name in SESSION_SETTINGS)
+    with conn.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cursor.execute(settings)
+        cursor.execute(f"SELECT pg_export_snapshot(), {values}")
+        snapshot, *current = cursor.fetchone()
+    return str(snapshot), list(zip(SESSION_SETTINGS, map(str, current), strict=True))
+
+
+class SecondHalf:
+    """The diff's second half, run on a connection of its own, in a thread, into a temporary table.
+
+    :param connect: opens a connection to the run's database (the hook's ``get_conn``).
+    :param table: the temporary table (the name of the run's ``model`` table; its own session's).
+    """
+
+    def __init__(self, connect: Callable[[], Any], table: str) -> None:
+        self.connect = connect
+        self.table = table
+        self.conn: Any = None
+        self.failure: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def start(self, snapshot: str, settings: Sequence[tuple[str, str]], statements: Sequence[str]) -> None:
+        """Open the connection and run the half's statements in the snapshot, in a thread.
+
+        :param snapshot: the run's exported snapshot.
+        :param settings: the session settings to take, ``(name, value)``.
+        :param statements: the half's statements (``SET LOCAL``, the table's creation, its insert).
+        """
+        self._thread = threading.Thread(
+            target=self._run, args=(snapshot, settings, statements), name="fbca-second-half", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, snapshot: str, settings: Sequence[tuple[str, str]], statements: Sequence[str]) -> None:
+        try:
+            self.conn = self.connect()
+            if not can_split(self.conn):
+                raise TypeError(f"a {type(self.conn).__module__} connection cannot copy a half")
+            with self.conn.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+                for name, value in settings:
+                    cursor.execute("SELECT set_config(%s, %s, true)", (name, value))
+                for statement in statements:
+                    if self._stopped.is_set():
+                        raise InterruptedError("the run stopped the half")
+                    cursor.execute(statement)
+        except BaseException as error:  # told to the run's thread, which then runs the half itself
+            self.failure = error
+
+    def wait(self) -> bool:
+        """Wait for the half; whether it is written (else the run's connection must run it: logged why,
+        by the error's class only: a driver's message may quote a cell)."""
+        if self._thread is not None:
+            self._thread.join()
+        if self.failure is None:
+            return True
+        log.info(
+            "The diff's second half could not run on a second connection (%s): the run's connection runs it",
+            type(self.failure).__name__,
+        )
+        return False
+
+    def copy_into(self, conn: Any, columns: Sequence[str]) -> int:
+        """Copy the half's rows into the run's table of the same name and columns (binary: both tables were
+        created alike, so their types are the same); how many rows.
+
+        :param conn: the run's connection (psycopg 3), its snapshot's transaction open.
+        :param columns: the columns to copy.
+        """
+        names = ", ".join(columns)
+        copied = 0
+        with self.conn.cursor() as source, conn.cursor() as target:
+            with (
+                source.copy(f"COPY (SELECT {names} FROM {self.table}) TO STDOUT (FORMAT BINARY)") as rows,
+                target.copy(f"COPY {self.table} ({names}) FROM STDIN (FORMAT BINARY)") as into,
+            ):
+                for block in rows:
+                    into.write(block)
+            copied = target.rowcount
+        return copied
+
+    def close(self) -> None:
+        """Stop the half if it still runs (the run failed), and close its connection; never raises."""
+        self._stopped.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and self.conn is not None:
+            with contextlib.suppress(Exception):
+                getattr(self.conn, "cancel_safe", self.conn.cancel)()
+        if thread is not None:
+            thread.join()
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
