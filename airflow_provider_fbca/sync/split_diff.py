@@ -101,12 +101,20 @@ class SecondHalf:
         self._stopped = threading.Event()
 
     def start(self, snapshot: str, settings: Sequence[tuple[str, str]], statements: Sequence[str]) -> None:
-        """Open the connection and run the half's statements in the snapshot, in a thread.
+        """Open the connection (in the run's thread: a hook is not known to be thread-safe), then run the
+        half's statements in the snapshot, in a thread of their own.
 
         :param snapshot: the run's exported snapshot.
         :param settings: the session settings to take, ``(name, value)``.
         :param statements: the half's statements (``SET LOCAL``, the table's creation, its insert).
         """
+        try:
+            self.conn = self.connect()
+            if not can_split(self.conn):
+                raise TypeError(f"a {type(self.conn).__module__} connection cannot copy a half")
+        except Exception as error:  # told by wait(): the run's connection then runs the half itself
+            self.failure = error
+            return
         self._thread = threading.Thread(
             target=self._run, args=(snapshot, settings, statements), name="fbca-second-half", daemon=True
         )
@@ -114,9 +122,6 @@ class SecondHalf:
 
     def _run(self, snapshot: str, settings: Sequence[tuple[str, str]], statements: Sequence[str]) -> None:
         try:
-            self.conn = self.connect()
-            if not can_split(self.conn):
-                raise TypeError(f"a {type(self.conn).__module__} connection cannot copy a half")
             with self.conn.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
@@ -126,7 +131,7 @@ class SecondHalf:
                     if self._stopped.is_set():
                         raise InterruptedError("the run stopped the half")
                     cursor.execute(statement)
-        except BaseException as error:  # told to the run's thread, which then runs the half itself
+        except BaseException as error:  # told by wait(): the run's connection then runs the half itself
             self.failure = error
 
     def wait(self) -> bool:
@@ -165,7 +170,7 @@ class SecondHalf:
         """Stop the half if it still runs (the run failed), and close its connection; never raises."""
         self._stopped.set()
         thread = self._thread
-        if thread is not None and thread.is_alive() and self.conn is not None:
+        if thread is not None and thread.is_alive():
             with contextlib.suppress(Exception):
                 getattr(self.conn, "cancel_safe", self.conn.cancel)()
         if thread is not None:
