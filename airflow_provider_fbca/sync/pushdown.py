@@ -11,7 +11,9 @@ NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An i
    rows share (the same cells twice: a duplicate EXTERN_ID). PostgreSQL does it in one pass, a hash full
    join of the model's digests with the known ones, grouped so that only what differs is written (the
    unchanged rows become one row counting them), its ``unseen`` the keys of every state row no model row
-   matched (the plan reads them by key, not by scanning the state); SQLite holds the known digests in
+   matched (the plan reads them by key, not by scanning the state); a large state's join runs in two
+   halves by the digests' lowest bit, the second at the same time on a second connection reading the same
+   snapshot (:mod:`.split_diff`: two cores); SQLite holds the known digests in
    memory instead (:class:`KnownDigests`), where the function computing each row's digest looks it up and
    marks it: an unchanged row is neither joined nor written;
 3. streams to the worker only the model rows whose digest the state does not know (new or changed).
