@@ -38,9 +38,11 @@ log = logging.getLogger(__name__)
 #: the second scan of both tables cost about what the split saves.
 SPLIT_FROM_ROWS = 200_000
 #: The settings the second connection takes from the run's: the text of a timestamp, an interval, a float,
-#: a ``bytea`` or ``money`` (cast to text by the digest), how a literal parses, which relations a name means.
+#: a ``bytea`` or ``money`` (cast to text by the digest), how a literal parses, which relations a name means,
+#: how long a lock may be waited for (the run limits it: :meth:`.lease_rows.LeaseRows.limit_lock_wait`).
 SESSION_SETTINGS = (
     "search_path",
+    "lock_timeout",
     "TimeZone",
     "DateStyle",
     "IntervalStyle",

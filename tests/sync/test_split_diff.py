@@ -172,3 +172,21 @@ def test_both_halves_read_the_runs_snapshot(
     report = twin.sync()  # the client's run first, then the pushed-down one, which must plan alike
     assert report["updated"] == 10
     assert _both(halves[-1], "fresh")
+
+
+def test_a_model_the_second_connection_cannot_see_is_diffed_by_the_runs_own(
+    store: StateStore, halves: list[Any]
+) -> None:
+    """A model's query may read a temporary table of the run's session (a partition's share copied once):
+    the second connection fails to read it, and the run's connection runs the second half itself."""
+    twin = Twin(store, connect=Connections(store))
+    twin.write([(i, f"{i}@x", str(i)) for i in range(20)])
+    twin.sync()
+    twin.write([(i, f"{i}@new" if i % 2 else f"{i}@x", str(i)) for i in range(4, 24)])
+    store.execute(f"CREATE TEMPORARY TABLE model_copy AS SELECT * FROM {twin.table}").close()
+    store.conn.commit()
+    client = twin._run("client")
+    pushed = twin._run("pushdown", sql="SELECT * FROM model_copy ORDER BY email")
+    assert pushed.plan == client.plan and (client.plan.to_add, client.plan.removals) == (12, 4)
+    assert twin.audiences["pushdown"].members == twin.audiences["client"].members
+    assert not halves
