@@ -322,9 +322,7 @@ class PushdownModel(ModelQuery):
                 second.close()
                 counted = self._diff_materialized(stage, select, known, cells)
             else:
-                if second.wait():
-                    second.copy_into(store.conn, self._model_columns(cells))
-                else:
+                if not second.wait() or second.copy_into(store.conn, self._model_columns(cells)) is None:
                     _execute(store, self._grouped_insert(model, select, known, cells, 1))
                 counted = self._count_grouped(stage)
         finally:

@@ -32,6 +32,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from airflow_provider_fbca.sync.driver_errors import from_driver
+
 log = logging.getLogger(__name__)
 
 #: The state rows from which the diff is split: below, the second connection (opened, authenticated) and
@@ -150,23 +152,40 @@ class SecondHalf:
         )
         return False
 
-    def copy_into(self, conn: Any, columns: Sequence[str]) -> int:
-        """Copy the half's rows into the run's table of the same name and columns (binary: both tables were
-        created alike, so their types are the same); how many rows.
+    def copy_into(self, conn: Any, columns: Sequence[str]) -> int | None:
+        """Copy the half's rows into the run's table of the same name and columns, in a savepoint; how many
+        rows, or None when they could not be copied (nothing was: the run's connection then runs the half).
+
+        Binary: both tables were created alike, so their types are the same, and no value goes through a
+        text (a float's digits, a date's style). A type without binary input or output, or a second
+        connection lost meanwhile, fails the copy, told by the error's class only.
 
         :param conn: the run's connection (psycopg 3), its snapshot's transaction open.
         :param columns: the columns to copy.
         """
         names = ", ".join(columns)
-        copied = 0
-        with self.conn.cursor() as source, conn.cursor() as target:
-            with (
-                source.copy(f"COPY (SELECT {names} FROM {self.table}) TO STDOUT (FORMAT BINARY)") as rows,
-                target.copy(f"COPY {self.table} ({names}) FROM STDIN (FORMAT BINARY)") as into,
-            ):
-                for block in rows:
-                    into.write(block)
-            copied = target.rowcount
+        with conn.cursor() as target:
+            target.execute("SAVEPOINT fbca_second_half")
+            try:
+                with (
+                    self.conn.cursor() as source,
+                    source.copy(f"COPY (SELECT {names} FROM {self.table}) TO STDOUT (FORMAT BINARY)") as rows,
+                    target.copy(f"COPY {self.table} ({names}) FROM STDIN (FORMAT BINARY)") as into,
+                ):
+                    for block in rows:
+                        into.write(block)
+            except Exception as error:
+                if not from_driver(error):
+                    raise
+                target.execute("ROLLBACK TO SAVEPOINT fbca_second_half")
+                log.info(
+                    "The diff's second half could not be copied from its connection (%s): the run's "
+                    "connection runs it",
+                    type(error).__name__,
+                )
+                return None
+            copied = int(target.rowcount)
+            target.execute("RELEASE SAVEPOINT fbca_second_half")
         return copied
 
     def close(self) -> None:

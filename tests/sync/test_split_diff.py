@@ -190,3 +190,24 @@ def test_a_model_the_second_connection_cannot_see_is_diffed_by_the_runs_own(
     assert pushed.plan == client.plan and (client.plan.to_add, client.plan.removals) == (12, 4)
     assert twin.audiences["pushdown"].members == twin.audiences["client"].members
     assert not halves
+
+
+def test_a_second_half_that_cannot_be_copied_is_diffed_by_the_runs_own(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second connection is lost once its half is written: its rows cannot be copied, and the run's
+    connection runs the half itself."""
+    wait = SecondHalf.wait
+
+    def then_lost(self: SecondHalf) -> bool:
+        written = wait(self)
+        self.conn.close()
+        return written
+
+    monkeypatch.setattr(SecondHalf, "wait", then_lost)
+    twin = Twin(store, connect=Connections(store))
+    twin.write([(i, f"{i}@x", str(i)) for i in range(20)])
+    twin.sync()
+    twin.write([(i, f"{i}@new" if i % 2 else f"{i}@x", str(i)) for i in range(4, 24)])
+    report = twin.sync()
+    assert (report["added"], report["removed"]) == (4, 4)
