@@ -34,14 +34,20 @@ COLUMNS = ("id", "email", "phone")
 class Twin:
     """One model table and two syncs of it: client-side and pushed down.
 
-    :param connect: the pushed-down sync's second connection: its diff is then split, however small.
+    :param connect: the pushed-down sync's second connection: its diff is then split from
+        ``split_from_rows`` state rows (by default however small).
     """
 
     def __init__(
-        self, store: StateStore, *, membership: bool = False, connect: Callable[[], Any] | None = None
+        self,
+        store: StateStore,
+        *,
+        membership: bool = False,
+        connect: Callable[[], Any] | None = None,
+        split_from_rows: int = 0,
     ) -> None:
         self.store = store
-        self.connect = connect
+        self.connect, self.split_from_rows = connect, split_from_rows
         self.table = f"model_{uuid.uuid4().hex[:8]}"
         self.membership = membership
         self.wanted = [*COLUMNS, "member"] if membership else list(COLUMNS)
@@ -74,7 +80,12 @@ class Twin:
             model: Any = ModelQuery(store.conn, sql, self.wanted, fetch_size=2)
         else:
             model = PushdownModel(
-                store, sql, self.wanted, fetch_size=2, connect=self.connect, split_from_rows=0
+                store,
+                sql,
+                self.wanted,
+                fetch_size=2,
+                connect=self.connect,
+                split_from_rows=self.split_from_rows,
             )
         options.setdefault("mode", SyncMode.MIRROR)
         run = SyncRun(

@@ -14,7 +14,7 @@ import pytest
 
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, SyncMode
 from airflow_provider_fbca.sync.source import ModelReadError
-from airflow_provider_fbca.sync.split_diff import SecondHalf
+from airflow_provider_fbca.sync.split_diff import SPLIT_FROM_ROWS, SecondHalf
 from airflow_provider_fbca.sync.state import StateStore
 from tests.sync.test_pushdown import Twin
 
@@ -211,3 +211,14 @@ def test_a_second_half_that_cannot_be_copied_is_diffed_by_the_runs_own(
     twin.write([(i, f"{i}@new" if i % 2 else f"{i}@x", str(i)) for i in range(4, 24)])
     report = twin.sync()
     assert (report["added"], report["removed"]) == (4, 4)
+
+
+def test_a_small_state_is_diffed_on_the_runs_connection_alone(store: StateStore) -> None:
+    """Below :data:`.split_diff.SPLIT_FROM_ROWS` state rows a second connection costs what it saves."""
+    connections = Connections(store)
+    twin = Twin(store, connect=connections, split_from_rows=SPLIT_FROM_ROWS)
+    twin.write([(i, f"{i}@x", str(i)) for i in range(20)])
+    twin.sync()
+    twin.write([(i, f"{i}@new" if i % 2 else f"{i}@x", str(i)) for i in range(4, 24)])
+    assert twin.sync()["removed"] == 4
+    assert not connections.opened
