@@ -309,7 +309,7 @@ class PushdownModel(ModelQuery):
         store, model = self.store, _model(stage)
         create, select, known = statements
         store.commit()  # the temporary tables; the snapshot is the first read of a transaction of its own
-        snapshot, settings = begin_snapshot(store.conn, f"{DIFF_SETTINGS}; {SORT_OFF}")
+        snapshot, settings = begin_snapshot(store.conn, DIFF_SETTINGS)
         second = SecondHalf(connect, model)
         try:
             second.start(

@@ -19,6 +19,12 @@ killed run leaves nothing behind. It takes no lock but its reads' and never wait
 connection, which waits for it only once its own half is written, so neither can block the other, and
 the lease and the journal stay on the run's connection.
 
+Measured against it at a million rows (the diff's statement alone, CPU of each backend): PostgreSQL 15's
+own parallel workers, which it puts under the full join (a ``Gather`` scanning and digesting the model,
+another scanning the state; the join itself is not parallel before PostgreSQL 16) when the diff's table is
+created by ``CREATE TABLE AS`` (an ``INSERT`` is never parallel), took 1.15-1.25 s on the run's backend
+and 1.95-2.03 s in all, against 1.0 s and 2.0 s for the two halves: as much CPU for less of the wall.
+
 Whenever the second half cannot run there (no second connection, a driver that cannot copy between
 them, a model query naming the run's temporary objects, as a dry run's view of the state), the run's
 connection runs it after its own half, in the same snapshot: slower, the same result.

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, SyncMode
+from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.source import ModelReadError
 from airflow_provider_fbca.sync.split_diff import SPLIT_FROM_ROWS, SecondHalf
 from airflow_provider_fbca.sync.state import StateStore
-from tests.sync.test_pushdown import Twin
+from tests.sync.test_pushdown import Twin, _recording
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("store", ["postgres"], indirect=True)]
 
@@ -222,3 +223,26 @@ def test_a_small_state_is_diffed_on_the_runs_connection_alone(store: StateStore)
     twin.write([(i, f"{i}@new" if i % 2 else f"{i}@x", str(i)) for i in range(4, 24)])
     assert twin.sync()["removed"] == 4
     assert not connections.opened
+
+
+def test_a_cell_type_without_equality_is_diffed_whole_on_the_runs_connection(
+    store: StateStore, halves: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``json`` cell cannot be grouped: the second half is stopped, the run's connection materializes
+    the whole join (as without the split), and plans alike."""
+    materialized = []
+    monkeypatch.setattr(
+        PushdownModel, "_diff_materialized", _recording(PushdownModel._diff_materialized, materialized)
+    )
+    connections = Connections(store)
+    twin = Twin(store, connect=connections)
+    store.execute(f"ALTER TABLE {twin.table} ALTER COLUMN phone TYPE json USING to_json(phone)").close()
+    store.conn.commit()
+    rows = [(i, f"{i}@x", f'"{i}"') for i in range(20)]
+    twin.write(rows)
+    twin.sync()
+    twin.write([*rows[2:], (30, "n@x", '"30"')])
+    report = twin.sync()
+    assert (report["added"], report["removed"], report["unchanged"]) == (1, 2, 18)
+    assert len(materialized) == 1 and not halves
+    assert connections.opened and connections.all_closed()
