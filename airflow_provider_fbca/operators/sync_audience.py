@@ -543,6 +543,9 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
                 self.fetch_size,
                 constants=constants,
                 mapped=len(self.mapping),
+                # A large diff is split over a second connection (two cores); a partitioned sync's tasks
+                # already share the cores between them.
+                connect=source_hook.get_conn if self.partitions == 1 else None,
             )
         return ModelQuery(conn, sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping))
 

@@ -11,7 +11,9 @@ NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An i
    rows share (the same cells twice: a duplicate EXTERN_ID). PostgreSQL does it in one pass, a hash full
    join of the model's digests with the known ones, grouped so that only what differs is written (the
    unchanged rows become one row counting them), its ``unseen`` the keys of every state row no model row
-   matched (the plan reads them by key, not by scanning the state); SQLite holds the known digests in
+   matched (the plan reads them by key, not by scanning the state); a large state's join runs in two
+   halves by the digests' lowest bit, the second at the same time on a second connection reading the same
+   snapshot (:mod:`.split_diff`: two cores); SQLite holds the known digests in
    memory instead (:class:`KnownDigests`), where the function computing each row's digest looks it up and
    marks it: an unchanged row is neither joined nor written;
 3. streams to the worker only the model rows whose digest the state does not know (new or changed).
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -41,6 +43,13 @@ from airflow_provider_fbca.sync.dialects import (
 from airflow_provider_fbca.sync.driver_errors import from_driver
 from airflow_provider_fbca.sync.known_digests import KnownDigests
 from airflow_provider_fbca.sync.source import ModelQuery, Row, query_columns, read_model
+from airflow_provider_fbca.sync.split_diff import (
+    SPLIT_FROM_ROWS,
+    SecondHalf,
+    begin_snapshot,
+    can_split,
+    half_filter,
+)
 from airflow_provider_fbca.sync.state import StageTable, StateStore, known_rows_filter
 
 #: The column holding the database's digest of a row, first in every row the pushdown reads.
@@ -50,6 +59,11 @@ DIGEST_COLUMN = "fbca_source_digest"
 #: of ``j`` (a row per model row, its cells NULL but for new or changed rows), more than 64 MB: with 64 MB
 #: it spilled 50 MB to a temporary file (0.1 s of system CPU); with the default 4 MB both spill.
 DIFF_WORK_MEM = "128MB"
+#: The diff's transaction settings on PostgreSQL. No JIT: at a million rows PostgreSQL compiled the join's
+#: expressions for 0.27-0.6 s of CPU (measured both ways), more than the compiled code saved on them.
+DIFF_SETTINGS = f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'; SET LOCAL jit = off"
+#: The grouped diff's own setting (see :meth:`PushdownModel._diff_grouped`).
+SORT_OFF = "SET LOCAL enable_sort = off"
 #: PostgreSQL's ``model`` table: how many model rows each row stands for (identical new or changed rows are
 #: one row there), and the digest and key of each state row no model row matched (see ``_diff_grouped``).
 COPIES_COLUMN = "fbca_copies"
@@ -78,6 +92,9 @@ class PushdownModel(ModelQuery):
     :param dialect: the database's spellings (default: from the connection's driver).
     :param constants: cells every row gets after its mapped cells; part of every digest.
     :param mapped: how many of the wanted columns are mapped (the membership column is not).
+    :param connect: opens another connection to the database (the hook's ``get_conn``): PostgreSQL then
+        splits a large diff over two connections (see :mod:`.split_diff`); None: one connection.
+    :param split_from_rows: the state rows from which the diff is split.
     """
 
     def __init__(
@@ -89,8 +106,12 @@ class PushdownModel(ModelQuery):
         dialect: Dialect | None = None,
         constants: Sequence[Any] = (),
         mapped: int | None = None,
+        connect: Callable[[], Any] | None = None,
+        split_from_rows: int = SPLIT_FROM_ROWS,
     ) -> None:
         super().__init__(store.conn, sql, wanted, fetch_size, constants, mapped)
+        self.connect = connect
+        self.split_from_rows = split_from_rows
         found = dialect or dialect_for(store.conn)
         if found is None:
             raise ValueError(f"No SQL dialect is known for the driver {type(store.conn).__module__}.")
@@ -170,9 +191,7 @@ class PushdownModel(ModelQuery):
         store = self.store
         store.refresh_statistics()
         if store.is_postgres:
-            # No JIT: at a million rows PostgreSQL compiled the join's expressions for 0.27-0.6 s of CPU
-            # (measured both ways), more than the compiled code saved on them.
-            store.execute(f"SET LOCAL work_mem = '{DIFF_WORK_MEM}'; SET LOCAL jit = off").close()
+            store.execute(DIFF_SETTINGS).close()
             return self._diff_in_one_pass(stage, select, sync_key, members_only, store.count(sync_key))
         return self._diff_in_memory(
             stage, select, sync_key, members_only, self._known_digests(sync_key, members_only)
@@ -228,8 +247,8 @@ class PushdownModel(ModelQuery):
         """PostgreSQL: one hash full join of the model's digests with the known ones, keeping only what
         differs: the new or changed rows (into ``model``) and the known digests no row has (``unseen``).
 
-        The unchanged rows are only counted: nothing is written or indexed for them. Returns as
-        :meth:`diff`.
+        The unchanged rows are only counted: nothing is written or indexed for them. A large state's join
+        runs in two halves on two connections (:meth:`_diff_split`). Returns as :meth:`diff`.
 
         :param known_rows: how many state rows the sync has (every one is in the join).
         """
@@ -238,17 +257,22 @@ class PushdownModel(ModelQuery):
         cells = [f"c{index}" for index in range(len(self.wanted))]
         # The table's columns take the query's types, without running it (LIMIT 0). The model's query goes
         # to the driver untouched: no parameters (a "?" or "%" in it stays itself).
-        cursor = store.conn.cursor()
-        cursor.execute(
+        create = (
             f"CREATE TEMPORARY TABLE {model} AS SELECT {DIGEST_COLUMN}, 1 AS fresh, {', '.join(cells)},"
             f" 1::BIGINT AS {COPIES_COLUMN}, {DIGEST_COLUMN} AS {KNOWN_DIGEST_COLUMN}, ''::TEXT AS {ROW_KEY_COLUMN}"
             f" FROM ({select}) AS m LIMIT 0"
         )
+        cursor = store.conn.cursor()
+        cursor.execute(create)
         cursor.close()
         known = self._known_rows(sync_key, members_only)
-        counted = self._diff_grouped(stage, select, known, cells)
-        if counted is None:
-            counted = self._diff_materialized(stage, select, known, cells)
+        counted: tuple[int, int, int] | None
+        if self.connect is not None and known_rows >= self.split_from_rows and can_split(store.conn):
+            counted = self._diff_split(stage, (create, select, known), cells, self.connect)
+        else:
+            counted = self._diff_grouped(stage, select, known, cells)
+            if counted is None:
+                counted = self._diff_materialized(stage, select, known, cells)
         rows, matched, state_rows = counted
         stage.index_unseen()
         # A state row comes once in the join, or once per model row matching it: past one, a model row
@@ -262,7 +286,58 @@ class PushdownModel(ModelQuery):
         store.commit()
         return rows, seen, [str(row[0]) for row in duplicates]
 
-    def _full_join(self, select: str, known: str, cells: Sequence[str], *, matched_as_one: bool) -> str:
+    def _diff_split(
+        self,
+        stage: StageTable,
+        statements: tuple[str, str, str],
+        cells: Sequence[str],
+        connect: Callable[[], Any],
+    ) -> tuple[int, int, int]:
+        """The one-pass diff in two halves (see :mod:`.split_diff`): the first on the run's connection, the
+        second at the same time on another, in the run's snapshot, its rows then copied into ``model``.
+        Returns as :meth:`_diff_grouped`.
+
+        The snapshot's transaction holds only writes of the run's temporary tables: it is committed
+        without the lease's fence, whose lock of the lease row would fail in that snapshot (rather than
+        tell the lease was lost) had another run taken the lease over meanwhile; the next commit, the
+        unseen rows' index, is fenced as every other.
+
+        :param statements: the statement creating the (empty) ``model`` table (the second half's own
+            too), the model's select, and the known rows' subquery.
+        :param connect: opens the second connection.
+        """
+        store, model = self.store, _model(stage)
+        create, select, known = statements
+        store.commit()  # the temporary tables; the snapshot is the first read of a transaction of its own
+        snapshot, settings = begin_snapshot(store.conn, DIFF_SETTINGS)
+        second = SecondHalf(connect, model)
+        try:
+            second.start(
+                snapshot,
+                settings,
+                [DIFF_SETTINGS, SORT_OFF, create, self._grouped_insert(model, select, known, cells, 1)],
+            )
+            counted = self._diff_grouped(stage, select, known, cells, half=0)
+            if counted is None:  # a cell that cannot be grouped: the whole join, materialized, here
+                second.close()
+                counted = self._diff_materialized(stage, select, known, cells)
+            else:
+                if not second.wait() or second.copy_into(store.conn, self._model_columns(cells)) is None:
+                    _execute(store, self._grouped_insert(model, select, known, cells, 1))
+                counted = self._count_grouped(stage)
+        finally:
+            second.close()
+        store.conn.commit()  # only the run's temporary tables: see above
+        return counted
+
+    @staticmethod
+    def _model_columns(cells: Sequence[str]) -> list[str]:
+        """The columns of the ``model`` table that the grouped diff writes."""
+        return [DIGEST_COLUMN, "fresh", *cells, COPIES_COLUMN, KNOWN_DIGEST_COLUMN, ROW_KEY_COLUMN]
+
+    def _full_join(
+        self, select: str, known: str, cells: Sequence[str], *, matched_as_one: bool, half: int | None = None
+    ) -> str:
         """The model's digests and cells fully joined with the known digests: a row per model row (``d``,
         its cells only when new or changed) and per state row no model row matched (``kr``, ``kd``).
 
@@ -270,6 +345,7 @@ class PushdownModel(ModelQuery):
         :param matched_as_one: every column of a matched pair NULL (the pairs then group into one row):
             else a pair keeps its digest and its state row's key, as the three readers of the
             materialized join count them.
+        :param half: only the model and state rows of one half of the digests (see :mod:`.split_diff`).
         """
         fresh, gone = "k.row_key IS NULL", f"m.{DIGEST_COLUMN} IS NULL"
         kept = ", ".join(f"CASE WHEN {fresh} THEN m.{cell} END AS {cell}" for cell in cells)
@@ -279,13 +355,28 @@ class PushdownModel(ModelQuery):
                 f"CASE WHEN {fresh} THEN m.{DIGEST_COLUMN} END AS d, CASE WHEN {gone} THEN k.source_digest END"
                 f" AS kd, CASE WHEN {gone} THEN k.row_key END AS kr"
             )
+        rows = f"{select}{self.dialect.fence}"
+        if half is not None:  # the filter reads the fenced digest, computed once per row
+            rows = f"SELECT * FROM ({rows}) AS h WHERE {half_filter(DIGEST_COLUMN, half)}"
+            known = f"(SELECT * FROM {known} AS kh WHERE {half_filter('stored_digest', half)})"
         return (
-            f"SELECT {columns}, {kept} FROM ({select}{self.dialect.fence}) AS m"
+            f"SELECT {columns}, {kept} FROM ({rows}) AS m"
             f" FULL JOIN {known} AS k ON k.stored_digest = m.{DIGEST_COLUMN} AND k.source_digest = m.{DIGEST_COLUMN}"
         )
 
+    def _grouped_insert(
+        self, model: str, select: str, known: str, cells: Sequence[str], half: int | None = None
+    ) -> str:
+        """The statement writing the grouped join (or one half of it) into ``model``."""
+        columns = ", ".join(["d", "kd", "kr", *cells])
+        join = self._full_join(select, known, cells, matched_as_one=True, half=half)
+        return (
+            f"INSERT INTO {model} ({', '.join(self._model_columns(cells))}) SELECT d, CASE WHEN d IS NOT NULL"
+            f" THEN 1 END, {', '.join(cells)}, COUNT(*), kd, kr FROM ({join}) AS j GROUP BY {columns}"
+        )
+
     def _diff_grouped(
-        self, stage: StageTable, select: str, known: str, cells: Sequence[str]
+        self, stage: StageTable, select: str, known: str, cells: Sequence[str], half: int | None = None
     ) -> tuple[int, int, int] | None:
         """The one-pass diff, its join grouped by all its columns into ``model``: the matched pairs (every
         column NULL) into one row counting them, each new or changed row (identical ones into one, counted
@@ -298,19 +389,14 @@ class PushdownModel(ModelQuery):
         it off too: one ordering its rows (pointless for a sync) may read them by an index instead.
         Returns ``(model rows, matched pairs, state rows of the join)``; None, having changed nothing, when a
         cell's type cannot be grouped (no equality, as ``json``): the caller then materializes the join.
+
+        :param half: write only this half of the join, and count nothing (the caller counts both).
         """
-        store, model, unseen = self.store, _model(stage), stage.unseen
-        columns = ", ".join(["d", "kd", "kr", *cells])
-        cursor = store.conn.cursor()
+        cursor = self.store.conn.cursor()
         cursor.execute("SAVEPOINT fbca_grouped_diff")
         try:
-            cursor.execute("SET LOCAL enable_sort = off")
-            cursor.execute(
-                f"INSERT INTO {model} ({DIGEST_COLUMN}, fresh, {', '.join(cells)}, {COPIES_COLUMN},"
-                f" {KNOWN_DIGEST_COLUMN}, {ROW_KEY_COLUMN}) SELECT d, CASE WHEN d IS NOT NULL THEN 1 END,"
-                f" {', '.join(cells)}, COUNT(*), kd, kr FROM ({self._full_join(select, known, cells, matched_as_one=True)})"
-                f" AS j GROUP BY {columns}"
-            )
+            cursor.execute(SORT_OFF)
+            cursor.execute(self._grouped_insert(_model(stage), select, known, cells, half))
             cursor.execute("RELEASE SAVEPOINT fbca_grouped_diff")
         except Exception as error:
             if getattr(error, "sqlstate", None) != UNDEFINED_FUNCTION:
@@ -319,8 +405,13 @@ class PushdownModel(ModelQuery):
             return None
         finally:
             cursor.close()
+        return (0, 0, 0) if half is not None else self._count_grouped(stage)
+
+    def _count_grouped(self, stage: StageTable) -> tuple[int, int, int]:
+        """Load ``unseen`` from the grouped ``model``; count as :meth:`_diff_grouped` returns."""
+        store, model = self.store, _model(stage)
         store.execute(
-            f"INSERT INTO {unseen} (source_digest, row_key) SELECT {KNOWN_DIGEST_COLUMN}, {ROW_KEY_COLUMN}"
+            f"INSERT INTO {stage.unseen} (source_digest, row_key) SELECT {KNOWN_DIGEST_COLUMN}, {ROW_KEY_COLUMN}"
             f" FROM {model} WHERE {ROW_KEY_COLUMN} IS NOT NULL"
         ).close()
         fresh, matched, gone = (
@@ -480,6 +571,13 @@ def _insert_digests(store: StateStore, table: str, digests: Iterable[int]) -> No
     digests = iter(digests)
     while page := [(digest,) for digest in itertools.islice(digests, _DIGESTS_PAGE)]:
         store.executemany(statement, page)
+
+
+def _execute(store: StateStore, statement: str) -> None:
+    """Run a statement built from the model's query: untouched by the driver (no parameters)."""
+    cursor = store.conn.cursor()
+    cursor.execute(statement)
+    cursor.close()
 
 
 def _model(stage: StageTable) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,22 @@ COLUMNS = ("id", "email", "phone")
 
 
 class Twin:
-    """One model table and two syncs of it: client-side and pushed down."""
+    """One model table and two syncs of it: client-side and pushed down.
 
-    def __init__(self, store: StateStore, *, membership: bool = False) -> None:
+    :param connect: the pushed-down sync's second connection: its diff is then split from
+        ``split_from_rows`` state rows (by default however small).
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        membership: bool = False,
+        connect: Callable[[], Any] | None = None,
+        split_from_rows: int = 0,
+    ) -> None:
         self.store = store
+        self.connect, self.split_from_rows = connect, split_from_rows
         self.table = f"model_{uuid.uuid4().hex[:8]}"
         self.membership = membership
         self.wanted = [*COLUMNS, "member"] if membership else list(COLUMNS)
@@ -61,13 +73,20 @@ class Twin:
             self.store.execute(f"ALTER TABLE {self.table} ALTER COLUMN id TYPE TEXT").close()
         self.store.conn.commit()
 
-    def _run(self, kind: str, **options: Any) -> SyncReport:
+    def _run(self, kind: str, sql: str | None = None, **options: Any) -> SyncReport:
         store = self.store if kind == "client" else self.push_store
-        sql = f"SELECT * FROM {self.table} ORDER BY email"
+        sql = sql or f"SELECT * FROM {self.table} ORDER BY email"
         if kind == "client":
             model: Any = ModelQuery(store.conn, sql, self.wanted, fetch_size=2)
         else:
-            model = PushdownModel(store, sql, self.wanted, fetch_size=2)
+            model = PushdownModel(
+                store,
+                sql,
+                self.wanted,
+                fetch_size=2,
+                connect=self.connect,
+                split_from_rows=self.split_from_rows,
+            )
         options.setdefault("mode", SyncMode.MIRROR)
         run = SyncRun(
             store,
