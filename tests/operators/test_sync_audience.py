@@ -329,15 +329,17 @@ def test_a_run_killed_half_way_is_completed_by_the_retry(
     with pytest.raises(Exception, match="190"):
         run(make_operator(warehouse, fb_conn_id, state_table, audience_name="Big", fetch_size=4_000))
     audience_id = FacebookCustomAudiencesHook(fb_conn_id).find_audience("Big")["id"]
-    # The state holds the acknowledged batch and the refused one, written ahead and still pending: the
-    # retry takes its rows as possibly applied, as it would a batch whose answer never came.
-    assert len(sandbox.members(audience_id)) == 10_000
-    assert len(state_rows(warehouse, state_table)) == 20_000
+    # The first batch holds the 5,000 rows left over by full pages. The state holds it acknowledged, the
+    # refused batch and the closing one (journaled while the others flew, never sent), written ahead and
+    # still pending: the retry takes their rows as possibly applied, as it would a batch whose answer never
+    # came.
+    assert len(sandbox.members(audience_id)) == 5_000
+    assert len(state_rows(warehouse, state_table)) == 25_000
 
     assert lease_rows(warehouse, state_table) == []  # the failed run released its lease: the retry runs
 
     retry = run(make_operator(warehouse, fb_conn_id, state_table, audience_id=audience_id))
-    assert (retry["added"], retry["unchanged"], retry["rows_sent"]) == (15_000, 10_000, 15_000)
+    assert (retry["added"], retry["unchanged"], retry["rows_sent"]) == (20_000, 5_000, 20_000)
     assert [s["batches"] for s in retry["sessions"]] == [2]
     got = members(sandbox, audience_id)
     assert set(got) == set(expected(rows))
