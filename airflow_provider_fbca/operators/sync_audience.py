@@ -1,18 +1,18 @@
 """SyncAudienceOperator: rows of a SQL query into a Meta customer-file Custom Audience.
 
 A thin Airflow shell around :mod:`airflow_provider_fbca.sync`: it resolves the connections and the
-audience, streams the query's rows in chunks, and logs and returns the sync's report.
+audience (:class:`.audience_resolution.AudienceResolution`), reads its share of the model
+(:class:`.model_source.ModelSource`), and logs and returns the sync's report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import closing
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseHook, BaseOperator
-from airflow.providers.common.sql.hooks.sql import DbApiHook
+from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
 from airflow_provider_fbca.identifiers import (
@@ -31,6 +31,7 @@ from airflow_provider_fbca.operators.arguments import (
 )
 from airflow_provider_fbca.operators.audience_resolution import AudienceResolution, audience_lease_key
 from airflow_provider_fbca.operators.lineage import query_lineage, sync_lineage
+from airflow_provider_fbca.operators.model_source import ModelSource
 from airflow_provider_fbca.operators.outlets import check_audience_outlets, record_audience_update
 from airflow_provider_fbca.operators.sync_audience_checks import check_fetch_size
 from airflow_provider_fbca.operators.task_context import lease_holder, run_key, run_label
@@ -52,7 +53,6 @@ from airflow_provider_fbca.sync.partitions import (
     partition_suffix,
 )
 from airflow_provider_fbca.sync.plan import EXTERN_ID, LOOKALIKE_VALUE, SyncMode
-from airflow_provider_fbca.sync.pushdown import PushdownModel, shares_database
 from airflow_provider_fbca.sync.rejects import (
     DEFAULT_MAX_REJECTS_RECORDED,
     REJECTS_SUFFIX,
@@ -61,7 +61,6 @@ from airflow_provider_fbca.sync.rejects import (
 )
 from airflow_provider_fbca.sync.removal_budget import RemovalLedger, WholeSyncGuard
 from airflow_provider_fbca.sync.report import SyncReport, format_report
-from airflow_provider_fbca.sync.share import Share
 from airflow_provider_fbca.sync.source import ModelQuery
 from airflow_provider_fbca.sync.state import StateStore, check_state_table, quote_table_name
 
@@ -73,7 +72,7 @@ DEFAULT_STATE_TABLE = "fbca_sync_state"
 DEFAULT_FETCH_SIZE = 10_000
 
 
-class SyncAudienceOperator(AudienceResolution, BaseOperator):
+class SyncAudienceOperator(AudienceResolution, ModelSource, BaseOperator):
     """
     Sync the rows of a SQL query into a Meta customer-file Custom Audience.
 
@@ -498,66 +497,7 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
             return query
         return sync_lineage(query, self._report["ad_account_id"], self._report)
 
-    # -- the rows -------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _sql_hook(conn_id: str) -> DbApiHook:
-        hook = BaseHook.get_connection(conn_id).get_hook()
-        if not isinstance(hook, DbApiHook):
-            raise TypeError(
-                f"Connection {conn_id!r} is not a SQL connection (its hook is {type(hook).__name__})."
-            )
-        return hook
-
-    def _model(
-        self, store: StateStore, source_hook: DbApiHook, key_index: int, *, stage: bool = False
-    ) -> ModelQuery | None:
-        """The query of this task's share of the model (mapped columns in mapping order, the data
-        processing options, then membership): diffed in the warehouse when the state lives there and its
-        SQL dialect is known (one connection for both), else read by the worker through a connection of
-        its own. A partition's share is the model's query filtered in the warehouse, so it takes the same
-        path as one partition (a streamed first sync, a diff in place); None when the warehouse's driver
-        cannot filter it (:meth:`_read_chunks` filters the rows as read).
-
-        :param key_index: the position of the EXTERN_ID column among the mapped columns.
-        :param stage: the run reads the share twice (a first sync): copy a partition's share once (see
-            :meth:`.Share.staged_query`).
-        """
-        wanted = list(self.mapping.values())
-        if self.membership_column is not None:
-            wanted.append(self.membership_column)
-        constants = tuple(value for _, value in self._processing_cells())
-        pushdown = shares_database(self.sql_conn_id, self.state_conn_id, store.conn)
-        conn = store.conn if pushdown else source_hook.get_conn()
-        share = self._share(wanted, key_index)
-        sql = share.staged_query(conn) if stage else share.query(conn)
-        if sql is None:
-            if not pushdown:
-                conn.close()
-            return None
-        if pushdown:
-            return PushdownModel(
-                store,
-                sql,
-                wanted,
-                self.fetch_size,
-                constants=constants,
-                mapped=len(self.mapping),
-                # A large diff is split over a second connection (two cores); a partitioned sync's tasks
-                # already share the cores between them.
-                connect=source_hook.get_conn if self.partitions == 1 else None,
-            )
-        return ModelQuery(conn, sql, wanted, self.fetch_size, constants=constants, mapped=len(self.mapping))
-
-    def _share(self, wanted: list[str], key_index: int, shares: ShareRecorder | None = None) -> Share:
-        """This task's share of the model's query. A full refresh (partition 0's) reads the whole model:
-        a dry run plans it against the whole audience; a replace notes each row's partition in ``shares``.
-
-        :param wanted: the columns to read.
-        :param key_index: the position of the EXTERN_ID column among them.
-        """
-        partitions = 1 if self.full_refresh and shares is None else self.partitions
-        return Share(self.sql, wanted, key_index, self.partition, partitions, self.fetch_size)
+    # -- partitions ----------------------------------------------------------------------------------
 
     def _leave_refresh_to_partition_zero(self) -> dict[str, Any]:
         """A full refresh of a partitioned sync is one replace of the whole audience, by partition 0."""
@@ -575,41 +515,6 @@ class SyncAudienceOperator(AudienceResolution, BaseOperator):
             "partition": self.partition,
             "partitions": self.partitions,
         }
-
-    def _read_chunks(
-        self, source_hook: DbApiHook, key_index: int, shares: ShareRecorder | None = None
-    ) -> Iterator[list[tuple[Any, ...]]]:
-        """The query's rows in chunks: mapped columns in mapping order, then membership.
-
-        A partition reads only its share: the query is wrapped in the dialect's hash filter, so the
-        warehouse does the filtering; a dialect without one is filtered here, row by row. A full refresh
-        reads every row, and notes each one's partition in ``shares``.
-
-        :param key_index: the position of the EXTERN_ID column among the mapped columns.
-        :param shares: where a full refresh notes each row's partition.
-        """
-        wanted = list(self.mapping.values())
-        if self.membership_column is not None:
-            wanted.append(self.membership_column)
-        constants = tuple(value for _, value in self._processing_cells())
-        mapped = len(self.mapping)
-        conn = source_hook.get_conn()
-        try:
-            for chunk in self._share(wanted, key_index, shares).read(conn, shares):
-                # The sync-wide data processing options go after the mapped cells; membership stays last.
-                yield [(*row[:mapped], *constants, *row[mapped:]) for row in chunk] if constants else chunk
-        finally:
-            conn.close()
-
-    def _processing_cells(self) -> list[tuple[str, Any]]:
-        """The sync-wide data processing options, as constant cells after the mapped columns."""
-        options = self.data_processing_options
-        if options is None:
-            return []
-        if not options:  # an explicit "none"
-            return [(PROCESSING_KEYS[0], "")]
-        location = (self.data_processing_options_country, self.data_processing_options_state)
-        return list(zip(PROCESSING_KEYS, ("LDU", *location), strict=True))
 
     def _match_keys(self) -> list[str]:
         """The preparer's keys: the mapping's, then the sync-wide data processing options."""
