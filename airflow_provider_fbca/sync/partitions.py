@@ -23,6 +23,7 @@ from typing import Any
 
 from airflow_provider_fbca.sync.dialects import Dialect, digest64, partition_hash, quote_name
 from airflow_provider_fbca.sync.state import StateStore, utc_now
+from airflow_provider_fbca.sync.state_names import LOOKS_SUFFIX, quote_table_name
 
 #: More partitions than this is a mistake (a row count passed for N), not a plan: Meta's rate limits are
 #: shared by every partition long before (see docs/partitions.md).
@@ -245,7 +246,10 @@ class ShareRecorder:
         store = self.store
         previous = recorded_partitions(store, sync_key)
         if previous is not None and previous > 1:  # the replace voided the old slices and what they owed
-            tables = (store.table, store.pages_table, store.owed_table, store.refresh_table)
+            tables = [store.table, store.pages_table, store.owed_table, store.refresh_table]
+            # The second looks their removals owed too: the replace put back every member of the model.
+            looks = quote_table_name(store.table_name, LOOKS_SUFFIX)
+            tables += [looks] if store.has_table(looks) else []
             for partition in range(previous):
                 old = sync_key + partition_suffix(partition, previous)
                 for table in tables:

@@ -18,6 +18,7 @@ the model) is :mod:`.stage_table`; all are importable from here as before.
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from itertools import repeat
@@ -435,6 +436,19 @@ class StateStore(LeaseRows):
             self.execute(
                 f"ALTER TABLE {self.pages_table} ALTER COLUMN identifiers SET STORAGE EXTERNAL"
             ).close()
+
+    def has_table(self, table: str) -> bool:
+        """Whether a companion table that is created on first use exists (an older state lacks it).
+
+        :param table: its quoted name, as :func:`quote_table_name` returns it.
+        """
+        if self.is_postgres:
+            return bool(self.fetch_one("SELECT to_regclass(?) IS NOT NULL", (table,))[0])
+        try:  # SQLite: a missing table fails the statement, not the transaction
+            self.execute(f"SELECT 1 FROM {table} LIMIT 0").close()
+        except sqlite3.OperationalError:
+            return False
+        return True
 
     # -- state rows -----------------------------------------------------------------------------------
 

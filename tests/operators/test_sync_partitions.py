@@ -14,6 +14,7 @@ from airflow_provider_fbca.sync.dialects import dialect_for, register_functions
 from airflow_provider_fbca.sync.partitions import PartitionLayoutError, partition_query
 from tests.operators.conftest import Warehouse, customer, set_connection
 from tests.operators.test_sync_audience import expected, make_operator, members, user_uploads
+from tests.operators.test_sync_recovery import query
 
 PARTITIONS = 4
 
@@ -203,6 +204,45 @@ def test_a_change_of_the_number_of_partitions_is_refused_unless_a_full_refresh_r
     assert (back["removed"], back["added"], sum(back["removed_by_partition"].values())) == (2, 0, 2)
     assert set(members(sandbox, audience_id)) == {row[0] for row in rows}
     assert make(audience_id=audience_id).execute({})["session_ids"] == []
+
+
+@pytest.mark.parametrize("looks", ["owed", "no table yet"])
+def test_a_full_refresh_forgets_the_second_looks_the_old_slices_owed(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str, looks: str
+) -> None:
+    """A partition killed between its removals and its second look leaves a note for its next run
+    (sync/second_look.py). A full refresh replaces the audience with the model, so the look is moot: the
+    split forgets the old slices' notes with the rest of what they owed, and the next runs send nothing.
+    A state written before the notes' table existed is split as before."""
+
+    def make(**kwargs: Any) -> SyncAudienceOperator:
+        return make_operator(warehouse, fb_conn_id, state_table, **kwargs)
+
+    rows = [customer(i) for i in range(20)]
+    warehouse.write(rows)
+    audience_id = sync_all(make, warehouse, 2)[0]["audience_id"]
+    keys = dict(query(warehouse, f"SELECT row_key, sync_key FROM {state_table}"))
+    slices = sorted(set(keys.values()))
+    if looks == "owed":
+        # Partition 1 noted a value its removals carried, held by a member of partition 0.
+        holder = next(key for key, sync_key in keys.items() if sync_key == slices[0])
+        value = members(sandbox, audience_id)[holder]["EMAIL"]
+        query(
+            warehouse,
+            f"INSERT INTO {state_table}_looks (sync_key, key_name, value, checked_since)"
+            f" VALUES ('{slices[1]}', 'EMAIL', '{value}', '2000-01-01T00:00:00+00:00')",
+        )
+    else:
+        query(warehouse, f"DROP TABLE {state_table}_looks")
+    refresh = sync_all(make, warehouse, 2, audience_id=audience_id, full_refresh=True)
+    assert [len(r["session_ids"]) for r in refresh] == [1, 0]
+    if looks == "owed":
+        assert query(warehouse, f"SELECT sync_key FROM {state_table}_looks") == []
+    uploads = len(user_uploads(sandbox))
+    for _ in range(2):  # a look by partition 1 would have partition 0 send its holder again, next run
+        assert [r["session_ids"] for r in sync_all(make, warehouse, 2, audience_id=audience_id)] == [[]] * 2
+    assert len(user_uploads(sandbox)) == uploads
+    assert set(members(sandbox, audience_id)) == {row[0] for row in rows}
 
 
 @pytest.mark.parametrize("partition", [4, -1, "x", True])
