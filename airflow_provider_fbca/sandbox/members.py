@@ -261,7 +261,8 @@ class MemberStore:
         encoded = layout.pack(rows)
         if any(column != encoded for column in entries) or not all(map(self._members.__contains__, encoded)):
             return None
-        return dict(zip(encoded, zip(*tokens, strict=True), strict=True))
+        # The stored objects, not their equal copies: deleting them compares identities, not bytes.
+        return dict(zip(entries[0], zip(*tokens, strict=True), strict=True))
 
     def delete(self, victims: dict[bytes, tuple[int, ...]]) -> int:
         """
