@@ -2,8 +2,9 @@
 
 The sandbox runs as its CLI in a subprocess (``python -m airflow_provider_fbca.sandbox``); this process
 sends prebuilt JSON bodies as the hook does (``Authorization: Bearer``, ``appsecret_proof`` in the
-query, ``Content-Type: application/json``) and reads the sandbox's user+system CPU seconds from
-``/proc/<pid>/stat`` before and after each phase, so the client's own work is never counted.
+query, ``Content-Type: application/json``) and reads the sandbox's CPU time (its threads' run time
+from ``/proc/<pid>/task/*/schedstat``, in nanoseconds) before and after each upload, so the client's own
+work is never counted.
 
 Per repeat and schema (2 columns: EXTERN_ID, EMAIL; 7 columns: EXTERN_ID, EMAIL, PHONE, FN, LN, ZIP,
 COUNTRY), a fresh audience gets ``--batches`` uploads of 10,000 rows as ``POST /users`` in one session,
@@ -24,7 +25,6 @@ import argparse
 import cProfile
 import hashlib
 import json
-import os
 import pstats
 import statistics
 import subprocess
@@ -44,7 +44,6 @@ SCHEMAS = {
     "2col": ["EXTERN_ID", "EMAIL"],
     "7col": ["EXTERN_ID", "EMAIL", "PHONE", "FN", "LN", "ZIP", "COUNTRY"],
 }
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _sha(text: str) -> str:
@@ -125,23 +124,37 @@ class Client:
         )
 
 
-def run_phases(client: Client, cpu: Any, bodies: list[tuple[bytes, bytes]]) -> tuple[float, float]:
-    """Upload then remove every batch in a fresh audience; CPU seconds per add and per remove."""
+def run_phases(
+    client: Client, cpu: Any, bodies: list[tuple[bytes, bytes]]
+) -> tuple[list[float], list[float]]:
+    """Upload then remove every batch in a fresh audience; the CPU seconds of each add and each remove."""
     audience = client.audience()
-    before = cpu()
+    adds, removes = [], []
     for add, _ in bodies:
+        before = cpu()
         answer = client.call("POST", f"{audience}/users", add)
+        adds.append(cpu() - before)
         assert answer["num_received"] > 0 and answer["num_invalid_entries"] == 0, answer
-    middle = cpu()
     for _, remove in bodies:
+        before = cpu()
         client.call("DELETE", f"{audience}/users", remove)
-    after = cpu()
-    return (middle - before) / len(bodies), (after - middle) / len(bodies)
+        removes.append(cpu() - before)
+    return adds, removes
 
 
 def _proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+    """The process's CPU seconds: the sum of its threads' run time, in nanoseconds (schedstat).
+
+    The handler thread of the client's kept-alive connection lives through a run, so no time is lost
+    with a thread that ends; /proc/<pid>/stat counts in 10 ms ticks, too coarse for one upload.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            continue
+    return total / 1e9
 
 
 def _start(code: str) -> tuple[subprocess.Popen[str], str]:
@@ -181,21 +194,26 @@ def measure(codes: list[str], batches: int, repeats: int) -> None:
                 client.call("POST", f"{client.audience()}/users", tiny)
                 pid = process.pid
                 for name in SCHEMAS:
-                    add, remove = run_phases(client, lambda pid=pid: _proc_cpu(pid), bodies[name])
-                    results.setdefault((code, name, "add"), []).append(add * 1000)
-                    results.setdefault((code, name, "remove"), []).append(remove * 1000)
+                    adds, removes = run_phases(client, lambda pid=pid: _proc_cpu(pid), bodies[name])
+                    results.setdefault((code, name, "add"), []).append([ms * 1000 for ms in adds])
+                    results.setdefault((code, name, "remove"), []).append([ms * 1000 for ms in removes])
                     print(
-                        f"repeat {repeat} {code}: {name} add {add * 1000:.1f} ms, remove {remove * 1000:.1f} ms"
+                        f"repeat {repeat} {code}: {name} add {statistics.median(adds) * 1000:.1f} ms, "
+                        f"remove {statistics.median(removes) * 1000:.1f} ms (medians)"
                     )
             finally:
                 process.terminate()
                 process.wait(timeout=30)
-    print("\nsandbox CPU ms per 10,000-row upload: median [min-max]")
-    for (code, name, kind), values in results.items():
-        print(
-            f"{code:<24} {name} {kind:<6} {statistics.median(values):7.1f} "
-            f"[{min(values):.1f}-{max(values):.1f}] over {len(values)}"
-        )
+    print(
+        "\nsandbox CPU ms per 10,000-row upload: median [quartiles] over every upload of every repeat; "
+        "floor: the mean over the batches of each batch's lowest figure across repeats (the least disturbed "
+        "by other processes)"
+    )
+    for (code, name, kind), runs in sorted(results.items(), key=lambda item: item[0][1:]):
+        values = [ms for run in runs for ms in run]
+        low, median, high = statistics.quantiles(values, n=4)
+        floor = statistics.mean(map(min, zip(*runs, strict=True)))
+        print(f"{code:<24} {name} {kind:<6} {median:7.1f} [{low:.1f}-{high:.1f}] floor {floor:.1f}")
 
 
 def profile(batches: int) -> None:
