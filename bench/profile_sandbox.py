@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,7 @@ def measure(codes: list[str], batches: int, repeats: int) -> None:
                 client.audience()  # warm: the population index is built in the background at start
                 tiny = json.dumps({"payload": {"schema": ["EMAIL"], "data": [[_sha("x")]]}}).encode()
                 client.call("POST", f"{client.audience()}/users", tiny)
+                time.sleep(1)  # the start's threads (the population's index) have ended: their time stays
                 pid = process.pid
                 for name in SCHEMAS:
                     adds, removes = run_phases(client, lambda pid=pid: _proc_cpu(pid), bodies[name])
