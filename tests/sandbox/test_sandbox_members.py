@@ -200,3 +200,35 @@ def test_bulk_removal_deletes_a_member_sharing_an_identifier_with_another() -> N
     assert store.matched_people() == 1
     assert store.remove(schema, [["c", sha256("c")]]) == 1
     assert store._index == {} and store._people == {} and len(store) == 0
+
+
+def test_each_new_member_keeps_the_person_of_its_first_matched_row() -> None:
+    """Row by row, as a loop would: a new member takes the person of the first of its rows that matched
+    anyone; a member stored before keeps its own; an unmatched row gives nobody."""
+    schema = ("EXTERN_ID", "EMAIL")
+    store = MemberStore()
+    store.add(schema, [["old", sha256("old")]], None, [7])
+    rows = [
+        ["old", sha256("old")],  # stored before with person 7: keeps it
+        ["a", sha256("a")],  # first unmatched, then matched twice: the first match (3) wins
+        ["b", sha256("b")],
+        ["a", sha256("a")],
+        ["a", sha256("a")],
+        ["c", sha256("c")],  # matches the same person as b: one person, two members
+        ["d", sha256("d")],  # never matched
+    ]
+    people = [9, -1, 4, 3, 5, 4, -1]
+    assert store.add(schema, rows, None, people) == 4
+    by_id = {row["EXTERN_ID"]: member for row, member in zip(store.rows(), store._members, strict=True)}
+    assert {key: store._person.get(member) for key, member in by_id.items()} == {
+        "old": 7,
+        "a": 3,
+        "b": 4,
+        "c": 4,
+        "d": None,
+    }
+    assert store._people == {7: 1, 3: 1, 4: 2} and store.matched_people() == 3
+    assert store.remove(schema, [["b", sha256("b")]]) == 1
+    assert store._people == {7: 1, 3: 1, 4: 1}
+    assert store.remove(schema, [["c", sha256("c")], ["a", sha256("a")]]) == 2
+    assert store._people == {7: 1} and store.matched_people() == 1
