@@ -82,12 +82,12 @@ class _Layout:
         A batch whose every hashed value is present shares one presence pattern, and a lone hashed (or
         plain) column needs no joining: the bytes are the same, with fewer steps per row.
         """
-        # A lone digest a row is read as it is; several are read as one tuple a row, flattened.
+        # A lone digest a row is read as it is; several are read as one tuple a row.
         one = len(self.hashed) == 1
         hashed = [] if one else list(map(column_getter(self.hashed), rows))
-        values = list(map(itemgetter(self.hashed[0]), rows)) if one else list(chain.from_iterable(hashed))
+        values = list(map(itemgetter(self.hashed[0]), rows)) if one else []
         prefix = self.prefix + _PACKED
-        if all(values):
+        if all(values) if one else all(chain.from_iterable(hashed)):  # every digest present
             prefix += b"\x01" * len(self.hashed)
             parts: list[Iterable[bytes]] = []
         else:
