@@ -16,7 +16,9 @@ index is kept up to date as members are added, so each request costs in proporti
 removal after a large first sync does not pay for indexing the whole audience, which Meta's answers
 would not show either.
 A batch is packed and indexed with C-level ``map`` calls only: no Python loop per row. A removal reads
-only the strong identifiers of the members it finds (:meth:`_Layout.strong_values`), not whole rows.
+only the strong identifiers of the members it finds (:meth:`_Layout.strong_values`), not whole rows; one
+whose rows are members as added (each identifier indexing that row's own member alone, the usual case)
+reads none, and is found and unindexed with C-level maps too.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, repeat
-from operator import is_, itemgetter
+from operator import eq, is_, itemgetter
 
 from airflow_provider_fbca.sandbox.validation import (
     HASHED_KEYS,
@@ -80,12 +82,12 @@ class _Layout:
         A batch whose every hashed value is present shares one presence pattern, and a lone hashed (or
         plain) column needs no joining: the bytes are the same, with fewer steps per row.
         """
-        # A lone digest a row is read as it is; several are read as one tuple a row, flattened.
+        # A lone digest a row is read as it is; several are read as one tuple a row.
         one = len(self.hashed) == 1
         hashed = [] if one else list(map(column_getter(self.hashed), rows))
-        values = list(map(itemgetter(self.hashed[0]), rows)) if one else list(chain.from_iterable(hashed))
+        values = list(map(itemgetter(self.hashed[0]), rows)) if one else []
         prefix = self.prefix + _PACKED
-        if all(values):
+        if all(values) if one else all(chain.from_iterable(hashed)):  # every digest present
             prefix += b"\x01" * len(self.hashed)
             parts: list[Iterable[bytes]] = []
         else:
@@ -193,24 +195,33 @@ class MemberStore:
         Delete every member sharing a non-empty strong identifier with a row; return how many went.
 
         :param schema: the canonical schema of the removal rows.
-        :param rows: the removal rows as lists of text.
+        :param rows: the removal rows as lists of text (any form: each is checked).
         """
-        return self.delete(self.find(schema, rows))
+        return self.delete(self.find(schema, rows, [is_packable(schema, row) for row in rows]))
 
-    def find(self, schema: tuple[str, ...], rows: list[list[str]]) -> dict[bytes, dict[str, str]]:
+    def find(
+        self, schema: tuple[str, ...], rows: list[list[str]], packable: list[bool] | None = None
+    ) -> dict[bytes, tuple[int, ...]]:
         """
         Return the members sharing a non-empty strong identifier with a row (what a removal deletes), each
-        with its own strong identifiers (what :meth:`delete` unindexes).
+        with the index tokens of its own strong identifiers (what :meth:`delete` unindexes).
 
         Each strong column is looked up for the whole batch at once (C-level maps); a hit is checked
-        against the member's own identifier, since the index holds hashes.
+        against the member's own identifier, since the index holds hashes. A batch removing exactly what
+        was added before (each identifier indexing that row's own member alone) is checked in bulk.
 
         :param schema: the canonical schema of the removal rows.
         :param rows: the removal rows as lists of text.
+        :param packable: per row, whether it packs to binary, as :meth:`add` takes it (None: every row).
         """
+        layout = self._layout(schema)
+        if packable is None or all(packable):
+            own = self._find_own_members(layout, rows)
+            if own is not None:
+                return own
         index, members = self._index, self._members
-        found: dict[bytes, dict[str, str]] = {}
-        for position, key in self._layout(schema).strong:
+        found: dict[bytes, tuple[int, ...]] = {}
+        for position, key in layout.strong:
             values = list(filter(None, map(itemgetter(position), rows)))  # an empty value finds nobody
             entries = map(index.get, map(hash, zip(repeat(key), values)))  # hash((key, value))
             for value, entry in zip(values, entries, strict=True):
@@ -221,17 +232,58 @@ class MemberStore:
                         continue
                     strong = self._strong_values(member)
                     if strong.get(key) == value:
-                        found[member] = strong
+                        found[member] = tuple(map(hash, strong.items()))
         return found
 
-    def delete(self, victims: dict[bytes, dict[str, str]]) -> int:
+    def _find_own_members(
+        self, layout: _Layout, rows: list[list[str]]
+    ) -> dict[bytes, tuple[int, ...]] | None:
+        """
+        :meth:`find` for packable rows each of whose strong identifiers is non-empty and indexes that
+        row's own member alone (the member the row packs to); None when any row is otherwise, for the
+        general path to judge.
+
+        A member equal to the row's packed bytes holds exactly the row's values (packing is one-to-one
+        within a layout), so no member needs unpacking, whatever the hashes; and no other member holds
+        those identifiers, since the index would then list it beside.
+        """
+        if not rows or not layout.strong:
+            return None
+        tokens, entries = [], []
+        for position, key in layout.strong:
+            values = list(map(itemgetter(position), rows))
+            if not all(values):
+                return None
+            tokens.append(list(map(hash, zip(repeat(key), values))))  # hash((key, value))
+            entries.append(list(map(self._index.get, tokens[-1])))
+            if None in entries[-1]:  # a row not stored, or a batch removing what it never added
+                return None
+        encoded = layout.pack(rows)
+        if any(column != encoded for column in entries) or not all(map(self._members.__contains__, encoded)):
+            return None
+        # The stored objects, not their equal copies: deleting them compares identities, not bytes.
+        return dict(zip(entries[0], zip(*tokens, strict=True), strict=True))
+
+    def delete(self, victims: dict[bytes, tuple[int, ...]]) -> int:
         """
         Delete members as :meth:`find` returns them; return how many went.
 
-        :param victims: members of this store, each with its strong identifiers.
+        When each identifier of a victim indexes that victim alone (the usual case), the batch is
+        unindexed with C-level maps; otherwise member by member.
+
+        :param victims: members of this store, each with its identifiers' index tokens.
         """
-        for member, strong in victims.items():
-            self._delete(member, strong)
+        tokens = list(chain.from_iterable(victims.values()))
+        owners = list(chain.from_iterable(map(repeat, victims, map(len, victims.values()))))
+        if not all(map(eq, map(self._index.get, tokens), owners)):
+            for member, member_tokens in victims.items():
+                self._delete(member, member_tokens)
+            return len(victims)
+        list(map(self._index.pop, tokens, repeat(None)))  # (None: two identifiers of one victim collided)
+        list(map(self._members.__delitem__, victims))
+        people = map(self._person.pop, victims, repeat(None)) if self._person else ()
+        for person in [person for person in people if person is not None]:
+            self._forget_person(person)
         return len(victims)
 
     def matched_people_without(self, members: Iterable[bytes]) -> int:
@@ -341,15 +393,19 @@ class MemberStore:
         if len(entry) == 1:
             self._index[token] = entry[0]
 
-    def _delete(self, member: bytes, strong: dict[str, str]) -> None:
+    def _delete(self, member: bytes, tokens: tuple[int, ...]) -> None:
         del self._members[member]
         person = self._person.pop(member, None)
         if person is not None:
-            self._people[person] -= 1
-            if not self._people[person]:
-                del self._people[person]
-        for key, value in strong.items():
-            self._unlink(hash((key, value)), member)
+            self._forget_person(person)
+        for token in tokens:
+            self._unlink(token, member)
+
+    def _forget_person(self, person: int) -> None:
+        """One member less matches ``person``."""
+        self._people[person] -= 1
+        if not self._people[person]:
+            del self._people[person]
 
 
 def _encode(layout: _Layout, rows: list[list[str]], packable: list[bool] | None) -> list[bytes]:

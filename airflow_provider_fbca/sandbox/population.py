@@ -386,16 +386,18 @@ class Population:
             # Each rule looks up only the rows no earlier rule matched (the first rule: every row).
             asked = rows if len(unmatched) == len(rows) else list(map(rows.__getitem__, unmatched))
             found = list(map(rule_index.get, map(hash, map(getter, asked)), repeat(NO_MATCH)))
+            hits = len(found) - found.count(NO_MATCH)
             if len(unmatched) == len(rows):
                 people = found
-            else:
+            elif hits:
                 for row, person in zip(unmatched, found, strict=True):
                     people[row] = person
-            if number == len(rules) or NO_MATCH not in found:  # no rule left, or no row left to match
+            if number == len(rules) or hits == len(found):  # no rule left, or no row left to match
                 break
-            unmatched = [row for row in unmatched if people[row] == NO_MATCH]
+            if hits:  # else the same rows are left, and the next rule asks them again
+                unmatched = [row for row in unmatched if people[row] == NO_MATCH]
         if extern_ids is not None and "EXTERN_ID" in position:
-            extern_ids.link([row[position["EXTERN_ID"]] for row in rows], people)
+            extern_ids.link(list(map(itemgetter(position["EXTERN_ID"]), rows)), people)
         return people
 
 

@@ -86,7 +86,7 @@ class Uploads:
             )
         upload, session = self._parse_upload(params, audience, adding=not remove)
         # The members a removal deletes, found once: the floor is judged on them, then they go.
-        victims = audience.members.find(upload.schema, upload.rows) if remove else {}
+        victims = audience.members.find(upload.schema, upload.rows, upload.packable) if remove else {}
         if remove:
             self._check_removal_floor(audience, victims)
         record = self._session_record(audience, session, kind="users")

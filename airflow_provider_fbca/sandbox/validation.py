@@ -16,7 +16,6 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -168,7 +167,7 @@ def parse_payload(raw: Any, *, app_ids: Any = None, page_ids: Any = None) -> Upl
     if "PAGEUID" in schema and not upload.page_ids:
         raise invalid_parameter("page_ids is required when the schema contains PAGEUID")
     _check_payload_ldu(payload)
-    _validate_rows(upload, [[row] if single and not isinstance(row, list) else row for row in data])
+    _validate_rows(upload, [[row] if not isinstance(row, list) else row for row in data] if single else data)
     return upload
 
 
@@ -266,35 +265,53 @@ def _check_shapes(rows: list[Any], width: int) -> None:
 
 def _batch_is_clean(schema: tuple[str, ...], rows: list[list[Any]]) -> bool:
     """
-    Tell, with a few C-level passes over the whole batch, whether every value is well formed.
+    Tell, with a few C-level passes over each column, whether every value is well formed.
 
     False when any value needs a closer look (a bad hash, a typed value, a separator inside a value, a
     bad LOOKALIKE_VALUE): the caller then goes row by row.
     """
-    if not set(map(type, chain.from_iterable(rows))) <= {str}:
-        return False
-    hashed = [i for i, key in enumerate(schema) if key in HASHED_KEYS]
-    if hashed and rows:
-        values = list(chain.from_iterable(map(column_getter(hashed), rows)))
-        if not set(map(len, values)) <= {0, 64}:
-            return False
-        digits = "".join(values)
-        try:
-            if len(bytes.fromhex(digits)) * 2 != len(digits):  # fromhex skips whitespace
-                return False
-        except ValueError:
-            return False
-        if any(c in digits for c in "ABCDEF"):
-            return False
     for position, key in enumerate(schema):
-        if key in HASHED_KEYS:
-            continue
         column = list(map(itemgetter(position), rows))
-        if SEPARATOR in "".join(column):  # one character: in the joined text only if in a value
+        try:
+            text = "".join(column)  # also sorts out typed values (numbers, null...): they need a closer look
+        except TypeError:
             return False
-        if key == "LOOKALIKE_VALUE" and not all(map(_NUMBER.fullmatch, column)):
+        if not (
+            _hashes_are_clean(column, text) if key in HASHED_KEYS else _plain_is_clean(key, column, text)
+        ):
             return False
     return True
+
+
+def _hashes_are_clean(column: list[str], text: str) -> bool:
+    """Tell whether every value of a hashed column is a SHA-256 digest (lowercase hex) or "".
+
+    :param column: the values.
+    :param text: the values joined.
+    """
+    return set(map(len, column)) <= {0, 64} and _is_lowercase_hex(text)
+
+
+def _plain_is_clean(key: str, column: list[str], text: str) -> bool:
+    """Tell whether no value of an unhashed column holds the separator, and LOOKALIKE_VALUE is a number.
+
+    :param key: the column's key.
+    :param column: the values.
+    :param text: the values joined.
+    """
+    if SEPARATOR in text:  # one character: in the joined text only if in a value
+        return False
+    return key != "LOOKALIKE_VALUE" or all(map(_NUMBER.fullmatch, column))
+
+
+def _is_lowercase_hex(text: str) -> bool:
+    """Tell whether ``text`` holds only the characters 0-9 and a-f."""
+    try:
+        if len(bytes.fromhex(text)) * 2 != len(text):  # fromhex skips whitespace
+            return False
+    except ValueError:
+        return False
+    return not any(c in text for c in "ABCDEF")
 
 
 def column_getter(positions: tuple[int, ...] | list[int]) -> Callable[[list[Any]], Any]:

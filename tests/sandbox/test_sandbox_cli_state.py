@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import requests
 from sandbox_support import Graph, sha256
 
@@ -190,3 +192,35 @@ def test_a_stop_arriving_as_the_url_is_printed_still_saves_the_state(tmp_path: P
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert state_file.exists()
+
+
+def test_the_cli_tunes_its_own_collector_before_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's process collects young objects less often and freezes what it built at start; a process
+    that runs the sandbox in Python (tests, the demo) keeps its own collector as it was."""
+    from airflow_provider_fbca.sandbox import __main__ as cli
+
+    with Sandbox(population=50):
+        assert gc.get_threshold()[0] != cli.GC_YOUNG_THRESHOLD and gc.get_freeze_count() == 0
+    calls: list[str] = []
+
+    class Started(Exception):
+        pass
+
+    def start(sandbox: Sandbox) -> Sandbox:
+        calls.append("start")
+        raise Started
+
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)  # the test process keeps its handlers
+    monkeypatch.setattr(cli, "tune_collector", lambda: calls.append("tune"))
+    monkeypatch.setattr(Sandbox, "start", start)
+    with pytest.raises(Started):
+        cli.main(["--port", "0", "--population", "50"])
+    assert calls == ["tune", "start"]
+    probe = (
+        "import gc\n"
+        "from airflow_provider_fbca.sandbox.__main__ import GC_YOUNG_THRESHOLD, tune_collector\n"
+        "tune_collector()\n"
+        "assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, gc.get_threshold()\n"
+        "assert gc.get_freeze_count() > 0\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sandbox_support import sha256
 
 from airflow_provider_fbca.sandbox.members import MemberStore
@@ -132,3 +133,102 @@ def test_removals_unindex_every_identifier_of_what_they_delete_in_any_form() -> 
     assert store.remove(("EMAIL",), [[shared]]) == 1
     assert len(store) == 0
     assert store._index == {}, "no identifier of a deleted member stays indexed"
+
+
+def _general_path(store: MemberStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "_find_own_members", lambda layout, rows: None)
+
+
+def _state(store: MemberStore) -> tuple[object, ...]:
+    return list(store.rows()), store._index, store._person, store._people
+
+
+@pytest.mark.parametrize(
+    ("removal", "bulk"),
+    [
+        pytest.param([0, 1], True, id="exactly-what-was-added"),
+        pytest.param([1, 1, 0], True, id="repeated-rows"),
+        pytest.param([0, 3], False, id="a-row-sharing-an-e-mail-with-another-member"),
+        pytest.param([1, 4], False, id="a-member-stored-as-text"),
+        pytest.param([0, 5], False, id="a-row-never-added"),
+        pytest.param([1, 6], False, id="a-row-with-an-empty-identifier"),
+    ],
+)
+def test_bulk_removal_finds_and_deletes_what_the_general_path_does(
+    removal: list[int], bulk: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal batch of rows identical to members is found and unindexed in bulk; any other batch goes
+    the general way. Both end with the same members, index and people, row for row."""
+    schema = ("EXTERN_ID", "EMAIL")
+    shared = sha256("family@example.com")
+    rows = [
+        ["a", sha256("a")],
+        ["b", sha256("b")],
+        ["c", shared],
+        ["d", shared],  # 3: shares c's e-mail
+        ["e\x1f", sha256("e")],  # 4: stored as text
+        ["f", sha256("f")],  # 5: never added
+        ["", sha256("g")],  # 6: no EXTERN_ID
+    ]
+    stored = [0, 1, 2, 3, 4, 6]
+    results = []
+    for general in (False, True):
+        store = MemberStore()
+        store.add(schema, [rows[n] for n in stored], [n != 4 for n in stored], [10 + n for n in stored])
+        batch = [rows[n] for n in removal]
+        if general:
+            _general_path(store, monkeypatch)
+        elif 4 not in removal:
+            assert (store._find_own_members(store._layout(schema), batch) is not None) == bulk
+        found = store.find(schema, batch, [n != 4 for n in removal])
+        assert store.delete(found) == len(found)
+        results.append((sorted((member, sorted(tokens)) for member, tokens in found.items()), _state(store)))
+    assert results[0] == results[1]
+    bulk_found = results[0][0]
+    assert len(bulk_found) == len({n for n in removal if n in stored}) + (2 in removal or 3 in removal)
+
+
+def test_bulk_removal_deletes_a_member_sharing_an_identifier_with_another() -> None:
+    """Removing one of two members sharing an e-mail, with the very row it was added with, removes both
+    (Meta deletes every member holding the identifier): the bulk check sees the other member listed."""
+    schema = ("EXTERN_ID", "EMAIL")
+    shared = sha256("family@example.com")
+    store = MemberStore()
+    store.add(schema, [["a", shared], ["b", shared], ["c", sha256("c")]], None, [1, 2, 3])
+    assert store.remove(schema, [["a", shared]]) == 2
+    assert [row["EXTERN_ID"] for row in store.rows()] == ["c"]
+    assert store.matched_people() == 1
+    assert store.remove(schema, [["c", sha256("c")]]) == 1
+    assert store._index == {} and store._people == {} and len(store) == 0
+
+
+def test_each_new_member_keeps_the_person_of_its_first_matched_row() -> None:
+    """Row by row, as a loop would: a new member takes the person of the first of its rows that matched
+    anyone; a member stored before keeps its own; an unmatched row gives nobody."""
+    schema = ("EXTERN_ID", "EMAIL")
+    store = MemberStore()
+    store.add(schema, [["old", sha256("old")]], None, [7])
+    rows = [
+        ["old", sha256("old")],  # stored before with person 7: keeps it
+        ["a", sha256("a")],  # first unmatched, then matched twice: the first match (3) wins
+        ["b", sha256("b")],
+        ["a", sha256("a")],
+        ["a", sha256("a")],
+        ["c", sha256("c")],  # matches the same person as b: one person, two members
+        ["d", sha256("d")],  # never matched
+    ]
+    people = [9, -1, 4, 3, 5, 4, -1]
+    assert store.add(schema, rows, None, people) == 4
+    by_id = {row["EXTERN_ID"]: member for row, member in zip(store.rows(), store._members, strict=True)}
+    assert {key: store._person.get(member) for key, member in by_id.items()} == {
+        "old": 7,
+        "a": 3,
+        "b": 4,
+        "c": 4,
+        "d": None,
+    }
+    assert store._people == {7: 1, 3: 1, 4: 2} and store.matched_people() == 3
+    assert store.remove(schema, [["b", sha256("b")]]) == 1
+    assert store._people == {7: 1, 3: 1, 4: 1}
+    assert store.remove(schema, [["c", sha256("c")], ["a", sha256("a")]]) == 2
+    assert store._people == {7: 1} and store.matched_people() == 1

@@ -221,6 +221,24 @@ def test_a_row_takes_the_first_rule_that_finds_someone_and_only_unmatched_rows_t
     assert population.match_rows(("EXTERN_ID",), rows) == [NO_MATCH] * 5, "no rule without its keys"
 
 
+def test_a_rule_that_finds_nobody_leaves_every_row_it_asked_to_the_next_rule() -> None:
+    """A rule with no hit in the batch (or among the rows left) passes all of them on: later rules still
+    find their people, and rows no rule finds match nobody."""
+    population = Population(SMALL_POPULATION, seed=5)
+    people = [population.person(number) for number in (1, 2, 3)]
+    wire = [{key: sha256(value) for key, value in person.normalized().items()} for person in people]
+    schema = ("EXTERN_ID", "EMAIL", "PHONE", "FN", "LN", "ZIP")
+    nobody, by_names = sha256("nobody@example.net"), [wire[2]["FN"], wire[2]["LN"], wire[2]["ZIP"]]
+    no_email_hit = [
+        ["a", nobody, wire[1]["PHONE"], "", "", ""],
+        ["b", nobody, "", *by_names],
+        ["c", "", sha256("10000000000"), "", "", ""],
+    ]
+    assert population.match_rows(schema, no_email_hit) == [2, 3, NO_MATCH]
+    no_phone_hit_among_the_rest = [["a", wire[0]["EMAIL"], "", "", "", ""], ["b", nobody, "", *by_names]]
+    assert population.match_rows(schema, no_phone_hit_among_the_rest) == [1, 3]
+
+
 def test_extern_ids_are_learned_from_matched_rows_in_order() -> None:
     known: dict[str, int] = {"old": 7}
     ids = ExternIds(known)
