@@ -73,15 +73,9 @@ class RemovalGuardError(SyncPlanError):
 _BLAKE2B_16 = hashlib.blake2b(digest_size=16)
 
 
-def _digest(text: str) -> str:
-    state = _BLAKE2B_16.copy()
-    state.update(text.encode("utf-8"))
-    return state.hexdigest()
-
-
 def _digests(prefixed: Any, texts: Iterable[str]) -> list[str]:
-    """``_digest(prefix + text)`` of each text, from the BLAKE2b state that hashed the prefix: a loop without
-    a call of Python per text, nor a prefixed copy of it (the hot path of a first sync)."""
+    """The BLAKE2b digest of ``prefix + text`` for each text, from the state that hashed the prefix: a loop
+    without a call of Python per text, nor a prefixed copy of it (the hot path of a first sync)."""
     copy, digests = prefixed.copy, []
     append = digests.append
     for text in texts:
@@ -179,11 +173,17 @@ class RowStager:
     def encode(self, wire_row: Sequence[str]) -> tuple[str, str, str]:
         """A wire row's identifiers as stored, its fingerprint and its identifier digest."""
         identifiers = encode_identifiers(wire_row)
-        fingerprint = _digest(self.digest_prefix + identifiers)
+        fingerprint = self._prefixed_digest(identifiers)
         if self.value_index is None:
             return identifiers, fingerprint, fingerprint
         ids_only = [value for index, value in enumerate(wire_row) if index != self.value_index]
-        return identifiers, fingerprint, _digest(self.digest_prefix + encode_identifiers(ids_only))
+        return identifiers, fingerprint, self._prefixed_digest(encode_identifiers(ids_only))
+
+    def _prefixed_digest(self, text: str) -> str:
+        """The BLAKE2b digest of ``digest_prefix + text``, from the state that hashed the prefix already."""
+        state = self._prefixed.copy()
+        state.update(text.encode("utf-8"))
+        return state.hexdigest()
 
 
 @dataclass(frozen=True)
