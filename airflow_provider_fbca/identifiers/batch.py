@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from airflow_provider_fbca.identifiers.address import normalize_country, region_of
 from airflow_provider_fbca.identifiers.dates import date_of_birth_parts
+from airflow_provider_fbca.identifiers.ids import normalize_extern_id
 from airflow_provider_fbca.identifiers.keys import DATE_OF_BIRTH_ALIASES, DATE_OF_BIRTH_KEYS, match_key
 from airflow_provider_fbca.identifiers.processing import PROCESSING_KEYS, usable_processing
 from airflow_provider_fbca.identifiers.reasons import (
@@ -312,6 +313,12 @@ def _cell_lines(position: int, column: _Column, names: list[str], namespace: dic
         ]
         if found != targets:
             lines.append(f"{targets} = found")
+    elif column.preparer is normalize_extern_id:  # a text cell is only trimmed: inline, no call a row
+        namespace[f"cell_{position}"] = column.preparer
+        lines = [
+            f"{targets} = row[{position}]",
+            f"{targets} = {targets}.strip() if {targets}.__class__ is str else cell_{position}({value})",
+        ]
     else:
         namespace[f"cell_{position}"] = column.preparer
         lines = [f"{targets} = cell_{position}({value})"]

@@ -75,6 +75,23 @@ def test_digests_empty_values_and_keys_meta_takes_unhashed_pass() -> None:
     check_hashed_values("EXTERN_ID", ["not hashed, and need not be"])
 
 
+class Text(str):
+    """A str subclass, as some drivers return text."""
+
+
+def test_values_are_told_by_their_text_whatever_their_class() -> None:
+    digest = sha("a@example.com")
+    check_hashed_values(["EMAIL"], [[Text(digest)], [digest], [""], [None]])  # digests, or empty
+    for value in (digest.encode(), [digest], 6.5):  # no text: refused, counted once each
+        assert "1 of 2 EMAIL values" in refusal(["EMAIL"], [[digest], [value]])
+
+
+def test_a_row_of_another_width_than_the_schema_is_named() -> None:
+    rows = [[sha("a"), sha("b")], [sha("c"), sha("d")], [sha("e")]]
+    with pytest.raises(ValueError, match="Row 2 has 1 values; the schema has 2 keys"):
+        build_upload_payload(["EMAIL", "PHONE"], rows)
+
+
 def test_the_hashed_keys_are_read_from_the_match_key_table() -> None:
     hashed = {key.name for key in MATCH_KEYS if key.hashed}
     assert hashed <= HASHED_SCHEMA_KEYS

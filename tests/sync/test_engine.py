@@ -227,7 +227,8 @@ def test_postgres_records_additions_new_to_the_state_by_copy(
 
     def recording(conn: Any, statement: str, rows: list[Any]) -> bool:
         if statement.startswith(f"INSERT INTO {store.table} "):
-            upserted.extend(row[1] for row in rows)
+            key = statement.split("(", 1)[1].split(")", 1)[0].split(", ").index("row_key")
+            upserted.extend(row[key] for row in rows)
         return upsert(conn, statement, rows)
 
     monkeypatch.setattr(multirow, "execute_multirow", recording)

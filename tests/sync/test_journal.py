@@ -22,6 +22,7 @@ from airflow_provider_fbca.sync.journal import (
     UPDATE,
     PageJournal,
     RemovalRow,
+    pack_keys,
     pack_rows,
     unpack_rows,
 )
@@ -123,6 +124,25 @@ def test_reconciling_twice_is_reconciling_once(store: StateStore) -> None:
 )
 def test_a_packed_page_unpacks_to_its_rows(rows: list[tuple[str, ...]]) -> None:
     assert unpack_rows(pack_rows(rows)) == rows
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [],
+        [""],
+        ["", ""],
+        ["a"],
+        ["a", "josé 😀"],
+        ["a\x1cb", "c"],
+        ["a\x1db"],
+        ["a\x1d"],
+        ["\x1ea", "b"],
+        ["a", "\x1eb"],
+    ],
+)
+def test_the_keys_of_a_page_written_ahead_pack_as_one_text_rows_do(keys: list[str]) -> None:
+    assert pack_keys(keys) == pack_rows([(key,) for key in keys])
 
 
 def test_a_page_is_journaled_as_one_row_and_reconciled_per_person(store: StateStore) -> None:

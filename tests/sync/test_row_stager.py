@@ -59,3 +59,8 @@ def test_the_stored_digests_keep_their_format() -> None:
         for digest, values in ((staged.fingerprint, row), (staged.id_digest, row[:2])):
             text = "EXTERN_ID,EMAIL,LOOKALIKE_VALUE\n" + encode_identifiers(values)
             assert digest == hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+    stager = RowStager(["EXTERN_ID", "EMAIL"])  # a batch without LOOKALIKE_VALUE: digests of their own
+    for row in stager.stage_rows([["cust-1", HASH], ["josé 😀", ""]], None, [None, None]):
+        text = "EXTERN_ID,EMAIL\n" + row.identifiers
+        expected = hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+        assert row.fingerprint == row.id_digest == expected

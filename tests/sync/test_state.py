@@ -210,3 +210,28 @@ def test_a_lock_held_on_the_state_does_not_make_the_refresh_wait(store: StateSto
     assert _analyses(store) == 0
     store.refresh_statistics()  # the lock released, the stale statistics are refreshed
     assert _analyses(store) == 1
+
+
+#: Rows whose texts a COPY or an INSERT could get wrong: COPY's text escapes (backslash, tab, newline,
+#: carriage return, "\N"), non-ASCII text, a very long key, a NULL source digest and the 64-bit extremes.
+_AWKWARD_ROWS = [
+    StagedRow("back\\slash\\N", "f\t1", "d\n1", "EXTERN_ID,EMAIL", "back\\slash\\N\x1f\\.\r\n", 1, None),
+    StagedRow("josé 東京 😀", "f", "d", "EXTERN_ID", '\x1e["josé 東京 😀"]', 0, 2**63 - 1),
+    StagedRow("k" * 10_000, "f" * 64, "d" * 64, "EXTERN_ID", "k" * 10_000, 1, -(2**63)),
+    StagedRow("\\N", "", "", "EXTERN_ID", "\\N", 1, 0),
+]
+
+
+@pytest.mark.parametrize("new", [True, False])
+def test_upserted_rows_read_back_as_written_with_their_sync_key_and_time(
+    store: StateStore, new: bool
+) -> None:
+    # new=True: PostgreSQL copies them (binary COPY); otherwise multi-row upserts (SQLite: executemany).
+    store.ensure_tables()
+    store.upsert("act_1:42", _AWKWARD_ROWS, new=new)
+    store.upsert("act_1:43", _AWKWARD_ROWS[:1], new=new)
+    columns = ", ".join(StagedRow._fields)
+    stored = sorted(store.fetch_all(f"SELECT sync_key, {columns}, synced_at FROM {store.table}"))
+    expected = sorted([*(("act_1:42", *row) for row in _AWKWARD_ROWS), ("act_1:43", *_AWKWARD_ROWS[0])])
+    assert [row[:-1] for row in stored] == expected
+    assert all(row[-1].startswith("20") and row[-1].endswith("+00:00") for row in stored)  # utc_now()

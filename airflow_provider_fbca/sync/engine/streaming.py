@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from itertools import compress
+from operator import attrgetter
 from typing import Any
 
 from airflow_provider_fbca.sync.engine.options import RemovalGuard, RowPreparerLike, SyncOptions
@@ -27,6 +28,7 @@ from airflow_provider_fbca.sync.worker import MIN_ROWS as WORKER_MIN_ROWS
 from airflow_provider_fbca.sync.worker import PreparerProcess
 
 log = logging.getLogger(__name__)
+_MEMBER = attrgetter("member")
 
 #: What both passes of a first sync read: one copy of the model (SQLite) or one snapshot of it (PostgreSQL).
 ModelPasses = ModelCopy | ModelSnapshot
@@ -144,8 +146,8 @@ class StreamedFirstSync:
         # frames alive, and a collection in another thread could not close the cursor of this connection.
         try:
             for staged, wire_rows in self.stager.prepare_stream(chunks, digested, worker):
-                if not all(row.member for row in staged):
-                    members = [row.member for row in staged]
+                if not all(map(_MEMBER, staged)):  # in C: every row, every chunk
+                    members = list(map(_MEMBER, staged))
                     non_members[0] += members.count(0)
                     staged, wire_rows = list(compress(staged, members)), list(compress(wire_rows, members))
                 yield staged, wire_rows
