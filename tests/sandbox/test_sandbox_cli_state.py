@@ -199,8 +199,13 @@ def test_the_cli_tunes_its_own_collector_before_serving(monkeypatch: pytest.Monk
     that runs the sandbox in Python (tests, the demo) keeps its own collector as it was."""
     from airflow_provider_fbca.sandbox import __main__ as cli
 
-    with Sandbox(population=50):
-        assert gc.get_threshold()[0] != cli.GC_YOUNG_THRESHOLD and gc.get_freeze_count() == 0
+    before = gc.get_threshold()
+    gc.set_threshold(701, *before[1:])  # a value no code here sets: a changed threshold shows
+    try:
+        with Sandbox(population=50):
+            assert gc.get_threshold()[0] == 701 and gc.get_freeze_count() == 0
+    finally:
+        gc.set_threshold(*before)
     calls: list[str] = []
 
     class Started(Exception):

@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.sync import multirow
-from airflow_provider_fbca.sync.engine import GC_THRESHOLD, SyncOptions, SyncRun, parse_membership
+from airflow_provider_fbca.sync.engine import (
+    GC_THRESHOLD,
+    SyncOptions,
+    SyncRun,
+    fewer_collections,
+    parse_membership,
+)
 from airflow_provider_fbca.sync.journal import PageJournal
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, RemovalGuardError, SyncMode, SyncPlanError
 from airflow_provider_fbca.sync.state import StagedRow, StateStore
@@ -332,6 +338,23 @@ def test_duplicates_among_rows_skipped_as_unchanged_are_refused(store: StateStor
     assert len(audience.calls) == calls
     report = sync(store, audience, model("a", "b", "c"))
     assert (report["unchanged"], report["rows_prepared"], report["session_ids"]) == (3, 0, [])
+
+
+def test_runs_overlapping_in_threads_restore_the_collector_whatever_order_they_end_in() -> None:
+    """Two runs of one process: the first to start ends first. The collector's threshold is restored only
+    when the last ends (each restoring what it had found left the second's raised threshold behind)."""
+    before = gc.get_threshold()
+    gc.set_threshold(701, *before[1:])
+    try:
+        first, second = fewer_collections(), fewer_collections()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert gc.get_threshold()[0] == GC_THRESHOLD  # the second run still runs
+        second.__exit__(None, None, None)
+        assert gc.get_threshold() == (701, *before[1:])
+    finally:
+        gc.set_threshold(*before)
 
 
 def test_a_run_collects_garbage_less_often_and_restores_the_collector(store: StateStore) -> None:
