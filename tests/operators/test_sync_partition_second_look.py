@@ -3,11 +3,20 @@ retry (docs/partitions.md, "Shared identifiers across partitions")."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from tests.operators.conftest import Warehouse, let_held_uploads_go, wait_for_held_upload
+import pytest
+
+from tests.operators.conftest import (
+    Warehouse,
+    drop_held_uploads,
+    let_held_uploads_go,
+    wait_for_held_upload,
+)
 from tests.operators.test_sync_audience import expected, members
-from tests.operators.test_sync_partition_shared import PARTITIONS, _sync, before_the_race
+from tests.operators.test_sync_partition_shared import PARTITIONS, _operator, _sync, before_the_race
+from tests.operators.test_sync_partitions import outcome
 from tests.operators.test_sync_recovery import finish_killed, query, start
 
 #: The first statement of the second look once the other partitions' pending pages were waited for: the
@@ -40,4 +49,45 @@ def test_a_run_killed_before_looking_again_leaves_the_look_to_its_retry(
     assert query(warehouse, f"SELECT COUNT(*) FROM {state_table}_looks") == [(0,)]
     again = _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)
     assert again["added"] + again["updated"] == 1
+    assert {k: m["EMAIL"] for k, m in members(sandbox, audience_id).items()} == expected(v2)
+
+
+@pytest.mark.parametrize("processed", [True, False], ids=["applied", "not-applied"])
+def test_a_removal_whose_answer_is_lost_is_sent_again_and_looked_after(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str, processed: bool
+) -> None:
+    """The race of test_an_addition_racing_another_partition_s_removal_is_sent_again_by_its_next_run, the
+    removal's answer lost to a network error once partition 1 added the newcomer: Meta applied the removal
+    (processed) or never saw it. The hook sends the removal again (removing someone twice is harmless, and
+    needed when the first one never arrived), the run goes on and does the look it owed: partition 1's
+    next run sends the newcomer again, and Meta holds the model."""
+    audience_id, joins, v2 = before_the_race(warehouse, sandbox, fb_conn_id, state_table)
+    removing: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: removing.update(
+            report=outcome(_operator(warehouse, fb_conn_id, state_table, 0, audience_id))
+        )
+    )
+    thread.start()
+    try:
+        wait_for_held_upload(sandbox)  # partition 0 checked the holders and sent its removal
+        assert _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)["added"] == 1
+        drop_held_uploads(sandbox, processed=processed)
+    finally:
+        let_held_uploads_go(sandbox)
+        thread.join(timeout=120)
+    report = removing["report"]
+    assert not isinstance(report, Exception), report
+    assert (report["removed"], report["identifiers_withheld_shared"]) == (1, 0)
+    removals = [r for r in sandbox.requests() if r["method"] == "DELETE" and r["path"].endswith("/users")]
+    lost = "disconnect_after" if processed else "disconnect"
+    assert [r.get("fault") for r in removals] == [lost, None]  # the lost one, and the hook's one retry
+    assert joins not in members(sandbox, audience_id)  # the race: Meta removed the newcomer too
+    assert query(warehouse, f"SELECT COUNT(*) FROM {state_table}_looks") == [(0,)]  # the look is done
+
+    again = _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)
+    assert (again["added"] + again["updated"], again["removed"]) == (1, 0)
+    assert {k: m["EMAIL"] for k, m in members(sandbox, audience_id).items()} == expected(v2)
+    for partition in range(PARTITIONS):  # nothing left to send: no one sent twice past the newcomer
+        assert _sync(warehouse, fb_conn_id, state_table, partition, audience_id=audience_id)["rows_sent"] == 0
     assert {k: m["EMAIL"] for k, m in members(sandbox, audience_id).items()} == expected(v2)
