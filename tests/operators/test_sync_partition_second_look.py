@@ -7,7 +7,10 @@ import threading
 from typing import Any
 
 import pytest
+import requests
 
+from airflow_provider_fbca.exceptions import GraphTransientError
+from airflow_provider_fbca.hooks.graph_base import BaseGraphApiHook
 from tests.operators.conftest import (
     Warehouse,
     drop_held_uploads,
@@ -78,7 +81,7 @@ def test_a_removal_whose_answer_is_lost_is_sent_again_and_looked_after(
         thread.join(timeout=120)
     report = removing["report"]
     assert not isinstance(report, Exception), report
-    assert (report["removed"], report["identifiers_withheld_shared"]) == (1, 0)
+    assert (report["removed"], report["rows_sent"], report["identifiers_withheld_shared"]) == (1, 1, 0)
     removals = [r for r in sandbox.requests() if r["method"] == "DELETE" and r["path"].endswith("/users")]
     lost = "disconnect_after" if processed else "disconnect"
     assert [r.get("fault") for r in removals] == [lost, None]  # the lost one, and the hook's one retry
@@ -89,5 +92,67 @@ def test_a_removal_whose_answer_is_lost_is_sent_again_and_looked_after(
     assert (again["added"] + again["updated"], again["removed"]) == (1, 0)
     assert {k: m["EMAIL"] for k, m in members(sandbox, audience_id).items()} == expected(v2)
     for partition in range(PARTITIONS):  # nothing left to send: no one sent twice past the newcomer
+        assert _sync(warehouse, fb_conn_id, state_table, partition, audience_id=audience_id)["rows_sent"] == 0
+    assert {k: m["EMAIL"] for k, m in members(sandbox, audience_id).items()} == expected(v2)
+
+
+@pytest.mark.parametrize("processed", [True, False], ids=["applied", "not-applied"])
+def test_a_removal_lost_past_the_hook_s_retries_leaves_the_look_to_the_run_s_retry(
+    warehouse: Warehouse,
+    sandbox: Any,
+    fb_conn_id: str,
+    state_table: str,
+    processed: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, but the network stays down through the hook's retries (each dropped unprocessed): the run
+    fails with the removal pending in its journal and its look noted. Its retry reconciles the page as
+    possibly applied and sends the removal again, does the look it owed, and partition 1's next run sends
+    the newcomer again: Meta holds the model."""
+    audience_id, joins, v2 = before_the_race(warehouse, sandbox, fb_conn_id, state_table)
+    outage_ruled = threading.Event()  # the hook's retries wait for the outage's rule, not for its backoff
+
+    def retry_wait(hook: BaseGraphApiHook, error: Exception, attempt: int) -> float:
+        assert outage_ruled.wait(60), "the outage's rule was never posted"
+        return 0.0
+
+    monkeypatch.setattr(BaseGraphApiHook, "_retry_wait", retry_wait)
+    removing: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: removing.update(
+            report=outcome(_operator(warehouse, fb_conn_id, state_table, 0, audience_id))
+        )
+    )
+    thread.start()
+    try:
+        wait_for_held_upload(sandbox)
+        assert _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)["added"] == 1
+        drop_held_uploads(sandbox, processed=processed)
+        outage = [{"method": "DELETE", "path": "/users", "disconnect": True, "times": 5}]  # max_retries
+        requests.post(
+            f"{sandbox.url}/_sandbox/faults", json={"faults": outage}, timeout=10
+        ).raise_for_status()
+        outage_ruled.set()
+        thread.join(timeout=120)
+    finally:
+        outage_ruled.set()
+        if thread.is_alive():  # the test failed before the drop: its rules must not outlive it
+            let_held_uploads_go(sandbox)
+            thread.join(timeout=120)
+    assert isinstance(removing["report"], GraphTransientError), removing["report"]
+    removals = [r for r in sandbox.requests() if r["method"] == "DELETE" and r["path"].endswith("/users")]
+    lost = "disconnect_after" if processed else "disconnect"
+    assert [r.get("fault") for r in removals] == [lost] + ["disconnect"] * 5
+    assert (joins in members(sandbox, audience_id)) is not processed  # the race, if the removal landed
+    assert query(warehouse, f"SELECT COUNT(*) FROM {state_table}_looks") == [(1,)]  # the look is owed
+
+    retry = _sync(warehouse, fb_conn_id, state_table, 0, audience_id=audience_id)
+    assert retry["removed"] == 1  # the pending page, possibly applied: the leaver is removed again
+    assert (retry["rows_sent"], retry["identifiers_withheld_shared"], retry["reconciled_rows"]) == (1, 1, 1)
+    assert query(warehouse, f"SELECT COUNT(*) FROM {state_table}_looks") == [(0,)]
+    again = _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)
+    assert (again["added"] + again["updated"], again["removed"]) == (1, 0)
+    assert {k: m["EMAIL"] for k, m in members(sandbox, audience_id).items()} == expected(v2)
+    for partition in range(PARTITIONS):
         assert _sync(warehouse, fb_conn_id, state_table, partition, audience_id=audience_id)["rows_sent"] == 0
     assert {k: m["EMAIL"] for k, m in members(sandbox, audience_id).items()} == expected(v2)
