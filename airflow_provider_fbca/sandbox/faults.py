@@ -28,8 +28,8 @@ Its body may say how the held requests end instead, with the values of a rule's 
 - ``{"disconnect": "after"}``: each is processed, then dropped (Meta applied it and its answer was lost).
 
 A test thus holds a request while other clients act, then loses it either way at the moment it chooses.
-A latency's request was processed when it arrived: either value drops its answer (it cannot be undone).
-The request log marks a dropped request as a ``disconnect`` rule's would (``fault``).
+The request log marks a delay's dropped request as a ``disconnect`` rule's would (``fault``). A
+latency's request was processed, and logged, when it arrived: either value only drops its answer.
 """
 
 from __future__ import annotations
