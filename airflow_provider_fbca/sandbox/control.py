@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_fbca.sandbox.faults import FaultRuleError
+from airflow_provider_fbca.sandbox.faults import FaultRuleError, release_ending
 from airflow_provider_fbca.sandbox.state import DEFAULT_SCOPES
 
 if TYPE_CHECKING:
@@ -97,8 +97,8 @@ def _steer(
     if parts == ["faults"]:
         if method == "POST":
             sandbox.set_faults(data.get("faults"))
-        elif method == "DELETE":
-            sandbox.clear_faults()
+        elif method == "DELETE":  # the held requests go on, or are dropped if the body says so
+            sandbox.faults.clear(release_ending(data.get("disconnect")))
         else:
             raise ControlError(405, "use POST or DELETE on /_sandbox/faults")
         return 200, _faults(sandbox)

@@ -20,6 +20,16 @@ For each request the first rule that matches and has ``times`` left applies and 
 latency's answer goes out at once). The number held (``delayed`` in every ``/_sandbox/faults`` answer, a
 delay's and a latency's alike) tells a test that a request reached the sandbox and waits there: a client caught with a request in flight, with no guess at how long it takes to
 send it.
+
+Its body may say how the held requests end instead, with the values of a rule's ``disconnect``:
+
+- ``{"disconnect": true}``: each delayed request is dropped unprocessed, its connection closed without an
+  answer (the network failed on the way to Meta);
+- ``{"disconnect": "after"}``: each is processed, then dropped (Meta applied it and its answer was lost).
+
+A test thus holds a request while other clients act, then loses it either way at the moment it chooses.
+The request log marks a delay's dropped request as a ``disconnect`` rule's would (``fault``). A
+latency's request was processed, and logged, when it arrived: either value only drops its answer.
 """
 
 from __future__ import annotations
@@ -38,6 +48,9 @@ MAX_DELAY_S = 600.0
 MAX_PATH_PATTERN = 200
 #: The actions that hold a request, by their field: the rule's kind.
 _TIMES_S = {"delay_s": "delay", "latency_s": "latency"}
+#: How a held request ends: answered, or dropped unprocessed (``disconnect``) or processed
+#: (``disconnect_after``), as the rule kinds of ``disconnect: true`` and ``disconnect: "after"``.
+ANSWER, DROP, DROP_AFTER = "answer", "disconnect", "disconnect_after"
 _REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT)
 
 
@@ -92,9 +105,7 @@ class FaultRule:
         if rule.kind == "error":
             rule.error, rule.http_status = _error(raw["error"]), _http_status(raw.get("http_status", 400))
         elif rule.kind == "disconnect":
-            if raw["disconnect"] not in (True, "after", "before"):
-                raise FaultRuleError('disconnect must be true or "after"')
-            rule.kind = "disconnect_after" if raw["disconnect"] == "after" else "disconnect"
+            rule.kind = disconnect_kind(raw["disconnect"])
         else:
             rule.kind, rule.delay_s = _TIMES_S[actions[0]], _delay(actions[0], raw[actions[0]])
         return rule
@@ -133,6 +144,14 @@ class FaultRule:
         return rule
 
 
+class _Holds:
+    """The requests held now, ended together by :meth:`FaultInjector.clear`; and how they end."""
+
+    def __init__(self) -> None:
+        self.end = threading.Event()
+        self.ending = ANSWER
+
+
 class FaultInjector:
     """The sandbox's fault rules, safe to use from the server's threads."""
 
@@ -140,7 +159,7 @@ class FaultInjector:
         self._rules: list[FaultRule] = []
         self._lock = threading.Lock()
         self._delayed = 0
-        self._delays_end = threading.Event()
+        self._holds = _Holds()
 
     def add(self, raw_rules: Any) -> int:
         """
@@ -155,23 +174,30 @@ class FaultInjector:
             self._rules.extend(rules)
             return len(self._rules)
 
-    def clear(self) -> None:
-        """Drop every rule, and end the delays in progress (their requests go on at once)."""
+    def clear(self, ending: str = ANSWER) -> None:
+        """Drop every rule, and end the delays in progress: their requests go on at once, or are dropped.
+
+        :param ending: how the held requests end: :data:`ANSWER` (they go on), :data:`DROP` (closed
+            unprocessed) or :data:`DROP_AFTER` (processed, then closed): see :func:`disconnect_kind`.
+        """
         with self._lock:
             self._rules.clear()
-            self._delays_end.set()
-            self._delays_end = threading.Event()
+            self._holds.ending = ending
+            self._holds.end.set()
+            self._holds = _Holds()
 
-    def delay(self, seconds: float) -> None:
-        """Hold a request for ``seconds``, or until :meth:`clear` (counted in :meth:`delayed` meanwhile).
+    def delay(self, seconds: float) -> str:
+        """Hold a request for ``seconds``, or until :meth:`clear` (counted in :meth:`delayed` meanwhile);
+        return how it ends: :data:`ANSWER` when its time ran out, else what :meth:`clear` said.
 
         :param seconds: the delay rule's ``delay_s`` (what remains of a latency rule's ``latency_s``).
         """
         with self._lock:
             self._delayed += 1
-            ends = self._delays_end
+            holds = self._holds
         try:
-            ends.wait(seconds)
+            # Read once the wait is over: clear() sets the ending before it sets the event.
+            return holds.ending if holds.end.wait(seconds) else ANSWER
         finally:
             with self._lock:
                 self._delayed -= 1
@@ -200,6 +226,26 @@ class FaultInjector:
         """The active rules, as JSON."""
         with self._lock:
             return [rule.describe() for rule in self._rules]
+
+
+def disconnect_kind(raw: Any) -> str:
+    """
+    The rule kind a ``disconnect`` value stands for: :data:`DROP` or :data:`DROP_AFTER`.
+
+    :param raw: ``true`` (or ``"before"``): dropped unprocessed; ``"after"``: processed, then dropped.
+    """
+    if raw not in (True, "after", "before"):
+        raise FaultRuleError('disconnect must be true or "after"')
+    return DROP_AFTER if raw == "after" else DROP
+
+
+def release_ending(raw: Any) -> str:
+    """
+    How ``DELETE /_sandbox/faults`` ends the held requests, from its body's ``disconnect``.
+
+    :param raw: absent (None) or false: answered; else a rule's ``disconnect`` value.
+    """
+    return ANSWER if raw is None or raw is False else disconnect_kind(raw)
 
 
 def _method(raw: Any) -> str | None:

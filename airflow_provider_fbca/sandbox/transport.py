@@ -28,7 +28,7 @@ from urllib.parse import unquote_plus, urlsplit
 
 from airflow_provider_fbca.sandbox.control import ControlError, control_request
 from airflow_provider_fbca.sandbox.errors import GraphError, invalid_parameter
-from airflow_provider_fbca.sandbox.faults import FaultRule
+from airflow_provider_fbca.sandbox.faults import ANSWER, DROP_AFTER, FaultRule
 from airflow_provider_fbca.sandbox.graph import GraphRequest, GraphResponse
 
 if TYPE_CHECKING:
@@ -197,30 +197,55 @@ class SandboxHandler(BaseHTTPRequestHandler):
             return
         response = _answer(sandbox, request)
         sandbox.log_request(method, url.path, response, **names)
-        if fault is not None and fault.kind == "latency":  # processed: hold the answer for what remains
-            sandbox.faults.delay(max(0.0, fault.delay_s - (time.monotonic() - arrived)))
+        if fault is not None and fault.kind == "latency" and self._hold_answer(sandbox, fault, arrived):
+            return
         self._send_json(response.status, response.body, response.headers)
+
+    def _hold_answer(self, sandbox: Sandbox, fault: FaultRule, arrived: float) -> bool:
+        """Hold a processed request's answer for what remains of a latency rule; return True when the
+        hold was released as dropped (the connection then closes: the answer is lost).
+
+        :param sandbox: the sandbox.
+        :param fault: the latency rule.
+        :param arrived: when the request arrived (``time.monotonic``).
+        """
+        if sandbox.faults.delay(max(0.0, fault.delay_s - (time.monotonic() - arrived))) == ANSWER:
+            return False
+        self.close_connection = True
+        return True
 
     def _apply_fault(
         self, sandbox: Sandbox, fault: FaultRule, request: GraphRequest, names: dict[str, Any]
     ) -> bool:
         """Apply a fault rule; return True when the request has been dealt with (a latency rule holds the
-        answer once the request is processed: see :meth:`_graph`)."""
+        answer once the request is processed: see :meth:`_graph`; a delay rule's request goes on unless
+        ``DELETE /_sandbox/faults`` dropped it)."""
         if fault.kind == "latency":
             return False
         if fault.kind == "delay":
-            sandbox.faults.delay(fault.delay_s)
-            return False
+            ending = sandbox.faults.delay(fault.delay_s)
+            return ending != ANSWER and self._drop(sandbox, ending, request, names)
         if fault.kind == "error":
             body = fault.error_body()
             sandbox.log_request(request.method, request.path, None, fault="error", **names)
             self._send_json(fault.http_status, body)
             return True
-        if fault.kind == "disconnect_after":
+        return self._drop(sandbox, fault.kind, request, names)
+
+    def _drop(self, sandbox: Sandbox, kind: str, request: GraphRequest, names: dict[str, Any]) -> bool:
+        """Close the connection without an answer, having processed the request first for
+        ``disconnect_after`` (a lost response); return True (the request is dealt with).
+
+        :param sandbox: the sandbox.
+        :param kind: ``disconnect`` or ``disconnect_after``: a rule's kind, or how a held request ends.
+        :param request: the Graph request.
+        :param names: its parameters' names, for the request log.
+        """
+        if kind == DROP_AFTER:
             response = sandbox.handle_graph(request)
-            sandbox.log_request(request.method, request.path, response, fault="disconnect_after", **names)
+            sandbox.log_request(request.method, request.path, response, fault=kind, **names)
         else:
-            sandbox.log_request(request.method, request.path, None, fault="disconnect", **names)
+            sandbox.log_request(request.method, request.path, None, fault=kind, **names)
         self.close_connection = True
         return True
 

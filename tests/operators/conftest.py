@@ -40,6 +40,13 @@ def let_held_uploads_go(sandbox: Any) -> None:
     requests.delete(f"{sandbox.url}/_sandbox/faults", json={}, timeout=10).raise_for_status()
 
 
+def drop_held_uploads(sandbox: Any, *, processed: bool) -> None:
+    """End the delays in progress as lost connections (and drop the fault rules left): the held uploads
+    are processed first (Meta applied them, their answers are lost) or not (lost on the way to Meta)."""
+    body = {"disconnect": "after" if processed else True}
+    requests.delete(f"{sandbox.url}/_sandbox/faults", json=body, timeout=10).raise_for_status()
+
+
 def customer(index: int, email: str | None = None, ltv: float = 1.0, member: bool = True) -> tuple[Any, ...]:
     return (f"cust-{index:05d}", email or f"Person.{index}@Example.com ", f"Name{index}", "US", ltv, member)
 
@@ -106,6 +113,7 @@ __all__ = [
     "COLUMNS",
     "Warehouse",
     "customer",
+    "drop_held_uploads",
     "hold_first_upload",
     "let_held_uploads_go",
     "set_connection",

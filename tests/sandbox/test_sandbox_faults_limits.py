@@ -99,6 +99,76 @@ def test_a_delayed_request_is_counted_and_let_go_when_the_rules_are_cleared(
     assert requests.get(f"{sb.url}/_sandbox/faults", timeout=10).json() == {"data": [], "delayed": 0}
 
 
+def wait_until_held(sb: Sandbox, count: int = 1) -> None:
+    deadline = time.monotonic() + 30
+    while requests.get(f"{sb.url}/_sandbox/faults", timeout=10).json()["delayed"] != count:
+        assert time.monotonic() < deadline, "the request never reached the hold"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(("disconnect", "processed"), [("after", True), (True, False)])
+def test_a_held_request_released_as_dropped_loses_its_answer_processed_or_not(
+    sb: Sandbox, graph: Graph, audience_id: str, disconnect: object, processed: bool
+) -> None:
+    """A test holds an upload while other clients act, then loses it at the moment it chooses: the client
+    sees a connection error; Meta applied the request (``"after"``) or never saw it (``true``)."""
+    assert graph.upload(audience_id, "EXTERN_ID", ["1"]).status_code == 200
+    post_faults(sb, {"method": "DELETE", "path": "/users", "delay_s": 600})
+    outcomes: list[object] = []
+
+    def remove() -> None:
+        try:
+            outcomes.append(graph.upload(audience_id, "EXTERN_ID", ["1"], method="DELETE"))
+        except requests.ConnectionError as exc:
+            outcomes.append(exc)
+
+    held = threading.Thread(target=remove)
+    held.start()
+    wait_until_held(sb)
+    assert graph.upload(audience_id, "EXTERN_ID", ["2"]).status_code == 200, "others go on meanwhile"
+    cleared = requests.delete(f"{sb.url}/_sandbox/faults", json={"disconnect": disconnect}, timeout=10)
+    assert cleared.status_code == 200 and cleared.json()["data"] == []
+    held.join(timeout=30)
+    assert [type(outcome) for outcome in outcomes] == [requests.ConnectionError], "no answer came back"
+    left = [] if processed else ["1"]
+    assert sorted(m["EXTERN_ID"] for m in sb.members(audience_id)) == [*left, "2"]
+    last = sb.requests()[-1]
+    assert (last["method"], last["fault"]) == ("DELETE", "disconnect_after" if processed else "disconnect")
+    assert graph.upload(audience_id, "EXTERN_ID", ["3"]).status_code == 200, "the rules are gone"
+
+
+def test_a_held_latency_released_as_dropped_loses_only_its_answer(
+    sb: Sandbox, graph: Graph, audience_id: str
+) -> None:
+    """A latency's request was processed on arrival: dropped "unprocessed", it stays applied."""
+    post_faults(sb, {"method": "POST", "path": "/users", "latency_s": 600})
+    outcomes: list[object] = []
+
+    def upload() -> None:
+        try:
+            outcomes.append(graph.upload(audience_id, "EXTERN_ID", ["1"]))
+        except requests.ConnectionError as exc:
+            outcomes.append(exc)
+
+    held = threading.Thread(target=upload)
+    held.start()
+    wait_until_held(sb)
+    requests.delete(f"{sb.url}/_sandbox/faults", json={"disconnect": True}, timeout=10).raise_for_status()
+    held.join(timeout=30)
+    assert [type(outcome) for outcome in outcomes] == [requests.ConnectionError]
+    assert sb.members(audience_id) == [{"EXTERN_ID": "1"}]
+
+
+def test_releasing_held_requests_refuses_an_unknown_ending(sb: Sandbox) -> None:
+    post_faults(sb, {"method": "GET", "delay_s": 600})
+    for disconnect in ("later", 2, "yes"):
+        refused = requests.delete(f"{sb.url}/_sandbox/faults", json={"disconnect": disconnect}, timeout=10)
+        assert refused.status_code == 400
+    assert len(requests.get(f"{sb.url}/_sandbox/faults", timeout=10).json()["data"]) == 1, "nothing cleared"
+    ended = requests.delete(f"{sb.url}/_sandbox/faults", json={"disconnect": False}, timeout=10)
+    assert ended.json() == {"data": [], "delayed": 0}, "false: the held requests are answered, as without"
+
+
 def test_a_latency_rule_processes_the_request_at_once_and_holds_its_answer(
     sb: Sandbox, graph: Graph, audience_id: str
 ) -> None:
