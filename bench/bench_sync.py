@@ -208,32 +208,28 @@ def child(url: str, warehouse: Path, rows: int, by_phase: bool = False) -> dict[
     }
 
 
-def _start_sandbox() -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        # The CLI's defaults are a new app's (10 s processing, development access, a removal floor):
-        # the benchmark measures the client, so it asks for a production app's limits and no waiting.
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_fbca.sandbox",
-            "--port",
-            "0",
-            "--processing-delay",
-            "0",
-            "--access-tier",
-            "standard_access",
-            "--removal-floor",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+#: The sandbox CLI's arguments for a benchmark. Its defaults are a new app's (10 s processing, development
+#: access, a removal floor): the benchmarks measure the client, so they ask for a production app's limits
+#: and no waiting.
+SANDBOX_ARGS = (
+    *("--port", "0", "--processing-delay", "0"),
+    *("--access-tier", "standard_access", "--removal-floor", "0"),
+)
+
+
+def start_sandbox_process(command: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """Start a sandbox CLI (``command`` runs its module) with :data:`SANDBOX_ARGS`; the process and its URL."""
+    process = subprocess.Popen([*command, *SANDBOX_ARGS], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     url = process.stdout.readline().strip()
     if not url.startswith("http://"):
         process.kill()
         raise RuntimeError(f"the sandbox did not start (first line: {url!r})")
     return process, url
+
+
+def _start_sandbox() -> tuple[subprocess.Popen[str], str]:
+    return start_sandbox_process([sys.executable, "-m", "airflow_provider_fbca.sandbox"])
 
 
 def _run_size(url: str, workdir: Path, rows: int, by_phase: bool) -> dict[str, Any]:

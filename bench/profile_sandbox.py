@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from bench_sync import start_sandbox_process
 
 ROWS = 10_000
 TOKEN = "sandbox-token"
@@ -166,20 +167,7 @@ def _start(code: str) -> tuple[subprocess.Popen[str], str]:
         f"sys.path.insert(0, {str(Path(code).resolve())!r}); "
         "runpy.run_module('airflow_provider_fbca.sandbox', run_name='__main__', alter_sys=True)"
     )
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-c", launcher, "--port", "0", "--processing-delay", "0"),
-            *("--access-tier", "standard_access", "--removal-floor", "0", "--rate-limit-budget", "100000000"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    url = process.stdout.readline().strip()
-    if not url.startswith("http://"):
-        process.kill()
-        raise RuntimeError(f"the sandbox did not start: {url!r}")
-    return process, url
+    return start_sandbox_process([sys.executable, "-c", launcher, "--rate-limit-budget", "100000000"])
 
 
 def measure(codes: list[str], batches: int, repeats: int) -> None:

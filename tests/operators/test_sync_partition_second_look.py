@@ -19,8 +19,7 @@ from tests.operators.conftest import (
     wait_for_held_upload,
 )
 from tests.operators.test_sync_audience import expected, members
-from tests.operators.test_sync_partition_shared import PARTITIONS, _operator, _sync, before_the_race
-from tests.operators.test_sync_partitions import outcome
+from tests.operators.test_sync_partition_shared import PARTITIONS, _sync, before_the_race, race_partition_zero
 from tests.operators.test_sync_recovery import finish_killed, query, start
 
 #: The first statement of the second look once the other partitions' pending pages were waited for: the
@@ -136,24 +135,12 @@ def _race_and_lose_the_removal(
 
     :param then: what the network does next, before partition 0's run goes on.
     """
-    removing: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: removing.update(
-            report=outcome(_operator(warehouse, fb_conn_id, state_table, 0, audience_id))
-        )
-    )
-    thread.start()
-    try:
-        wait_for_held_upload(sandbox)  # partition 0 checked the holders and sent its removal
-        assert _sync(warehouse, fb_conn_id, state_table, 1, audience_id=audience_id)["added"] == 1
+
+    def release() -> None:
         drop_held_uploads(sandbox, processed=processed)
         then()
-        thread.join(timeout=120)
-    finally:
-        if thread.is_alive():  # the test failed before the drop: let the run end
-            let_held_uploads_go(sandbox)
-            thread.join(timeout=120)
-    return removing["report"]
+
+    return race_partition_zero(warehouse, sandbox, fb_conn_id, state_table, audience_id, release)
 
 
 def _lost(processed: bool) -> str:
