@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from airflow_provider_fbca.sandbox import persistence
-from airflow_provider_fbca.sandbox.faults import FaultInjector
+from airflow_provider_fbca.sandbox.faults import FaultInjector, release_ending
 from airflow_provider_fbca.sandbox.graph import GraphApi, GraphRequest, GraphResponse
 from airflow_provider_fbca.sandbox.population import Population
 from airflow_provider_fbca.sandbox.ratelimit import (
@@ -248,9 +248,13 @@ class Sandbox:
         """
         self.faults.add(rules)
 
-    def clear_faults(self) -> None:
-        """Drop every fault rule."""
-        self.faults.clear()
+    def clear_faults(self, disconnect: bool | str = False) -> None:
+        """Drop every fault rule and end the delays in progress, as ``DELETE /_sandbox/faults`` does.
+
+        :param disconnect: how the held requests end: False, answered; True, dropped unprocessed; ``"after"``,
+            processed, then dropped (their answers lost).
+        """
+        self.faults.clear(release_ending(disconnect))
 
     def set_rate_limit(
         self,

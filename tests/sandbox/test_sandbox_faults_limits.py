@@ -106,12 +106,14 @@ def wait_until_held(sb: Sandbox, count: int = 1) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.parametrize("over_http", [True, False], ids=["http", "python"])
 @pytest.mark.parametrize(("disconnect", "processed"), [("after", True), (True, False)])
 def test_a_held_request_released_as_dropped_loses_its_answer_processed_or_not(
-    sb: Sandbox, graph: Graph, audience_id: str, disconnect: object, processed: bool
+    sb: Sandbox, graph: Graph, audience_id: str, disconnect: bool | str, processed: bool, over_http: bool
 ) -> None:
     """A test holds an upload while other clients act, then loses it at the moment it chooses: the client
-    sees a connection error; Meta applied the request (``"after"``) or never saw it (``true``)."""
+    sees a connection error; Meta applied the request (``"after"``) or never saw it (``true``). The
+    control endpoint and the Python API release alike."""
     assert graph.upload(audience_id, "EXTERN_ID", ["1"]).status_code == 200
     post_faults(sb, {"method": "DELETE", "path": "/users", "delay_s": 600})
     outcomes: list[object] = []
@@ -126,8 +128,11 @@ def test_a_held_request_released_as_dropped_loses_its_answer_processed_or_not(
     held.start()
     wait_until_held(sb)
     assert graph.upload(audience_id, "EXTERN_ID", ["2"]).status_code == 200, "others go on meanwhile"
-    cleared = requests.delete(f"{sb.url}/_sandbox/faults", json={"disconnect": disconnect}, timeout=10)
-    assert cleared.status_code == 200 and cleared.json()["data"] == []
+    if over_http:
+        cleared = requests.delete(f"{sb.url}/_sandbox/faults", json={"disconnect": disconnect}, timeout=10)
+        assert cleared.status_code == 200 and cleared.json()["data"] == []
+    else:
+        sb.clear_faults(disconnect=disconnect)
     held.join(timeout=30)
     assert [type(outcome) for outcome in outcomes] == [requests.ConnectionError], "no answer came back"
     left = [] if processed else ["1"]
