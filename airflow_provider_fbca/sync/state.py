@@ -525,11 +525,13 @@ class StateStore(LeaseRows):
 
         Each row's primary key entry is placed by a descent of the index from its root; in key order the
         descents of a page follow one another down the same path to the same leaves, where rows in the
-        model's order (a key order of its own, or none) jump about the index: a tenth to a seventh of the
-        server's CPU per page (see ``bench/profile_state_copy.py``). The order stored rows were inserted
-        in is the only change. Rows already in order (the model's keys ascending) cost one pass of the
-        sort; the upsert that follows a refused COPY keeps the rows' own order (a key repeated within them
-        is updated row by row, the last one kept).
+        model's order (a key order of its own, or none) jump about the index: about a sixth of the
+        server's CPU per page (see ``bench/profile_state_copy.py``). Python orders keys by code point; a
+        database collation ordering some otherwise (mixed case under a linguistic one) still gets long
+        ascending runs. The order stored rows were inserted in is the only change. Rows already in order
+        (the model's keys ascending, a changed run's pages) cost one pass of the sort; the upsert that
+        follows a refused COPY keeps the rows' own order (a key repeated within them is updated row by
+        row, the last one kept).
         """
         in_order = sorted(values, key=_ROW_KEY)
         return copy_new_rows(self.conn, self.table, STATE_COLUMNS, in_order, self._copy_types())
