@@ -235,3 +235,22 @@ def test_upserted_rows_read_back_as_written_with_their_sync_key_and_time(
     expected = sorted([*(("act_1:42", *row) for row in _AWKWARD_ROWS), ("act_1:43", *_AWKWARD_ROWS[0])])
     assert [row[:-1] for row in stored] == expected
     assert all(row[-1].startswith("20") and row[-1].endswith("+00:00") for row in stored)  # utc_now()
+
+
+@pytest.mark.postgres
+@on_postgres
+def test_rows_new_to_the_state_are_copied_in_key_order(store: StateStore) -> None:
+    """The primary key's inserts then follow its leaves in order (see ``StateStore._copy_new``); the rows
+    stored are the rows given, whatever their order."""
+    import random
+
+    rows = _staged(3000)
+    random.Random(15).shuffle(rows)
+    store.ensure_tables()
+    store.upsert("s", rows, new=True)
+    # A heap filled by one COPY holds its rows in the order they were copied in.
+    copied = [row[0] for row in store.fetch_all(f"SELECT row_key FROM {store.table} ORDER BY ctid")]
+    assert copied == sorted(row.row_key for row in rows)
+    columns = ", ".join(StagedRow._fields)
+    assert sorted(store.fetch_all(f"SELECT {columns} FROM {store.table}")) == sorted(rows)
+    store.commit()
