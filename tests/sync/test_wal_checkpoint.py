@@ -23,6 +23,15 @@ def rows_in_the_database_file(path: Path, table: str, tmp_path: Path) -> int:
         conn.close()
 
 
+def warehouse_of_thirty(path: Path) -> tuple[sqlite3.Connection, StateStore]:
+    """A warehouse file whose table ``model`` holds 30 people (id, email), and its state store."""
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE model (id, email)")
+    conn.executemany("INSERT INTO model VALUES (?, ?)", [(f"id-{i}", f"p{i}@example.com") for i in range(30)])
+    conn.commit()
+    return conn, StateStore(conn, "fbca_state")
+
+
 def test_committed_pages_reach_the_database_file_and_the_runs_setting_comes_back(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     conn = sqlite3.connect(path)
@@ -157,11 +166,8 @@ def test_an_incremental_runs_removals_and_additions_are_checkpointed_by_another_
     from tests.sync.conftest import PassThroughPreparer, RecordingAudience
 
     path = tmp_path / "w.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE model (id, email)")
-    conn.executemany("INSERT INTO model VALUES (?, ?)", [(f"id-{i}", f"p{i}@example.com") for i in range(30)])
-    conn.commit()
-    store, audience = StateStore(conn, "fbca_state"), RecordingAudience()
+    conn, store = warehouse_of_thirty(path)
+    audience = RecordingAudience()
 
     def run() -> None:
         options = SyncOptions("42", "act_1:42", source_key_index=0, batch_size=4)
