@@ -8,16 +8,18 @@ from collections.abc import Callable, Iterator, Sequence
 
 from airflow_provider_fbca.sync.dialects import BLAKE2B_8
 
-#: SQLite: the slots of the known digests' table per digest (see :class:`KnownDigests`): about 10 bytes a
-#: known row; a probe for a digest the table holds reads 2 slots on average, for another one about 8.
-SLOTS_PER_DIGEST = 1.3
+#: SQLite: the slots of the known digests' table per digest (see :class:`KnownDigests`): 18 bytes a known
+#: row (18 MB at a million, while the diff runs). Half full, a probe for a digest the table holds reads 1.5
+#: slots on average, for another one (a new or changed row; the last digests added) 2.5; with 1.3 slots
+#: (10 bytes a row) 2.8 and 10: Python's loops of the load and of the diff's lookups took a tenth more CPU.
+SLOTS_PER_DIGEST = 2.0
 
 
 class KnownDigests:
     """SQLite: the source digests the state knows, in an open-addressing hash table held in memory: an
-    array of signed 64-bit digests, :data:`SLOTS_PER_DIGEST` slots a digest (about 10 bytes a known row,
-    as the client-side diff's sorted array), and a mark byte per slot: 0 unmet, 1 met once, 2 met twice or
-    more (two model rows share a known row's cells: a duplicate EXTERN_ID), 3 an empty slot.
+    array of signed 64-bit digests, :data:`SLOTS_PER_DIGEST` slots a digest (18 bytes a known row), and a
+    mark byte per slot: 0 unmet, 1 met once, 2 met twice or more (two model rows share a known row's
+    cells: a duplicate EXTERN_ID), 3 an empty slot.
 
     The diff's statement computes each model row's digest through :meth:`fresh`, which marks a known
     digest and answers NULL for it: an unchanged row is neither looked up by SQL nor written. It replaces

@@ -121,13 +121,18 @@ class PlanSender:
                 mark_leaving_rows(self.store, stage)
                 self._send_removals(stage)
             return
-        # Removals first: an updated person loses the old identifiers before getting the new ones.
-        self._send_removals(stage)
-        if plan.to_add:
-            self._add(stage, plan)
-        if plan.to_record:
-            self.lease.keep_alive()
-            self.journal.tracked(stage)
+        # An acknowledged removal page deletes its state rows, spread over the table (an updated person's
+        # row goes, and comes back with the addition): tens of megabytes of log a commit at a million rows,
+        # which SQLite would copy back inside that commit. Copied from another thread instead, while the
+        # run goes on with its additions (see :mod:`.wal_checkpoint`).
+        with WalCheckpointer(self.store.conn, self.store.table_name) as checkpointer:
+            # Removals first: an updated person loses the old identifiers before getting the new ones.
+            self._send_removals(stage, checkpointer.committed)
+            if plan.to_add:
+                self._add(stage, plan)
+            if plan.to_record:
+                self.lease.keep_alive()
+                self.journal.tracked(stage)
 
     def _new_session(
         self,
@@ -192,8 +197,11 @@ class PlanSender:
             extra["page_ids"] = list(self.options.page_ids)
         return extra
 
-    def _send_removals(self, stage: StageTable) -> None:
-        """Send this run's removal rows (planned and owed), shared identifiers withheld."""
+    def _send_removals(self, stage: StageTable, committed: Callable[[], None] = lambda: None) -> None:
+        """Send this run's removal rows (planned and owed), shared identifiers withheld.
+
+        :param committed: called after each acknowledged page's commit (the log's checkpointer).
+        """
         has_planned = self.store.fetch_one(f"SELECT 1 FROM {stage.name} WHERE to_remove = 1 LIMIT 1")
         if not has_planned and not self.journal.owed_count():
             return
@@ -204,13 +212,13 @@ class PlanSender:
             self.report.owed_removals_sent += removals.origins().get(OWED, 0)
             looks.owe(removals)  # done below; a run ending before leaves it to the next (see .second_look)
             for key_schema in removals.schemas():
-                self._remove(removals, key_schema)
+                self._remove(removals, key_schema, committed)
             removals.unconfirm_late_holders(self.lease.keep_alive)  # a partition's additions racing them
             looks.settle()
         finally:
             removals.drop()
 
-    def _remove(self, removals: Removals, key_schema: str) -> None:
+    def _remove(self, removals: Removals, key_schema: str, committed: Callable[[], None]) -> None:
         schema = key_schema.split(",")
         audience_id, extra = self.options.audience_id, self._extra()
 
@@ -222,6 +230,7 @@ class PlanSender:
 
         def acknowledge(page: list[RemovalRow], session: dict[str, Any]) -> None:
             self.journal.removed(session["session_id"], session["batch_seq"], page)
+            committed()
 
         def refuse(page: list[RemovalRow], session: dict[str, Any], error: Exception) -> bool:
             if not _is_refusal(error):

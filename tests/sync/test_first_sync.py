@@ -212,14 +212,11 @@ def test_a_streamed_first_syncs_state_rows_are_checkpointed_by_another_connectio
     """The log of the pages written ahead is copied back to the database file by a thread of its own (see
     :mod:`.wal_checkpoint`), not in the run's commits: the file alone holds them once the run is over,
     far below SQLite's own 1000-page threshold and with the run's connection still open."""
-    from tests.sync.test_wal_checkpoint import rows_in_the_database_file
+    from tests.sync.test_wal_checkpoint import rows_in_the_database_file, warehouse_of_thirty
 
     path = tmp_path / "w.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE model (id, email)")
-    conn.executemany("INSERT INTO model VALUES (?, ?)", [(f"id-{i}", f"p{i}@example.com") for i in range(30)])
-    conn.commit()
-    store, audience = StateStore(conn, "fbca_state"), RecordingAudience()
+    conn, store = warehouse_of_thirty(path)
+    audience = RecordingAudience()
     options = SyncOptions("42", "act_1:42", source_key_index=0, batch_size=4)
     run = SyncRun(store, audience, PassThroughPreparer(("EXTERN_ID", "EMAIL")), options)
     report = run.run(PushdownModel(store, "SELECT * FROM model", ["id", "email"], 5))

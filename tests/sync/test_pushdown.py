@@ -9,6 +9,7 @@ each run both must have planned the same counts, sent the same rows and left the
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -486,3 +487,42 @@ def test_the_known_digests_are_read_alike_by_rowid_ranges_and_by_the_key_index(
     by_rowid = [statement for statement in statements if "rowid BETWEEN" in statement]
     assert len(by_rowid) == 6  # "a" in ranges of two of its table's 11 rowids; "b" by its key index
     assert not store.conn.in_transaction  # the ranges' read transaction ended
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_the_rowid_ranges_are_added_by_another_thread_in_order_and_its_error_ends_the_read(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread adds each range's digests while SQLite reads the next: the same table, slot for slot, as
+    adding them in the table's order; an add that fails fails the load with its error, its read ended."""
+    monkeypatch.setattr(pushdown, "_ROWID_PAGE", 3)
+    store.ensure_tables()
+    digests = [text_digest(f"row {index}".encode()) for index in range(20)]
+    store.executemany(
+        f"INSERT INTO {store.table} (sync_key, row_key, fingerprint, id_digest, key_schema, identifiers,"
+        " member, source_digest, synced_at) VALUES ('a', ?, '', '', '', '', 1, ?, '')",
+        [(str(index), digest) for index, digest in enumerate(digests)],
+    )
+    store.conn.commit()
+    threads: list[str] = []
+    add = pushdown.KnownDigests.add
+
+    def recorded(known: pushdown.KnownDigests, page: Sequence[int | None]) -> None:
+        threads.append(threading.current_thread().name)
+        add(known, page)
+
+    monkeypatch.setattr(pushdown.KnownDigests, "add", recorded)
+    model = PushdownModel(store, "SELECT 1 AS x", ["x"], 10)
+    known = model._known_digests("a", members_only=True)
+    expected = pushdown.KnownDigests(len(digests))
+    add(expected, digests)
+    assert (known.slots, known.marks, known.count) == (expected.slots, expected.marks, expected.count)
+    assert len(threads) == 7 and threading.current_thread().name not in threads
+
+    def failing(known: pushdown.KnownDigests, page: Sequence[int | None]) -> None:
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(pushdown.KnownDigests, "add", failing)
+    with pytest.raises(MemoryError, match="no room"):
+        model._known_digests("a", members_only=True)
+    assert not store.conn.in_transaction

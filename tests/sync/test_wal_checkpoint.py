@@ -23,6 +23,15 @@ def rows_in_the_database_file(path: Path, table: str, tmp_path: Path) -> int:
         conn.close()
 
 
+def warehouse_of_thirty(path: Path) -> tuple[sqlite3.Connection, StateStore]:
+    """A warehouse file whose table ``model`` holds 30 people (id, email), and its state store."""
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE model (id, email)")
+    conn.executemany("INSERT INTO model VALUES (?, ?)", [(f"id-{i}", f"p{i}@example.com") for i in range(30)])
+    conn.commit()
+    return conn, StateStore(conn, "fbca_state")
+
+
 def test_committed_pages_reach_the_database_file_and_the_runs_setting_comes_back(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     conn = sqlite3.connect(path)
@@ -143,4 +152,39 @@ def test_the_wait_returns_at_once_when_nothing_checkpoints(tmp_path: Path) -> No
         checkpointer.committed()
     checkpointer.committed()  # said after the thread stopped: no checkpoint will ever cover it
     checkpointer.wait_for_checkpoint()
+    conn.close()
+
+
+def test_an_incremental_runs_removals_and_additions_are_checkpointed_by_another_connection(
+    tmp_path: Path,
+) -> None:
+    """The state rows an incremental run deletes (the removals acknowledged) and writes again (the
+    additions) reach the database file from the checkpointer's connection, far below SQLite's own
+    1000-page threshold and with the run's connection still open; the run's setting comes back."""
+    from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun
+    from airflow_provider_fbca.sync.pushdown import PushdownModel
+    from tests.sync.conftest import PassThroughPreparer, RecordingAudience
+
+    path = tmp_path / "w.db"
+    conn, store = warehouse_of_thirty(path)
+    audience = RecordingAudience()
+
+    def run() -> None:
+        options = SyncOptions("42", "act_1:42", source_key_index=0, batch_size=4)
+        sync = SyncRun(store, audience, PassThroughPreparer(("EXTERN_ID", "EMAIL")), options)
+        sync.run(PushdownModel(store, "SELECT * FROM model", ["id", "email"], 5))
+
+    run()
+    conn.execute("UPDATE model SET email = 'new-' || email WHERE rowid % 3 = 0")
+    conn.execute("DELETE FROM model WHERE rowid % 7 = 0")
+    conn.commit()
+    run()
+    state = "SELECT row_key, identifiers FROM fbca_state ORDER BY row_key"
+    copy = tmp_path / "file-only.db"
+    shutil.copyfile(path, copy)
+    in_the_file = sqlite3.connect(copy).execute(state).fetchall()
+    assert in_the_file == conn.execute(state).fetchall()
+    assert len(in_the_file) == 30 - 30 // 7
+    assert sum("new-" in identifiers for _, identifiers in in_the_file) == 10 - 1  # rowid 21 went
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     conn.close()
