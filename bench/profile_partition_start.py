@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import functools
+import itertools
 import json
 import logging
 import math
@@ -53,15 +54,16 @@ STEPS = (
 
 
 def server_cpu(port: int) -> float:
-    """CPU seconds of the PostgreSQL server listening on ``port``: its postmaster and every child."""
+    """CPU seconds of the PostgreSQL server listening on ``port``: its postmaster, the children it reaped
+    (the backends of closed connections, parallel workers) and the living ones."""
     for process in psutil.process_iter(["name", "cmdline"]):
         if process.info["name"] == "postgres" and f"-p {port}" in " ".join(process.info["cmdline"] or ()):
-            with_children = [process, *process.children(recursive=True)]
-            total = 0.0
-            for member in with_children:
+            own = process.cpu_times()
+            total = own.user + own.system + own.children_user + own.children_system
+            for member in process.children():
                 try:
                     times = member.cpu_times()
-                except psutil.NoSuchProcess:
+                except psutil.NoSuchProcess:  # reaped meanwhile: counted above only if read before
                     continue
                 total += times.user + times.system
             return total
@@ -201,9 +203,10 @@ def main() -> None:
                 results[variant].append(result)
                 print(f"{variant or 'installed'} #{repeat}: {describe(result)}", flush=True)
     for variant, runs in results.items():
-        print(f"\n{variant or 'installed'}: median of {len(runs)} (min-max)")
-        for step in STEPS:
-            print(f"  {step:>13}: {spread(runs, step)}")
+        print(f"\n{variant or 'installed'}: each step's wall and CPU, median of {len(runs)} (min-max), ms")
+        for before, step in itertools.pairwise(STEPS):
+            print(f"  {step:>13}: {spread(runs, before, step)}")
+        print(f"  execute() to the first upload: {spread(runs, 'execute', 'first_upload', server=True)}")
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -216,13 +219,18 @@ def describe(result: dict[str, Any]) -> str:
     return f"{result['rows']} rows; wall/cpu(/server): " + ", ".join(steps)
 
 
-def spread(runs: list[dict[str, Any]], step: str) -> str:
+def spread(runs: list[dict[str, Any]], before: str, step: str, *, server: bool = False) -> str:
+    """The median (min-max) of each figure from one step to the next over the runs, in milliseconds."""
     figures = []
-    for index, label in enumerate(("wall", "cpu", "server")):
-        values = [run["marks"][step][index] for run in runs if step in run["marks"]]
+    for index, label in enumerate(("wall", "cpu", "server") if server else ("wall", "cpu")):
+        values = [
+            1000 * (run["marks"][step][index] - run["marks"][before][index])
+            for run in runs
+            if step in run["marks"] and before in run["marks"]
+        ]
         values = [value for value in values if not math.isnan(value)]
         if values:
-            figures.append(f"{label} {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+            figures.append(f"{label} {statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})")
     return ", ".join(figures)
 
 
