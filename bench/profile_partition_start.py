@@ -149,7 +149,8 @@ def child(name: str, port: int, profile_to: str | None = None) -> None:
     mark("execute")
     report = operator.execute({})
     mark("end")
-    print(json.dumps({"rows": report["added"], "marks": marks}))
+    provider = sys.modules["airflow_provider_fbca"].__file__  # which tree ran (see --pythonpath)
+    print(json.dumps({"rows": report["added"], "marks": marks, "provider": provider}))
 
 
 def run_child(name: str, port: int, pythonpath: str | None, profile: str | None = None) -> dict[str, Any]:
@@ -203,7 +204,10 @@ def main() -> None:
                 results[variant].append(result)
                 print(f"{variant or 'installed'} #{repeat}: {describe(result)}", flush=True)
     for variant, runs in results.items():
-        print(f"\n{variant or 'installed'}: each step's wall and CPU, median of {len(runs)} (min-max), ms")
+        trees = sorted({run["provider"] for run in runs})
+        print(
+            f"\n{variant or 'installed'} ({', '.join(trees)}): each step's wall and CPU, median of {len(runs)} (min-max), ms"
+        )
         for before, step in itertools.pairwise(STEPS):
             print(f"  {step:>13}: {spread(runs, before, step)}")
         print(f"  execute() to the first upload: {spread(runs, 'execute', 'first_upload', server=True)}")
