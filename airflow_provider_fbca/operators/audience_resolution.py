@@ -95,7 +95,9 @@ class AudienceResolution:
             names.remember(str(self.audience_name), audience_id)
         return audience_id
 
-    def _recalled_audience(self, names: AudienceNames, sends_values: bool) -> str | None:
+    def _recalled_audience(
+        self, names: AudienceNames, sends_values: bool, audience_id: str | None = None
+    ) -> str | None:
         """The audience an earlier run resolved the name to, read alone and checked as the listing's would
         be; None when no run recorded one, or it is gone (deleted, out of the token's reach), renamed or
         fails a check: the caller then lists the ad account's audiences, as a first run does.
@@ -106,9 +108,10 @@ class AudienceResolution:
 
         :param names: the records, on the state's or the creation lease's store.
         :param sends_values: whether the mapping has a LOOKALIKE_VALUE column.
+        :param audience_id: the record, read already (None: read it now).
         """
         name = str(self.audience_name)
-        audience_id = names.recall(name)
+        audience_id = audience_id or names.recall(name)
         if audience_id is None:
             return None
         try:
@@ -154,8 +157,10 @@ class AudienceResolution:
 
         The partitions of a sync start together, and each found no audience of that name. So creation holds
         a lease on the name (a row of the locks table, through a connection of its own): the first partition
-        creates the audience and records it before releasing the lease, the others wait for the lease, then
-        read it by the id it recorded and sync into it.
+        creates the audience and records it before releasing the lease. The others read the record before
+        each attempt to take the lease, and sync into the audience it names as soon as it reads back as the
+        listing's would (:meth:`_created_meanwhile`): they no longer take the lease one after the other,
+        each for a read of the audience, only to find it created.
         """
         account = self.hook.ad_account_id
         conn = state_hook.get_conn()
@@ -169,13 +174,38 @@ class AudienceResolution:
                 holder=lease_holder(context),
             )
             names = AudienceNames(store, account)
+            read_back: set[str] = set()
             audience_id = run_exclusively(
-                lease, lambda: self._find_or_create_audience(names), wait_s=CREATE_WAIT_S
+                lease,
+                lambda: self._find_or_create_audience(names),
+                wait_s=CREATE_WAIT_S,
+                done=lambda: self._created_meanwhile(names, read_back),
             )
             check_layout(store, f"{account}:{audience_id}", self.partitions)
         finally:
             conn.close()
         return audience_id, f"{account}:{audience_id}" + partition_suffix(self.partition, self.partitions)
+
+    def _created_meanwhile(self, names: AudienceNames, read_back: set[str]) -> str | None:
+        """The audience another partition created meanwhile, by its record (written before that partition
+        released the creation lease), read back and checked without the lease; None while nothing new is
+        recorded.
+
+        An id recorded before (an earlier run's audience, gone or renamed since: the run's resolution read
+        it back already) is read once more at most, then left to the lease's holder, which lists the ad
+        account's audiences; so is one that fails a check.
+
+        :param names: the records, on the creation lease's store.
+        :param read_back: the recorded ids read back so far, by this run's wait.
+        """
+        audience_id = names.recall(str(self.audience_name))
+        if audience_id is None or audience_id in read_back:
+            return None
+        read_back.add(audience_id)
+        audience_id = self._recalled_audience(names, LOOKALIKE_VALUE in self._key_names, audience_id)
+        if audience_id is not None:
+            self.log.info("Audience %r was created meanwhile (by another partition)", self.audience_name)
+        return audience_id
 
     def _find_or_create_audience(self, names: AudienceNames) -> str:
         """The named audience's id: found (another partition created it meanwhile: it recorded it before

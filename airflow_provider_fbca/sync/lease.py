@@ -271,6 +271,7 @@ def run_exclusively(
     action: Callable[[], T],
     *,
     wait_s: float,
+    done: Callable[[], T | None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     first_poll_s: float = FIRST_POLL_S,
     max_poll_s: float = MAX_POLL_S,
@@ -282,9 +283,15 @@ def run_exclusively(
     Meta, so the waits start short and double up to ``max_poll_s``: a fixed wait of a second made every
     partition that met the lease held wait a whole second for a step done in a few tens of milliseconds.
 
+    With ``done``, a waiter that finds the step done (its holder recorded the result before releasing
+    the lease) takes that result at once: N waiters no longer take the lease one after the other, each
+    only to find the step done.
+
     :param lease: a lease on what the step is about (on a store of its own: a lease sets its store's fence).
     :param action: the step; it must find out itself whether another holder did it already.
     :param wait_s: how long to wait for the lease before giving up.
+    :param done: the step's result if another holder did it already, else None: asked before each
+        attempt, without the lease (a read).
     :param sleep: waits between attempts (tests inject one).
     :param first_poll_s: the first wait; each next one is twice as long.
     :param max_poll_s: the longest wait (one attempt, a single insert, per wait at most).
@@ -292,6 +299,9 @@ def run_exclusively(
     """
     waited, poll_s = 0.0, first_poll_s
     while True:
+        found = done() if done is not None else None
+        if found is not None:
+            return found
         try:
             lease.acquire()
             break

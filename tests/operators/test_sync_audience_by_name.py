@@ -3,14 +3,20 @@ the ad account's audiences; it lists as before when that audience is gone, renam
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from airflow_provider_fbca.hooks.custom_audiences import FacebookCustomAudiencesHook
+from airflow_provider_fbca.operators import audience_resolution
 from airflow_provider_fbca.sync.audience import AudienceNotSyncableError
+from airflow_provider_fbca.sync.audience_names import AudienceNames
+from airflow_provider_fbca.sync.lease import SyncLeaseHeldError
+from airflow_provider_fbca.sync.state import StateStore
 from tests.operators.conftest import Warehouse, customer
-from tests.operators.test_sync_audience import make_operator, members, run
+from tests.operators.test_sync_audience import make_operator, members, run, user_uploads
+from tests.operators.test_sync_partitions import audiences_named
 
 #: Other audiences of the ad account: the listing takes two pages of the hook's 50.
 DECOYS = 60
@@ -178,3 +184,68 @@ def test_a_state_from_before_the_records_lists_once_then_reads_by_id(
         report = run(make_operator(warehouse, fb_conn_id, state_table))
         assert (report["audience_id"], report["unchanged"]) == (audience_id, 5)
         assert listings(sandbox) - before == expected_listings
+
+
+def held_creation(warehouse: Warehouse, state_table: str, hook: Any, recorded_id: str) -> str:
+    """Another partition's creation of ``Customers``: it holds the creation lease and recorded the audience
+    (as it does before releasing the lease). The lease's key."""
+    key = f"create:{hook.ad_account_id}:Customers"
+    conn = warehouse._connect()
+    try:
+        store = StateStore(conn, state_table, warehouse.placeholder)
+        store.ensure_tables()
+        names = AudienceNames(store, hook.ad_account_id)
+        names.ensure_table()
+        names.remember("Customers", recorded_id)
+        assert store.acquire_lease(key, "creating-partition", "partition 0", time.time(), 4e9)
+    finally:
+        conn.close()
+    return key
+
+
+def creation_lease_owner(warehouse: Warehouse, state_table: str, key: str) -> str | None:
+    conn = warehouse._connect()
+    try:
+        record = StateStore(conn, state_table, warehouse.placeholder).lease(key)
+        return record.owner if record else None
+    finally:
+        conn.close()
+
+
+def test_a_partition_waiting_on_the_creation_lease_takes_the_audience_recorded_meanwhile(
+    warehouse: Warehouse, sandbox: Any, fb_conn_id: str, state_table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The partition creating the audience records it before it releases the creation lease: the partitions
+    waiting for that lease read the record and sync into the audience at once (one read of it), instead of
+    taking the lease in turn after the creator only to find the audience created."""
+    hook = FacebookCustomAudiencesHook(fb_conn_id)
+    created = hook.create_audience("Customers")
+    key = held_creation(warehouse, state_table, hook, created)
+    monkeypatch.setattr(audience_resolution, "CREATE_WAIT_S", 0.3)  # before: the lease stayed held, refused
+    operator = make_operator(warehouse, fb_conn_id, state_table, partitions=4, partition=1)
+    audience_id, sync_key = operator._create_audience(operator._sql_hook(warehouse.conn_id), {})
+    assert (audience_id, sync_key) == (created, f"{hook.ad_account_id}:{created}#p1of4")
+    assert reads_of(sandbox, created) == 1
+    assert creation_lease_owner(warehouse, state_table, key) == "creating-partition"  # never taken
+
+
+def test_a_stale_record_read_while_waiting_is_read_once_and_left_to_the_creation_lease(
+    sqlite_warehouse: Warehouse,
+    sandbox: Any,
+    fb_conn_id: str,
+    state_table: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An earlier run's audience, deleted since, is not synced into; the waiting partition reads it back
+    once (not at every look at the record) and waits for the lease, whose holder lists and creates."""
+    hook = FacebookCustomAudiencesHook(fb_conn_id)
+    gone = hook.create_audience("Customers")
+    hook.delete_audience(gone)
+    key = held_creation(sqlite_warehouse, state_table, hook, gone)
+    monkeypatch.setattr(audience_resolution, "CREATE_WAIT_S", 0.3)
+    operator = make_operator(sqlite_warehouse, fb_conn_id, state_table, partitions=4, partition=1)
+    with pytest.raises(SyncLeaseHeldError, match="creation of audience 'Customers'"):
+        operator._create_audience(operator._sql_hook(sqlite_warehouse.conn_id), {})
+    assert reads_of(sandbox, gone) == 1
+    assert creation_lease_owner(sqlite_warehouse, state_table, key) == "creating-partition"
+    assert user_uploads(sandbox) == [] and audiences_named(sandbox, "Customers") == []

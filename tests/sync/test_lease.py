@@ -321,6 +321,38 @@ def test_a_step_run_exclusively_waits_briefly_for_a_holder_that_finishes_soon(
     assert other_store.lease(SYNC_KEY) is None  # and released it
 
 
+def test_a_step_run_exclusively_takes_the_result_a_holder_recorded_without_taking_the_lease(
+    store: StateStore, other_store: StateStore
+) -> None:
+    """Partitions waiting for the one creating their audience read its record as they wait: the first
+    to find it uses it at once, without taking the lease after the holder (nor in turn after each other)."""
+    hold_lease(other_store, "creating-partition", T0)
+    waits: list[float] = []
+    reads: list[str | None] = []
+
+    def done() -> str | None:
+        reads.append("42" if len(waits) == 2 else None)  # recorded during the second wait
+        return reads[-1]
+
+    lease = SyncLease(store, SYNC_KEY, describe="the creation", clock=Clock(T0 + 1))
+    found = run_exclusively(
+        lease, lambda: pytest.fail("ran the step again"), wait_s=120, done=done, sleep=waits.append
+    )
+    assert found == "42"
+    assert (waits, reads) == ([0.05, 0.1], [None, None, "42"])  # read before each attempt
+    assert other_store.lease(SYNC_KEY).owner == "creating-partition"  # never taken over nor released
+
+
+def test_a_step_run_exclusively_found_done_takes_no_lease_at_all(store: StateStore) -> None:
+    """A partition reaching the step after it was done and recorded does not write a lease to find it."""
+    store.ensure_tables()
+    lease = SyncLease(store, SYNC_KEY, describe="the creation", clock=Clock(T0))
+    found = run_exclusively(
+        lease, lambda: pytest.fail("ran the step again"), wait_s=120, done=lambda: "42", sleep=pytest.fail
+    )
+    assert found == "42" and store.lease(SYNC_KEY) is None and lease.renewed_at is None
+
+
 def test_a_step_run_exclusively_gives_up_once_the_lease_stayed_held_for_wait_s(
     store: StateStore, other_store: StateStore
 ) -> None:
