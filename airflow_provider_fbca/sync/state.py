@@ -176,6 +176,7 @@ class StateStore(LeaseRows):
         #: :meth:`.lease.SyncLease.fence`): raises when another run took the lease, so nothing is committed.
         self.fence: Callable[[], None] | None = None
         self._binary_types: dict[str, list[str] | None] = {}  # see _copy_types
+        self._tables_ensured = False  # see ensure_tables
         if self.is_sqlite:
             # One identifier out of a stored wire row, for the shared-identifier join (see identifier_at).
             conn.create_function("fbca_identifier", 2, _identifier_at, deterministic=True)
@@ -351,8 +352,11 @@ class StateStore(LeaseRows):
     def ensure_tables(self) -> None:
         """Create the state and its companion tables on first use (an older state gains the new ones).
 
-        The creation holds :meth:`lock_table_creation`.
+        The creation holds :meth:`lock_table_creation`. Once per store: the operator and its run both ask,
+        and each asking took that lock (the partitions of a sync queue for it) for ten statements.
         """
+        if self._tables_ensured:
+            return
         self.lock_table_creation()
         self.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
@@ -420,6 +424,7 @@ class StateStore(LeaseRows):
             " recorded_at VARCHAR(40) NOT NULL)"
         ).close()
         self.commit()
+        self._tables_ensured = True
 
     def _store_pages_uncompressed(self) -> None:
         """On PostgreSQL, keep the journal's packed pages out of line but uncompressed (``STORAGE EXTERNAL``).

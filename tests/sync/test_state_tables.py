@@ -96,6 +96,22 @@ def test_journal_pages_are_stored_uncompressed_and_an_older_table_is_switched(st
         (f"cust-{n:05d}", "EXTERN_ID,EMAIL", f"cust-{n:05d}\x1f{n:064x}", f"{n:064x}") for n in range(5000)
     ]
     PageJournal(store, "act_1:42").record(ADD, 7, 1, rows)
-    store.ensure_tables()
+    StateStore(store.conn, store.table_name, store.placeholder).ensure_tables()  # the next run's
     assert storage() == "e"
     assert store.fetch_one(f"SELECT identifiers FROM {store.pages_table}") == (pack_rows(rows),)
+
+
+def test_a_store_creates_its_tables_once(tmp_path: Any) -> None:
+    """The operator and its run both ensure the tables on one store: the second time sends no statement
+    (each time took the creation lock, which the partitions of a sync queue for, and ten statements)."""
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "state.db")
+    store = StateStore(conn, "fbca_sync_state")
+    store.ensure_tables()
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    store.ensure_tables()
+    assert statements == []
+    assert store.has_table(store.layout_table)
+    conn.close()
