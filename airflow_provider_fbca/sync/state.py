@@ -353,9 +353,12 @@ class StateStore(LeaseRows):
         """Create the state and its companion tables on first use (an older state gains the new ones).
 
         The creation holds :meth:`lock_table_creation`. Once per store: the operator and its run both ask,
-        and each asking took that lock (the partitions of a sync queue for it) for ten statements.
+        and each asking took that lock (the partitions of a sync queue for it) for ten statements. On
+        PostgreSQL, tables that are all there as this version leaves them (every run but the first) are
+        found by one read, without the lock (see :meth:`_tables_ready`).
         """
-        if self._tables_ensured:
+        if self._tables_ensured or self._tables_ready():
+            self._tables_ensured = True
             return
         self.lock_table_creation()
         self.execute(
@@ -425,6 +428,36 @@ class StateStore(LeaseRows):
         ).close()
         self.commit()
         self._tables_ensured = True
+
+    @property
+    def created_tables(self) -> tuple[str, ...]:
+        """The tables :meth:`ensure_tables` creates (quoted names)."""
+        return (
+            self.table,
+            self.sessions_table,
+            self.locks_table,
+            self.pages_table,
+            self.owed_table,
+            self.refresh_table,
+            self.layout_table,
+        )
+
+    def _tables_ready(self) -> bool:
+        """Whether, on PostgreSQL, every table :meth:`ensure_tables` creates exists as this version leaves
+        it (journal pages stored uncompressed): one read, without the creation lock that the partitions of
+        a sync starting together queue for, each holding it for ten statements. False on SQLite (its
+        statements are calls within the process, and its writers are serialized anyway).
+        """
+        if not self.is_postgres:
+            return False
+        row = self.fetch_one(
+            "SELECT (SELECT bool_and(to_regclass(name) IS NOT NULL) FROM unnest(CAST(? AS TEXT[])) AS name)"
+            " AND COALESCE((SELECT attstorage = 'e' FROM pg_attribute"
+            " WHERE attrelid = to_regclass(?) AND attname = 'identifiers'), FALSE)",
+            (list(self.created_tables), self.pages_table),
+        )
+        self.commit()  # a read opens a transaction on PostgreSQL; do not keep it open
+        return bool(row[0])
 
     def _store_pages_uncompressed(self) -> None:
         """On PostgreSQL, keep the journal's packed pages out of line but uncompressed (``STORAGE EXTERNAL``).

@@ -115,3 +115,48 @@ def test_a_store_creates_its_tables_once(tmp_path: Any) -> None:
     assert statements == []
     assert store.has_table(store.layout_table)
     conn.close()
+
+
+@pytest.mark.postgres
+def test_tables_all_there_are_found_by_one_read_without_the_creation_lock(
+    postgres_server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every run of every partition ensures the tables: once they exist, it takes neither the creation lock
+    (the partitions starting together queued for it) nor its ten statements; a table missing or left by
+    an older version (pages compressed) is created or switched under the lock, as before."""
+    import psycopg
+
+    conn = psycopg.connect(
+        host=postgres_server["host"],
+        port=postgres_server["port"],
+        user=postgres_server["user"],
+        dbname=postgres_server["dbname"],
+    )
+    name = f"state_{uuid.uuid4().hex[:8]}"
+    StateStore(conn, name, "%s").ensure_tables()
+    created = conn.execute(
+        "SELECT relname FROM pg_class WHERE relname LIKE %s AND relkind = 'r'", (f"{name}%",)
+    )
+    assert {f'"{table}"' for (table,) in created} == set(StateStore(conn, name, "%s").created_tables)
+
+    locks: list[str] = []
+    original = StateStore.lock_table_creation
+    monkeypatch.setattr(
+        StateStore, "lock_table_creation", lambda self: locks.append("lock") or original(self)
+    )
+    StateStore(conn, name, "%s").ensure_tables()
+    assert locks == []  # before: the lock and ten statements, at every run
+    changes = [f"DROP TABLE {table}" for table in StateStore(conn, name, "%s").created_tables]
+    changes.append(f'ALTER TABLE "{name}_pages" ALTER COLUMN identifiers SET STORAGE EXTENDED')
+    for change in changes:
+        conn.execute(change)
+        conn.commit()
+        store = StateStore(conn, name, "%s")
+        store.ensure_tables()
+        assert all(store.has_table(table) for table in store.created_tables), change
+        assert store.fetch_one(
+            "SELECT attstorage FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'identifiers'",
+            (store.pages_table,),
+        ) == ("e",)
+    assert len(locks) == len(changes)
+    conn.close()
