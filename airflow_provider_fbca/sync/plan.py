@@ -386,7 +386,7 @@ def stored_rows_copy(store: StateStore, stage: StageTable, sync_key: str) -> str
         # the planner would rather hash the whole state once the keys number a few thousand). The
         # planner prices the probes as one per state row and, past jit_above_cost, would compile the
         # query first (0.17 s at a million rows, for probes taking less).
-        store.execute("SET LOCAL jit = off").close()
+        store.without_jit()
         store.execute(
             f"CREATE TEMPORARY TABLE {copied} AS SELECT s.* FROM (SELECT row_key FROM {stage.name}"
             f" UNION SELECT row_key FROM {stage.unseen}) AS k CROSS JOIN LATERAL (SELECT s.row_key,"

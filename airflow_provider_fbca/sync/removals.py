@@ -287,6 +287,11 @@ class Removals:
         # passing each one from a worker above what sharing the scan saves. Priced as a row's own
         # processing, the scan is shared, for this statement only.
         store.execute(f"SET LOCAL parallel_tuple_cost = {HOLDERS_PARALLEL_TUPLE_COST}").close()
+        # Priced as keeping every row, the scan passes jit_above_cost: PostgreSQL would compile it first, in
+        # the leader and in each worker (some 30-50 ms at a million rows, for a scan of 0.3-0.4 s whose
+        # expressions are the probes, in C either way). The rest of the removals' transaction runs on
+        # their few rows, which never needs it.
+        store.without_jit()
         store.execute(
             f"CREATE TEMPORARY TABLE {self.holders} AS SELECT sync_key, row_key, member, key_schema, identifiers"
             f" FROM {store.table} WHERE {holder_keys} AND member = 1 AND (key_schema NOT IN ({markers})"

@@ -308,6 +308,17 @@ class StateStore(LeaseRows):
         planned, live = float(row[0]), int(row[1])
         return planned < 0 or abs(live - planned) > 0.1 * planned + 1000
 
+    def without_jit(self) -> None:
+        """PostgreSQL: compile no query to machine code (JIT) until the transaction ends (``SET LOCAL``).
+
+        A run's probes of the state (the duplicate check's, the stored rows' copy, the holders' scan) are
+        priced by the state's size: past ``jit_above_cost`` PostgreSQL compiles such a query first, in
+        each process that runs it, tens to hundreds of milliseconds for a statement that takes less or
+        about as much. The setting ends with the transaction; nothing else of the session changes.
+        """
+        if self.is_postgres:
+            self.execute("SET LOCAL jit = off").close()
+
     @property
     def updated_in_place(self) -> str:
         """The storage clause of a temporary table whose rows an ``UPDATE`` rewrites (empty on SQLite).

@@ -336,6 +336,33 @@ def test_the_holders_scan_looks_for_each_value_at_its_own_key_s_positions(store:
     stage.drop()
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_the_holders_scan_runs_without_jit_and_leaves_the_session_s_setting(store: StateStore) -> None:
+    """Priced as keeping every state row, the holders' scan of a large state passes ``jit_above_cost``, and
+    PostgreSQL would compile it first in each process (tens of ms at a million rows). A session whose
+    statements all pass it (``jit_above_cost = 0``) stands for that state: the scan's plan (by
+    auto_explain, told to this client) has no JIT, it finds the holder as before, and the session's own
+    setting is back once the removals' transaction ends."""
+    schema = "EXTERN_ID,EMAIL,PHONE"
+    email, phone = "e" * 64, "p" * 64
+    _store_rows(store, [(schema, ["leaves", email, phone], 1), (schema, ["stays", email, "x" * 64], 1)])
+    stage = _stage_rows(store, [("leaves", 0, 0, schema, ["leaves", email, phone], None)])
+    store.execute("SET jit = on").close()
+    store.execute("SET jit_above_cost = 0").close()
+    plans = _explained(store)
+    removals = Removals(store, stage, "s")
+    assert removals.build() == 1
+    (holders_plan,) = [plan for plan in plans if f"CREATE TEMPORARY TABLE {removals.holders}" in plan]
+    assert "JIT" not in holders_plan
+    assert any("JIT" in plan for plan in plans)  # the session's other statements are still compiled
+    assert store.fetch_one("SHOW jit") == ("on",)
+    (page,) = removals.pages(schema, 10)
+    assert [row.sent for row in page] == [encode_identifiers(["leaves", "", phone])]
+    removals.drop()
+    stage.drop()
+
+
 def _explained(store: StateStore) -> list[str]:
     """PostgreSQL: the plans of the statements the connection runs from now on (auto_explain's notices)."""
     plans: list[str] = []
