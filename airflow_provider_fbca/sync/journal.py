@@ -100,6 +100,8 @@ class RemovalRow(NamedTuple):
     :param id_digest: their digest.
     :param origin: :data:`LEAVING`, :data:`UPDATE` or :data:`OWED`.
     :param sent: the identifiers sent (stored form): shared ones withheld (blank).
+    :param position: PostgreSQL: where its state row was when the run read it (``ctid``, see
+        ``StateStore.delete_keys``); None when unknown (an owed row, SQLite).
     """
 
     rid: int
@@ -109,6 +111,7 @@ class RemovalRow(NamedTuple):
     id_digest: str
     origin: str
     sent: str
+    position: str | None = None
 
 
 class OpenRefresh(NamedTuple):
@@ -254,7 +257,13 @@ class PageJournal:
     def removed(self, session_id: int, batch_seq: int, rows: Sequence[RemovalRow]) -> None:
         """Meta acknowledged a removal page: forget its rows (state rows, or owed identifiers)."""
         store = self.store
-        store.delete_keys(self.sync_key, [row.row_key for row in rows if row.origin != OWED], commit=False)
+        stored = [row for row in rows if row.origin != OWED]
+        store.delete_keys(
+            self.sync_key,
+            [row.row_key for row in stored],
+            commit=False,
+            positions=[row.position for row in stored],
+        )
         self._delete_owed([row for row in rows if row.origin == OWED])
         if self.on_removed is not None:
             self.on_removed(sum(1 for row in rows if row.origin == LEAVING))

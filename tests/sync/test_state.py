@@ -254,3 +254,18 @@ def test_rows_new_to_the_state_are_copied_in_key_order(store: StateStore) -> Non
     columns = ", ".join(StagedRow._fields)
     assert sorted(store.fetch_all(f"SELECT {columns} FROM {store.table}")) == sorted(rows)
     store.commit()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_keys_deleted_at_stale_positions_are_deleted_by_key(store: StateStore) -> None:
+    """A position only says where to look. Rows read at some position, one of which was updated since
+    (moved), another whose position is given for a third row's (another key): exactly the keys given are
+    deleted, the third row stays."""
+    store.ensure_tables()
+    store.upsert("s", [StagedRow(key, "f", "d", "EXTERN_ID", key, 1) for key in ("a", "b", "c")])
+    at = dict(store.fetch_all(f"SELECT row_key, CAST(ctid AS TEXT) FROM {store.table}"))
+    store.execute(f"UPDATE {store.table} SET fingerprint = 'g' WHERE row_key = 'a'").close()
+    store.commit()
+    store.delete_keys("s", ["a", "b"], positions=[at["a"], at["c"]])
+    assert [row[0] for row in store.iter_rows("s")] == ["c"]
