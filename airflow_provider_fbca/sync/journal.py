@@ -256,14 +256,7 @@ class PageJournal:
 
     def removed(self, session_id: int, batch_seq: int, rows: Sequence[RemovalRow]) -> None:
         """Meta acknowledged a removal page: forget its rows (state rows, or owed identifiers)."""
-        store = self.store
-        stored = [row for row in rows if row.origin != OWED]
-        store.delete_keys(
-            self.sync_key,
-            [row.row_key for row in stored],
-            commit=False,
-            positions=[row.position for row in stored],
-        )
+        self._forget_stored([row for row in rows if row.origin != OWED])
         self._delete_owed([row for row in rows if row.origin == OWED])
         if self.on_removed is not None:
             self.on_removed(sum(1 for row in rows if row.origin == LEAVING))
@@ -283,8 +276,17 @@ class PageJournal:
             " owed_since) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sync_key, row_key, id_digest) DO NOTHING",
             [(key, row.row_key, row.id_digest, row.key_schema, row.identifiers, now) for row in updates],
         )
-        store.delete_keys(key, [row.row_key for row in updates], commit=False)
+        self._forget_stored(updates)
         self.settle(session_id, batch_seq)
+
+    def _forget_stored(self, rows: Sequence[RemovalRow]) -> None:
+        """Delete the state rows of removal rows (none owed), at the positions the run read them from."""
+        self.store.delete_keys(
+            self.sync_key,
+            [row.row_key for row in rows],
+            commit=False,
+            positions=[row.position for row in rows],
+        )
 
     def tracked(self, stage: StageTable) -> None:
         """Record the rows delete mode only tracks (never sent), so they can be removed once they leave."""
