@@ -269,3 +269,16 @@ def test_keys_deleted_at_stale_positions_are_deleted_by_key(store: StateStore) -
     store.commit()
     store.delete_keys("s", ["a", "b"], positions=[at["a"], at["c"]])
     assert [row[0] for row in store.iter_rows("s")] == ["c"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_the_sql_test_of_a_row_stored_as_json_agrees_with_python(store: StateStore) -> None:
+    """PostgreSQL tells a row stored as JSON by its first character, as :func:`decode_identifiers` does:
+    an empty row, a first character beyond ASCII or a mark further in are not JSON."""
+    from airflow_provider_fbca.sync.stored_rows import stored_as_json_sql
+
+    texts = ["", "a\x1fb", '\x1e["a"]', "é\x1e", "x\x1e[]", encode_identifiers(["a\x1fb", "c"])]
+    found = [store.fetch_one(f"SELECT {stored_as_json_sql('CAST(? AS TEXT)')}", (text,))[0] for text in texts]
+    assert found == [text.startswith("\x1e") for text in texts]
+    assert store.fetch_one(f"SELECT {stored_as_json_sql('CAST(NULL AS TEXT)')}") == (None,)
