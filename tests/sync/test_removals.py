@@ -258,10 +258,7 @@ def test_the_holders_scan_probes_the_removal_values_as_constants_whatever_the_wo
     ).close()
     store.commit()
     store.execute("SET work_mem = '64kB'").close()
-    plans = _explained(store)
-    removals = Removals(store, stage, "s")
-    assert removals.build() == 0
-    (holders_plan,) = [plan for plan in plans if f"CREATE TEMPORARY TABLE {removals.holders}" in plan]
+    removals, holders_plan, _ = _built_with_plans(store, stage, withheld=0)
     assert "SubPlan" not in holders_plan
     assert holders_plan.count("::text[]") == 2  # the e-mail's and the phone's probes
     assert store.fetch_one("SHOW work_mem") == ("64kB",)
@@ -306,10 +303,7 @@ def test_the_holders_scan_probes_only_the_values_no_addition_holds(store: StateS
     stage = _stage_rows(
         store, [("moves", 1, 1, schema, ["moves", old_email, phone], ["moves", new_email, phone])]
     )
-    plans = _explained(store)
-    removals = Removals(store, stage, "s")
-    assert removals.build() == 2
-    (holders_plan,) = [plan for plan in plans if f"CREATE TEMPORARY TABLE {removals.holders}" in plan]
+    removals, holders_plan, _ = _built_with_plans(store, stage, withheld=2)
     assert holders_plan.count("::text[]") == 1  # the e-mail's probe; the phone is not looked for
     (page,) = removals.pages(schema, 10)
     assert [row.sent for row in page] == [encode_identifiers(["moves", "", ""])]
@@ -350,10 +344,7 @@ def test_the_holders_scan_runs_without_jit_and_leaves_the_session_s_setting(stor
     stage = _stage_rows(store, [("leaves", 0, 0, schema, ["leaves", email, phone], None)])
     store.execute("SET jit = on").close()
     store.execute("SET jit_above_cost = 0").close()
-    plans = _explained(store)
-    removals = Removals(store, stage, "s")
-    assert removals.build() == 1
-    (holders_plan,) = [plan for plan in plans if f"CREATE TEMPORARY TABLE {removals.holders}" in plan]
+    removals, holders_plan, plans = _built_with_plans(store, stage, withheld=1)
     assert "JIT" not in holders_plan
     assert any("JIT" in plan for plan in plans)  # the session's other statements are still compiled
     assert store.fetch_one("SHOW jit") == ("on",)
@@ -361,6 +352,18 @@ def test_the_holders_scan_runs_without_jit_and_leaves_the_session_s_setting(stor
     assert [row.sent for row in page] == [encode_identifiers(["leaves", "", phone])]
     removals.drop()
     stage.drop()
+
+
+def _built_with_plans(
+    store: StateStore, stage: StageTable, *, withheld: int
+) -> tuple[Removals, str, list[str]]:
+    """Build a run's removals (``withheld`` identifiers withheld) while PostgreSQL tells this client its plans:
+    the removals, the holders' scan's plan and every statement's."""
+    plans = _explained(store)
+    removals = Removals(store, stage, "s")
+    assert removals.build() == withheld
+    (holders_plan,) = [plan for plan in plans if f"CREATE TEMPORARY TABLE {removals.holders}" in plan]
+    return removals, holders_plan, plans
 
 
 def _explained(store: StateStore) -> list[str]:
