@@ -100,6 +100,8 @@ class RemovalRow(NamedTuple):
     :param id_digest: their digest.
     :param origin: :data:`LEAVING`, :data:`UPDATE` or :data:`OWED`.
     :param sent: the identifiers sent (stored form): shared ones withheld (blank).
+    :param position: PostgreSQL: where its state row was when the run read it (``ctid``, see
+        ``StateStore.delete_keys``); None when unknown (an owed row, SQLite).
     """
 
     rid: int
@@ -109,6 +111,7 @@ class RemovalRow(NamedTuple):
     id_digest: str
     origin: str
     sent: str
+    position: str | None = None
 
 
 class OpenRefresh(NamedTuple):
@@ -253,8 +256,7 @@ class PageJournal:
 
     def removed(self, session_id: int, batch_seq: int, rows: Sequence[RemovalRow]) -> None:
         """Meta acknowledged a removal page: forget its rows (state rows, or owed identifiers)."""
-        store = self.store
-        store.delete_keys(self.sync_key, [row.row_key for row in rows if row.origin != OWED], commit=False)
+        self._forget_stored([row for row in rows if row.origin != OWED])
         self._delete_owed([row for row in rows if row.origin == OWED])
         if self.on_removed is not None:
             self.on_removed(sum(1 for row in rows if row.origin == LEAVING))
@@ -274,8 +276,17 @@ class PageJournal:
             " owed_since) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sync_key, row_key, id_digest) DO NOTHING",
             [(key, row.row_key, row.id_digest, row.key_schema, row.identifiers, now) for row in updates],
         )
-        store.delete_keys(key, [row.row_key for row in updates], commit=False)
+        self._forget_stored(updates)
         self.settle(session_id, batch_seq)
+
+    def _forget_stored(self, rows: Sequence[RemovalRow]) -> None:
+        """Delete the state rows of removal rows (none owed), at the positions the run read them from."""
+        self.store.delete_keys(
+            self.sync_key,
+            [row.row_key for row in rows],
+            commit=False,
+            positions=[row.position for row in rows],
+        )
 
     def tracked(self, stage: StageTable) -> None:
         """Record the rows delete mode only tracks (never sent), so they can be removed once they leave."""

@@ -267,9 +267,9 @@ def build_plan(
         if gone != 0:  # the scan stops once it found every gone row, when their number is known
             store.execute(
                 f"INSERT INTO {t} (row_key, member, in_state, old_fingerprint, old_id_digest, old_key_schema,"
-                " old_identifiers, old_member, to_add, to_remove, to_record)"
+                " old_identifiers, old_member, old_position, to_add, to_remove, to_record)"
                 " SELECT s.row_key, NULL, 1, s.fingerprint, s.id_digest, s.key_schema, s.identifiers, s.member,"
-                f" 0, {remove_gone}, 0 FROM {source} WHERE {' AND '.join(conditions)}"
+                f" {_stored_position(store, stage)}, 0, {remove_gone}, 0 FROM {source} WHERE {' AND '.join(conditions)}"
                 f"{'' if gone is None else f' LIMIT {gone}'}",
                 params,
             ).close()
@@ -329,6 +329,7 @@ def _mark_differences(store: StateStore, stage: StageTable, sync_key: str, adds_
     store.execute(
         f"UPDATE {t} SET old_fingerprint = s.fingerprint, old_id_digest = s.id_digest,"
         " old_key_schema = s.key_schema, old_identifiers = s.identifiers, old_member = s.member,"
+        f" old_position = {_stored_position(store, stage)},"
         f" changed = CASE WHEN s.fingerprint <> {t}.fingerprint THEN 1 ELSE 0 END,"
         f" ids_changed = CASE WHEN s.id_digest <> {t}.id_digest THEN 1 ELSE 0 END,"
         f" to_add = CASE WHEN {t}.member = 1 AND {adds} = 1"
@@ -351,6 +352,12 @@ def _stored_rows(store: StateStore, stage: StageTable, sync_key: str) -> tuple[s
     if copied is not None:
         return f"{copied} AS s", "", ()
     return f"{store.table} AS s", "s.sync_key = ? AND ", (sync_key,)
+
+
+def _stored_position(store: StateStore, stage: StageTable) -> str:
+    """SQL of where the state row ``s`` the plan reads is stored (see ``StateStore.row_position``): kept
+    by the copy of :func:`stored_rows_copy` once made, else the state's own."""
+    return "s.position" if stage.stored_copied else store.row_position("s")
 
 
 def stored_rows_copy(store: StateStore, stage: StageTable, sync_key: str) -> str | None:
@@ -386,11 +393,12 @@ def stored_rows_copy(store: StateStore, stage: StageTable, sync_key: str) -> str
         # the planner would rather hash the whole state once the keys number a few thousand). The
         # planner prices the probes as one per state row and, past jit_above_cost, would compile the
         # query first (0.17 s at a million rows, for probes taking less).
-        store.execute("SET LOCAL jit = off").close()
+        store.without_jit()
         store.execute(
             f"CREATE TEMPORARY TABLE {copied} AS SELECT s.* FROM (SELECT row_key FROM {stage.name}"
             f" UNION SELECT row_key FROM {stage.unseen}) AS k CROSS JOIN LATERAL (SELECT s.row_key,"
-            " s.fingerprint, s.id_digest, s.key_schema, s.identifiers, s.member, s.source_digest"
+            " s.fingerprint, s.id_digest, s.key_schema, s.identifiers, s.member, s.source_digest,"
+            f" {store.row_position('s')} AS position"
             f" FROM {store.table} AS s WHERE s.sync_key = ? AND s.row_key = k.row_key LIMIT 1) AS s",
             (sync_key,),
         ).close()

@@ -82,6 +82,7 @@ class StageTable:
             " old_key_schema TEXT,"
             " old_identifiers TEXT,"
             " old_member INTEGER,"
+            " old_position TEXT,"  # PostgreSQL: the state row's ctid when the plan read it (see delete_keys)
             " changed INTEGER NOT NULL DEFAULT 0,"  # the fingerprint differs from the stored one
             " ids_changed INTEGER NOT NULL DEFAULT 0,"  # so do the identifiers (not just the value)
             " to_add INTEGER NOT NULL DEFAULT 0,"

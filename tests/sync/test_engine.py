@@ -252,6 +252,32 @@ def test_postgres_records_additions_new_to_the_state_by_copy(
     assert audience.members == {row[0]: row for row in changed}
 
 
+@pytest.mark.parametrize("store", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_postgres_forgets_removed_rows_where_the_plan_read_them(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An updated row's old identifiers and a gone row are removed: once Meta acknowledges the page,
+    PostgreSQL deletes their state rows at the positions (``ctid``) the plan read them from, in one
+    statement, not by a descent of the key's index per row; the state and the audience end as the model."""
+    audience = RecordingAudience()
+    sync(store, audience, model("a", "b", "c"))
+    deletes: list[str] = []
+    execute = StateStore.execute
+
+    def recording(self: StateStore, statement: str, params: Any = ()) -> Any:
+        if statement.startswith(f"DELETE FROM {store.table} "):
+            deletes.append(statement.split(" WHERE ", 1)[1])
+        return execute(self, statement, params)
+
+    monkeypatch.setattr(StateStore, "execute", recording)
+    changed = [*model("a"), ("b", "new-mail")]
+    report = sync(store, audience, changed)
+    assert (report["updated"], report["removed"]) == (1, 1)
+    assert [where.split(" ", 1)[0] for where in deletes] == ["ctid"]
+    assert stored(store) == {row[0]: ("\x1f".join(row), 1) for row in changed}
+    assert audience.members == {row[0]: row for row in changed}
+
+
 def test_batches_stay_within_the_size_and_sessions_are_numbered(store: StateStore) -> None:
     audience = RecordingAudience()
     keys = [f"k{i:03}" for i in range(25)]

@@ -258,10 +258,7 @@ def test_the_holders_scan_probes_the_removal_values_as_constants_whatever_the_wo
     ).close()
     store.commit()
     store.execute("SET work_mem = '64kB'").close()
-    plans = _explained(store)
-    removals = Removals(store, stage, "s")
-    assert removals.build() == 0
-    (holders_plan,) = [plan for plan in plans if f"CREATE TEMPORARY TABLE {removals.holders}" in plan]
+    removals, holders_plan, _ = _built_with_plans(store, stage, withheld=0)
     assert "SubPlan" not in holders_plan
     assert holders_plan.count("::text[]") == 2  # the e-mail's and the phone's probes
     assert store.fetch_one("SHOW work_mem") == ("64kB",)
@@ -306,10 +303,7 @@ def test_the_holders_scan_probes_only_the_values_no_addition_holds(store: StateS
     stage = _stage_rows(
         store, [("moves", 1, 1, schema, ["moves", old_email, phone], ["moves", new_email, phone])]
     )
-    plans = _explained(store)
-    removals = Removals(store, stage, "s")
-    assert removals.build() == 2
-    (holders_plan,) = [plan for plan in plans if f"CREATE TEMPORARY TABLE {removals.holders}" in plan]
+    removals, holders_plan, _ = _built_with_plans(store, stage, withheld=2)
     assert holders_plan.count("::text[]") == 1  # the e-mail's probe; the phone is not looked for
     (page,) = removals.pages(schema, 10)
     assert [row.sent for row in page] == [encode_identifiers(["moves", "", ""])]
@@ -334,6 +328,42 @@ def test_the_holders_scan_looks_for_each_value_at_its_own_key_s_positions(store:
     assert [row.sent for row in page] == [encode_identifiers(["leaves", email, phone])]
     removals.drop()
     stage.drop()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_the_holders_scan_runs_without_jit_and_leaves_the_session_s_setting(store: StateStore) -> None:
+    """Priced as keeping every state row, the holders' scan of a large state passes ``jit_above_cost``, and
+    PostgreSQL would compile it first in each process (tens of ms at a million rows). A session whose
+    statements all pass it (``jit_above_cost = 0``) stands for that state: the scan's plan (by
+    auto_explain, told to this client) has no JIT, it finds the holder as before, and the session's own
+    setting is back once the removals' transaction ends."""
+    schema = "EXTERN_ID,EMAIL,PHONE"
+    email, phone = "e" * 64, "p" * 64
+    _store_rows(store, [(schema, ["leaves", email, phone], 1), (schema, ["stays", email, "x" * 64], 1)])
+    stage = _stage_rows(store, [("leaves", 0, 0, schema, ["leaves", email, phone], None)])
+    store.execute("SET jit = on").close()
+    store.execute("SET jit_above_cost = 0").close()
+    removals, holders_plan, plans = _built_with_plans(store, stage, withheld=1)
+    assert "JIT" not in holders_plan
+    assert any("JIT" in plan for plan in plans)  # the session's other statements are still compiled
+    assert store.fetch_one("SHOW jit") == ("on",)
+    (page,) = removals.pages(schema, 10)
+    assert [row.sent for row in page] == [encode_identifiers(["leaves", "", phone])]
+    removals.drop()
+    stage.drop()
+
+
+def _built_with_plans(
+    store: StateStore, stage: StageTable, *, withheld: int
+) -> tuple[Removals, str, list[str]]:
+    """Build a run's removals (``withheld`` identifiers withheld) while PostgreSQL tells this client its plans:
+    the removals, the holders' scan's plan and every statement's."""
+    plans = _explained(store)
+    removals = Removals(store, stage, "s")
+    assert removals.build() == withheld
+    (holders_plan,) = [plan for plan in plans if f"CREATE TEMPORARY TABLE {removals.holders}" in plan]
+    return removals, holders_plan, plans
 
 
 def _explained(store: StateStore) -> list[str]:

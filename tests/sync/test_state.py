@@ -254,3 +254,31 @@ def test_rows_new_to_the_state_are_copied_in_key_order(store: StateStore) -> Non
     columns = ", ".join(StagedRow._fields)
     assert sorted(store.fetch_all(f"SELECT {columns} FROM {store.table}")) == sorted(rows)
     store.commit()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_keys_deleted_at_stale_positions_are_deleted_by_key(store: StateStore) -> None:
+    """A position only says where to look. Rows read at some position, one of which was updated since
+    (moved), another whose position is given for a third row's (another key): exactly the keys given are
+    deleted, the third row stays."""
+    store.ensure_tables()
+    store.upsert("s", [StagedRow(key, "f", "d", "EXTERN_ID", key, 1) for key in ("a", "b", "c")])
+    at = dict(store.fetch_all(f"SELECT row_key, CAST(ctid AS TEXT) FROM {store.table}"))
+    store.execute(f"UPDATE {store.table} SET fingerprint = 'g' WHERE row_key = 'a'").close()
+    store.commit()
+    store.delete_keys("s", ["a", "b"], positions=[at["a"], at["c"]])
+    assert [row[0] for row in store.iter_rows("s")] == ["c"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_the_sql_test_of_a_row_stored_as_json_agrees_with_python(store: StateStore) -> None:
+    """PostgreSQL tells a row stored as JSON by its first character, as :func:`decode_identifiers` does:
+    an empty row, a first character beyond ASCII or a mark further in are not JSON."""
+    from airflow_provider_fbca.sync.stored_rows import stored_as_json_sql
+
+    texts = ["", "a\x1fb", '\x1e["a"]', "é\x1e", "x\x1e[]", encode_identifiers(["a\x1fb", "c"])]
+    found = [store.fetch_one(f"SELECT {stored_as_json_sql('CAST(? AS TEXT)')}", (text,))[0] for text in texts]
+    assert found == [text.startswith("\x1e") for text in texts]
+    assert store.fetch_one(f"SELECT {stored_as_json_sql('CAST(NULL AS TEXT)')}") == (None,)
