@@ -13,7 +13,7 @@ Prints, from one run, measured side by side (the same sandbox process for everyt
 The warehouse holds the state too (``state_conn_id`` = ``sql_conn_id``, the default), so the diff runs in
 the warehouse. Each database runs in its own subprocess; the sandbox in another one.
 
-Usage: ``python bench/bench_speed.py [--rows 1000000] [--skip-postgres]``.
+Usage: ``python bench/bench_speed.py [--rows 1000000] [--skip-postgres | --skip-sqlite]``.
 """
 
 from __future__ import annotations
@@ -203,12 +203,25 @@ def _verdict(label: str, ratio: float, target: float) -> str:
     return f"{label:<52} {ratio:6.3f}x  (target <= {target}x: {'meets' if ratio <= target else 'MISSES'})"
 
 
+def _sqlite_verdicts(url: str, rows: int, warehouse: Path) -> list[str]:
+    lite = _run_child("sqlite", url, rows, warehouse)
+    print(
+        f"SQLite {rows:,} rows: SDK loop {lite['sdk_s']:6.1f} s | first sync {lite['first_s']:6.1f} s"
+        f" | 1%-changed sync {lite['changed_s']:6.1f} s"
+    )
+    return [
+        _verdict("SQLite first sync vs SDK loop", lite["first_s"] / lite["sdk_s"], 0.6),
+        _verdict("SQLite 1%-changed sync vs SDK resend", lite["changed_s"] / lite["sdk_s"], 0.15),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--skip-sqlite", action="store_true", help="only the PostgreSQL figures")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--warehouse", type=Path, help=argparse.SUPPRESS)
@@ -230,15 +243,8 @@ def main() -> None:
         pristine.write_bytes(warehouse.read_bytes())
         sandbox, url = _start_sandbox()
         try:
-            lite = _run_child("sqlite", url, args.rows, warehouse)
-            print(
-                f"SQLite {args.rows:,} rows: SDK loop {lite['sdk_s']:6.1f} s | first sync {lite['first_s']:6.1f} s"
-                f" | 1%-changed sync {lite['changed_s']:6.1f} s"
-            )
-            lines.append(_verdict("SQLite first sync vs SDK loop", lite["first_s"] / lite["sdk_s"], 0.6))
-            lines.append(
-                _verdict("SQLite 1%-changed sync vs SDK resend", lite["changed_s"] / lite["sdk_s"], 0.15)
-            )
+            if not args.skip_sqlite:
+                lines += _sqlite_verdicts(url, args.rows, warehouse)
             bindir = None if args.skip_postgres else postgres_bindir()
             if bindir is None:
                 print("PostgreSQL skipped (--skip-postgres, or no PostgreSQL binaries)")
