@@ -45,11 +45,13 @@ from airflow_provider_fbca.sync.driver_errors import from_driver
 from airflow_provider_fbca.sync.known_digests import KnownDigests
 from airflow_provider_fbca.sync.source import ModelQuery, Row, query_columns, read_model
 from airflow_provider_fbca.sync.split_diff import (
+    KEY_SPLIT_TYPES,
     SPLIT_FROM_ROWS,
     SecondHalf,
     begin_snapshot,
     can_split,
     half_filter,
+    key_half_filter,
 )
 from airflow_provider_fbca.sync.state import StageTable, StateStore, known_rows_filter
 
@@ -119,7 +121,9 @@ class PushdownModel(ModelQuery):
         self.store = store
         self.dialect = found
         self.seed = ""
+        self.key_index: int | None = None
         self._select: str | None = None
+        self._columns: tuple[list[str], list[str] | None] | None = None
         if found.name == "sqlite":
             register_functions(store.conn)
 
@@ -136,13 +140,38 @@ class PushdownModel(ModelQuery):
     def select(self) -> str:
         """``SELECT <digest> AS fbca_source_digest, <wanted columns> FROM (<query>) AS fbca_model``."""
         if self._select is None:
+            self._select = self._digested()
+        return self._select
+
+    def _digested(self, where: str = "") -> str:
+        """:attr:`select`, its model rows filtered by a condition on their columns (before any digest is
+        computed) when ``where`` is given.
+
+        :param where: a condition on the query's columns (quoted names); "": every row.
+        """
+        columns, types = self._query_columns()
+        digest = self.dialect.row_digest(columns, self.row_seed, types)
+        cells = ", ".join(f"{column} AS c{index}" for index, column in enumerate(columns))
+        condition = f" WHERE {where}" if where else ""
+        return f"SELECT {digest} AS {DIGEST_COLUMN}, {cells} FROM ({self.sql}) AS fbca_model{condition}"
+
+    def _query_columns(self) -> tuple[list[str], list[str] | None]:
+        """The wanted columns as the query names them (quoted), and their cell types, read once (reading
+        them ends the transaction)."""
+        if self._columns is None:
             conn = self.store.conn
             columns = [quote_name(name) for name in query_columns(conn, self.sql, self.wanted)]
-            types = cell_types(conn, self.dialect, self.sql, columns)
-            digest = self.dialect.row_digest(columns, self.row_seed, types)
-            cells = ", ".join(f"{column} AS c{index}" for index, column in enumerate(columns))
-            self._select = f"SELECT {digest} AS {DIGEST_COLUMN}, {cells} FROM ({self.sql}) AS fbca_model"
-        return self._select
+            self._columns = columns, cell_types(conn, self.dialect, self.sql, columns)
+        return self._columns
+
+    def _split_key(self) -> str | None:
+        """The EXTERN_ID column (quoted) when the split diff halves by its hash: its type's text is the
+        row key (:data:`.split_diff.KEY_SPLIT_TYPES`); None: it halves by the digest's bit."""
+        columns, types = self._query_columns()
+        index = self.key_index
+        if index is None or types is None or not 0 <= index < len(columns):
+            return None
+        return columns[index] if types[index] in KEY_SPLIT_TYPES else None
 
     @property
     def digested_columns(self) -> list[str]:
@@ -176,7 +205,9 @@ class PushdownModel(ModelQuery):
 
     # -- the diff -------------------------------------------------------------------------------------
 
-    def diff(self, stage: StageTable, sync_key: str, *, members_only: bool) -> tuple[int, int, list[str]]:
+    def diff(
+        self, stage: StageTable, sync_key: str, *, members_only: bool, key_index: int | None = None
+    ) -> tuple[int, int, list[str]]:
         """Diff the model's digests against the state's, in the database; load the stage's ``unseen``.
 
         The model's query runs once; only the new or changed rows are written (into a temporary table).
@@ -185,9 +216,12 @@ class PushdownModel(ModelQuery):
         :param sync_key: the sync.
         :param members_only: only rows sent as members are known (a tracked-only row must be prepared to
             be sent).
+        :param key_index: the position of the EXTERN_ID cell among the wanted columns (the row key's
+            source): a split diff halves by its hash when its type allows (see :mod:`.split_diff`).
         :returns: the model's rows, how many known digests the model has (rows skipped as unchanged), and
             the keys of known rows whose cells two model rows share (duplicates).
         """
+        self.key_index = key_index
         select = self.select  # first: reading the query's columns and types ends the transaction
         store = self.store
         store.refresh_statistics()
@@ -325,11 +359,32 @@ class PushdownModel(ModelQuery):
             else:
                 if not second.wait() or second.copy_into(store.conn, self._model_columns(cells)) is None:
                     _execute(store, self._grouped_insert(model, select, known, cells, 1))
+                if self._split_key() is not None:
+                    self._match_across_halves(stage)
                 counted = self._count_grouped(stage)
         finally:
             second.close()
         store.conn.commit()  # only the run's temporary tables: see above
         return counted
+
+    def _match_across_halves(self, stage: StageTable) -> None:
+        """Pair the new or changed rows of one half with the unseen state rows of the other of the same
+        digest: the model row and its state row, whose key's text was not quite the row key (see
+        :mod:`.split_diff`), as the whole join would have matched them (into one row counting their model
+        rows, which are then no longer new, nor their state rows unseen).
+
+        The diff's ``model`` table holds only what differs (a percent of a million rows, commonly): the pairing
+        reads it, not the model or the state.
+        """
+        model = _model(stage)
+        self.store.execute(
+            f"WITH pairs AS MATERIALIZED (SELECT f.{DIGEST_COLUMN} AS d, u.{ROW_KEY_COLUMN} AS kr,"
+            f" f.{COPIES_COLUMN} AS copies FROM {model} AS f JOIN {model} AS u"
+            f" ON u.{KNOWN_DIGEST_COLUMN} = f.{DIGEST_COLUMN} WHERE f.fresh = 1 AND u.{ROW_KEY_COLUMN} IS NOT NULL),"
+            f" fresh AS (DELETE FROM {model} WHERE fresh = 1 AND {DIGEST_COLUMN} IN (SELECT d FROM pairs)),"
+            f" unseen AS (DELETE FROM {model} WHERE {ROW_KEY_COLUMN} IN (SELECT kr FROM pairs))"
+            f" INSERT INTO {model} ({COPIES_COLUMN}) SELECT SUM(copies) FROM pairs HAVING COUNT(*) > 0"
+        ).close()
 
     @staticmethod
     def _model_columns(cells: Sequence[str]) -> list[str]:
@@ -356,13 +411,32 @@ class PushdownModel(ModelQuery):
                 f"CASE WHEN {fresh} THEN m.{DIGEST_COLUMN} END AS d, CASE WHEN {gone} THEN k.source_digest END"
                 f" AS kd, CASE WHEN {gone} THEN k.row_key END AS kr"
             )
-        rows = f"{select}{self.dialect.fence}"
-        if half is not None:  # the filter reads the fenced digest, computed once per row
-            rows = f"SELECT * FROM ({rows}) AS h WHERE {half_filter(DIGEST_COLUMN, half)}"
-            known = f"(SELECT * FROM {known} AS kh WHERE {half_filter('stored_digest', half)})"
+        rows, known = self._half(select, known, half)
         return (
             f"SELECT {columns}, {kept} FROM ({rows}) AS m"
             f" FULL JOIN {known} AS k ON k.stored_digest = m.{DIGEST_COLUMN} AND k.source_digest = m.{DIGEST_COLUMN}"
+        )
+
+    def _half(self, select: str, known: str, half: int | None) -> tuple[str, str]:
+        """The model's rows and the state's rows of one half of the diff (see :mod:`.split_diff`); all of
+        them when ``half`` is None.
+
+        :param select: the model's digested rows (:attr:`select`).
+        :param known: the state's rows (see :meth:`_known_rows`).
+        """
+        fence = self.dialect.fence
+        if half is None:
+            return f"{select}{fence}", known
+        key = self._split_key()
+        if key is None:  # the filter reads the fenced digest, computed once per row
+            return (
+                f"SELECT * FROM ({select}{fence}) AS h WHERE {half_filter(DIGEST_COLUMN, half)}",
+                f"(SELECT * FROM {known} AS kh WHERE {half_filter('stored_digest', half)})",
+            )
+        # By the key's hash, filtered before the digest: only this half's model rows are digested.
+        return (
+            f"{self._digested(key_half_filter(key, half))}{fence}",
+            f"(SELECT * FROM {known} AS kh WHERE {key_half_filter('row_key', half)})",
         )
 
     def _grouped_insert(
