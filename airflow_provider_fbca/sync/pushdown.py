@@ -45,6 +45,7 @@ from airflow_provider_fbca.sync.driver_errors import from_driver
 from airflow_provider_fbca.sync.known_digests import KnownDigests
 from airflow_provider_fbca.sync.source import ModelQuery, Row, query_columns, read_model
 from airflow_provider_fbca.sync.split_diff import (
+    KEY_SPLIT_FROM_CELLS,
     KEY_SPLIT_TYPES,
     SPLIT_FROM_ROWS,
     SecondHalf,
@@ -166,10 +167,13 @@ class PushdownModel(ModelQuery):
 
     def _split_key(self) -> str | None:
         """The EXTERN_ID column (quoted) when the split diff halves by its hash: its type's text is the
-        row key (:data:`.split_diff.KEY_SPLIT_TYPES`); None: it halves by the digest's bit."""
+        row key (:data:`.split_diff.KEY_SPLIT_TYPES`) and the digest has enough cells to be spared
+        (:data:`.split_diff.KEY_SPLIT_FROM_CELLS`); None: it halves by the digest's bit."""
         columns, types = self._query_columns()
         index = self.key_index
         if index is None or types is None or not 0 <= index < len(columns):
+            return None
+        if len(columns) < KEY_SPLIT_FROM_CELLS:  # too few cells' hashes to spare: the key's would cost more
             return None
         return columns[index] if types[index] in KEY_SPLIT_TYPES else None
 

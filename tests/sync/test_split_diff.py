@@ -17,7 +17,13 @@ from airflow_provider_fbca.sync import pushdown
 from airflow_provider_fbca.sync.plan import DuplicateKeysError, SyncMode
 from airflow_provider_fbca.sync.pushdown import DIGEST_COLUMN, PushdownModel
 from airflow_provider_fbca.sync.source import ModelReadError
-from airflow_provider_fbca.sync.split_diff import SPLIT_FROM_ROWS, SecondHalf, half_filter, key_half_filter
+from airflow_provider_fbca.sync.split_diff import (
+    KEY_SPLIT_FROM_CELLS,
+    SPLIT_FROM_ROWS,
+    SecondHalf,
+    half_filter,
+    key_half_filter,
+)
 from airflow_provider_fbca.sync.state import StateStore
 from tests.sync.conftest import PassThroughBatch, PassThroughPreparer
 from tests.sync.test_pushdown import SCHEMA, Twin, _recording
@@ -51,6 +57,8 @@ def split(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
     digest's lowest bit (as a key of any other type is)."""
     if request.param == "digest":
         monkeypatch.setattr(pushdown, "KEY_SPLIT_TYPES", frozenset())
+    else:  # these models have three or four cells
+        monkeypatch.setattr(pushdown, "KEY_SPLIT_FROM_CELLS", 3)
     return str(request.param)
 
 
@@ -362,3 +370,19 @@ def test_a_key_whose_text_is_not_its_row_key_is_matched_across_the_halves(
         stripped = {key.strip() for key in first["fresh"]}, {key.strip() for key in second["fresh"]}
         assert stripped[0] & second["unseen"] or stripped[1] & first["unseen"]
     assert twin.sync()["rows_prepared"] == 0
+
+
+def test_a_model_of_few_cells_is_halved_by_the_digests_bit(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, split: str
+) -> None:
+    """Halved by the key, each half hashes two keys a row to spare half the rows' digests: not worth it
+    below :data:`.split_diff.KEY_SPLIT_FROM_CELLS` cells (three here)."""
+    monkeypatch.setattr(pushdown, "KEY_SPLIT_FROM_CELLS", KEY_SPLIT_FROM_CELLS)
+    statements: list[Any] = []
+    monkeypatch.setattr(SecondHalf, "start", _halving(statements))
+    twin = Twin(store, connect=Connections(store))
+    twin.write([(i, f"{i}@x", str(i)) for i in range(20)])
+    twin.sync()
+    twin.write([(i, f"{i}@new" if i % 2 else f"{i}@x", str(i)) for i in range(4, 24)])
+    assert twin.sync()["removed"] == 4
+    assert half_filter(DIGEST_COLUMN, 1) in statements[-1][-1]
