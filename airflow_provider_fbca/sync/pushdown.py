@@ -231,7 +231,7 @@ class PushdownModel(ModelQuery):
         store.refresh_statistics()
         if store.is_postgres:
             store.execute(DIFF_SETTINGS).close()
-            return self._diff_in_one_pass(stage, select, sync_key, members_only, store.count(sync_key))
+            return self._diff_in_one_pass(stage, select, sync_key, members_only)
         return self._diff_in_memory(
             stage, select, sync_key, members_only, self._known_digests(sync_key, members_only)
         )
@@ -281,15 +281,15 @@ class PushdownModel(ModelQuery):
         return rows, known.count - unseen_count, [str(row[0]) for row in duplicates]
 
     def _diff_in_one_pass(
-        self, stage: StageTable, select: str, sync_key: str, members_only: bool, known_rows: int
+        self, stage: StageTable, select: str, sync_key: str, members_only: bool
     ) -> tuple[int, int, list[str]]:
         """PostgreSQL: one hash full join of the model's digests with the known ones, keeping only what
         differs: the new or changed rows (into ``model``) and the known digests no row has (``unseen``).
 
         The unchanged rows are only counted: nothing is written or indexed for them. A large state's join
-        runs in two halves on two connections (:meth:`_diff_split`). Returns as :meth:`diff`.
-
-        :param known_rows: how many state rows the sync has (every one is in the join).
+        runs in two halves on two connections (:meth:`_diff_split`), which counts the sync's state rows
+        (every one is in the join) on the second connection, after its half; the run's counts them
+        otherwise. Returns as :meth:`diff`.
         """
         store, model = self.store, _model(stage)
         stage.create_unseen(keyed=True)
@@ -306,9 +306,12 @@ class PushdownModel(ModelQuery):
         cursor.close()
         known = self._known_rows(sync_key, members_only)
         counted: tuple[int, int, int] | None
-        if self.connect is not None and known_rows >= self.split_from_rows and can_split(store.conn):
-            counted = self._diff_split(stage, (create, select, known), cells, self.connect)
+        if self.connect is not None and can_split(store.conn) and self._splits(sync_key):
+            counted, known_rows = self._diff_split(
+                stage, (create, select, known), cells, self.connect, sync_key
+            )
         else:
+            known_rows = store.count(sync_key)
             counted = self._diff_grouped(stage, select, known, cells)
             if counted is None:
                 counted = self._diff_materialized(stage, select, known, cells)
@@ -325,16 +328,37 @@ class PushdownModel(ModelQuery):
         store.commit()
         return rows, seen, [str(row[0]) for row in duplicates]
 
+    def _splits(self, sync_key: str) -> bool:
+        """Whether the diff is split: the planner's estimate of the sync's state rows (from the statistics
+        :meth:`.StateStore.refresh_statistics` keeps fresh) reaches :attr:`split_from_rows`. An estimate,
+        not a count (a scan of the whole state, 0.1 s of CPU at a million rows): the decision only costs or
+        saves time, and the split diff counts the rows exactly meanwhile, on its second connection."""
+        if self.split_from_rows <= 0:
+            return True
+        cursor = self.store.conn.cursor()
+        try:
+            cursor.execute(
+                f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {self.store.table} WHERE sync_key = {quote_literal(sync_key)}"
+            )
+            (plan,) = cursor.fetchone()
+        finally:
+            cursor.close()
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        return float(plan[0]["Plan"]["Plan Rows"]) >= self.split_from_rows
+
     def _diff_split(
         self,
         stage: StageTable,
         statements: tuple[str, str, str],
         cells: Sequence[str],
         connect: Callable[[], Any],
-    ) -> tuple[int, int, int]:
+        sync_key: str,
+    ) -> tuple[tuple[int, int, int], int]:
         """The one-pass diff in two halves (see :mod:`.split_diff`): the first on the run's connection, the
         second at the same time on another, in the run's snapshot, its rows then copied into ``model``.
-        Returns as :meth:`_diff_grouped`.
+        Returns as :meth:`_diff_grouped`, and how many state rows the sync has: counted in the snapshot by
+        the second connection once its half is written (while the run's may still write its own), else
+        by the run's.
 
         The snapshot's transaction holds only writes of the run's temporary tables: it is committed
         without the lease's fence, whose lock of the lease row would fail in that snapshot (rather than
@@ -350,11 +374,18 @@ class PushdownModel(ModelQuery):
         store.commit()  # the temporary tables; the snapshot is the first read of a transaction of its own
         snapshot, settings = begin_snapshot(store.conn, DIFF_SETTINGS)
         second = SecondHalf(connect, model)
+        count = f"SELECT COUNT(*) FROM {store.table} WHERE sync_key = {quote_literal(sync_key)}"
         try:
             second.start(
                 snapshot,
                 settings,
-                [DIFF_SETTINGS, SORT_OFF, create, self._grouped_insert(model, select, known, cells, 1)],
+                [
+                    DIFF_SETTINGS,
+                    SORT_OFF,
+                    create,
+                    self._grouped_insert(model, select, known, cells, 1),
+                    count,
+                ],
             )
             counted = self._diff_grouped(stage, select, known, cells, half=0)
             if counted is None:  # a cell that cannot be grouped: the whole join, materialized, here
@@ -366,10 +397,12 @@ class PushdownModel(ModelQuery):
                 if self._split_key() is not None:
                     self._match_across_halves(stage)
                 counted = self._count_grouped(stage)
+            second.close()
+            known_rows = store.count(sync_key) if second.fetched is None else int(second.fetched[0])
         finally:
             second.close()
         store.conn.commit()  # only the run's temporary tables: see above
-        return counted
+        return counted, known_rows
 
     def _match_across_halves(self, stage: StageTable) -> None:
         """Pair the new or changed rows of one half with the unseen state rows of the other of the same

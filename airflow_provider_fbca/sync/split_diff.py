@@ -149,6 +149,9 @@ class SecondHalf:
         self.table = table
         self.conn: Any = None
         self.failure: BaseException | None = None
+        #: The first row of the last statement, when it returned rows (the state's count, see
+        #: :meth:`.pushdown.PushdownModel._diff_split`); read after :meth:`wait`.
+        self.fetched: tuple[Any, ...] | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
@@ -158,7 +161,8 @@ class SecondHalf:
 
         :param snapshot: the run's exported snapshot.
         :param settings: the session settings to take, ``(name, value)``.
-        :param statements: the half's statements (``SET LOCAL``, the table's creation, its insert).
+        :param statements: the half's statements (``SET LOCAL``, the table's creation, its insert, then
+            what else it may read in the snapshot meanwhile: see :attr:`fetched`).
         """
         try:
             self.conn = self.connect()
@@ -182,7 +186,10 @@ class SecondHalf:
                 for statement in statements:
                     if self._stopped.is_set():
                         raise InterruptedError("the run stopped the half")
+                    self.fetched = None
                     cursor.execute(statement)
+                    if cursor.description is not None:
+                        self.fetched = cursor.fetchone()
         except BaseException as error:  # told by wait(): the run's connection then runs the half itself
             self.failure = error
 

@@ -337,7 +337,7 @@ def test_keys_of_each_type_are_diffed_alike_whichever_way_the_diff_is_halved(
     assert (report["updated"], report["removed"], report["unchanged"]) == (9, 4, 27)
     assert _both(halves[-1], "fresh") and _both(halves[-1], "unseen")
     by_key = split == "key" and key_type in ("smallint", "integer", "bigint", "text", "varchar(20)")
-    insert = statements[-1][-1]
+    insert = statements[-1][-2]
     assert (key_half_filter('"id"', 1) in insert) is by_key
     assert (half_filter(DIGEST_COLUMN, 1) in insert) is not by_key
     twin.write([*changed[4:], changed[9]])  # an unchanged row twice
@@ -385,4 +385,47 @@ def test_a_model_of_few_cells_is_halved_by_the_digests_bit(
     twin.sync()
     twin.write([(i, f"{i}@new" if i % 2 else f"{i}@x", str(i)) for i in range(4, 24)])
     assert twin.sync()["removed"] == 4
-    assert half_filter(DIGEST_COLUMN, 1) in statements[-1][-1]
+    assert half_filter(DIGEST_COLUMN, 1) in statements[-1][-2]
+
+
+def test_a_split_diff_counts_the_state_on_its_second_connection(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No count of the state on the run's connection before a split diff: the second connection counts it
+    in the snapshot once its half is written, and the repeated rows and skipped ones stay exact."""
+    counted: list[str] = []
+    count = StateStore.count
+
+    def recording(self: StateStore, sync_key: str) -> int:
+        counted.append(self.table)
+        return count(self, sync_key)
+
+    monkeypatch.setattr(StateStore, "count", recording)
+    connections = Connections(store)
+    twin = Twin(store, connect=connections)
+    rows = [(i, f"{i}@x", str(i)) for i in range(30)]
+    twin.write(rows)
+    twin.sync()
+    twin.write([*rows[:20], (40, "n@x", "40")])
+    report = twin.sync()
+    assert (report["added"], report["removed"], report["unchanged"]) == (1, 10, 20)
+    twin.write([*rows, rows[3]])  # an unchanged row twice: repeats = the count's gap
+    twin.refused(DuplicateKeysError)
+    assert twin.push_store.table not in counted
+    connections.refuse = True  # the run's connection runs both halves, and counts
+    twin.write(rows[5:])
+    assert twin.sync()["removed"] == 6  # 0 to 4, and 40
+    assert counted.count(twin.push_store.table) == 1
+
+
+@pytest.mark.parametrize(("split_from_rows", "splits"), [(10, True), (1_000, False)])
+def test_the_split_is_decided_by_the_planners_estimate_of_the_state(
+    store: StateStore, split_from_rows: int, splits: bool
+) -> None:
+    connections = Connections(store)
+    twin = Twin(store, connect=connections, split_from_rows=split_from_rows)
+    twin.write([(i, f"{i}@x", str(i)) for i in range(40)])
+    twin.sync()
+    twin.write([(i, f"{i}@new" if i % 2 else f"{i}@x", str(i)) for i in range(4, 44)])
+    assert twin.sync()["removed"] == 4
+    assert bool(connections.opened) is splits
