@@ -12,8 +12,8 @@ NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An i
    join of the model's digests with the known ones, grouped so that only what differs is written (the
    unchanged rows become one row counting them), its ``unseen`` the keys of every state row no model row
    matched (the plan reads them by key, not by scanning the state); a large state's join runs in two
-   halves by the digests' lowest bit, the second at the same time on a second connection reading the same
-   snapshot (:mod:`.split_diff`: two cores); SQLite holds the known digests in
+   halves (by the EXTERN_ID's hash, or the digests' lowest bit), the second at the same time on a second
+   connection reading the same snapshot (:mod:`.split_diff`: two cores); SQLite holds the known digests in
    memory instead (:class:`KnownDigests`), where the function computing each row's digest looks it up and
    marks it: an unchanged row is neither joined nor written;
 3. streams to the worker only the model rows whose digest the state does not know (new or changed).
@@ -397,7 +397,7 @@ class PushdownModel(ModelQuery):
                 if self._split_key() is not None:
                     self._match_across_halves(stage)
                 counted = self._count_grouped(stage)
-            second.close()
+            second.close()  # its thread ended (a stopped half's too): its count, if any, is final
             known_rows = store.count(sync_key) if second.fetched is None else int(second.fetched[0])
         finally:
             second.close()
