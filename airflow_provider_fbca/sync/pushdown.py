@@ -12,8 +12,8 @@ NULL-safe, type-tagged encoding of the mapped cells, plus the sync's seed). An i
    join of the model's digests with the known ones, grouped so that only what differs is written (the
    unchanged rows become one row counting them), its ``unseen`` the keys of every state row no model row
    matched (the plan reads them by key, not by scanning the state); a large state's join runs in two
-   halves by the digests' lowest bit, the second at the same time on a second connection reading the same
-   snapshot (:mod:`.split_diff`: two cores); SQLite holds the known digests in
+   halves (by the EXTERN_ID's hash, or the digests' lowest bit), the second at the same time on a second
+   connection reading the same snapshot (:mod:`.split_diff`: two cores); SQLite holds the known digests in
    memory instead (:class:`KnownDigests`), where the function computing each row's digest looks it up and
    marks it: an unchanged row is neither joined nor written;
 3. streams to the worker only the model rows whose digest the state does not know (new or changed).
@@ -45,11 +45,14 @@ from airflow_provider_fbca.sync.driver_errors import from_driver
 from airflow_provider_fbca.sync.known_digests import KnownDigests
 from airflow_provider_fbca.sync.source import ModelQuery, Row, query_columns, read_model
 from airflow_provider_fbca.sync.split_diff import (
+    KEY_SPLIT_FROM_CELLS,
+    KEY_SPLIT_TYPES,
     SPLIT_FROM_ROWS,
     SecondHalf,
     begin_snapshot,
     can_split,
     half_filter,
+    key_half_filter,
 )
 from airflow_provider_fbca.sync.state import StageTable, StateStore, known_rows_filter
 
@@ -119,7 +122,9 @@ class PushdownModel(ModelQuery):
         self.store = store
         self.dialect = found
         self.seed = ""
+        self.key_index: int | None = None
         self._select: str | None = None
+        self._columns: tuple[list[str], list[str] | None] | None = None
         if found.name == "sqlite":
             register_functions(store.conn)
 
@@ -136,13 +141,41 @@ class PushdownModel(ModelQuery):
     def select(self) -> str:
         """``SELECT <digest> AS fbca_source_digest, <wanted columns> FROM (<query>) AS fbca_model``."""
         if self._select is None:
+            self._select = self._digested()
+        return self._select
+
+    def _digested(self, where: str = "") -> str:
+        """:attr:`select`, its model rows filtered by a condition on their columns (before any digest is
+        computed) when ``where`` is given.
+
+        :param where: a condition on the query's columns (quoted names); "": every row.
+        """
+        columns, types = self._query_columns()
+        digest = self.dialect.row_digest(columns, self.row_seed, types)
+        cells = ", ".join(f"{column} AS c{index}" for index, column in enumerate(columns))
+        condition = f" WHERE {where}" if where else ""
+        return f"SELECT {digest} AS {DIGEST_COLUMN}, {cells} FROM ({self.sql}) AS fbca_model{condition}"
+
+    def _query_columns(self) -> tuple[list[str], list[str] | None]:
+        """The wanted columns as the query names them (quoted), and their cell types, read once (reading
+        them ends the transaction)."""
+        if self._columns is None:
             conn = self.store.conn
             columns = [quote_name(name) for name in query_columns(conn, self.sql, self.wanted)]
-            types = cell_types(conn, self.dialect, self.sql, columns)
-            digest = self.dialect.row_digest(columns, self.row_seed, types)
-            cells = ", ".join(f"{column} AS c{index}" for index, column in enumerate(columns))
-            self._select = f"SELECT {digest} AS {DIGEST_COLUMN}, {cells} FROM ({self.sql}) AS fbca_model"
-        return self._select
+            self._columns = columns, cell_types(conn, self.dialect, self.sql, columns)
+        return self._columns
+
+    def _split_key(self) -> str | None:
+        """The EXTERN_ID column (quoted) when the split diff halves by its hash: its type's text is the
+        row key (:data:`.split_diff.KEY_SPLIT_TYPES`) and the digest has enough cells to be spared
+        (:data:`.split_diff.KEY_SPLIT_FROM_CELLS`); None: it halves by the digest's bit."""
+        columns, types = self._query_columns()
+        index = self.key_index
+        if index is None or types is None or not 0 <= index < len(columns):
+            return None
+        if len(columns) < KEY_SPLIT_FROM_CELLS:  # too few cells' hashes to spare: the key's would cost more
+            return None
+        return columns[index] if types[index] in KEY_SPLIT_TYPES else None
 
     @property
     def digested_columns(self) -> list[str]:
@@ -176,7 +209,9 @@ class PushdownModel(ModelQuery):
 
     # -- the diff -------------------------------------------------------------------------------------
 
-    def diff(self, stage: StageTable, sync_key: str, *, members_only: bool) -> tuple[int, int, list[str]]:
+    def diff(
+        self, stage: StageTable, sync_key: str, *, members_only: bool, key_index: int | None = None
+    ) -> tuple[int, int, list[str]]:
         """Diff the model's digests against the state's, in the database; load the stage's ``unseen``.
 
         The model's query runs once; only the new or changed rows are written (into a temporary table).
@@ -185,15 +220,18 @@ class PushdownModel(ModelQuery):
         :param sync_key: the sync.
         :param members_only: only rows sent as members are known (a tracked-only row must be prepared to
             be sent).
+        :param key_index: the position of the EXTERN_ID cell among the wanted columns (the row key's
+            source): a split diff halves by its hash when its type allows (see :mod:`.split_diff`).
         :returns: the model's rows, how many known digests the model has (rows skipped as unchanged), and
             the keys of known rows whose cells two model rows share (duplicates).
         """
+        self.key_index = key_index
         select = self.select  # first: reading the query's columns and types ends the transaction
         store = self.store
         store.refresh_statistics()
         if store.is_postgres:
             store.execute(DIFF_SETTINGS).close()
-            return self._diff_in_one_pass(stage, select, sync_key, members_only, store.count(sync_key))
+            return self._diff_in_one_pass(stage, select, sync_key, members_only)
         return self._diff_in_memory(
             stage, select, sync_key, members_only, self._known_digests(sync_key, members_only)
         )
@@ -243,15 +281,15 @@ class PushdownModel(ModelQuery):
         return rows, known.count - unseen_count, [str(row[0]) for row in duplicates]
 
     def _diff_in_one_pass(
-        self, stage: StageTable, select: str, sync_key: str, members_only: bool, known_rows: int
+        self, stage: StageTable, select: str, sync_key: str, members_only: bool
     ) -> tuple[int, int, list[str]]:
         """PostgreSQL: one hash full join of the model's digests with the known ones, keeping only what
         differs: the new or changed rows (into ``model``) and the known digests no row has (``unseen``).
 
         The unchanged rows are only counted: nothing is written or indexed for them. A large state's join
-        runs in two halves on two connections (:meth:`_diff_split`). Returns as :meth:`diff`.
-
-        :param known_rows: how many state rows the sync has (every one is in the join).
+        runs in two halves on two connections (:meth:`_diff_split`), which counts the sync's state rows
+        (every one is in the join) on the second connection, after its half; the run's counts them
+        otherwise. Returns as :meth:`diff`.
         """
         store, model = self.store, _model(stage)
         stage.create_unseen(keyed=True)
@@ -268,9 +306,12 @@ class PushdownModel(ModelQuery):
         cursor.close()
         known = self._known_rows(sync_key, members_only)
         counted: tuple[int, int, int] | None
-        if self.connect is not None and known_rows >= self.split_from_rows and can_split(store.conn):
-            counted = self._diff_split(stage, (create, select, known), cells, self.connect)
+        if self.connect is not None and can_split(store.conn) and self._splits(sync_key):
+            counted, known_rows = self._diff_split(
+                stage, (create, select, known), cells, self.connect, sync_key
+            )
         else:
+            known_rows = store.count(sync_key)
             counted = self._diff_grouped(stage, select, known, cells)
             if counted is None:
                 counted = self._diff_materialized(stage, select, known, cells)
@@ -287,16 +328,37 @@ class PushdownModel(ModelQuery):
         store.commit()
         return rows, seen, [str(row[0]) for row in duplicates]
 
+    def _splits(self, sync_key: str) -> bool:
+        """Whether the diff is split: the planner's estimate of the sync's state rows (from the statistics
+        :meth:`.StateStore.refresh_statistics` keeps fresh) reaches :attr:`split_from_rows`. An estimate,
+        not a count (a scan of the whole state, 0.1 s of CPU at a million rows): the decision only costs or
+        saves time, and the split diff counts the rows exactly meanwhile, on its second connection."""
+        if self.split_from_rows <= 0:
+            return True
+        cursor = self.store.conn.cursor()
+        try:
+            cursor.execute(
+                f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {self.store.table} WHERE sync_key = {quote_literal(sync_key)}"
+            )
+            (plan,) = cursor.fetchone()
+        finally:
+            cursor.close()
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        return float(plan[0]["Plan"]["Plan Rows"]) >= self.split_from_rows
+
     def _diff_split(
         self,
         stage: StageTable,
         statements: tuple[str, str, str],
         cells: Sequence[str],
         connect: Callable[[], Any],
-    ) -> tuple[int, int, int]:
+        sync_key: str,
+    ) -> tuple[tuple[int, int, int], int]:
         """The one-pass diff in two halves (see :mod:`.split_diff`): the first on the run's connection, the
         second at the same time on another, in the run's snapshot, its rows then copied into ``model``.
-        Returns as :meth:`_diff_grouped`.
+        Returns as :meth:`_diff_grouped`, and how many state rows the sync has: counted in the snapshot by
+        the second connection once its half is written (while the run's may still write its own), else
+        by the run's.
 
         The snapshot's transaction holds only writes of the run's temporary tables: it is committed
         without the lease's fence, whose lock of the lease row would fail in that snapshot (rather than
@@ -312,11 +374,18 @@ class PushdownModel(ModelQuery):
         store.commit()  # the temporary tables; the snapshot is the first read of a transaction of its own
         snapshot, settings = begin_snapshot(store.conn, DIFF_SETTINGS)
         second = SecondHalf(connect, model)
+        count = f"SELECT COUNT(*) FROM {store.table} WHERE sync_key = {quote_literal(sync_key)}"
         try:
             second.start(
                 snapshot,
                 settings,
-                [DIFF_SETTINGS, SORT_OFF, create, self._grouped_insert(model, select, known, cells, 1)],
+                [
+                    DIFF_SETTINGS,
+                    SORT_OFF,
+                    create,
+                    self._grouped_insert(model, select, known, cells, 1),
+                    count,
+                ],
             )
             counted = self._diff_grouped(stage, select, known, cells, half=0)
             if counted is None:  # a cell that cannot be grouped: the whole join, materialized, here
@@ -325,11 +394,34 @@ class PushdownModel(ModelQuery):
             else:
                 if not second.wait() or second.copy_into(store.conn, self._model_columns(cells)) is None:
                     _execute(store, self._grouped_insert(model, select, known, cells, 1))
+                if self._split_key() is not None:
+                    self._match_across_halves(stage)
                 counted = self._count_grouped(stage)
+            second.close()  # its thread ended (a stopped half's too): its count, if any, is final
+            known_rows = store.count(sync_key) if second.fetched is None else int(second.fetched[0])
         finally:
             second.close()
         store.conn.commit()  # only the run's temporary tables: see above
-        return counted
+        return counted, known_rows
+
+    def _match_across_halves(self, stage: StageTable) -> None:
+        """Pair the new or changed rows of one half with the unseen state rows of the other of the same
+        digest: the model row and its state row, whose key's text was not quite the row key (see
+        :mod:`.split_diff`), as the whole join would have matched them (into one row counting their model
+        rows, which are then no longer new, nor their state rows unseen).
+
+        The diff's ``model`` table holds only what differs (a percent of a million rows, commonly): the pairing
+        reads it, not the model or the state.
+        """
+        model = _model(stage)
+        self.store.execute(
+            f"WITH pairs AS MATERIALIZED (SELECT f.{DIGEST_COLUMN} AS d, u.{ROW_KEY_COLUMN} AS kr,"
+            f" f.{COPIES_COLUMN} AS copies FROM {model} AS f JOIN {model} AS u"
+            f" ON u.{KNOWN_DIGEST_COLUMN} = f.{DIGEST_COLUMN} WHERE f.fresh = 1 AND u.{ROW_KEY_COLUMN} IS NOT NULL),"
+            f" fresh AS (DELETE FROM {model} WHERE fresh = 1 AND {DIGEST_COLUMN} IN (SELECT d FROM pairs)),"
+            f" unseen AS (DELETE FROM {model} WHERE {ROW_KEY_COLUMN} IN (SELECT kr FROM pairs))"
+            f" INSERT INTO {model} ({COPIES_COLUMN}) SELECT SUM(copies) FROM pairs HAVING COUNT(*) > 0"
+        ).close()
 
     @staticmethod
     def _model_columns(cells: Sequence[str]) -> list[str]:
@@ -356,13 +448,32 @@ class PushdownModel(ModelQuery):
                 f"CASE WHEN {fresh} THEN m.{DIGEST_COLUMN} END AS d, CASE WHEN {gone} THEN k.source_digest END"
                 f" AS kd, CASE WHEN {gone} THEN k.row_key END AS kr"
             )
-        rows = f"{select}{self.dialect.fence}"
-        if half is not None:  # the filter reads the fenced digest, computed once per row
-            rows = f"SELECT * FROM ({rows}) AS h WHERE {half_filter(DIGEST_COLUMN, half)}"
-            known = f"(SELECT * FROM {known} AS kh WHERE {half_filter('stored_digest', half)})"
+        rows, known = self._half(select, known, half)
         return (
             f"SELECT {columns}, {kept} FROM ({rows}) AS m"
             f" FULL JOIN {known} AS k ON k.stored_digest = m.{DIGEST_COLUMN} AND k.source_digest = m.{DIGEST_COLUMN}"
+        )
+
+    def _half(self, select: str, known: str, half: int | None) -> tuple[str, str]:
+        """The model's rows and the state's rows of one half of the diff (see :mod:`.split_diff`); all of
+        them when ``half`` is None.
+
+        :param select: the model's digested rows (:attr:`select`).
+        :param known: the state's rows (see :meth:`_known_rows`).
+        """
+        fence = self.dialect.fence
+        if half is None:
+            return f"{select}{fence}", known
+        key = self._split_key()
+        if key is None:  # the filter reads the fenced digest, computed once per row
+            return (
+                f"SELECT * FROM ({select}{fence}) AS h WHERE {half_filter(DIGEST_COLUMN, half)}",
+                f"(SELECT * FROM {known} AS kh WHERE {half_filter('stored_digest', half)})",
+            )
+        # By the key's hash, filtered before the digest: only this half's model rows are digested.
+        return (
+            f"{self._digested(key_half_filter(key, half))}{fence}",
+            f"(SELECT * FROM {known} AS kh WHERE {key_half_filter('row_key', half)})",
         )
 
     def _grouped_insert(

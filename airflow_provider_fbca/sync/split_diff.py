@@ -1,15 +1,25 @@
 """PostgreSQL's one-pass diff on two cores: two halves of it, on two connections, in one snapshot.
 
 The diff of a large model (:meth:`.pushdown.PushdownModel.diff`) is one statement, so one backend: one
-core. Split by the lowest bit of the digests (:func:`half_filter`), its two halves share nothing: a model
-row and the state row it matches have the same digest, so both are in the same half, and so are two model
-rows with the same cells (a repeated row, which the diff counts per state row). Each half hashes half the
-state rows and probes with half the model rows: the second half runs at the same time on a connection of
-its own (:class:`SecondHalf`), then its few rows (new or changed rows, unmatched state rows, one counting
-row) are copied into the run's ``model`` table. Each half still scans both tables and computes every
-model row's digest to know its half (a split by position could not be matched with the state by digest;
-the state keeps no cell of the model's from which a cheaper split could be computed on both sides): at a
-million rows each half took 1.0 s of CPU where the whole took 1.55 s, about 0.5 s more in all.
+core. Split in two halves, each hashes half the state rows and probes with half the model rows: the second
+half runs at the same time on a connection of its own (:class:`SecondHalf`), then its few rows (new or
+changed rows, unmatched state rows, one counting row) are copied into the run's ``model`` table. Two model
+rows with the same cells (a repeated row, which the diff counts per state row) are always in one half, and
+so is, as a rule, a model row and the state row it matches (same digest). The halves are told apart by:
+
+- the hash of the EXTERN_ID cell (:func:`key_half_filter`), when its type's text is the row key the state
+  keeps (:data:`KEY_SPLIT_TYPES`) and the digest has enough cells to be worth sparing
+  (:data:`KEY_SPLIT_FROM_CELLS`): the state row's half is the hash of its row key, and each half computes
+  the digests of its own model rows only. A key whose text is not quite its row key (a text cell with
+  spaces at its ends, which the preparation trims) may put a model row in the other half than its state
+  row: both are then left unmatched, a new row and an unseen one of the same digest, which
+  :meth:`.pushdown.PushdownModel` pairs again after the halves (the result is the whole join's);
+- else the lowest bit of the digests (:func:`half_filter`): a model row and its state row are in one half
+  by construction, but each half computes every model row's digest to know its half.
+
+At a million rows the digest's split took 1.0 s of CPU per half where the whole took 1.55 s (0.5 s more in
+all); the key's took 1.53 s of CPU for both halves' statements where the digest's took 1.66 s (medians of 3
+profiled runs each: the state's scan, which each half reads whole, outweighs the digests).
 
 Both halves read one snapshot: the run's connection starts a ``REPEATABLE READ`` transaction and exports
 its snapshot (``pg_export_snapshot()``), which the second connection imports (``SET TRANSACTION
@@ -62,6 +72,36 @@ SESSION_SETTINGS = (
 )
 
 
+#: The key column types (``pg_type`` oids) whose text is the row key the state keeps for the cell, but for
+#: spaces at its ends (see :func:`key_half_filter`): ``int8``, ``int2``, ``int4`` (PostgreSQL's text of an
+#: integer is Python's, which the preparation keeps), ``text`` and ``varchar`` (their text, which the
+#: preparation only trims). Others (``char(n)``, padded; ``numeric``, ``float``, dates: formats that
+#: may differ) are split by the digest's bit: their rows would land in the other half too often.
+KEY_SPLIT_TYPES = frozenset({"20", "21", "23", "25", "1043"})
+#: The fewest cells a model row's digest must have for the diff to be halved by the key: each half then
+#: hashes every model row's key and every state row's row key (two hashes of a row) to save the digest of
+#: half the model rows (half its cells' hashes). Each hash costs about the same (30 ns a row at a million
+#: rows, measured), so the key's split is cheaper only from five cells: at seven, 1.53 s of CPU for both
+#: halves where the digest's bit took 1.66 s; at two it would cost more than it saves.
+KEY_SPLIT_FROM_CELLS = 5
+#: The seed of the key's hash that halves the diff: not the partitions' (0, see
+#: :data:`.dialects.Dialect.partition_hash`), so that a partition's share still halves evenly.
+KEY_HALF_SEED = 1
+
+
+def key_half_filter(key: str, half: int) -> str:
+    """The rows of one half by the hash of their key: the EXTERN_ID cell of a model row, the row key of a
+    state row (a NULL key: the first half).
+
+    The cell's bytes (``COLLATE "C"``): a case-insensitive collation would hash "A" as "a", while the
+    state's row key keeps its case.
+
+    :param key: the key's SQL expression.
+    :param half: 0 or 1.
+    """
+    return f'COALESCE(hashtextextended(CAST({key} AS TEXT) COLLATE "C", {KEY_HALF_SEED}) & 1, 0) = {half}'
+
+
 def half_filter(digest: str, half: int) -> str:
     """The rows of one half: by the digest's lowest bit (a state row without a digest: the first half).
 
@@ -109,6 +149,9 @@ class SecondHalf:
         self.table = table
         self.conn: Any = None
         self.failure: BaseException | None = None
+        #: The first row of the last statement, when it returned rows (the state's count, see
+        #: :meth:`.pushdown.PushdownModel._diff_split`); read after :meth:`wait`.
+        self.fetched: tuple[Any, ...] | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
@@ -118,7 +161,8 @@ class SecondHalf:
 
         :param snapshot: the run's exported snapshot.
         :param settings: the session settings to take, ``(name, value)``.
-        :param statements: the half's statements (``SET LOCAL``, the table's creation, its insert).
+        :param statements: the half's statements (``SET LOCAL``, the table's creation, its insert, then
+            what else it may read in the snapshot meanwhile: see :attr:`fetched`).
         """
         try:
             self.conn = self.connect()
@@ -142,7 +186,10 @@ class SecondHalf:
                 for statement in statements:
                     if self._stopped.is_set():
                         raise InterruptedError("the run stopped the half")
+                    self.fetched = None
                     cursor.execute(statement)
+                    if cursor.description is not None:
+                        self.fetched = cursor.fetchone()
         except BaseException as error:  # told by wait(): the run's connection then runs the half itself
             self.failure = error
 

@@ -54,6 +54,7 @@ class Twin:
         self.wanted = [*COLUMNS, "member"] if membership else list(COLUMNS)
         self.push_store = StateStore(store.conn, f"push_{uuid.uuid4().hex[:8]}", store.placeholder)
         self.audiences = {"client": RecordingAudience(), "pushdown": RecordingAudience()}
+        self.preparer: Any = PassThroughPreparer(SCHEMA)
         member = ", member INTEGER" if membership else ""
         # id untyped in SQLite (its cells keep their own type); PostgreSQL changes the type with ALTER.
         id_type = "INTEGER" if not store.is_sqlite else ""
@@ -92,7 +93,7 @@ class Twin:
         run = SyncRun(
             store,
             self.audiences[kind],
-            PassThroughPreparer(SCHEMA),
+            self.preparer,
             SyncOptions("42", "act_1:42", source_key_index=0, has_membership=self.membership, **options),
         )
         return run.run(model)

@@ -309,7 +309,12 @@ class SyncRun(StreamedFirstSync):
         """Diff the model in the database (see :meth:`.PushdownModel.diff`); a driver's failure on the
         model's query is raised without the cell its message quotes (:func:`.driver_errors.model_query_error`)."""
         try:
-            return diff.diff(stage, self.options.sync_key, members_only=self.options.adds_enabled)
+            return diff.diff(
+                stage,
+                self.options.sync_key,
+                members_only=self.options.adds_enabled,
+                key_index=self.options.source_key_index,
+            )
         except Exception as error:
             if not from_driver(error):
                 raise
